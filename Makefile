@@ -1,0 +1,28 @@
+# The two commands of the quick start: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch/torchvision pins for these machines (pip takes them from the local disk);
+# elsewhere override, e.g. `make TORCH_SPEC= demo` to let pyproject's ranges decide.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/finetune: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip >/dev/null
+	test -z "$(TORCH_SPEC)" || $(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e '.[dev]'
+	touch $(BIN)/finetune
+
+demo: $(BIN)/finetune
+	$(BIN)/finetune train
+
+test: $(BIN)/finetune
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/finetune
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf runs build *.egg-info
