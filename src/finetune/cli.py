@@ -1,0 +1,292 @@
+"""The ``finetune`` command line: parse, call the library, print, map errors to exit 2.
+
+This module holds no logic and imports nothing heavy at start-up: each command
+imports what it needs when it runs, so ``finetune --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from finetune.errors import FinetuneError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our error line: ``finetune: error: …`` and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise SystemExit(_fail(message))
+
+
+def _fail(message: str) -> int:
+    print(f"finetune: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune a classifier on a folder of images (default: the built-in shapes)")
+    p.add_argument("--config", metavar="FILE.yaml", help="read settings from YAML (keys = long flag names); flags override it")
+    p.add_argument("--data", help="ImageFolder root (train/ and val/), flat class folders, a CSV, or 'shapes' (default)")
+    p.add_argument("--val-split", type=float, help="fraction held out for validation when the data has no val/ folder (0.1)")
+    p.add_argument("--model", help="torchvision model name (resnet18, convnext_tiny, …) or timm:NAME")
+    p.add_argument("--pretrained", metavar="SOURCE", help="weights to start from: a file, 'torchvision', or timm:NAME")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="glob patterns of weight names not to load (e.g. 'fc.*')")
+    p.add_argument("--shape-mismatch", choices=["skip", "error", "adapt"], help="what to do with tensors of another shape (skip)")
+    p.add_argument("--trust", action="store_true", default=None, help="allow checkpoints that run code when loaded (pickled modules)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--workers", help="DataLoader worker processes, or 'auto'")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision (auto: bf16 on CUDA, off on CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<model>-<data>-<time>)")
+    p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest checkpoint in --out, or from a file")
+    p.add_argument("--keep-last", type=int, help="how many recent checkpoints to keep (3)")
+    p.add_argument("--save-every-steps", type=int, metavar="N", help="also checkpoint every N optimizer steps")
+    p.add_argument("--save-every-minutes", type=float, metavar="M", help="also checkpoint every M minutes")
+    p.add_argument("--async-save", action=argparse.BooleanOptionalAction, default=None, help="write checkpoints in a background thread (default: on with CUDA)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (for tests and smoke runs)")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None, help="write TensorBoard events to RUN_DIR/tb")
+    # ----- train flags of other modules are added below this line -----
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from finetune.config import config_from_args
+    from finetune.train import train
+
+    cfg = config_from_args(args)
+    result = train(cfg, quiet=args.quiet)
+    if not args.quiet:
+        print(f"run directory: {result.run_dir}")
+        print(f"best val top-1 {result.best_top1:.2%} at epoch {result.best_epoch}")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval / predict
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5, loss and per-class accuracy of a checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="CK")
+    p.add_argument("--data", help="folder to evaluate (default: the val split of the checkpoint's dataset)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", default="0")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--trust", action="store_true")
+    p.set_defaults(handler=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from finetune.train import evaluate_checkpoint
+
+    res = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size,
+                              workers=args.workers, device=args.device, trust=args.trust, quiet=args.quiet or args.json)
+    if args.json:
+        _print_json(res)
+        return 0
+    print(f"top-1 {res['top1']:.2%}  top-{res['topk']} {res['top5']:.2%}  loss {res['loss']:.4f}  ({res['images']} images)")
+    width = max(len(c) for c in res["per_class"])
+    for name, acc in res["per_class"].items():
+        print(f"  {name:<{width}}  {acc:.2%}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="class names and probabilities for images")
+    p.add_argument("--checkpoint", required=True, metavar="CK")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--trust", action="store_true")
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from finetune.train import predict_files
+
+    preds = predict_files(args.checkpoint, args.inputs, topk=args.topk, batch_size=args.batch_size,
+                          device=args.device, trust=args.trust)
+    if args.json:
+        _print_json(preds)
+        return 0
+    for item in preds:
+        top = "  ".join(f"{p['class']} {p['prob']:.3f}" for p in item["top"])
+        print(f"{item['path']}: {top}")
+    return 0
+
+
+# --------------------------------------------------------------------------- data
+def _add_make_shapes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-shapes", help="write the built-in shapes dataset as JPEG folders")
+    p.add_argument("dir")
+    p.add_argument("--per-class", type=int, default=None, help="training images per class")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_cmd_make_shapes)
+
+
+def _cmd_make_shapes(args: argparse.Namespace) -> int:
+    from finetune.data.shapes import ShapesSpec, make_shapes
+
+    spec = ShapesSpec()
+    kwargs = {k: v for k, v in (("per_class", args.per_class), ("size", args.size)) if v is not None}
+    root = make_shapes(args.dir, seed=args.seed, **{**{"per_class": spec.per_class, "size": spec.size}, **kwargs})
+    print(f"wrote shapes dataset to {root}")
+    return 0
+
+
+# --------------------------------------------------------------------------- weights
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="what a checkpoint holds: format, metadata, tensors, optimizer state")
+    p.add_argument("path", metavar="PATH", help="checkpoint file or folder (any format finetune reads)")
+    p.add_argument("--model", metavar="ARCH", help="also show the load report against this architecture")
+    p.add_argument("--optimizer", action="store_true", help="summarise the optimizer state")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--trust", action="store_true", help="allow files that run code when loaded (pickled modules)")
+    p.set_defaults(handler=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from finetune.weights import format_inspect, inspect_checkpoint
+
+    info = inspect_checkpoint(args.path, model=args.model, optimizer=args.optimizer, trust=args.trust)
+    if args.json:
+        _print_json(info)
+    else:
+        print(format_inspect(info))
+    return 0
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="write a checkpoint's clean weights as .safetensors or .pt")
+    p.add_argument("src", metavar="SRC", help="checkpoint file or folder (any format finetune reads)")
+    p.add_argument("dst", metavar="DST", help="output file: .safetensors, or .pt/.pth/.bin for torch.save")
+    p.add_argument("--ema", action="store_true", help="write the EMA weights instead of the raw ones")
+    p.add_argument("--half", action="store_true", help="store floating-point tensors as float16")
+    p.add_argument("--strip-prefix", default="auto", metavar="auto|PREFIX",
+                   help="wrapper prefixes to remove: auto (default), a literal PREFIX, or none")
+    p.add_argument("--trust", action="store_true", help="allow files that run code when loaded (pickled modules)")
+    p.set_defaults(handler=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from finetune.weights import convert, read_state_dict
+
+    out = convert(args.src, args.dst, ema=args.ema, half=args.half, strip_prefix=args.strip_prefix, trust=args.trust)
+    if not args.quiet:
+        sd = read_state_dict(out)
+        mb = sum(v.numel() * v.element_size() for v in sd.values()) / 1e6
+        print(f"wrote {out}: {len(sd)} tensors, {mb:.2f} MB")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench-data
+def _add_bench_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-data", help="measure the input pipeline against plain DataLoader and DataLoaderX here")
+    p.add_argument("--data", required=True, help="ImageFolder root (class sub-folders; a train/ sub-folder is used if present) or 'shapes'")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (3)")
+    p.add_argument("--repeats", type=int, default=1, help="rounds over all pipelines; each keeps its best (1)")
+    p.add_argument("--workers", type=int, nargs="+", metavar="N", help="worker counts to try (default 0..max(4, cores))")
+    p.add_argument("--no-cache", action="store_true", help="skip the cache='ram' rows")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_bench_data)
+
+
+def _cmd_bench_data(args: argparse.Namespace) -> int:
+    from finetune.data.bench import bench_root, format_table, run_bench
+
+    root = bench_root(args.data)
+    progress = None if (args.quiet or args.json) else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    report = run_bench(root, img_size=args.img_size, batch_size=args.batch_size, seconds=args.seconds,
+                       workers=args.workers, full=False, cache=not args.no_cache, repeats=args.repeats,
+                       progress=progress)
+    if args.json:
+        print(report.to_json())
+        return 0
+    print(format_table(report))
+    print(f"decode-only ceiling: {report.ceiling:.0f} img/s ({report.cores} cores)")
+    print(f"recommended: {report.recommended}")
+    return 0
+
+
+# ----- subcommands of other modules are registered below this line -----
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train,
+    _add_eval,
+    _add_predict,
+    _add_make_shapes,
+    _add_inspect,
+    _add_convert,
+    _add_bench_data,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="finetune", description="Fine-tune pretrained image classifiers: correct by construction, measured, tested.")
+    parser.add_argument("--version", action="version", version="finetune 0.1.0")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars, less output")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # every subcommand takes -q/--debug
+    orig_add = sub.add_parser
+
+    def add_parser(name: str, **kw):  # type: ignore[no-untyped-def]
+        return orig_add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    debug = args.debug or os.environ.get("FINETUNE_DEBUG") == "1"
+    try:
+        return int(args.handler(args) or 0)
+    except FinetuneError as e:
+        if debug:
+            raise
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return _fail("interrupted")
+    except MemoryError:
+        if debug:
+            raise
+        return _fail("out of memory: lower --batch-size or --img-size")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""One dataclass for a training run, read from YAML and flags, saved in the run directory.
+
+YAML keys are the long flag names (``batch-size`` or ``batch_size``); flags
+given on the command line override the file.
+
+>>> cfg = TrainConfig(epochs=2)
+>>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of ``finetune train``; defaults train ``shapes`` to >90% in under 3 CPU minutes."""
+
+    # data
+    data: str = "shapes"
+    val_split: float = 0.1
+    img_size: int = 64
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    batch_size: int = 64
+    workers: str = "auto"
+    # model
+    model: str = "resnet18"
+    pretrained: str | None = None
+    exclude: list[str] = field(default_factory=list)
+    shape_mismatch: str = "skip"
+    trust: bool = False
+    # optimisation
+    epochs: int = 8
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    max_steps: int | None = None
+    # speed
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    # run directory and checkpoints
+    seed: int = 0
+    out: str | None = None
+    resume: str | None = None
+    keep_last: int = 3
+    save_every_steps: int | None = None
+    save_every_minutes: float | None = None
+    async_save: bool | None = None
+    tensorboard: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["crop_scale"] = list(self.crop_scale)
+        return d
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build from a dict whose keys may use dashes; unknown keys are an error naming close ones."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                close = difflib.get_close_matches(name, list(known), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"{source}: unknown setting '{key}'{hint}")
+            clean[name] = value
+        if "crop_scale" in clean and clean["crop_scale"] is not None:
+            clean["crop_scale"] = tuple(float(v) for v in clean["crop_scale"])
+        if "exclude" in clean and isinstance(clean["exclude"], str):
+            clean["exclude"] = [clean["exclude"]]
+        cfg = cls(**clean)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot work."""
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.img_size >= 16, f"--img-size must be at least 16, got {self.img_size}"),
+            (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {self.optimizer!r}"),
+            (self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.amp in ("auto", "off", "bf16", "fp16"), f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
+            (self.shape_mismatch in ("skip", "error", "adapt"), f"--shape-mismatch must be skip, error or adapt, got {self.shape_mismatch!r}"),
+            (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.keep_last >= 1, f"--keep-last must be at least 1, got {self.keep_last}"),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
+            (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"crop-scale must be 0 < min <= max <= 1, got {self.crop_scale}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML file of settings.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+    >>> _ = p.write_text("epochs: 3\\nbatch-size: 16\\n")
+    >>> load_config(p).batch_size
+    16
+    """
+    return TrainConfig.from_dict(_read_yaml(path), source=str(path))
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of setting: value")
+    return values
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write ``cfg`` as YAML (keys with dashes, as on the command line)."""
+    import yaml
+
+    values = {k.replace("_", "-"): v for k, v in cfg.to_dict().items()}
+    Path(path).write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge defaults, ``--config FILE`` and the flags given (flags win)."""
+    values: dict[str, Any] = _read_yaml(args.config) if getattr(args, "config", None) else {}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in names:
+        flag = getattr(args, name, None)
+        if flag is not None:
+            values[name] = flag
+    return TrainConfig.from_dict(values, source=getattr(args, "config", None) or "command line")

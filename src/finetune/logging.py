@@ -1,0 +1,91 @@
+"""What a run reports: one line per epoch, ``metrics.jsonl``, TensorBoard, progress bars.
+
+>>> import tempfile, json, pathlib
+>>> run = pathlib.Path(tempfile.mkdtemp())
+>>> log = RunLog(run, tensorboard=False, quiet=True)
+>>> log.epoch({"epoch": 0, "train_loss": 1.0, "val_loss": 0.9, "val_top1": 0.5, "val_top5": 1.0, "lr": 0.1, "images_per_s": 10.0})
+>>> json.loads((run / "metrics.jsonl").read_text())["val_top1"]
+0.5
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Atomically replace ``path`` with one JSON object per line."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def format_epoch(m: dict[str, Any], epochs: int) -> str:
+    """One line per epoch.
+
+    >>> format_epoch({"epoch": 0, "train_loss": 1.0, "val_loss": 0.5, "val_top1": 0.9, "val_top5": 1.0, "lr": 0.1, "images_per_s": 99.0, "topk": 5}, 3)
+    'epoch 1/3  train loss 1.0000  val loss 0.5000  top-1 90.00%  top-5 100.00%  lr 0.1  99 img/s'
+    """
+    k = m.get("topk", 5)
+    return (f"epoch {m['epoch'] + 1}/{epochs}  train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
+            f"top-1 {m['val_top1']:.2%}  top-{k} {m['val_top5']:.2%}  lr {m['lr']:.3g}  {m['images_per_s']:.0f} img/s")
+
+
+def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
+    """A tqdm bar on a terminal; the plain iterable when quiet or not a TTY."""
+    if quiet or not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class RunLog:
+    """Appends epoch records to ``metrics.jsonl``; mirrors scalars to TensorBoard under ``tb/``."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool, quiet: bool, epochs: int = 0):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.quiet = quiet
+        self.epochs = epochs
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+
+    def rewrite(self, history: list[dict[str, Any]]) -> None:
+        """Make metrics.jsonl hold exactly ``history`` (used on resume)."""
+        write_jsonl(self.path, history)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if not self.quiet:
+            print(format_epoch(record, self.epochs), flush=True)
+        if self._tb is not None:
+            step = record["epoch"] + 1
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, step)
+            self._tb.flush()
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self._tb is not None:
+            self._tb.add_scalar(tag, value, step)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,148 @@
+"""Build classifiers by name and give them a head for your classes.
+
+Any torchvision classification model (``resnet18``, ``convnext_tiny``,
+``efficientnet_b0``, ``vit_b_16``, …) or ``timm:NAME`` when timm is installed.
+The head is found whatever the family calls it (``fc``, ``classifier.1``,
+``heads.head``, ``head``) and sized for ``num_classes``.
+
+>>> m = create_model("resnet18", num_classes=3)
+>>> head_name(m), m.fc.out_features, m.finetune_arch
+('fc', 3, 'resnet18')
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+
+import torch
+from torch import nn
+
+from finetune.errors import ModelError
+
+TIMM_PREFIX = "timm:"
+
+
+@functools.cache
+def torchvision_models() -> tuple[str, ...]:
+    """Names of torchvision's image classification models.
+
+    >>> "resnet50" in torchvision_models()
+    True
+    """
+    import torchvision
+
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+
+
+def list_models(include_timm: bool = False) -> list[str]:
+    """All model names ``create_model`` accepts (timm's prefixed with ``timm:``).
+
+    >>> "convnext_tiny" in list_models()
+    True
+    """
+    names = list(torchvision_models())
+    if include_timm:
+        try:
+            import timm
+        except ImportError:
+            return names
+        names += [TIMM_PREFIX + n for n in timm.list_models()]
+    return names
+
+
+def _unknown(name: str, candidates: list[str], what: str) -> ModelError:
+    close = difflib.get_close_matches(name, candidates, n=4, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `finetune models` lists them"
+    return ModelError(f"unknown {what} model '{name}'{hint}")
+
+
+def create_model(name: str, num_classes: int, *, drop_rate: float | None = None) -> nn.Module:
+    """Build ``name`` (randomly initialised) with a ``num_classes``-way head.
+
+    Pretrained weights are loaded separately by :func:`finetune.load_weights`,
+    which skips the old head because its shape differs. The model carries its
+    architecture name in ``model.finetune_arch``.
+
+    >>> create_model("mobilenet_v3_small", num_classes=5).classifier[-1].out_features
+    5
+    """
+    if num_classes < 1:
+        raise ModelError(f"num_classes must be at least 1, got {num_classes}")
+    if name.startswith(TIMM_PREFIX):
+        model = _create_timm(name[len(TIMM_PREFIX):], num_classes, drop_rate)
+    else:
+        if name not in torchvision_models():
+            raise _unknown(name, list(torchvision_models()), "torchvision")
+        import torchvision
+
+        kwargs = {"num_classes": num_classes}
+        if drop_rate is not None:
+            kwargs["dropout"] = drop_rate
+        try:
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
+        except TypeError:  # families without a dropout argument
+            kwargs.pop("dropout", None)
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
+    model.finetune_arch = name
+    return model
+
+
+def _create_timm(name: str, num_classes: int, drop_rate: float | None) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(f"'timm:{name}' needs timm: pip install timm") from None
+    if not timm.is_model(name):
+        raise _unknown(name, timm.list_models(), "timm")
+    kwargs = {"num_classes": num_classes}
+    if drop_rate is not None:
+        kwargs["drop_rate"] = drop_rate
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def head_name(model: nn.Module) -> str:
+    """Dotted name of the classifier head module.
+
+    timm models name it with ``get_classifier()``; otherwise it is the last
+    Linear (or 1x1 Conv2d, as in SqueezeNet) registered in the model.
+
+    >>> head_name(create_model("vit_b_16", num_classes=2))
+    'heads.head'
+    """
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
+        for name, module in model.named_modules():
+            if module is head:
+                return name
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
+            last = name
+    if last is None:
+        raise ModelError(f"cannot find the classifier head of {type(model).__name__}")
+    return last
+
+
+def logits_of(output: object) -> torch.Tensor:
+    """The main logits of a forward pass (Inception/GoogLeNet return named tuples with aux logits)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ModelError(f"the model returned {type(output).__name__}, not logits")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts.
+
+    >>> count_parameters(nn.Linear(2, 3))
+    (9, 9)
+    """
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
