@@ -1,0 +1,617 @@
+"""Read any checkpoint: detect the container from its bytes, the layout from its structure.
+
+:func:`read_checkpoint` returns a :class:`Checkpoint`: the model weights (flat, CPU,
+wrapper prefixes removed), EMA weights when the file has them, metadata and the
+optimizer state. Nothing in a file runs unless ``trust=True``.
+
+>>> import torch
+>>> ck = read_checkpoint({"state_dict": {"module.fc.weight": torch.zeros(2, 3)}, "best_acc1": 0.5})
+>>> ck.format, list(ck.weights)
+('pytorch/examples imagenet', ['fc.weight'])
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import struct
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from finetune.errors import CheckpointError, WeightsError
+from finetune.weights.keys import unwrap_names
+from finetune.weights.unpickle import RestrictedUnpickler, allowlist, torch_load, unsafe_error
+
+StateDict = dict[str, Tensor]
+
+#: keys under which checkpoints nest their model weights, most specific first
+NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params", "module")
+#: keys under which checkpoints keep EMA weights
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict", "model_ema_state_dict", "ema_model", "ema_state")
+#: keys that hold optimizer state
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_states", "opt", "optim")
+#: file names a weights folder (accelerate save_state, Hugging Face) keeps its model in
+FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt", "model.pth")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+#: how a legacy (non-zip) torch.save file starts: protocol 2, then the magic number 0x1950a86a20f9469cfc6c
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".tar")
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, read safely.
+
+    ``format`` is the layout (``timm``, ``lightning``, …); ``container`` the file kind
+    (``torch zip``, ``safetensors``, …); ``unwrapped`` lists wrapper prefixes removed.
+    """
+
+    source: str
+    container: str
+    format: str
+    weights: StateDict
+    ema: StateDict | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    optimizer: Any = None
+    unwrapped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        """``format (container)``, e.g. ``'timm CheckpointSaver (torch zip)'``."""
+        return f"{self.format} ({self.container})"
+
+
+# --------------------------------------------------------------------------- public entry
+def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Any], *, trust: bool = False) -> Checkpoint:
+    """Read a file, folder or in-memory dict into a :class:`Checkpoint`.
+
+    >>> import torch
+    >>> read_checkpoint({"fc.weight": torch.ones(1)}).format
+    'state_dict'
+    """
+    if isinstance(source, Mapping):
+        return interpret(dict(source), source="<state dict>", container="in memory")
+    if isinstance(source, torch.nn.Module):
+        return interpret(source, source=f"<{type(source).__name__}>", container="in memory")
+    path = Path(source)
+    name = str(path)
+    if not path.exists():
+        raise CheckpointError(f"{name}: no such file or folder")
+    if path.is_dir():
+        return _read_folder(path, trust=trust)
+    kind = sniff(path)
+    if kind == "safetensors":
+        return _with_container(interpret(_read_safetensors(path), source=name), "safetensors",
+                               metadata=_safetensors_metadata(path))
+    if kind == "index":
+        return interpret(_read_sharded(path, trust=trust), source=name, container="sharded")
+    if kind == "torchscript":
+        return interpret(_read_torchscript(path, trust=trust), source=name, container="TorchScript archive",
+                         fmt="TorchScript")
+    if kind in ("torch zip", "pickle"):
+        obj = torch_load(path, name=name, trust=trust)
+        container = "torch zip" if kind == "torch zip" else "legacy torch.save"
+        return interpret(obj, source=name, container=container)
+    if kind == "raw pickle":
+        return interpret(_read_raw_pickle(path, trust=trust), source=name, container="plain pickle")
+    raise CheckpointError(f"{name}: {kind}")
+
+
+def sniff(path: Path) -> str:
+    """The container kind from the first bytes, or a reason why it is not a checkpoint.
+
+    Kinds: ``torch zip``, ``torchscript``, ``pickle``, ``safetensors``, ``index``;
+    anything else is a message (``empty file``, ``a text file, …``).
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file: not a checkpoint (was the save interrupted?)"
+    with path.open("rb") as f:
+        head = f.read(64)
+    if head[:4] == b"PK\x03\x04":
+        return _sniff_zip(path)
+    if len(head) >= 10 and _is_safetensors_header(head, size):
+        return "safetensors"
+    if head.startswith(LEGACY_MAGIC):
+        return "pickle"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "raw pickle"
+    if head.lstrip()[:1] == b"{":
+        try:
+            obj = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("weight_map"), dict):
+            return "index"
+    if _looks_like_text(path):
+        return "a text file, not a checkpoint"
+    return "unrecognised format: not a PyTorch, safetensors or TorchScript file (corrupt or truncated?)"
+
+
+def _sniff_zip(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return "truncated or corrupt zip archive (was the save interrupted?)"
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    if any(n.endswith("data.pkl") for n in names):
+        return "torch zip"
+    return "a zip archive that is not a PyTorch checkpoint"
+
+
+def _is_safetensors_header(head: bytes, size: int) -> bool:
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def _looks_like_text(path: Path) -> bool:
+    with path.open("rb") as f:
+        chunk = f.read(4096)
+    if b"\x00" in chunk:
+        return False
+    try:
+        chunk.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start > len(chunk) - 4  # cut inside a multi-byte character
+    return True
+
+
+def _with_container(ck: Checkpoint, container: str, metadata: dict[str, Any] | None = None) -> Checkpoint:
+    ck.container = container
+    if container == "safetensors" and ck.format == "state_dict":
+        ck.format = "safetensors"
+    ck.metadata.update(metadata or {})
+    return ck
+
+
+# --------------------------------------------------------------------------- structure
+def interpret(obj: Any, *, source: str, container: str = "in memory", fmt: str | None = None) -> Checkpoint:
+    """Find the weights, EMA weights, metadata and optimizer state in a loaded object."""
+    if isinstance(obj, torch.nn.Module):
+        ck = Checkpoint(source, container, fmt or "pickled nn.Module", _module_state(obj),
+                        metadata={"class": f"{type(obj).__module__}.{type(obj).__qualname__}"})
+        return _unwrap(ck)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
+    obj = dict(obj)
+    fmt_name, weights, ema, optimizer = _layout(obj, source)
+    ck = Checkpoint(source, container, fmt or fmt_name, weights, ema, _metadata(obj), optimizer)
+    return _unwrap(ck)
+
+
+def _layout(obj: dict[str, Any], source: str) -> tuple[str, StateDict, StateDict | None, Any]:
+    """(format name, weights, ema weights, optimizer state) of a checkpoint dict."""
+    opt = next((obj[k] for k in OPTIMIZER_KEYS if k in obj), None)
+    if obj.get("format") == "finetune-checkpoint":
+        return "finetune", _need(obj, "model", source), _maybe(obj.get("ema")), opt
+    if "pytorch-lightning_version" in obj:
+        return "PyTorch Lightning", _need(obj, "state_dict", source), _lightning_ema(obj), opt
+    if "state_dict" in obj and ("state_dict_ema" in obj or "version" in obj or "args" in obj or "metric" in obj):
+        return "timm CheckpointSaver", _need(obj, "state_dict", source), _maybe(obj.get("state_dict_ema")), opt
+    if "state_dict" in obj and ("best_acc1" in obj or "arch" in obj):
+        return "pytorch/examples imagenet", _need(obj, "state_dict", source), None, opt
+    if "model" in obj and ("model_ema" in obj or "lr_scheduler" in obj or isinstance(obj.get("args"), argparse.Namespace)):
+        return "torchvision references", _need(obj, "model", source), _maybe(obj.get("model_ema")), opt
+    if "model" in obj and "opt" in obj and set(obj) <= {"model", "opt"}:
+        return "fastai Learner.save", _need(obj, "model", source), None, opt
+    if _is_flat(obj):
+        return "state_dict", dict(obj), None, None
+    ema = next((e for k in EMA_KEYS if (e := _maybe(obj.get(k))) is not None), None)
+    for key in NESTED_KEYS:
+        sd = _maybe(obj.get(key))
+        if sd is not None:
+            return f"state dict under '{key}'", sd, ema, opt
+    candidates = {k: sd for k, v in obj.items() if k not in OPTIMIZER_KEYS + EMA_KEYS
+                  and (sd := _maybe(v)) is not None}
+    if candidates:
+        key = max(candidates, key=lambda k: len(candidates[k]))
+        return f"state dict under '{key}'", candidates[key], ema, opt
+    if ema is not None:
+        return "EMA-only checkpoint", ema, ema, opt
+    keys = ", ".join(repr(k) for k in list(obj)[:12])
+    raise CheckpointError(f"{source}: no model weights found (top-level keys: {keys or 'none'})")
+
+
+def _is_flat(obj: Mapping[str, Any]) -> bool:
+    return bool(obj) and all(isinstance(v, Tensor) for v in obj.values()) and all(isinstance(k, str) for k in obj)
+
+
+def _maybe(value: Any) -> StateDict | None:
+    """A state dict from a value: a flat dict, a module, or a dict nesting one."""
+    if isinstance(value, torch.nn.Module):
+        return _module_state(value)
+    if not isinstance(value, Mapping):
+        return None
+    if _is_flat(value):
+        return dict(value)
+    for key in NESTED_KEYS:
+        if key in value and (sd := _maybe(value[key])) is not None:
+            return sd
+    return None
+
+
+def _need(obj: Mapping[str, Any], key: str, source: str) -> StateDict:
+    sd = _maybe(obj.get(key))
+    if sd is None:
+        raise CheckpointError(f"{source}: '{key}' holds no weights ({type(obj.get(key)).__name__})")
+    return sd
+
+
+def _lightning_ema(obj: Mapping[str, Any]) -> StateDict | None:
+    for state in (obj.get("callbacks") or {}).values():
+        if isinstance(state, Mapping):
+            for k in EMA_KEYS:
+                if (sd := _maybe(state.get(k))) is not None:
+                    return sd
+    return None
+
+
+def _module_state(module: torch.nn.Module) -> StateDict:
+    return {k: v.detach() for k, v in module.state_dict().items()}
+
+
+def _unwrap(ck: Checkpoint) -> Checkpoint:
+    ck.weights, removed = _unwrap_sd(ck.weights)
+    ck.unwrapped = removed
+    if ck.ema is not None:
+        ck.ema, ema_removed = _unwrap_sd(ck.ema)
+        ck.unwrapped += [r for r in ema_removed if r not in removed]
+    ck.weights = {k: _cpu(v) for k, v in ck.weights.items()}
+    if ck.ema is not None:
+        ck.ema = {k: _cpu(v) for k, v in ck.ema.items()}
+    return ck
+
+
+def _unwrap_sd(sd: StateDict) -> tuple[StateDict, list[str]]:
+    if "n_averaged" in sd and all(k.startswith("module.") for k in sd if k != "n_averaged"):
+        sd = {k: v for k, v in sd.items() if k != "n_averaged"}  # torch.optim.swa_utils.AveragedModel
+    mapping, removed = unwrap_names(sd)
+    return {mapping[k]: v for k, v in sd.items()}, removed
+
+
+def _cpu(t: Tensor) -> Tensor:
+    t = t.detach()
+    return t if t.device.type == "cpu" else t.cpu()
+
+
+# --------------------------------------------------------------------------- metadata
+_META_SKIP = set(NESTED_KEYS + EMA_KEYS + OPTIMIZER_KEYS) | {"scheduler", "lr_scheduler", "lr_schedulers",
+                                                          "scaler", "amp_scaler", "loops"}
+
+
+def _metadata(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-friendly scalars and small structures of a checkpoint dict."""
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or k in _META_SKIP or (isinstance(v, Tensor) and v.numel() > 1):
+            continue
+        val = jsonable(v)
+        if val is not _SKIP:
+            out[k] = val
+    return out
+
+
+_SKIP = object()
+
+
+def jsonable(v: Any, depth: int = 0) -> Any:
+    """Scalars, short lists and small dicts as JSON values; bulky things are skipped.
+
+    >>> import argparse, torch
+    >>> jsonable({"lr": torch.tensor(0.5), "args": argparse.Namespace(model="resnet18")})
+    {'lr': 0.5, 'args': {'model': 'resnet18'}}
+    """
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    if isinstance(v, Tensor):
+        return v.item() if v.numel() == 1 else _SKIP
+    if hasattr(v, "item") and type(v).__module__ == "numpy":
+        return v.item() if getattr(v, "size", 1) == 1 else _SKIP
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if depth > 3:
+        return _SKIP
+    if isinstance(v, argparse.Namespace):
+        v = vars(v)
+    if isinstance(v, Mapping):
+        items = {str(k): jsonable(x, depth + 1) for k, x in list(v.items())[:200]}
+        items = {k: x for k, x in items.items() if x is not _SKIP}
+        return items if items or not v else _SKIP
+    if isinstance(v, list | tuple) and len(v) <= 1000:
+        items = [jsonable(x, depth + 1) for x in v]
+        return [x for x in items if x is not _SKIP] if items else []
+    if isinstance(v, torch.dtype | torch.Size):
+        return str(v)
+    return _SKIP
+
+
+# --------------------------------------------------------------------------- plain pickles
+def _read_raw_pickle(path: Path, *, trust: bool) -> Any:
+    """A plain ``pickle.dump`` file (e.g. detectron2's numpy weights): allowlisted types only.
+
+    NumPy arrays become tensors. Tensors pickled with plain pickle need ``trust``
+    (their storages are restored by ``torch.load`` without ``weights_only``).
+    """
+    import codecs
+    import pickle
+
+    try:
+        with path.open("rb") as f:
+            if trust:
+                obj = pickle.load(f)  # noqa: S301 - the user said the file is trusted
+            else:
+                allowed = {**_allowlist_map(), "_codecs.encode": codecs.encode}
+                obj = RestrictedUnpickler(f, allowed, name=str(path)).load()
+    except WeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of a pickle is a corrupt file
+        raise CheckpointError(f"{path}: corrupt or truncated pickle ({type(e).__name__}: {e})") from None
+    return _numpy_to_torch(obj)
+
+
+def _numpy_to_torch(obj: Any, depth: int = 0) -> Any:
+    if type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray" and obj.dtype.kind in "fiub":
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, Mapping) and depth < 6:
+        return {k: _numpy_to_torch(v, depth + 1) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- safetensors / shards
+def _read_safetensors(path: Path) -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+
+
+def _safetensors_metadata(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return {"safetensors_metadata": dict(meta)} if meta else {}
+
+
+def _read_weights_file(path: Path, *, trust: bool) -> StateDict:
+    kind = sniff(path)
+    if kind == "safetensors":
+        return _read_safetensors(path)
+    if kind in ("torch zip", "pickle"):
+        sd = _maybe(torch_load(path, name=str(path), trust=trust))
+        if sd is None:
+            raise CheckpointError(f"{path}: holds no flat state dict")
+        return sd
+    raise CheckpointError(f"{path}: {kind}")
+
+
+def _read_sharded(index: Path, *, trust: bool) -> StateDict:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a shard index json ({e})") from None
+    sd: StateDict = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        file = index.parent / shard
+        if not file.is_file():
+            raise CheckpointError(f"{index}: shard '{shard}' is missing from {index.parent}")
+        sd.update(_read_weights_file(file, trust=trust))
+    lost = [k for k in weight_map if k not in sd]
+    if lost:
+        raise CheckpointError(f"{index}: {len(lost)} tensors listed in the index are in no shard (e.g. {lost[0]})")
+    return sd
+
+
+# --------------------------------------------------------------------------- folders
+def _read_folder(path: Path, *, trust: bool) -> Checkpoint:
+    name = str(path)
+    if (path / ".metadata").is_file():
+        return interpret(read_dcp(path), source=name, container="torch.distributed.checkpoint folder")
+    files = {p.name: p for p in path.iterdir()}
+    accelerate = any(n in files for n in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "scaler.pt"))
+    fmt = "accelerate save_state" if accelerate else "weights folder"
+    ck: Checkpoint | None = None
+    for index in INDEX_FILES:
+        if index in files:
+            ck = Checkpoint(name, f"sharded, {index}", fmt, _read_sharded(files[index], trust=trust))
+            break
+    if ck is None:
+        main = next((files[n] for n in FOLDER_FILES if n in files), None)
+        if main is None:
+            weights = [p for p in files.values() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
+                       and p.name not in ("optimizer.bin", "scheduler.bin", "scaler.pt", "sampler.bin")]
+            if len(weights) == 1:
+                return _with_folder_note(read_checkpoint(weights[0], trust=trust), name)
+        if main is not None:
+            sd = _read_weights_file(main, trust=trust)
+            ck = Checkpoint(name, main.name, fmt, sd)
+    if ck is None:
+        dcp_dirs = [p for p in files.values() if p.is_dir() and (p / ".metadata").is_file()]
+        if dcp_dirs:  # accelerate FSDP: pytorch_model_fsdp_0/
+            return _with_folder_note(read_checkpoint(sorted(dcp_dirs)[0], trust=trust), name)
+        shown = ", ".join(sorted(files)[:8]) or "nothing"
+        raise CheckpointError(f"{name}: folder holds no model weights (looked for {', '.join(FOLDER_FILES)}, "
+                              f"a shard index or a .metadata; found {shown})")
+    others = sorted(n for n in files if n.startswith("model_") and n.endswith((".safetensors", ".bin")))
+    if others:
+        ck.notes.append(f"read the first model only; the folder also has {', '.join(others)}")
+    if accelerate and "optimizer.bin" in files:
+        try:
+            ck.optimizer = torch_load(files["optimizer.bin"], name=str(files["optimizer.bin"]), trust=trust)
+        except CheckpointError as e:
+            ck.notes.append(f"optimizer.bin not read: {e}")
+    ck.metadata["files"] = sorted(files)
+    return _unwrap(ck)
+
+
+def _with_folder_note(ck: Checkpoint, folder: str) -> Checkpoint:
+    ck.notes.append(f"read {ck.source} from folder {folder}")
+    return ck
+
+
+# --------------------------------------------------------------------------- torch.distributed.checkpoint
+def read_dcp(path: Path) -> dict[str, Any]:
+    """A ``torch.distributed.checkpoint`` folder as a nested dict, without a process group.
+
+    The ``.metadata`` pickle is read with a restricted unpickler (DCP's own reader
+    uses plain ``pickle.load``, which would run code from a crafted file).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.metadata import StorageMeta
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    metadata = _safe_dcp_metadata(path / ".metadata")
+
+    class SafeReader(dcp.FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    sd: dict[str, Any] = {}
+    try:
+        _load_state_dict(sd, storage_reader=SafeReader(str(path)), planner=_EmptyStateDictLoadPlanner(),
+                         no_dist=True)
+    except Exception as e:  # noqa: BLE001 - DCP raises CheckpointException and friends
+        raise CheckpointError(f"{path}: cannot read torch.distributed.checkpoint folder "
+                              f"({type(e).__name__}: {str(e).strip()[:200]})") from None
+    return sd
+
+
+def _safe_dcp_metadata(file: Path) -> Any:
+    import importlib
+
+    def resolve(module: str, name: str) -> Any:
+        if module.startswith("torch.distributed.checkpoint."):
+            obj = getattr(importlib.import_module(module), name, None)
+            return obj if isinstance(obj, type) else None
+        if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype
+                                                            | torch.layout | torch.memory_format)):
+            return getattr(torch, name)
+        if (module, name) in (("torch.serialization", "_get_layout"), ("torch._utils", "_get_layout")):
+            return getattr(importlib.import_module(module), name)
+        return None
+
+    try:
+        with file.open("rb") as f:
+            return RestrictedUnpickler(f, _allowlist_map(), resolve, name=str(file)).load()
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, struct.error) as e:
+        raise CheckpointError(f"{file}: corrupt torch.distributed.checkpoint metadata ({e})") from None
+    except Exception as e:
+        if isinstance(e, WeightsError):
+            raise
+        raise CheckpointError(f"{file}: corrupt torch.distributed.checkpoint metadata ({e})") from None
+
+
+def _allowlist_map() -> dict[str, Any]:
+    out: dict[str, Any] = {"collections.OrderedDict": __import__("collections").OrderedDict}
+    for g in allowlist():
+        obj, name = g if isinstance(g, tuple) else (g, f"{g.__module__}.{g.__qualname__}")
+        out[name] = obj
+    return out
+
+
+# --------------------------------------------------------------------------- TorchScript
+class _ScriptObject:
+    """Stand-in for a TorchScript class: keeps its attributes, runs nothing."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, Mapping):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["__state__"] = state
+
+
+def _read_torchscript(path: Path, *, trust: bool) -> StateDict:
+    """Parameters and buffers of a TorchScript archive, read without running its code."""
+    try:
+        return _script_tensors(path)
+    except WeightsError:
+        if not trust:
+            raise
+    except (zipfile.BadZipFile, KeyError, EOFError, ValueError, TypeError, RuntimeError) as e:
+        if not trust:
+            raise CheckpointError(f"{path}: TorchScript archive not readable without running it ({e}); "
+                                  "pass --trust (trust=True) to load it with torch.jit.load") from None
+    try:
+        return _module_state(torch.jit.load(str(path), map_location="cpu"))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot load TorchScript archive ({e})") from None
+
+
+def _script_tensors(path: Path) -> StateDict:
+    import collections
+    import importlib
+
+    from torch import _utils
+
+    jit_pickle = importlib.import_module("torch.jit._pickle")
+
+    with zipfile.ZipFile(path) as zf:
+        data_pkl = next(n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1)
+        prefix = data_pkl[: -len("data.pkl")]
+
+        def persistent_load(pid: Any) -> Any:
+            typename, storage_type, key, _location, numel = pid
+            if typename != "storage":
+                raise CheckpointError(f"{path}: unknown record type {typename!r}")
+            dtype = storage_type if isinstance(storage_type, torch.dtype) else storage_type.dtype
+            raw = bytearray(zf.read(f"{prefix}data/{key}"))
+            untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
+            return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+        allowed: dict[str, Any] = {
+            "collections.OrderedDict": collections.OrderedDict,
+            "torch._utils._rebuild_tensor_v2": _utils._rebuild_tensor_v2,
+            "torch._utils._rebuild_parameter": _utils._rebuild_parameter,
+        }
+        for fn in ("build_intlist", "build_floatlist", "build_boollist", "build_doublelist",
+                   "build_tensorlist", "build_complexlist", "restore_type_tag"):
+            if hasattr(jit_pickle, fn):
+                allowed[f"torch.jit._pickle.{fn}"] = getattr(jit_pickle, fn)
+
+        def resolve(module: str, name: str) -> Any:
+            if module.startswith("__torch__"):
+                return type(name, (_ScriptObject,), {})
+            if module == "torch" and name.endswith("Storage") and hasattr(torch, name):
+                return getattr(torch, name)
+            return None
+
+        unpickler = RestrictedUnpickler(io.BytesIO(zf.read(data_pkl)), allowed, resolve, name=str(path))
+        unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
+        root = unpickler.load()
+    out: StateDict = {}
+    _collect(root, "", out, set())
+    if not out:
+        raise CheckpointError(f"{path}: TorchScript archive holds no tensors")
+    return out
+
+
+def _collect(obj: Any, prefix: str, out: StateDict, seen: set[int]) -> None:
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    for k, v in vars(obj).items():
+        if isinstance(v, Tensor):
+            out[prefix + k] = v.detach()
+        elif isinstance(v, _ScriptObject):
+            _collect(v, f"{prefix}{k}.", out, seen)
+
+
+__all__ = ["Checkpoint", "read_checkpoint", "interpret", "sniff", "read_dcp", "jsonable", "unsafe_error"]

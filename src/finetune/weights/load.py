@@ -1,0 +1,361 @@
+"""Load whatever fits into a model and say exactly what happened: :func:`load_weights`.
+
+>>> import torch
+>>> model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+>>> report = load_weights(model, {"module.0.weight": torch.ones(2, 3), "module.0.bias": torch.zeros(2)})
+>>> report.ok, report.loaded
+(True, ['0.weight', '0.bias'])
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from finetune.errors import WeightsError
+from finetune.weights import sources
+from finetune.weights.formats import Checkpoint, read_checkpoint
+from finetune.weights.keys import apply_renames, matches, unwrap_names
+
+Shape = tuple[int, ...]
+ShapeMismatch = Literal["skip", "error", "adapt"]
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did, tensor by tensor.
+
+    ``mismatched`` holds ``(name, file shape, model shape)``; ``adapted`` holds
+    ``(name, how)``. ``ok`` is True when nothing is missing except what was excluded.
+    """
+
+    source: str = ""
+    format: str = ""
+    mapping: str = "identity"
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, Shape, Shape]] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    adapted: list[tuple[str, str]] = field(default_factory=list)
+    ema_available: bool = False
+    ema_used: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every model tensor was loaded, adapted, excluded or kept on a shape mismatch."""
+        return not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (shapes as lists)."""
+        return {
+            "source": self.source, "format": self.format, "mapping": self.mapping, "ok": self.ok,
+            "loaded": self.loaded, "missing": self.missing, "unexpected": self.unexpected,
+            "mismatched": [{"name": n, "file_shape": list(a), "model_shape": list(b)} for n, a, b in self.mismatched],
+            "excluded": self.excluded, "adapted": [{"name": n, "how": h} for n, h in self.adapted],
+            "ema_available": self.ema_available, "ema_used": self.ema_used, "notes": self.notes,
+        }
+
+    def __str__(self) -> str:
+        total = len(self.loaded) + len(self.adapted) + len(self.missing) + len(self.mismatched) + self._excluded_in_model
+        head = [f"weights: {self.source}", f"  format   {self.format}", f"  mapping  {self.mapping}"]
+        if self.ema_available:
+            head.append("  ema      " + ("EMA weights loaded" if self.ema_used
+                                         else "the file also has EMA weights (not used; pass ema=True / --ema)"))
+        rows = [
+            ("loaded", len(self.loaded), ""),
+            ("adapted", len(self.adapted), ", ".join(f"{n} ({h})" for n, h in self.adapted)),
+            ("mismatched", len(self.mismatched),
+             ", ".join(f"{n} (file {_fmt(a)}, model {_fmt(b)})" for n, a, b in self.mismatched)),
+            ("missing", len(self.missing), ", ".join(self.missing)),
+            ("unexpected", len(self.unexpected), ", ".join(self.unexpected)),
+            ("excluded", len(self.excluded), ", ".join(self.excluded)),
+        ]
+        lines = [f"  {name:<10} {n:>5}  {_clip(detail)}".rstrip() for name, n, detail in rows if n or name == "loaded"]
+        verdict = "ok" if self.ok else "INCOMPLETE: the model keeps its own values for the missing tensors"
+        lines.append(f"  {len(self.loaded) + len(self.adapted)}/{total} model tensors from the file: {verdict}")
+        return "\n".join(head + lines + [f"  note     {n}" for n in self.notes])
+
+    _excluded_in_model: int = field(default=0, repr=False)
+
+
+def _fmt(shape: Shape) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _clip(text: str, width: int = 110) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------- alignment
+@dataclass(frozen=True)
+class PrefixMap:
+    """Replace ``strip`` at the start of a key by ``add`` (keys without ``strip`` keep their name)."""
+
+    strip: str = ""
+    add: str = ""
+
+    def __call__(self, name: str) -> str:
+        if self.strip:
+            return self.add + name[len(self.strip):] if name.startswith(self.strip) else name
+        return self.add + name
+
+    def __str__(self) -> str:
+        if not self.strip and not self.add:
+            return "identity"
+        if not self.add:
+            return f"strip '{self.strip}'"
+        if not self.strip:
+            return f"add '{self.add}'"
+        return f"'{self.strip}' -> '{self.add}'"
+
+
+def align(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int = 3) -> PrefixMap:
+    """The prefix mapping under which the most source keys find a target key of the same shape.
+
+    >>> align({"model.fc.weight": (2, 3)}, {"fc.weight": (2, 3)})
+    PrefixMap(strip='model.', add='')
+    >>> align({"fc.weight": (2, 3)}, {"backbone.fc.weight": (2, 3), "head.w": (1,)})
+    PrefixMap(strip='', add='backbone.')
+    """
+    by_suffix: dict[str, set[str]] = {}
+    for t in target:
+        for p in _prefixes(t, depth):
+            by_suffix.setdefault(t[len(p):], set()).add(p)
+    support: Counter[tuple[str, str]] = Counter()
+    for s in source:
+        for q in _prefixes(s, depth):
+            for p in by_suffix.get(s[len(q):], ()):
+                support[(q, p)] += 1
+    candidates = [PrefixMap()] + [PrefixMap(q, p) for (q, p), _ in support.most_common(12)]
+
+    def score(m: PrefixMap) -> tuple[int, int, int]:
+        names = {m(s): shape for s, shape in source.items()}
+        hit = [n for n in names if n in target]
+        same = sum(1 for n in hit if tuple(target[n]) == tuple(names[n]))
+        # a renaming that matches names but no shape is a coincidence (e.g. 'fc.' -> 'stem.')
+        return same, len(hit) if same or m == PrefixMap() else -1, -len(m.strip) - len(m.add)
+
+    return max(candidates, key=score)
+
+
+def _prefixes(name: str, depth: int) -> list[str]:
+    parts = name.split(".")
+    return [""] + [".".join(parts[:i]) + "." for i in range(1, min(depth, len(parts) - 1) + 1)]
+
+
+# --------------------------------------------------------------------------- adaptation
+def adapt_input_channels(weight: Tensor, channels: int) -> Tensor:
+    """A first-conv weight for another number of input channels.
+
+    One channel: the sum over the file's channels. More: the file's channels repeated
+    and scaled by ``old/new`` so that the activations keep their size.
+
+    >>> w = torch.ones(4, 3, 1, 1)
+    >>> adapt_input_channels(w, 1)[0, 0, 0, 0].item(), adapt_input_channels(w, 6)[0, :, 0, 0].tolist()
+    (3.0, [0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    """
+    old = weight.shape[1]
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = math.ceil(channels / old)
+    return weight.repeat(1, reps, *([1] * (weight.dim() - 2)))[:, :channels] * (old / channels)
+
+
+def select_rows(tensor: Tensor, model_tensor: Tensor, class_map: Mapping[int, int], name: str) -> Tensor:
+    """The model's classifier tensor with rows ``new <- old`` copied from the file.
+
+    >>> select_rows(torch.arange(3.0), torch.zeros(2), {0: 2, 1: 0}, "fc.bias").tolist()
+    [2.0, 0.0]
+    """
+    out = model_tensor.detach().clone().to(tensor.dtype)
+    for new, old in class_map.items():
+        if not (0 <= new < out.shape[0] and 0 <= old < tensor.shape[0]):
+            raise WeightsError(f"class_map {new}: {old} is out of range for {name} "
+                               f"(model has {out.shape[0]} rows, file has {tensor.shape[0]})")
+        out[new] = tensor[old]
+    return out
+
+
+def _first_conv(model_shapes: Mapping[str, Shape]) -> str | None:
+    return next((k for k, s in model_shapes.items() if k.endswith("weight") and len(s) >= 3), None)
+
+
+def _classifier_prefix(model_shapes: Mapping[str, Shape]) -> str | None:
+    last = [k for k, s in model_shapes.items() if k.endswith("weight") and len(s) >= 2]
+    return last[-1].rpartition(".")[0] if last else None
+
+
+# --------------------------------------------------------------------------- load
+def load_weights(
+    model: torch.nn.Module,
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    exclude: Sequence[str] | None = (),
+    include: Sequence[str] | None = None,
+    rename: Mapping[str, str] | None = None,
+    strict: bool = False,
+    shape_mismatch: ShapeMismatch | None = "skip",
+    ema: bool = False,
+    trust: bool | None = False,
+    class_map: Mapping[int, int] | None = None,
+    arch: str | None = None,
+) -> LoadReport:
+    """Load the tensors of ``source`` that fit ``model``; return a :class:`LoadReport`.
+
+    ``source`` is a path (any format :func:`read_state_dict` reads), a state dict or a
+    checkpoint dict, ``"torchvision"`` (needs ``arch`` or ``model.finetune_arch``) or
+    ``"timm:NAME"``. Prefixes (``module.``, ``_orig_mod.``, ``model.``, ``backbone.``, …)
+    are aligned automatically. ``exclude``/``include`` are glob patterns on key names,
+    ``rename`` is ``{regex: replacement}``. ``shape_mismatch``: ``"skip"`` keeps the
+    model's tensor, ``"error"`` raises, ``"adapt"`` adapts the first conv's input
+    channels and copies classifier rows by ``class_map={new_index: old_index}``.
+
+    >>> import torch
+    >>> src = torch.nn.Linear(4, 10); dst = torch.nn.Linear(4, 3)
+    >>> r = load_weights(dst, src.state_dict(), shape_mismatch="adapt", class_map={0: 7, 1: 1, 2: 4})
+    >>> [n for n, _ in r.adapted], torch.equal(dst.weight[0], src.weight[7])
+    (['weight', 'bias'], True)
+    """
+    shape_mismatch = shape_mismatch or "skip"  # None from an unset config value
+    trust = bool(trust)
+    if shape_mismatch not in ("skip", "error", "adapt"):
+        raise WeightsError(f"shape_mismatch must be 'skip', 'error' or 'adapt', not {shape_mismatch!r}")
+    exclude = list(exclude or ())
+    ck = _read_source(model, source, trust=trust, arch=arch)
+    use_ema = bool(ema and ck.ema is not None)
+    file_sd = ck.ema if use_ema and ck.ema is not None else ck.weights
+    report = LoadReport(source=ck.source, format=ck.description, ema_available=ck.ema is not None,
+                        ema_used=use_ema, notes=list(ck.notes))
+    if ema and ck.ema is None:
+        report.notes.append("ema=True but the file has no EMA weights: loaded the raw weights")
+
+    model_sd = model.state_dict()
+    model_clean, model_wrappers = unwrap_names(model_sd)
+    clean_to_key = {c: k for k, c in model_clean.items()}
+    model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
+
+    renamed = apply_renames(file_sd, rename)
+    prefix_map = align({renamed[k]: tuple(v.shape) for k, v in file_sd.items()}, model_shapes)
+    report.mapping = _describe_mapping(ck.unwrapped, model_wrappers, prefix_map, rename)
+
+    first_conv, classifier = _first_conv(model_shapes), _classifier_prefix(model_shapes)
+    to_load: dict[str, Tensor] = {}
+    done: set[str] = set()
+
+    def excluded(*names: str) -> bool:
+        if any(matches(n, exclude) for n in names):
+            return True
+        return include is not None and not any(matches(n, include) for n in names)
+
+    for key, tensor in file_sd.items():
+        name = prefix_map(renamed[key])
+        if excluded(key, renamed[key], name):
+            report.excluded.append(name if name in model_shapes else key)
+            done.add(name)
+            continue
+        if name not in model_shapes or name in done:
+            report.unexpected.append(key)
+            continue
+        done.add(name)
+        model_shape, file_shape = model_shapes[name], tuple(tensor.shape)
+        if file_shape == model_shape:
+            to_load[clean_to_key[name]] = tensor
+            report.loaded.append(name)
+            continue
+        fitted = None
+        if shape_mismatch == "adapt":
+            fitted = _adapt(name, tensor, model_sd[clean_to_key[name]], first_conv, classifier, class_map)
+        if fitted is not None:
+            to_load[clean_to_key[name]] = fitted[0]
+            report.adapted.append((name, fitted[1]))
+        else:
+            report.mismatched.append((name, file_shape, model_shape))
+
+    model_excluded = [c for c in model_shapes if c not in done and excluded(c)]
+    report.excluded += model_excluded
+    report._excluded_in_model = sum(1 for n in report.excluded if n in model_shapes)
+    report.missing = [c for c in model_shapes if c not in done and c not in model_excluded]
+
+    if not report.loaded and not report.adapted:
+        raise WeightsError(_nothing_matched(ck, file_sd, model_shapes, report))
+    if shape_mismatch == "error" and report.mismatched:
+        n, a, b = report.mismatched[0]
+        raise WeightsError(f"{ck.source}: {len(report.mismatched)} tensors have another shape than the model's, "
+                           f"e.g. {n}: file {_fmt(a)}, model {_fmt(b)}; exclude them (--exclude) or use "
+                           f"shape_mismatch='skip'/'adapt'\n{report}")
+    if strict and (report.missing or report.unexpected or report.mismatched):
+        raise WeightsError(f"{ck.source}: strict loading failed: {len(report.missing)} missing, "
+                           f"{len(report.unexpected)} unexpected, {len(report.mismatched)} mismatched\n{report}")
+    with torch.no_grad():
+        result = model.load_state_dict(to_load, strict=False)
+    if result.unexpected_keys:  # pragma: no cover - the mapping only produces model keys
+        raise WeightsError(f"internal error: unexpected keys {result.unexpected_keys[:3]}")
+    return report
+
+
+def _read_source(model: torch.nn.Module, source: Any, *, trust: bool, arch: str | None) -> Checkpoint:
+    if sources.is_named(source):
+        arch = arch or getattr(model, "finetune_arch", None) or getattr(model, "model_name", None)
+        if isinstance(arch, str) and arch.startswith("timm:") and source == "torchvision":
+            raise WeightsError(f"'torchvision' weights do not exist for timm model {arch}: use --pretrained {arch}")
+        return read_checkpoint(sources.resolve(source, arch), trust=trust)
+    return read_checkpoint(source, trust=trust)
+
+
+def _adapt(name: str, tensor: Tensor, model_tensor: Tensor, first_conv: str | None, classifier: str | None,
+           class_map: Mapping[int, int] | None) -> tuple[Tensor, str] | None:
+    fs, ms = tuple(tensor.shape), tuple(model_tensor.shape)
+    if len(fs) != len(ms):
+        return None
+    differ = [i for i in range(len(fs)) if fs[i] != ms[i]]
+    if name == first_conv and differ == [1]:
+        how = "summed" if ms[1] == 1 else "repeated and rescaled"
+        return adapt_input_channels(tensor, ms[1]), f"input channels {fs[1]} -> {ms[1]}, {how}"
+    if class_map and classifier is not None and name.rpartition(".")[0] == classifier and differ == [0]:
+        return select_rows(tensor, model_tensor, class_map, name), f"{len(class_map)} of {fs[0]} rows by class_map"
+    return None
+
+
+def _describe_mapping(file_wrappers: list[str], model_wrappers: list[str], prefix_map: PrefixMap,
+                      rename: Mapping[str, str] | None) -> str:
+    parts = []
+    if file_wrappers:
+        parts.append("file wrappers removed: " + ", ".join(f"'{w}'" for w in file_wrappers))
+    if model_wrappers:
+        parts.append("model wrappers: " + ", ".join(f"'{w}'" for w in model_wrappers))
+    if rename:
+        parts.append("renamed: " + ", ".join(f"{k!r} -> {v!r}" for k, v in rename.items()))
+    parts.append(f"prefix: {prefix_map}")
+    return "; ".join(parts)
+
+
+def _nothing_matched(ck: Checkpoint, file_sd: Mapping[str, Tensor], model_shapes: Mapping[str, Shape],
+                     report: LoadReport) -> str:
+    if not file_sd:
+        return f"{ck.source}: the file holds no tensors"
+    if report.mismatched:
+        n, a, b = report.mismatched[0]
+        return (f"{ck.source}: 0 tensors loaded: all {len(report.mismatched)} matching names have other shapes "
+                f"(e.g. {n}: file {_fmt(a)}, model {_fmt(b)}): is it the same architecture?")
+    if report.excluded and not report.unexpected:
+        return f"{ck.source}: 0 tensors loaded: the patterns excluded all {len(report.excluded)} of them"
+    model_keys = list(model_shapes)
+    pairs = []
+    for k in list(file_sd)[:200]:
+        close = difflib.get_close_matches(k, model_keys, n=1, cutoff=0.4)
+        if close:
+            pairs.append((difflib.SequenceMatcher(None, k, close[0]).ratio(), k, close[0]))
+    shown = "; ".join(f"'{a}' ~ '{b}'" for _, a, b in sorted(pairs, reverse=True)[:5]) or "none similar"
+    return (f"{ck.source}: 0 of {len(file_sd)} tensors match the model's {len(model_keys)} "
+            f"(wrong architecture?); closest file ~ model keys: {shown}; "
+            f"use rename={{regex: replacement}} if only the names differ")

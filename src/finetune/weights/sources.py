@@ -1,0 +1,158 @@
+"""Named pretrained sources: ``torchvision`` and ``timm:NAME``, read from the local caches.
+
+``torchvision`` is the architecture's default ImageNet weights in the torch hub cache
+(``$TORCH_HOME/hub/checkpoints``); ``timm:NAME`` is timm's pretrained file in the
+Hugging Face hub cache (``$HF_HUB_CACHE`` or ``$HF_HOME/hub``) or the torch hub cache.
+A missing file is downloaded unless ``FINETUNE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``; offline,
+the error names the file, its URL and the folder to put it in.
+
+>>> is_named("torchvision"), is_named("timm:resnet18"), is_named("weights.pt")
+(True, True, False)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from finetune.errors import WeightsError
+
+
+def is_named(source: object) -> bool:
+    """True for ``torchvision``, ``torchvision:ARCH`` and ``timm:NAME`` (not an existing path)."""
+    if not isinstance(source, str) or Path(source).exists():
+        return False
+    return source == "torchvision" or source.startswith(("torchvision:", "timm:"))
+
+
+def offline() -> bool:
+    """True when downloads are off (``FINETUNE_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1/true)."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("FINETUNE_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def resolve(source: str, arch: str | None) -> Path:
+    """The local file of a named source, downloading it when allowed."""
+    if source == "torchvision" or source.startswith("torchvision:"):
+        name = source.partition(":")[2] or arch
+        if not name:
+            raise WeightsError("'torchvision' weights need the architecture: pass arch='resnet18' "
+                               "(or use a model built by finetune.create_model)")
+        return torchvision_file(name)
+    return timm_file(source.partition(":")[2])
+
+
+def torch_hub_checkpoints() -> Path:
+    """``torch.hub.get_dir()/checkpoints`` (respects ``TORCH_HOME``)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def torchvision_file(arch: str) -> Path:
+    """The cached file of torchvision's default weights for ``arch``.
+
+    >>> import os; os.environ["FINETUNE_OFFLINE"] = "1"
+    >>> try:
+    ...     torchvision_file("not_a_model")
+    ... except WeightsError as e:
+    ...     print(str(e)[:40])
+    torchvision has no pretrained weights fo
+    """
+    from torchvision.models import get_model_weights
+
+    try:
+        weights = get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        raise WeightsError(f"torchvision has no pretrained weights for '{arch}'") from None
+    url = weights.url
+    folder = torch_hub_checkpoints()
+    path = folder / url.rsplit("/", 1)[-1]
+    if path.is_file():
+        return path
+    _download(url, path)
+    return path
+
+
+def _download(url: str, path: Path) -> None:
+    if offline():
+        raise _missing(path, url, "downloads are off (FINETUNE_OFFLINE/HF_HUB_OFFLINE)")
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except Exception as e:  # noqa: BLE001 - any network failure means: offline
+        raise _missing(path, url, f"download failed: {type(e).__name__}: {e}") from None
+
+
+def _missing(path: Path, url: str, why: str) -> WeightsError:
+    return WeightsError(f"pretrained weights '{path.name}' are not cached and {why}: download {url} "
+                        f"and put it in {path.parent}/")
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache folder (``HF_HUB_CACHE``, ``HF_HOME/hub`` or ``~/.cache/huggingface/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def timm_file(name: str) -> Path:
+    """The cached pretrained file of timm model ``name`` (``resnet18`` or ``resnet18.a1_in1k``)."""
+    if not name:
+        raise WeightsError("timm source needs a model name: timm:NAME (e.g. timm:resnet18)")
+    repo, url = _timm_locations(name)
+    files = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    if repo:
+        found = _hf_cached(repo, files)
+        if found is not None:
+            return found
+    legacy = torch_hub_checkpoints() / url.rsplit("/", 1)[-1] if url else None
+    if legacy is not None and legacy.is_file():
+        return legacy
+    folder = hf_hub_cache() / f"models--{repo.replace('/', '--')}" / "snapshots" / "main" if repo else None
+    if offline() or not repo:
+        where = url or f"https://huggingface.co/{repo}/resolve/main/model.safetensors"
+        target = (folder / "model.safetensors") if folder else legacy
+        if target is None:
+            raise WeightsError(f"timm has no pretrained weights for '{name}'")
+        raise _missing(target, where, "downloads are off (FINETUNE_OFFLINE/HF_HUB_OFFLINE)")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, "model.safetensors"))
+    except Exception as e:  # noqa: BLE001 - network, auth or missing file
+        raise _missing(folder / "model.safetensors", f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
+                       f"download failed: {type(e).__name__}: {str(e)[:120]}") from None
+
+
+def _timm_locations(name: str) -> tuple[str, str]:
+    """(Hugging Face repo id, legacy URL) of a timm model name; timm imported lazily."""
+    try:
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return f"timm/{name}", ""
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        raise WeightsError(f"timm has no pretrained weights for '{name}' (see timm.list_pretrained())")
+    repo = cfg.hf_hub_id or ""
+    if repo.endswith("/"):
+        repo += name
+    return repo, cfg.url or ""
+
+
+def _hf_cached(repo: str, files: tuple[str, ...]) -> Path | None:
+    root = hf_hub_cache() / f"models--{repo.replace('/', '--')}"
+    snapshots = root / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = root / "refs" / "main"
+    order = [snapshots / ref.read_text().strip()] if ref.is_file() else []
+    order += sorted(p for p in snapshots.iterdir() if p.is_dir())
+    for snap in order:
+        for f in files:
+            if (snap / f).is_file():
+                return snap / f
+    return None

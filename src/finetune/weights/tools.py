@@ -1,0 +1,296 @@
+"""``read_state_dict``, ``inspect_checkpoint`` and ``convert``: the reading side of the CLI.
+
+>>> import torch
+>>> sorted(read_state_dict({"model": {"_orig_mod.fc.bias": torch.zeros(2)}, "opt": {}}))
+['fc.bias']
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from finetune.errors import WeightsError
+from finetune.weights.formats import Checkpoint, jsonable, read_checkpoint
+
+StateDict = dict[str, Tensor]
+
+
+def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any], *, ema: bool = False,
+                    trust: bool = False) -> StateDict:
+    """A flat state dict of CPU tensors from any checkpoint, wrapper prefixes removed.
+
+    ``ema=True`` picks the EMA weights where the file has them (a warning and the raw
+    weights otherwise). A pickled ``nn.Module`` needs ``trust=True``.
+
+    >>> import torch
+    >>> ck = {"state_dict": {"module.w": torch.ones(1)}, "state_dict_ema": {"module.w": torch.zeros(1)}, "version": 2}
+    >>> read_state_dict(ck)["w"].item(), read_state_dict(ck, ema=True)["w"].item()
+    (1.0, 0.0)
+    """
+    ck = read_checkpoint(source, trust=trust)
+    if ema:
+        if ck.ema is not None:
+            return ck.ema
+        warnings.warn(f"{ck.source}: no EMA weights in the file; returning the raw weights", stacklevel=2)
+    return ck.weights
+
+
+# --------------------------------------------------------------------------- inspect
+def inspect_checkpoint(source: str | os.PathLike[str], *, model: str | None = None, optimizer: bool = False,
+                       trust: bool = False) -> dict[str, Any]:
+    """What a checkpoint holds, as a JSON-ready dict.
+
+    Keys: ``source``, ``format``, ``container``, ``metadata``, ``tensors`` (name, shape,
+    dtype, numel), ``totals`` (tensors, numel, MB), ``ema``, ``notes``; ``optimizer``
+    (a summary) when asked; ``load_report`` against architecture ``model`` when given.
+
+    >>> import torch, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.pt"); torch.save({"w": torch.ones(2, 2)}, p)
+    >>> info = inspect_checkpoint(p)
+    >>> info["format"], info["totals"]["numel"]
+    ('state_dict', 4)
+    """
+    ck = read_checkpoint(source, trust=trust)
+    info: dict[str, Any] = {
+        "source": ck.source, "format": ck.format, "container": ck.container,
+        "metadata": ck.metadata, "wrappers_removed": ck.unwrapped,
+        "tensors": tensor_table(ck.weights), "totals": totals(ck.weights),
+        "ema": totals(ck.ema) if ck.ema is not None else None, "notes": ck.notes,
+    }
+    if optimizer:
+        info["optimizer"] = optimizer_summary(ck.optimizer)
+    if model:
+        info["load_report"] = _report_against(ck, model)
+    return info
+
+
+def tensor_table(sd: Mapping[str, Tensor]) -> list[dict[str, Any]]:
+    """One row per tensor: name, shape, dtype, numel."""
+    return [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "numel": v.numel()}
+            for k, v in sd.items()]
+
+
+def totals(sd: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Tensor count, element count and size in MB (10^6 bytes).
+
+    >>> totals({"a": torch.zeros(250_000)})
+    {'tensors': 1, 'numel': 250000, 'mb': 1.0}
+    """
+    numel = sum(v.numel() for v in sd.values())
+    size = sum(v.numel() * v.element_size() for v in sd.values())
+    return {"tensors": len(sd), "numel": numel, "mb": round(size / 1e6, 3)}
+
+
+def optimizer_summary(opt: Any) -> dict[str, Any] | None:
+    """Type-free summary of an optimizer state dict (or a list of them, as Lightning keeps).
+
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(3)); o = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    >>> p.grad = torch.ones(3); o.step()
+    >>> s = optimizer_summary(o.state_dict()); s["param_groups"][0]["lr"], s["state_keys"]
+    (0.1, ['momentum_buffer'])
+    """
+    if opt is None:
+        return None
+    if isinstance(opt, list | tuple):
+        return {"optimizers": [optimizer_summary(o) for o in opt]}
+    if not isinstance(opt, Mapping) or "state" not in opt:
+        return {"summary": str(type(opt).__name__)}
+    state = opt.get("state") or {}
+    values = state.values() if isinstance(state, Mapping) else state
+    keys: set[str] = set()
+    numel = nbytes = 0
+    for entry in values:
+        if isinstance(entry, Mapping):
+            for k, v in entry.items():
+                keys.add(str(k))
+                if isinstance(v, Tensor):
+                    numel += v.numel()
+                    nbytes += v.numel() * v.element_size()
+    groups = []
+    for g in opt.get("param_groups") or opt.get("hypers") or []:
+        if isinstance(g, Mapping):
+            row = {k: jsonable(v) for k, v in g.items() if k != "params"}
+            row = {k: v for k, v in row.items() if isinstance(v, bool | int | float | str | type(None) | list)}
+            row["params"] = len(g.get("params", []))
+            groups.append(row)
+    return {"param_groups": groups, "states": len(state), "state_keys": sorted(keys),
+            "state_numel": numel, "state_mb": round(nbytes / 1e6, 3)}
+
+
+def _report_against(ck: Checkpoint, arch: str) -> dict[str, Any]:
+    from finetune.weights.load import load_weights
+
+    model = _build_model(arch, ck)
+    try:
+        return load_weights(model, ck.weights).to_dict()
+    except WeightsError as e:
+        return {"ok": False, "error": str(e)}
+
+
+def _build_model(arch: str, ck: Checkpoint) -> torch.nn.Module:
+    """An untrained model of ``arch`` (timm:NAME or torchvision), sized from the file's classifier."""
+    try:
+        from finetune.models import create_model  # the project's model factory when present
+
+        return create_model(arch, num_classes=_num_classes(ck), pretrained=False)  # type: ignore[call-arg]
+    except ImportError:
+        pass
+    except TypeError:
+        pass
+    if arch.startswith("timm:"):
+        import timm
+
+        return timm.create_model(arch[5:], pretrained=False, num_classes=_num_classes(ck) or 1000)
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(arch, weights=None, num_classes=_num_classes(ck) or 1000)
+    except ValueError as e:
+        raise WeightsError(f"unknown architecture '{arch}': {e}") from None
+
+
+def _num_classes(ck: Checkpoint) -> int | None:
+    last = [v for k, v in ck.weights.items() if k.endswith("weight") and v.dim() >= 2]
+    return int(last[-1].shape[0]) if last else None
+
+
+# --------------------------------------------------------------------------- convert
+def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bool = False, half: bool = False,
+            strip_prefix: str = "auto", trust: bool = False) -> Path:
+    """Write the clean weights of any checkpoint as ``.safetensors`` or ``.pt`` (by ``dst``'s suffix).
+
+    ``strip_prefix="auto"`` removes wrapper prefixes and, for Lightning files, the
+    LightningModule attribute when all keys share it; any other value is a literal
+    prefix to strip (``"none"`` keeps names). ``half`` stores floating tensors as float16.
+
+    >>> import torch, tempfile, os
+    >>> d = tempfile.mkdtemp(); torch.save({"state_dict": {"module.w": torch.ones(2)}, "best_acc1": 1}, f"{d}/a.pt")
+    >>> out = convert(f"{d}/a.pt", f"{d}/b.safetensors", half=True)
+    >>> from safetensors.torch import load_file; load_file(out)["w"].dtype
+    torch.float16
+    """
+    dst = Path(dst)
+    if dst.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+        raise WeightsError(f"{dst}: the output name must end in .safetensors, .pt, .pth or .bin")
+    ck = read_checkpoint(src, trust=trust)
+    if ema and ck.ema is None:
+        raise WeightsError(f"{ck.source}: --ema given but the file has no EMA weights")
+    sd = dict(ck.ema if ema and ck.ema is not None else ck.weights)
+    sd = _strip(sd, strip_prefix, ck)
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    if dst.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        sd = _unshare(sd)
+        save_file(sd, str(tmp), metadata={"format": "pt", "source_format": ck.format})
+    else:
+        torch.save(sd, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def _strip(sd: StateDict, prefix: str, ck: Checkpoint) -> StateDict:
+    if prefix in ("none", ""):
+        return sd
+    if prefix == "auto":
+        if ck.format == "PyTorch Lightning":
+            first = {k.split(".", 1)[0] for k in sd}
+            if len(first) == 1 and all("." in k for k in sd):
+                p = first.pop() + "."
+                return {k[len(p):]: v for k, v in sd.items()}
+        return sd
+    p = prefix if prefix.endswith(".") else prefix + "."
+    if not any(k.startswith(p) for k in sd):
+        raise WeightsError(f"{ck.source}: no key starts with '{p}' (keys look like '{next(iter(sd), '')}')")
+    return {(k[len(p):] if k.startswith(p) else k): v for k, v in sd.items()}
+
+
+def _unshare(sd: StateDict) -> StateDict:
+    """Copies for tensors that share memory (safetensors refuses shared storage)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for k, v in sd.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        if v.numel() and (key in seen or v.untyped_storage().nbytes() != v.numel() * v.element_size()):
+            v = v.clone()
+        seen.add(key)
+        out[k] = v
+    return out
+
+
+def format_inspect(info: Mapping[str, Any], *, max_rows: int | None = None) -> str:
+    """The text ``finetune inspect`` prints for :func:`inspect_checkpoint`'s result."""
+    lines = [f"file      {info['source']}", f"format    {info['format']} ({info['container']})"]
+    if info.get("wrappers_removed"):
+        lines.append("wrappers  removed " + ", ".join(f"'{w}'" for w in info["wrappers_removed"]))
+    meta = _flatten(info.get("metadata") or {})
+    if meta:
+        lines.append("metadata")
+        width = min(max(len(k) for k in meta), 32)
+        lines += [f"  {k:<{width}}  {_short(v)}" for k, v in meta.items()]
+    t = info["totals"]
+    lines.append(f"tensors   {t['tensors']} tensors, {t['numel']:,} values, {t['mb']:.2f} MB")
+    rows = info["tensors"] if max_rows is None else info["tensors"][:max_rows]
+    if rows:
+        nw = max(len(r["name"]) for r in rows)
+        sw = max(len(_shape(r["shape"])) for r in rows)
+        lines += [f"  {r['name']:<{nw}}  {_shape(r['shape']):<{sw}}  {r['dtype']:<9} {r['numel']:>12,}" for r in rows]
+        if len(rows) < len(info["tensors"]):
+            lines.append(f"  … {len(info['tensors']) - len(rows)} more")
+    if info.get("ema"):
+        e = info["ema"]
+        lines.append(f"ema       {e['tensors']} tensors, {e['numel']:,} values, {e['mb']:.2f} MB "
+                     "(convert --ema / load_weights(ema=True) uses them)")
+    if "optimizer" in info:
+        lines.append("optimizer " + ("none in the file" if info["optimizer"] is None else ""))
+        if info["optimizer"] is not None:
+            lines += [f"  {k}: {_short(v)}" for k, v in _flatten(info["optimizer"]).items()]
+    lines += [f"note      {n}" for n in info.get("notes") or []]
+    if "load_report" in info:
+        r = info["load_report"]
+        if "error" in r:
+            lines.append(f"load report: {r['error']}")
+        else:
+            lines.append(f"load report ({r['mapping']}): {'ok' if r['ok'] else 'INCOMPLETE'}")
+            lines.append(f"  loaded {len(r['loaded'])}, missing {len(r['missing'])}, unexpected {len(r['unexpected'])}, "
+                         f"mismatched {len(r['mismatched'])}")
+            for kind in ("missing", "unexpected"):
+                if r[kind]:
+                    lines.append(f"  {kind}: " + _short(", ".join(r[kind])))
+            for m in r["mismatched"]:
+                lines.append(f"  mismatched: {m['name']} file {_shape(m['file_shape'])}, model {_shape(m['model_shape'])}")
+    return "\n".join(lines)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v and len(prefix) < 40:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v) and len(v) <= 16:
+            for i, x in enumerate(v):
+                out.update(_flatten(x, f"{prefix}{k}[{i}]."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(v: Any, width: int = 100) -> str:
+    text = str(v)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _shape(shape: list[int]) -> str:
+    return str(tuple(shape))

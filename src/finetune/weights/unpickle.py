@@ -1,0 +1,207 @@
+"""Safe unpickling: ``weights_only=True`` plus an explicit allowlist of benign types.
+
+Nothing in a file runs unless the caller passes ``trust=True``. Files that need
+a type outside the allowlist are refused with an error that names the type.
+
+>>> import io, torch
+>>> buf = io.BytesIO(); torch.save({"w": torch.ones(2)}, buf); _ = buf.seek(0)
+>>> torch_load(buf, name="mem")["w"].tolist()
+[1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import os
+import pathlib
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Callable
+from typing import IO, Any
+
+import torch
+
+from finetune.errors import CheckpointError, UnsafeCheckpointError
+
+SafeGlobal = Any  # a callable, or (callable, "module.qualname") as torch accepts
+
+_CVE_WARNED = False
+
+
+def torch_is_safe(version: str | None = None) -> bool:
+    """True when ``weights_only=True`` is trustworthy (torch >= 2.6, CVE-2025-32434).
+
+    >>> torch_is_safe("2.5.1"), torch_is_safe("2.6.0+cu124"), torch_is_safe("2.14.1")
+    (False, True, True)
+    """
+    nums = re.findall(r"\d+", (version or torch.__version__).split("+")[0])[:2]
+    major, minor = (int(n) for n in (nums + ["0", "0"])[:2])
+    return (major, minor) >= (2, 6)
+
+
+def warn_if_unsafe_torch() -> None:
+    """Warn once when the installed torch predates the weights_only fix."""
+    global _CVE_WARNED
+    if not _CVE_WARNED and not torch_is_safe():
+        _CVE_WARNED = True
+        warnings.warn(
+            f"torch {torch.__version__} is older than 2.6: torch.load(weights_only=True) can run code "
+            "from a crafted file there (CVE-2025-32434); upgrade torch or only load files you trust",
+            stacklevel=3,
+        )
+
+
+@functools.cache
+def allowlist() -> tuple[SafeGlobal, ...]:
+    """Benign types that real checkpoints carry, allowed on top of torch's own list.
+
+    >>> any(getattr(g, "__name__", "") == "Namespace" for g in allowlist())
+    True
+    """
+    items: list[SafeGlobal] = [argparse.Namespace, torch.torch_version.TorchVersion]
+    items += [datetime.datetime, datetime.date, datetime.time, datetime.timedelta, datetime.timezone]
+    for mod in ("pathlib", "pathlib._local"):
+        items += [
+            (pathlib.PurePosixPath, f"{mod}.PurePosixPath"),
+            (pathlib.PosixPath, f"{mod}.PosixPath"),
+            (pathlib.PureWindowsPath, f"{mod}.PureWindowsPath"),
+            (pathlib.PureWindowsPath, f"{mod}.WindowsPath"),  # cannot exist off Windows: keep the text
+            (pathlib.PurePosixPath, f"{mod}.Path"),
+        ]
+    items += _numpy_allowlist()
+    return tuple(items)
+
+
+def _numpy_allowlist() -> list[SafeGlobal]:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return []
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    multiarray = core.multiarray
+    items: list[SafeGlobal] = [np.dtype, np.ndarray]
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):  # files from numpy 1 and 2
+        items += [(multiarray.scalar, f"{mod}.scalar"), (multiarray._reconstruct, f"{mod}._reconstruct")]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes by class
+    if dtypes is not None:
+        items += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    for name in ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                 "float16", "float32", "float64", "complex64", "complex128"):
+        items.append(getattr(np, name))
+    return items
+
+
+def _allowlist_names() -> set[str]:
+    names = set()
+    for g in allowlist():
+        names.add(g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}")
+    return names
+
+
+def unsafe_error(name: str, globals_: list[str]) -> UnsafeCheckpointError:
+    """The refusal message: which types, and how to load anyway."""
+    shown = ", ".join(globals_[:5]) + (f" and {len(globals_) - 5} more" if len(globals_) > 5 else "")
+    return UnsafeCheckpointError(
+        f"{name}: refusing to unpickle {shown}: loading it could run code stored in the file; "
+        "if you trust where the file comes from, pass --trust (trust=True)"
+    )
+
+
+def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = False) -> Any:
+    """``torch.load`` to CPU: weights_only with the allowlist, or full pickle when ``trust``.
+
+    Errors become :class:`CheckpointError` (corrupt) or :class:`UnsafeCheckpointError`.
+
+    >>> import io, torch
+    >>> buf = io.BytesIO(); torch.save([torch.zeros(1)], buf); _ = buf.seek(0)
+    >>> torch_load(buf, name="x")[0].shape
+    torch.Size([1])
+    """
+    if isinstance(f, str | os.PathLike):  # a file object: torch.load picks readers by suffix otherwise
+        with open(f, "rb") as handle:
+            return torch_load(handle, name=name, trust=trust)
+    if trust:
+        try:
+            return torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - anything wrong in a trusted file is still a bad file
+            raise CheckpointError(f"{name}: cannot read ({_short(e)})") from e
+    warn_if_unsafe_torch()
+    try:
+        with _safe_globals_context(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = _unsafe_globals(f, str(e))
+        if unsafe:
+            raise unsafe_error(name, unsafe) from None
+        if "Weights only load failed" in str(e):
+            detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise UnsafeCheckpointError(
+                f"{name}: refused by the safe loader ({detail}); if you trust where the file comes "
+                "from, pass --trust (trust=True)"
+            ) from None
+        raise CheckpointError(f"{name}: not a readable checkpoint, corrupt or truncated ({_short(e)})") from None
+    except (EOFError, RuntimeError, ValueError, OSError, KeyError, AttributeError, TypeError,
+            IndexError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{name}: not a readable checkpoint, corrupt or truncated ({_short(e)})") from None
+
+
+def _safe_globals_context() -> contextlib.AbstractContextManager[Any]:
+    ctx = getattr(torch.serialization, "safe_globals", None)
+    if ctx is not None:
+        return ctx(list(allowlist()))
+    # torch < 2.5: no context manager and no (obj, name) pairs; register the plain types
+    torch.serialization.add_safe_globals([g for g in allowlist() if not isinstance(g, tuple)])
+    return contextlib.nullcontext()
+
+
+def _unsafe_globals(f: Any, message: str) -> list[str]:
+    found: list[str] = []
+    try:
+        if hasattr(f, "seek"):
+            f.seek(0)
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(f)
+    except Exception:  # noqa: BLE001 - legacy files: fall back to the message
+        found = []
+    found += re.findall(r"GLOBAL ([\w.]+) was not an allowed global", message)
+    allowed = _allowlist_names()
+    return list(dict.fromkeys(g for g in found if g not in allowed))
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """A plain unpickler that resolves only the globals in ``allowed`` (name -> object).
+
+    ``fallback(module, name)`` may return a stand-in object for other names, or None
+    to refuse. Refused names are reported with :func:`unsafe_error`.
+
+    >>> import io, pickle
+    >>> RestrictedUnpickler(io.BytesIO(pickle.dumps({"a": 1})), {}).load()
+    {'a': 1}
+    """
+
+    def __init__(self, file: IO[bytes], allowed: dict[str, Any],
+                 fallback: Callable[[str, str], Any] | None = None, name: str = "file") -> None:
+        super().__init__(file)
+        self.allowed = allowed
+        self.fallback = fallback
+        self.name = name
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = f"{module}.{name}"
+        if key in self.allowed:
+            return self.allowed[key]
+        if self.fallback is not None:
+            obj = self.fallback(module, name)
+            if obj is not None:
+                return obj
+        raise unsafe_error(self.name, [key])
