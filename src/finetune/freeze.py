@@ -1,0 +1,946 @@
+"""Say what trains, and check it: freeze by pattern, BatchNorm policy, parameter groups, audit.
+
+The usual silent bugs of fine-tuning are a trainable parameter left out of the
+optimizer, frozen parameters still decayed by AdamW, BatchNorm statistics
+drifting in a "frozen" backbone, and an optimizer that no longer matches after
+unfreezing. This module makes the trainable set explicit and checked.
+
+Patterns are :mod:`fnmatch` globs matched against parameter names *and* module
+names (``layer4``, ``layer4.*``, ``*.bn*``, ``fc``); a module match covers all
+its parameters. Wrapped models (DDP, DataParallel, ``torch.compile``) are
+unwrapped first, so names never carry ``module.`` or ``_orig_mod.``, and those
+prefixes are stripped from patterns too.
+
+BatchNorm policy (:func:`set_bn_policy`) applies to BatchNorm layers in *frozen
+parts* — layers that a freeze call covered, or whose parameters are all frozen:
+
+- ``frozen`` (default): running statistics and affine parameters stay fixed,
+  even while ``model.train()`` is active;
+- ``eval``: running statistics stay fixed, affine parameters train;
+- ``train``: BatchNorm is left alone (statistics update in ``train()`` mode).
+
+Layer types are never swapped, so the parameter set, the optimizer and
+checkpoints keep lining up. Fixed statistics are enforced by a forward pre-hook
+on each affected BatchNorm layer that puts it in eval mode before its forward
+whenever the model is in train mode (automatic), and by :func:`bn_train_mode`,
+which a trainer calls right after ``model.train()`` so that ``bn.training``
+reads right even before the first forward (and a compiled graph sees a steady
+value).
+
+Frozen parts cost no backward when they are a prefix of the forward path: with
+no parameter and no input requiring grad, autograd records no graph for them.
+A frozen block in the middle of the network still passes gradients through to
+the trainable blocks before it; only its weight gradients are skipped.
+
+>>> import torch
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+>>> _ = net(torch.zeros(1, 3, 5, 5))
+>>> freeze(net, "0", "1")
+['0.weight', '0.bias', '1.weight', '1.bias']
+>>> [g["name"] for g in param_groups(net, lr=0.1, weight_decay=1e-4)]
+['default', 'default/no_decay']
+>>> _ = net.train(); _ = net(torch.zeros(1, 3, 5, 5))
+>>> net[1].training  # BatchNorm of the frozen part stays in eval mode
+False
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from finetune.errors import ConfigError
+
+BN_POLICIES = ("frozen", "eval", "train")
+_WRAPPER_NAMES = ("module", "_orig_mod")
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    _BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+# attributes this module keeps on the unwrapped root and on BatchNorm layers
+_POLICY_ATTR = "_finetune_bn_policy"  # root: "frozen" | "eval" | "train"
+_FROZEN_PART_ATTR = "_finetune_bn_frozen_part"  # BN: bool, set by freeze calls
+_MODE_ATTR = "_finetune_bn_mode"  # BN: effective mode, "frozen" | "eval" | "train"
+_HOOK_ATTR = "_finetune_bn_hook"  # BN: handle of the forward pre-hook
+
+
+# --------------------------------------------------------------------------- names and patterns
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel / ``torch.compile`` wrappers (the model itself if none).
+
+    A wrapper is a module with no parameters of its own and a single child
+    named ``module`` or ``_orig_mod``.
+
+    >>> inner = torch.nn.Linear(2, 2)
+    >>> unwrap(torch.nn.DataParallel(inner)) is inner
+    True
+    """
+    while True:
+        children = list(model.named_children())
+        own = next(model.parameters(recurse=False), None)
+        if len(children) == 1 and children[0][0] in _WRAPPER_NAMES and own is None:
+            model = children[0][1]
+        else:
+            return model
+
+
+def _strip_pattern(pattern: str) -> str:
+    while True:
+        for prefix in _WRAPPER_NAMES:
+            if pattern.startswith(prefix + "."):
+                pattern = pattern[len(prefix) + 1 :]
+                break
+        else:
+            return pattern
+
+
+def _named_params(root: nn.Module) -> dict[str, nn.Parameter]:
+    return dict(root.named_parameters())
+
+
+def _owner(param_name: str) -> str:
+    return param_name.rpartition(".")[0]
+
+
+def _block(param_name: str) -> str:
+    return param_name.partition(".")[0]
+
+
+def _under(name: str, modules: set[str]) -> bool:
+    """Whether module ``name`` is one of ``modules`` or inside one of them."""
+    parts = name.split(".") if name else []
+    return any(".".join(parts[:i]) in modules for i in range(1, len(parts) + 1))
+
+
+@dataclass(frozen=True)
+class _Selection:
+    params: tuple[str, ...]  # parameter names, registration order
+    modules: frozenset[str]  # module names matched by a pattern (their children are covered too)
+
+    def covers_module(self, name: str) -> bool:
+        return _under(name, set(self.modules))
+
+
+def _unmatched(pattern: str, root: nn.Module, what: str = "parameter or module") -> ConfigError:
+    modules = [n for n, _ in root.named_modules() if n]
+    candidates = modules + list(_named_params(root))
+    plain = pattern.replace("*", "").replace("?", "").strip(".")
+    key = plain or pattern
+    scored = sorted(
+        (-difflib.SequenceMatcher(None, key, c).ratio(), i, c) for i, c in enumerate(candidates)
+    )  # best first; ties in registration order
+    close = [c for score, _, c in scored[:5] if -score >= 0.5]
+    blocks = [n for n, _ in root.named_children()]
+    hint = f"did you mean: {', '.join(close)}? " if close else ""
+    return ConfigError(
+        f"pattern {pattern!r} matches no {what} name of {type(root).__name__}; {hint}"
+        f"top-level blocks: {', '.join(blocks) or '(none)'} "
+        "(patterns are globs over names like 'layer4', 'layer4.*', '*.bn*', 'fc')"
+    )
+
+
+def _select(root: nn.Module, patterns: Sequence[str]) -> _Selection:
+    """Parameters and modules that ``patterns`` name; raise ConfigError for a pattern that matches nothing."""
+    params = _named_params(root)
+    module_names = [n for n, _ in root.named_modules() if n]
+    matched_modules: set[str] = set()
+    matched_params: set[str] = set()
+    for raw in patterns:
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"a freeze pattern must be a non-empty string, got {raw!r}")
+        pattern = _strip_pattern(raw)
+        mods = {n for n in module_names if fnmatch.fnmatchcase(n, pattern)}
+        pars = {n for n in params if fnmatch.fnmatchcase(n, pattern)}
+        if not mods and not pars:
+            raise _unmatched(pattern, root)
+        matched_modules |= mods
+        matched_params |= pars
+    selected = tuple(n for n in params if n in matched_params or _under(_owner(n), matched_modules))
+    return _Selection(selected, frozenset(matched_modules))
+
+
+def _select_all(root: nn.Module) -> _Selection:
+    return _Selection(tuple(_named_params(root)), frozenset(n for n, _ in root.named_children()))
+
+
+# --------------------------------------------------------------------------- freezing
+def _bn_layers(root: nn.Module) -> list[tuple[str, _BatchNorm]]:
+    return [(n, m) for n, m in root.named_modules() if isinstance(m, _BatchNorm)]
+
+
+def _bn_covered(name: str, bn: nn.Module, params: set[str], modules: Callable[[str], bool]) -> bool:
+    """A BN layer is covered by a selection when all its parameters are selected (or, with none, its module)."""
+    own = [f"{name}.{p}" if name else p for p, _ in bn.named_parameters(recurse=False)]
+    return all(p in params for p in own) if own else modules(name)
+
+
+def _set_requires_grad(params: Mapping[str, nn.Parameter], names: Iterable[str], flag: bool) -> None:
+    for n in names:
+        p = params[n]
+        p.requires_grad_(flag)
+        if not flag:
+            p.grad = None  # a stale grad would let momentum / weight decay keep moving it
+
+
+def _mark_bn(root: nn.Module, covered: Callable[[str, nn.Module], bool], frozen_part: bool) -> None:
+    for name, bn in _bn_layers(root):
+        if covered(name, bn):
+            setattr(bn, _FROZEN_PART_ATTR, frozen_part)
+
+
+def freeze(model: nn.Module, *patterns: str) -> list[str]:
+    """Freeze the parameters that ``patterns`` name (all parameters if none); return their names.
+
+    Frozen parameters get ``requires_grad=False`` and their ``.grad`` is dropped.
+    BatchNorm layers that the patterns cover follow the model's BatchNorm
+    policy (default ``frozen``: statistics and affine parameters fixed even in
+    ``train()`` mode). Under the ``eval`` policy their affine parameters stay
+    trainable and are not in the returned list. A pattern that matches no
+    parameter or module name raises :class:`~finetune.errors.ConfigError`
+    listing close names.
+
+    >>> import torchvision
+    >>> m = torchvision.models.resnet18(num_classes=3)
+    >>> names = freeze(m, "conv1", "bn1", "layer1", "layer2.*")
+    >>> names[0], len(names), m.fc.weight.requires_grad
+    ('conv1.weight', 30, True)
+    >>> freeze(m, "layer9")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    finetune.errors.ConfigError: pattern 'layer9' matches no parameter or module name of ResNet; did you mean: layer1, layer2, layer3, layer4, layer1.0? top-level blocks: ...
+    """
+    root = unwrap(model)
+    sel = _select(root, patterns) if patterns else _select_all(root)
+    params = _named_params(root)
+    _set_requires_grad(params, sel.params, False)
+    chosen = set(sel.params)
+    _mark_bn(root, lambda n, bn: _bn_covered(n, bn, chosen, sel.covers_module), True)
+    apply_bn_policy(root)
+    return [n for n in sel.params if not params[n].requires_grad]
+
+
+def unfreeze(model: nn.Module, *patterns: str) -> list[str]:
+    """Make the parameters that ``patterns`` name trainable (all if none); return their names.
+
+    BatchNorm layers the patterns cover leave the frozen part: they follow
+    ``model.train()`` / ``model.eval()`` again. Add the returned names to the
+    optimizer with :func:`add_param_group_for`.
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 1))
+    >>> _ = freeze(m)
+    >>> unfreeze(m, "1", "2")
+    ['1.weight', '1.bias', '2.weight', '2.bias']
+    >>> _ = m.train(); m[1].training
+    True
+    """
+    root = unwrap(model)
+    sel = _select(root, patterns) if patterns else _select_all(root)
+    params = _named_params(root)
+    _set_requires_grad(params, sel.params, True)
+    chosen = set(sel.params)
+    _mark_bn(root, lambda n, bn: _bn_covered(n, bn, chosen, sel.covers_module), False)
+    apply_bn_policy(root)
+    return list(sel.params)
+
+
+def freeze_all_but(model: nn.Module, *patterns: str) -> list[str]:
+    """Make exactly the parameters that ``patterns`` name trainable, freeze the rest; return the frozen names.
+
+    ``freeze_all_but(model, "fc")`` is a linear probe of a ResNet.
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    >>> freeze_all_but(m, "2")
+    ['0.weight', '0.bias']
+    """
+    if not patterns:
+        raise ConfigError("freeze_all_but needs at least one pattern of what stays trainable (e.g. 'fc')")
+    root = unwrap(model)
+    sel = _select(root, patterns)
+    params = _named_params(root)
+    keep = set(sel.params)
+    frozen = [n for n in params if n not in keep]
+    _set_requires_grad(params, sel.params, True)
+    _set_requires_grad(params, frozen, False)
+    frozen_set = set(frozen)
+    _mark_bn(root, lambda n, bn: _bn_covered(n, bn, keep, sel.covers_module), False)
+    _mark_bn(root, lambda n, bn: _bn_covered(n, bn, frozen_set, lambda m: not sel.covers_module(m)), True)
+    apply_bn_policy(root)
+    return [n for n in frozen if not params[n].requires_grad]
+
+
+def freeze_until(model: nn.Module, module_name: str) -> list[str]:
+    """Freeze every parameter registered before module ``module_name``; return their names.
+
+    "Before" is registration order (``model.named_modules()``), which is the
+    forward order for the usual backbones: ``freeze_until(resnet, "layer4")``
+    freezes ``conv1``, ``bn1`` and ``layer1``–``layer3``. The named module and
+    everything after it are left as they are (not unfrozen).
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> freeze_until(m, "2")
+    ['0.weight', '0.bias', '1.weight', '1.bias']
+    """
+    root = unwrap(model)
+    target = _strip_pattern(module_name)
+    order = [n for n, _ in root.named_modules()]
+    if not target or target not in order:
+        raise _unmatched(target, root, what="module")
+    before = set(order[: order.index(target)])
+    params = _named_params(root)
+    names = [n for n in params if _owner(n) in before]
+    _set_requires_grad(params, names, False)
+    chosen = set(names)
+    _mark_bn(root, lambda n, bn: n in before and _bn_covered(n, bn, chosen, lambda m: True), True)
+    apply_bn_policy(root)
+    return [n for n in names if not params[n].requires_grad]
+
+
+# --------------------------------------------------------------------------- BatchNorm policy
+def _bn_pre_hook(module: nn.Module, args: Any) -> None:
+    if module.training and getattr(module, _MODE_ATTR, "train") != "train":
+        module.training = False
+
+
+def _in_frozen_part(bn: nn.Module) -> bool:
+    marked = getattr(bn, _FROZEN_PART_ATTR, None)
+    if marked is not None:
+        return bool(marked)
+    own = list(bn.parameters(recurse=False))
+    return bool(own) and not any(p.requires_grad for p in own)
+
+
+def set_bn_policy(model: nn.Module, bn: str = "frozen") -> dict[str, str]:
+    """Set the BatchNorm policy for the frozen parts of ``model``; return ``{bn layer: mode}``.
+
+    ``bn`` is ``"frozen"``, ``"eval"`` or ``"train"`` (see the module docstring).
+    The policy is remembered on the model, and later freeze / unfreeze calls
+    follow it. Call it after freezing: under ``eval`` it makes the affine
+    parameters of frozen-part BatchNorm layers trainable again.
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    >>> _ = freeze(m)
+    >>> set_bn_policy(m, "eval"), m[1].weight.requires_grad
+    ({'1': 'eval'}, True)
+    """
+    if bn not in BN_POLICIES:
+        raise ConfigError(f"BatchNorm policy must be one of {', '.join(BN_POLICIES)}, got {bn!r}")
+    root = unwrap(model)
+    setattr(root, _POLICY_ATTR, bn)
+    return apply_bn_policy(root)
+
+
+def bn_policy(model: nn.Module) -> str:
+    """The BatchNorm policy of ``model`` (``"frozen"`` unless :func:`set_bn_policy` said otherwise).
+
+    >>> bn_policy(torch.nn.Linear(1, 1))
+    'frozen'
+    """
+    return getattr(unwrap(model), _POLICY_ATTR, "frozen")
+
+
+def apply_bn_policy(model: nn.Module) -> dict[str, str]:
+    """Re-apply the model's BatchNorm policy to every BatchNorm layer; return ``{bn layer: mode}``.
+
+    Freeze calls run this themselves; call it after changing ``requires_grad``
+    by hand. A layer is in a frozen part when a freeze call covered it or all
+    its parameters are frozen. Its mode is then the policy; elsewhere ``train``
+    (it follows ``model.train()`` / ``model.eval()``).
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    >>> _ = m[1].requires_grad_(False)
+    >>> apply_bn_policy(m)
+    {'1': 'frozen'}
+    """
+    root = unwrap(model)
+    policy = bn_policy(root)
+    modes: dict[str, str] = {}
+    for name, bn in _bn_layers(root):
+        frozen_part = _in_frozen_part(bn)
+        mode = policy if frozen_part else "train"
+        if frozen_part:
+            setattr(bn, _FROZEN_PART_ATTR, True)
+            if policy in ("frozen", "eval"):
+                for p in bn.parameters(recurse=False):
+                    p.requires_grad_(policy == "eval")
+                    if policy == "frozen":
+                        p.grad = None
+        previous = getattr(bn, _MODE_ATTR, "train")
+        setattr(bn, _MODE_ATTR, mode)
+        if not hasattr(bn, _HOOK_ATTR):
+            setattr(bn, _HOOK_ATTR, bn.register_forward_pre_hook(_bn_pre_hook))
+        if mode != "train":
+            bn.training = False
+        elif previous != "train":  # leaving a frozen part: follow the model again
+            bn.training = root.training
+        modes[name] = mode
+    return modes
+
+
+def bn_train_mode(model: nn.Module) -> list[str]:
+    """Put frozen-part BatchNorm layers back in eval mode; call right after ``model.train()``. Return their names.
+
+    The forward pre-hook does the same lazily; calling this makes
+    ``bn.training`` correct at once and keeps a compiled graph from seeing the
+    flag flip during the first forward.
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    >>> _ = freeze(m, "1"); _ = m.train()
+    >>> bn_train_mode(m), m[1].training
+    (['1'], False)
+    """
+    fixed = []
+    for name, bn in _bn_layers(unwrap(model)):
+        if getattr(bn, _MODE_ATTR, "train") != "train":
+            bn.training = False
+            fixed.append(name)
+    return fixed
+
+
+# --------------------------------------------------------------------------- trainable table
+@dataclass(frozen=True)
+class TableRow:
+    """One top-level block: parameter counts (elements) and the mode of its BatchNorm layers."""
+
+    block: str
+    kind: str
+    total: int
+    trainable: int
+    bn: str  # "-" (no BatchNorm), "frozen", "eval", "train", or "mixed (frozen 3, train 2)"
+
+    @property
+    def frozen(self) -> int:
+        return self.total - self.trainable
+
+
+@dataclass(frozen=True)
+class TrainableTable:
+    """Per top-level block: parameters total / trainable / frozen and BatchNorm mode.
+
+    >>> t = trainable_table(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)))
+    >>> t.total, t.trainable, t.to_dict()["rows"][1]["block"]
+    (9, 9, '1')
+    """
+
+    model: str
+    rows: tuple[TableRow, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(r.total for r in self.rows)
+
+    @property
+    def trainable(self) -> int:
+        return sum(r.trainable for r in self.rows)
+
+    @property
+    def frozen(self) -> int:
+        return self.total - self.trainable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "total": self.total,
+            "trainable": self.trainable,
+            "frozen": self.frozen,
+            "rows": [asdict(r) | {"frozen": r.frozen} for r in self.rows],
+        }
+
+    def __str__(self) -> str:
+        head = ("block", "type", "params", "trainable", "frozen", "bn")
+        body = [(r.block, r.kind, f"{r.total:,}", f"{r.trainable:,}", f"{r.frozen:,}", r.bn) for r in self.rows]
+        total = ("total", "", f"{self.total:,}", f"{self.trainable:,}", f"{self.frozen:,}", "")
+        lines = [head, *body, total]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+        right = {2, 3, 4}
+
+        def fmt(line: tuple[str, ...]) -> str:
+            cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+            return "  ".join(cells).rstrip()
+
+        share = 100.0 * self.trainable / self.total if self.total else 0.0
+        title = f"{self.model}: {self.trainable:,} of {self.total:,} parameters trainable ({share:.1f}%)"
+        return "\n".join([title, fmt(head), *map(fmt, body), fmt(total)])
+
+
+def _bn_summary(bns: list[nn.Module]) -> str:
+    if not bns:
+        return "-"
+    counts: dict[str, int] = {}
+    for bn in bns:
+        mode = getattr(bn, _MODE_ATTR, "train")
+        counts[mode] = counts.get(mode, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "mixed (" + ", ".join(f"{m} {c}" for m, c in counts.items()) + ")"
+
+
+def trainable_table(model: nn.Module) -> TrainableTable:
+    """Count parameters (elements) per top-level block: total, trainable, frozen, and BatchNorm mode.
+
+    Parameters registered on the model itself (a ViT's ``class_token``) get a
+    row each. ``print(table)`` gives a compact aligned printout;
+    ``table.to_dict()`` is JSON-ready.
+
+    >>> import torchvision
+    >>> m = torchvision.models.resnet18(num_classes=2)
+    >>> _ = freeze_all_but(m, "fc")
+    >>> print(trainable_table(m))  # doctest: +NORMALIZE_WHITESPACE
+    ResNet: 1,026 of 11,177,538 parameters trainable (0.0%)
+    block   type         params      trainable  frozen     bn
+    conv1   Conv2d       9,408       0          9,408      -
+    bn1     BatchNorm2d  128         0          128        frozen
+    layer1  Sequential   147,968     0          147,968    frozen
+    layer2  Sequential   525,568     0          525,568    frozen
+    layer3  Sequential   2,099,712   0          2,099,712  frozen
+    layer4  Sequential   8,393,728   0          8,393,728  frozen
+    fc      Linear       1,026       1,026      0          -
+    total                11,177,538  1,026      11,176,512
+    """
+    root = unwrap(model)
+    rows: list[TableRow] = []
+    for name, p in root.named_parameters(recurse=False):
+        rows.append(TableRow(name, "Parameter", p.numel(), p.numel() if p.requires_grad else 0, "-"))
+    seen: set[int] = {id(p) for p in root.parameters(recurse=False)}
+    for name, child in root.named_children():
+        params = [p for p in child.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        bns = [m for m in child.modules() if isinstance(m, _BatchNorm)]
+        if not params and not bns:
+            continue
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        rows.append(TableRow(name, type(child).__name__, total, trainable, _bn_summary(bns)))
+    return TrainableTable(type(root).__name__, tuple(rows))
+
+
+# --------------------------------------------------------------------------- parameter groups
+def _is_no_decay(name: str, param: nn.Parameter, owner: nn.Module, no_decay: Sequence[str], skip: set[str]) -> bool:
+    return (
+        param.ndim <= 1
+        or isinstance(owner, _NORM_TYPES)
+        or name in skip
+        or any(word in name for word in no_decay)
+    )
+
+
+def _model_no_weight_decay(root: nn.Module) -> set[str]:
+    fn = getattr(root, "no_weight_decay", None)  # timm models name their tokens / position embeddings
+    if not callable(fn):
+        return set()
+    try:
+        return {str(n) for n in fn()}
+    except Exception:  # a model's own helper that fails is not our error to raise
+        return set()
+
+
+def _check_group_args(lr: float, lr_mult: Mapping[str, float] | None, layer_decay: float | None, weight_decay: float) -> None:
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
+    if layer_decay is not None and not (0 < layer_decay <= 1):
+        raise ConfigError(f"layer decay must be in (0, 1], got {layer_decay!r} (e.g. 0.7)")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"weight decay must be >= 0, got {weight_decay!r}")
+    for pattern, mult in (lr_mult or {}).items():
+        if not (isinstance(mult, int | float) and math.isfinite(mult) and mult >= 0):
+            raise ConfigError(f"learning-rate multiplier for {pattern!r} must be a number >= 0, got {mult!r}")
+
+
+def _group_keys(
+    root: nn.Module, names: Sequence[str], lr_mult: Mapping[str, float] | None, layer_decay: float | None
+) -> dict[str, tuple[str, float]]:
+    """Map each parameter name to (group key, learning-rate multiplier)."""
+    all_names = list(_named_params(root))
+    by_pattern: list[tuple[str, float, set[str]]] = []
+    for pattern, mult in (lr_mult or {}).items():
+        by_pattern.append((_strip_pattern(pattern), float(mult), set(_select(root, [pattern]).params)))
+    depth: dict[str, float] = {}
+    if layer_decay is not None:
+        blocks = list(dict.fromkeys(_block(n) for n in all_names))
+        depth = {b: layer_decay ** (len(blocks) - 1 - i) for i, b in enumerate(blocks)}
+    out: dict[str, tuple[str, float]] = {}
+    for n in names:
+        key, mult = "default", 1.0
+        if layer_decay is not None:
+            key, mult = _block(n), depth[_block(n)]
+        for pattern, m, members in by_pattern:  # the last pattern that matches wins
+            if n in members:
+                key = f"{_block(n)}:{pattern}" if layer_decay is not None else pattern
+                mult = (depth[_block(n)] if layer_decay is not None else 1.0) * m
+        out[n] = (key, mult)
+    return out
+
+
+def _build_groups(
+    root: nn.Module,
+    names: Sequence[str],
+    lr: float,
+    lr_mult: Mapping[str, float] | None,
+    layer_decay: float | None,
+    weight_decay: float,
+    no_decay: Sequence[str],
+    prefix: str = "",
+) -> list[dict[str, Any]]:
+    _check_group_args(lr, lr_mult, layer_decay, weight_decay)
+    params = _named_params(root)
+    modules = dict(root.named_modules())
+    skip = _model_no_weight_decay(root)
+    keys = _group_keys(root, names, lr_mult, layer_decay)
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
+    for n in names:
+        key, mult = keys[n]
+        p = params[n]
+        decay = weight_decay > 0 and not _is_no_decay(n, p, modules[_owner(n)], no_decay, skip)
+        split = weight_decay > 0 and not decay
+        g = groups.setdefault(
+            (key, decay),
+            {
+                "name": prefix + key + ("/no_decay" if split else ""),
+                "params": [],
+                "param_names": [],
+                "lr": lr * mult,
+                "lr_mult": mult,
+                "weight_decay": weight_decay if decay else 0.0,
+            },
+        )
+        g["params"].append(p)
+        g["param_names"].append(n)
+    return list(groups.values())
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    *,
+    lr_mult: Mapping[str, float] | None = None,
+    layer_decay: float | None = None,
+    weight_decay: float = 0.0,
+    no_decay: Sequence[str] = ("bias", "norm"),
+) -> list[dict[str, Any]]:
+    """Named optimizer parameter groups over the trainable parameters of ``model``, each parameter once.
+
+    - ``lr_mult`` maps patterns (globs over parameter / module names) to
+      learning-rate multipliers; the last matching pattern wins; each matched
+      pattern is a group named after it, the rest is ``"default"``.
+    - ``layer_decay`` (like timm's layer decay / fastai's ``slice``): one group
+      per top-level block in registration order; the last block (the head)
+      gets multiplier 1, the one before ``layer_decay``, then
+      ``layer_decay**2``, …; it multiplies with ``lr_mult``.
+    - With ``weight_decay > 0``, biases, 1-D parameters, norm-layer weights
+      (BatchNorm / LayerNorm / GroupNorm / InstanceNorm / RMSNorm), names
+      containing a ``no_decay`` word and a model's ``no_weight_decay()`` names
+      go to ``"<group>/no_decay"`` groups with ``weight_decay=0``.
+
+    Each group dict has ``name``, ``params``, ``param_names``, ``lr``,
+    ``lr_mult`` and ``weight_decay``; pass the list to any torch optimizer.
+    A learning-rate schedule should set ``g["lr"] = base_lr(t) * g["lr_mult"]``.
+
+    >>> import torchvision
+    >>> m = torchvision.models.resnet18(num_classes=2)
+    >>> _ = freeze_until(m, "layer4")
+    >>> groups = param_groups(m, 0.1, lr_mult={"layer4": 0.1}, weight_decay=1e-4)
+    >>> [(g["name"], round(g["lr"], 4), g["weight_decay"]) for g in groups]
+    [('layer4', 0.01, 0.0001), ('layer4/no_decay', 0.01, 0.0), ('default', 0.1, 0.0001), ('default/no_decay', 0.1, 0.0)]
+    >>> opt = torch.optim.AdamW(groups)
+    """
+    root = unwrap(model)
+    names = [n for n, p in _named_params(root).items() if p.requires_grad]
+    if not names:
+        raise ConfigError(f"nothing to train: every parameter of {type(root).__name__} is frozen (unfreeze something first)")
+    return _build_groups(root, names, lr, lr_mult, layer_decay, weight_decay, no_decay)
+
+
+def add_param_group_for(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    names: Iterable[str],
+    lr: float,
+    *,
+    lr_mult: Mapping[str, float] | None = None,
+    layer_decay: float | None = None,
+    weight_decay: float = 0.0,
+    no_decay: Sequence[str] = ("bias", "norm"),
+    tag: str = "unfrozen",
+) -> list[dict[str, Any]]:
+    """Add newly trainable parameters ``names`` to ``optimizer`` as new named groups; return the groups added.
+
+    The groups follow the same rules as :func:`param_groups` (pass the same
+    ``lr`` / ``lr_mult`` / ``layer_decay`` / ``weight_decay``) and are named
+    ``"<tag>:<group>"``. Parameters already in the optimizer are skipped; a
+    frozen one is an error (unfreeze it first).
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> _ = freeze(m, "0")
+    >>> opt = torch.optim.SGD(param_groups(m, 0.1), momentum=0.9)
+    >>> added = add_param_group_for(opt, m, unfreeze(m, "0"), 0.1, tag="unfreeze@3")
+    >>> [g["name"] for g in opt.param_groups]
+    ['default', 'unfreeze@3:default']
+    """
+    root = unwrap(model)
+    params = _named_params(root)
+    present = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    todo: list[str] = []
+    for n in dict.fromkeys(_strip_pattern(n) for n in names):
+        if n not in params:
+            raise _unmatched(n, root, what="parameter")
+        if not params[n].requires_grad:
+            raise ConfigError(f"parameter {n!r} is frozen: unfreeze it before adding it to the optimizer")
+        if id(params[n]) not in present:
+            todo.append(n)
+    groups = _build_groups(root, todo, lr, lr_mult, layer_decay, weight_decay, no_decay, prefix=f"{tag}:")
+    named = all("param_names" in g for g in optimizer.param_groups)
+    for g in groups:
+        if not named:
+            del g["param_names"]
+        optimizer.add_param_group(g)
+    return optimizer.param_groups[len(optimizer.param_groups) - len(groups) :]
+
+
+# --------------------------------------------------------------------------- audit
+@dataclass(frozen=True)
+class Finding:
+    """One problem :func:`audit` found: its kind, the parameters concerned, and what to do."""
+
+    kind: str  # trainable_not_in_optimizer | frozen_in_optimizer | no_grad_after_backward | nonfinite_grad
+    names: list[str]
+    message: str
+
+
+AUDIT_KINDS = ("trainable_not_in_optimizer", "frozen_in_optimizer", "no_grad_after_backward", "nonfinite_grad")
+
+
+def _changers(group: Mapping[str, Any]) -> list[str]:
+    out = []
+    if group.get("weight_decay", 0) > 0:
+        out.append(f"weight_decay={group['weight_decay']}")
+    if group.get("momentum", 0) > 0:
+        out.append(f"momentum={group['momentum']}")
+    if "betas" in group:
+        out.append("Adam moments")
+    return out
+
+
+def audit(model: nn.Module, optimizer: torch.optim.Optimizer, *, after_backward: bool = True) -> list[Finding]:
+    """Check that the optimizer holds exactly the trainable parameters and that gradients look sane.
+
+    Findings (``kind``): ``trainable_not_in_optimizer`` (will never change),
+    ``frozen_in_optimizer`` (weight decay / momentum can still change them),
+    and — with ``after_backward`` (call it after the first ``backward()``,
+    before ``zero_grad``) — ``no_grad_after_backward`` (trainable but unused in
+    the forward) and ``nonfinite_grad``. An empty list means all clear.
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> opt = torch.optim.SGD(m[1].parameters(), lr=0.1)
+    >>> m(torch.ones(1, 2)).sum().backward()
+    >>> [(f.kind, f.names) for f in audit(m, opt)]
+    [('trainable_not_in_optimizer', ['0.weight', '0.bias'])]
+    """
+    root = unwrap(model)
+    params = _named_params(root)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    findings: list[Finding] = []
+
+    missing = [n for n, p in params.items() if p.requires_grad and id(p) not in group_of]
+    if missing:
+        findings.append(Finding(
+            "trainable_not_in_optimizer", missing,
+            f"{len(missing)} trainable parameter(s) are not in the optimizer and will never change; "
+            "build the optimizer from finetune.param_groups(model), or add them with add_param_group_for()",
+        ))
+
+    frozen_in = [n for n, p in params.items() if not p.requires_grad and id(p) in group_of]
+    if frozen_in:
+        how = sorted({c for n in frozen_in for c in _changers(group_of[id(params[n])])})
+        stale = [n for n in frozen_in if params[n].grad is not None]
+        findings.append(Finding(
+            "frozen_in_optimizer", frozen_in,
+            f"{len(frozen_in)} frozen parameter(s) are in the optimizer"
+            + (f" with {', '.join(how)}" if how else "")
+            + ": whenever their .grad is a tensor (zero_grad(set_to_none=False), or a grad left from before "
+            "freezing) weight decay (AdamW, or SGD weight_decay>0) and momentum keep changing the 'frozen' weights"
+            + (f" — {len(stale)} of them have a .grad now" if stale else "")
+            + "; build the optimizer from finetune.param_groups(model)",
+        ))
+
+    if after_backward:
+        trainable = {n: p for n, p in params.items() if p.requires_grad}
+        no_grad = [n for n, p in trainable.items() if p.grad is None]
+        if no_grad:
+            findings.append(Finding(
+                "no_grad_after_backward", no_grad,
+                f"{len(no_grad)} trainable parameter(s) got no gradient in backward: they are unused in the "
+                "forward (or backward has not run yet); freeze them or fix the forward",
+            ))
+        with_grad = [(n, p.grad) for n, p in trainable.items() if p.grad is not None]
+        if with_grad:
+            finite = torch.stack([torch.isfinite(g).all() for _, g in with_grad]).tolist()  # one sync
+            bad = [n for (n, _), ok in zip(with_grad, finite, strict=True) if not ok]
+            if bad:
+                findings.append(Finding(
+                    "nonfinite_grad", bad,
+                    f"{len(bad)} parameter(s) have inf/NaN gradients: lower the learning rate, check the "
+                    "inputs and loss, or use gradient scaling with fp16",
+                ))
+    return findings
+
+
+def format_findings(findings: Sequence[Finding], *, max_names: int = 8) -> str:
+    """Findings as warning lines (empty string when there are none).
+
+    >>> print(format_findings([Finding("nonfinite_grad", ["fc.weight"], "1 parameter(s) have inf/NaN gradients")]))
+    warning: nonfinite_grad: 1 parameter(s) have inf/NaN gradients [fc.weight]
+    """
+    lines = []
+    for f in findings:
+        shown = ", ".join(f.names[:max_names])
+        more = f", … {len(f.names) - max_names} more" if len(f.names) > max_names else ""
+        lines.append(f"warning: {f.kind}: {f.message} [{shown}{more}]")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- linear probe
+def _head_name(root: nn.Module) -> str:
+    from finetune.models import head_name  # imported here: keeps `import finetune.freeze` light
+
+    return head_name(root)
+
+
+def _replace(module: nn.Module, dotted: str, replacement: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` with submodule ``dotted`` replaced; everything else is shared."""
+    first, _, rest = dotted.partition(".")
+    new = copy.copy(module)
+    new._modules = type(module._modules)(module._modules)
+    new._parameters = type(module._parameters)(module._parameters)
+    new._buffers = type(module._buffers)(module._buffers)
+    child = module._modules[first]
+    new._modules[first] = _replace(child, rest, replacement) if rest else replacement
+    return new
+
+
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Split a classifier into ``(backbone, head)`` that share the model's parameters.
+
+    The head is the module that ``finetune.models.head_name`` names (``fc``,
+    ``classifier.1``, ``heads.head``, …); it must be the last operation of the
+    forward (true for the torchvision and timm classifiers, not for
+    SqueezeNet's 1x1-conv head followed by pooling). The backbone is a shallow copy of the model with the head replaced
+    by ``nn.Identity``: it returns the head's input, including whatever comes
+    before the head in the forward (pooling, flatten, a norm, and a dropout of
+    a ``classifier`` Sequential — a no-op in eval mode, which feature caching
+    uses). The original model is not modified; ``head(backbone(x))`` equals
+    ``model(x)`` in eval mode.
+
+    >>> import torchvision
+    >>> m = torchvision.models.resnet18(num_classes=2).eval()
+    >>> backbone, head = split_head(m)
+    >>> x = torch.randn(1, 3, 32, 32)
+    >>> backbone(x).shape, torch.equal(head(backbone(x)), m(x)), head is m.fc
+    (torch.Size([1, 512]), True, True)
+    """
+    root = unwrap(model)
+    name = _head_name(root)
+    head = root.get_submodule(name)
+    return _replace(root, name, nn.Identity()), head
+
+
+def _batch_xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, Mapping):
+        return batch["image"], batch["label"]
+    return batch[0], batch[1]
+
+
+def extract_features(
+    backbone: nn.Module,
+    loader: Iterable[Any],
+    *,
+    device: torch.device | str | None = None,
+    store: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``backbone`` once over ``loader`` in eval mode without grad; return ``(features, labels)``.
+
+    Batches are ``(images, labels, ...)`` or ``{"image": ..., "label": ...}``.
+    Images go to ``device`` (default: where they are); features and labels are
+    kept on ``store`` (default: where the backbone put them). Wrap the call in
+    ``torch.autocast`` for mixed precision. The loader must not augment, or the
+    cache differs from what the live model sees. The backbone's train/eval mode
+    is restored afterwards.
+
+    >>> backbone, head = split_head(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)))
+    >>> feats, labels = extract_features(backbone, [(torch.ones(3, 4), torch.tensor([0, 1, 0]))])
+    >>> feats.shape, labels.tolist()
+    (torch.Size([3, 4]), [0, 1, 0])
+    """
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                x, y = _batch_xy(batch)
+                if device is not None:
+                    x = x.to(device, non_blocking=True)
+                f = backbone(x)
+                feats.append(f if store is None else f.to(store))
+                labels.append(y if store is None else y.to(store))
+    finally:
+        backbone.train(was_training)
+    if not feats:
+        raise ConfigError("cannot cache features: the loader yielded no batches")
+    return torch.cat(feats), torch.cat(labels)
+
+
+def train_head_on_features(
+    head: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    order: Sequence[int] | torch.Tensor | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    drop_last: bool = False,
+) -> float:
+    """One epoch of head training on cached features; return the mean loss over batches.
+
+    ``order`` is the sample order of the epoch (a permutation, e.g. the
+    indices a sampler yields; default: in order); batches are consecutive
+    slices of it of ``batch_size``. With the same order and batch size this is
+    the same computation as training the head behind a frozen backbone in eval
+    mode on un-augmented images.
+
+    >>> head = torch.nn.Linear(4, 2)
+    >>> opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    >>> loss = train_head_on_features(head, torch.randn(8, 4), torch.randint(0, 2, (8,)), opt, batch_size=4)
+    >>> loss > 0
+    True
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    n = len(features)
+    idx_all = torch.arange(n) if order is None else torch.as_tensor(order, dtype=torch.long)
+    idx_all = idx_all.to(features.device)
+    head.train()
+    total, count = None, 0
+    for start in range(0, n, batch_size):
+        idx = idx_all[start : start + batch_size]
+        if drop_last and len(idx) < batch_size:
+            break
+        loss = loss_fn(head(features[idx]), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total = loss.detach() if total is None else total + loss.detach()
+        count += 1
+    return float(total / count) if total is not None else float("nan")
