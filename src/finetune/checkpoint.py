@@ -1,0 +1,1270 @@
+"""Checkpoints that survive ``kill -9`` at any instant, load on any device, into any wrapper.
+
+A :class:`Checkpointer` writes numbered checkpoints into ``RUN/checkpoints/``::
+
+    ckpt-e0003-s00001234.pt     the state (torch.save zip; loads with weights_only=True)
+    ckpt-e0003-s00001234.json   its manifest: size + sha256 of the zip directory, written once the .pt is durable
+    last.pt                     the newest checkpoint (hard link, or an atomic copy)
+    best.pt                     the best one by ``best_metric`` (hard link, or an atomic copy)
+
+Every file appears under its final name only complete (temporary file in the same
+directory, flush, fsync, ``os.replace``, fsync of the directory); a checkpoint counts
+only once its manifest exists and matches (size, sha256 of the file's last MiB, and the
+CRC32 that torch.save stores for every record), so :meth:`Checkpointer.latest` skips a
+truncated or corrupt newest file and returns the previous good one. Old checkpoints are
+pruned only after the new one is durable, and the best one is never pruned.
+
+Model weights are stored with clean keys (no ``module.`` / ``_orig_mod.``) as CPU
+tensors; optimizer state is stored per parameter *name*, so it can be restored after
+the trainable set or the parameter groups changed.
+
+Use in your own PyTorch loop (kill it at any moment and run it again: it resumes)::
+
+    import torch
+    from torch import nn
+    from finetune.checkpoint import Checkpointer, capture_rng_state, restore, restore_rng_state
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = [(torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))) for _ in range(5)]
+    with Checkpointer("runs/example", keep_last=2) as ckpt:
+        start = 0
+        if (path := ckpt.latest()) is not None:          # resume if there is something to resume
+            state = ckpt.load(path)
+            restore(state, model=model, optimizer=optimizer)
+            restore_rng_state(state["rng"])
+            start = state["epoch"] + 1
+        for epoch in range(start, 3):
+            for x, y in data:
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+            top1 = (model(x).argmax(1) == y).float().mean().item()
+            ckpt.save({"model": model, "optimizer": optimizer, "epoch": epoch,
+                       "step": (epoch + 1) * len(data), "rng": capture_rng_state()},
+                      metrics={"val_top1": top1})
+    print(ckpt.latest().name, ckpt.best().name)
+
+Only one process may write into a run directory at a time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import functools
+import hashlib
+import json
+import math
+import os
+import pickle
+import random
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import warnings
+import weakref
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePath
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from finetune.errors import CheckpointError, ConfigError
+
+FORMAT = "finetune-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST_FORMAT = "finetune-checkpoint-manifest"
+OPTIMIZER_FORMAT = "finetune-optimizer-by-name"
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+
+_NUMBERED = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+_MANIFEST = re.compile(r"^ckpt-e(\d+)-s(\d+)\.json$")
+_TEMP = re.compile(r"^\..+\.tmp\.(\d+)\.[0-9a-f]{8}$")
+_CHUNK = 1 << 20
+_TAIL = 1 << 20
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped or could not be cleaned up (training goes on)."""
+
+
+# --------------------------------------------------------------------------- model wrappers
+def _wrapped_attr(module: nn.Module) -> str | None:
+    """The attribute under which ``module`` wraps another module, or None if it is no wrapper.
+
+    ``torch.compile`` wraps in ``_orig_mod``; DataParallel, DistributedDataParallel and
+    similar wrappers hold exactly one child named ``module`` and no tensors of their own.
+    """
+    children = module._modules
+    if children.get("_orig_mod") is not None:
+        return "_orig_mod"
+    if list(children) == ["module"] and children["module"] is not None \
+            and not module._parameters and not module._buffers:
+        return "module"
+    return None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DataParallel / DDP / ``torch.compile`` wrappers, any nesting.
+
+    >>> net = nn.Linear(2, 2)
+    >>> unwrap_model(nn.DataParallel(nn.DataParallel(net), device_ids=[])) is net
+    True
+    """
+    while (attr := _wrapped_attr(model)) is not None:
+        model = model._modules[attr]  # type: ignore[assignment]
+    return model
+
+
+def _clean_key(root: nn.Module, key: str) -> str:
+    """``key`` of ``root.state_dict()`` without the segments that name a wrapper's inner module."""
+    kept: list[str] = []
+    module: nn.Module | None = root
+    for part in key.split("."):
+        if module is not None and _wrapped_attr(module) == part:
+            module = module._modules[part]
+            continue
+        kept.append(part)
+        module = module._modules.get(part) if module is not None else None
+    return ".".join(kept)
+
+
+def _strip_wrapper_segments(key: str) -> str:
+    return ".".join(p for p in key.split(".") if p not in ("module", "_orig_mod"))
+
+
+def _own_cpu_tensor(t: torch.Tensor, seen: set[int]) -> torch.Tensor:
+    """``t`` on the CPU, detached, contiguous, owning exactly its storage (shared by nothing else saved)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    storage = t.untyped_storage()
+    if (not t.is_contiguous() or t.storage_offset() != 0 or storage.nbytes() != t.numel() * t.element_size()
+            or storage.data_ptr() in seen):
+        t = t.clone(memory_format=torch.contiguous_format)
+        storage = t.untyped_storage()
+    if storage.nbytes():
+        seen.add(storage.data_ptr())
+    return t
+
+
+def clean_state_dict(model_or_sd: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """Weights with clean keys as detached, contiguous CPU tensors that share no storage.
+
+    From a module, exactly the segments that belong to wrappers are dropped (also wrappers
+    nested inside the model). From a plain state dict, every ``module`` / ``_orig_mod``
+    key segment is dropped. CPU tensors may share memory with the model's parameters
+    (copy them if you keep the dict while training goes on; ``Checkpointer`` does).
+
+    >>> sd = clean_state_dict(torch.compile(nn.DataParallel(nn.Linear(2, 3), device_ids=[])))
+    >>> sorted(sd), sd["weight"].device.type
+    (['bias', 'weight'], 'cpu')
+    >>> sorted(clean_state_dict({"module.fc.weight": torch.zeros(1)}))
+    ['fc.weight']
+    """
+    seen: set[int] = set()
+    return {k: _own_cpu_tensor(v, seen) if isinstance(v, torch.Tensor) else v
+            for k, v in _renamed_weights(model_or_sd).items()}
+
+
+def _renamed_weights(model_or_sd: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """The state dict with clean keys; tensors detached but where they are (no copy)."""
+    if isinstance(model_or_sd, nn.Module):
+        raw = model_or_sd.state_dict()
+        names = {k: _clean_key(model_or_sd, k) for k in raw}
+    else:
+        raw = dict(model_or_sd)
+        names = {k: _strip_wrapper_segments(k) for k in raw}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = names[key]
+        if name in out:
+            raise CheckpointError(f"two weights map to the same name {name!r} once wrapper prefixes are removed")
+        out[name] = value.detach() if isinstance(value, torch.Tensor) else value
+    return out
+
+
+def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], *, strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load clean (or wrapper-prefixed) weights into ``model``, wrapped or bare, on any device.
+
+    Returns ``(missing, unexpected)`` key lists; with ``strict`` a mismatch raises
+    :class:`CheckpointError` naming the first keys.
+
+    >>> src = nn.DataParallel(nn.Linear(2, 2), device_ids=[])
+    >>> dst = torch.compile(nn.Linear(2, 2))
+    >>> load_model_state(dst, clean_state_dict(src))
+    ([], [])
+    >>> torch.equal(unwrap_model(dst).weight, src.module.weight)
+    True
+    """
+    target = {_clean_key(model, k): k for k in model.state_dict()}
+    renamed: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        name = key if key in target else _strip_wrapper_segments(key)
+        renamed[target.get(name, key)] = value
+    try:
+        result = model.load_state_dict(renamed, strict=False)
+    except RuntimeError as e:  # size mismatch
+        raise CheckpointError(f"the checkpoint's weights do not fit the model: {_first_line(e)}") from e
+    inverse = {v: k for k, v in target.items()}
+    missing = [inverse.get(k, k) for k in result.missing_keys]
+    unexpected = list(result.unexpected_keys)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"the checkpoint's weights do not fit the model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]} (a different architecture or number of classes?)")
+    return missing, unexpected
+
+
+# --------------------------------------------------------------------------- optimizer state by name
+_IMPLEMENTATION_FLAGS = frozenset({"params", "param_names", "foreach", "fused", "capturable", "differentiable"})
+
+
+@dataclass
+class OptimizerRestoreReport:
+    """What :func:`load_optimizer_state_by_name` restored and what it could not."""
+
+    restored: list[str] = field(default_factory=list)
+    """Parameters whose saved state (e.g. momentum) was loaded."""
+    missing: list[str] = field(default_factory=list)
+    """Parameters in the optimizer now that the checkpoint has no entry for (start fresh)."""
+    unexpected: list[str] = field(default_factory=list)
+    """Parameters in the checkpoint that the optimizer no longer holds (dropped)."""
+    shape_mismatch: list[str] = field(default_factory=list)
+    """Parameters whose shape changed (e.g. a new head): their state starts fresh."""
+    groups_restored: list[str] = field(default_factory=list)
+    """Parameter groups whose hyperparameters (lr, momentum, ...) were restored."""
+    groups_fresh: list[str] = field(default_factory=list)
+    """Parameter groups with no saved counterpart: they keep their current hyperparameters."""
+    optimizer_changed: str | None = None
+    """``"SGD -> AdamW"`` when the optimizer class changed: nothing was restored."""
+
+    @property
+    def exact(self) -> bool:
+        """Everything matched: the optimizer is exactly as it was saved."""
+        return not (self.missing or self.unexpected or self.shape_mismatch or self.groups_fresh
+                    or self.optimizer_changed)
+
+    def __str__(self) -> str:
+        if self.optimizer_changed:
+            return f"optimizer state not restored: the optimizer changed ({self.optimizer_changed})"
+        parts = [f"optimizer state restored for {len(self.restored)} parameters"]
+        for label, names in (("new (fresh state)", self.missing), ("no longer optimized", self.unexpected),
+                             ("shape changed (fresh state)", self.shape_mismatch),
+                             ("groups with fresh hyperparameters", self.groups_fresh)):
+            if names:
+                parts.append(f"{len(names)} {label}: {', '.join(names[:4])}{' …' if len(names) > 4 else ''}")
+        return "; ".join(parts)
+
+
+def _group_label(group: Mapping[str, Any], index: int) -> str:
+    return str(group["name"]) if group.get("name") is not None else f"#{index}"
+
+
+def _optimizer_param_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[list[str]]:
+    """For each parameter group, the clean names of its parameters."""
+    by_id = {id(p): _clean_key(model, name) for name, p in model.named_parameters()}
+    names: list[list[str]] = []
+    for g, group in enumerate(optimizer.param_groups):
+        group_names = []
+        for i, p in enumerate(group["params"]):
+            if id(p) not in by_id:
+                raise CheckpointError(f"optimizer parameter {i} of group {g} is not a parameter of the model: "
+                                      "pass the module that owns every optimized parameter")
+            group_names.append(by_id[id(p)])
+        names.append(group_names)
+    return names
+
+
+def optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+    """The optimizer's state keyed by parameter name instead of position.
+
+    Returns ``{"format", "version", "optimizer": class name, "state": {name: {key: value}},
+    "shapes": {name: [sizes]}, "groups": [{"name", "params": [names], "hparams": {...}}]}``;
+    it loads with ``torch.load(weights_only=True)``.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    >>> net(torch.ones(1, 2)).sum().backward(); opt.step()
+    >>> saved = optimizer_state_by_name(opt, net)
+    >>> sorted(saved["state"]), saved["groups"][0]["hparams"]["lr"]
+    (['0.bias', '0.weight'], 0.1)
+    """
+    names = _optimizer_param_names(optimizer, model)
+    sd = optimizer.state_dict()
+    state: dict[str, dict[str, Any]] = {}
+    shapes: dict[str, list[int]] = {}
+    groups: list[dict[str, Any]] = []
+    for group_names, group_sd, group in zip(names, sd["param_groups"], optimizer.param_groups, strict=True):
+        for name, index, p in zip(group_names, group_sd["params"], group["params"], strict=True):
+            if index in sd["state"]:
+                state[name] = dict(sd["state"][index])
+            shapes[name] = list(p.shape)
+        hparams = {k: v for k, v in group_sd.items() if k not in ("params", "param_names")}
+        groups.append({"name": group.get("name"), "params": list(group_names), "hparams": hparams})
+    return {"format": OPTIMIZER_FORMAT, "version": 1, "optimizer": type(optimizer).__name__,
+            "state": state, "shapes": shapes, "groups": groups}
+
+
+def _match_group(current: Mapping[str, Any], names: list[str], saved_groups: list[dict[str, Any]],
+                 used: set[int]) -> int | None:
+    """Index of the saved group that ``current`` continues: same "name", else the same members."""
+    if current.get("name") is not None:
+        for i, g in enumerate(saved_groups):
+            if i not in used and g.get("name") == current["name"]:
+                return i
+    for i, g in enumerate(saved_groups):
+        if i not in used and set(g["params"]) == set(names):
+            return i
+    return None
+
+
+def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Module,
+                                 saved: Mapping[str, Any]) -> OptimizerRestoreReport:
+    """Restore :func:`optimizer_state_by_name` output into ``optimizer``, matching by name.
+
+    Works when parameters were unfrozen, a head replaced, or the groups reordered: each
+    parameter gets its saved state if its name and shape match; each group gets its saved
+    hyperparameters if a saved group has the same ``"name"`` or exactly the same members.
+    Everything else starts fresh and is listed in the report. Never raises PyTorch's
+    "parameter group doesn't match".
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    >>> opt = torch.optim.SGD(net[1].parameters(), lr=0.1, momentum=0.9)   # head only
+    >>> net(torch.ones(1, 2)).sum().backward(); opt.step()
+    >>> saved = optimizer_state_by_name(opt, net)
+    >>> opt2 = torch.optim.SGD([{"params": net[0].parameters(), "lr": 0.01},
+    ...                         {"params": net[1].parameters()}], lr=0.1, momentum=0.9)
+    >>> report = load_optimizer_state_by_name(opt2, net, saved)
+    >>> report.restored, report.missing
+    (['1.weight', '1.bias'], ['0.weight', '0.bias'])
+    """
+    if not isinstance(saved, Mapping) or saved.get("format") != OPTIMIZER_FORMAT:
+        raise CheckpointError("the checkpoint's optimizer state is not stored by parameter name "
+                              "(not written by finetune.checkpoint.optimizer_state_by_name)")
+    report = OptimizerRestoreReport()
+    if saved["optimizer"] != type(optimizer).__name__:
+        report.optimizer_changed = f"{saved['optimizer']} -> {type(optimizer).__name__}"
+        return report
+    names = _optimizer_param_names(optimizer, model)
+    current_sd = optimizer.state_dict()
+    saved_state, saved_shapes, saved_groups = saved["state"], saved["shapes"], saved["groups"]
+    new_state: dict[int, Any] = {}
+    new_groups: list[dict[str, Any]] = []
+    used: set[int] = set()
+    for g, (group_names, group_sd, group) in enumerate(
+            zip(names, current_sd["param_groups"], optimizer.param_groups, strict=True)):
+        for name, index, p in zip(group_names, group_sd["params"], group["params"], strict=True):
+            if name not in saved_shapes:
+                report.missing.append(name)
+            elif list(saved_shapes[name]) != list(p.shape):
+                report.shape_mismatch.append(name)
+            else:
+                report.restored.append(name)
+                if name in saved_state:
+                    new_state[index] = saved_state[name]
+        match = _match_group(group, group_names, saved_groups, used)
+        new_group = dict(group_sd)
+        if match is None:
+            report.groups_fresh.append(_group_label(group, g))
+        else:
+            used.add(match)
+            report.groups_restored.append(_group_label(group, g))
+            new_group.update({k: v for k, v in saved_groups[match]["hparams"].items() if k not in _IMPLEMENTATION_FLAGS})
+        new_groups.append(new_group)
+    current = {n for group_names in names for n in group_names}
+    report.unexpected = [n for n in saved_shapes if n not in current]
+    optimizer.load_state_dict({"state": new_state, "param_groups": new_groups})
+    return report
+
+
+# --------------------------------------------------------------------------- RNG
+def capture_rng_state() -> dict[str, Any]:
+    """The state of every random generator a training step draws from, as tensors and plain types.
+
+    Python ``random``, numpy's global generator, torch CPU and every CUDA device.
+    Safe for ``torch.load(weights_only=True)`` (numpy's state is converted to a tensor).
+
+    >>> s = capture_rng_state(); a = random.random(), np.random.rand(), torch.rand(1).item()
+    >>> restore_rng_state(s); a == (random.random(), np.random.rand(), torch.rand(1).item())
+    True
+    """
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put back what :func:`capture_rng_state` returned (call it last, right before training goes on).
+
+    CUDA states are restored for the devices present; a different number of devices is
+    reported with a :class:`CheckpointWarning` (CPU and the devices present are still restored).
+    """
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), int(npy["pos"]),
+                         int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
+    cuda = list(state.get("cuda", []))
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cuda and present:
+        for device, s in enumerate(cuda[:present]):
+            torch.cuda.set_rng_state(s.to("cpu", torch.uint8), device)
+    if len(cuda) != present and (cuda or present):
+        warnings.warn(f"the checkpoint holds RNG states of {len(cuda)} CUDA devices, this machine has {present}: "
+                      "CUDA random streams will differ from the original run", CheckpointWarning, stacklevel=2)
+
+
+# --------------------------------------------------------------------------- restore in one call
+@dataclass
+class RestoreReport:
+    """What :func:`restore` loaded."""
+
+    missing: list[str]
+    unexpected: list[str]
+    optimizer: OptimizerRestoreReport | None
+
+
+def restore(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+            scheduler: Any = None, scaler: Any = None, strict: bool = True) -> RestoreReport:
+    """Load a checkpoint's model, optimizer (by name), scheduler and GradScaler state.
+
+    Call it after building the optimizer for the current layout; restore the RNG
+    (:func:`restore_rng_state`) separately, right before training goes on.
+    """
+    missing, unexpected = load_model_state(model, state["model"], strict=strict)
+    report = None
+    for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is not None and key not in state:
+            raise CheckpointError(f"the checkpoint holds no {key} state (saved keys: {sorted(state)})")
+    if optimizer is not None:
+        report = load_optimizer_state_by_name(optimizer, model, state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    return RestoreReport(missing, unexpected, report)
+
+
+# --------------------------------------------------------------------------- what may go into a file
+_SCALARS = (bool, int, float, str, bytes, type(None))
+_TORCH_VALUES = (torch.dtype, torch.device, torch.Size)
+
+
+def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], path: tuple = ()) -> Any:
+    """A copy of ``obj`` that ``torch.load(weights_only=True)`` accepts: tensors via ``on_tensor``."""
+    if isinstance(obj, torch.Tensor):
+        return on_tensor(obj, path)
+    if type(obj) in _SCALARS or isinstance(obj, _TORCH_VALUES):
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: _plain(v, on_tensor, (*path, k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v, on_tensor, (*path, i)) for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        return tuple(_plain(v, on_tensor, (*path, i)) for i, v in enumerate(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, PurePath):
+        return str(obj)
+    where = "".join(f"[{k!r}]" for k in path)
+    raise CheckpointError(f"cannot save state{where}: a {type(obj).__qualname__} does not load with "
+                          "torch.load(weights_only=True); store it as a dict, list, str, number or tensor")
+
+
+def _prepare(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace live objects by their state: a module by clean weights, an optimizer by names, others' state_dict()."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"save() takes a dict of state, not a {type(state).__qualname__}")
+    out = dict(state)
+    model = state.get("model")
+    for key, value in state.items():
+        if isinstance(value, nn.Module):  # copied to the CPU later: pinned and asynchronously with async_save
+            out[key] = _renamed_weights(value)
+        elif isinstance(value, torch.optim.Optimizer):
+            if not isinstance(model, nn.Module):
+                raise CheckpointError(f"to save state[{key!r}] by parameter name, pass the model module as state['model']")
+            out[key] = optimizer_state_by_name(value, model)
+        elif callable(getattr(value, "state_dict", None)) and not isinstance(value, Mapping):
+            out[key] = value.state_dict()
+    for key in ("epoch", "step"):
+        if type(out.get(key)) is not int or out[key] < 0:
+            raise CheckpointError(f"save() needs state[{key!r}] as an int >= 0, got {out.get(key)!r}")
+    return out
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Memory copies on one thread: a memory-bound copy gains nothing from more, and OpenMP
+    threads that wait for a core taken by data-loader workers made it 5-15x slower (2-core machine)."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
+def _copy_all(dsts: list[torch.Tensor], srcs: list[torch.Tensor], *, non_blocking: bool) -> None:
+    """``dst.copy_(src)`` for all pairs, in one call where torch offers it."""
+    try:
+        torch._foreach_copy_(dsts, srcs, non_blocking=non_blocking)
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        for dst, src in zip(dsts, srcs, strict=True):
+            dst.copy_(src, non_blocking=non_blocking)
+
+
+@functools.cache
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import finetune
+
+    try:
+        tv: str | None = version("torchvision")
+    except PackageNotFoundError:
+        tv = None
+    return {"finetune": str(finetune.__version__), "torch": str(torch.__version__), "torchvision": tv,
+            "python": ".".join(map(str, sys.version_info[:3]))}
+
+
+# --------------------------------------------------------------------------- durable files
+class _Writer:
+    """A write-only file object that counts what goes through and keeps the first OSError.
+
+    torch.save turns an error of the file object into a RuntimeError; the OSError kept
+    here lets the caller say "disk full" instead.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.size, self.error = f, 0, None
+
+    def write(self, data: Any) -> int:
+        try:
+            n = self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        self.size += memoryview(data).nbytes
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _serialize(payload: dict[str, Any], writer: _Writer) -> None:
+    """The one place bytes of a checkpoint are produced (tests replace it to simulate crashes)."""
+    torch.save(payload, writer)
+
+
+def _temp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a platform that cannot open directories (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(final: Path, produce: Callable[[_Writer], None]) -> int:
+    """Write ``final`` all or nothing and durably; returns its size. Leaves no temp file on failure."""
+    tmp = _temp_name(final)
+    writer = None
+    try:
+        with open(tmp, "xb") as f:
+            writer = _Writer(f)
+            try:
+                produce(writer)
+            except OSError:
+                raise
+            except Exception as e:  # torch.save turns the writer's OSError into a RuntimeError
+                if writer.error is not None:
+                    raise writer.error from e
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_dir(final.parent)
+    return writer.size
+
+
+def _copy_from(src: Path) -> Callable[[_Writer], None]:
+    def produce(writer: _Writer) -> None:
+        with open(src, "rb") as f:
+            shutil.copyfileobj(f, writer, _CHUNK)
+    return produce
+
+
+def _link_atomic(src: Path, final: Path) -> str:
+    """Make ``final`` the same file as ``src``: a hard link, else an atomic copy. Returns which."""
+    tmp = _temp_name(final)
+    try:
+        os.link(src, tmp)
+    except (OSError, AttributeError, NotImplementedError):
+        _remove_quietly(tmp)
+        _write_atomic(final, _copy_from(src))
+        return "copy"
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_dir(final.parent)
+    return "hardlink"
+
+
+_WRITE_HINTS = {
+    errno.ENOSPC: "the disk is full: free space",
+    errno.EDQUOT: "the disk quota is exceeded: free space",
+    errno.EACCES: "permission denied: make the directory writable",
+    errno.EPERM: "operation not permitted: make the directory writable",
+    errno.EROFS: "the file system is read-only: choose another --out",
+}
+
+
+def _write_error(what: str, path: Path, err: OSError) -> CheckpointError:
+    code = errno.errorcode.get(err.errno or 0, "error")
+    hint = _WRITE_HINTS.get(err.errno or 0, "fix the cause")
+    return CheckpointError(f"cannot write {what} '{path}': {err.strerror or err} [{code}]; earlier checkpoints "
+                           f"in '{path.parent}' are intact; {hint}, then resume with --resume auto")
+
+
+def _fingerprint(path: Path, *, full: bool) -> dict[str, Any]:
+    """What a manifest records to recognise a file: its size and the sha256 of its last MiB.
+
+    The last MiB holds the zip directory with the CRC32 of every record, so with the
+    records' own CRC check (:func:`_check_zip`) this detects truncation and corruption
+    without hashing the whole file at save time. ``full`` adds the whole file's sha256
+    (used when torch.save was configured to write no CRC32s).
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - _TAIL))
+        out: dict[str, Any] = {"bytes": size, "tail_sha256": hashlib.sha256(f.read()).hexdigest()}
+        if full:
+            f.seek(0)
+            out["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+    return out
+
+
+def _torch_writes_crc32() -> bool:
+    get = getattr(torch.serialization, "get_crc32_options", None)
+    return bool(get()) if get is not None else True
+
+
+def _check_zip(path: Path) -> str | None:
+    """Why a torch zip file without a manifest is unusable (truncated, CRC mismatch), or None."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.CRC == 0 and info.file_size:  # written without CRCs: nothing to check
+                    continue
+                with z.open(info) as member:
+                    while member.read(_CHUNK):
+                        pass
+    except zipfile.BadZipFile as e:
+        if "CRC" in str(e):
+            return f"checksum mismatch ({e}): the file is corrupt"
+        return "truncated or not a checkpoint (no complete zip directory)"
+    except (OSError, EOFError, ValueError) as e:
+        return f"unreadable: {_first_line(e)}"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` of a finetune checkpoint, with one-line errors.
+
+    Does not verify a manifest; :meth:`Checkpointer.load` and :meth:`Checkpointer.read` do.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint '{path}': no such file") from e
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"checkpoint '{path}': not a finetune checkpoint (it needs code execution to load: "
+                              f"{_first_line(e)[:120]})") from e
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"checkpoint '{path}': truncated or not a checkpoint ({_first_line(e)[:160]})") from e
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint '{path}': not a finetune checkpoint (no format {FORMAT!r} inside)")
+    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint '{path}': written by a newer finetune (format version "
+                              f"{obj['format_version']}, this one reads {FORMAT_VERSION}): upgrade finetune")
+    return obj
+
+
+# --------------------------------------------------------------------------- the Checkpointer
+def _numbered_key(name: str) -> tuple[int, int] | None:
+    m = _NUMBERED.match(name) or _MANIFEST.match(name)
+    return (int(m.group(2)), int(m.group(1))) if m else None
+
+
+def _manifest_path(path: Path) -> Path | None:
+    return path.with_suffix(".json") if _NUMBERED.match(path.name) else None
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        m = json.loads(f.read())
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        raise ValueError("not a finetune checkpoint manifest")
+    return m
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, torch.Tensor):
+            v = v.item()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[str(k)] = v if type(v) in _SCALARS else str(v)
+    return out
+
+
+@dataclass
+class _Pending:
+    """The one background write in flight."""
+
+    name: str
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+
+class Checkpointer:
+    """Atomic, durable, pruned checkpoints of one run in ``run_dir/checkpoints/``.
+
+    ``keep_last`` numbered checkpoints are kept, plus the best one by
+    ``metrics[best_metric]`` (``mode`` "max" or "min"). With ``async_save`` the state is
+    copied to (pinned, on CUDA) host memory and written by a background thread; at most
+    one write is in flight and its error is raised by the next :meth:`save`,
+    :meth:`wait` or :meth:`close`.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], keep_last: int = 3, best_metric: str = "val_top1",
+                 mode: str = "max", async_save: bool = False) -> None:
+        if type(keep_last) is not int or keep_last < 1:
+            raise ConfigError(f"keep_last must be an integer >= 1, got {keep_last!r}")
+        if mode not in ("max", "min"):
+            raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.run_dir = Path(run_dir)
+        self.directory = self.run_dir / CHECKPOINT_DIR
+        self.keep_last, self.best_metric, self.mode, self.async_save = keep_last, best_metric, mode, bool(async_save)
+        self.skipped: list[tuple[Path, str]] = []
+        """(path, reason) of each checkpoint the last :meth:`latest` call passed over."""
+        self._best: tuple[float | None, str | None] | None = None  # (value, numbered file), loaded lazily
+        self._verified: dict[str, tuple[tuple, str | None]] = {}
+        self._pending: _Pending | None = None
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._atexit_registered = False
+        self._remove_stale_temp_files()
+
+    def __repr__(self) -> str:
+        return (f"Checkpointer({str(self.run_dir)!r}, keep_last={self.keep_last}, best_metric={self.best_metric!r}, "
+                f"mode={self.mode!r}, async_save={self.async_save})")
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- listing and verification
+    def _names(self) -> list[str]:
+        """Numbered checkpoint file names, oldest first (by step, then epoch)."""
+        try:
+            names = [n for n in os.listdir(self.directory) if _NUMBERED.match(n)]
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise CheckpointError(f"cannot list '{self.directory}': {e.strerror}") from e
+        return sorted(names, key=_numbered_key)  # type: ignore[arg-type,return-value]
+
+    def verify(self, path: str | os.PathLike[str]) -> str | None:
+        """Why ``path`` is not a complete checkpoint (one line), or None if it is.
+
+        A numbered checkpoint is checked against its manifest (size, sha256 of the zip
+        directory) and the CRC32 of every record; ``last.pt``
+        / ``best.pt`` through the numbered file they link to; any other file by the CRCs of
+        its zip records.
+        """
+        path = Path(path)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "no such file"
+        except OSError as e:
+            return f"cannot read: {e.strerror}"
+        manifest = _manifest_path(path)
+        if manifest is not None and (manifest.exists() or self._is_ours(path)):
+            return self._verify_against(path, manifest, st)
+        twin = self._twin(path, st)
+        if twin is not None:
+            return self.verify(twin)
+        return _check_zip(path)
+
+    def _is_ours(self, path: Path) -> bool:
+        try:
+            return path.parent.resolve() == self.directory.resolve()
+        except OSError:
+            return False
+
+    def _twin(self, path: Path, st: os.stat_result) -> Path | None:
+        """The numbered checkpoint that ``path`` is a hard link of, if any."""
+        if st.st_nlink < 2:
+            return None
+        for name in self._names_in(path.parent):
+            other = path.parent / name
+            try:
+                o = other.stat()
+            except OSError:
+                continue
+            if (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino) and other.name != path.name:
+                return other
+        return None
+
+    def _names_in(self, directory: Path) -> list[str]:
+        try:
+            return [n for n in os.listdir(directory) if _NUMBERED.match(n)]
+        except OSError:
+            return []
+
+    def _verify_against(self, path: Path, manifest: Path, st: os.stat_result) -> str | None:
+        try:
+            mst = manifest.stat()
+        except FileNotFoundError:
+            return "incomplete: no manifest (the save did not finish)"
+        except OSError as e:
+            return f"manifest unreadable: {e.strerror}"
+        key = (st.st_size, st.st_mtime_ns, st.st_ino, mst.st_mtime_ns, mst.st_size)
+        cached = self._verified.get(str(path))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        reason = self._compare(path, manifest, st.st_size)
+        self._verified[str(path)] = (key, reason)
+        return reason
+
+    @staticmethod
+    def _compare(path: Path, manifest: Path, size: int) -> str | None:
+        try:
+            m = _read_manifest(manifest)
+            expected = int(m["bytes"])
+            str(m["tail_sha256"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"manifest '{manifest.name}' unreadable: {_first_line(e)}"
+        if m.get("file") != path.name:
+            return f"manifest '{manifest.name}' describes {m.get('file')!r}"
+        if size < expected:
+            return f"truncated: {size} of {expected} bytes"
+        if size > expected:
+            return f"{size} bytes where the manifest says {expected}: the file was changed"
+        try:
+            actual = _fingerprint(path, full="sha256" in m)
+        except OSError as e:
+            return f"cannot read: {e.strerror}"
+        if actual["tail_sha256"] != m["tail_sha256"] or actual.get("sha256") != m.get("sha256"):
+            return "checksum mismatch: the file is corrupt or not the one its manifest describes"
+        return None if "sha256" in m else _check_zip(path)
+
+    def checkpoints(self) -> list[Path]:
+        """Numbered checkpoints that have a manifest, oldest first (not hashed; see :meth:`verify`)."""
+        return [self.directory / n for n in self._names() if (self.directory / n).with_suffix(".json").exists()]
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint; newer truncated/corrupt ones are skipped and listed in ``skipped``."""
+        self._join()
+        self.skipped = []
+        for name in reversed(self._names()):
+            path = self.directory / name
+            reason = self.verify(path)
+            if reason is None:
+                return path
+            self.skipped.append((path, reason))
+            warnings.warn(f"skipping checkpoint '{path}': {reason}", CheckpointWarning, stacklevel=2)
+        return None
+
+    def best(self) -> Path | None:
+        """``best.pt`` if it holds the best checkpoint, else the numbered best one, else None."""
+        self._join()
+        value, name = self._best_state()
+        best = self.directory / BEST
+        if name is None:
+            return best if best.exists() and self.verify(best) is None else None
+        numbered = self.directory / name
+        if self.verify(numbered) is not None:
+            return best if best.exists() and self.verify(best) is None else None
+        if best.exists() and self._same_content(best, numbered) and self.verify(best) is None:
+            return best
+        return numbered
+
+    @property
+    def best_value(self) -> float | None:
+        """The best ``metrics[best_metric]`` saved so far in this run (also across restarts)."""
+        self._join()
+        return self._best_state()[0]
+
+    def _same_content(self, a: Path, b: Path) -> bool:
+        try:
+            if os.path.samefile(a, b):
+                return True
+            manifest = _read_manifest(b.with_suffix(".json"))
+            actual = _fingerprint(a, full=False)
+            return (actual["bytes"], actual["tail_sha256"]) == (manifest["bytes"], manifest["tail_sha256"])
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def _best_state(self) -> tuple[float | None, str | None]:
+        """(best value, numbered file) as recorded by the newest complete checkpoint's manifest."""
+        if self._best is None:
+            self._best = (None, None)
+            for name in reversed(self._names()):
+                path = self.directory / name
+                if self.verify(path) is not None:
+                    continue
+                try:
+                    m = _read_manifest(path.with_suffix(".json"))
+                except (OSError, ValueError):
+                    continue
+                if m.get("best_metric") == self.best_metric and m.get("mode") == self.mode:
+                    self._best = (m.get("best_value"), m.get("best_file"))
+                break
+        return self._best
+
+    # ---- loading
+    def load(self, path: str | os.PathLike[str] | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+        """Verify and load a checkpoint (default: :meth:`latest`) with ``torch.load(weights_only=True)``.
+
+        Raises :class:`CheckpointError` with one line naming the file and what is wrong.
+        """
+        self._join()
+        if path is None:
+            path = self.latest()
+            if path is None:
+                raise CheckpointError(f"no complete checkpoint in '{self.directory}': start without --resume")
+        path = Path(path)
+        reason = self.verify(path)
+        if reason is not None:
+            raise CheckpointError(f"checkpoint '{path}': {reason}")
+        return read_checkpoint(path, map_location)
+
+    @staticmethod
+    def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+        """Verify and load one checkpoint file, wherever it lies (``finetune eval --checkpoint``)."""
+        path = Path(path)
+        return Checkpointer(path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent).load(
+            path, map_location)
+
+    # ---- saving
+    def save(self, state: Mapping[str, Any], *, metrics: Mapping[str, Any] | None = None) -> Path:
+        """Write ``state`` as the next checkpoint; returns its path (complete once save/wait returns).
+
+        ``state`` needs int ``epoch`` and ``step``; modules, optimizers and objects with
+        ``state_dict()`` are replaced by their state (a module by :func:`clean_state_dict`,
+        an optimizer by :func:`optimizer_state_by_name` with ``state["model"]``). The file
+        gets ``format``, ``format_version``, ``versions`` and ``saved_at``. ``best.pt`` is
+        updated when ``metrics[best_metric]`` improves.
+        """
+        self._raise_pending()
+        prepared = _prepare(state)
+        name = f"ckpt-e{prepared['epoch']:04d}-s{prepared['step']:08d}.pt"
+        self._best_state()
+        if self.async_save:
+            payload, ready = self._snapshot_async(prepared)
+        else:
+            seen: set[int] = set()
+            payload, ready = _plain(prepared, lambda t, _: _own_cpu_tensor(t, seen)), None
+        payload.update(format=FORMAT, format_version=FORMAT_VERSION, versions=dict(_versions()),
+                       saved_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
+        plain_metrics = _plain_metrics(metrics)
+        if not self.async_save:
+            self._commit(name, payload, plain_metrics)
+            return self.directory / name
+        if not self._atexit_registered:
+            atexit.register(_report_at_exit, weakref.ref(self))
+            self._atexit_registered = True
+        pending = _Pending(name)
+        pending.thread = threading.Thread(target=self._commit_in_background, args=(pending, payload, plain_metrics, ready),
+                                          name=f"finetune-checkpoint {name}", daemon=False)
+        self._pending = pending
+        pending.thread.start()
+        return self.directory / name
+
+    def _snapshot_async(self, state: dict[str, Any]) -> tuple[dict[str, Any], list[torch.cuda.Event]]:
+        """Copy every tensor into reused host buffers (pinned on CUDA); device copies are only queued."""
+        buffers: dict[tuple, torch.Tensor] = {}
+        copies: dict[torch.device, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+        def buffer_for(t: torch.Tensor, path: tuple) -> torch.Tensor:
+            t = t.detach()
+            key = (path, tuple(t.shape), t.dtype, t.device.type)
+            buf = self._buffers.get(key)
+            if buf is None:
+                buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda)
+            buffers[key] = buf
+            dsts, srcs = copies.setdefault(t.device, ([], []))
+            dsts.append(buf)
+            srcs.append(t)
+            return buf
+
+        payload = _plain(state, buffer_for)
+        self._buffers = buffers
+        events = []
+        for device, (dsts, srcs) in copies.items():
+            if device.type == "cuda":
+                _copy_all(dsts, srcs, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(device))
+                events.append(event)
+            else:
+                with _one_thread():
+                    _copy_all(dsts, srcs, non_blocking=False)
+        return payload, events
+
+    def _commit_in_background(self, pending: _Pending, payload: dict[str, Any], metrics: dict[str, Any],
+                              ready: list[torch.cuda.Event]) -> None:
+        try:
+            for event in ready:
+                event.synchronize()
+            self._commit(pending.name, payload, metrics)
+        except BaseException as e:  # kept for the next save()/wait()/close(), never lost
+            pending.error = e
+
+    def _commit(self, name: str, payload: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """Write data, then manifest, then last/best, then prune: each step durable before the next."""
+        try:
+            new_dir = not self.directory.exists()
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if new_dir:
+                _fsync_dir(self.directory.parent)
+        except OSError as e:
+            raise _write_error("checkpoint directory", self.directory, e) from e
+        final = self.directory / name
+        manifest_path = final.with_suffix(".json")
+        value = metrics.get(self.best_metric)
+        best_value, best_file = self._best_state()
+        improved = self._improves(value, best_value)
+        if improved:
+            best_value, best_file = float(value), name  # type: ignore[arg-type]
+        try:
+            _write_atomic(final, lambda w: _serialize(payload, w))
+        except OSError as e:  # nothing was replaced
+            raise _write_error("checkpoint", final, e) from e
+        try:
+            fingerprint = _fingerprint(final, full=not _torch_writes_crc32())
+        except OSError as e:
+            _remove_quietly(final)  # without its manifest it would only be skipped later
+            raise _write_error("checkpoint", final, e) from e
+        manifest = {"format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, "file": name, **fingerprint,
+                    "epoch": payload["epoch"], "step": payload["step"], "saved_at": payload["saved_at"],
+                    "metrics": metrics, "best_metric": self.best_metric, "mode": self.mode,
+                    "best_value": best_value, "best_file": best_file, "is_best": improved}
+        try:
+            _write_atomic(manifest_path, lambda w: w.write(json.dumps(manifest, indent=1).encode()))
+        except OSError as e:
+            _remove_quietly(final)  # without its manifest it would only be skipped later
+            raise _write_error("checkpoint manifest", manifest_path, e) from e
+        self._best = (best_value, best_file)  # the checkpoint is complete and durable from here on
+        try:
+            _link_atomic(final, self.directory / LAST)
+            if improved:
+                _link_atomic(final, self.directory / BEST)
+        except OSError as e:
+            raise _write_error("last/best link of", final, e) from e
+        self._prune(newest=name)
+
+    def _improves(self, value: Any, best: float | None) -> bool:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            return False
+        return best is None or (value > best if self.mode == "max" else value < best)
+
+    def _prune(self, newest: str) -> None:
+        """Delete numbered checkpoints older than ``newest`` beyond the last ``keep_last``; never the best."""
+        names = self._names()
+        complete = [n for n in names if (self.directory / n).with_suffix(".json").exists()]
+        keep = set(complete[-self.keep_last:]) | {self._best_state()[1]}
+        limit = _numbered_key(newest)
+        doomed = [n for n in names if n not in keep and _numbered_key(n) < limit]  # type: ignore[operator]
+        present = set(names)
+        orphans = [n for n in os.listdir(self.directory)
+                   if _MANIFEST.match(n) and n[:-5] + ".pt" not in present]
+        for name in doomed:
+            for path in (self.directory / name, (self.directory / name).with_suffix(".json")):
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    warnings.warn(f"cannot delete old checkpoint '{path}': {e.strerror}", CheckpointWarning, stacklevel=2)
+        for name in orphans:
+            _remove_quietly(self.directory / name)
+        if doomed or orphans:
+            _fsync_dir(self.directory)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of writers that died (kill -9) are litter: remove them."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            m = _TEMP.match(name)
+            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                _remove_quietly(self.directory / name)
+
+    # ---- the background write
+    def _join(self) -> None:
+        if self._pending is not None and self._pending.thread is not None:
+            self._pending.thread.join()
+
+    def _raise_pending(self) -> None:
+        """Wait for the write in flight; raise its error (once) as CheckpointError."""
+        pending = self._pending
+        if pending is None:
+            return
+        if pending.thread is not None:
+            pending.thread.join()
+        self._pending = None
+        if pending.error is not None:
+            e = pending.error
+            message = str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {_first_line(e)}"
+            raise CheckpointError(f"background save of '{self.directory / pending.name}' failed: {message}") from e
+
+    def wait(self) -> None:
+        """Block until the write in flight is durable; raise its error if it failed."""
+        self._raise_pending()
+
+    def close(self) -> None:
+        """Wait for the write in flight (raising its error) and free the host buffers. Reads still work."""
+        try:
+            self._raise_pending()
+        finally:
+            self._buffers = {}
+
+
+def _report_at_exit(ref: weakref.ref[Checkpointer]) -> None:
+    """At interpreter exit, an async write error nobody asked for is printed, not lost."""
+    ckpt = ref()
+    if ckpt is None or ckpt._pending is None:
+        return
+    try:
+        ckpt._raise_pending()
+    except CheckpointError as e:
+        print(f"finetune: error: {e}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- SIGTERM / SIGINT
+def stop_message(run_dir: str | os.PathLike[str], epoch: int, step: int) -> str:
+    """What to print after a graceful stop.
+
+    >>> stop_message("runs/a b", 3, 120)
+    "stopped at epoch 3 step 120; resume with: finetune train --out 'runs/a b' --resume auto"
+    """
+    return f"stopped at epoch {epoch} step {step}; resume with: finetune train --out {shlex.quote(str(run_dir))} --resume auto"
+
+
+class GracefulExit:
+    """While active, SIGTERM / SIGINT only set ``stop_requested``; a second one acts as usual.
+
+    The loop checks ``stop_requested`` after each step, saves, prints
+    :func:`stop_message` and returns (exit status 0). The first signal restores the
+    previous handlers, so a second Ctrl-C raises KeyboardInterrupt and a second SIGTERM
+    terminates. Outside the main thread nothing is installed (``installed`` is False).
+
+    >>> with GracefulExit() as stop:
+    ...     os.kill(os.getpid(), signal.SIGTERM)
+    ...     stop.stop_requested, stop.signal_name
+    (True, 'SIGTERM')
+    """
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT), *,
+                 announce: bool = True) -> None:
+        self.signals = signals
+        self.announce = announce
+        self.stop_requested = False
+        self.signal_name: str | None = None
+        self.installed = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> GracefulExit:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.getsignal(s)
+                signal.signal(s, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+        self.signal_name = signal.Signals(signum).name
+        self._restore()
+        if self.announce:  # os.write: safe even if the signal arrived in the middle of a print
+            os.write(2, f"\nfinetune: {self.signal_name}: finishing the current step, then saving a checkpoint "
+                        "(send it again to stop at once)\n".encode())
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+        self.installed = False
+
