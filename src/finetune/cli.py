@@ -68,6 +68,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--async-save", action=argparse.BooleanOptionalAction, default=None, help="write checkpoints in a background thread (default: on with CUDA)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (for tests and smoke runs)")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None, help="write TensorBoard events to RUN_DIR/tb")
+    p.add_argument("--freeze", nargs="+", metavar="PATTERN", help="freeze parameters/modules matching these globs (layer1, '*.bn*')")
+    p.add_argument("--train-only", nargs="+", metavar="PATTERN", help="freeze everything except these")
+    p.add_argument("--linear-probe", action="store_true", default=None, help="train only the classifier head")
+    p.add_argument("--cache-features", action="store_true", default=None, help="with --linear-probe: compute backbone features once")
+    p.add_argument("--bn", choices=["frozen", "eval", "train"], help="BatchNorm in frozen parts: frozen (default), eval, train")
+    p.add_argument("--lr-mult", nargs="+", metavar="PATTERN=X", help="learning-rate multipliers, e.g. layer4=0.1")
+    p.add_argument("--layer-decay", type=float, metavar="X", help="multiply the lr by X per block away from the head")
+    p.add_argument("--unfreeze", nargs="+", metavar="PATTERN@EPOCH", help="make PATTERN trainable from EPOCH (counted from 1)")
     # ----- train flags of other modules are added below this line -----
     p.set_defaults(handler=_cmd_train)
 
@@ -80,7 +88,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, quiet=args.quiet)
     if not args.quiet:
         print(f"run directory: {result.run_dir}")
-        print(f"best val top-1 {result.best_top1:.2%} at epoch {result.best_epoch}")
+        if result.best_epoch >= 0:
+            print(f"best val top-1 {result.best_top1:.2%} at epoch {result.best_epoch + 1}")
     return 0
 
 

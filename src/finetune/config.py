@@ -37,6 +37,15 @@ class TrainConfig:
     exclude: list[str] = field(default_factory=list)
     shape_mismatch: str = "skip"
     trust: bool = False
+    # what trains (see finetune.freeze)
+    freeze: list[str] = field(default_factory=list)
+    train_only: list[str] = field(default_factory=list)
+    linear_probe: bool = False
+    cache_features: bool = False
+    bn: str = "frozen"
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    layer_decay: float | None = None
+    unfreeze: list[str] = field(default_factory=list)  # PATTERN@EPOCH, epochs counted from 1
     # optimisation
     epochs: int = 8
     optimizer: str = "sgd"
@@ -80,8 +89,11 @@ class TrainConfig:
             clean[name] = value
         if "crop_scale" in clean and clean["crop_scale"] is not None:
             clean["crop_scale"] = tuple(float(v) for v in clean["crop_scale"])
-        if "exclude" in clean and isinstance(clean["exclude"], str):
-            clean["exclude"] = [clean["exclude"]]
+        for name in ("exclude", "freeze", "train_only", "unfreeze"):
+            if isinstance(clean.get(name), str):
+                clean[name] = [clean[name]]
+        if isinstance(clean.get("lr_mult"), list):  # PATTERN=X strings from the command line
+            clean["lr_mult"] = parse_lr_mult(clean["lr_mult"])
         cfg = cls(**clean)
         cfg.validate()
         return cfg
@@ -101,10 +113,49 @@ class TrainConfig:
             (self.keep_last >= 1, f"--keep-last must be at least 1, got {self.keep_last}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"crop-scale must be 0 < min <= max <= 1, got {self.crop_scale}"),
+            (self.bn in ("frozen", "eval", "train"), f"--bn must be frozen, eval or train, got {self.bn!r}"),
+            (not self.cache_features or self.linear_probe, "--cache-features needs --linear-probe (only the head may train)"),
+            (self.layer_decay is None or 0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {self.layer_decay}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        parse_unfreeze(self.unfreeze, self.epochs)
+
+
+def parse_lr_mult(items: list[str]) -> dict[str, float]:
+    """``["layer4=0.1", "fc=1"]`` -> ``{"layer4": 0.1, "fc": 1.0}``.
+
+    >>> parse_lr_mult(["layer4=0.1"])
+    {'layer4': 0.1}
+    """
+    out: dict[str, float] = {}
+    for item in items:
+        pattern, sep, value = str(item).rpartition("=")
+        try:
+            out[pattern] = float(value)
+        except ValueError:
+            pattern = ""
+        if not sep or not pattern:
+            raise ConfigError(f"--lr-mult takes PATTERN=MULTIPLIER (e.g. layer4=0.1), got {item!r}")
+    return out
+
+
+def parse_unfreeze(items: list[str], epochs: int) -> list[tuple[str, int]]:
+    """``["layer4@3"]`` -> ``[("layer4", 3)]``: the pattern trains from epoch 3 on (counted from 1).
+
+    >>> parse_unfreeze(["layer4@3", "layer3.*@5"], epochs=8)
+    [('layer4', 3), ('layer3.*', 5)]
+    """
+    out: list[tuple[str, int]] = []
+    for item in items:
+        pattern, sep, epoch = str(item).rpartition("@")
+        if not sep or not pattern or not epoch.isdigit():
+            raise ConfigError(f"--unfreeze takes PATTERN@EPOCH (e.g. layer4@3), got {item!r}")
+        if not 1 <= int(epoch) <= epochs:
+            raise ConfigError(f"--unfreeze {item}: epoch {epoch} is outside 1..{epochs}")
+        out.append((pattern, int(epoch)))
+    return out
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -144,11 +195,16 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge defaults, ``--config FILE`` and the flags given (flags win)."""
-    values: dict[str, Any] = _read_yaml(args.config) if getattr(args, "config", None) else {}
+    base = getattr(args, "config", None)
+    resume, out = getattr(args, "resume", None), getattr(args, "out", None)
+    if base is None and resume and out and (Path(out) / "config.yaml").is_file():
+        base = Path(out) / "config.yaml"  # resuming a run: its own settings, unless flags say otherwise
+    values: dict[str, Any] = _read_yaml(base) if base else {}
+    values.pop("resume", None)
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for name in names:
         flag = getattr(args, name, None)
         if flag is not None:
             values[name] = flag
-    return TrainConfig.from_dict(values, source=getattr(args, "config", None) or "command line")
+    return TrainConfig.from_dict(values, source=str(base) if base else "command line")

@@ -1,0 +1,520 @@
+"""The training loop: one readable function, every knob in :class:`TrainConfig`.
+
+config -> data + model -> loop -> checkpoints/logs, in that order and no other.
+
+>>> import os, tempfile
+>>> os.environ.setdefault("FINETUNE_CACHE", tempfile.mkdtemp())  # doctest: +ELLIPSIS
+'...'
+>>> from finetune.config import TrainConfig
+>>> from finetune.data.shapes import make_shapes
+>>> data = make_shapes(tempfile.mkdtemp(), per_class=4, size=32)
+>>> cfg = TrainConfig(data=str(data), model="resnet18", img_size=32, epochs=1, batch_size=8,
+...                   workers="0", out=tempfile.mkdtemp())
+>>> result = train(cfg, quiet=True)
+>>> sorted(p.name for p in (result.run_dir / "checkpoints").glob("*.pt"))[-2:]
+['best.pt', 'last.pt']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finetune.checkpoint import (
+    Checkpointer,
+    GracefulExit,
+    capture_rng_state,
+    load_model_state,
+    load_optimizer_state_by_name,
+    optimizer_state_by_name,
+    restore_rng_state,
+)
+from finetune.config import TrainConfig, parse_unfreeze, save_config
+from finetune.data.loader import Loader, build_loader
+from finetune.data.samples import Samples, find_splits, scan_folder
+from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize_
+from finetune.errors import CheckpointError, ConfigError, DataError
+from finetune.logging import RunLog, progress
+from finetune.models import count_parameters, create_model, head_name, logits_of
+
+
+def warn(message: str) -> None:
+    print(f"finetune: warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_top1: float
+    best_top5: float
+    best_epoch: int
+    history: list[dict[str, Any]]
+    stopped_early: bool = False
+
+
+# --------------------------------------------------------------------------- set-up helpers
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available: use --device cpu")
+    return torch.device(name)
+
+
+def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 on CUDA by default, none on CPU (where it is slower for training)."""
+    if name == "off" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+def resolve_data(data: str, val_split: float, seed: int) -> tuple[Samples, Samples]:
+    if data == "shapes":
+        from finetune.data.shapes import shapes_root
+
+        return find_splits(shapes_root(), val_split=val_split, seed=seed)
+    return find_splits(data, val_split=val_split, seed=seed)
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    data_name = Path(cfg.data).stem or "data"
+    model_name = cfg.model.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{model_name}-{data_name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warmup then cosine decay to zero: the learning-rate factor of optimizer step ``step``.
+
+    A pure function of the step, so resuming needs no scheduler state and
+    parameter groups added later (gradual unfreezing) follow the same curve.
+
+    >>> [round(lr_factor(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress_ = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group's lr = its base lr (lr x its multiplier) x ``factor``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum) or AdamW over named parameter groups (see :func:`finetune.param_groups`)."""
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
+    """--linear-probe / --train-only / --freeze, and the frozen parts of --unfreeze, then the BN policy."""
+    from finetune.freeze import freeze, freeze_all_but, set_bn_policy
+
+    if cfg.linear_probe:
+        freeze_all_but(model, head_name(model))
+    if cfg.train_only:
+        freeze_all_but(model, *cfg.train_only)
+    if cfg.freeze:
+        freeze(model, *cfg.freeze)
+    for pattern, _ in parse_unfreeze(cfg.unfreeze, cfg.epochs):
+        freeze(model, pattern)
+    set_bn_policy(model, cfg.bn)
+
+
+def unfreeze_at(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> list[str]:
+    """Make the ``--unfreeze PATTERN@E`` parameters with E == epoch + 1 trainable, as new optimizer groups."""
+    from finetune.freeze import add_param_group_for, unfreeze
+
+    names: list[str] = []
+    for pattern, at in parse_unfreeze(cfg.unfreeze, cfg.epochs):
+        if at != epoch + 1:
+            continue
+        new = unfreeze(model, pattern)
+        groups = add_param_group_for(optimizer, model, new, cfg.lr, lr_mult=cfg.lr_mult or None,
+                                     layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay,
+                                     tag=f"unfreeze@{at}")
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        names += new
+    return names
+
+
+class FeatureBatches:
+    """Batches of cached backbone features, in the same seeded order and with the same
+    position bookkeeping as the image loader (for --linear-probe --cache-features)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+        self.features, self.labels = features, labels
+        self.batch_size, self.seed = batch_size, seed
+        self.epoch = self.position = 0
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        from finetune.data.loader import epoch_order
+
+        order = torch.from_numpy(epoch_order(len(self.labels), self.seed, self.epoch, True))
+        while self.position < len(self):
+            idx = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+            self.position += 1
+            yield self.features[idx], self.labels[idx]
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Loss, top-1, top-k (k = min(5, classes)) and per-class accuracy over ``loader``.
+
+    Accuracies are fractions in [0, 1].
+    """
+    model.eval()
+    classes = loader.classes
+    k = min(5, len(classes))
+    loss_sum, n = 0.0, 0
+    correct1 = correctk = 0
+    per_class_correct = torch.zeros(len(classes), dtype=torch.int64)
+    per_class_total = torch.zeros(len(classes), dtype=torch.int64)
+    device = loader.device
+    for images, labels in progress(loader, total=len(loader), desc="eval", quiet=quiet):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = logits_of(model(images))
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        topk = logits.topk(k, dim=1).indices
+        hit1 = topk[:, 0] == labels
+        correct1 += int(hit1.sum())
+        correctk += int((topk == labels[:, None]).any(dim=1).sum())
+        per_class_total += torch.bincount(labels.cpu(), minlength=len(classes))
+        per_class_correct += torch.bincount(labels[hit1].cpu(), minlength=len(classes))
+        n += len(labels)
+    per_class = {c: (int(per_class_correct[i]) / int(per_class_total[i]) if per_class_total[i] else None)
+                 for i, c in enumerate(classes)}
+    return {"loss": loss_sum / max(n, 1), "top1": correct1 / max(n, 1), "top5": correctk / max(n, 1),
+            "topk": k, "per_class": per_class, "images": n}
+
+
+# --------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
+    """Fine-tune ``cfg.model`` on ``cfg.data``; write everything into the run directory."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    ckpt = Checkpointer(run_dir, keep_last=cfg.keep_last, best_metric="val_top1", mode="max",
+                        async_save=cfg.async_save if cfg.async_save is not None else device.type == "cuda")
+
+    # ---- what to resume from (decided before anything is written)
+    resume_state: dict[str, Any] | None = None
+    if cfg.resume:
+        resume_path = ckpt.latest() if cfg.resume == "auto" else Path(cfg.resume)
+        if resume_path is None:
+            raise CheckpointError(f"--resume auto: nothing to resume in '{run_dir / 'checkpoints'}': "
+                                  "start without --resume, or give --resume PATH")
+        resume_state = ckpt.load(resume_path)
+
+    # ---- data
+    torch.manual_seed(cfg.seed)
+    train_samples, val_samples = resolve_data(cfg.data, cfg.val_split, cfg.seed)
+    classes = list(train_samples.classes)
+    if resume_state is not None and list(resume_state.get("classes", classes)) != classes:
+        raise CheckpointError(f"the checkpoint's classes {resume_state['classes'][:5]}… differ from the data's {classes[:5]}…")
+    loader_kw = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, workers=str(cfg.workers), device=device,
+                     seed=cfg.seed, channels_last=cfg.channels_last)
+    train_loader = build_loader(train_samples, train=True, crop_scale=tuple(cfg.crop_scale), **loader_kw)
+    val_loader = build_loader(val_samples, train=False, **loader_kw)
+    if len(train_loader) == 0:
+        raise DataError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
+
+    # ---- model and what trains
+    model = create_model(cfg.model, num_classes=len(classes))
+    if cfg.pretrained and resume_state is None:
+        from finetune.weights import load_weights
+
+        report = load_weights(model, cfg.pretrained, exclude=tuple(cfg.exclude), shape_mismatch=cfg.shape_mismatch,
+                              trust=cfg.trust)
+        if not quiet:
+            print(report)
+    apply_freezing(model, cfg)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    from finetune.freeze import (
+        audit,
+        bn_train_mode,
+        extract_features,
+        format_findings,
+        param_groups,
+        split_head,
+        trainable_table,
+    )
+
+    optimizer = make_optimizer(param_groups(model, cfg.lr, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
+                                            weight_decay=cfg.weight_decay), cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    forward_model = torch.compile(model) if cfg.compile else model
+    batches: Loader | FeatureBatches = train_loader
+    if cfg.cache_features:  # the backbone runs once; epochs train the head on its features
+        backbone, head = split_head(model)
+        feature_loader = build_loader(train_samples, train=False, **loader_kw)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            features, labels_ = extract_features(backbone, feature_loader)
+        batches = FeatureBatches(features.float(), labels_, cfg.batch_size, cfg.seed)
+        forward_model = head
+    steps_per_epoch = len(batches)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+
+    # ---- state that a checkpoint carries
+    epoch, step = 0, 0
+    best_top1, best_top5, best_epoch = -1.0, 0.0, -1
+    history: list[dict[str, Any]] = []
+    epoch_loss_sum, epoch_seen = 0.0, 0
+    if resume_state is not None:
+        epoch = int(resume_state["epoch"])
+        position = int(resume_state["loader"]["position"])
+        for e in range(epoch + (1 if position > 0 else 0)):  # replay the unfreezing done before the checkpoint
+            unfreeze_at(model, optimizer, cfg, e)
+        load_model_state(model, resume_state["model"])
+        opt_report = load_optimizer_state_by_name(optimizer, model, resume_state["optimizer"])
+        if not getattr(opt_report, "exact", True):
+            warn(f"optimizer state restored by name with differences: {opt_report}")
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        step = int(resume_state["step"])
+        best_top1, best_top5 = float(resume_state["best_top1"]), float(resume_state["best_top5"])
+        best_epoch = int(resume_state["best_epoch"])
+        history = list(resume_state.get("history", []))
+        epoch_loss_sum = float(resume_state.get("epoch_loss_sum", 0.0))
+        epoch_seen = int(resume_state.get("epoch_seen", 0))
+        batches.load_state_dict(resume_state["loader"])
+        restore_rng_state(resume_state["rng"])
+
+    # ---- the run directory
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "classes.json").write_text(json.dumps(classes, indent=1))
+    log = RunLog(run_dir, tensorboard=cfg.tensorboard, quiet=quiet, epochs=cfg.epochs)
+    log.rewrite(history)
+    total, trainable = count_parameters(model)
+    log.info(f"{cfg.model}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), {len(classes)} classes, "
+             f"{len(train_samples)} train / {len(val_samples)} val images, {device}"
+             + (f", {amp}".replace("torch.", " autocast ") if amp else ""))
+    table = trainable_table(model)
+    (run_dir / "trainable.json").write_text(json.dumps(table.to_dict(), indent=1))
+    log.info(str(table))
+    if resume_state is not None:
+        log.info(f"resumed at epoch {epoch + 1}, step {step} (batch {batches.position} of {steps_per_epoch})")
+
+    def make_state() -> dict[str, Any]:
+        return {
+            "model": model, "optimizer": optimizer_state_by_name(optimizer, model),
+            "scheduler": {"kind": "warmup_cosine", "step": step, "total_steps": total_steps,
+                          "warmup_steps": warmup_steps}, "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "epoch": epoch, "step": step, "batches_in_epoch": batches.position,
+            "loader": batches.state_dict(), "rng": capture_rng_state(),
+            "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen,
+            "best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
+            "history": history, "config": cfg.to_dict(), "arch": cfg.model, "classes": classes,
+            "img_size": cfg.img_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        }
+
+    def out_of_steps() -> bool:
+        return cfg.max_steps is not None and step >= cfg.max_steps
+
+    stopped, audited = False, False
+    last_save_time = time.monotonic()
+    with ckpt, GracefulExit() as stop:
+        while epoch < cfg.epochs and not stopped:
+            if batches.position == 0:
+                batches.set_epoch(epoch)
+                unfrozen = unfreeze_at(model, optimizer, cfg, epoch)
+                if unfrozen:
+                    log.info(f"epoch {epoch + 1}: unfroze {len(unfrozen)} parameter tensors\n{trainable_table(model)}")
+            model.train()
+            bn_train_mode(model)
+            t0, images_done = time.perf_counter(), 0
+            bar = progress(batches, total=steps_per_epoch - batches.position, desc=f"epoch {epoch + 1}", quiet=quiet)
+            for images, labels in bar:
+                set_lr(optimizer, lr_factor(step, total_steps, warmup_steps))
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = logits_of(forward_model(images))
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if not audited:  # the classic silent bugs, checked once on real gradients
+                    audited = True
+                    findings = audit(model, optimizer)
+                    if findings:
+                        warn(format_findings(findings))
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise ConfigError(f"the loss became {loss_value} at step {step}: lower --lr or use --amp off")
+                epoch_loss_sum += loss_value * len(labels)
+                epoch_seen += len(labels)
+                images_done += len(labels)
+                if stop.stop_requested or out_of_steps():
+                    break
+                if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or (
+                        cfg.save_every_minutes and time.monotonic() - last_save_time >= 60 * cfg.save_every_minutes):
+                    ckpt.save(make_state())
+                    last_save_time = time.monotonic()
+            if batches.position < steps_per_epoch:  # interrupted in the middle of the epoch
+                ckpt.save(make_state())
+                stopped = True
+                break
+            seconds = time.perf_counter() - t0
+            metrics = evaluate(model, val_loader, amp=amp, quiet=quiet)
+            record = {"epoch": epoch, "step": step, "train_loss": epoch_loss_sum / max(epoch_seen, 1),
+                      "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
+                      "topk": metrics["topk"], "lr": optimizer.param_groups[0]["lr"],
+                      "images_per_s": images_done / max(seconds, 1e-9)}
+            if metrics["top1"] > best_top1:
+                best_top1, best_top5, best_epoch = metrics["top1"], metrics["top5"], epoch
+            history.append(record)
+            log.epoch(record)
+            epoch += 1
+            epoch_loss_sum, epoch_seen = 0.0, 0
+            batches.set_epoch(epoch)
+            ckpt.save(make_state(), metrics={"val_top1": metrics["top1"]})
+            last_save_time = time.monotonic()
+            stopped = epoch < cfg.epochs and (stop.stop_requested or out_of_steps())
+    if stopped:
+        log.info(f"stopped at epoch {epoch + 1}, step {step}; resume with: finetune train --out {run_dir} --resume auto")
+    best_path = ckpt.best()
+    if best_path is not None:
+        write_deployment_files(ckpt.load(best_path), run_dir)
+    log.close()
+    return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped)
+
+
+def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
+    """``best.safetensors``: the best weights alone, with the class names in its metadata."""
+    from safetensors.torch import save_file
+
+    meta = {"arch": str(state["arch"]), "classes": json.dumps(list(state["classes"])),
+            "img_size": str(state.get("img_size", "")), "format": "finetune-weights"}
+    tmp = run_dir / ".best.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in state["model"].items()}, str(tmp), metadata=meta)
+    tmp.replace(run_dir / "best.safetensors")
+
+
+# --------------------------------------------------------------------------- eval / predict from a checkpoint
+def load_checkpoint_model(path: str | Path, device: torch.device, *, trust: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a finetune checkpoint describes and load its weights."""
+    state = Checkpointer.read(path)
+    if "arch" not in state or "classes" not in state or "model" not in state:
+        raise CheckpointError(f"'{path}' is not a finetune training checkpoint (no arch/classes/model): "
+                              "use `finetune inspect` to see what it holds")
+    model = create_model(str(state["arch"]), num_classes=len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size: int = 64, workers: str = "0",
+                        device: str = "auto", trust: bool = False, quiet: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on its dataset's val split, or on ``data``."""
+    dev = resolve_device(device)
+    model, state = load_checkpoint_model(path, dev, trust=trust)
+    cfg = state.get("config", {})
+    classes = list(state["classes"])
+    if data is None:
+        _, samples = resolve_data(cfg.get("data", "shapes"), cfg.get("val_split", 0.1), cfg.get("seed", 0))
+    else:
+        root = Path(data)
+        val_dir = next((root / n for n in ("val", "valid", "validation") if (root / n).is_dir()), None)
+        if root.is_file():
+            from finetune.data.samples import read_csv
+
+            samples = read_csv(root, classes=classes)[0]
+        else:
+            samples = scan_folder(val_dir or root, classes=classes)
+    if list(samples.classes) != classes:
+        samples = Samples(samples.paths, samples.labels, tuple(classes))
+    loader = build_loader(samples, train=False, img_size=int(state.get("img_size", cfg.get("img_size", 224))),
+                          batch_size=batch_size, workers=workers, device=dev)
+    return evaluate(model, loader, quiet=quiet)
+
+
+def _expand_inputs(inputs: list[str]) -> list[Path]:
+    from finetune.data.samples import is_image_file
+
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            if not found:
+                raise DataError(f"no images found in '{p}'")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"'{p}' does not exist")
+    return files
+
+
+@torch.no_grad()
+def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, batch_size: int = 64,
+                  device: str = "auto", trust: bool = False) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file (directories are searched recursively)."""
+    dev = resolve_device(device)
+    model, state = load_checkpoint_model(checkpoint, dev, trust=trust)
+    classes = list(state["classes"])
+    size = int(state.get("img_size", 224))
+    mean = torch.tensor(state.get("mean", IMAGENET_MEAN), device=dev).view(1, 3, 1, 1) * 255
+    std = torch.tensor(state.get("std", IMAGENET_STD), device=dev).view(1, 3, 1, 1) * 255
+    files = _expand_inputs(inputs)
+    k = max(1, min(topk, len(classes)))
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        tensors = []
+        for f in chunk:
+            try:
+                tensors.append(eval_transform(str(f), size))
+            except (OSError, ValueError, SyntaxError) as e:
+                raise DataError(f"cannot read image '{f}': {e}") from None
+        batch = normalize_(torch.stack(tensors).to(dev), mean, std)
+        probs = logits_of(model(batch)).float().softmax(dim=1)
+        top = probs.topk(k, dim=1)
+        for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
+            out.append({"path": str(f), "top": [{"class": classes[i], "index": i, "prob": v}
+                                                for v, i in zip(values, indices, strict=True)]})
+    return out
+
+
+def predict(checkpoint: str | Path, inputs: list[str], **kwargs: Any) -> list[dict[str, Any]]:
+    """Alias of :func:`predict_files` for the public API."""
+    return predict_files(checkpoint, inputs, **kwargs)
