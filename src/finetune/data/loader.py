@@ -1,0 +1,902 @@
+"""The input pipeline: ``build_loader`` turns samples into normalised batches on a device.
+
+Order and augmentation are functions of ``(seed, epoch, position)`` only, so
+``state_dict()``/``load_state_dict()`` resume in the middle of an epoch with
+the same batches that an uninterrupted run would see, whatever the number of
+workers, the decode mode or the cache.
+
+Where the time goes and what is done about it (measurements in BENCHMARKS.md):
+
+* images stay uint8 HWC from the file to the batch; workers send uint8 batches
+  (a quarter of the bytes of float32), stacked straight into shared memory;
+* decoding crops before it resizes and uses libjpeg DCT scaling when the crop
+  is at least twice the output size (:mod:`finetune.data.decode`);
+* normalisation is one pass into recycled buffers on the device
+  (:mod:`finetune.data.normalize`);
+* ``cache="ram"`` decodes each image once into a shared-memory store
+  (:mod:`finetune.data.cache`); ``cache="gpu"`` keeps it on the GPU and crops
+  there; ``decode="gpu"`` decodes JPEG batches with nvjpeg;
+* on CUDA the next batch is copied and normalised on a side stream while the
+  current one computes; ``prefetch="thread"`` is the notes' background thread.
+
+>>> import tempfile
+>>> from finetune.data.shapes import make_shapes
+>>> from finetune.data.samples import find_splits
+>>> train, val = find_splits(make_shapes(tempfile.mkdtemp(), per_class=4, size=32))
+>>> loader = build_loader(train, train=True, img_size=32, batch_size=8, workers=0)
+>>> images, labels = next(iter(loader))
+>>> images.shape, images.dtype, labels.dtype
+(torch.Size([8, 3, 32, 32]), torch.float32, torch.int64)
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from finetune.data import cache as cache_mod
+from finetune.data.decode import (
+    DECODE_ERRORS,
+    BadFile,
+    check_file,
+    decode_capped,
+    decode_crop,
+    decode_eval,
+    decode_jpegs_on_device,
+    image_size,
+    is_complete_jpeg,
+    open_header,
+    read_file,
+)
+from finetune.data.normalize import Normalizer, intra_op_threads
+from finetune.data.samples import Samples, find_splits
+from finetune.data.transforms import (
+    AUGMENTS,
+    EVAL_CROP_PCT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CropBox,
+    augment_hwc,
+    center_crop_box,
+    crop_hwc,
+    crop_resize_flip_float,
+    random_resized_crop_box,
+    resize_hwc,
+)
+from finetune.errors import DataError
+
+DECODES = ("auto", "cpu", "gpu")
+CACHES = (None, "none", "ram", "gpu")
+PREFETCHES = ("auto", "none", "thread", "cuda")
+BAD_FILES_NAME = "bad_files.txt"
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of the sample at ``position`` in ``epoch``'s order."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Sample indices in the order epoch ``epoch`` visits them.
+
+    >>> epoch_order(5, seed=0, epoch=0, shuffle=False).tolist()
+    [0, 1, 2, 3, 4]
+    """
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+
+
+def default_cache_side(img_size: int) -> int:
+    """Shorter side of cached training images: what eval resizes to (256 for 224).
+
+    >>> default_cache_side(224)
+    256
+    """
+    return int(img_size / EVAL_CROP_PCT)
+
+
+# --------------------------------------------------------------------------- what workers send
+@dataclass(frozen=True)
+class BatchSpec:
+    """One batch to make: its epoch, the position of its first sample, the sample indices."""
+
+    epoch: int
+    start: int
+    indices: np.ndarray
+
+
+class RawBatch(NamedTuple):
+    """A batch decoded on CPU: uint8 NHWC images, labels, and the samples that failed."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    bad: list[tuple[int, str]]
+
+
+class JpegBatch(NamedTuple):
+    """A batch for device decoding: JPEG bytes back to back plus the random choices.
+
+    Samples that are not plain JPEGs are decoded on CPU into ``ready``.
+    """
+
+    data: torch.Tensor  # uint8 [total bytes]
+    sizes: torch.Tensor  # int64 [n_jpeg]
+    boxes: torch.Tensor  # int64 [B, 4]: top, left, height, width in full-size pixels
+    flips: torch.Tensor  # bool [B]
+    aug_seeds: torch.Tensor  # int64 [B]
+    is_jpeg: torch.Tensor  # bool [B]
+    ready: torch.Tensor  # uint8 [B, S, S, 3], filled where not is_jpeg
+    labels: torch.Tensor  # int64 [B]
+    bad: list[tuple[int, str]]
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def _worker_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in a worker it is allocated in shared memory so
+    that sending it to the main process copies nothing."""
+    n = int(np.prod(shape))
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    return cache_mod._shared_uint8(n).view(shape)
+
+
+# --------------------------------------------------------------------------- the per-sample work
+class _BatchDataset(Dataset):
+    """Makes whole batches (``__getitems__``) from a :class:`BatchSpec`.
+
+    Holds the file list as numpy arrays (no per-item Python objects, so
+    workers do not copy it page by page) and, in cache mode, the shared store.
+    """
+
+    def __init__(self, *, samples: Samples | None, obj: Any, train: bool, img_size: int,
+                 crop_scale: tuple[float, float], seed: int, augment: str | None, decode: str,
+                 store: cache_mod.ImageStore | None, cache_side: int, slots: torch.Tensor, dct: bool = True):
+        self.samples = samples
+        self.dct = dct
+        self.obj = obj
+        self.train = train
+        self.img_size = img_size
+        self.crop_scale = crop_scale
+        self.seed = seed
+        self.augment = augment
+        self.decode = decode
+        self.store = store
+        self.cache_side = cache_side
+        self.slots = slots  # int64 [workers, 2]: pid and sample index in progress, for crash reports
+
+    def __len__(self) -> int:
+        return len(self.samples) if self.samples is not None else len(self.obj)
+
+    # -- sources
+    def _rng(self, epoch: int, position: int) -> np.random.Generator:
+        return np.random.default_rng(sample_seed(self.seed, epoch, position))
+
+    def _box_for(self, rng: np.random.Generator | None) -> Callable[[int, int], CropBox]:
+        size, scale = self.img_size, self.crop_scale
+        if self.train:
+            return lambda w, h: random_resized_crop_box(w, h, rng, scale)  # type: ignore[arg-type]
+        return lambda w, h: center_crop_box(w, h, size)
+
+    def _object_image(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        image, label = self.obj[index]
+        if isinstance(image, Image.Image):
+            hwc = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))
+        elif isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] in (1, 3):
+            hwc = image.expand(3, -1, -1).permute(1, 2, 0)
+        else:
+            raise TypeError(f"dataset item {index} is a {type(image).__name__}: expected a PIL image or a uint8 CHW tensor")
+        return hwc, int(label)
+
+    def _label(self, index: int) -> int:
+        return int(self.samples.labels[index])  # type: ignore[union-attr]
+
+    def _cached(self, index: int) -> torch.Tensor:
+        store = self.store
+        assert store is not None and self.samples is not None
+        if store.filled(index):
+            return store.get(index)
+        if store.bad(index):
+            raise OSError("unreadable image (header)")
+        path = self.samples.path(index)
+        try:
+            image = (decode_capped(path, self.cache_side, dct=self.dct) if self.train
+                     else decode_eval(path, self.img_size, dct=self.dct))
+        except DECODE_ERRORS:
+            store.mark_bad(index)
+            raise
+        store.put(index, image)
+        return store.get(index)
+
+    def _finish_sample(self, out: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+        if rng is not None:
+            if rng.random() < 0.5:
+                out = out.flip(1)
+            if self.augment:
+                out = augment_hwc(out, self.augment, int(rng.integers(2**62)))
+        return out
+
+    def load(self, index: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, int]:
+        """Sample ``index`` as uint8 HWC [S, S, 3] and its label (``rng`` is None for eval)."""
+        s = self.img_size
+        box_for = self._box_for(rng)
+        if self.store is not None:
+            src = self._cached(index)
+            if not self.train:
+                return src, self._label(index)
+            out = resize_hwc(crop_hwc(src, box_for(src.shape[1], src.shape[0])), (s, s))
+            label = self._label(index)
+        elif self.samples is not None and not self.train:
+            return decode_eval(self.samples.path(index), s, dct=self.dct), self._label(index)
+        elif self.samples is not None:
+            out = resize_hwc(decode_crop(self.samples.path(index), box_for, s, dct=self.dct), (s, s))
+            label = self._label(index)
+        else:
+            hwc, label = self._object_image(index)
+            out = resize_hwc(crop_hwc(hwc, box_for(hwc.shape[1], hwc.shape[0])), (s, s))
+        return self._finish_sample(out, rng), label
+
+    # -- batches
+    def _slot(self) -> np.ndarray:
+        info = get_worker_info()
+        return self.slots.numpy()[info.id if info is not None else 0]
+
+    def __getitems__(self, spec: BatchSpec) -> RawBatch | JpegBatch:
+        # per-image ops on small tensors gain nothing from torch's thread pool, and on a
+        # busy machine its threads wait for each other (measured 50x slower): one thread
+        # here (DataLoader workers already run with one)
+        with intra_op_threads(1):
+            if self.decode == "gpu":
+                return self._jpeg_batch(spec)
+            return self._cpu_batch(spec)
+
+    def _cpu_batch(self, spec: BatchSpec) -> RawBatch:
+        slot = self._slot()
+        slot[0] = os.getpid()
+        images: list[torch.Tensor] = []
+        labels: list[int] = []
+        bad: list[tuple[int, str]] = []
+        for k, index in enumerate(spec.indices.tolist()):
+            slot[1] = index
+            rng = self._rng(spec.epoch, spec.start + k) if self.train else None
+            try:
+                image, label = self.load(index, rng)
+            except DECODE_ERRORS as e:
+                bad.append((index, f"{type(e).__name__}: {e}"))
+                continue
+            images.append(image)
+            labels.append(label)
+        slot[1] = -1
+        s = self.img_size
+        out = _worker_uint8((len(images), s, s, 3))
+        if images:
+            torch.stack(images, out=out)
+        return RawBatch(out, torch.tensor(labels, dtype=torch.int64), bad)
+
+    def _jpeg_batch(self, spec: BatchSpec) -> JpegBatch:
+        """Read bytes and draw the random choices; decoding happens on the device."""
+        assert self.samples is not None
+        slot = self._slot()
+        slot[0] = os.getpid()
+        s = self.img_size
+        datas, boxes, flips, seeds, is_jpeg, readies, labels = [], [], [], [], [], [], []
+        bad: list[tuple[int, str]] = []
+        for k, index in enumerate(spec.indices.tolist()):
+            slot[1] = index
+            rng = self._rng(spec.epoch, spec.start + k) if self.train else None
+            path = self.samples.path(index)
+            try:
+                data = read_file(path)
+                header = open_header(data)
+                box = self._box_for(rng)(*header.size)
+                flip = bool(rng is not None and rng.random() < 0.5)
+                seed = int(rng.integers(2**62)) if rng is not None and self.augment else -1
+                jpeg = header.format == "JPEG" and header.mode in ("RGB", "L") and is_complete_jpeg(data.numpy())
+                if jpeg:
+                    ready = None
+                else:
+                    ready = resize_hwc(decode_crop(path, lambda w, h, b=box: b, s, data=data, dct=self.dct), (s, s))
+                    ready = ready.flip(1) if flip else ready
+                    ready = augment_hwc(ready, self.augment, seed) if seed >= 0 else ready  # type: ignore[arg-type]
+            except DECODE_ERRORS as e:
+                bad.append((index, f"{type(e).__name__}: {e}"))
+                continue
+            if jpeg:
+                datas.append(data)
+            boxes.append((box.top, box.left, box.height, box.width))
+            flips.append(flip)
+            seeds.append(seed)
+            is_jpeg.append(jpeg)
+            readies.append(ready)
+            labels.append(self._label(index))
+        slot[1] = -1
+        n = len(labels)
+        ready_t = torch.zeros((n, s, s, 3), dtype=torch.uint8)
+        for k, r in enumerate(readies):
+            if r is not None:
+                ready_t[k] = r
+        flat = torch.cat(datas) if datas else torch.empty(0, dtype=torch.uint8)
+        return JpegBatch(flat, torch.tensor([len(d) for d in datas], dtype=torch.int64),
+                         torch.tensor(boxes, dtype=torch.int64).reshape(n, 4), torch.tensor(flips, dtype=torch.bool),
+                         torch.tensor(seeds, dtype=torch.int64), torch.tensor(is_jpeg, dtype=torch.bool), ready_t,
+                         torch.tensor(labels, dtype=torch.int64), bad)
+
+
+class _CappedDataset(Dataset):
+    """Decode whole images at the cache size (fills the GPU store)."""
+
+    def __init__(self, inner: _BatchDataset):
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        inner = self.inner
+        assert inner.samples is not None
+        path = inner.samples.path(index)
+        try:
+            if inner.train:
+                return index, decode_capped(path, inner.cache_side, dct=inner.dct), None
+            return index, decode_eval(path, inner.img_size, dct=inner.dct), None
+        except DECODE_ERRORS as e:
+            return index, None, f"{type(e).__name__}: {e}"
+
+
+class _BatchSampler:
+    """Yields the :class:`BatchSpec` of each batch of the loader's epoch, from its start position."""
+
+    def __init__(self, loader: Loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.loader.start_position
+
+    def __iter__(self) -> Iterator[BatchSpec]:
+        ld = self.loader
+        epoch = ld.epoch
+        order = epoch_order(ld.num_samples, ld.seed, epoch, ld.shuffle)
+        bs = ld.batch_size
+        for b in range(ld.start_position, len(ld)):
+            yield BatchSpec(epoch, b * bs, order[b * bs:(b + 1) * bs].copy())
+
+
+# --------------------------------------------------------------------------- prefetching
+class _Raised(NamedTuple):
+    error: BaseException
+
+
+_END = object()
+
+
+def background(iterable: Iterable[Any], depth: int = 1) -> Iterator[Any]:
+    """Run ``iterable`` in a thread, ``depth`` items ahead (prefetch_generator's
+    ``BackgroundGenerator`` with ``max_prefetch=depth``), stopping it when the consumer stops.
+
+    >>> list(background(iter(range(5))))
+    [0, 1, 2, 3, 4]
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in iterable:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as e:  # handed to the consumer
+            put(_Raised(e))
+
+    thread = threading.Thread(target=run, name="finetune-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- the loader
+@dataclass
+class LoaderPosition:
+    epoch: int
+    position: int  # batches already delivered in this epoch
+    seed: int
+
+
+class Loader:
+    """Iterable of ``(images, labels)`` batches; see :func:`build_loader`."""
+
+    def __init__(self, samples: Samples | None, *, train: bool, img_size: int, batch_size: int, workers: int,
+                 device: str | torch.device, seed: int, drop_last: bool, channels_last: bool,
+                 mean: tuple[float, float, float], std: tuple[float, float, float],
+                 crop_scale: tuple[float, float], decode: str = "cpu", cache: str | None = None,
+                 prefetch: str = "auto", augment: str | None = None, cache_side: int | None = None,
+                 cache_max_bytes: int | None = None, dataset: Any = None,
+                 log: Callable[[str], None] | None = None, dct_scaling: bool = True, shuffle: bool | None = None):
+        num = len(samples) if samples is not None else len(dataset)
+        if num == 0:
+            raise DataError("no samples to load")
+        self.samples = samples
+        self.classes = samples.classes if samples is not None else tuple(getattr(dataset, "classes", ()))
+        self.num_samples = num
+        self.train = train
+        self.shuffle = train if shuffle is None else shuffle  # the order; ``train`` picks the transform
+        self.img_size = img_size
+        self.batch_size = batch_size
+        self.workers = workers
+        self.device = torch.device(device)
+        self.seed = seed
+        self.drop_last = drop_last and num >= batch_size
+        self.channels_last = channels_last
+        self.decode = decode
+        self.augment = augment
+        self.epoch = 0
+        self.start_position = 0
+        self.position = 0
+        self.bad_files: dict[int, str] = {}
+        self.probe: Any = None  # the ProbeResult when workers="auto" measured
+        self._log = log or (lambda msg: print(msg, file=sys.stderr))
+        if prefetch == "auto":
+            prefetch = "cuda" if self.device.type == "cuda" else "none"
+        self.prefetch = prefetch
+        self.cache_side = cache_side or default_cache_side(img_size)
+        self.cache: str | None = None if cache in (None, "none") else cache
+        self.store: cache_mod.ImageStore | None = None
+        if self.cache is not None:
+            self.store = self._plan_store(self.cache, cache_max_bytes)
+        self._normalizer = Normalizer(mean, std, self.device, channels_last)
+        self._slots = cache_mod._shared_uint8(max(workers, 1) * 16).view(torch.int64).view(max(workers, 1), 2)
+        self._slots.fill_(-1)
+        self.dataset = _BatchDataset(
+            samples=samples, obj=dataset, train=train, img_size=img_size, crop_scale=crop_scale, seed=seed,
+            augment=augment, decode=decode, store=self.store if self.cache == "ram" else None,
+            cache_side=self.cache_side, slots=self._slots, dct=dct_scaling)
+        self._dataloader = DataLoader(
+            self.dataset,
+            batch_sampler=_BatchSampler(self),
+            num_workers=workers,
+            collate_fn=_identity,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            # its own generator: each new iterator draws a worker base seed, which from the global
+            # RNG would shift dropout & co. between an uninterrupted and a resumed run
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    # -- cache planning
+    def _plan_store(self, mode: str, max_bytes: int | None) -> cache_mod.ImageStore | None:
+        if self.samples is None:
+            raise DataError("cache needs image files (a folder or CSV), not a dataset object")
+        if self.train:
+            sizes: list[tuple[int, int] | None] = []
+            for i in range(len(self.samples)):
+                try:
+                    sizes.append(image_size(self.samples.path(i)))
+                except DECODE_ERRORS as e:
+                    sizes.append(None)
+                    self.bad_files[i] = f"{type(e).__name__}: {e}"
+            heights, widths = cache_mod.planned_sizes(sizes, self.cache_side)
+        else:
+            n = len(self.samples)
+            heights = widths = np.full(n, self.img_size, np.int32)
+        need = int((heights.astype(np.int64) * widths * 3).sum())
+        if mode == "gpu":  # (build_loader insists on CUDA; on CPU this runs the same code, for tests)
+            budget = max_bytes if max_bytes is not None else cache_mod.free_gpu_memory(self.device) // 2
+            if need <= budget:
+                return cache_mod.ImageStore.allocate(heights, widths, self.device)
+            self._log(f"cache='gpu' needs {need / 2**30:.1f} GiB, {budget / 2**30:.1f} GiB allowed: using cache='ram'")
+            mode = self.cache = "ram"
+        budget = max_bytes if max_bytes is not None else cache_mod.available_ram() // 2
+        if need > budget:
+            self._log(f"cache='ram' needs {need / 2**30:.1f} GiB, {budget / 2**30:.1f} GiB allowed: not caching")
+            self.cache = None
+            return None
+        return cache_mod.ImageStore.allocate(heights, widths, torch.device("cpu"))
+
+    def _fill_device_store(self) -> None:
+        """Decode every image once (CPU workers) into the GPU store."""
+        store = self.store
+        assert store is not None
+        todo = [i for i in range(len(store)) if not store.filled(i) and not store.bad(i)]
+        if not todo:
+            return
+        capped = _CappedDataset(self.dataset)
+        dl = DataLoader(torch.utils.data.Subset(capped, todo), batch_size=None, num_workers=self.workers,
+                        prefetch_factor=16 if self.workers else None, generator=torch.Generator().manual_seed(self.seed))
+        for index, image, reason in dl:
+            if image is None:
+                store.mark_bad(index)
+                self.bad_files.setdefault(int(index), reason)
+            else:
+                store.put(int(index), image.to(self.device, non_blocking=False))
+
+    # -- contract
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch (the order depends on seed and epoch)."""
+        self.epoch = epoch
+        self.start_position = 0
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the loader stands: epoch, batches delivered in it, seed."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at ``state``'s position: the next batch is the one an uninterrupted run would get."""
+        if int(state["seed"]) != self.seed:
+            raise DataError(f"loader seed {self.seed} differs from the checkpoint's {state['seed']}: resume with --seed {state['seed']}")
+        self.epoch = int(state["epoch"])
+        self.start_position = self.position = int(state["position"])
+
+    def close(self) -> None:
+        """Stop the worker processes now (they also stop when the loader is garbage collected)."""
+        it = getattr(self._dataloader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._dataloader._iterator = None
+
+    # -- bad files
+    @property
+    def bad_count(self) -> int:
+        return len(self.bad_files)
+
+    def bad_file_list(self) -> list[BadFile]:
+        """The samples skipped so far because they could not be decoded."""
+        return [BadFile(i, self._name(i), r) for i, r in sorted(self.bad_files.items())]
+
+    def write_bad_files(self, run_dir: str | Path) -> Path | None:
+        """Write ``RUN_DIR/bad_files.txt`` (``path<TAB>reason``) if any sample was skipped; return its path."""
+        if not self.bad_files:
+            return None
+        path = Path(run_dir) / BAD_FILES_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"{b.path}\t{b.reason}" for b in self.bad_file_list()]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _name(self, index: int) -> str:
+        return self.samples.path(index) if self.samples is not None else f"dataset item {index}"
+
+    def _note_bad(self, bad: list[tuple[int, str]]) -> None:
+        for index, reason in bad:
+            if index not in self.bad_files:
+                self.bad_files[index] = reason
+
+    # -- making batches on the device
+    def _finish(self, raw: RawBatch | JpegBatch | BatchSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(raw, BatchSpec):
+            return self._finish_device_store(raw)
+        self._note_bad(raw.bad)
+        if isinstance(raw, JpegBatch):
+            return self._finish_jpeg(raw)
+        images = raw.images
+        if self.device.type != "cpu":
+            images = images.to(self.device, non_blocking=True)
+        return self._normalizer(images), raw.labels.to(self.device, non_blocking=True)
+
+    def _device_augment(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        if seed < 0 or not self.augment:
+            return x
+        hwc = x.round().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+        return augment_hwc(hwc, self.augment, seed).permute(2, 0, 1).float()
+
+    def _finish_jpeg(self, raw: JpegBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        s, dev = self.img_size, self.device
+        n = len(raw.labels)
+        datas = list(torch.split(raw.data, raw.sizes.tolist())) if len(raw.sizes) else []
+        try:
+            decoded = decode_jpegs_on_device(datas, dev) if datas else []
+        except RuntimeError:  # one file nvjpeg cannot take: decode on CPU, crop on the device
+            decoded = [read_jpeg_cpu(d).to(dev, non_blocking=True) for d in datas]
+        out = torch.empty((n, 3, s, s), dtype=torch.float32, device=dev)
+        ready = raw.ready.to(dev, non_blocking=True) if (~raw.is_jpeg).any() else None
+        boxes, is_jpeg = raw.boxes.tolist(), raw.is_jpeg.tolist()
+        flips, seeds = raw.flips.tolist(), raw.aug_seeds.tolist()
+        j = 0
+        for k in range(n):
+            if is_jpeg[k]:
+                x = crop_resize_flip_float(decoded[j], CropBox(*boxes[k]), s, flips[k])
+                out[k] = self._device_augment(x, seeds[k])
+                j += 1
+            else:
+                out[k] = ready[k].permute(2, 0, 1)  # type: ignore[index]
+        return self._normalizer.normalize_float_(out), raw.labels.to(dev, non_blocking=True)
+
+    def _finish_device_store(self, spec: BatchSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cache='gpu'``: crop, resize and flip from the device-resident store."""
+        store = self.store
+        assert store is not None and self.samples is not None
+        s = self.img_size
+        keep = [int(i) for i in spec.indices if not store.bad(int(i))]
+        out = torch.empty((len(keep), 3, s, s), dtype=torch.float32, device=self.device)
+        k_out = 0
+        for k, index in enumerate(spec.indices.tolist()):
+            if store.bad(index):
+                continue
+            src = store.get(index).permute(2, 0, 1)
+            if self.train:
+                rng = self.dataset._rng(spec.epoch, spec.start + k)
+                box = random_resized_crop_box(src.shape[2], src.shape[1], rng, self.dataset.crop_scale)
+                flip = rng.random() < 0.5
+                x = crop_resize_flip_float(src, box, s, flip)
+                if self.augment:
+                    x = self._device_augment(x, int(rng.integers(2**62)))
+            else:
+                x = src.float()
+            out[k_out] = x
+            k_out += 1
+        labels = torch.from_numpy(self.samples.labels[keep]).to(self.device, non_blocking=True)
+        return self._normalizer.normalize_float_(out), labels
+
+    # -- iteration
+    def _crash_error(self, error: RuntimeError) -> DataError:
+        found = re.search(r"pid(?:\(s\))?\s+([\d,\s]+)", str(error))
+        pids = {int(p) for p in re.findall(r"\d+", found.group(1))} if found else set()
+        rows = [(int(pid), int(idx)) for pid, idx in self._slots.tolist() if idx >= 0]
+        hit = [idx for pid, idx in rows if pid in pids] or [idx for _pid, idx in rows]
+        names = ", ".join(f"'{self._name(i)}'" for i in hit) or "an unknown file"
+        return DataError(f"a data worker crashed while decoding {names} ({error}); "
+                         f"check or remove that file, or use --workers 0 to see the crash directly")
+
+    def _raw_batches(self) -> Iterator[RawBatch | JpegBatch | BatchSpec]:
+        if self.cache == "gpu":
+            self._fill_device_store()
+            yield from _BatchSampler(self)
+            return
+        yield from self._dataloader
+
+    def _cuda_prefetched(self, raw: Iterator[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Copy and normalise batch i+1 on a side stream while batch i computes."""
+        side = torch.cuda.Stream(device=self.device)
+        main = torch.cuda.current_stream(self.device)
+
+        def stage(r: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.cuda.stream(side):
+                return self._finish(r)
+
+        nxt = None
+        for r in raw:
+            staged = stage(r)
+            if nxt is not None:
+                yield nxt
+            main.wait_stream(side)
+            for t in staged:
+                t.record_stream(main)
+            nxt = staged
+        if nxt is not None:
+            yield nxt
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raw = self._raw_batches()
+        if self.prefetch == "cuda" and self.device.type == "cuda":
+            return self._cuda_prefetched(raw)
+        finished = map(self._finish, raw)
+        if self.prefetch == "thread":
+            return background(finished, depth=1)
+        return finished
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.position >= len(self):  # a finished pass: iterating again starts the epoch over
+            self.position = 0
+        self.start_position = self.position  # continue after the last batch delivered
+        batches = self._batches()
+        try:
+            while True:
+                try:
+                    images, labels = next(batches)
+                except StopIteration:
+                    break
+                self.position += 1
+                if len(labels) == 0:  # every image of the batch was unreadable
+                    continue
+                yield images, labels
+        except RuntimeError as e:
+            if "DataLoader worker" in str(e):
+                raise self._crash_error(e) from e
+            raise
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        self.start_position = self.position
+
+
+def read_jpeg_cpu(data: torch.Tensor) -> torch.Tensor:
+    """CPU decode of JPEG bytes into uint8 CHW (the fallback of the device path)."""
+    import torchvision.io
+
+    return torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
+
+
+# --------------------------------------------------------------------------- bad files
+def scan_bad_files(samples: Samples, workers: int = 0) -> list[BadFile]:
+    """Decode every file completely; return those that fail (unreadable, truncated, not images).
+
+    >>> s = Samples.from_lists(["/nonexistent.jpg"], [0], ["a"])
+    >>> [b.index for b in scan_bad_files(s)]
+    [0]
+    """
+    paths = [samples.path(i) for i in range(len(samples))]
+    if workers > 1 and len(paths) > 64:
+        import multiprocessing as mp
+
+        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers) as pool:
+            reasons = pool.map(check_file, paths, chunksize=32)
+    else:
+        reasons = [check_file(p) for p in paths]
+    return [BadFile(i, p, r) for i, (p, r) in enumerate(zip(paths, reasons, strict=True)) if r is not None]
+
+
+# --------------------------------------------------------------------------- building
+_PROBES: dict[tuple, Any] = {}
+
+
+def _resolve_source(source: Any, train: bool, seed: int) -> tuple[Samples | None, Any]:
+    if isinstance(source, Samples):
+        return source, None
+    if isinstance(source, (str, Path)):
+        if str(source) == "shapes":
+            from finetune.data.shapes import shapes_root
+
+            source = shapes_root()
+        train_s, val_s = find_splits(source, seed=seed)
+        return (train_s if train else val_s), None
+    items = getattr(source, "samples", None)  # torchvision ImageFolder / DatasetFolder
+    classes = getattr(source, "classes", None)
+    if isinstance(items, list) and classes is not None and items and isinstance(items[0], tuple):
+        return Samples.from_lists([p for p, _ in items], [int(y) for _, y in items], classes), None
+    if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
+        return None, source
+    raise DataError(f"cannot load from a {type(source).__name__}: give a folder, a CSV, 'shapes', Samples or a dataset")
+
+
+def _probe_key(samples: Samples | None, num: int, **kw: Any) -> tuple:
+    ends = (samples.path(0), samples.path(num - 1)) if samples is not None else ()
+    return (num, ends, os.cpu_count(), *sorted(kw.items()))
+
+
+def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: int = 224, batch_size: int = 64,
+                 workers: int | str = "auto", device: str | torch.device = "cpu", decode: str = "auto",
+                 cache: str | None = None, seed: int = 0, drop_last: bool | None = None,
+                 channels_last: bool = False, mean: tuple[float, float, float] = IMAGENET_MEAN,
+                 std: tuple[float, float, float] = IMAGENET_STD, crop_scale: tuple[float, float] = (0.08, 1.0),
+                 augment: str | None = None, prefetch: str = "auto", strict: bool = False,
+                 cache_side: int | None = None, cache_max_bytes: int | None = None,
+                 probe_seconds: float = 1.0, log: Callable[[str], None] | None = None,
+                 dct_scaling: bool = True, shuffle: bool | None = None) -> Loader:
+    """Build a loader over ``source`` (Samples, an ImageFolder root, a CSV, 'shapes', or a dataset object).
+
+    Training loaders shuffle (seeded by ``seed`` and the epoch), apply
+    RandomResizedCrop(``crop_scale``) + horizontal flip (+ ``augment``:
+    'trivialaugment' or 'randaugment') and drop the last partial batch; eval
+    loaders keep file order and apply resize(img_size/0.875) + center crop.
+    Images are normalised with ``mean``/``std`` on ``device``.
+
+    * ``shuffle``: the seeded per-epoch order without the training transform
+      (``train=False, shuffle=True, drop_last=True``: training batches, no augmentation);
+      default: ``train``;
+    * ``workers``: processes decoding in parallel, or "auto": a short probe
+      (``probe_seconds`` per candidate) picks the fastest here and logs it;
+    * ``decode``: "cpu", "gpu" (nvjpeg, needs CUDA) or "auto" (the probe
+      decides on CUDA when ``workers="auto"``, else "cpu");
+    * ``cache``: None, "ram" (decoded once into shared memory, shorter side
+      ``cache_side``, default img_size/0.875) or "gpu" (that store on the GPU);
+      it falls back, with a message, when it does not fit ``cache_max_bytes``
+      (default half the free RAM / GPU memory);
+    * ``prefetch``: "auto" (CUDA side-stream on CUDA, else none), "none",
+      "thread" (a background thread, like prefetch_generator) or "cuda";
+    * ``dct_scaling``: decode JPEGs at 1/2, 1/4 or 1/8 scale when the crop is at
+      least that many times the output size (False: always full size, exactly
+      torchvision's result);
+    * ``strict``: decode every file first and raise listing all the bad ones;
+      otherwise bad files are skipped and counted (``loader.bad_files``,
+      ``loader.write_bad_files(run_dir)``).
+
+    >>> from finetune.data.samples import Samples
+    >>> build_loader(Samples.from_lists(["x.jpg"], [0], ["a"]), train=False, workers=0).batch_size
+    64
+    """
+    samples, obj = _resolve_source(source, train, seed)
+    if decode not in DECODES:
+        raise DataError(f"decode must be one of {DECODES}, got {decode!r}")
+    if cache not in CACHES:
+        raise DataError(f"cache must be one of {CACHES[1:]}, got {cache!r}")
+    if prefetch not in PREFETCHES:
+        raise DataError(f"prefetch must be one of {PREFETCHES}, got {prefetch!r}")
+    if augment is not None and augment not in AUGMENTS:
+        raise DataError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+    dev = torch.device(device)
+    if decode == "gpu" and (dev.type != "cuda" or samples is None):
+        raise DataError("decode='gpu' needs device='cuda' and image files")
+    if cache == "gpu" and dev.type != "cuda":
+        raise DataError("cache='gpu' needs device='cuda': use cache='ram'")
+    if strict:
+        if samples is None:
+            raise DataError("strict data checking needs image files")
+        bad = scan_bad_files(samples, workers=workers if isinstance(workers, int) else (os.cpu_count() or 1))
+        if bad:
+            listing = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
+            raise DataError(f"{len(bad)} of {len(samples)} images cannot be read:\n{listing}\n"
+                            f"fix or remove them, or drop --strict-data to skip them")
+    if drop_last is None:
+        drop_last = train
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    common = dict(train=train, img_size=img_size, batch_size=batch_size, device=dev, seed=seed,
+                  drop_last=drop_last, channels_last=channels_last, mean=mean, std=std, crop_scale=crop_scale,
+                  augment=augment, prefetch=prefetch, cache_side=cache_side, cache_max_bytes=cache_max_bytes,
+                  dataset=obj, log=say, dct_scaling=dct_scaling, shuffle=shuffle)
+    probe_result = None
+    if workers == "auto":
+        workers, decode, probe_result = _auto(samples, obj, decode, probe_seconds, common)
+        say(probe_result.describe())
+    try:
+        workers = int(workers)
+    except ValueError:
+        raise DataError(f"--workers must be a number or 'auto', got {workers!r}") from None
+    if decode == "auto":
+        decode = "cpu"
+    loader = Loader(samples, workers=workers, decode=decode, cache=cache, **common)  # type: ignore[arg-type]
+    loader.probe = probe_result
+    return loader
+
+
+def _auto(samples: Samples | None, obj: Any, decode: str, seconds: float, common: dict[str, Any]) -> tuple[int, str, Any]:
+    """Pick workers (and decode mode) for ``workers='auto'``: measured, remembered per dataset."""
+    from finetune.data.probe import ProbeResult, candidate_workers, probe
+
+    num = len(samples) if samples is not None else len(obj)
+    cpus = os.cpu_count() or 1
+    dev = common["device"]
+    decodes = [decode] if decode != "auto" else (["cpu", "gpu"] if dev.type == "cuda" and samples is not None else ["cpu"])
+    n_batches = num // common["batch_size"]
+    if n_batches < 4:  # too little data to measure, and worker start-up would dominate
+        return 0, decodes[0], ProbeResult(0, decodes[0], (), f"{num} images: too few to measure, no workers")
+    key = _probe_key(samples, num, decodes=tuple(decodes), **{k: str(v) for k, v in common.items() if k not in ("log", "dataset")})
+    if key not in _PROBES:
+        probe_common = {**common, "log": lambda msg: None}
+
+        def make(w: int, d: str) -> Loader:
+            return Loader(samples, workers=w, decode=d, cache=None, **probe_common)
+
+        _PROBES[key] = probe(make, [(w, d) for d in decodes for w in candidate_workers(cpus)], seconds)
+    result = _PROBES[key]
+    return result.workers, result.decode, result
+

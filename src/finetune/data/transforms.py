@@ -1,0 +1,254 @@
+"""Image decoding and augmentation on uint8 data, with torchvision's semantics.
+
+Images stay uint8 from the file to the batch: decoding crops before it
+resizes, and uses libjpeg's DCT scaling (PIL ``draft``) when the crop is at
+least twice the output size. Every random choice comes from a generator seeded
+per sample, so a sample's augmentation depends only on (seed, epoch, position),
+not on which worker drew it: this is what makes resume exact.
+
+>>> import numpy as np, torch
+>>> from PIL import Image
+>>> img = Image.fromarray(np.zeros((40, 60, 3), np.uint8))
+>>> out = eval_transform(img, 32)
+>>> out.shape, out.dtype
+(torch.Size([3, 32, 32]), torch.uint8)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_CROP_PCT = 0.875
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop in source-pixel coordinates: top, left, height, width."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+                            scale: tuple[float, float] = (0.08, 1.0),
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> CropBox:
+    """torchvision's RandomResizedCrop.get_params, drawn from ``rng``.
+
+    >>> b = random_resized_crop_box(100, 80, np.random.default_rng(0))
+    >>> 0 < b.width <= 100 and 0 < b.height <= 80
+    True
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return CropBox(top, left, h, w)
+    in_ratio = width / height  # fallback: central crop
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return CropBox((height - h) // 2, (width - w) // 2, h, w)
+
+
+def center_crop_box(width: int, height: int, size: int, crop_pct: float = EVAL_CROP_PCT) -> CropBox:
+    """The region that ``Resize(size / crop_pct)`` + ``CenterCrop(size)`` keeps, in source pixels.
+
+    >>> center_crop_box(100, 100, 56, 0.875)
+    CropBox(top=6, left=6, height=88, width=88)
+    """
+    resize_to = int(size / crop_pct)
+    scale = resize_to / min(width, height)  # shorter side becomes resize_to
+    side_w = min(width, int(round(size / scale)))
+    side_h = min(height, int(round(size / scale)))
+    return CropBox((height - side_h) // 2, (width - side_w) // 2, side_h, side_w)
+
+
+def eval_resize_box(width: int, height: int, size: int, crop_pct: float = EVAL_CROP_PCT) -> tuple[float, float, float, float]:
+    """The source region (left, top, right, bottom; fractional pixels) that torchvision's
+    ``Resize(int(size / crop_pct))`` + ``CenterCrop(size)`` maps onto the output.
+
+    Resizing exactly this region to ``size`` x ``size`` (PIL ``resize(box=...)``)
+    gives torchvision's eval result without resizing the whole image first.
+
+    >>> tuple(round(v, 1) for v in eval_resize_box(500, 375, 224))
+    (85.0, 23.4, 413.5, 351.6)
+    """
+    short, long = (width, height) if width <= height else (height, width)
+    new_short = int(size / crop_pct)
+    new_long = int(new_short * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    sx, sy = new_w / width, new_h / height
+    return (left / sx, top / sy, (left + size) / sx, (top + size) / sy)
+
+
+def open_image(path: str, crop_for: callable, out_size: int) -> Image.Image:  # type: ignore[valid-type]
+    """Open ``path``, choose the crop from its full size, decode at the smallest
+    DCT scale that still gives the crop ``out_size`` pixels, return the crop (RGB).
+
+    ``crop_for(width, height) -> CropBox`` picks the crop in full-size pixels.
+    """
+    img = Image.open(path)
+    full_w, full_h = img.size
+    box = crop_for(full_w, full_h)
+    if img.format == "JPEG":
+        reduce = 1
+        while reduce < 8 and min(box.width, box.height) / (reduce * 2) >= out_size:
+            reduce *= 2
+        if reduce > 1:
+            img.draft("RGB", (math.ceil(full_w / reduce), math.ceil(full_h / reduce)))
+    img = img.convert("RGB")
+    sx, sy = img.size[0] / full_w, img.size[1] / full_h
+    left, top = box.left * sx, box.top * sy
+    return img.crop((round(left), round(top), round(left + box.width * sx), round(top + box.height * sy)))
+
+
+def to_uint8_chw(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def train_transform(path: str, size: int, rng: np.random.Generator,
+                    scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> torch.Tensor:
+    """RandomResizedCrop(size, scale) + RandomHorizontalFlip on a file, as uint8 CHW."""
+    crop = open_image(path, lambda w, h: random_resized_crop_box(w, h, rng, scale), size)
+    img = crop.resize((size, size), Image.BILINEAR, reducing_gap=None)
+    if hflip and rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return to_uint8_chw(img)
+
+
+def eval_transform(source: str | Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT) -> torch.Tensor:
+    """Resize(size / crop_pct) + CenterCrop(size), as uint8 CHW."""
+    if isinstance(source, Image.Image):
+        img = source.convert("RGB")
+        b = center_crop_box(*img.size, size, crop_pct)
+        crop = img.crop((b.left, b.top, b.left + b.width, b.top + b.height))
+    else:
+        crop = open_image(source, lambda w, h: center_crop_box(w, h, size, crop_pct), size)
+    return to_uint8_chw(crop.resize((size, size), Image.BILINEAR))
+
+
+def normalize_(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float32 normalised: (x - 255*mean) / (255*std).
+
+    ``mean``/``std`` are float tensors shaped [1,3,1,1] already scaled by 255.
+    The loader uses :class:`finetune.data.normalize.Normalizer`, which is faster.
+    """
+    return batch.float().sub_(mean).div_(std)
+
+
+# --------------------------------------------------------------------------- uint8 tensor ops (HWC)
+def dct_reduction(crop_side: int, out_side: int) -> int:
+    """The largest libjpeg DCT scale 1/r (r in 1, 2, 4, 8) that leaves the crop's
+    shorter side ``crop_side`` at least ``out_side`` pixels: never upsample.
+
+    >>> dct_reduction(375, 224), dct_reduction(448, 224), dct_reduction(2000, 224)
+    (1, 2, 8)
+    """
+    reduce = 1
+    while reduce < 8 and crop_side / (reduce * 2) >= out_side:
+        reduce *= 2
+    return reduce
+
+
+def resize_hwc(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (antialiased when shrinking, as PIL does) of a uint8 HWC tensor.
+
+    Uses torch's uint8 channels-last kernel: no float copy of the image.
+
+    >>> resize_hwc(torch.zeros(40, 60, 3, dtype=torch.uint8), (20, 30)).shape
+    torch.Size([20, 30, 3])
+    """
+    if tuple(image.shape[:2]) == tuple(size):
+        return image.contiguous()
+    x = image.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return y[0].permute(1, 2, 0).contiguous()
+
+
+def crop_hwc(image: torch.Tensor, box: CropBox) -> torch.Tensor:
+    """A view of ``box`` in a HWC tensor (no copy)."""
+    return image[box.top:box.top + box.height, box.left:box.left + box.width]
+
+
+def capped_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) after shrinking so that the shorter side is at most ``short_side``.
+
+    >>> capped_size(500, 375, 256), capped_size(100, 80, 256)
+    ((341, 256), (100, 80))
+    """
+    short = min(width, height)
+    if short <= short_side:
+        return width, height
+    scale = short_side / short
+    return (short_side, max(1, round(height * scale))) if width == short else (max(1, round(width * scale)), short_side)
+
+
+AUGMENTS = ("trivialaugment", "randaugment")
+
+
+def _augment_op(name: str):  # type: ignore[no-untyped-def]
+    from torchvision.transforms import v2
+
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if name == "randaugment":
+        return v2.RandAugment()
+    raise ValueError(f"unknown augmentation {name!r}: choose one of {AUGMENTS}")
+
+
+_AUGMENT_CACHE: dict[str, object] = {}
+
+
+def augment_hwc(image: torch.Tensor, name: str, seed: int) -> torch.Tensor:
+    """TrivialAugmentWide / RandAugment (torchvision v2, on uint8) with a per-sample seed.
+
+    torchvision draws from torch's global generator; it is forked and seeded
+    here so the result depends on ``seed`` only and the caller's RNG is untouched.
+
+    >>> x = torch.randint(0, 255, (16, 16, 3), dtype=torch.uint8)
+    >>> torch.equal(augment_hwc(x, "trivialaugment", 3), augment_hwc(x, "trivialaugment", 3))
+    True
+    """
+    op = _AUGMENT_CACHE.get(name)
+    if op is None:
+        op = _AUGMENT_CACHE[name] = _augment_op(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = op(image.permute(2, 0, 1))  # type: ignore[operator]
+    return out.permute(1, 2, 0).contiguous()
+
+
+def crop_resize_flip_float(image: torch.Tensor, box: CropBox, size: int, flip: bool) -> torch.Tensor:
+    """Device-side crop + resize + flip of a uint8 CHW tensor into float32 CHW (0..255).
+
+    Used by the GPU paths (nvjpeg decode, GPU cache): CUDA's antialiased
+    resize works on floats, and the float batch is normalised in place next.
+
+    >>> crop_resize_flip_float(torch.zeros(3, 40, 60, dtype=torch.uint8), CropBox(0, 0, 40, 40), 20, True).shape
+    torch.Size([3, 20, 20])
+    """
+    x = image[:, box.top:box.top + box.height, box.left:box.left + box.width].unsqueeze(0).float()
+    if (box.height, box.width) != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = x[0]
+    return x.flip(-1) if flip else x
