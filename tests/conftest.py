@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny real JPEG datasets, written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated datasets go to a per-session temporary cache, never to ~/.cache."""
+    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "finetune-cache"))
+
+
+def write_colour_folder(root: Path, *, per_class: int = 12, size: int = 40, seed: int = 0,
+                        classes: tuple[str, ...] = ("blue", "red")) -> Path:
+    """An easy ImageFolder (train/ and val/): noisy images whose colour is the class."""
+    rng = np.random.default_rng(seed)
+    colours = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
+    for split, n in (("train", per_class), ("val", max(2, per_class // 3))):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.array(colours[name], np.float32)
+                img = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{name}_{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_colour_folder(tmp_path_factory.mktemp("colours"), per_class=48)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real ``finetune`` command (same interpreter) and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("FINETUNE_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "finetune.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=env.get("CWD") if env else None)

@@ -1,0 +1,158 @@
+"""End to end: `finetune train`, `eval`, `predict` on real JPEG folders, and the bad-input contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--seed", "0",
+        "--lr", "0.05", "--warmup-epochs", "0", "-q"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(colour_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    res = run_cli("train", "--data", str(colour_data), "--epochs", "3", "--out", str(out), *TINY)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_train_writes_the_run_directory(trained_run: Path) -> None:
+    for name in ("config.yaml", "classes.json", "metrics.jsonl", "best.safetensors", "trainable.json",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (trained_run / name).is_file(), name
+    assert json.loads((trained_run / "classes.json").read_text()) == ["blue", "red"]
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert {"epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s"} <= set(r)
+        assert 0.0 <= r["val_top1"] <= r["val_top5"] <= 1.0
+    assert records[-1]["val_top1"] > 0.75  # two colour classes: far above chance (0.5)
+    assert records[-1]["val_top5"] == 1.0  # k = min(5, 2 classes) = 2: every label is in the top 2
+
+
+def test_checkpoint_is_plain_and_device_independent(trained_run: Path) -> None:
+    state = torch.load(trained_run / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
+    assert state["epoch"] == 3 and state["arch"] == "resnet18" and list(state["classes"]) == ["blue", "red"]
+    assert {"optimizer", "scheduler", "best_top1", "best_top5", "config"} <= set(state)
+    assert all(t.device.type == "cpu" for t in state["model"].values())
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    from safetensors.torch import load_file
+
+    weights = load_file(str(trained_run / "best.safetensors"))
+    best = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
+    assert weights.keys() == best["model"].keys()
+    assert all(torch.equal(weights[k], best["model"][k]) for k in weights)
+
+
+def test_eval_json_matches_training_metrics(trained_run: Path) -> None:
+    res = run_cli("eval", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), "--json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert {"top1", "top5", "loss", "per_class"} <= set(out)
+    assert set(out["per_class"]) == {"blue", "red"}
+    assert all(0.0 <= v <= 1.0 for v in out["per_class"].values())
+    best = max(json.loads(line)["val_top1"] for line in (trained_run / "metrics.jsonl").read_text().splitlines())
+    assert out["top1"] == pytest.approx(best)
+
+
+def test_predict_names_the_classes(trained_run: Path, colour_data: Path) -> None:
+    red = sorted((colour_data / "val" / "red").glob("*.jpg"))[0]
+    res = run_cli("predict", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), str(red),
+                  str(colour_data / "val" / "blue"), "--json", "--topk", "5", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    preds = json.loads(res.stdout)
+    assert len(preds) == 1 + len(list((colour_data / "val" / "blue").glob("*.jpg")))
+    assert preds[0]["top"][0]["class"] == "red"
+    assert len(preds[0]["top"]) == 2  # topk capped at the number of classes
+    assert sum(p["prob"] for p in preds[0]["top"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_resume_at_epoch_boundary_continues_at_the_right_epoch(colour_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = run_cli("train", "--data", str(colour_data), "--epochs", "1", "--out", str(out), *TINY)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("train", "--out", str(out), "--resume", "auto", "--epochs", "2", "-q")
+    assert second.returncode == 0, second.stderr
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2
+
+
+def test_flat_folder_is_split_stratified(tmp_path: Path) -> None:
+    from conftest import write_colour_folder
+
+    write_colour_folder(tmp_path / "src", per_class=10)
+    flat = tmp_path / "src" / "train"  # class folders only, no val/
+    from finetune.data.samples import find_splits
+
+    train, val = find_splits(flat, val_split=0.2, seed=3)
+    assert val.class_counts() == {"blue": 2, "red": 2}
+    assert len(train) == 16
+    again = find_splits(flat, val_split=0.2, seed=3)[1]
+    assert list(again.paths) == list(val.paths)
+
+
+# --------------------------------------------------------------------------- bad input: one line, exit 2
+def _assert_one_line_error(res, *needles: str) -> None:  # type: ignore[no-untyped-def]
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("finetune: error:")]
+    assert len(lines) == 1, res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_missing_data_folder(tmp_path: Path) -> None:
+    res = run_cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "-q")
+    _assert_one_line_error(res, "does not exist")
+    assert not (tmp_path / "r").exists()
+
+
+def test_folder_without_images(tmp_path: Path) -> None:
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    (tmp_path / "data" / "cats" / "notes.txt").write_text("not an image")
+    res = run_cli("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"), "-q")
+    _assert_one_line_error(res, "no images")
+
+
+def test_unknown_model_suggests_close_names(colour_data: Path, tmp_path: Path) -> None:
+    res = run_cli("train", "--data", str(colour_data), "--model", "resnet51", "--out", str(tmp_path / "r"), "-q")
+    _assert_one_line_error(res, "resnet51", "resnet50")
+
+
+def test_unreadable_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 10)
+    _assert_one_line_error(run_cli("eval", "--checkpoint", str(bad)), "bad.pt")
+    _assert_one_line_error(run_cli("predict", "--checkpoint", str(bad), str(bad)), "bad.pt")
+
+
+def test_resume_auto_with_nothing_to_resume(colour_data: Path, tmp_path: Path) -> None:
+    res = run_cli("train", "--data", str(colour_data), "--out", str(tmp_path / "empty"), "--resume", "auto", "-q")
+    _assert_one_line_error(res, "nothing to resume")
+
+
+def test_bad_flag_value_is_a_one_line_error(tmp_path: Path) -> None:
+    _assert_one_line_error(run_cli("train", "--epochs", "0", "--out", str(tmp_path / "r")), "--epochs")
+    _assert_one_line_error(run_cli("train", "--val-split", "1.5", "--data", str(tmp_path), "--out", str(tmp_path / "r")))
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    res = run_cli("train", "--data", str(tmp_path / "nope"), "--debug")
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, finetune.cli as c\ntry:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip().splitlines()[-1] == "False"
