@@ -11,8 +11,8 @@ config -> data + model -> loop -> checkpoints/logs, in that order and no other.
 >>> cfg = TrainConfig(data=str(data), model="resnet18", img_size=32, epochs=1, batch_size=8,
 ...                   workers="0", out=tempfile.mkdtemp())
 >>> result = train(cfg, quiet=True)
->>> sorted(p.name for p in (result.run_dir / "checkpoints").glob("*.pt"))[-2:]
-['best.pt', 'last.pt']
+>>> {"best.pt", "last.pt"} <= {p.name for p in (result.run_dir / "checkpoints").glob("*.pt")}
+True
 """
 
 from __future__ import annotations
@@ -235,7 +235,18 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     # ---- what to resume from (decided before anything is written)
     resume_state: dict[str, Any] | None = None
     if cfg.resume:
-        resume_path = ckpt.latest() if cfg.resume == "auto" else Path(cfg.resume)
+        if cfg.resume == "auto":
+            import warnings
+
+            from finetune.checkpoint import CheckpointWarning
+
+            with warnings.catch_warnings():  # reported below as one finetune warning line each
+                warnings.simplefilter("ignore", CheckpointWarning)
+                resume_path = ckpt.latest()
+            for skipped, reason in ckpt.skipped:
+                warn(f"skipping checkpoint '{skipped}': {reason}")
+        else:
+            resume_path = Path(cfg.resume)
         if resume_path is None:
             raise CheckpointError(f"--resume auto: nothing to resume in '{run_dir / 'checkpoints'}': "
                                   "start without --resume, or give --resume PATH")
@@ -249,7 +260,10 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         raise CheckpointError(f"the checkpoint's classes {resume_state['classes'][:5]}… differ from the data's {classes[:5]}…")
     loader_kw = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, workers=str(cfg.workers), device=device,
                      seed=cfg.seed, channels_last=cfg.channels_last)
-    train_loader = build_loader(train_samples, train=True, crop_scale=tuple(cfg.crop_scale), **loader_kw)
+    if cfg.augment:
+        train_loader = build_loader(train_samples, train=True, crop_scale=tuple(cfg.crop_scale), **loader_kw)
+    else:  # --no-augment: the same seeded order and full batches, with the eval transform
+        train_loader = build_loader(train_samples, train=False, shuffle=True, drop_last=True, **loader_kw)
     val_loader = build_loader(val_samples, train=False, **loader_kw)
     if len(train_loader) == 0:
         raise DataError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
@@ -362,7 +376,10 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             model.train()
             bn_train_mode(model)
             t0, images_done = time.perf_counter(), 0
-            bar = progress(batches, total=steps_per_epoch - batches.position, desc=f"epoch {epoch + 1}", quiet=quiet)
+            # resumed from a step checkpoint taken after the epoch's last batch: only its evaluation is left
+            # (iterating a finished Loader would start the epoch over)
+            todo = batches if batches.position < steps_per_epoch else ()
+            bar = progress(todo, total=steps_per_epoch - batches.position, desc=f"epoch {epoch + 1}", quiet=quiet)
             for images, labels in bar:
                 set_lr(optimizer, lr_factor(step, total_steps, warmup_steps))
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -373,8 +390,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 if not audited:  # the classic silent bugs, checked once on real gradients
                     audited = True
                     findings = audit(model, optimizer)
-                    if findings:
-                        warn(format_findings(findings))
+                    for line in format_findings(findings).splitlines():  # one "finetune: warning:" line each
+                        warn(line.removeprefix("warning: "))
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
@@ -411,7 +428,13 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             last_save_time = time.monotonic()
             stopped = epoch < cfg.epochs and (stop.stop_requested or out_of_steps())
     if stopped:
-        log.info(f"stopped at epoch {epoch + 1}, step {step}; resume with: finetune train --out {run_dir} --resume auto")
+        from finetune.checkpoint import stop_message
+
+        message = stop_message(run_dir, epoch + 1, step)
+        if stop.stop_requested:  # SIGTERM/SIGINT: say how to go on, even with -q
+            print(f"finetune: {message}", file=sys.stderr, flush=True)
+        else:
+            log.info(message)
     best_path = ckpt.best()
     if best_path is not None:
         write_deployment_files(ckpt.load(best_path), run_dir)
