@@ -29,8 +29,14 @@ class TrainConfig:
     val_split: float = 0.1
     img_size: int = 64
     crop_scale: tuple[float, float] = (0.25, 1.0)
+    augment: bool = True  # False: training batches (seeded order) with the eval transform
     batch_size: int = 64
     workers: str = "auto"
+    decode: str = "auto"  # cpu | gpu (nvjpeg) | auto
+    cache: str = "none"  # none | ram | gpu: decoded images kept for later epochs
+    prefetch: str = "auto"  # auto | none | thread | cuda
+    auto_augment: str = "none"  # none | trivialaugment | randaugment
+    strict_data: bool = False  # unreadable images stop the run (default: skipped, listed in bad_files.txt)
     # model
     model: str = "resnet18"
     pretrained: str | None = None
@@ -113,6 +119,11 @@ class TrainConfig:
             (self.keep_last >= 1, f"--keep-last must be at least 1, got {self.keep_last}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"crop-scale must be 0 < min <= max <= 1, got {self.crop_scale}"),
+            (self.decode in ("auto", "cpu", "gpu"), f"--decode must be auto, cpu or gpu, got {self.decode!r}"),
+            (self.cache in ("none", "ram", "gpu"), f"--cache must be none, ram or gpu, got {self.cache!r}"),
+            (self.prefetch in ("auto", "none", "thread", "cuda"), f"--prefetch must be auto, none, thread or cuda, got {self.prefetch!r}"),
+            (self.auto_augment in ("none", "trivialaugment", "randaugment"),
+             f"--auto-augment must be none, trivialaugment or randaugment, got {self.auto_augment!r}"),
             (self.bn in ("frozen", "eval", "train"), f"--bn must be frozen, eval or train, got {self.bn!r}"),
             (not self.cache_features or self.linear_probe, "--cache-features needs --linear-probe (only the head may train)"),
             (self.layer_decay is None or 0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {self.layer_decay}"),
