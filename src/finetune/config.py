@@ -22,13 +22,20 @@ from finetune.errors import ConfigError
 
 @dataclass
 class TrainConfig:
-    """Every knob of ``finetune train``; defaults train ``shapes`` to >90% in under 3 CPU minutes."""
+    """Every knob of ``finetune train``.
+
+    ``None`` means "the default for this data": :meth:`resolved` fills it in
+    (and the run's ``config.yaml`` holds the resolved values). The defaults
+    train the built-in ``shapes`` to >90% val top-1 in under 3 minutes on 2 CPU
+    cores; on your own images they are torchvision's recipe (224 px,
+    RandomResizedCrop scale 0.08-1) with a fine-tuning learning rate.
+    """
 
     # data
     data: str = "shapes"
     val_split: float = 0.1
-    img_size: int = 64
-    crop_scale: tuple[float, float] = (0.25, 1.0)
+    img_size: int | None = None  # shapes: 32, otherwise 224
+    crop_scale: tuple[float, float] | None = None  # shapes: (0.7, 1), otherwise (0.08, 1)
     augment: bool = True  # False: training batches (seeded order) with the eval transform
     batch_size: int = 64
     workers: str = "auto"
@@ -53,11 +60,11 @@ class TrainConfig:
     layer_decay: float | None = None
     unfreeze: list[str] = field(default_factory=list)  # PATTERN@EPOCH, epochs counted from 1
     # optimisation
-    epochs: int = 8
-    optimizer: str = "sgd"
-    lr: float = 0.1
+    epochs: int = 13
+    optimizer: str = "adamw"
+    lr: float | None = None  # adamw: 3e-3 from scratch, 5e-4 from pretrained weights; sgd: 0.1 / 0.01
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float | None = None  # adamw: 0.05, sgd: 5e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     max_steps: int | None = None
@@ -78,8 +85,28 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["crop_scale"] = list(self.crop_scale)
+        d["crop_scale"] = list(self.crop_scale) if self.crop_scale is not None else None
         return d
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` default filled in for this data and optimizer.
+
+        >>> cfg = TrainConfig().resolved()
+        >>> cfg.img_size, cfg.crop_scale, cfg.lr, cfg.weight_decay
+        (32, (0.7, 1.0), 0.003, 0.05)
+        >>> TrainConfig(data="photos/", pretrained="torchvision").resolved().img_size
+        224
+        """
+        shapes = self.data == "shapes"
+        sgd = self.optimizer == "sgd"
+        lr = (0.01 if sgd else 5e-4) if self.pretrained else (0.1 if sgd else 3e-3)
+        return dataclasses.replace(
+            self,
+            img_size=self.img_size if self.img_size is not None else (32 if shapes else 224),
+            crop_scale=self.crop_scale if self.crop_scale is not None else ((0.7, 1.0) if shapes else (0.08, 1.0)),
+            lr=self.lr if self.lr is not None else lr,
+            weight_decay=self.weight_decay if self.weight_decay is not None else (5e-4 if sgd else 0.05),
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
@@ -109,8 +136,9 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.img_size >= 16, f"--img-size must be at least 16, got {self.img_size}"),
+            (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.img_size is None or self.img_size >= 16, f"--img-size must be at least 16, got {self.img_size}"),
+            (self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {self.optimizer!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}"),
             (self.amp in ("auto", "off", "bf16", "fp16"), f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
@@ -118,7 +146,8 @@ class TrainConfig:
             (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.keep_last >= 1, f"--keep-last must be at least 1, got {self.keep_last}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
-            (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"crop-scale must be 0 < min <= max <= 1, got {self.crop_scale}"),
+            (self.crop_scale is None or 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+             f"crop-scale must be 0 < min <= max <= 1, got {self.crop_scale}"),
             (self.decode in ("auto", "cpu", "gpu"), f"--decode must be auto, cpu or gpu, got {self.decode!r}"),
             (self.cache in ("none", "ram", "gpu"), f"--cache must be none, ram or gpu, got {self.cache!r}"),
             (self.prefetch in ("auto", "none", "thread", "cuda"), f"--prefetch must be auto, none, thread or cuda, got {self.prefetch!r}"),

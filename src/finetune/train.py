@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -121,8 +122,13 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.opti
     for g in groups:
         g["base_lr"] = g["lr"]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        make = functools.partial(torch.optim.SGD, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    else:
+        make = functools.partial(torch.optim.AdamW, groups, lr=cfg.lr)
+    try:  # one fused kernel: AdamW's step on CPU takes 8 ms instead of 44 ms for ResNet-18
+        return make(fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch or an unsupported device/dtype
+        return make()
 
 
 def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
@@ -226,6 +232,7 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
 def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     """Fine-tune ``cfg.model`` on ``cfg.data``; write everything into the run directory."""
     cfg.validate()
+    cfg = cfg.resolved()
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
@@ -258,13 +265,16 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     classes = list(train_samples.classes)
     if resume_state is not None and list(resume_state.get("classes", classes)) != classes:
         raise CheckpointError(f"the checkpoint's classes {resume_state['classes'][:5]}… differ from the data's {classes[:5]}…")
-    loader_kw = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, workers=str(cfg.workers), device=device,
-                     seed=cfg.seed, channels_last=cfg.channels_last)
+    loader_kw = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
+                     channels_last=cfg.channels_last, decode=cfg.decode, prefetch=cfg.prefetch, strict=cfg.strict_data,
+                     cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print)
     if cfg.augment:
-        train_loader = build_loader(train_samples, train=True, crop_scale=tuple(cfg.crop_scale), **loader_kw)
+        train_loader = build_loader(train_samples, train=True, crop_scale=tuple(cfg.crop_scale), workers=str(cfg.workers),
+                                    augment=None if cfg.auto_augment == "none" else cfg.auto_augment, **loader_kw)
     else:  # --no-augment: the same seeded order and full batches, with the eval transform
-        train_loader = build_loader(train_samples, train=False, shuffle=True, drop_last=True, **loader_kw)
-    val_loader = build_loader(val_samples, train=False, **loader_kw)
+        train_loader = build_loader(train_samples, train=False, shuffle=True, drop_last=True, workers=str(cfg.workers),
+                                    **loader_kw)
+    val_loader = build_loader(val_samples, train=False, workers=train_loader.workers, **loader_kw)
     if len(train_loader) == 0:
         raise DataError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
 
@@ -421,6 +431,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 best_top1, best_top5, best_epoch = metrics["top1"], metrics["top5"], epoch
             history.append(record)
             log.epoch(record)
+            report_bad_files(run_dir, train_loader, val_loader)
             epoch += 1
             epoch_loss_sum, epoch_seen = 0.0, 0
             batches.set_epoch(epoch)
@@ -435,11 +446,27 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             print(f"finetune: {message}", file=sys.stderr, flush=True)
         else:
             log.info(message)
+    train_loader.close()
+    val_loader.close()
     best_path = ckpt.best()
     if best_path is not None:
         write_deployment_files(ckpt.load(best_path), run_dir)
     log.close()
     return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped)
+
+
+def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
+    """Unreadable images were skipped: list them in ``bad_files.txt`` and say so once per new file."""
+    lines = [f"{b.path}\t{b.reason}" for ld in loaders for b in ld.bad_file_list()]
+    if not lines:
+        return
+    path = run_dir / "bad_files.txt"
+    known = set(path.read_text().splitlines()) if path.exists() else set()
+    new = [line for line in lines if line not in known]
+    if new:
+        with path.open("a") as f:
+            f.writelines(line + "\n" for line in new)
+        warn(f"skipped {len(new)} unreadable image(s), listed in {path} (use --strict-data to stop instead)")
 
 
 def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:

@@ -56,8 +56,8 @@ class ProbeResult:
 
 def candidate_workers(cpus: int) -> list[int]:
     """Worker counts worth trying on a machine with ``cpus`` cores."""
-    if cpus <= 4:
-        return list(range(0, cpus + 2))
+    if cpus <= 4:  # more workers than cores only steal time from the training step
+        return list(range(0, cpus + 1))
     steps = [0, 2, 4] + list(range(8, cpus + 1, 4))
     return sorted({c for c in steps if c <= cpus} | {cpus})
 

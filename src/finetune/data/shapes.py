@@ -34,7 +34,7 @@ _SUPERSAMPLE = 4
 class ShapesSpec:
     """Parameters of a shapes dataset; they key its cache directory."""
 
-    per_class: int = 300
+    per_class: int = 500
     val_per_class: int = 50
     size: int = 64
     seed: int = 0
@@ -182,6 +182,21 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator) -> tuple[Image.Im
     return img, box
 
 
+def _draw_class(job: tuple) -> list[tuple]:
+    """Draw and save one split's images of one class; return their boxes.csv rows."""
+    tmp, split, n, rng_key, kind, size, quality = job
+    rng = np.random.default_rng(rng_key)
+    folder = tmp / split / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        img, box = draw_shape(kind, size, rng)
+        rel = f"{split}/{kind}/{kind}_{i:05d}.jpg"
+        img.save(tmp / rel, quality=quality)
+        rows.append((split, rel, kind, *box))
+    return rows
+
+
 def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | None = None,
                 size: int = 64, seed: int = 0, quality: int = 90) -> Path:
     """Write the shapes dataset into ``root`` and return ``root``.
@@ -197,17 +212,18 @@ def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | 
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    rows: list[tuple] = []
-    for split, n, split_seed in (("train", per_class, 0), ("val", val_per_class, 1)):
-        for label, kind in enumerate(CLASSES):
-            rng = np.random.default_rng([seed, split_seed, label])
-            folder = tmp / split / kind
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img, box = draw_shape(kind, size, rng)
-                rel = f"{split}/{kind}/{kind}_{i:05d}.jpg"
-                img.save(tmp / rel, quality=quality)
-                rows.append((split, rel, kind, *box))
+    jobs = [(tmp, split, n, [seed, split_seed, label], kind, size, quality)
+            for split, n, split_seed in (("train", per_class, 0), ("val", val_per_class, 1))
+            for label, kind in enumerate(CLASSES)]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers > 1 and per_class * len(CLASSES) >= 400:  # one process per core; each class has its own RNG
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_draw_class, jobs))
+    else:
+        parts = [_draw_class(job) for job in jobs]
+    rows = [row for part in parts for row in part]
     with (tmp / "boxes.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["split", "path", "label", "x0", "y0", "x1", "y1"])
