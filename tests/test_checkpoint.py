@@ -6,6 +6,7 @@ import doctest
 import errno
 import json
 import multiprocessing
+import contextlib
 import os
 import random
 import re
@@ -847,7 +848,8 @@ def run_trainer(run: Path, epochs: int, kill_after: float | None = None) -> tupl
         start = receive.recv()
         if kill_after is not None:
             time.sleep(kill_after)
-            os.kill(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have finished (and been reaped) already
+                os.kill(proc.pid, signal.SIGKILL)
         proc.join(120)
     finally:
         if proc.is_alive():

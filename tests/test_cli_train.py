@@ -10,8 +10,8 @@ import torch
 
 from conftest import run_cli
 
-TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--seed", "0",
-        "--lr", "0.05", "--warmup-epochs", "0", "-q"]
+TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--seed", "0", "--optimizer", "adamw",
+        "--lr", "0.002", "--warmup-epochs", "0", "-q"]
 
 
 @pytest.fixture(scope="module")

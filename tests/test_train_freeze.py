@@ -56,7 +56,7 @@ def init(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torc
 
 def cli(data: Path, init_path: Path, out: Path, *extra: str, epochs: int = 1) -> list[str]:
     return ["train", "--data", str(data), "--model", "resnet18", "--img-size", "32", "--batch-size", "8",
-            "--workers", "0", "--epochs", str(epochs), "--seed", "5", "--lr", "0.05", "--pretrained", str(init_path),
+            "--workers", "0", "--epochs", str(epochs), "--seed", "5", "--optimizer", "sgd", "--lr", "0.05", "--pretrained", str(init_path),
             "--out", str(out), *extra]
 
 
@@ -146,7 +146,7 @@ def test_train_only_with_layer_decay_and_bn_policy(data, init, tmp_path, capsys,
 def test_gradual_unfreezing_adds_a_named_group_at_its_epoch_and_survives_resumes(data, init, tmp_path, capsys):
     init_path, start = init
     base = TrainConfig(data=str(data), model="resnet18", img_size=32, batch_size=8, workers="0", epochs=2, seed=5,
-                       lr=0.05, pretrained=str(init_path), train_only=["fc"], unfreeze=["layer4@2"],
+                       optimizer="sgd", lr=0.05, pretrained=str(init_path), train_only=["fc"], unfreeze=["layer4@2"],
                        save_every_steps=2, keep_last=10)
     ref = tmp_path / "reference"
     capsys.readouterr()

@@ -63,7 +63,7 @@ def data(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(data: Path, out: Path, **kw: Any) -> TrainConfig:
     values: dict[str, Any] = dict(data=str(data), model="resnet18", img_size=32, batch_size=8, workers="0",
-                                  epochs=EPOCHS, seed=3, lr=0.01, out=str(out))
+                                  epochs=EPOCHS, seed=3, optimizer="sgd", lr=0.01, out=str(out))
     values.update(kw)
     return TrainConfig(**values)
 
@@ -71,7 +71,7 @@ def config(data: Path, out: Path, **kw: Any) -> TrainConfig:
 def cli_args(data: Path, out: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
     """The `finetune train` flags equal to :func:`config`."""
     return ["train", "-q", "--data", str(data), "--model", "resnet18", "--img-size", "32", "--batch-size", "8",
-            "--workers", "0", "--epochs", str(epochs), "--seed", "3", "--lr", "0.01", "--out", str(out), *extra]
+            "--workers", "0", "--epochs", str(epochs), "--seed", "3", "--optimizer", "sgd", "--lr", "0.01", "--out", str(out), *extra]
 
 
 def final_state(run_dir: Path, epochs: int = EPOCHS) -> dict[str, Any]:
