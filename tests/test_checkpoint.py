@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import errno
 import json
 import multiprocessing
-import contextlib
 import os
 import random
 import re

@@ -1,0 +1,91 @@
+"""Model registry (head replacement across families, timm, close-name errors) and config files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.config import TrainConfig, config_from_args, load_config, save_config
+from finetune.errors import ConfigError, ModelError
+from finetune.models import create_model, head_name, logits_of
+
+
+@pytest.mark.parametrize(("arch", "head"), [
+    ("resnet18", "fc"),
+    ("mobilenet_v3_small", "classifier.3"),
+    ("efficientnet_b0", "classifier.1"),
+    ("convnext_tiny", "classifier.2"),
+    ("vit_b_16", "heads.head"),
+    ("squeezenet1_1", "classifier.1"),
+    ("regnet_x_400mf", "fc"),
+])
+def test_head_is_found_and_sized_whatever_the_family_calls_it(arch: str, head: str) -> None:
+    model = create_model(arch, num_classes=7)
+    assert head_name(model) == head
+    assert model.finetune_arch == arch
+    module = model.get_submodule(head)
+    assert getattr(module, "out_features", getattr(module, "out_channels", None)) == 7
+
+
+def test_timm_models_by_prefix() -> None:
+    model = create_model("timm:resnet18", num_classes=4)
+    assert head_name(model) == "fc" and model.fc.out_features == 4
+    with pytest.raises(ModelError, match="resnet18"):
+        create_model("timm:resnet18x", num_classes=4)
+
+
+def test_unknown_model_suggests_close_names() -> None:
+    with pytest.raises(ModelError, match="did you mean.*resnet50"):
+        create_model("resnet5O", num_classes=2)
+
+
+def test_inception_aux_outputs_give_the_main_logits() -> None:
+    model = create_model("googlenet", num_classes=3).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert logits_of(out).shape == (2, 3)
+
+
+def test_yaml_round_trip_and_flags_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 3\nbatch-size: 16\nlr-mult: ['layer4=0.1']\nfreeze: layer1\n")
+    cfg = load_config(path)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr_mult, cfg.freeze) == (3, 16, {"layer4": 0.1}, ["layer1"])
+    args = argparse.Namespace(config=str(path), epochs=5, batch_size=None)
+    merged = config_from_args(args)
+    assert merged.epochs == 5 and merged.batch_size == 16
+    save_config(merged.resolved(), tmp_path / "out.yaml")
+    again = load_config(tmp_path / "out.yaml")
+    assert again == merged.resolved()
+
+
+def test_unknown_yaml_key_names_close_ones(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("epoch: 3\n")
+    with pytest.raises(ConfigError, match="did you mean epochs"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("values", [{"epochs": 0}, {"bn": "off"}, {"unfreeze": ["layer4"]},
+                                    {"unfreeze": ["layer4@99"]}, {"cache_features": True},
+                                    {"lr_mult": ["layer4"]}])
+def test_bad_settings_are_config_errors(values: dict) -> None:
+    with pytest.raises(ConfigError):
+        TrainConfig.from_dict({"epochs": 2, **values})
+
+
+def test_tensorboard_events_are_written(colour_data: Path, tmp_path: Path) -> None:
+    from finetune.train import train
+
+    cfg = TrainConfig(data=str(colour_data), img_size=32, batch_size=16, workers="0", epochs=1,
+                      tensorboard=True, out=str(tmp_path / "run"))
+    train(cfg, quiet=True)
+    events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    assert "val/top1" in acc.Tags()["scalars"]
