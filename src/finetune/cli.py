@@ -169,8 +169,7 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
     from finetune.data.shapes import ShapesSpec, make_shapes
 
     spec = ShapesSpec()
-    kwargs = {k: v for k, v in (("per_class", args.per_class), ("size", args.size)) if v is not None}
-    root = make_shapes(args.dir, seed=args.seed, **{**{"per_class": spec.per_class, "size": spec.size}, **kwargs})
+    root = make_shapes(args.dir, per_class=args.per_class or spec.per_class, size=args.size or spec.size, seed=args.seed)
     print(f"wrote shapes dataset to {root}")
     return 0
 
