@@ -717,19 +717,24 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
 
 # --------------------------------------------------------------------------- signals
 def test_graceful_exit_sets_a_flag_then_a_second_signal_acts_as_usual():
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with GracefulExit(announce=False) as stop:
-        assert stop.installed and not stop.stop_requested
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(100):
-            if stop.stop_requested:
-                break
-            time.sleep(0.001)
-        assert stop.stop_requested and stop.signal_name == "SIGINT"
-        with pytest.raises(KeyboardInterrupt):
+    # CI may start us as a background job, where SIGINT starts out ignored: make "as usual" Ctrl-C's default
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        with GracefulExit(announce=False) as stop:
+            assert stop.installed and not stop.stop_requested
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+            for _ in range(100):
+                if stop.stop_requested:
+                    break
+                time.sleep(0.001)
+            assert stop.stop_requested and stop.signal_name == "SIGINT"
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 def test_graceful_exit_outside_the_main_thread_installs_nothing():

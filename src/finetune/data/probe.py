@@ -6,7 +6,7 @@ candidate at the end so that a cold page cache does not count against it.
 Ties (within 5 %) go to fewer workers: less memory, same speed.
 
 >>> candidate_workers(2)
-[0, 1, 2, 3]
+[0, 1, 2]
 >>> candidate_workers(16)
 [0, 2, 4, 8, 12, 16]
 """
