@@ -20,6 +20,17 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "finetune-cache"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one intra-op thread for a test module (bitwise-reproducible CPU kernels), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_colour_folder(root: Path, *, per_class: int = 12, size: int = 40, seed: int = 0,
                         classes: tuple[str, ...] = ("blue", "red")) -> Path:
     """An easy ImageFolder (train/ and val/): noisy images whose colour is the class."""

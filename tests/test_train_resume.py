@@ -41,11 +41,8 @@ EPOCHS = 2
 
 # --------------------------------------------------------------------------- fixtures and helpers
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Bitwise comparisons need the same thread count in every run (subprocesses get OMP_NUM_THREADS=1)."""
 
 
 @pytest.fixture(scope="module")
