@@ -110,7 +110,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", default="0")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--trust", action="store_true")
     p.set_defaults(handler=_cmd_eval)
 
 
@@ -118,7 +117,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from finetune.train import evaluate_checkpoint
 
     res = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size,
-                              workers=args.workers, device=args.device, trust=args.trust, quiet=args.quiet or args.json)
+                              workers=args.workers, device=args.device, quiet=args.quiet or args.json)
     if args.json:
         _print_json(res)
         return 0
@@ -137,7 +136,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--trust", action="store_true")
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -145,7 +143,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from finetune.train import predict_files
 
     preds = predict_files(args.checkpoint, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                          device=args.device, trust=args.trust)
+                          device=args.device)
     if args.json:
         _print_json(preds)
         return 0

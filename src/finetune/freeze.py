@@ -221,14 +221,7 @@ def freeze(model: nn.Module, *patterns: str) -> list[str]:
     ...
     finetune.errors.ConfigError: pattern 'layer9' matches no parameter or module name of ResNet; did you mean: layer1, layer2, layer3, layer4, layer1.0? top-level blocks: ...
     """
-    root = unwrap(model)
-    sel = _select(root, patterns) if patterns else _select_all(root)
-    params = _named_params(root)
-    _set_requires_grad(params, sel.params, False)
-    chosen = set(sel.params)
-    _mark_bn(root, lambda n, bn: _bn_covered(n, bn, chosen, sel.covers_module), True)
-    apply_bn_policy(root)
-    return [n for n in sel.params if not params[n].requires_grad]
+    return _set_trainable(model, patterns, trainable=False)
 
 
 def unfreeze(model: nn.Module, *patterns: str) -> list[str]:
@@ -245,12 +238,17 @@ def unfreeze(model: nn.Module, *patterns: str) -> list[str]:
     >>> _ = m.train(); m[1].training
     True
     """
+    return _set_trainable(model, patterns, trainable=True)
+
+
+def _set_trainable(model: nn.Module, patterns: tuple[str, ...], *, trainable: bool) -> list[str]:
+    """(Un)freeze what ``patterns`` name (everything if none) and the BatchNorm layers they cover."""
     root = unwrap(model)
     sel = _select(root, patterns) if patterns else _select_all(root)
     params = _named_params(root)
-    _set_requires_grad(params, sel.params, True)
+    _set_requires_grad(params, sel.params, trainable)
     chosen = set(sel.params)
-    _mark_bn(root, lambda n, bn: _bn_covered(n, bn, chosen, sel.covers_module), False)
+    _mark_bn(root, lambda n, bn: _bn_covered(n, bn, chosen, sel.covers_module), not trainable)
     apply_bn_policy(root)
     return list(sel.params)
 

@@ -481,7 +481,7 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- eval / predict from a checkpoint
-def load_checkpoint_model(path: str | Path, device: torch.device, *, trust: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a finetune checkpoint describes and load its weights."""
     state = Checkpointer.read(path)
     if "arch" not in state or "classes" not in state or "model" not in state:
@@ -493,10 +493,10 @@ def load_checkpoint_model(path: str | Path, device: torch.device, *, trust: bool
 
 
 def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size: int = 64, workers: str = "0",
-                        device: str = "auto", trust: bool = False, quiet: bool = True) -> dict[str, Any]:
+                        device: str = "auto", quiet: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint on its dataset's val split, or on ``data``."""
     dev = resolve_device(device)
-    model, state = load_checkpoint_model(path, dev, trust=trust)
+    model, state = load_checkpoint_model(path, dev)
     cfg = state.get("config", {})
     classes = list(state["classes"])
     if data is None:
@@ -537,10 +537,10 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
 
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, batch_size: int = 64,
-                  device: str = "auto", trust: bool = False) -> list[dict[str, Any]]:
+                  device: str = "auto") -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file (directories are searched recursively)."""
     dev = resolve_device(device)
-    model, state = load_checkpoint_model(checkpoint, dev, trust=trust)
+    model, state = load_checkpoint_model(checkpoint, dev)
     classes = list(state["classes"])
     size = int(state.get("img_size", 224))
     mean = torch.tensor(state.get("mean", IMAGENET_MEAN), device=dev).view(1, 3, 1, 1) * 255
