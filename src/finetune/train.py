@@ -235,6 +235,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
+    if device.type == "cuda":  # fixed batch shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cudnn.benchmark = True
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     ckpt = Checkpointer(run_dir, keep_last=cfg.keep_last, best_metric="val_top1", mode="max",
                         async_save=cfg.async_save if cfg.async_save is not None else device.type == "cuda")
@@ -358,7 +360,22 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     if resume_state is not None:
         log.info(f"resumed at epoch {epoch + 1}, step {step} (batch {batches.position} of {steps_per_epoch})")
 
+    # losses stay on the device until the next step is queued: reading a loss right after its step
+    # would make the host wait for the GPU every step (settled in order, so the sums are unchanged)
+    pending: list[tuple[torch.Tensor, int, int]] = []
+
+    def settle(keep: int = 0) -> None:
+        nonlocal epoch_loss_sum, epoch_seen
+        while len(pending) > keep:
+            loss_t, n, at = pending.pop(0)
+            value = loss_t.item()
+            if not math.isfinite(value):
+                raise ConfigError(f"the loss became {value} at step {at}: lower --lr or use --amp off")
+            epoch_loss_sum += value * n
+            epoch_seen += n
+
     def make_state() -> dict[str, Any]:
+        settle()
         return {
             "model": model, "optimizer": optimizer_state_by_name(optimizer, model),
             "scheduler": {"kind": "warmup_cosine", "step": step, "total_steps": total_steps,
@@ -405,11 +422,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise ConfigError(f"the loss became {loss_value} at step {step}: lower --lr or use --amp off")
-                epoch_loss_sum += loss_value * len(labels)
-                epoch_seen += len(labels)
+                pending.append((loss.detach(), len(labels), step))
+                settle(keep=1)
                 images_done += len(labels)
                 if stop.stop_requested or out_of_steps():
                     break
@@ -421,6 +435,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 ckpt.save(make_state())
                 stopped = True
                 break
+            settle()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
             metrics = evaluate(model, val_loader, amp=amp, quiet=quiet)
             record = {"epoch": epoch, "step": step, "train_loss": epoch_loss_sum / max(epoch_seen, 1),

@@ -70,6 +70,7 @@ from finetune.data.transforms import (
     augment_hwc,
     center_crop_box,
     crop_hwc,
+    crop_resize_flip_batch,
     crop_resize_flip_float,
     random_resized_crop_box,
     resize_hwc,
@@ -626,6 +627,9 @@ class Loader:
             decoded = decode_jpegs_on_device(datas, dev) if datas else []
         except RuntimeError:  # one file nvjpeg cannot take: decode on CPU, crop on the device
             decoded = [read_jpeg_cpu(d).to(dev, non_blocking=True) for d in datas]
+        if decoded and len(decoded) == n and not self.augment and len({tuple(d.shape) for d in decoded}) == 1:
+            out = crop_resize_flip_batch(torch.stack(decoded), raw.boxes, s, raw.flips)  # one kernel for the batch
+            return self._normalizer.normalize_float_(out), raw.labels.to(dev, non_blocking=True)
         out = torch.empty((n, 3, s, s), dtype=torch.float32, device=dev)
         ready = raw.ready.to(dev, non_blocking=True) if (~raw.is_jpeg).any() else None
         boxes, is_jpeg = raw.boxes.tolist(), raw.is_jpeg.tolist()
@@ -646,6 +650,23 @@ class Loader:
         assert store is not None and self.samples is not None
         s = self.img_size
         keep = [int(i) for i in spec.indices if not store.bad(int(i))]
+        labels = torch.from_numpy(self.samples.labels[keep]).to(self.device, non_blocking=True)
+        if keep and not self.augment and len({(store.heights[i], store.widths[i]) for i in keep}) == 1:
+            # every image of the batch has one size: gather them, then one batched crop/resize (or none)
+            src = torch.stack([store.get(i) for i in keep]).permute(0, 3, 1, 2)
+            if not self.train:
+                return self._normalizer.normalize_float_(src.float()), labels
+            boxes, flips = [], []
+            for k, index in enumerate(spec.indices.tolist()):
+                if store.bad(index):
+                    continue
+                rng = self.dataset._rng(spec.epoch, spec.start + k)  # the same draws as the per-image path
+                box = random_resized_crop_box(int(store.widths[index]), int(store.heights[index]), rng,
+                                              self.dataset.crop_scale)
+                boxes.append((box.top, box.left, box.height, box.width))
+                flips.append(rng.random() < 0.5)
+            out = crop_resize_flip_batch(src, torch.tensor(boxes), s, torch.tensor(flips))
+            return self._normalizer.normalize_float_(out), labels
         out = torch.empty((len(keep), 3, s, s), dtype=torch.float32, device=self.device)
         k_out = 0
         for k, index in enumerate(spec.indices.tolist()):
@@ -663,7 +684,6 @@ class Loader:
                 x = src.float()
             out[k_out] = x
             k_out += 1
-        labels = torch.from_numpy(self.samples.labels[keep]).to(self.device, non_blocking=True)
         return self._normalizer.normalize_float_(out), labels
 
     # -- iteration

@@ -109,6 +109,4 @@ class Normalizer:
     def normalize_float_(self, images: torch.Tensor) -> torch.Tensor:
         """In place on a float [B, 3, H, W] batch holding 0..255 values (GPU paths)."""
         images.mul_(self._scale.view(1, -1, 1, 1)).add_(self._bias.view(1, -1, 1, 1))
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        return images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

@@ -252,3 +252,32 @@ def crop_resize_flip_float(image: torch.Tensor, box: CropBox, size: int, flip: b
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     x = x[0]
     return x.flip(-1) if flip else x
+
+
+def crop_resize_flip_batch(images: torch.Tensor, boxes: torch.Tensor, size: int, flips: torch.Tensor) -> torch.Tensor:
+    """Crop + resize + flip a batch of same-size uint8 NCHW images in one kernel, float32 out (0..255).
+
+    The GPU paths' fast case (every image of the batch has the same size, no
+    per-sample augmentation): ``torchvision.ops.roi_align`` with adaptive
+    sampling, which is bilinear when upscaling and averages
+    ceil(crop/size)^2 bilinear samples per output pixel when downscaling
+    (an area filter, where torchvision's resize uses an antialiased triangle
+    filter: the two agree within a few levels on photos). ``boxes`` is int
+    ``[B, 4]`` of (top, left, height, width); an identity box returns the
+    pixels exactly.
+
+    >>> x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
+    >>> out = crop_resize_flip_batch(x, torch.tensor([[0, 0, 4, 4], [1, 1, 2, 2]]), 4, torch.tensor([False, True]))
+    >>> torch.equal(out[0], x[0].float()), out.shape
+    (True, torch.Size([2, 3, 4, 4]))
+    """
+    from torchvision.ops import roi_align
+
+    x = images.float()
+    b = boxes.to(device=x.device, dtype=torch.float32)
+    top, left, height, width = b.unbind(1)
+    rois = torch.stack([torch.arange(len(b), device=x.device, dtype=torch.float32),
+                        left, top, left + width, top + height], dim=1)
+    out = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    flips = flips.to(device=out.device).view(-1, 1, 1, 1)
+    return torch.where(flips, out.flip(3), out)
