@@ -115,7 +115,8 @@ def gpu_bench(data: Path, batch_size: int, seconds: float, workers: int) -> list
     for name, kw in [("decode=gpu", dict(decode="gpu", workers=workers)),
                      ("decode=cpu", dict(decode="cpu", workers=workers)),
                      ("cache=gpu", dict(decode="cpu", cache="gpu", workers=workers)),
-                     ("decode=gpu prefetch=none", dict(decode="gpu", workers=workers, prefetch="none"))]:
+                     ("decode=gpu prefetch=none", dict(decode="gpu", workers=workers, prefetch="none")),
+                     ("cache=gpu prefetch=none", dict(decode="cpu", cache="gpu", workers=workers, prefetch="none"))]:
         try:
             loader = build_loader(data, train=True, batch_size=batch_size, device="cuda", channels_last=True,
                                   log=print, **kw)

@@ -54,7 +54,7 @@ def run_mode(data: Path, out: Path, extra: list[str], args: argparse.Namespace, 
     rates = [float(r["images_per_s"]) for r in rows]
     later = rates[1:] or rates  # epoch 1 includes filling the cache and cuDNN's kernel search
     return {"rates": rates, "img_s": statistics.median(later), "wall_s": wall, "val_top1": rows[-1]["val_top1"],
-            "cmd": " ".join(cmd)}
+            "cmd": " ".join(cmd), "stderr": proc.stderr.strip().splitlines()[-3:]}
 
 
 def main() -> int:
@@ -66,6 +66,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 16))
+    p.add_argument("--ablations", action="store_true", help="CUDA: also without prefetch / async save")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
@@ -75,6 +76,10 @@ def main() -> int:
     modes = [("full", ["--cache", cache]), ("frozen backbone", ["--cache", cache, "--linear-probe"])]
     if device == "cuda":
         modes.append(("full, --decode gpu", ["--decode", "gpu"]))
+        if args.ablations:  # what the defaults buy: the threaded side-stream prefetch, the async checkpoint
+            modes += [("full, --prefetch none", ["--cache", cache, "--prefetch", "none"]),
+                      ("frozen, --prefetch none", ["--cache", cache, "--linear-probe", "--prefetch", "none"]),
+                      ("full, --no-async-save", ["--cache", cache, "--no-async-save"])]
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in modes:
@@ -84,13 +89,13 @@ def main() -> int:
     print(f"\nfinetune train, {args.model}, batch {args.batch_size}, {args.img_size} px, {args.images} JPEGs (500x375), "
           f"{args.epochs} epochs, device {gpu}, torch {torch.__version__}, {os.cpu_count()} CPU cores")
     full = results["full"].get("img_s")
-    print(f"{'mode':22} {'img/s (median, epochs 2+)':>26} {'vs full':>8}   per epoch")
+    print(f"{'mode':24} {'img/s (median, epochs 2+)':>26} {'vs full':>8}   per epoch")
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:22} failed: {r['error']}")
+            print(f"{name:24} failed: {r['error']}")
             continue
         ratio = f"{float(r['img_s']) / float(full):7.2f}x" if full else "      -"
-        print(f"{name:22} {float(r['img_s']):26,.0f} {ratio}   {', '.join(f'{x:,.0f}' for x in r['rates'])}")
+        print(f"{name:24} {float(r['img_s']):26,.0f} {ratio}   {', '.join(f'{x:,.0f}' for x in r['rates'])}")
     frozen = results["frozen backbone"].get("img_s")
     if full and frozen:
         print(f"frozen / full = {float(frozen) / float(full):.2f}x (issue's plain-loop reference on an H200: 3.27x)")

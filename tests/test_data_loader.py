@@ -449,14 +449,17 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.cuda
 @cuda
 def test_cuda_decode_gpu_close_to_cpu_and_on_device(samples: Samples) -> None:
-    cpu = batches(build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=0, **quiet))
-    gpu_loader = build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=1, device="cuda",
-                              decode="gpu", channels_last=True, **quiet)
-    got = batches(gpu_loader)
+    # the same device code path with libjpeg on CPU: only nvjpeg's IDCT/upsampling differs
+    same_path = batches(_loader(samples, decode="gpu", workers=1))
+    cpu = batches(_loader(samples, dct_scaling=False))
+    got = batches(_loader(samples, decode="gpu", workers=1, device="cuda", channels_last=True))
     assert got[0][0].device.type == "cuda" and got[0][0].is_contiguous(memory_format=torch.channels_last)
-    for (xa, la), (xb, lb) in zip(cpu, got, strict=True):
+    assert len(got) == len(cpu) == len(same_path)
+    for (xa, la), (xs, _), (xb, lb) in zip(cpu, same_path, got, strict=True):
         assert torch.equal(la, lb.cpu())
-        assert (to_uint8(xa).int() - to_uint8(xb.cpu()).int()).abs().float().mean() < 3
+        gpu_u8 = to_uint8(xb.cpu()).int()
+        assert (to_uint8(xs).int() - gpu_u8).abs().float().mean() < 2.5
+        assert (to_uint8(xa).int() - gpu_u8).abs().float().mean() < 5
 
 
 @pytest.mark.cuda

@@ -704,25 +704,29 @@ class Loader:
         yield from self._dataloader
 
     def _cuda_prefetched(self, raw: Iterator[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Copy and normalise batch i+1 on a side stream while batch i computes."""
+        """Make the next batches on a side stream, in a background thread, while this one computes.
+
+        The thread does the host work of a batch (reading the workers' output, nvjpeg's
+        CPU stage, the random crops of the GPU cache) and queues its kernels on its own
+        stream, so neither the host nor the GPU waits for it; an event per batch orders
+        its use on the training stream.
+        """
         side = torch.cuda.Stream(device=self.device)
         main = torch.cuda.current_stream(self.device)
 
-        def stage(r: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.cuda.stream(side):
-                return self._finish(r)
+        def staged() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]]:
+            with torch.cuda.device(self.device), torch.cuda.stream(side):  # this thread's current stream
+                for r in raw:
+                    x, y = self._finish(r)
+                    ready = torch.cuda.Event()
+                    ready.record(side)
+                    yield x, y, ready
 
-        nxt = None
-        for r in raw:
-            staged = stage(r)
-            if nxt is not None:
-                yield nxt
-            main.wait_stream(side)
-            for t in staged:
-                t.record_stream(main)
-            nxt = staged
-        if nxt is not None:
-            yield nxt
+        for x, y, ready in background(staged(), depth=2):
+            main.wait_event(ready)
+            x.record_stream(main)  # the allocator reuses their memory only after the training stream is done
+            y.record_stream(main)
+            yield x, y
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raw = self._raw_batches()
