@@ -450,9 +450,13 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @cuda
 def test_cuda_decode_gpu_close_to_cpu_and_on_device(samples: Samples) -> None:
     # the same device code path with libjpeg on CPU: only nvjpeg's IDCT/upsampling differs
-    same_path = batches(_loader(samples, decode="gpu", workers=1))
-    cpu = batches(_loader(samples, dct_scaling=False))
-    got = batches(_loader(samples, decode="gpu", workers=1, device="cuda", channels_last=True))
+    # (every loader is closed here: workers forked after CUDA started must not outlive the test)
+    with _loader(samples, decode="gpu", workers=1) as ld:
+        same_path = batches(ld)
+    with _loader(samples, dct_scaling=False) as ld:
+        cpu = batches(ld)
+    with _loader(samples, decode="gpu", workers=1, device="cuda", channels_last=True) as ld:
+        got = batches(ld)
     assert got[0][0].device.type == "cuda" and got[0][0].is_contiguous(memory_format=torch.channels_last)
     assert len(got) == len(cpu) == len(same_path)
     for (xa, la), (xs, _), (xb, lb) in zip(cpu, same_path, got, strict=True):
@@ -465,18 +469,22 @@ def test_cuda_decode_gpu_close_to_cpu_and_on_device(samples: Samples) -> None:
 @pytest.mark.cuda
 @cuda
 def test_cuda_prefetch_and_gpu_cache_match_cpu(samples: Samples) -> None:
-    ref = batches(build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=0, **quiet))
-    plain = batches(build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=2, device="cuda", prefetch="none", **quiet))
-    pre = batches(build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=2, device="cuda", prefetch="cuda", **quiet))
+    common = dict(train=True, img_size=SIZE, batch_size=8, **quiet)
+    with build_loader(samples, workers=0, **common) as ld:
+        ref = batches(ld)
+    with build_loader(samples, workers=2, device="cuda", prefetch="none", **common) as ld:
+        plain = batches(ld)
+    with build_loader(samples, workers=2, device="cuda", prefetch="cuda", **common) as ld:
+        pre = batches(ld)
     assert same([(x.cpu(), y.cpu()) for x, y in pre], [(x.cpu(), y.cpu()) for x, y in plain])
     assert same([(x.cpu(), y.cpu()) for x, y in plain], ref) or all(
         torch.allclose(x.cpu(), y, atol=1e-5) for (x, _), (y, _) in zip(plain, ref, strict=True))
-    ram = build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=0, cache="ram", **quiet)
-    gpu = build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=1, device="cuda", cache="gpu", **quiet)
-    assert gpu.cache == "gpu" and gpu.store.data.device.type == "cuda"
-    for ld in (ram, gpu):
-        batches(ld)
-        ld.set_epoch(1)
-    for (xa, la), (xb, lb) in zip(batches(ram), batches(gpu), strict=True):
-        assert torch.equal(la, lb.cpu())
-        assert (to_uint8(xa).int() - to_uint8(xb.cpu()).int()).abs().float().mean() < 2
+    with build_loader(samples, workers=0, cache="ram", **common) as ram, \
+            build_loader(samples, workers=1, device="cuda", cache="gpu", **common) as gpu:
+        assert gpu.cache == "gpu" and gpu.store.data.device.type == "cuda"
+        for ld in (ram, gpu):
+            batches(ld)
+            ld.set_epoch(1)
+        for (xa, la), (xb, lb) in zip(batches(ram), batches(gpu), strict=True):
+            assert torch.equal(la, lb.cpu())
+            assert (to_uint8(xa).int() - to_uint8(xb.cpu()).int()).abs().float().mean() < 2

@@ -48,6 +48,11 @@ class ImageStore:
     def allocate(cls, heights: np.ndarray, widths: np.ndarray, device: torch.device) -> ImageStore:
         heights = np.asarray(heights, np.int32)
         widths = np.asarray(widths, np.int32)
+        bad = heights.astype(np.int64) * widths == 0
+        good_hw = set(zip(heights[~bad].tolist(), widths[~bad].tolist()))
+        if len(good_hw) == 1 and bad.any():  # one size for all: keep the layout a regular grid (see ``grid``)
+            (h, w), = good_hw
+            heights, widths = np.where(bad, h, heights).astype(np.int32), np.where(bad, w, widths).astype(np.int32)
         sizes = heights.astype(np.int64) * widths * 3
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         total = int(sizes.sum())
@@ -57,8 +62,16 @@ class ImageStore:
             data = torch.empty(total, dtype=torch.uint8, device=device)
         state = _shared_uint8(len(heights))
         state.zero_()
-        state[torch.from_numpy(sizes == 0)] = BAD
+        state[torch.from_numpy(bad)] = BAD
         return cls(data, offsets, heights, widths, state)
+
+    @property
+    def grid(self) -> torch.Tensor | None:
+        """Every image as one [N, H, W, 3] view when they all have one size (else None):
+        a batch is then one ``index_select`` instead of one view per image."""
+        if len(self) == 0 or (self.heights != self.heights[0]).any() or (self.widths != self.widths[0]).any():
+            return None
+        return self.data.view(len(self), int(self.heights[0]), int(self.widths[0]), 3)
 
     @property
     def nbytes(self) -> int:

@@ -651,8 +651,15 @@ class Loader:
         self.epoch = int(state["epoch"])
         self.start_position = self.position = int(state["position"])
 
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Stop the worker processes now (they also stop when the loader is garbage collected)."""
+        """Stop the worker processes now (they also stop when the loader is garbage collected,
+        or at the end of a ``with build_loader(...) as loader:`` block)."""
         it = getattr(self._dataloader, "_iterator", None)
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
@@ -735,24 +742,30 @@ class Loader:
         store = self.store
         assert store is not None and self.samples is not None
         s = self.img_size
-        keep = [int(i) for i in spec.indices if not store.bad(int(i))]
+        ok = store.state.numpy()[spec.indices] != cache_mod.BAD
+        keep = spec.indices[ok]
         labels = torch.from_numpy(self.samples.labels[keep]).to(self.device, non_blocking=True)
-        if keep and not self.augment and len({(store.heights[i], store.widths[i]) for i in keep}) == 1:
+        hs, ws = store.heights[keep], store.widths[keep]
+        if len(keep) and not self.augment and (hs == hs[0]).all() and (ws == ws[0]).all():
             # every image of the batch has one size: gather them, then one batched crop/resize (or none)
-            src = torch.stack([store.get(i) for i in keep]).permute(0, 3, 1, 2)
+            grid = store.grid
+            if grid is not None:
+                src = grid.index_select(0, torch.from_numpy(keep).to(self.device, non_blocking=True))
+            else:
+                src = torch.stack([store.get(int(i)) for i in keep])
+            src = src.permute(0, 3, 1, 2)
             if not self.train:
                 return self._normalizer.normalize_float_(src.float()), labels
             boxes, flips = [], []
-            for k, index in enumerate(spec.indices.tolist()):
-                if store.bad(index):
-                    continue
+            h, w, scale = int(hs[0]), int(ws[0]), self.dataset.crop_scale
+            for k in np.flatnonzero(ok).tolist():
                 rng = self.dataset._rng(spec.epoch, spec.start + k)  # the same draws as the per-image path
-                box = random_resized_crop_box(int(store.widths[index]), int(store.heights[index]), rng,
-                                              self.dataset.crop_scale)
+                box = random_resized_crop_box(w, h, rng, scale)
                 boxes.append((box.top, box.left, box.height, box.width))
                 flips.append(rng.random() < 0.5)
             out = crop_resize_flip_batch(src, torch.tensor(boxes), s, torch.tensor(flips))
             return self._normalizer.normalize_float_(out), labels
+        keep = keep.tolist()
         out = torch.empty((len(keep), 3, s, s), dtype=torch.float32, device=self.device)
         k_out = 0
         for k, index in enumerate(spec.indices.tolist()):
