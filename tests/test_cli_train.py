@@ -156,3 +156,32 @@ def test_help_does_not_import_torch() -> None:
     code = "import sys, finetune.cli as c\ntry:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_resume_without_max_steps_runs_to_the_end(colour_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = run_cli("train", "--data", str(colour_data), "--epochs", "2", "--out", str(out), "--max-steps", "2", *TINY)
+    assert first.returncode == 0, first.stderr
+    assert not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip()
+    again = run_cli("train", "--resume", "auto", "--out", str(out), "-q")  # the run's config.yaml, not its stop
+    assert again.returncode == 0, again.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+
+
+def test_resume_from_an_earlier_checkpoint_sets_the_newer_ones_aside(colour_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = run_cli("train", "--data", str(colour_data), "--epochs", "3", "--out", str(out), "--keep-last", "5", *TINY)
+    assert first.returncode == 0, first.stderr
+    numbered = sorted((out / "checkpoints").glob("ckpt-*.pt"))
+    assert len(numbered) == 3
+    earliest = numbered[0]
+    again = run_cli("train", "--resume", str(earliest), "--out", str(out), "--max-steps", "1", "-q")
+    assert again.returncode == 0, again.stderr
+    assert "moved to" in again.stderr and "nothing deleted" in again.stderr
+    aside = list((out / "checkpoints").glob("superseded-*"))
+    assert len(aside) == 1
+    assert sorted(p.name for p in aside[0].glob("ckpt-*.pt")) == [p.name for p in numbered[1:]]  # kept, not deleted
+    # what --resume auto now sees is the new line only: the earliest checkpoint and what followed it
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == torch.load(earliest, weights_only=True)["step"] + 1

@@ -941,6 +941,60 @@ class Checkpointer:
             warnings.warn(f"skipping checkpoint '{path}': {reason}", CheckpointWarning, stacklevel=2)
         return None
 
+    def set_aside_after(self, step: int) -> Path | None:
+        """Move the checkpoints saved after global step ``step`` (with their manifests, and
+        ``last.pt``/``best.pt`` where they are links to them) into ``checkpoints/superseded-<time>/``.
+
+        Resuming from an earlier checkpoint starts a new line of the run: the newer files
+        belong to the abandoned one, and ``latest()`` (``--resume auto``) or pruning must not
+        mix the two. Nothing is deleted. Returns the folder, or None when nothing was newer.
+
+        >>> import tempfile, torch
+        >>> ckpt = Checkpointer(tempfile.mkdtemp())
+        >>> for step in (1, 2, 3):
+        ...     _ = ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": step})
+        >>> folder = ckpt.set_aside_after(1)
+        >>> sorted(p.name for p in folder.iterdir() if p.suffix == ".pt")
+        ['ckpt-e0000-s00000002.pt', 'ckpt-e0000-s00000003.pt', 'last.pt']
+        >>> ckpt.load()["step"]
+        1
+        """
+        self._join()
+        newer = [n for n in self._names() if _numbered_key(n)[0] > step]  # type: ignore[index]
+        if not newer:
+            return None
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        folder = self.directory / f"superseded-{stamp}"
+        k = 1
+        while folder.exists():
+            k += 1
+            folder = self.directory / f"superseded-{stamp}-{k}"
+        try:
+            folder.mkdir()
+            moved: set[tuple[int, int]] = set()
+            for name in reversed(newer):  # newest first: an interruption leaves the oldest of them
+                path = self.directory / name
+                st = path.stat()
+                moved.add((st.st_dev, st.st_ino))
+                manifest = path.with_suffix(".json")
+                if manifest.exists():
+                    os.replace(manifest, folder / manifest.name)
+                os.replace(path, folder / name)
+            for link in (LAST, BEST):
+                path = self.directory / link
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.stat()
+                    if (st.st_dev, st.st_ino) in moved:
+                        os.replace(path, folder / link)
+            _fsync_dir(folder)
+            _fsync_dir(self.directory)
+        except OSError as e:
+            raise CheckpointError(f"cannot move the checkpoints newer than step {step} into '{folder}': "
+                                  f"{e.strerror or e}") from e
+        self._best = None
+        self._verified.clear()
+        return folder
+
     def best(self) -> Path | None:
         """``best.pt`` if it holds the best checkpoint, else the numbered best one, else None."""
         self._join()

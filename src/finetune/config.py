@@ -241,6 +241,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = Path(out) / "config.yaml"  # resuming a run: its own settings, unless flags say otherwise
     values: dict[str, Any] = _read_yaml(base) if base else {}
     values.pop("resume", None)
+    if base is not None and getattr(args, "config", None) is None:
+        # the run's own config.yaml: --max-steps was where that invocation stopped, not part of the run
+        values.pop("max-steps", None)
+        values.pop("max_steps", None)
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for name in names:

@@ -260,6 +260,11 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             raise CheckpointError(f"--resume auto: nothing to resume in '{run_dir / 'checkpoints'}': "
                                   "start without --resume, or give --resume PATH")
         resume_state = ckpt.load(resume_path)
+        if cfg.resume != "auto":  # an earlier checkpoint starts a new line: the newer ones must not mix in
+            aside = ckpt.set_aside_after(int(resume_state["step"]))
+            if aside is not None:
+                warn(f"resuming at step {resume_state['step']}: the checkpoints saved after it were moved to "
+                     f"'{aside}' (nothing deleted)")
 
     # ---- data
     torch.manual_seed(cfg.seed)
