@@ -49,7 +49,7 @@ class ImageStore:
         heights = np.asarray(heights, np.int32)
         widths = np.asarray(widths, np.int32)
         bad = heights.astype(np.int64) * widths == 0
-        good_hw = set(zip(heights[~bad].tolist(), widths[~bad].tolist()))
+        good_hw = set(zip(heights[~bad].tolist(), widths[~bad].tolist(), strict=True))
         if len(good_hw) == 1 and bad.any():  # one size for all: keep the layout a regular grid (see ``grid``)
             (h, w), = good_hw
             heights, widths = np.where(bad, h, heights).astype(np.int32), np.where(bad, w, widths).astype(np.int32)
