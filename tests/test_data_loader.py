@@ -488,3 +488,27 @@ def test_cuda_prefetch_and_gpu_cache_match_cpu(samples: Samples) -> None:
         for (xa, la), (xb, lb) in zip(batches(ram), batches(gpu), strict=True):
             assert torch.equal(la, lb.cpu())
             assert (to_uint8(xa).int() - to_uint8(xb.cpu()).int()).abs().float().mean() < 2
+
+
+def test_buffer_pool_reuses_only_buffers_given_back() -> None:
+    from finetune.data.loader import POOL_SLOTS, BufferPool
+
+    pool = BufferPool(workers=0)
+    a, slot_a = pool.take((2, 3))
+    b, slot_b = pool.take((2, 3))
+    assert slot_a != slot_b and a.data_ptr() != b.data_ptr()
+    pool.give_back(slot_a)
+    c, slot_c = pool.take((1, 3))  # a smaller batch (the last of an epoch) fits in a free buffer
+    assert slot_c == slot_a and c.data_ptr() == a.data_ptr()
+    held = [pool.take((2, 3)) for _ in range(POOL_SLOTS)]
+    assert held[-1][1] == (-1, -1)  # every slot in use: a fresh buffer, never one still being read
+    assert len({t.data_ptr() for t, _ in held} | {b.data_ptr(), c.data_ptr()}) == len(held) + 2  # none twice
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_gives_every_batch_buffer_back(samples: Samples, workers: int) -> None:
+    with _loader(samples, workers=workers) as ld:
+        first = batches(ld)
+        assert int(ld._pool.flags.sum()) == 0  # all read: all free for the workers again
+        ld.set_epoch(0)
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(first, batches(ld), strict=True))  # reuse is safe
