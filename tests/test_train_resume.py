@@ -101,6 +101,14 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return final_state(out)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_worker_count_does_not_change_the_run(data: Path, reference: dict[str, Any], tmp_path: Path,
+                                              workers: str) -> None:
+    """The same seed with data workers gives bitwise the run made in the main process."""
+    train(config(data, tmp_path / "run", workers=workers), quiet=True)
+    assert_same_run(tmp_path / "run", reference)
+
+
 def finetune_command() -> list[str]:
     script = Path(sys.executable).with_name("finetune")
     return [str(script)] if script.exists() else [sys.executable, "-m", "finetune.cli"]
