@@ -2,6 +2,8 @@
 # One call on the GPU machine: CUDA tests, then the GPU benchmarks; logs under $OUT, a short table last.
 #   run(command="bash benchmarks/gpu_check.sh", timeout_s=560)          # everything (~6 min on an H200)
 #   run(command="bash benchmarks/gpu_check.sh cuda-tests bench-train")  # only these steps
+# Optional steps (named only): ablations (with bench-train), profile (cProfile of finetune train),
+# profile-decode (torch.profiler of a decode="gpu" training loop).
 # The GPU machine has torch/torchvision/timm/tensorboard/pytest but no network: the project
 # runs from src/ (PYTHONPATH) against what is installed there. Generated data stays in /tmp
 # (never under $OUT, which comes back); at most 8 files come back: gpu.txt + one log per step.
@@ -32,6 +34,7 @@ step bench-freeze    60  $PY benchmarks/bench_freeze.py --device cuda
 step bench-train     200 $PY benchmarks/bench_train.py --device cuda --images 8000 --epochs 3 $([[ $STEPS == *ablations* ]] && echo --ablations)
 step bench-data-gpu  90  $PY benchmarks/bench_data.py --gpu --seconds 3
 step profile         60  bash -c "$PY -m cProfile -o /tmp/train.prof -m finetune train --data $DATA --model resnet50 --epochs 3 --batch-size 256 --optimizer sgd --device cuda --workers 16 --cache gpu --prefetch none --amp bf16 --channels-last -q --out /tmp/prof-run && $PY -c \"import pstats; s = pstats.Stats('/tmp/train.prof'); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumulative').print_stats(45)\""
+step profile-decode  90  $PY benchmarks/profile_train_input.py --data $DATA --decode gpu
 echo; cat "$OUT/gpu.txt"; echo
 printf '%s\n' "${rows[@]}"
 echo; grep -h -A12 "^finetune train," "$OUT/bench-train.log" 2>/dev/null | head -10
