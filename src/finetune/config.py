@@ -106,7 +106,8 @@ class TrainConfig:
             crop_scale=self.crop_scale if self.crop_scale is not None else ((0.7, 1.0) if shapes else (0.08, 1.0)),
             lr=self.lr if self.lr is not None else lr,
             weight_decay=self.weight_decay if self.weight_decay is not None else (5e-4 if sgd else 0.05),
-            # the built-in dataset fits in memory many times over: decode it once (measured 12% faster epochs)
+            # the built-in dataset fits in memory many times over: decode it once (the demo trained at
+            # 418-491 img/s with it, 399-410 without: BENCHMARKS.md, demo run)
             cache=self.cache if self.cache is not None else ("ram" if shapes else "none"),
         )
 

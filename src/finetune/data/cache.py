@@ -17,6 +17,7 @@ crops, so a cached eval epoch equals an uncached one exactly.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -65,10 +66,11 @@ class ImageStore:
         state[torch.from_numpy(bad)] = BAD
         return cls(data, offsets, heights, widths, state)
 
-    @property
+    @functools.cached_property
     def grid(self) -> torch.Tensor | None:
         """Every image as one [N, H, W, 3] view when they all have one size (else None):
-        a batch is then one ``index_select`` instead of one view per image."""
+        a batch is then one ``index_select`` instead of one view per image. Sizes are fixed
+        at allocation, so this is worked out once."""
         if len(self) == 0 or (self.heights != self.heights[0]).any() or (self.widths != self.widths[0]).any():
             return None
         return self.data.view(len(self), int(self.heights[0]), int(self.widths[0]), 3)

@@ -765,12 +765,8 @@ class Loader:
                 flips.append(rng.random() < 0.5)
             out = crop_resize_flip_batch(src, torch.tensor(boxes), s, torch.tensor(flips))
             return self._normalizer.normalize_float_(out), labels
-        keep = keep.tolist()
         out = torch.empty((len(keep), 3, s, s), dtype=torch.float32, device=self.device)
-        k_out = 0
-        for k, index in enumerate(spec.indices.tolist()):
-            if store.bad(index):
-                continue
+        for k_out, (k, index) in enumerate(zip(np.flatnonzero(ok).tolist(), keep.tolist(), strict=True)):
             src = store.get(index).permute(2, 0, 1)
             if self.train:
                 rng = self.dataset._rng(spec.epoch, spec.start + k)
@@ -782,7 +778,6 @@ class Loader:
             else:
                 x = src.float()
             out[k_out] = x
-            k_out += 1
         return self._normalizer.normalize_float_(out), labels
 
     # -- iteration

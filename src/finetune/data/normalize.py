@@ -4,9 +4,10 @@ On CPU the cost of ``batch.float().sub_(mean).div_(std)`` is mostly not the
 arithmetic: a fresh 38 MB float batch (64x3x224x224) is page-faulted in on
 every call, and per-channel broadcasting over a channels-last tensor defeats
 vectorisation. :class:`Normalizer` writes into recycled buffers (a buffer is
-reused only once nothing outside the pool references its storage) and
-applies mean/std along contiguous rows. Measured on 2 cores: ~4 ms per
-64-image batch instead of ~35 ms.
+reused only once nothing outside the pool references its storage) and takes
+the loader's NCHW uint8 batches, so the float copy is contiguous and mean/std
+apply per plane. Measured on one thread: ~4.7 ms per 64-image 224 px batch,
+against ~11 ms from NHWC (the transposing copy) and ~35 ms for the line above.
 
 >>> import torch
 >>> norm = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"), channels_last=False)
@@ -51,7 +52,7 @@ def intra_op_threads(n: int | None) -> Iterator[None]:
 
 
 class Normalizer:
-    """``(x - 255*mean) / (255*std)`` for uint8 NHWC batches, output NCHW float32.
+    """``(x - 255*mean) / (255*std)`` for uint8 NHWC or NCHW batches, output NCHW float32.
 
     ``channels_last`` picks the output memory format. On CPU the output
     buffers are recycled (``pool`` of them) when the caller has dropped them.
