@@ -359,6 +359,48 @@ def test_normalizer_recycles_only_released_buffers() -> None:
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.allclose(cl, ref, atol=1e-5)
 
 
+def test_dropped_loader_is_freed_without_the_garbage_collector(samples: Samples) -> None:
+    """No reference cycle inside the loader: dropped, it goes at once, and with it its workers
+    (a cycle would leave it to the collector, which closes the workers' queues before the
+    DataLoader sends them the stop signal: a 5 s join timeout per worker)."""
+    import gc
+    import weakref
+
+    loader = build_loader(samples, train=True, img_size=SIZE, batch_size=4, workers=2, **quiet)
+    it = iter(loader)
+    next(it)
+    workers = list(loader._dataloader._iterator._workers)
+    ref = weakref.ref(loader)
+    gc.disable()
+    try:
+        del it, loader
+        assert ref() is None
+    finally:
+        gc.enable()
+    assert [w.exitcode for w in workers] == [0, 0]
+
+
+def test_loader_in_a_garbage_cycle_stops_its_workers_without_the_join_timeout(samples: Samples) -> None:
+    """Inside a cycle of the caller's objects, collected by gc: the workers still get the stop
+    signal, so the collection does not wait out the DataLoader's join timeout per worker."""
+    import gc
+    import time
+
+    from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
+
+    loader = build_loader(samples, train=True, img_size=SIZE, batch_size=4, workers=2, **quiet)
+    it = iter(loader)
+    next(it)
+    workers = list(loader._dataloader._iterator._workers)
+    owner = {"loader": loader}
+    loader.owner = owner
+    del it, loader, owner
+    start = time.monotonic()
+    gc.collect()
+    assert time.monotonic() - start < MP_STATUS_CHECK_INTERVAL  # a hang check, not a speed claim
+    assert [w.exitcode for w in workers] == [0, 0]
+
+
 def test_thread_prefetch_gives_the_same_batches(samples: Samples) -> None:
     ref = batches(build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=0, **quiet))
     got = batches(build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=0, prefetch="thread", **quiet))

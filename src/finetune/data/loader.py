@@ -37,6 +37,7 @@ import random
 import re
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,7 +447,10 @@ class _BatchSampler:
     """Yields the :class:`BatchSpec` of each batch of the loader's epoch, from its start position."""
 
     def __init__(self, loader: Loader):
-        self.loader = loader
+        # a weak reference: a strong one would make Loader -> DataLoader -> sampler -> Loader a
+        # cycle, left to the garbage collector, which closes the workers' queues before the
+        # DataLoader can send them the stop signal (each worker then costs a 5 s join timeout)
+        self.loader = weakref.proxy(loader)
 
     def __len__(self) -> int:
         return len(self.loader) - self.loader.start_position
@@ -581,6 +585,9 @@ class Loader:
             # RNG would shift dropout & co. between an uninterrupted and a resumed run
             generator=torch.Generator().manual_seed(seed),
         )
+        # stops the workers when the loader goes, even from inside a garbage cycle of the
+        # caller's objects: the registry keeps the DataLoader and its queues alive until then
+        weakref.finalize(self, _stop_workers, self._dataloader)
 
     # -- cache planning
     def _plan_store(self, mode: str, max_bytes: int | None) -> cache_mod.ImageStore | None:
@@ -660,10 +667,7 @@ class Loader:
     def close(self) -> None:
         """Stop the worker processes now (they also stop when the loader is garbage collected,
         or at the end of a ``with build_loader(...) as loader:`` block)."""
-        it = getattr(self._dataloader, "_iterator", None)
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
-        self._dataloader._iterator = None
+        _stop_workers(self._dataloader)
 
     # -- bad files
     @property
@@ -856,6 +860,13 @@ class Loader:
             if close is not None:
                 close()
         self.start_position = self.position
+
+
+def _stop_workers(dataloader: DataLoader) -> None:
+    it = getattr(dataloader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    dataloader._iterator = None
 
 
 def read_jpeg_cpu(data: torch.Tensor) -> torch.Tensor:
