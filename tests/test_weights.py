@@ -493,6 +493,34 @@ def test_adapt_classifier_rows_by_class_map():
         load_weights(make_net(4, num_classes=3), big.state_dict(), shape_mismatch="adapt", class_map={0: 10})
 
 
+def small_vit(image_size: int) -> nn.Module:
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(image_size=image_size, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
+                             mlp_dim=32, num_classes=3)
+
+
+@pytest.mark.parametrize("mismatch", ["skip", "adapt"])
+def test_vit_position_embedding_is_resampled_for_another_image_size(mismatch):
+    torch.manual_seed(0)
+    src, dst = small_vit(32), small_vit(64)  # a 4x4 grid of patches -> 8x8
+    report = load_weights(dst, src.state_dict(), shape_mismatch=mismatch, strict=True)
+    assert [n for n, _ in report.adapted] == ["encoder.pos_embedding"] and not report.mismatched
+    old, new = src.encoder.pos_embedding.detach(), dst.encoder.pos_embedding.detach()
+    assert new.shape == (1, 1 + 64, 16) and torch.equal(new[:, 0], old[:, 0])  # the class token's own
+    # bicubic: the 8x8 grid's mean is close to the 4x4 grid's; a plain copy is impossible
+    assert torch.allclose(new[:, 1:].mean(1), old[:, 1:].mean(1), atol=0.1)
+    timm_layers = pytest.importorskip("timm.layers")
+    want = timm_layers.resample_abs_pos_embed(old, (8, 8), num_prefix_tokens=1)
+    assert torch.allclose(new, want, atol=1e-6)  # what timm gives for its own pretrained ViTs
+    dst(torch.randn(2, 3, 64, 64))  # and the model runs at its size
+
+
+def test_vit_position_embedding_mismatch_is_an_error_when_asked():
+    with pytest.raises(WeightsError, match="pos_embedding"):
+        load_weights(small_vit(64), small_vit(32).state_dict(), shape_mismatch="error")
+
+
 @pytest.mark.parametrize("channels", [1, 4, 6])
 def test_adapt_first_conv_input_channels(channels):
     src = make_net(1)

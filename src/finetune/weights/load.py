@@ -171,6 +171,51 @@ def adapt_input_channels(weight: Tensor, channels: int) -> Tensor:
     return weight.repeat(1, reps, *([1] * (weight.dim() - 2)))[:, :channels] * (old / channels)
 
 
+def _grid_split(tokens_a: int, tokens_b: int) -> tuple[int, int, int] | None:
+    """``(prefix tokens, grid side a, grid side b)`` for two token counts that are square grids
+    after the same number of class/distillation/register tokens (0-8), or None."""
+    for prefix in range(0, 9):
+        a, b = math.isqrt(max(tokens_a - prefix, 0)), math.isqrt(max(tokens_b - prefix, 0))
+        if a > 0 and b > 0 and a * a == tokens_a - prefix and b * b == tokens_b - prefix:
+            return prefix, a, b
+    return None
+
+
+def is_pos_embed(name: str) -> bool:
+    """Whether ``name`` is a ViT absolute position embedding (torchvision ``encoder.pos_embedding``,
+    timm ``pos_embed``, Hugging Face ``position_embeddings``).
+
+    >>> is_pos_embed("encoder.pos_embedding"), is_pos_embed("pos_embed"), is_pos_embed("fc.weight")
+    (True, True, False)
+    """
+    leaf = name.rpartition(".")[2]
+    return leaf in ("pos_embed", "pos_embedding", "position_embeddings") or leaf.endswith("pos_embed")
+
+
+def resample_pos_embed(tensor: Tensor, tokens: int) -> tuple[Tensor, str]:
+    """A ``[1, prefix + g*g, D]`` position embedding resampled to ``tokens`` positions, for a
+    ViT built at another image size: the class/distillation tokens are kept, the g x g grid
+    is resized bicubically with antialiasing, as timm's ``resample_abs_pos_embed`` does when
+    it loads pretrained weights at another ``img_size`` (same values).
+
+    >>> t = torch.randn(1, 1 + 14 * 14, 8)
+    >>> out, how = resample_pos_embed(t, 1 + 24 * 24)
+    >>> tuple(out.shape), how, torch.equal(out[:, 0], t[:, 0])
+    ((1, 577, 8), 'position grid 14x14 -> 24x24 (bicubic), 1 prefix token kept', True)
+    """
+    split = _grid_split(tensor.shape[1], tokens)
+    if tensor.dim() != 3 or tensor.shape[0] != 1 or split is None:
+        raise WeightsError(f"cannot resample a position embedding of shape {_fmt(tuple(tensor.shape))} "
+                           f"to {tokens} tokens: not [1, prefix + grid*grid, dim]")
+    prefix, old, new = split
+    dim = tensor.shape[2]
+    grid = tensor[:, prefix:].float().reshape(1, old, old, dim).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False, antialias=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(tensor.dtype)
+    tokens_kept = f", {prefix} prefix token{'s' if prefix != 1 else ''} kept" if prefix else ""
+    return torch.cat([tensor[:, :prefix], grid], dim=1), f"position grid {old}x{old} -> {new}x{new} (bicubic){tokens_kept}"
+
+
 def select_rows(tensor: Tensor, model_tensor: Tensor, class_map: Mapping[int, int], name: str) -> Tensor:
     """The model's classifier tensor with rows ``new <- old`` copied from the file.
 
@@ -218,7 +263,9 @@ def load_weights(
     are aligned automatically. ``exclude``/``include`` are glob patterns on key names,
     ``rename`` is ``{regex: replacement}``. ``shape_mismatch``: ``"skip"`` keeps the
     model's tensor, ``"error"`` raises, ``"adapt"`` adapts the first conv's input
-    channels and copies classifier rows by ``class_map={new_index: old_index}``.
+    channels and copies classifier rows by ``class_map={new_index: old_index}``. A ViT
+    position embedding for another image size is resampled (:func:`resample_pos_embed`)
+    unless ``shape_mismatch="error"``; the report lists it under ``adapted``.
 
     >>> import torch
     >>> src = torch.nn.Linear(4, 10); dst = torch.nn.Linear(4, 3)
@@ -273,7 +320,9 @@ def load_weights(
             report.loaded.append(name)
             continue
         fitted = None
-        if shape_mismatch == "adapt":
+        if shape_mismatch != "error" and _resamplable(name, file_shape, model_shape):
+            fitted = resample_pos_embed(tensor, model_shape[1])
+        elif shape_mismatch == "adapt":
             fitted = _adapt(name, tensor, model_sd[clean_to_key[name]], first_conv, classifier, class_map)
         if fitted is not None:
             to_load[clean_to_key[name]] = fitted[0]
@@ -310,6 +359,11 @@ def _read_source(model: torch.nn.Module, source: Any, *, trust: bool, arch: str 
             raise WeightsError(f"'torchvision' weights do not exist for timm model {arch}: use --pretrained {arch}")
         return read_checkpoint(sources.resolve(source, arch), trust=trust)
     return read_checkpoint(source, trust=trust)
+
+
+def _resamplable(name: str, file_shape: Shape, model_shape: Shape) -> bool:
+    return (is_pos_embed(name) and len(file_shape) == len(model_shape) == 3 and file_shape[0] == model_shape[0] == 1
+            and file_shape[2] == model_shape[2] and _grid_split(file_shape[1], model_shape[1]) is not None)
 
 
 def _adapt(name: str, tensor: Tensor, model_tensor: Tensor, first_conv: str | None, classifier: str | None,
