@@ -623,7 +623,7 @@ class Loader:
         """Decode every image once (CPU workers) into the GPU store."""
         store = self.store
         assert store is not None
-        todo = [i for i in range(len(store)) if not store.filled(i) and not store.bad(i)]
+        todo = np.flatnonzero(store.state.numpy() == cache_mod.EMPTY).tolist()  # (every epoch: no Python loop)
         if not todo:
             return
         capped = _CappedDataset(self.dataset)
