@@ -10,7 +10,21 @@ Per file, after reading only its header to learn the size and pick the crop:
 * everything else (PNG, WebP, truncated or odd JPEGs): PIL, which raises on
   truncated data instead of filling it with grey.
 
-Everything returned is uint8 HWC; nothing here makes a float.
+Everything returned is uint8 HWC; nothing here makes a float. The content decides
+the decoder, never the file name (a JPEG called ``x.png`` decodes as a JPEG). The
+pixels are those of torchvision's ImageFolder, ``PIL.Image.open(p).convert("RGB")``:
+
+* EXIF orientation is ignored, as PIL (without ``exif_transpose``) and
+  ``torchvision.io.decode_jpeg`` ignore it; ICC profiles are not applied;
+* alpha is dropped (RGBA, LA, palette transparency), GIFs give their first frame,
+  CMYK JPEGs (Adobe-inverted, as Photoshop writes them) are converted by libjpeg/PIL;
+* one exception: 16-bit (and 32-bit integer) greyscale, which PIL's
+  ``convert("RGB")`` clips to white above 255, keeps its high byte (``v >> 8``,
+  what ``ToDtype(torch.uint8, scale=True)`` does), unless every value fits in
+  8 bits, where PIL's result is right and is kept (:func:`to_rgb`);
+* a PNG whose chunk CRCs do not match is a bad file (libpng's rule; PIL alone
+  would decode it), and so is any file PIL cannot decode completely. Bytes after
+  a JPEG's end marker are ignored, as libjpeg ignores them.
 
 >>> import tempfile, os
 >>> from PIL import Image
@@ -25,7 +39,9 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,14 +63,34 @@ BoxFor = Callable[[int, int], CropBox]
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
 # what PIL and torchvision raise for unreadable, truncated or non-image files
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, EOFError, struct.error, zlib.error,
+                 Image.DecompressionBombError)
+# what PIL's decoders raise on some corrupt files (seen fuzzing TIFFs): turned into OSError by
+# load_rgb, only around PIL's decoding, so that a bug elsewhere is not mistaken for a bad file
+_CORRUPT_ERRORS = (TypeError, IndexError, KeyError, ZeroDivisionError, MemoryError)
+# PIL formats that are JPEG streams (MPO: phones' multi-picture JPEGs, frame 0 is the photo)
+JPEG_FORMATS = ("JPEG", "MPO")
+_SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def read_file(path: str) -> torch.Tensor:
-    """The file's bytes as a 1-D uint8 tensor (what ``decode_jpeg`` takes)."""
+    """The file's bytes as a 1-D uint8 tensor (what ``decode_jpeg`` takes).
+
+    torchvision's reader, or Python's where it fails: for a name that is not valid UTF-8
+    (torchvision cannot take it; Python can) and for a missing or unreadable file (whose
+    ``OSError`` then says why).
+
+    >>> read_file("/nonexistent.jpg")
+    Traceback (most recent call last):
+    FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent.jpg'
+    """
     import torchvision.io
 
-    return torchvision.io.read_file(path)
+    try:
+        return torchvision.io.read_file(path)
+    except RuntimeError:
+        with open(path, "rb") as f:
+            return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
 
 
 def is_complete_jpeg(data: np.ndarray) -> bool:
@@ -76,9 +112,80 @@ def open_header(data: torch.Tensor) -> Image.Image:
     return Image.open(io.BytesIO(data.numpy().tobytes()))
 
 
+def png_crc_error(data: bytes | memoryview | np.ndarray) -> str | None:
+    """Why the PNG ``data`` fails its chunk CRCs, or None if every chunk up to IEND checks out.
+
+    PIL checks the CRCs of the chunks before the pixel data only; libpng (and so
+    torchvision) rejects a file whose IDAT CRC is wrong. A chunk cut short is left to
+    the decoder (it raises when pixel data is missing). Costs one ``crc32`` over the file.
+
+    >>> import zlib, struct
+    >>> chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    >>> good = b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IDAT", b"abc") + chunk(b"IEND", b"")
+    >>> png_crc_error(good) is None
+    True
+    >>> png_crc_error(good[:18] + b"x" + good[19:])
+    "bad CRC in the PNG's IDAT chunk"
+    """
+    view = memoryview(data).cast("B")
+    pos, end = 8, len(view)
+    while pos + 12 <= end:
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        stop = pos + 8 + length
+        if stop + 4 > end:
+            return None
+        if zlib.crc32(view[pos + 4:stop]) != int.from_bytes(view[stop:stop + 4], "big"):
+            return f"bad CRC in the PNG's {bytes(view[pos + 4:pos + 8]).decode('latin-1')} chunk"
+        if view[pos + 4:pos + 8] == b"IEND":
+            return None
+        pos = stop + 4
+    return None
+
+
+def _check_png(data: bytes | memoryview | np.ndarray) -> None:
+    reason = png_crc_error(data)
+    if reason is not None:
+        raise OSError(reason)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img.convert("RGB")`` (decoding it), except that 16-bit greyscale keeps its high byte.
+
+    PIL clips ``I;16`` values above 255 to white; here they become ``v >> 8`` unless
+    every value fits in 8 bits (then they are kept, equal to PIL's result). An RGB
+    image is returned as it is, decoded, without PIL's copy.
+
+    >>> grey16 = Image.fromarray(np.array([[0, 257 * 100, 65535]], np.uint16))
+    >>> np.asarray(to_rgb(grey16))[0, :, 0].tolist(), np.asarray(grey16.convert("RGB"))[0, :, 0].tolist()
+    ([0, 100, 255], [0, 255, 255])
+    """
+    if img.mode == "RGB":
+        img.load()
+        return img
+    if img.mode in _SIXTEEN_BIT_GREY:
+        values = np.asarray(img).astype(np.int32).clip(0, 65535)
+        if values.size and values.max() > 255:
+            values >>= 8
+        return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(img: Image.Image) -> Image.Image:
+    """:func:`to_rgb`; the odd exceptions PIL's decoders raise on some corrupt files become
+    ``OSError`` (one of :data:`DECODE_ERRORS`), so the file counts as bad.
+
+    >>> load_rgb(Image.new("LA", (4, 2))).mode
+    'RGB'
+    """
+    try:
+        return to_rgb(img)
+    except _CORRUPT_ERRORS as e:
+        raise OSError(f"corrupt image data ({type(e).__name__}: {e})") from e
+
+
 def _pil_crop(img: Image.Image, full: tuple[int, int], box: CropBox) -> torch.Tensor:
     """Crop ``box`` (full-size pixels) out of ``img`` (maybe DCT-reduced), as HWC uint8."""
-    img = img.convert("RGB")  # decodes; raises on truncated data
+    img = load_rgb(img)  # decodes; raises on truncated data
     sx, sy = img.size[0] / full[0], img.size[1] / full[1]
     left, top = box.left * sx, box.top * sy
     region = (round(left), round(top), max(round(left) + 1, round(left + box.width * sx)),
@@ -102,7 +209,7 @@ def decode_crop(path: str, box_for: BoxFor, out_side: int, *, data: torch.Tensor
     img = open_header(data)
     full = img.size
     box = box_for(*full)
-    if img.format == "JPEG":
+    if img.format in JPEG_FORMATS:
         reduce = dct_reduction(min(box.width, box.height), out_side) if dct else 1
         if reduce > 1:
             img.draft("RGB", (math.ceil(full[0] / reduce), math.ceil(full[1] / reduce)))
@@ -114,6 +221,8 @@ def decode_crop(path: str, box_for: BoxFor, out_side: int, *, data: torch.Tensor
             else:
                 hwc = chw.permute(1, 2, 0)  # decode_jpeg's memory is HWC: this is free
                 return hwc[box.top:box.top + box.height, box.left:box.left + box.width]
+    elif img.format == "PNG":
+        _check_png(data.numpy())
     return _pil_crop(img, full, box)
 
 
@@ -127,11 +236,14 @@ def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: b
     img = Image.open(path)
     full = img.size
     left, top, right, bottom = eval_resize_box(*full, size, crop_pct)
-    if img.format == "JPEG":
+    if img.format in JPEG_FORMATS:
         reduce = dct_reduction(int(min(right - left, bottom - top)), size) if dct else 1
         if reduce > 1:
             img.draft("RGB", (math.ceil(full[0] / reduce), math.ceil(full[1] / reduce)))
-    img = img.convert("RGB")
+    elif img.format == "PNG":
+        with open(path, "rb") as f:
+            _check_png(f.read())
+    img = load_rgb(img)
     sx, sy = img.size[0] / full[0], img.size[1] / full[1]
     out = img.resize((size, size), Image.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy))
     return torch.from_numpy(np.array(out, dtype=np.uint8))
@@ -177,7 +289,10 @@ def check_file(path: str) -> str | None:
     """
     try:
         with Image.open(path) as img:
-            img.convert("RGB")
+            if img.format == "PNG":
+                with open(path, "rb") as f:
+                    _check_png(f.read())
+            load_rgb(img)
     except DECODE_ERRORS as e:
         return f"{type(e).__name__}: {e}"
     return None

@@ -19,6 +19,7 @@ copy it page by page the way they copy a Python list of tuples.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,13 @@ import numpy as np
 
 from finetune.errors import DataError
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# torchvision's list, plus GIF (first frame) and the JPEG spellings Windows and browsers use
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+                  ".gif", ".jfif", ".jpe", ".avif")
 VAL_DIR_NAMES = ("val", "valid", "validation")
+# folders that tools leave in datasets and that never hold samples (hidden ones, starting
+# with '.', are skipped too): macOS zip resource forks, Synology NAS thumbnails, Windows drives
+SKIP_DIRS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"})
 
 
 @dataclass(frozen=True)
@@ -62,26 +68,90 @@ class Samples:
         return {c: int(n) for c, n in zip(self.classes, counts, strict=True)}
 
 
+def is_image_name(name: str) -> bool:
+    """An image extension (any case) and not hidden: ``._x.jpg`` (macOS AppleDouble) is not an image.
+
+    >>> [is_image_name(n) for n in ("a.JPG", "b.Png", "c.gif", "._c.jpg", ".DS_Store", "Thumbs.db")]
+    [True, True, True, False, False, False]
+    """
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS
+
+
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
+    return is_image_name(path.name)
+
+
+def _is_skipped_dir(name: str) -> bool:
+    return name.startswith(".") or name in SKIP_DIRS
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in root.iterdir() if p.is_dir() and not _is_skipped_dir(p.name))
+
+
+def image_files(folder: str | Path) -> list[str]:
+    """The image files under ``folder``, in torchvision ImageFolder's order: folder by folder
+    (``sorted(os.walk(folder, followlinks=True))``), files sorted within each.
+
+    Symbolic links are followed (each folder is visited once, so a link to a parent does not
+    loop) and keep their own names; a link whose target is missing is kept, to be reported as
+    a bad file. Hidden files and folders and :data:`SKIP_DIRS` are skipped.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for name in ("b.JPG", "a.png", "sub/c.jpg", "._a.png", ".cache/d.jpg", "__MACOSX/._b.JPG", "Thumbs.db"):
+    ...     (d / name).parent.mkdir(parents=True, exist_ok=True)
+    ...     _ = (d / name).write_bytes(b"")
+    >>> [os.path.relpath(p, d) for p in image_files(d)]
+    ['a.png', 'b.JPG', 'sub/c.jpg']
+    """
+    found: list[tuple[str, list[str]]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [os.path.abspath(folder)]
+    while stack:
+        directory = stack.pop()
+        try:
+            st = os.stat(directory)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        names: list[str] = []
+        subdirs: list[str] = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        if not _is_skipped_dir(entry.name):
+                            subdirs.append(entry.path)
+                    elif is_image_name(entry.name) and (entry.is_file() or entry.is_symlink()):
+                        names.append(entry.name)
+        except OSError:  # unreadable folder: skipped, as os.walk (and so torchvision) skips it
+            continue
+        found.append((directory, sorted(names)))
+        stack += sorted(subdirs, reverse=True)  # visited in sorted order: which of two links to one folder counts is fixed
+    found.sort(key=lambda item: item[0])
+    return [os.path.join(directory, name) for directory, names in found for name in names]
 
 
 def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Samples:
     """Scan ``root/<class>/**/<image>`` (torchvision ImageFolder layout).
 
     ``classes`` fixes the class list and its order (e.g. the train split's for
-    the val split); by default the sorted sub-folder names are the classes.
+    the val split); by default the sorted sub-folder names are the classes, and
+    a class folder without images is an error (torchvision raises too), where
+    skipping it would silently train a different set of classes. Hidden files
+    (``.DS_Store``, ``._x.jpg``), hidden folders, :data:`SKIP_DIRS` and files without
+    an image extension (``Thumbs.db``) are not samples; see :func:`image_files`.
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))
     if not root.exists():
         raise DataError(f"data folder '{root}' does not exist")
     if not root.is_dir():
         raise DataError(f"'{root}' is not a folder: give a folder of class sub-folders or a CSV file")
     found = [d.name for d in _class_dirs(root)]
+    fixed = classes is not None
     if classes is None:
         classes = found
     missing = sorted(set(found) - set(classes))
@@ -89,37 +159,107 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
         raise DataError(f"'{root}' has class folders {missing} that the training split does not have")
     paths: list[str] = []
     labels: list[int] = []
+    empty: list[str] = []
     for label, name in enumerate(classes):
         folder = root / name
         if not folder.is_dir():
             continue
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
-        paths += [str(p.resolve()) for p in files]
+        files = image_files(folder)
+        if not files:
+            empty.append(name)
+        paths += files
         labels += [label] * len(files)
     if not paths:
-        raise DataError(
-            f"no images found in '{root}': expected class sub-folders holding "
-            f"{', '.join(IMG_EXTENSIONS[:3])}… files (root/<class>/<image>)"
-        )
+        loose = [n for n in os.listdir(root) if is_image_name(n)]
+        where = (f"'{root}' holds {len(loose)} images but no class sub-folders: put each class's images "
+                 f"in its own folder (root/<class>/<image>)" if loose else
+                 f"no images found in '{root}': expected class sub-folders holding "
+                 f"{', '.join(IMG_EXTENSIONS[:3])}… files (root/<class>/<image>)")
+        raise DataError(where)
+    if empty and not fixed:
+        raise DataError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(repr(e) for e in empty)} in '{root}' "
+                        f"hold{'' if len(empty) > 1 else 's'} no images ({', '.join(IMG_EXTENSIONS)}): add images "
+                        f"or remove the folder{'s' if len(empty) > 1 else ''}")
     return Samples.from_lists(paths, labels, classes)
+
+
+PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "file_name", "fname", "image",
+                "image_path", "image_file", "image_name", "img", "img_path")
+LABEL_COLUMNS = ("label", "class", "class_name", "classname", "category", "target", "label_name", "y")
+
+
+def _header(row: list[str]) -> list[str] | None:
+    """Canonical column names ('path', 'label', 'split', …) if ``row`` is a header line, else None."""
+    cells = [c.strip().lower() for c in row]
+    if not any(c in PATH_COLUMNS for c in cells) or not any(c in LABEL_COLUMNS for c in cells):
+        return None
+    out, seen = [], set()
+    for c in cells:
+        name = "path" if c in PATH_COLUMNS else "label" if c in LABEL_COLUMNS else c
+        if name in seen:  # a second path-like column (e.g. 'image' next to 'path'): keep the first
+            name = c + "_"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def _class_order(names: Sequence[str]) -> list[str]:
+    """Sorted class names; integers in numeric order (``'2' < '10'``).
+
+    >>> _class_order(["10", "2", "1"]), _class_order(["b", "a", "10"])
+    (['1', '2', '10'], ['10', 'a', 'b'])
+    """
+    unique = set(names)
+    if all(n.lstrip("+-").isdigit() for n in unique):
+        return sorted(unique, key=lambda n: (int(n), n))
+    return sorted(unique)
 
 
 def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Samples, np.ndarray | None]:
     """Read a CSV of ``path,label`` rows (an optional ``split`` column).
 
     Paths are relative to the CSV's folder unless absolute. Labels are class
-    names (or integers). Returns the samples and the ``split`` column, if any.
+    names or integers (integer classes are ordered numerically). A header line
+    is recognised by its column names (``path``/``filename``/``image``…,
+    ``label``/``class``/``category``…, in any order), or by a first row whose
+    path is neither an image name nor a file when the second row's is a file.
+    What spreadsheets write is read too: a UTF-8 byte-order mark, CRLF, ``;`` or
+    tab separators, quoting.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> (d / "img").mkdir()
+    >>> for n in ("a.jpg", "b.jpg"):
+    ...     _ = (d / "img" / n).write_bytes(b"")
+    >>> _ = (d / "list.csv").write_text("filename;class\\nimg/a.jpg;dog\\nimg/b.jpg;cat\\n", encoding="utf-8-sig")
+    >>> s, split = read_csv(d / "list.csv")
+    >>> s.classes, s.labels.tolist(), split is None
+    (('cat', 'dog'), [1, 0], True)
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV file '{path}' does not exist")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        header = [c.strip().lower() for c in rows[0]]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="latin-1")
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip() and not ln.startswith("#")), "")
+    delimiter = "," if "," in first or not ("\t" in first or ";" in first) else ("\t" if "\t" in first else ";")
+    rows = [r for r in csv.reader(lines, delimiter=delimiter)
+            if r and any(c.strip() for c in r) and not r[0].startswith("#")]
+    base = path.parent
+    header = _header(rows[0]) if rows else None
+    if header is not None:
         rows = rows[1:]
     else:
         header = ["path", "label", "split"][: len(rows[0]) if rows else 2]
+        cell = rows[0][0].strip() if rows else ""
+        if (len(rows) >= 2 and not is_image_name(os.path.basename(cell)) and not (base / cell).exists()
+                and (base / rows[1][0].strip()).exists()):
+            header = [c.strip().lower() for c in rows[0]]  # a header with unknown names: columns by position
+            header[:2] = ["path", "label"]
+            rows = rows[1:]
     if not rows:
         raise DataError(f"CSV file '{path}' has no rows: expected 'path,label' lines")
     try:
@@ -127,15 +267,24 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     except ValueError:
         raise DataError(f"CSV file '{path}' needs 'path' and 'label' columns, found {header}") from None
     isplit = header.index("split") if "split" in header else None
+    need = max(ip, il, isplit if isplit is not None else 0) + 1
+    short = [k for k, r in enumerate(rows) if len(r) < need]
+    if short:
+        raise DataError(f"CSV file '{path}' has {len(short)} rows with fewer than {need} columns, "
+                        f"e.g. {delimiter.join(rows[short[0]])!r}")
     names = [r[il].strip() for r in rows]
     if classes is None:
-        classes = sorted(set(names))
+        classes = _class_order(names)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(names) - set(index))
     if unknown:
         raise DataError(f"CSV file '{path}' has labels {unknown[:5]} that are not among the classes {list(classes)[:10]}")
-    base = path.parent
-    paths = [str((base / r[ip].strip()).resolve()) for r in rows]
+    paths = []
+    for r in rows:
+        p = os.path.join(base, r[ip].strip())
+        if not os.path.exists(p) and "\\" in p and os.path.exists(p.replace("\\", "/")):  # written on Windows
+            p = p.replace("\\", "/")
+        paths.append(os.path.abspath(p))
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"CSV file '{path}' lists {len(missing)} files that do not exist, e.g. '{missing[0]}'")

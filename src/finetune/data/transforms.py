@@ -107,18 +107,24 @@ def open_image(path: str, crop_for: callable, out_size: int) -> Image.Image:  # 
     """Open ``path``, choose the crop from its full size, decode at the smallest
     DCT scale that still gives the crop ``out_size`` pixels, return the crop (RGB).
 
-    ``crop_for(width, height) -> CropBox`` picks the crop in full-size pixels.
+    ``crop_for(width, height) -> CropBox`` picks the crop in full-size pixels. The pixels
+    are :func:`finetune.data.decode.to_rgb`'s (the loader's), and a PNG with bad CRCs raises.
     """
+    from finetune.data.decode import JPEG_FORMATS, _check_png, load_rgb
+
     img = Image.open(path)
     full_w, full_h = img.size
     box = crop_for(full_w, full_h)
-    if img.format == "JPEG":
+    if img.format in JPEG_FORMATS:
         reduce = 1
         while reduce < 8 and min(box.width, box.height) / (reduce * 2) >= out_size:
             reduce *= 2
         if reduce > 1:
             img.draft("RGB", (math.ceil(full_w / reduce), math.ceil(full_h / reduce)))
-    img = img.convert("RGB")
+    elif img.format == "PNG":
+        with open(path, "rb") as f:
+            _check_png(f.read())
+    img = load_rgb(img)
     sx, sy = img.size[0] / full_w, img.size[1] / full_h
     left, top = box.left * sx, box.top * sy
     return img.crop((round(left), round(top), round(left + box.width * sx), round(top + box.height * sy)))
@@ -141,7 +147,9 @@ def train_transform(path: str, size: int, rng: np.random.Generator,
 def eval_transform(source: str | Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT) -> torch.Tensor:
     """Resize(size / crop_pct) + CenterCrop(size), as uint8 CHW."""
     if isinstance(source, Image.Image):
-        img = source.convert("RGB")
+        from finetune.data.decode import to_rgb
+
+        img = to_rgb(source)
         b = center_crop_box(*img.size, size, crop_pct)
         crop = img.crop((b.left, b.top, b.left + b.width, b.top + b.height))
     else:
