@@ -225,6 +225,23 @@ def test_bad_files_are_skipped_counted_and_listed(with_bad_files: Path, tmp_path
     assert same(batches(a), batches(b)) and a.bad_count == 3
 
 
+def test_bad_file_list_keeps_names_that_are_not_utf8(folder: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for src in sorted(folder.rglob("*.*")):
+        dst = root / src.relative_to(folder)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+    raw_name = os.path.join(os.fsencode(root / "class1"), b"caf\xe9.jpg")  # Latin-1 bytes, as old archives have
+    with open(raw_name, "wb") as f:
+        f.write(b"not an image")
+    loader = build_loader(scan_folder(root), train=False, img_size=SIZE, batch_size=9, workers=0, **quiet)
+    sum(len(lab) for _, lab in loader)
+    [bad] = loader.bad_file_list()
+    assert bad.reason == "not an image (cannot identify image file)"
+    written = loader.write_bad_files(tmp_path / "run")
+    assert written is not None and written.read_bytes().startswith(raw_name + b"\t")
+
+
 def test_strict_data_fails_before_training_with_the_full_list(with_bad_files: Path) -> None:
     s = scan_folder(with_bad_files)
     assert {Path(b.path).name for b in scan_bad_files(s)} == {"truncated.jpg", "notes.jpg", "empty.jpg"}

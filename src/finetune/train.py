@@ -483,10 +483,10 @@ def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
     if not lines:
         return
     path = run_dir / "bad_files.txt"
-    known = set(path.read_text().splitlines()) if path.exists() else set()
+    known = set(path.read_text(errors="surrogateescape").splitlines()) if path.exists() else set()
     new = [line for line in lines if line not in known]
     if new:
-        with path.open("a") as f:
+        with path.open("a", errors="surrogateescape") as f:
             f.writelines(line + "\n" for line in new)
         warn(f"skipped {len(new)} unreadable image(s), listed in {path} (use --strict-data to stop instead)")
 

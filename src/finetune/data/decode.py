@@ -281,6 +281,19 @@ class BadFile:
     reason: str
 
 
+def bad_reason(error: BaseException) -> str:
+    """What went wrong with a file, in one line (PIL names the in-memory buffer it read,
+    not the file: that part is dropped).
+
+    >>> bad_reason(Image.UnidentifiedImageError("cannot identify image file <_io.BytesIO object at 0x7f>"))
+    'not an image (cannot identify image file)'
+    """
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not an image (cannot identify image file)"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def check_file(path: str) -> str | None:
     """None if ``path`` decodes completely, else the reason it does not.
 
@@ -294,7 +307,7 @@ def check_file(path: str) -> str | None:
                     _check_png(f.read())
             load_rgb(img)
     except DECODE_ERRORS as e:
-        return f"{type(e).__name__}: {e}"
+        return bad_reason(e)
     return None
 
 

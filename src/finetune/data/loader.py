@@ -51,6 +51,7 @@ from finetune.data import cache as cache_mod
 from finetune.data.decode import (
     DECODE_ERRORS,
     BadFile,
+    bad_reason,
     check_file,
     decode_capped,
     decode_crop,
@@ -270,9 +271,11 @@ class _BatchDataset(Dataset):
     def _object_image(self, index: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
 
+        from finetune.data.decode import to_rgb
+
         image, label = self.obj[index]
-        if isinstance(image, Image.Image):
-            hwc = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))
+        if isinstance(image, Image.Image):  # (16-bit greyscale keeps its high byte, as for files)
+            hwc = torch.from_numpy(np.array(to_rgb(image), dtype=np.uint8))
         elif isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] in (1, 3):
             hwc = image.expand(3, -1, -1).permute(1, 2, 0)
         else:
@@ -362,7 +365,7 @@ class _BatchDataset(Dataset):
                 else:
                     image, label, flip = self.load_unflipped(index, rng)
             except DECODE_ERRORS as e:
-                bad.append((index, f"{type(e).__name__}: {e}"))
+                bad.append((index, bad_reason(e)))
                 continue
             # one pass into the batch: flip (a reversed view) and, for NCHW, the transpose
             src = image.numpy()
@@ -399,7 +402,7 @@ class _BatchDataset(Dataset):
                     ready = ready.flip(1) if flip else ready
                     ready = augment_hwc(ready, self.augment, seed) if seed >= 0 else ready  # type: ignore[arg-type]
             except DECODE_ERRORS as e:
-                bad.append((index, f"{type(e).__name__}: {e}"))
+                bad.append((index, bad_reason(e)))
                 continue
             if jpeg:
                 datas.append(data)
@@ -440,7 +443,7 @@ class _CappedDataset(Dataset):
                 return index, decode_capped(path, inner.cache_side, dct=inner.dct), None
             return index, decode_eval(path, inner.img_size, dct=inner.dct), None
         except DECODE_ERRORS as e:
-            return index, None, f"{type(e).__name__}: {e}"
+            return index, None, bad_reason(e)
 
 
 class _BatchSampler:
@@ -600,7 +603,7 @@ class Loader:
                     sizes.append(image_size(self.samples.path(i)))
                 except DECODE_ERRORS as e:
                     sizes.append(None)
-                    self.bad_files[i] = f"{type(e).__name__}: {e}"
+                    self.bad_files[i] = bad_reason(e)
             heights, widths = cache_mod.planned_sizes(sizes, self.cache_side)
         else:
             n = len(self.samples)
@@ -685,7 +688,7 @@ class Loader:
         path = Path(run_dir) / BAD_FILES_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"{b.path}\t{b.reason}" for b in self.bad_file_list()]
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("\n".join(lines) + "\n", errors="surrogateescape")  # (file names that are not UTF-8)
         return path
 
     def _name(self, index: int) -> str:
