@@ -114,10 +114,6 @@ def _owner(param_name: str) -> str:
     return param_name.rpartition(".")[0]
 
 
-def _block(param_name: str) -> str:
-    return param_name.partition(".")[0]
-
-
 def _under(name: str, modules: set[str]) -> bool:
     """Whether module ``name`` is one of ``modules`` or inside one of them."""
     parts = name.split(".") if name else []
@@ -524,16 +520,26 @@ def trainable_table(model: nn.Module) -> TrainableTable:
 
 
 # --------------------------------------------------------------------------- parameter groups
+# tokens, embeddings and per-channel scales registered as bare parameters (torchvision and timm
+# names; torchvision's reference recipe and timm's no_weight_decay() keep them out of weight decay)
+_NO_DECAY_PARAMS = frozenset({
+    "class_token", "cls_token", "dist_token", "reg_token", "mask_token",
+    "pos_embed", "pos_embedding", "absolute_pos_embed", "relative_position_bias_table", "layer_scale",
+})
+
+
 def _is_no_decay(name: str, param: nn.Parameter, owner: nn.Module, no_decay: Sequence[str], skip: set[str]) -> bool:
     return (
         param.ndim <= 1
         or isinstance(owner, _NORM_TYPES)
-        or name in skip
+        or name.rpartition(".")[2] in _NO_DECAY_PARAMS
+        or any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
         or any(word in name for word in no_decay)
     )
 
 
 def _model_no_weight_decay(root: nn.Module) -> set[str]:
+    """Names (or globs, as timm matches them) that a timm model's ``no_weight_decay()`` lists."""
     fn = getattr(root, "no_weight_decay", None)  # timm models name their tokens / position embeddings
     if not callable(fn):
         return set()
@@ -555,27 +561,121 @@ def _check_group_args(lr: float, lr_mult: Mapping[str, float] | None, layer_deca
             raise ConfigError(f"learning-rate multiplier for {pattern!r} must be a number >= 0, got {mult!r}")
 
 
+def _timm_layer_ids(root: nn.Module) -> dict[str, int] | None:
+    """timm's layer ids (``param_groups_layer_decay``: ``group_matcher(coarse=False)``), or None without one."""
+    matcher = getattr(root, "group_matcher", None)
+    if not callable(matcher):
+        return None
+    try:
+        from timm.models import group_parameters  # a model with a group_matcher comes with timm
+
+        ids = group_parameters(root, matcher(coarse=False), reverse=True)
+    except Exception:  # not timm's kind of matcher: use the generic blocks
+        return None
+    names = list(_named_params(root))
+    top = max((ids[n] for n in names if n in ids), default=0)
+    return {n: ids.get(n, top) for n in names}  # unmatched (the head) last, as timm does
+
+
+def _count_under(names: Sequence[str], module: str) -> int:
+    return sum(1 for n in names if n.startswith(module + ".")) if module else len(names)
+
+
+def _units(root: nn.Module) -> list[str]:
+    """The blocks that layer decay steps over, in registration order (module names).
+
+    The top-level blocks with parameters, except that a *trunk* is opened into
+    its children, again and again: a block that holds more than half of the
+    model's parameter tensors, has at least two children with parameters, and
+    sits beside at most two other blocks (a stem and a head). So torchvision's
+    ``features`` (MobileNet, EfficientNet, ConvNeXt, Swin, DenseNet,
+    SqueezeNet, VGG), ``trunk_output`` (RegNet), ``blocks`` (MaxViT) and ViT's
+    ``encoder`` / ``encoder.layers`` become their stages or blocks, while
+    ResNet keeps ``conv1``, ``bn1``, ``layer1`` … ``fc`` (a stage among four
+    is not opened, however deep).
+
+    >>> _units(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))))
+    ['0', '1.0', '1.1']
+    """
+    names = list(_named_params(root))
+
+    def parts(module: str) -> list[str]:
+        children = (f"{module}.{c}" if module else c for c, _ in root.get_submodule(module).named_children())
+        return [c for c in children if _count_under(names, c)]
+
+    def is_trunk(unit: str, children: list[str]) -> bool:
+        beside = len(parts(unit.rpartition(".")[0]))
+        return 2 * _count_under(names, unit) > len(names) and len(children) >= 2 and beside <= 3
+
+    units = parts("")
+    i = 0
+    while i < len(units):
+        children = parts(units[i])
+        if is_trunk(units[i], children):
+            units[i : i + 1] = children
+        else:
+            i += 1
+    return units
+
+
+def _depths(root: nn.Module) -> tuple[dict[str, int], dict[int, str]]:
+    """Depth of every parameter, 0 at the stem up to the largest at the head, and a name per depth.
+
+    timm models: timm's own layer ids (``layer_0`` … ``layer_N``; a ViT's
+    patch embedding, class token and position embedding at 0, block ``i`` at
+    ``i + 1``, the head last). Other models: the index of the :func:`_units`
+    block a parameter is in, named after it. A parameter registered on a block
+    that was split (a ViT's class token or position embedding) goes with the
+    block before it (the first block when there is none).
+
+    >>> import torchvision
+    >>> vit = torchvision.models.VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+    >>> depth, names = _depths(vit)
+    >>> [depth[n] for n in ("class_token", "conv_proj.weight", "encoder.pos_embedding",
+    ...  "encoder.layers.encoder_layer_0.ln_1.weight", "encoder.layers.encoder_layer_1.mlp.0.weight",
+    ...  "encoder.ln.weight", "heads.head.weight")]
+    [0, 0, 0, 1, 2, 3, 4]
+    >>> names[4]
+    'heads'
+    """
+    timm_ids = _timm_layer_ids(root)
+    if timm_ids is not None:
+        return timm_ids, {d: f"layer_{d}" for d in sorted(set(timm_ids.values()))}
+    units = _units(root)
+    index = {u: i for i, u in enumerate(units)}
+    depth: dict[str, int] = {}
+    current = 0
+    for n in _named_params(root):
+        parts = _owner(n).split(".")
+        found = [index[".".join(parts[:k])] for k in range(1, len(parts) + 1) if ".".join(parts[:k]) in index]
+        current = found[0] if found else current  # own parameter of a split block: with the block before it
+        depth[n] = current
+    return depth, {i: u for i, u in enumerate(units)} or {0: "default"}
+
+
 def _group_keys(
     root: nn.Module, names: Sequence[str], lr_mult: Mapping[str, float] | None, layer_decay: float | None
 ) -> dict[str, tuple[str, float]]:
     """Map each parameter name to (group key, learning-rate multiplier)."""
-    all_names = list(_named_params(root))
     by_pattern: list[tuple[str, float, set[str]]] = []
     for pattern, mult in (lr_mult or {}).items():
         by_pattern.append((_strip_pattern(pattern), float(mult), set(_select(root, [pattern]).params)))
-    depth: dict[str, float] = {}
+    depth: dict[str, int] = {}
+    labels: dict[int, str] = {}
+    top = 0
     if layer_decay is not None:
-        blocks = list(dict.fromkeys(_block(n) for n in all_names))
-        depth = {b: layer_decay ** (len(blocks) - 1 - i) for i, b in enumerate(blocks)}
+        depth, labels = _depths(root)
+        top = max(depth.values(), default=0)
     out: dict[str, tuple[str, float]] = {}
     for n in names:
-        key, mult = "default", 1.0
+        key, base = "default", 1.0
         if layer_decay is not None:
-            key, mult = _block(n), depth[_block(n)]
+            key, base = labels[depth[n]], layer_decay ** (top - depth[n])
+        mult = base
         for pattern, m, members in by_pattern:  # the last pattern that matches wins
             if n in members:
-                key = f"{_block(n)}:{pattern}" if layer_decay is not None else pattern
-                mult = (depth[_block(n)] if layer_decay is not None else 1.0) * m
+                key = f"{labels[depth[n]]}:{pattern}" if layer_decay is not None else pattern
+                mult = base * m
         out[n] = (key, mult)
     return out
 
@@ -632,13 +732,22 @@ def param_groups(
       learning-rate multipliers; the last matching pattern wins; each matched
       pattern is a group named after it, the rest is ``"default"``.
     - ``layer_decay`` (like timm's layer decay / fastai's ``slice``): one group
-      per top-level block in registration order; the last block (the head)
-      gets multiplier 1, the one before ``layer_decay``, then
-      ``layer_decay**2``, …; it multiplies with ``lr_mult``.
+      per depth from the stem (0) to the head (the deepest): the head gets
+      multiplier 1, the depth before it ``layer_decay``, then
+      ``layer_decay**2``, …; it multiplies with ``lr_mult``. timm models use
+      timm's own layer ids (groups ``layer_0`` … ``layer_N``, as
+      ``timm.optim.param_groups_layer_decay``); other models step over
+      top-level blocks in registration order, with a trunk that holds most of
+      the network opened into its stages or blocks (torchvision's
+      ``features``, ``trunk_output``, ViT's ``encoder.layers``), and groups are
+      named after the block. A ViT's patch embedding, class token and position
+      embedding share depth 0, block ``i`` is at ``i + 1``, the head is last.
     - With ``weight_decay > 0``, biases, 1-D parameters, norm-layer weights
       (BatchNorm / LayerNorm / GroupNorm / InstanceNorm / RMSNorm), names
-      containing a ``no_decay`` word and a model's ``no_weight_decay()`` names
-      go to ``"<group>/no_decay"`` groups with ``weight_decay=0``.
+      containing a ``no_decay`` word, a model's ``no_weight_decay()`` names
+      (timm: ``pos_embed``, ``cls_token``, …) and the bare token / embedding
+      parameters of torchvision models (``class_token``, ``pos_embedding``,
+      ``layer_scale``) go to ``"<group>/no_decay"`` groups with ``weight_decay=0``.
 
     Each group dict has ``name``, ``params``, ``param_names``, ``lr``,
     ``lr_mult`` and ``weight_decay``; pass the list to any torch optimizer.
@@ -729,6 +838,14 @@ def _changers(group: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _aux_head_params(root: nn.Module) -> set[str]:
+    """Parameters of auxiliary heads (Inception's ``InceptionAux``), which run in train mode only."""
+    from finetune.models import aux_head_names
+
+    aux = set(aux_head_names(root))
+    return {n for n in _named_params(root) if _under(_owner(n), aux)} if aux else set()
+
+
 def audit(model: nn.Module, optimizer: torch.optim.Optimizer, *, after_backward: bool = True) -> list[Finding]:
     """Check that the optimizer holds exactly the trainable parameters and that gradients look sane.
 
@@ -737,6 +854,15 @@ def audit(model: nn.Module, optimizer: torch.optim.Optimizer, *, after_backward:
     and — with ``after_backward`` (call it after the first ``backward()``,
     before ``zero_grad``) — ``no_grad_after_backward`` (trainable but unused in
     the forward) and ``nonfinite_grad``. An empty list means all clear.
+
+    Auxiliary heads (GoogLeNet's ``aux1`` / ``aux2``, Inception v3's
+    ``AuxLogits``) do not run in eval mode: with the model in eval mode, their
+    missing gradients are not reported. In train mode they run, and a loss on
+    the main logits only (:func:`finetune.models.logits_of`) leaves them
+    without a gradient: that is reported, since they then sit in the optimizer
+    and never train — freeze them (``freeze(model, *finetune.models.aux_head_names(model))``)
+    or add their loss. The same goes for a timm distilled model in
+    ``distilled_training`` mode whose ``head_dist`` output the loss ignores.
 
     >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     >>> opt = torch.optim.SGD(m[1].parameters(), lr=0.1)
@@ -773,7 +899,8 @@ def audit(model: nn.Module, optimizer: torch.optim.Optimizer, *, after_backward:
 
     if after_backward:
         trainable = {n: p for n, p in params.items() if p.requires_grad}
-        no_grad = [n for n, p in trainable.items() if p.grad is None]
+        aux = set() if root.training else _aux_head_params(root)  # in eval mode they do not run
+        no_grad = [n for n, p in trainable.items() if p.grad is None and n not in aux]
         if no_grad:
             findings.append(Finding(
                 "no_grad_after_backward", no_grad,
@@ -809,9 +936,22 @@ def format_findings(findings: Sequence[Finding], *, max_names: int = 8) -> str:
 
 # --------------------------------------------------------------------------- linear probe
 def _head_name(root: nn.Module) -> str:
+    """The (main) classifier head: ``fc``, ``classifier.1``, ``heads.head``, timm's ``get_classifier()``.
+
+    >>> import torchvision
+    >>> _head_name(torchvision.models.swin_t(num_classes=2))
+    'head'
+    """
     from finetune.models import head_name  # imported here: keeps `import finetune.freeze` light
 
     return head_name(root)
+
+
+def _head_names(root: nn.Module) -> list[str]:
+    """Every head whose output the model returns (two for timm's distilled DeiT, else one)."""
+    from finetune.models import head_names
+
+    return head_names(root)
 
 
 def _replace(module: nn.Module, dotted: str, replacement: nn.Module) -> nn.Module:
@@ -826,18 +966,90 @@ def _replace(module: nn.Module, dotted: str, replacement: nn.Module) -> nn.Modul
     return new
 
 
+class _Recorder(nn.Module):
+    """Stands in for a head in a backbone: passes its input on and keeps it for :class:`_HeadInputs`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.value = x
+        return x
+
+
+class _HeadInputs(nn.Module):
+    """A backbone that runs the model with recorders in place of its heads and returns the heads' inputs.
+
+    One head: its input; several: their inputs stacked on dim 1 (``(N, heads, ...)``).
+    Whatever the model computes after the heads is discarded.
+    """
+
+    def __init__(self, body: nn.Module, recorders: Sequence[_Recorder]) -> None:
+        super().__init__()
+        self.body = body
+        self._recorders = tuple(recorders)  # a tuple: not registered twice (they are inside body)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.body(x)
+        values = [r.value for r in self._recorders]
+        for r in self._recorders:
+            r.value = None
+        if any(v is None for v in values):
+            raise ConfigError("the model's forward did not call its classifier head; cannot split it")
+        return values[0] if len(values) == 1 else torch.stack(values, 1)  # type: ignore[arg-type]
+
+
+class _MeanOfHeads(nn.Module):
+    """Heads applied to their own slice of stacked features (dim 1), outputs averaged (timm's distilled models)."""
+
+    def __init__(self, heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.heads[0](features[:, 0])
+        for i, head in enumerate(self.heads[1:], start=1):
+            out = out + head(features[:, i])
+        return out / len(self.heads)
+
+
+def _conv_head(root: nn.Module, name: str) -> nn.Module:
+    """A 1x1-conv head with what follows it: the parameter-free rest of its Sequential (SqueezeNet: ReLU, pooling) and a flatten."""
+    conv = root.get_submodule(name)
+    parent_name, _, own = name.rpartition(".")
+    parent = root.get_submodule(parent_name)
+    tail: list[nn.Module] = []
+    if isinstance(parent, nn.Sequential):
+        keys = list(parent._modules)
+        tail = [m for m in (parent._modules[k] for k in keys[keys.index(own) + 1 :]) if m is not None]
+    if any(p is not None for m in tail for p in m.parameters()):
+        raise ConfigError(f"cannot split the head of {type(root).__name__}: layers with parameters follow {name!r}")
+    return nn.Sequential(conv, *tail, nn.Flatten(1))
+
+
 def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """Split a classifier into ``(backbone, head)`` that share the model's parameters.
 
-    The head is the module that ``finetune.models.head_name`` names (``fc``,
-    ``classifier.1``, ``heads.head``, …); it must be the last operation of the
-    forward (true for the torchvision and timm classifiers, not for
-    SqueezeNet's 1x1-conv head followed by pooling). The backbone is a shallow copy of the model with the head replaced
-    by ``nn.Identity``: it returns the head's input, including whatever comes
-    before the head in the forward (pooling, flatten, a norm, and a dropout of
+    ``head(backbone(x))`` equals ``model(x)`` in eval mode; the original model
+    is not modified. The usual case is a Linear head that is the last
+    operation of the forward (``finetune.models.head_name``: ``fc``,
+    ``classifier.1``, ``heads.head``, timm's ``get_classifier()``, …): the
+    backbone is a shallow copy of the model with the head replaced by
+    ``nn.Identity`` (it returns the head's input, including whatever comes
+    before the head in the forward: pooling, flatten, a norm, and a dropout of
     a ``classifier`` Sequential — a no-op in eval mode, which feature caching
-    uses). The original model is not modified; ``head(backbone(x))`` equals
-    ``model(x)`` in eval mode.
+    uses), and ``head`` is the model's head module itself. Two other shapes:
+
+    - several heads (timm's distilled DeiT: ``head`` on the class token,
+      ``head_dist`` on the distillation token; the model returns their mean):
+      the backbone returns the heads' inputs stacked on dim 1, and ``head``
+      applies each head to its slice and averages;
+    - a 1x1-conv head followed by ReLU and pooling (SqueezeNet): the backbone
+      returns the conv's input maps, and ``head`` is the conv, the rest of its
+      Sequential and a flatten.
+
+    Auxiliary heads (Inception) are left in the backbone: they do not run in eval mode.
 
     >>> import torchvision
     >>> m = torchvision.models.resnet18(num_classes=2).eval()
@@ -845,11 +1057,23 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     >>> x = torch.randn(1, 3, 32, 32)
     >>> backbone(x).shape, torch.equal(head(backbone(x)), m(x)), head is m.fc
     (torch.Size([1, 512]), True, True)
+    >>> sq = torchvision.models.squeezenet1_1(num_classes=2).eval()
+    >>> backbone, head = split_head(sq)
+    >>> backbone(x).shape, torch.equal(head(backbone(x)), sq(x))
+    (torch.Size([1, 512, 1, 1]), True)
     """
     root = unwrap(model)
-    name = _head_name(root)
-    head = root.get_submodule(name)
-    return _replace(root, name, nn.Identity()), head
+    names = _head_names(root)
+    heads = [root.get_submodule(n) for n in names]
+    if len(names) == 1 and not isinstance(heads[0], nn.Conv2d):
+        return _replace(root, names[0], nn.Identity()), heads[0]
+    body, recorders = root, []
+    for name in names:
+        recorders.append(_Recorder())
+        body = _replace(body, name, recorders[-1])
+    if len(names) == 1:
+        return _HeadInputs(body, recorders), _conv_head(root, names[0])
+    return _HeadInputs(body, recorders), _MeanOfHeads(heads)
 
 
 def _batch_xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

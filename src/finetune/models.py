@@ -102,27 +102,61 @@ def _create_timm(name: str, num_classes: int, drop_rate: float | None) -> nn.Mod
 
 
 def head_name(model: nn.Module) -> str:
-    """Dotted name of the classifier head module.
+    """Dotted name of the (main) classifier head module.
 
     timm models name it with ``get_classifier()``; otherwise it is the last
-    Linear (or 1x1 Conv2d, as in SqueezeNet) registered in the model.
+    Linear (or 1x1 Conv2d, as in SqueezeNet) registered in the model. A model
+    with several heads (timm's distilled DeiT: ``head`` and ``head_dist``)
+    gives the first; :func:`head_names` lists them all.
 
     >>> head_name(create_model("vit_b_16", num_classes=2))
     'heads.head'
     """
+    return head_names(model)[0]
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Dotted names of the classifier heads whose outputs the model returns (usually one).
+
+    timm's distilled models return the mean of two heads (``head``,
+    ``head_dist``), and their ``get_classifier()`` gives both. Auxiliary heads
+    that only feed a training loss (GoogLeNet's ``aux1`` / ``aux2``,
+    Inception v3's ``AuxLogits``) are not among them.
+
+    >>> head_names(create_model("timm:deit_tiny_distilled_patch16_224", num_classes=2))
+    ['head', 'head_dist']
+    """
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):
-        head = get_classifier()
-        for name, module in model.named_modules():
-            if module is head:
-                return name
+        heads = get_classifier()
+        heads = heads if isinstance(heads, (tuple, list)) else (heads,)
+        names = {id(module): name for name, module in model.named_modules()}
+        if heads and all(id(h) in names for h in heads):
+            return [names[id(h)] for h in heads]
     last = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
             last = name
     if last is None:
         raise ModelError(f"cannot find the classifier head of {type(model).__name__}")
-    return last
+    return [last]
+
+
+AUX_HEAD_TYPES = ("InceptionAux",)  # torchvision GoogLeNet / Inception v3, timm Inception v3
+
+
+def aux_head_names(model: nn.Module) -> list[str]:
+    """Dotted names of auxiliary heads: branches that only feed an extra training loss.
+
+    GoogLeNet's ``aux1`` / ``aux2`` and Inception v3's ``AuxLogits`` run in
+    train mode only, and :func:`logits_of` ignores their outputs, so they get no
+    gradient unless the loss uses them.
+
+    >>> import torchvision
+    >>> aux_head_names(torchvision.models.googlenet(num_classes=2, init_weights=False))
+    ['aux1', 'aux2']
+    """
+    return [n for n, m in model.named_modules() if n and type(m).__name__ in AUX_HEAD_TYPES]
 
 
 def logits_of(output: object) -> torch.Tensor:
