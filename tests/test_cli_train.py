@@ -185,3 +185,24 @@ def test_resume_from_an_earlier_checkpoint_sets_the_newer_ones_aside(colour_data
     # what --resume auto now sees is the new line only: the earliest checkpoint and what followed it
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == torch.load(earliest, weights_only=True)["step"] + 1
+
+
+def test_model_too_big_for_the_image_size_is_a_one_line_error(colour_data: Path, tmp_path: Path) -> None:
+    res = run_cli("train", "--data", str(colour_data), "--model", "alexnet", "--img-size", "32", "--workers", "0",
+                  "--out", str(tmp_path / "run"), "-q")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("finetune: error: alexnet cannot take 32x32 images")
+    assert "Traceback" not in res.stderr and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_vit_trains_at_another_image_size_and_eval_rebuilds_it(colour_data: Path, tmp_path: Path) -> None:
+    """torchvision's ViT has a fixed input size: it is built for --img-size (its position embedding
+    sized for that grid), and `eval` rebuilds it from the checkpoint at the same size."""
+    out = tmp_path / "run"
+    res = run_cli("train", "--data", str(colour_data), "--model", "vit_b_16", "--img-size", "32", "--batch-size", "4",
+                  "--workers", "0", "--epochs", "1", "--max-steps", "1", "--out", str(out), "-q")
+    assert res.returncode == 0, res.stderr
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["model"]["encoder.pos_embedding"].shape == (1, 1 + 2 * 2, 768)
+    res = run_cli("eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr

@@ -254,6 +254,42 @@ def test_unfreezing_returns_bn_to_training_and_policy_follows_later_freezes():
     assert apply_bn_policy(m)["layer1.0.bn1"] == "train"
 
 
+def stochastic_net() -> nn.Module:
+    """A backbone with dropout and stochastic depth (as ConvNeXt/ViT blocks have), then a head with its own dropout."""
+    from torchvision.ops import StochasticDepth
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), StochasticDepth(0.5, "row"))
+    return nn.Sequential(nn.Sequential(nn.Linear(4, 8), block), nn.Sequential(nn.Dropout(0.5), nn.Linear(8, 2)))
+
+
+@pytest.mark.parametrize("policy", ["frozen", "eval"])
+def test_frozen_parts_run_without_dropout_so_features_equal_eval_features(policy):
+    m = stochastic_net()
+    set_bn_policy(m, policy)
+    freeze_all_but(m, "1.1")
+    x = torch.randn(16, 4)
+    backbone = m[0]
+    m.eval()
+    want = backbone(x)
+    m.train()
+    bn_train_mode(m)
+    assert torch.equal(backbone(x), want)  # the frozen backbone is deterministic in train()
+    assert not m[1][0].training  # and so is the dropout before the head: only frozen layers feed it
+    unfreeze(m, "0.1")  # a trainable block: dropout after it follows the model again, before it stays off
+    assert m[0][1][1].training and m[1][0].training and not torch.equal(backbone(x), want)
+
+
+def test_frozen_parts_keep_dropout_under_the_train_policy():
+    m = stochastic_net()
+    set_bn_policy(m, "train")
+    freeze_all_but(m, "1.1")
+    m.train()
+    bn_train_mode(m)
+    x = torch.randn(16, 4)
+    assert m[0][1][1].training and not torch.equal(m[0](x), m[0](x))
+
+
 def test_bn_policy_covers_timm_batchnormact_and_affine_free_bn():
     from timm.layers import BatchNormAct2d
 

@@ -22,9 +22,9 @@ head), a few real optimizer steps. Per architecture:
    run and are not reported. DeiT's distillation head is used (the model
    averages both heads) unless ``distilled_training`` is on.
 
-Models are built with dropout and stochastic depth switched off, so that a
-live linear probe in ``train()`` mode and one on cached (eval-mode) features
-see the same features and can be compared bitwise.
+Models keep their dropout and stochastic depth: in frozen parts the freeze
+policy switches them off, so a live linear probe in ``train()`` mode and one on
+cached (eval-mode) features see the same features and compare bitwise.
 """
 
 from __future__ import annotations
@@ -111,21 +111,11 @@ def _one_thread(one_torch_thread):
     """Bitwise comparisons need one thread count throughout (and tiny models run faster on one)."""
 
 
-def _deterministic(model: nn.Module) -> nn.Module:
-    """Dropout and stochastic depth off: train-mode forwards see the eval-mode features."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ == "StochasticDepth":
-            m.p = 0.0
-        if type(m).__name__ == "DropPath":
-            m.drop_prob = 0.0
-    return model
-
-
 def build(name: str) -> nn.Module:
     """A fresh copy of the architecture (built once per session, seeded)."""
     if name not in _BUILT:
         torch.manual_seed(0)
-        _BUILT[name] = _deterministic(ARCHS[name].build())
+        _BUILT[name] = ARCHS[name].build()
     return copy.deepcopy(_BUILT[name])
 
 

@@ -19,6 +19,15 @@ parts* — layers that a freeze call covered, or whose parameters are all frozen
 - ``eval``: running statistics stay fixed, affine parameters train;
 - ``train``: BatchNorm is left alone (statistics update in ``train()`` mode).
 
+In frozen parts under ``frozen`` and ``eval``, dropout and drop-path layers
+(``nn.Dropout*``, torchvision's ``StochasticDepth``, timm's ``DropPath`` /
+``DropBlock2d``) are off as well: a frozen backbone computes the same features in
+``train()`` as in ``eval()``, so a live linear probe sees what a cached one does.
+A dropout layer is in a frozen part when every parameter registered before it
+is frozen (its input comes from frozen layers only): with a linear probe that is
+every dropout, including one right before the head, so training the head on
+cached features is the same computation.
+
 Layer types are never swapped, so the parameter set, the optimizer and
 checkpoints keep lining up. Fixed statistics are enforced by a forward pre-hook
 on each affected BatchNorm layer that puts it in eval mode before its forward
@@ -174,6 +183,24 @@ def _select_all(root: nn.Module) -> _Selection:
 # --------------------------------------------------------------------------- freezing
 def _bn_layers(root: nn.Module) -> list[tuple[str, _BatchNorm]]:
     return [(n, m) for n, m in root.named_modules() if isinstance(m, _BatchNorm)]
+
+
+_STOCHASTIC_NAMES = frozenset({"DropPath", "StochasticDepth", "DropBlock2d"})  # timm, torchvision
+
+
+def _stochastic_layers(root: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+    """Dropout-like layers, each with whether it sits in a frozen part: no trainable
+    parameter is registered before it (registration order stands for the forward order,
+    as in :func:`freeze_until`), so its input comes from frozen layers only. BatchNorm
+    affine parameters that train under the ``eval`` policy do not count."""
+    out = []
+    trainable_before = False
+    for name, module in root.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) or type(module).__name__ in _STOCHASTIC_NAMES:
+            out.append((name, module, not trainable_before))
+        if not getattr(module, _FROZEN_PART_ATTR, False):
+            trainable_before = trainable_before or any(p.requires_grad for p in module.parameters(recurse=False))
+    return out
 
 
 def _bn_covered(name: str, bn: nn.Module, params: set[str], modules: Callable[[str], bool]) -> bool:
@@ -370,16 +397,24 @@ def apply_bn_policy(model: nn.Module) -> dict[str, str]:
                     p.requires_grad_(policy == "eval")
                     if policy == "frozen":
                         p.grad = None
-        previous = getattr(bn, _MODE_ATTR, "train")
-        setattr(bn, _MODE_ATTR, mode)
-        if not hasattr(bn, _HOOK_ATTR):
-            setattr(bn, _HOOK_ATTR, bn.register_forward_pre_hook(_bn_pre_hook))
-        if mode != "train":
-            bn.training = False
-        elif previous != "train":  # leaving a frozen part: follow the model again
-            bn.training = root.training
+        _set_layer_mode(bn, mode, root.training)
         modes[name] = mode
+    for _name, layer, frozen_part in _stochastic_layers(root):  # dropout & co. (not in the returned modes)
+        _set_layer_mode(layer, "frozen" if frozen_part and policy != "train" else "train", root.training)
     return modes
+
+
+def _set_layer_mode(layer: nn.Module, mode: str, root_training: bool) -> None:
+    """Record ``mode``; anything but ``train`` keeps the layer in eval mode (now, and by a
+    forward pre-hook whenever the model is put back in train mode)."""
+    previous = getattr(layer, _MODE_ATTR, "train")
+    setattr(layer, _MODE_ATTR, mode)
+    if not hasattr(layer, _HOOK_ATTR):
+        setattr(layer, _HOOK_ATTR, layer.register_forward_pre_hook(_bn_pre_hook))
+    if mode != "train":
+        layer.training = False
+    elif previous != "train":
+        layer.training = root_training
 
 
 def bn_train_mode(model: nn.Module) -> list[str]:
@@ -394,11 +429,15 @@ def bn_train_mode(model: nn.Module) -> list[str]:
     >>> bn_train_mode(m), m[1].training
     (['1'], False)
     """
+    root = unwrap(model)
     fixed = []
-    for name, bn in _bn_layers(unwrap(model)):
+    for name, bn in _bn_layers(root):
         if getattr(bn, _MODE_ATTR, "train") != "train":
             bn.training = False
             fixed.append(name)
+    for _name, layer, _ in _stochastic_layers(root):  # frozen parts' dropout: off (not listed)
+        if getattr(layer, _MODE_ATTR, "train") != "train":
+            layer.training = False
     return fixed
 
 

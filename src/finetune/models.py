@@ -57,26 +57,39 @@ def _unknown(name: str, candidates: list[str], what: str) -> ModelError:
     return ModelError(f"unknown {what} model '{name}'{hint}")
 
 
-def create_model(name: str, num_classes: int, *, drop_rate: float | None = None) -> nn.Module:
+def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
+                 img_size: int | None = None) -> nn.Module:
     """Build ``name`` (randomly initialised) with a ``num_classes``-way head.
 
     Pretrained weights are loaded separately by :func:`finetune.load_weights`,
     which skips the old head because its shape differs. The model carries its
-    architecture name in ``model.finetune_arch``.
+    architecture name in ``model.finetune_arch``. ``img_size``: models built for
+    one input size (torchvision's ``vit_*`` and ``maxvit_t``, timm models with a
+    fixed input size such as ViT, DeiT, Swin) are built for this size (their
+    position embeddings then have another shape, which ``load_weights``
+    resamples); other models take any size and ignore it.
 
     >>> create_model("mobilenet_v3_small", num_classes=5).classifier[-1].out_features
     5
+    >>> create_model("vit_b_16", num_classes=2, img_size=64).encoder.pos_embedding.shape
+    torch.Size([1, 17, 768])
     """
     if num_classes < 1:
         raise ModelError(f"num_classes must be at least 1, got {num_classes}")
     if name.startswith(TIMM_PREFIX):
-        model = _create_timm(name[len(TIMM_PREFIX):], num_classes, drop_rate)
+        model = _create_timm(name[len(TIMM_PREFIX):], num_classes, drop_rate, img_size)
     else:
         if name not in torchvision_models():
             raise _unknown(name, list(torchvision_models()), "torchvision")
         import torchvision
 
-        kwargs = {"num_classes": num_classes}
+        kwargs: dict[str, object] = {"num_classes": num_classes}
+        if img_size is not None and name.startswith("vit_"):
+            kwargs["image_size"] = img_size
+        elif img_size is not None and name.startswith("maxvit"):
+            kwargs["input_size"] = (img_size, img_size)
+        if name in ("googlenet", "inception_v3"):
+            kwargs["init_weights"] = True  # today's default, said explicitly (else torchvision warns)
         if drop_rate is not None:
             kwargs["dropout"] = drop_rate
         try:
@@ -88,17 +101,51 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None)
     return model
 
 
-def _create_timm(name: str, num_classes: int, drop_rate: float | None) -> nn.Module:
+def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size: int | None) -> nn.Module:
     try:
         import timm
+        from timm.models import get_pretrained_cfg
     except ImportError:
         raise ModelError(f"'timm:{name}' needs timm: pip install timm") from None
     if not timm.is_model(name):
         raise _unknown(name, timm.list_models(), "timm")
-    kwargs = {"num_classes": num_classes}
+    kwargs: dict[str, object] = {"num_classes": num_classes}
     if drop_rate is not None:
         kwargs["drop_rate"] = drop_rate
+    cfg = get_pretrained_cfg(name)
+    if img_size is not None and cfg is not None and cfg.fixed_input_size and tuple(cfg.input_size[1:]) != (img_size, img_size):
+        kwargs["img_size"] = img_size
     return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def check_input_size(model: nn.Module, img_size: int) -> None:
+    """Raise :class:`ModelError` if ``model`` cannot take ``img_size`` x ``img_size`` images
+    (too small for its downsampling, or a fixed input size), before any training starts.
+
+    One forward of two images in train mode (auxiliary heads run) without gradients; the
+    model's buffers (BatchNorm statistics) and the RNG state are left as they were.
+
+    >>> check_input_size(create_model("resnet18", num_classes=2), 32)
+    >>> check_input_size(create_model("inception_v3", num_classes=2), 64)
+    Traceback (most recent call last):
+    ...
+    finetune.errors.ModelError: inception_v3 cannot take 64x64 images (...): use a larger --img-size
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    saved = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items() if not isinstance(v, nn.Parameter)}
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.train()
+            model(torch.zeros(2, 3, img_size, img_size, device=device))
+    except (RuntimeError, AssertionError, ValueError, IndexError) as e:
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        name = getattr(model, "finetune_arch", type(model).__name__)
+        raise ModelError(f"{name} cannot take {img_size}x{img_size} images ({reason}): use a larger --img-size") from None
+    finally:
+        model.load_state_dict(saved, strict=False)
+        model.train(was_training)
 
 
 def head_name(model: nn.Module) -> str:

@@ -46,7 +46,7 @@ from finetune.data.samples import Samples, find_splits, scan_folder
 from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize_
 from finetune.errors import CheckpointError, ConfigError, DataError
 from finetune.logging import RunLog, progress
-from finetune.models import count_parameters, create_model, head_name, logits_of
+from finetune.models import check_input_size, count_parameters, create_model, head_names, logits_of
 
 
 def warn(message: str) -> None:
@@ -135,8 +135,8 @@ def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
     """--linear-probe / --train-only / --freeze, and the frozen parts of --unfreeze, then the BN policy."""
     from finetune.freeze import freeze, freeze_all_but, set_bn_policy
 
-    if cfg.linear_probe:
-        freeze_all_but(model, head_name(model))
+    if cfg.linear_probe:  # every head the output comes from (timm's distilled DeiT has two)
+        freeze_all_but(model, *head_names(model))
     if cfg.train_only:
         freeze_all_but(model, *cfg.train_only)
     if cfg.freeze:
@@ -286,7 +286,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         raise DataError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
 
     # ---- model and what trains
-    model = create_model(cfg.model, num_classes=len(classes))
+    model = create_model(cfg.model, num_classes=len(classes), img_size=cfg.img_size)
+    check_input_size(model, cfg.img_size)
     if cfg.pretrained and resume_state is None:
         from finetune.weights import load_weights
 
@@ -509,7 +510,9 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
     if "arch" not in state or "classes" not in state or "model" not in state:
         raise CheckpointError(f"'{path}' is not a finetune training checkpoint (no arch/classes/model): "
                               "use `finetune inspect` to see what it holds")
-    model = create_model(str(state["arch"]), num_classes=len(state["classes"]))
+    img_size = state.get("img_size")
+    model = create_model(str(state["arch"]), num_classes=len(state["classes"]),
+                         img_size=int(img_size) if img_size is not None else None)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
 
