@@ -17,6 +17,7 @@ import io
 import json
 import os
 import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -571,7 +572,12 @@ def _script_tensors(path: Path) -> StateDict:
             typename, storage_type, key, _location, numel = pid
             if typename != "storage":
                 raise CheckpointError(f"{path}: unknown record type {typename!r}")
-            dtype = storage_type if isinstance(storage_type, torch.dtype) else storage_type.dtype
+            if isinstance(storage_type, torch.dtype):
+                dtype = storage_type
+            else:  # a legacy storage class (torch.FloatStorage): its .dtype warns that TypedStorage is deprecated
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    dtype = storage_type.dtype
             raw = bytearray(zf.read(f"{prefix}data/{key}"))
             untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
             return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
