@@ -194,13 +194,17 @@ def test_resume_mid_epoch_gives_the_uninterrupted_batches(samples: Samples, work
 
 
 # --------------------------------------------------------------------------- bad files
-@pytest.fixture()
-def with_bad_files(folder: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "data"
+def copy_of(folder: Path, root: Path) -> Path:
     for src in sorted(folder.rglob("*.*")):
         dst = root / src.relative_to(folder)
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(src.read_bytes())
+    return root
+
+
+@pytest.fixture()
+def with_bad_files(folder: Path, tmp_path: Path) -> Path:
+    root = copy_of(folder, tmp_path / "data")
     good = (root / "class2" / "1.jpg").read_bytes()
     (root / "class2" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (root / "class1" / "notes.jpg").write_text("not an image")
@@ -226,11 +230,7 @@ def test_bad_files_are_skipped_counted_and_listed(with_bad_files: Path, tmp_path
 
 
 def test_bad_file_list_keeps_names_that_are_not_utf8(folder: Path, tmp_path: Path) -> None:
-    root = tmp_path / "data"
-    for src in sorted(folder.rglob("*.*")):
-        dst = root / src.relative_to(folder)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes(src.read_bytes())
+    root = copy_of(folder, tmp_path / "data")
     raw_name = os.path.join(os.fsencode(root / "class1"), b"caf\xe9.jpg")  # Latin-1 bytes, as old archives have
     with open(raw_name, "wb") as f:
         f.write(b"not an image")
