@@ -99,7 +99,19 @@ _TAIL = 1 << 20
 
 
 class CheckpointWarning(UserWarning):
-    """A checkpoint was skipped or could not be cleaned up (training goes on)."""
+    """A checkpoint was skipped or could not be cleaned up (training goes on).
+
+    >>> import tempfile, warnings, torch
+    >>> from finetune.checkpoint import Checkpointer, CheckpointWarning
+    >>> ckpt = Checkpointer(tempfile.mkdtemp())
+    >>> path = ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 1})
+    >>> _ = path.write_bytes(path.read_bytes()[:100])                 # truncate it
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     ckpt.latest()
+    >>> caught[0].category is CheckpointWarning, "truncated" in str(caught[0].message)
+    (True, True)
+    """
 
 
 # --------------------------------------------------------------------------- model wrappers
@@ -235,7 +247,18 @@ _IMPLEMENTATION_FLAGS = frozenset({"params", "param_names", "foreach", "fused", 
 
 @dataclass
 class OptimizerRestoreReport:
-    """What :func:`load_optimizer_state_by_name` restored and what it could not."""
+    """What :func:`load_optimizer_state_by_name` restored and what it could not.
+
+    >>> import torch
+    >>> from finetune.checkpoint import load_optimizer_state_by_name, optimizer_state_by_name
+    >>> net = torch.nn.Linear(2, 2)
+    >>> saved = optimizer_state_by_name(torch.optim.SGD(net.parameters(), lr=0.1), net)
+    >>> report = load_optimizer_state_by_name(torch.optim.SGD(net.parameters(), lr=0.5), net, saved)
+    >>> report.exact, str(report)
+    (True, 'optimizer state restored for 2 parameters')
+    >>> print(load_optimizer_state_by_name(torch.optim.AdamW(net.parameters()), net, saved))
+    optimizer state not restored: the optimizer changed (SGD -> AdamW)
+    """
 
     restored: list[str] = field(default_factory=list)
     """Parameters whose saved state (e.g. momentum) was loaded."""
@@ -419,6 +442,12 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
     CUDA states are restored for the devices present; a different number of devices is
     reported with a :class:`CheckpointWarning` (CPU and the devices present are still restored).
+
+    >>> import torch
+    >>> from finetune.checkpoint import capture_rng_state, restore_rng_state
+    >>> state = capture_rng_state(); first = torch.randn(3)
+    >>> restore_rng_state(state); torch.equal(torch.randn(3), first)
+    True
     """
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
@@ -439,7 +468,16 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- restore in one call
 @dataclass
 class RestoreReport:
-    """What :func:`restore` loaded."""
+    """What :func:`restore` loaded.
+
+    >>> import torch
+    >>> from finetune.checkpoint import restore
+    >>> state = {"model": {"0.weight": torch.zeros(2, 2), "0.bias": torch.zeros(2)}}
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> report = restore(state, model=net, strict=False)     # the new head is not in the checkpoint
+    >>> report.missing, report.unexpected, report.optimizer
+    (['1.weight', '1.bias'], [], None)
+    """
 
     missing: list[str]
     unexpected: list[str]
@@ -452,6 +490,16 @@ def restore(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.opti
 
     Call it after building the optimizer for the current layout; restore the RNG
     (:func:`restore_rng_state`) separately, right before training goes on.
+
+    >>> import tempfile, torch
+    >>> from finetune.checkpoint import Checkpointer, restore
+    >>> net = torch.nn.Linear(2, 2); opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    >>> ckpt = Checkpointer(tempfile.mkdtemp())
+    >>> _ = ckpt.save({"model": net, "optimizer": opt, "epoch": 0, "step": 1})
+    >>> net2 = torch.nn.Linear(2, 2); opt2 = torch.optim.SGD(net2.parameters(), lr=0.1, momentum=0.9)
+    >>> report = restore(ckpt.load(), model=net2, optimizer=opt2)
+    >>> torch.equal(net2.weight, net.weight), report.optimizer.exact
+    (True, True)
     """
     missing, unexpected = load_model_state(model, state["model"], strict=strict)
     report = None
@@ -722,6 +770,16 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     """``torch.load(path, weights_only=True)`` of a finetune checkpoint, with one-line errors.
 
     Does not verify a manifest; :meth:`Checkpointer.load` and :meth:`Checkpointer.read` do.
+
+    >>> import tempfile, torch
+    >>> from finetune.checkpoint import Checkpointer, read_checkpoint
+    >>> path = Checkpointer(tempfile.mkdtemp()).save({"w": torch.ones(2), "epoch": 0, "step": 5})
+    >>> state = read_checkpoint(path)
+    >>> state["format"], state["step"], state["w"].tolist()
+    ('finetune-checkpoint', 5, [1.0, 1.0])
+    >>> read_checkpoint(path.with_name("nothing.pt"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.CheckpointError: checkpoint '...nothing.pt': no such file
     """
     path = Path(path)
     try:
@@ -797,6 +855,20 @@ class Checkpointer:
     copied to (pinned, on CUDA) host memory and written by a background thread; at most
     one write is in flight and its error is raised by the next :meth:`save`,
     :meth:`wait` or :meth:`close`.
+
+    >>> import tempfile, torch
+    >>> from finetune.checkpoint import Checkpointer
+    >>> net = torch.nn.Linear(2, 2)
+    >>> with Checkpointer(tempfile.mkdtemp(), keep_last=1) as ckpt:
+    ...     for epoch, top1 in enumerate([0.5, 0.9, 0.7]):
+    ...         _ = ckpt.save({"model": net, "epoch": epoch, "step": epoch + 1}, metrics={"val_top1": top1})
+    >>> [p.name for p in ckpt.checkpoints()]       # keep_last=1, plus the best one
+    ['ckpt-e0001-s00000002.pt', 'ckpt-e0002-s00000003.pt']
+    >>> ckpt.latest().name, ckpt.best().name, ckpt.best_value
+    ('ckpt-e0002-s00000003.pt', 'best.pt', 0.9)
+    >>> state = ckpt.load(ckpt.best())
+    >>> state["epoch"], torch.equal(state["model"]["weight"], net.weight)
+    (1, True)
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], keep_last: int = 3, best_metric: str = "val_top1",
@@ -845,6 +917,16 @@ class Checkpointer:
         directory) and the CRC32 of every record; ``last.pt``
         / ``best.pt`` through the numbered file they link to; any other file by the CRCs of
         its zip records.
+
+        >>> import tempfile, torch
+        >>> from finetune.checkpoint import Checkpointer
+        >>> ckpt = Checkpointer(tempfile.mkdtemp())
+        >>> path = ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 1})
+        >>> ckpt.verify(path) is None, ckpt.verify(path.with_name("last.pt")) is None
+        (True, True)
+        >>> _ = path.write_bytes(path.read_bytes()[:-10])
+        >>> ckpt.verify(path)  # doctest: +ELLIPSIS
+        'truncated: ... bytes'
         """
         path = Path(path)
         try:
@@ -1061,7 +1143,14 @@ class Checkpointer:
 
     @staticmethod
     def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-        """Verify and load one checkpoint file, wherever it lies (``finetune eval --checkpoint``)."""
+        """Verify and load one checkpoint file, wherever it lies (``finetune eval --checkpoint``).
+
+        >>> import tempfile, torch
+        >>> from finetune.checkpoint import Checkpointer
+        >>> path = Checkpointer(tempfile.mkdtemp()).save({"w": torch.ones(1), "epoch": 2, "step": 9})
+        >>> Checkpointer.read(path)["epoch"], Checkpointer.read(path.with_name("last.pt"))["step"]
+        (2, 9)
+        """
         path = Path(path)
         return Checkpointer(path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent).load(
             path, map_location)
@@ -1242,7 +1331,16 @@ class Checkpointer:
             raise CheckpointError(f"background save of '{self.directory / pending.name}' failed: {message}") from e
 
     def wait(self) -> None:
-        """Block until the write in flight is durable; raise its error if it failed."""
+        """Block until the write in flight is durable; raise its error if it failed.
+
+        >>> import tempfile, torch
+        >>> from finetune.checkpoint import Checkpointer
+        >>> ckpt = Checkpointer(tempfile.mkdtemp(), async_save=True)
+        >>> path = ckpt.save({"w": torch.ones(1), "epoch": 0, "step": 1})   # written in the background
+        >>> ckpt.wait(); ckpt.verify(path) is None
+        True
+        >>> ckpt.close()
+        """
         self._raise_pending()
 
     def close(self) -> None:
