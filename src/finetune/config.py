@@ -29,6 +29,13 @@ class TrainConfig:
     train the built-in ``shapes`` to >90% val top-1 in under 3 minutes on 2 CPU
     cores; on your own images they are torchvision's recipe (224 px,
     RandomResizedCrop scale 0.08-1) with a fine-tuning learning rate.
+
+    >>> from finetune import TrainConfig
+    >>> cfg = TrainConfig(epochs=2, freeze=["layer1"], crop_scale=(0.5, 1.0))
+    >>> cfg.model, cfg.epochs, cfg.lr, cfg.resolved().lr
+    ('resnet18', 2, None, 0.003)
+    >>> cfg.to_dict()["crop_scale"], cfg.to_dict()["freeze"]
+    ([0.5, 1.0], ['layer1'])
     """
 
     # data
@@ -113,7 +120,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
-        """Build from a dict whose keys may use dashes; unknown keys are an error naming close ones."""
+        """Build from a dict whose keys may use dashes; unknown keys are an error naming close ones.
+
+        >>> from finetune import TrainConfig
+        >>> cfg = TrainConfig.from_dict({"batch-size": 16, "freeze": "layer1", "lr-mult": ["fc=10"]})
+        >>> cfg.batch_size, cfg.freeze, cfg.lr_mult
+        (16, ['layer1'], {'fc': 10.0})
+        >>> TrainConfig.from_dict({"epoch": 3}, source="c.yaml")
+        Traceback (most recent call last):
+        finetune.errors.ConfigError: c.yaml: unknown setting 'epoch'; did you mean epochs?
+        """
         known = {f.name: f for f in dataclasses.fields(cls)}
         clean: dict[str, Any] = {}
         for key, value in values.items():
@@ -135,7 +151,17 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        """Raise ConfigError for values that cannot work."""
+        """Raise ConfigError for values that cannot work.
+
+        >>> from finetune import TrainConfig
+        >>> TrainConfig(epochs=3, unfreeze=["layer4@2"]).validate()
+        >>> TrainConfig(optimizer="adam").validate()
+        Traceback (most recent call last):
+        finetune.errors.ConfigError: --optimizer must be sgd or adamw, got 'adam'
+        >>> TrainConfig(epochs=3, unfreeze=["layer4@5"]).validate()
+        Traceback (most recent call last):
+        finetune.errors.ConfigError: --unfreeze layer4@5: epoch 5 is outside 1..3
+        """
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
@@ -229,7 +255,15 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write ``cfg`` as YAML (keys with dashes, as on the command line)."""
+    """Write ``cfg`` as YAML (keys with dashes, as on the command line).
+
+    >>> import pathlib, tempfile
+    >>> from finetune.config import TrainConfig, load_config, save_config
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "config.yaml"
+    >>> save_config(TrainConfig(epochs=5, crop_scale=(0.5, 1.0)), path)
+    >>> "batch-size: 64" in path.read_text(), load_config(path) == TrainConfig(epochs=5, crop_scale=(0.5, 1.0))
+    (True, True)
+    """
     import yaml
 
     values = {k.replace("_", "-"): v for k, v in cfg.to_dict().items()}
@@ -237,7 +271,16 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Merge defaults, ``--config FILE`` and the flags given (flags win)."""
+    """Merge defaults, ``--config FILE`` and the flags given (flags win).
+
+    >>> import argparse, pathlib, tempfile
+    >>> from finetune.config import config_from_args
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+    >>> _ = path.write_text("epochs: 5\\nbatch-size: 16\\n")
+    >>> cfg = config_from_args(argparse.Namespace(config=str(path), epochs=3, lr=None))
+    >>> cfg.epochs, cfg.batch_size, cfg.lr          # the flag wins; None means "not given"
+    (3, 16, None)
+    """
     base = getattr(args, "config", None)
     resume, out = getattr(args, "resume", None), getattr(args, "out", None)
     if base is None and resume and out and (Path(out) / "config.yaml").is_file():
