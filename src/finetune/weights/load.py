@@ -35,6 +35,25 @@ class LoadReport:
 
     ``mismatched`` holds ``(name, file shape, model shape)``; ``adapted`` holds
     ``(name, how)``. ``ok`` is True when nothing is missing except what was excluded.
+
+    >>> import torch
+    >>> from finetune import load_weights
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))
+    >>> report = load_weights(model, {"0.weight": torch.ones(4, 3), "0.bias": torch.zeros(4),
+    ...                               "1.weight": torch.ones(10, 4), "extra": torch.zeros(1)})
+    >>> report.ok, report.loaded, report.missing, report.unexpected
+    (False, ['0.weight', '0.bias'], ['1.bias'], ['extra'])
+    >>> report.to_dict()["mismatched"]
+    [{'name': '1.weight', 'file_shape': [10, 4], 'model_shape': [5, 4]}]
+    >>> print(report)
+    weights: <state dict>
+      format   state_dict (in memory)
+      mapping  prefix: identity
+      loaded         2
+      mismatched     1  1.weight (file 10x4, model 5x4)
+      missing        1  1.bias
+      unexpected     1  extra
+      2/4 model tensors from the file: INCOMPLETE: the model keeps its own values for the missing tensors
     """
 
     source: str = ""
@@ -99,7 +118,13 @@ def _clip(text: str, width: int = 110) -> str:
 # --------------------------------------------------------------------------- alignment
 @dataclass(frozen=True)
 class PrefixMap:
-    """Replace ``strip`` at the start of a key by ``add`` (keys without ``strip`` keep their name)."""
+    """Replace ``strip`` at the start of a key by ``add`` (keys without ``strip`` keep their name).
+
+    >>> from finetune.weights.load import PrefixMap
+    >>> m = PrefixMap(strip="model.", add="backbone.")
+    >>> m("model.fc.weight"), m("head.bias"), str(m)
+    ('backbone.fc.weight', 'head.bias', "'model.' -> 'backbone.'")
+    """
 
     strip: str = ""
     add: str = ""
