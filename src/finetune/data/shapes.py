@@ -32,7 +32,14 @@ _SUPERSAMPLE = 4
 
 @dataclass(frozen=True)
 class ShapesSpec:
-    """Parameters of a shapes dataset; they key its cache directory."""
+    """Parameters of a shapes dataset; they key its cache directory.
+
+    >>> from finetune.data.shapes import ShapesSpec
+    >>> ShapesSpec(per_class=2, size=32).key()  # doctest: +ELLIPSIS
+    'shapes-32px-2pc-s0-...'
+    >>> ShapesSpec(seed=1).key() != ShapesSpec(seed=2).key()
+    True
+    """
 
     per_class: int = 500
     val_per_class: int = 50
@@ -46,7 +53,19 @@ class ShapesSpec:
 
 
 def cache_dir() -> Path:
-    """Where generated datasets live: ``$FINETUNE_CACHE`` or ``~/.cache/finetune``."""
+    """Where generated datasets live: ``$FINETUNE_CACHE`` or ``~/.cache/finetune``.
+
+    >>> import os, pathlib
+    >>> from unittest import mock
+    >>> from finetune.data.shapes import cache_dir
+    >>> with mock.patch.dict(os.environ, {"FINETUNE_CACHE": "/data/cache"}):
+    ...     cache_dir()
+    PosixPath('/data/cache')
+    >>> with mock.patch.dict(os.environ):
+    ...     _ = os.environ.pop("FINETUNE_CACHE", None)
+    ...     cache_dir() == pathlib.Path.home() / ".cache" / "finetune"
+    True
+    """
     env = os.environ.get("FINETUNE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "finetune"
 
@@ -204,6 +223,17 @@ def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | 
     ``val_per_class`` defaults to a sixth of ``per_class`` (at least 1). Writing
     goes to a temporary sibling folder renamed into place at the end, so an
     interrupted run never leaves a half-written dataset behind.
+
+    >>> import tempfile
+    >>> from finetune import make_shapes
+    >>> root = make_shapes(tempfile.mkdtemp() + "/shapes", per_class=2, val_per_class=1, size=32)
+    >>> len(list(root.glob("train/*/*.jpg"))), len(list(root.glob("val/*/*.jpg")))
+    (16, 8)
+    >>> (root / "boxes.csv").read_text().splitlines()[0]
+    'split,path,label,x0,y0,x1,y1'
+    >>> again = make_shapes(tempfile.mkdtemp() + "/shapes", per_class=2, val_per_class=1, size=32)
+    >>> (again / "train/star/star_00000.jpg").read_bytes() == (root / "train/star/star_00000.jpg").read_bytes()
+    True
     """
     root = Path(root)
     if val_per_class is None:
