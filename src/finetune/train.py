@@ -50,11 +50,29 @@ from finetune.models import check_input_size, count_parameters, create_model, he
 
 
 def warn(message: str) -> None:
+    """Print a one-line ``finetune: warning:`` message on stderr.
+
+    >>> import contextlib, io
+    >>> from finetune.train import warn
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     warn("3 images were skipped")
+    >>> err.getvalue()
+    'finetune: warning: 3 images were skipped\\n'
+    """
     print(f"finetune: warning: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the run directory, the best validation accuracies and the history.
+
+    >>> from pathlib import Path
+    >>> from finetune.train import TrainResult
+    >>> r = TrainResult(Path("runs/a"), best_top1=0.9, best_top5=1.0, best_epoch=3, history=[{"epoch": 0}])
+    >>> r.best_top1, r.stopped_early
+    (0.9, False)
+    """
+
     run_dir: Path
     best_top1: float
     best_top5: float
@@ -65,7 +83,15 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- set-up helpers
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without it is an error."""
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error.
+
+    >>> import torch
+    >>> from finetune.train import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    True
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -74,7 +100,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 on CUDA by default, none on CPU (where it is slower for training)."""
+    """Autocast dtype: bf16 on CUDA by default, none on CPU (where it is slower for training).
+
+    >>> import torch
+    >>> from finetune.train import resolve_amp
+    >>> resolve_amp("auto", torch.device("cpu")), resolve_amp("auto", torch.device("cuda"))
+    (None, torch.bfloat16)
+    >>> resolve_amp("fp16", torch.device("cuda")), resolve_amp("off", torch.device("cuda"))
+    (torch.float16, None)
+    """
     if name == "off" or (name == "auto" and device.type != "cuda"):
         return None
     if name == "fp16":
@@ -83,6 +117,15 @@ def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_data(data: str, val_split: float, seed: int) -> tuple[Samples, Samples]:
+    """(train, val) samples of ``--data``: the built-in ``shapes`` (generated once) or a path.
+
+    >>> import tempfile
+    >>> from finetune import make_shapes
+    >>> from finetune.train import resolve_data
+    >>> train, val = resolve_data(str(make_shapes(tempfile.mkdtemp(), per_class=2, val_per_class=1, size=32)), 0.1, 0)
+    >>> len(train), len(val), train.classes[:2]
+    (16, 8, ('circle', 'cross'))
+    """
     if data == "shapes":
         from finetune.data.shapes import shapes_root
 
@@ -91,6 +134,13 @@ def resolve_data(data: str, val_split: float, seed: int) -> tuple[Samples, Sampl
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
+    """``runs/<model>-<data>-<date>-<time>``, where a run goes without ``--out``.
+
+    >>> from finetune import TrainConfig
+    >>> from finetune.train import default_run_dir
+    >>> default_run_dir(TrainConfig(data="photos/", model="timm:vit_small"))  # doctest: +ELLIPSIS
+    PosixPath('runs/timm-vit_small-photos-...-...')
+    """
     data_name = Path(cfg.data).stem or "data"
     model_name = cfg.model.replace(":", "-").replace("/", "-")
     return Path("runs") / f"{model_name}-{data_name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -112,13 +162,34 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    """Every group's lr = its base lr (lr x its multiplier) x ``factor``."""
+    """Every group's lr = its base lr (lr x its multiplier) x ``factor``.
+
+    >>> import torch
+    >>> from finetune.train import set_lr
+    >>> opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1},
+    ...                        {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.01}])
+    >>> set_lr(opt, 0.5); [g["lr"] for g in opt.param_groups]
+    [0.05, 0.005]
+    >>> set_lr(opt, 1.0); [g["lr"] for g in opt.param_groups]
+    [0.1, 0.01]
+    """
     for group in optimizer.param_groups:
         group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov momentum) or AdamW over named parameter groups (see :func:`finetune.param_groups`)."""
+    """SGD (Nesterov momentum) or AdamW over named parameter groups (see :func:`finetune.param_groups`).
+
+    >>> import torch
+    >>> from finetune import TrainConfig, param_groups
+    >>> from finetune.train import make_optimizer
+    >>> net = torch.nn.Linear(2, 2)
+    >>> opt = make_optimizer(param_groups(net, 0.1), TrainConfig(optimizer="sgd", lr=0.1))
+    >>> type(opt).__name__, opt.param_groups[0]["nesterov"], opt.param_groups[0]["base_lr"]
+    ('SGD', True, 0.1)
+    >>> type(make_optimizer(param_groups(net, 1e-3), TrainConfig(lr=1e-3))).__name__
+    'AdamW'
+    """
     for g in groups:
         g["base_lr"] = g["lr"]
     if cfg.optimizer == "sgd":
@@ -132,7 +203,20 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.opti
 
 
 def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
-    """--linear-probe / --train-only / --freeze, and the frozen parts of --unfreeze, then the BN policy."""
+    """--linear-probe / --train-only / --freeze, and the frozen parts of --unfreeze, then the BN policy.
+
+    >>> import torch
+    >>> from finetune import TrainConfig
+    >>> from finetune.train import apply_freezing
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 3))
+    >>> apply_freezing(net, TrainConfig(linear_probe=True))
+    >>> [n for n, p in net.named_parameters() if p.requires_grad]
+    ['2.weight', '2.bias']
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 3))
+    >>> apply_freezing(net, TrainConfig(freeze=["0"], unfreeze=["1@3"]))
+    >>> [n for n, p in net.named_parameters() if p.requires_grad]
+    ['2.weight', '2.bias']
+    """
     from finetune.freeze import freeze, freeze_all_but, set_bn_policy
 
     if cfg.linear_probe:  # every head the output comes from (timm's distilled DeiT has two)
@@ -147,7 +231,20 @@ def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
 
 
 def unfreeze_at(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> list[str]:
-    """Make the ``--unfreeze PATTERN@E`` parameters with E == epoch + 1 trainable, as new optimizer groups."""
+    """Make the ``--unfreeze PATTERN@E`` parameters with E == epoch + 1 trainable, as new optimizer groups.
+
+    >>> import torch
+    >>> from finetune import TrainConfig, param_groups
+    >>> from finetune.train import apply_freezing, make_optimizer, unfreeze_at
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 3))
+    >>> cfg = TrainConfig(epochs=3, lr=0.1, weight_decay=0.0, unfreeze=["0@2"])
+    >>> apply_freezing(net, cfg)
+    >>> opt = make_optimizer(param_groups(net, cfg.lr), cfg)
+    >>> unfreeze_at(net, opt, cfg, epoch=0), unfreeze_at(net, opt, cfg, epoch=1)
+    ([], ['0.weight', '0.bias'])
+    >>> len(opt.param_groups), net[0].weight.requires_grad
+    (2, True)
+    """
     from finetune.freeze import add_param_group_for, unfreeze
 
     names: list[str] = []
@@ -166,7 +263,22 @@ def unfreeze_at(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainCo
 
 class FeatureBatches:
     """Batches of cached backbone features, in the same seeded order and with the same
-    position bookkeeping as the image loader (for --linear-probe --cache-features)."""
+    position bookkeeping as the image loader (for --linear-probe --cache-features).
+
+    >>> import torch
+    >>> from finetune.train import FeatureBatches
+    >>> batches = FeatureBatches(torch.randn(10, 3), torch.arange(10), batch_size=4, seed=0)
+    >>> batches.set_epoch(1)
+    >>> len(batches), [y.tolist() for _, y in batches]     # full batches only, seeded order
+    (2, [[6, 0, 8, 9], [5, 7, 2, 1]])
+    >>> batches.set_epoch(1); it = iter(batches); _ = next(it); state = batches.state_dict()
+    >>> state
+    {'epoch': 1, 'position': 1, 'seed': 0}
+    >>> resumed = FeatureBatches(batches.features, batches.labels, batch_size=4, seed=0)
+    >>> resumed.load_state_dict(state)
+    >>> torch.equal(next(iter(resumed))[1], next(it)[1])        # the batch an uninterrupted run gets
+    True
+    """
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
         self.features, self.labels = features, labels
@@ -201,6 +313,16 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
     """Loss, top-1, top-k (k = min(5, classes)) and per-class accuracy over ``loader``.
 
     Accuracies are fractions in [0, 1].
+
+    >>> import tempfile, torch
+    >>> from finetune import build_loader, evaluate, make_shapes
+    >>> from finetune.data.samples import find_splits
+    >>> _, val = find_splits(make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32))
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8))
+    >>> with build_loader(val, train=False, img_size=32, batch_size=4, workers="0") as loader:
+    ...     m = evaluate(model, loader)
+    >>> m["images"], m["topk"], len(m["per_class"]), 0 <= m["top1"] <= m["top5"] <= 1
+    (8, 5, 8, True)
     """
     model.eval()
     classes = loader.classes
@@ -230,7 +352,22 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
 
 # --------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
-    """Fine-tune ``cfg.model`` on ``cfg.data``; write everything into the run directory."""
+    """Fine-tune ``cfg.model`` on ``cfg.data``; write everything into the run directory.
+
+    >>> import tempfile
+    >>> from finetune import TrainConfig, make_shapes
+    >>> from finetune.train import train     # (``finetune.train`` is also the name of this module)
+    >>> data = make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32)
+    >>> cfg = TrainConfig(data=str(data), model="squeezenet1_1", img_size=32, epochs=2, batch_size=8,
+    ...                   workers="0", out=tempfile.mkdtemp(), max_steps=1)
+    >>> result = train(cfg, quiet=True)           # one step (= one epoch here), then it stops
+    >>> result.stopped_early, len(result.history), sorted(p.name for p in result.run_dir.iterdir())
+    (True, 1, ['best.safetensors', 'checkpoints', 'classes.json', 'config.yaml', 'metrics.jsonl', 'trainable.json'])
+    >>> cfg.max_steps, cfg.resume = None, "auto"
+    >>> result = train(cfg, quiet=True)           # resumes where it stopped
+    >>> result.stopped_early, [r["epoch"] for r in result.history]
+    (False, [0, 1])
+    """
     cfg.validate()
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
@@ -479,7 +616,18 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
 
 def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
-    """Unreadable images were skipped: list them in ``bad_files.txt`` and say so once per new file."""
+    """Unreadable images were skipped: list them in ``bad_files.txt`` and say so once per new file.
+
+    >>> import contextlib, io, pathlib, tempfile, types
+    >>> from finetune.data.decode import BadFile
+    >>> from finetune.train import report_bad_files
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> loader = types.SimpleNamespace(bad_file_list=lambda: [BadFile(3, "img/x.jpg", "not an image")])
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     report_bad_files(run, loader); report_bad_files(run, loader)
+    >>> (run / "bad_files.txt").read_text(), err.getvalue().count("skipped 1 unreadable image")
+    ('img/x.jpg\\tnot an image\\n', 1)
+    """
     lines = [f"{b.path}\t{b.reason}" for ld in loaders for b in ld.bad_file_list()]
     if not lines:
         return
@@ -493,7 +641,18 @@ def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
 
 
 def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
-    """``best.safetensors``: the best weights alone, with the class names in its metadata."""
+    """``best.safetensors``: the best weights alone, with the class names in its metadata.
+
+    >>> import pathlib, tempfile, torch
+    >>> from safetensors import safe_open
+    >>> from finetune.train import write_deployment_files
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> state = {"arch": "resnet18", "classes": ["cat", "dog"], "img_size": 32, "model": {"fc.bias": torch.zeros(2)}}
+    >>> write_deployment_files(state, run)
+    >>> with safe_open(str(run / "best.safetensors"), "pt") as f:
+    ...     list(f.keys()), f.metadata()["classes"], f.metadata()["arch"]
+    (['fc.bias'], '["cat", "dog"]', 'resnet18')
+    """
     from safetensors.torch import save_file
 
     meta = {"arch": str(state["arch"]), "classes": json.dumps(list(state["classes"])),
@@ -505,7 +664,17 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
 
 # --------------------------------------------------------------------------- eval / predict from a checkpoint
 def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a finetune checkpoint describes and load its weights."""
+    """Rebuild the model a finetune checkpoint describes and load its weights.
+
+    >>> import tempfile, torch
+    >>> from finetune import Checkpointer, create_model
+    >>> from finetune.train import load_checkpoint_model
+    >>> path = Checkpointer(tempfile.mkdtemp()).save({"model": create_model("squeezenet1_1", num_classes=2),
+    ...     "arch": "squeezenet1_1", "classes": ["cat", "dog"], "img_size": 32, "epoch": 0, "step": 0})
+    >>> model, state = load_checkpoint_model(path, torch.device("cpu"))
+    >>> model.finetune_arch, state["classes"], model.training
+    ('squeezenet1_1', ['cat', 'dog'], False)
+    """
     state = Checkpointer.read(path)
     if "arch" not in state or "classes" not in state or "model" not in state:
         raise CheckpointError(f"'{path}' is not a finetune training checkpoint (no arch/classes/model): "
@@ -519,7 +688,19 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
 
 def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size: int = 64, workers: str = "0",
                         device: str = "auto", quiet: bool = True) -> dict[str, Any]:
-    """Evaluate a checkpoint on its dataset's val split, or on ``data``."""
+    """Evaluate a checkpoint on its dataset's val split, or on ``data``.
+
+    >>> import tempfile
+    >>> from finetune import Checkpointer, create_model, make_shapes
+    >>> from finetune.data.shapes import CLASSES
+    >>> from finetune.train import evaluate_checkpoint
+    >>> data = make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32)
+    >>> path = Checkpointer(tempfile.mkdtemp()).save({"model": create_model("squeezenet1_1", num_classes=8),
+    ...     "arch": "squeezenet1_1", "classes": list(CLASSES), "img_size": 32, "epoch": 0, "step": 0})
+    >>> m = evaluate_checkpoint(path, data=str(data), device="cpu")   # data's val/ folder
+    >>> m["images"], sorted(m["per_class"]) == sorted(CLASSES), 0 <= m["top1"] <= 1
+    (8, True, True)
+    """
     dev = resolve_device(device)
     model, state = load_checkpoint_model(path, dev)
     cfg = state.get("config", {})
@@ -563,7 +744,23 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, batch_size: int = 64,
                   device: str = "auto") -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file (directories are searched recursively)."""
+    """Top-k classes with probabilities for each image file (directories are searched recursively).
+
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from finetune import Checkpointer, create_model
+    >>> from finetune.train import predict_files
+    >>> path = Checkpointer(tempfile.mkdtemp()).save({"model": create_model("squeezenet1_1", num_classes=2),
+    ...     "arch": "squeezenet1_1", "classes": ["cat", "dog"], "img_size": 32, "epoch": 0, "step": 0})
+    >>> images = tempfile.mkdtemp(); os.mkdir(f"{images}/sub")
+    >>> Image.new("RGB", (40, 30), "red").save(f"{images}/red.jpg")
+    >>> Image.new("RGB", (30, 40), "blue").save(f"{images}/sub/blue.jpg")
+    >>> out = predict_files(path, [images], topk=5, device="cpu")
+    >>> [os.path.basename(o["path"]) for o in out], [len(o["top"]) for o in out]   # k <= number of classes
+    (['red.jpg', 'blue.jpg'], [2, 2])
+    >>> round(sum(t["prob"] for t in out[0]["top"]), 4), sorted(t["class"] for t in out[0]["top"])
+    (1.0, ['cat', 'dog'])
+    """
     dev = resolve_device(device)
     model, state = load_checkpoint_model(checkpoint, dev)
     classes = list(state["classes"])
@@ -591,5 +788,16 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
 
 
 def predict(checkpoint: str | Path, inputs: list[str], **kwargs: Any) -> list[dict[str, Any]]:
-    """Alias of :func:`predict_files` for the public API."""
+    """Alias of :func:`predict_files` for the public API.
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from finetune import Checkpointer, create_model, predict
+    >>> path = Checkpointer(tempfile.mkdtemp()).save({"model": create_model("squeezenet1_1", num_classes=2),
+    ...     "arch": "squeezenet1_1", "classes": ["cat", "dog"], "img_size": 32, "epoch": 0, "step": 0})
+    >>> image = tempfile.mkdtemp() + "/red.jpg"; Image.new("RGB", (40, 30), "red").save(image)
+    >>> [result] = predict(path, [image], topk=1, device="cpu")
+    >>> result["path"] == image, result["top"][0]["class"] in ("cat", "dog"), 0.5 <= result["top"][0]["prob"] <= 1
+    (True, True, True)
+    """
     return predict_files(checkpoint, inputs, **kwargs)
