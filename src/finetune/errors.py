@@ -16,28 +16,79 @@ from __future__ import annotations
 
 
 class FinetuneError(Exception):
-    """Base class of every error caused by bad input or a bad environment."""
+    """Base class of every error caused by bad input or a bad environment.
+
+    >>> from finetune import FinetuneError, TrainConfig
+    >>> try:
+    ...     TrainConfig(epochs=0).validate()
+    ... except FinetuneError as e:
+    ...     print(type(e).__name__, "-", e)
+    ConfigError - --epochs must be at least 1, got 0
+    """
 
 
 class ConfigError(FinetuneError):
-    """A configuration value or command-line flag is invalid."""
+    """A configuration value or command-line flag is invalid.
+
+    >>> from finetune import load_config
+    >>> load_config("missing.yaml")
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: config file 'missing.yaml' does not exist
+    """
 
 
 class DataError(FinetuneError):
-    """A dataset folder, CSV or image cannot be used."""
+    """A dataset folder, CSV or image cannot be used.
+
+    >>> from finetune.data.samples import find_splits
+    >>> find_splits("/nonexistent")
+    Traceback (most recent call last):
+    finetune.errors.DataError: data path '/nonexistent' does not exist: give an image folder, a CSV file, or 'shapes'
+    """
 
 
 class ModelError(FinetuneError):
-    """An architecture name is unknown or a model cannot be built."""
+    """An architecture name is unknown or a model cannot be built.
+
+    >>> from finetune import create_model
+    >>> create_model("resnet19", num_classes=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.ModelError: unknown torchvision model 'resnet19'; did you mean resnet18, ...?
+    """
 
 
 class CheckpointError(FinetuneError):
-    """A checkpoint file is missing, unreadable, truncated or incomplete."""
+    """A checkpoint file is missing, unreadable, truncated or incomplete.
+
+    >>> import tempfile
+    >>> from finetune import Checkpointer
+    >>> Checkpointer(tempfile.mkdtemp()).load()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.CheckpointError: no complete checkpoint in '...checkpoints': start without --resume
+    """
 
 
 class WeightsError(FinetuneError):
-    """Weights cannot be read or do not fit the model."""
+    """Weights cannot be read or do not fit the model.
+
+    >>> import torch
+    >>> from finetune import load_weights
+    >>> load_weights(torch.nn.Linear(2, 2), {"weight": torch.zeros(3, 2)})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.WeightsError: <state dict>: 0 tensors loaded: all 1 matching names have other shapes ...
+    """
 
 
 class UnsafeCheckpointError(WeightsError):
-    """A file needs code execution to load and the user did not pass ``--trust``."""
+    """A file needs code execution to load and the user did not pass ``--trust``.
+
+    >>> import fractions, tempfile, torch
+    >>> from finetune import read_state_dict
+    >>> path = tempfile.mkdtemp() + "/old.pt"
+    >>> torch.save({"state_dict": {"w": torch.zeros(1)}, "ratio": fractions.Fraction(1, 3)}, path)
+    >>> read_state_dict(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.UnsafeCheckpointError: ...: refusing to unpickle fractions.Fraction: loading it could run code ...
+    >>> list(read_state_dict(path, trust=True))
+    ['w']
+    """
