@@ -261,6 +261,15 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``finetune`` argument parser: one subcommand per command, each with ``-q`` and ``--debug``.
+
+    Flags left out are None, so :func:`finetune.config.config_from_args` can tell them from defaults.
+
+    >>> from finetune.cli import build_parser
+    >>> args = build_parser().parse_args(["train", "--epochs", "3", "--freeze", "layer1", "layer2", "-q"])
+    >>> args.command, args.epochs, args.freeze, args.quiet, args.lr
+    ('train', 3, ['layer1', 'layer2'], True, None)
+    """
     parser = _Parser(prog="finetune", description="Fine-tune pretrained image classifiers: correct by construction, measured, tested.")
     parser.add_argument("--version", action="version", version="finetune 0.1.0")
     common = argparse.ArgumentParser(add_help=False)
@@ -280,6 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``finetune`` command line on ``argv``; return the exit status.
+
+    A :class:`~finetune.errors.FinetuneError` is printed as one ``finetune: error:`` line
+    on stderr (exit status 2); ``--debug`` or ``FINETUNE_DEBUG=1`` shows the traceback instead.
+
+    >>> import tempfile
+    >>> from finetune.cli import main
+    >>> main(["make-shapes", tempfile.mkdtemp() + "/shapes", "--per-class", "1", "--size", "16"])  # doctest: +ELLIPSIS
+    wrote shapes dataset to .../shapes
+    0
+    >>> main(["eval", "--checkpoint", "/nonexistent.pt"])   # "finetune: error: ..." on stderr
+    2
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
