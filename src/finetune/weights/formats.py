@@ -53,6 +53,13 @@ class Checkpoint:
 
     ``format`` is the layout (``timm``, ``lightning``, …); ``container`` the file kind
     (``torch zip``, ``safetensors``, …); ``unwrapped`` lists wrapper prefixes removed.
+
+    >>> import torch
+    >>> from finetune.weights import read_checkpoint
+    >>> ck = read_checkpoint({"state_dict": {"fc.weight": torch.ones(1)}, "state_dict_ema": {"fc.weight": torch.ones(1)},
+    ...                       "arch": "resnet50", "epoch": 3})
+    >>> ck.description, list(ck.weights), ck.ema is not None, ck.metadata
+    ('timm CheckpointSaver (in memory)', ['fc.weight'], True, {'arch': 'resnet50', 'epoch': 3})
     """
 
     source: str
@@ -112,6 +119,13 @@ def sniff(path: Path) -> str:
 
     Kinds: ``torch zip``, ``torchscript``, ``pickle``, ``safetensors``, ``index``;
     anything else is a message (``empty file``, ``a text file, …``).
+
+    >>> import pathlib, tempfile, torch
+    >>> from finetune.weights.formats import sniff
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> torch.save({"w": torch.ones(1)}, d / "a.pt"); _ = (d / "notes.txt").write_text("hello")
+    >>> sniff(d / "a.pt"), sniff(d / "notes.txt")
+    ('torch zip', 'a text file, not a checkpoint')
     """
     size = path.stat().st_size
     if size == 0:
@@ -178,7 +192,14 @@ def _with_container(ck: Checkpoint, container: str, metadata: dict[str, Any] | N
 
 # --------------------------------------------------------------------------- structure
 def interpret(obj: Any, *, source: str, container: str = "in memory", fmt: str | None = None) -> Checkpoint:
-    """Find the weights, EMA weights, metadata and optimizer state in a loaded object."""
+    """Find the weights, EMA weights, metadata and optimizer state in a loaded object.
+
+    >>> import torch
+    >>> from finetune.weights.formats import interpret
+    >>> ck = interpret({"state_dict": {"module.fc.weight": torch.ones(1)}, "epoch": 3, "optimizer": {}}, source="x.pt")
+    >>> ck.format, list(ck.weights), ck.unwrapped, ck.metadata, ck.optimizer
+    ("state dict under 'state_dict'", ['fc.weight'], ['module.'], {'epoch': 3}, {})
+    """
     if isinstance(obj, torch.nn.Module):
         ck = Checkpoint(source, container, fmt or "pickled nn.Module", _module_state(obj),
                         metadata={"class": f"{type(obj).__module__}.{type(obj).__qualname__}"})
@@ -470,6 +491,16 @@ def read_dcp(path: Path) -> dict[str, Any]:
 
     The ``.metadata`` pickle is read with a restricted unpickler (DCP's own reader
     uses plain ``pickle.load``, which would run code from a crafted file).
+
+    >>> import pathlib, tempfile, warnings, torch
+    >>> import torch.distributed.checkpoint as dcp
+    >>> from finetune.weights.formats import read_dcp
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "dcp"
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")        # "torch.distributed is ... uninitialized": fine here
+    ...     _ = dcp.save({"model": {"w": torch.ones(2)}}, checkpoint_id=str(folder))
+    >>> read_dcp(folder)
+    {'model': {'w': tensor([1., 1.])}}
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
