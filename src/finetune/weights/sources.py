@@ -19,20 +19,45 @@ from finetune.errors import WeightsError
 
 
 def is_named(source: object) -> bool:
-    """True for ``torchvision``, ``torchvision:ARCH`` and ``timm:NAME`` (not an existing path)."""
+    """True for ``torchvision``, ``torchvision:ARCH`` and ``timm:NAME`` (not an existing path).
+
+    >>> from finetune.weights.sources import is_named
+    >>> is_named("torchvision:resnet50"), is_named("timm:vit_small_patch16_224"), is_named("runs/a/best.pt")
+    (True, True, False)
+    """
     if not isinstance(source, str) or Path(source).exists():
         return False
     return source == "torchvision" or source.startswith(("torchvision:", "timm:"))
 
 
 def offline() -> bool:
-    """True when downloads are off (``FINETUNE_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1/true)."""
+    """True when downloads are off (``FINETUNE_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1/true).
+
+    >>> import os
+    >>> from unittest import mock
+    >>> from finetune.weights.sources import offline
+    >>> with mock.patch.dict(os.environ, {"FINETUNE_OFFLINE": "0", "HF_HUB_OFFLINE": "true"}):
+    ...     offline()
+    True
+    >>> with mock.patch.dict(os.environ, {"FINETUNE_OFFLINE": "0", "HF_HUB_OFFLINE": "0"}):
+    ...     offline()
+    False
+    """
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                for v in ("FINETUNE_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def resolve(source: str, arch: str | None) -> Path:
-    """The local file of a named source, downloading it when allowed."""
+    """The local file of a named source, downloading it when allowed.
+
+    >>> import os, tempfile
+    >>> from unittest import mock
+    >>> from finetune.weights.sources import resolve
+    >>> with mock.patch.dict(os.environ, {"TORCH_HOME": tempfile.mkdtemp(), "FINETUNE_OFFLINE": "1"}):
+    ...     resolve("torchvision", arch="resnet18")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.WeightsError: pretrained weights 'resnet18-f37072fd.pth' are not cached and downloads are off (...): download https://download.pytorch.org/models/resnet18-f37072fd.pth and put it in .../hub/checkpoints/
+    """
     if source == "torchvision" or source.startswith("torchvision:"):
         name = source.partition(":")[2] or arch
         if not name:
@@ -43,7 +68,15 @@ def resolve(source: str, arch: str | None) -> Path:
 
 
 def torch_hub_checkpoints() -> Path:
-    """``torch.hub.get_dir()/checkpoints`` (respects ``TORCH_HOME``)."""
+    """``torch.hub.get_dir()/checkpoints`` (respects ``TORCH_HOME``).
+
+    >>> import os
+    >>> from unittest import mock
+    >>> from finetune.weights.sources import torch_hub_checkpoints
+    >>> with mock.patch.dict(os.environ, {"TORCH_HOME": "/data/torch"}):
+    ...     torch_hub_checkpoints()
+    PosixPath('/data/torch/hub/checkpoints')
+    """
     import torch
 
     return Path(torch.hub.get_dir()) / "checkpoints"
@@ -92,7 +125,15 @@ def _missing(path: Path, url: str, why: str) -> WeightsError:
 
 
 def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache folder (``HF_HUB_CACHE``, ``HF_HOME/hub`` or ``~/.cache/huggingface/hub``)."""
+    """The Hugging Face hub cache folder (``HF_HUB_CACHE``, ``HF_HOME/hub`` or ``~/.cache/huggingface/hub``).
+
+    >>> import os
+    >>> from unittest import mock
+    >>> from finetune.weights.sources import hf_hub_cache
+    >>> with mock.patch.dict(os.environ, {"HF_HUB_CACHE": "", "HF_HOME": "/data/hf"}):
+    ...     hf_hub_cache()
+    PosixPath('/data/hf/hub')
+    """
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
@@ -100,7 +141,18 @@ def hf_hub_cache() -> Path:
 
 
 def timm_file(name: str) -> Path:
-    """The cached pretrained file of timm model ``name`` (``resnet18`` or ``resnet18.a1_in1k``)."""
+    """The cached pretrained file of timm model ``name`` (``resnet18`` or ``resnet18.a1_in1k``).
+
+    >>> import os, pathlib, tempfile
+    >>> from unittest import mock
+    >>> from finetune.weights.sources import timm_file
+    >>> hub = pathlib.Path(tempfile.mkdtemp())
+    >>> snapshot = hub / "models--timm--resnet18.a1_in1k" / "snapshots" / "0123abc"
+    >>> snapshot.mkdir(parents=True); (snapshot / "model.safetensors").touch()
+    >>> with mock.patch.dict(os.environ, {"HF_HUB_CACHE": str(hub), "FINETUNE_OFFLINE": "1"}):
+    ...     timm_file("resnet18.a1_in1k") == snapshot / "model.safetensors"
+    True
+    """
     if not name:
         raise WeightsError("timm source needs a model name: timm:NAME (e.g. timm:resnet18)")
     repo, url = _timm_locations(name)
