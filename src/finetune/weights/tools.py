@@ -72,7 +72,13 @@ def inspect_checkpoint(source: str | os.PathLike[str], *, model: str | None = No
 
 
 def tensor_table(sd: Mapping[str, Tensor]) -> list[dict[str, Any]]:
-    """One row per tensor: name, shape, dtype, numel."""
+    """One row per tensor: name, shape, dtype, numel.
+
+    >>> import torch
+    >>> from finetune.weights.tools import tensor_table
+    >>> tensor_table({"fc.weight": torch.zeros(2, 3, dtype=torch.float16)})
+    [{'name': 'fc.weight', 'shape': [2, 3], 'dtype': 'float16', 'numel': 6}]
+    """
     return [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "numel": v.numel()}
             for k, v in sd.items()]
 
@@ -231,7 +237,22 @@ def _unshare(sd: StateDict) -> StateDict:
 
 
 def format_inspect(info: Mapping[str, Any], *, max_rows: int | None = None) -> str:
-    """The text ``finetune inspect`` prints for :func:`inspect_checkpoint`'s result."""
+    """The text ``finetune inspect`` prints for :func:`inspect_checkpoint`'s result.
+
+    >>> import torch
+    >>> from finetune.weights import format_inspect, inspect_checkpoint
+    >>> info = inspect_checkpoint({"state_dict": {"module.fc.weight": torch.zeros(2, 3),
+    ...                                           "module.fc.bias": torch.zeros(2)}, "epoch": 3})
+    >>> print(format_inspect(info, max_rows=1))
+    file      <state dict>
+    format    state dict under 'state_dict' (in memory)
+    wrappers  removed 'module.'
+    metadata
+      epoch  3
+    tensors   2 tensors, 8 values, 0.00 MB
+      fc.weight  (2, 3)  float32              6
+      … 1 more
+    """
     lines = [f"file      {info['source']}", f"format    {info['format']} ({info['container']})"]
     if info.get("wrappers_removed"):
         lines.append("wrappers  removed " + ", ".join(f"'{w}'" for w in info["wrappers_removed"]))
