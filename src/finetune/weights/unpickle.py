@@ -45,7 +45,19 @@ def torch_is_safe(version: str | None = None) -> bool:
 
 
 def warn_if_unsafe_torch() -> None:
-    """Warn once when the installed torch predates the weights_only fix."""
+    """Warn once when the installed torch predates the weights_only fix.
+
+    >>> import warnings
+    >>> from unittest import mock
+    >>> from finetune.weights import unpickle
+    >>> with (mock.patch.object(unpickle, "torch_is_safe", return_value=False),   # as with torch 2.5
+    ...       mock.patch.object(unpickle, "_CVE_WARNED", False),
+    ...       warnings.catch_warnings(record=True) as caught):
+    ...     warnings.simplefilter("always")
+    ...     unpickle.warn_if_unsafe_torch(); unpickle.warn_if_unsafe_torch()
+    >>> len(caught), "CVE-2025-32434" in str(caught[0].message)
+    (1, True)
+    """
     global _CVE_WARNED
     if not _CVE_WARNED and not torch_is_safe():
         _CVE_WARNED = True
@@ -104,7 +116,12 @@ def _allowlist_names() -> set[str]:
 
 
 def unsafe_error(name: str, globals_: list[str]) -> UnsafeCheckpointError:
-    """The refusal message: which types, and how to load anyway."""
+    """The refusal message: which types, and how to load anyway.
+
+    >>> from finetune.weights.unpickle import unsafe_error
+    >>> print(unsafe_error("old.pt", ["a.A", "b.B", "c.C", "d.D", "e.E", "f.F", "g.G"]))
+    old.pt: refusing to unpickle a.A, b.B, c.C, d.D, e.E and 2 more: loading it could run code stored in the file; if you trust where the file comes from, pass --trust (trust=True)
+    """
     shown = ", ".join(globals_[:5]) + (f" and {len(globals_) - 5} more" if len(globals_) > 5 else "")
     return UnsafeCheckpointError(
         f"{name}: refusing to unpickle {shown}: loading it could run code stored in the file; "
@@ -197,6 +214,20 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.name = name
 
     def find_class(self, module: str, name: str) -> Any:
+        """The allowed object for ``module.name``, else ``fallback``'s stand-in, else refuse.
+
+        >>> import fractions, io, pickle
+        >>> from finetune.weights.unpickle import RestrictedUnpickler
+        >>> data = pickle.dumps(fractions.Fraction(1, 3))
+        >>> RestrictedUnpickler(io.BytesIO(data), {"fractions.Fraction": fractions.Fraction}).load()
+        Fraction(1, 3)
+        >>> stand_in = lambda module, name: lambda *args: (f"{module}.{name}", args)
+        >>> RestrictedUnpickler(io.BytesIO(data), {}, fallback=stand_in).load()
+        ('fractions.Fraction', (1, 3))
+        >>> RestrictedUnpickler(io.BytesIO(data), {}, name="f.pkl").load()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        finetune.errors.UnsafeCheckpointError: f.pkl: refusing to unpickle fractions.Fraction: loading it could run code ...
+        """
         key = f"{module}.{name}"
         if key in self.allowed:
             return self.allowed[key]
