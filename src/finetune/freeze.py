@@ -444,7 +444,15 @@ def bn_train_mode(model: nn.Module) -> list[str]:
 # --------------------------------------------------------------------------- trainable table
 @dataclass(frozen=True)
 class TableRow:
-    """One top-level block: parameter counts (elements) and the mode of its BatchNorm layers."""
+    """One top-level block: parameter counts (elements) and the mode of its BatchNorm layers.
+
+    >>> import torch
+    >>> from finetune.freeze import freeze, trainable_table
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 1))
+    >>> _ = freeze(net, "0", "1")
+    >>> [(r.block, r.kind, r.total, r.trainable, r.frozen, r.bn) for r in trainable_table(net).rows]
+    [('0', 'Linear', 6, 0, 6, '-'), ('1', 'BatchNorm1d', 4, 0, 4, 'frozen'), ('2', 'Linear', 3, 3, 0, '-')]
+    """
 
     block: str
     kind: str
@@ -856,7 +864,17 @@ def add_param_group_for(
 # --------------------------------------------------------------------------- audit
 @dataclass(frozen=True)
 class Finding:
-    """One problem :func:`audit` found: its kind, the parameters concerned, and what to do."""
+    """One problem :func:`audit` found: its kind, the parameters concerned, and what to do.
+
+    >>> import torch
+    >>> from finetune.freeze import audit, freeze
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> _ = freeze(net, "0")
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)     # frozen weights included
+    >>> [finding] = audit(net, opt, after_backward=False)
+    >>> finding.kind, finding.names, finding.message.split(":")[0]
+    ('frozen_in_optimizer', ['0.weight', '0.bias'], '2 frozen parameter(s) are in the optimizer with momentum=0.9')
+    """
 
     kind: str  # trainable_not_in_optimizer | frozen_in_optimizer | no_grad_after_backward | nonfinite_grad
     names: list[str]
