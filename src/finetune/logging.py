@@ -19,7 +19,15 @@ from typing import Any
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Atomically replace ``path`` with one JSON object per line."""
+    """Atomically replace ``path`` with one JSON object per line.
+
+    >>> import pathlib, tempfile
+    >>> from finetune.logging import write_jsonl
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "metrics.jsonl"
+    >>> write_jsonl(path, [{"epoch": 0}, {"epoch": 1}])
+    >>> path.read_text()
+    '{"epoch": 0}\\n{"epoch": 1}\\n'
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w") as f:
         for r in records:
@@ -41,7 +49,13 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 
 
 def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
-    """A tqdm bar on a terminal; the plain iterable when quiet or not a TTY."""
+    """A tqdm bar on a terminal; the plain iterable when quiet or not a TTY.
+
+    >>> from finetune.logging import progress
+    >>> batches = [1, 2, 3]
+    >>> progress(batches, total=3, desc="epoch 1", quiet=True) is batches
+    True
+    """
     if quiet or not sys.stderr.isatty():
         return iterable
     from tqdm import tqdm
@@ -50,7 +64,23 @@ def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type
 
 
 class RunLog:
-    """Appends epoch records to ``metrics.jsonl``; mirrors scalars to TensorBoard under ``tb/``."""
+    """Appends epoch records to ``metrics.jsonl``; mirrors scalars to TensorBoard under ``tb/``.
+
+    >>> import json, pathlib, tempfile
+    >>> from finetune.logging import RunLog
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> log = RunLog(run, tensorboard=False, quiet=False, epochs=2)
+    >>> log.info("resnet18: 11.18M parameters")
+    resnet18: 11.18M parameters
+    >>> for e in (0, 1):
+    ...     log.epoch({"epoch": e, "train_loss": 1.0 - e / 2, "val_loss": 0.9, "val_top1": 0.5, "val_top5": 1.0,
+    ...                "lr": 0.1, "images_per_s": 10.0})
+    epoch 1/2  train loss 1.0000  val loss 0.9000  top-1 50.00%  top-5 100.00%  lr 0.1  10 img/s
+    epoch 2/2  train loss 0.5000  val loss 0.9000  top-1 50.00%  top-5 100.00%  lr 0.1  10 img/s
+    >>> log.rewrite([{"epoch": 0}])                    # on resume: exactly the checkpoint's history
+    >>> log.close(); (run / "metrics.jsonl").read_text()
+    '{"epoch": 0}\\n'
+    """
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, quiet: bool, epochs: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -79,6 +109,18 @@ class RunLog:
             self._tb.flush()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
+        """One TensorBoard scalar (nothing without ``tensorboard=True``).
+
+        >>> import pathlib, tempfile
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        >>> from finetune.logging import RunLog
+        >>> run = pathlib.Path(tempfile.mkdtemp())
+        >>> log = RunLog(run, tensorboard=True, quiet=True)
+        >>> log.scalar("data/images_per_s", 250.0, step=1); log.close()
+        >>> events = EventAccumulator(str(run / "tb")); _ = events.Reload()
+        >>> [(e.step, e.value) for e in events.Scalars("data/images_per_s")]
+        [(1, 250.0)]
+        """
         if self._tb is not None:
             self._tb.add_scalar(tag, value, step)
 
