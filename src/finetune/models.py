@@ -207,7 +207,18 @@ def aux_head_names(model: nn.Module) -> list[str]:
 
 
 def logits_of(output: object) -> torch.Tensor:
-    """The main logits of a forward pass (Inception/GoogLeNet return named tuples with aux logits)."""
+    """The main logits of a forward pass (Inception/GoogLeNet return named tuples with aux logits).
+
+    >>> import torch
+    >>> from torchvision.models import GoogLeNetOutputs
+    >>> from finetune.models import logits_of
+    >>> main, aux = torch.ones(1, 3), torch.zeros(1, 3)
+    >>> logits_of(main) is main, logits_of(GoogLeNetOutputs(main, aux, aux)) is main
+    (True, True)
+    >>> logits_of({"logits": main})
+    Traceback (most recent call last):
+    finetune.errors.ModelError: the model returned dict, not logits
+    """
     if isinstance(output, torch.Tensor):
         return output
     logits = getattr(output, "logits", None)
