@@ -61,9 +61,22 @@ class Samples:
         return str(self.paths[index])
 
     def subset(self, indices: np.ndarray) -> Samples:
+        """The samples at ``indices``, with the same classes.
+
+        >>> from finetune.data.samples import Samples
+        >>> s = Samples.from_lists(["a.jpg", "b.jpg", "c.jpg"], [0, 1, 1], ("x", "y")).subset(np.array([2, 0]))
+        >>> s.paths.tolist(), s.labels.tolist(), s.classes
+        (['c.jpg', 'a.jpg'], [1, 0], ('x', 'y'))
+        """
         return Samples(self.paths[indices], self.labels[indices], self.classes)
 
     def class_counts(self) -> dict[str, int]:
+        """Images per class, every class listed (also those with none).
+
+        >>> from finetune.data.samples import Samples
+        >>> Samples.from_lists(["a.jpg", "b.jpg"], [1, 1], ("x", "y")).class_counts()
+        {'x': 0, 'y': 2}
+        """
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return {c: int(n) for c, n in zip(self.classes, counts, strict=True)}
 
@@ -78,6 +91,13 @@ def is_image_name(name: str) -> bool:
 
 
 def is_image_file(path: Path) -> bool:
+    """:func:`is_image_name` of the file name.
+
+    >>> from pathlib import Path
+    >>> from finetune.data.samples import is_image_file
+    >>> is_image_file(Path("cats/a.JPEG")), is_image_file(Path("cats/._a.jpg")), is_image_file(Path("cats/notes.txt"))
+    (True, False, False)
+    """
     return is_image_name(path.name)
 
 
@@ -144,6 +164,18 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
     skipping it would silently train a different set of classes. Hidden files
     (``.DS_Store``, ``._x.jpg``), hidden folders, :data:`SKIP_DIRS` and files without
     an image extension (``Thumbs.db``) are not samples; see :func:`image_files`.
+
+    >>> import pathlib, tempfile
+    >>> from PIL import Image
+    >>> from finetune.data.samples import scan_folder
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("dog/1.jpg", "cat/1.jpg", "cat/2.png", "cat/.DS_Store"):
+    ...     (root / name).parent.mkdir(exist_ok=True); Image.new("RGB", (8, 8)).save(root / name, "PNG")
+    >>> s = scan_folder(root)
+    >>> s.classes, s.labels.tolist(), [pathlib.Path(p).name for p in s.paths]
+    (('cat', 'dog'), [0, 0, 1], ['1.jpg', '2.png', '1.jpg'])
+    >>> scan_folder(root, classes=["dog", "cat", "bird"]).class_counts()   # the train split's classes
+    {'dog': 1, 'cat': 2, 'bird': 0}
     """
     root = Path(os.path.abspath(root))
     if not root.exists():
@@ -328,6 +360,18 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
     Accepts a folder with ``train/`` and ``val/`` sub-folders (ImageFolder), a
     flat folder of class sub-folders (split with ``val_split``, stratified and
     seeded), or a CSV of ``path,label[,split]``.
+
+    >>> import pathlib, tempfile
+    >>> from PIL import Image
+    >>> from finetune.data.samples import find_splits
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for c in ("cat", "dog"):
+    ...     (root / c).mkdir()
+    ...     for i in range(10):
+    ...         Image.new("RGB", (8, 8)).save(root / c / f"{i}.jpg")
+    >>> train, val = find_splits(root, val_split=0.2)                 # a flat folder: split per class
+    >>> train.class_counts(), val.class_counts()
+    ({'cat': 8, 'dog': 8}, {'cat': 2, 'dog': 2})
     """
     data = Path(data)
     if not data.exists():
