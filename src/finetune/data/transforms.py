@@ -31,7 +31,13 @@ EVAL_CROP_PCT = 0.875
 
 @dataclass(frozen=True)
 class CropBox:
-    """A crop in source-pixel coordinates: top, left, height, width."""
+    """A crop in source-pixel coordinates: top, left, height, width.
+
+    >>> from finetune.data.transforms import CropBox, center_crop_box
+    >>> box = center_crop_box(120, 80, 32)         # the middle of a landscape image
+    >>> box, box.left + box.width / 2, box.top + box.height / 2
+    (CropBox(top=4, left=24, height=71, width=71), 59.5, 39.5)
+    """
 
     top: int
     left: int
@@ -109,6 +115,17 @@ def open_image(path: str, crop_for: callable, out_size: int) -> Image.Image:  # 
 
     ``crop_for(width, height) -> CropBox`` picks the crop in full-size pixels. The pixels
     are :func:`finetune.data.decode.to_rgb`'s (the loader's), and a PNG with bad CRCs raises.
+
+    >>> import tempfile, numpy as np
+    >>> from PIL import Image
+    >>> from finetune.data.transforms import center_crop_box, open_image
+    >>> path = tempfile.mkdtemp() + "/a.jpg"
+    >>> Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(path)
+    >>> center_crop_box(400, 300, 32)
+    CropBox(top=16, left=66, height=267, width=267)
+    >>> crop = open_image(path, lambda w, h: center_crop_box(w, h, 32), 32)   # decoded at a DCT scale
+    >>> crop.mode, crop.size[0] == crop.size[1], 32 <= crop.size[0] < 267
+    ('RGB', True, True)
     """
     from finetune.data.decode import JPEG_FORMATS, _check_png, load_rgb
 
@@ -131,12 +148,30 @@ def open_image(path: str, crop_for: callable, out_size: int) -> Image.Image:  # 
 
 
 def to_uint8_chw(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a uint8 CHW tensor.
+
+    >>> from PIL import Image
+    >>> from finetune.data.transforms import to_uint8_chw
+    >>> x = to_uint8_chw(Image.new("RGB", (4, 2), (255, 128, 0)))
+    >>> x.shape, x.dtype, x[:, 0, 0].tolist()
+    (torch.Size([3, 2, 4]), torch.uint8, [255, 128, 0])
+    """
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def train_transform(path: str, size: int, rng: np.random.Generator,
                     scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> torch.Tensor:
-    """RandomResizedCrop(size, scale) + RandomHorizontalFlip on a file, as uint8 CHW."""
+    """RandomResizedCrop(size, scale) + RandomHorizontalFlip on a file, as uint8 CHW.
+
+    >>> import tempfile, numpy as np, torch
+    >>> from PIL import Image
+    >>> from finetune.data.transforms import train_transform
+    >>> path = tempfile.mkdtemp() + "/a.png"
+    >>> Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
+    >>> a = train_transform(path, 16, np.random.default_rng(5))
+    >>> a.shape, a.dtype, torch.equal(a, train_transform(path, 16, np.random.default_rng(5)))   # same seed, same crop
+    (torch.Size([3, 16, 16]), torch.uint8, True)
+    """
     crop = open_image(path, lambda w, h: random_resized_crop_box(w, h, rng, scale), size)
     img = crop.resize((size, size), Image.BILINEAR, reducing_gap=None)
     if hflip and rng.random() < 0.5:
@@ -145,7 +180,17 @@ def train_transform(path: str, size: int, rng: np.random.Generator,
 
 
 def eval_transform(source: str | Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT) -> torch.Tensor:
-    """Resize(size / crop_pct) + CenterCrop(size), as uint8 CHW."""
+    """Resize(size / crop_pct) + CenterCrop(size), as uint8 CHW.
+
+    >>> import tempfile, numpy as np, torch
+    >>> from PIL import Image
+    >>> from finetune.data.transforms import eval_transform
+    >>> path = tempfile.mkdtemp() + "/a.png"
+    >>> Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
+    >>> x = eval_transform(path, 16)
+    >>> x.shape, torch.equal(x, eval_transform(Image.open(path), 16))   # a file or a PIL image
+    (torch.Size([3, 16, 16]), True)
+    """
     if isinstance(source, Image.Image):
         from finetune.data.decode import to_rgb
 
@@ -162,6 +207,13 @@ def normalize_(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 
     ``mean``/``std`` are float tensors shaped [1,3,1,1] already scaled by 255.
     The loader uses :class:`finetune.data.normalize.Normalizer`, which is faster.
+
+    >>> import torch
+    >>> from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_
+    >>> mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    >>> std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    >>> normalize_(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), mean, std).flatten()
+    tensor([2.2489, 2.4286, 2.6400])
     """
     return batch.float().sub_(mean).div_(std)
 
@@ -196,7 +248,15 @@ def resize_hwc(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def crop_hwc(image: torch.Tensor, box: CropBox) -> torch.Tensor:
-    """A view of ``box`` in a HWC tensor (no copy)."""
+    """A view of ``box`` in a HWC tensor (no copy).
+
+    >>> import torch
+    >>> from finetune.data.transforms import CropBox, crop_hwc
+    >>> image = torch.zeros(10, 20, 3, dtype=torch.uint8)
+    >>> crop = crop_hwc(image, CropBox(top=2, left=5, height=4, width=6))
+    >>> crop.shape, crop.data_ptr() == image[2, 5].data_ptr()
+    (torch.Size([4, 6, 3]), True)
+    """
     return image[box.top:box.top + box.height, box.left:box.left + box.width]
 
 
