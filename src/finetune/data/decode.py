@@ -108,7 +108,16 @@ def is_complete_jpeg(data: np.ndarray) -> bool:
 
 
 def open_header(data: torch.Tensor) -> Image.Image:
-    """PIL image over ``data`` with only the header read (size, format, mode)."""
+    """PIL image over ``data`` with only the header read (size, format, mode).
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from finetune.data.decode import open_header, read_file
+    >>> path = tempfile.mkdtemp() + "/a.jpg"; Image.new("RGB", (640, 480), (200, 10, 10)).save(path)
+    >>> img = open_header(read_file(path))
+    >>> img.size, img.format, img.mode
+    ((640, 480), 'JPEG', 'RGB')
+    """
     return Image.open(io.BytesIO(data.numpy().tobytes()))
 
 
@@ -201,6 +210,18 @@ def decode_crop(path: str, box_for: BoxFor, out_side: int, *, data: torch.Tensor
     the largest that keeps the crop's shorter side at least that long
     (``dct=False``: always full size, for exact torchvision results).
     Raises one of :data:`DECODE_ERRORS` for a bad file.
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from finetune.data.decode import decode_crop
+    >>> from finetune.data.transforms import CropBox
+    >>> path = tempfile.mkdtemp() + "/a.jpg"; Image.new("RGB", (640, 480), (200, 10, 10)).save(path)
+    >>> decode_crop(path, lambda w, h: CropBox(0, 0, 100, 200), 100).shape    # full-size decode
+    torch.Size([100, 200, 3])
+    >>> decode_crop(path, lambda w, h: CropBox(0, 0, 480, 480), 100).shape    # at 1/4 scale: still >= 100 px
+    torch.Size([120, 120, 3])
+    >>> decode_crop(path, lambda w, h: CropBox(0, 0, 480, 480), 100, dct=False).shape
+    torch.Size([480, 480, 3])
     """
     import torchvision.io
 
@@ -232,6 +253,16 @@ def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: b
 
     Equal to torchvision's PIL result to within rounding with ``dct=False``; with DCT
     reduction (big images) libjpeg's scaled decode replaces the first part of the resize.
+
+    >>> import tempfile, numpy as np, torchvision.transforms as T
+    >>> from PIL import Image
+    >>> from finetune.data.decode import decode_eval
+    >>> path = tempfile.mkdtemp() + "/a.png"
+    >>> Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path)
+    >>> ours = decode_eval(path, 32, dct=False)
+    >>> theirs = T.PILToTensor()(T.CenterCrop(32)(T.Resize(36)(Image.open(path).convert("RGB"))))
+    >>> ours.shape, int((ours.permute(2, 0, 1).int() - theirs.int()).abs().max()) <= 2
+    (torch.Size([32, 32, 3]), True)
     """
     img = Image.open(path)
     full = img.size
@@ -253,6 +284,13 @@ def decode_capped(path: str, short_side: int, *, dct: bool = True) -> torch.Tens
     """The whole image, shrunk so its shorter side is at most ``short_side`` (HWC uint8).
 
     What the RAM/GPU caches store: DCT reduction first, then an antialiased resize.
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from finetune.data.decode import decode_capped
+    >>> path = tempfile.mkdtemp() + "/a.jpg"; Image.new("RGB", (640, 480), (200, 10, 10)).save(path)
+    >>> decode_capped(path, 100).shape, decode_capped(path, 1000).shape
+    (torch.Size([100, 133, 3]), torch.Size([480, 640, 3]))
     """
     from finetune.data.transforms import resize_hwc
 
@@ -267,14 +305,30 @@ def decode_capped(path: str, short_side: int, *, dct: bool = True) -> torch.Tens
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(width, height) from the header only. Raises for files PIL cannot identify."""
+    """(width, height) from the header only. Raises for files PIL cannot identify.
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from finetune.data.decode import image_size
+    >>> path = tempfile.mkdtemp() + "/a.jpg"; Image.new("RGB", (640, 480), (200, 10, 10)).save(path)
+    >>> image_size(path)
+    (640, 480)
+    """
     with Image.open(path) as img:
         return img.size
 
 
 @dataclass(frozen=True)
 class BadFile:
-    """A sample that could not be decoded, and why."""
+    """A sample that could not be decoded, and why.
+
+    >>> import tempfile
+    >>> from finetune.data.decode import BadFile, check_file
+    >>> path = tempfile.mkdtemp() + "/x.jpg"
+    >>> _ = open(path, "wb").write(b"not a jpeg")
+    >>> BadFile(0, path, check_file(path)).reason
+    'not an image (cannot identify image file)'
+    """
 
     index: int
     path: str
@@ -317,6 +371,13 @@ def decode_jpegs_on_device(datas: list[torch.Tensor], device: torch.device) -> l
 
     ``torchvision.io.decode_jpeg`` takes a list and decodes it as one batch on
     CUDA (torchvision >= 0.19). On a CPU device it decodes one by one (for tests).
+
+    >>> import tempfile, torch
+    >>> from PIL import Image
+    >>> from finetune.data.decode import decode_jpegs_on_device, read_file
+    >>> path = tempfile.mkdtemp() + "/a.jpg"; Image.new("RGB", (640, 480), (200, 10, 10)).save(path)
+    >>> [x.shape for x in decode_jpegs_on_device([read_file(path)] * 2, torch.device("cpu"))]
+    [torch.Size([3, 480, 640]), torch.Size([3, 480, 640])]
     """
     import torchvision.io
 
