@@ -37,7 +37,17 @@ def _shared_uint8(n: int) -> torch.Tensor:
 
 @dataclass
 class ImageStore:
-    """Images of known sizes in one flat uint8 buffer; ``state`` says which are filled."""
+    """Images of known sizes in one flat uint8 buffer; ``state`` says which are filled.
+
+    >>> import numpy as np, torch
+    >>> from finetune.data.cache import ImageStore
+    >>> store = ImageStore.allocate(np.array([2, 3, 2]), np.array([4, 5, 4]), torch.device("cpu"))
+    >>> len(store), store.nbytes                          # 2*4*3 + 3*5*3 + 2*4*3 bytes
+    (3, 93)
+    >>> store.put(0, torch.full((2, 4, 3), 7, dtype=torch.uint8)); store.mark_bad(2)
+    >>> [(store.filled(i), store.bad(i)) for i in range(3)], store.get(0)[1, 3].tolist()
+    ([(True, False), (False, False), (False, True)], [7, 7, 7])
+    """
 
     data: torch.Tensor  # uint8 [total], shared memory on CPU
     offsets: np.ndarray  # int64 [N]
@@ -70,7 +80,16 @@ class ImageStore:
     def grid(self) -> torch.Tensor | None:
         """Every image as one [N, H, W, 3] view when they all have one size (else None):
         a batch is then one ``index_select`` instead of one view per image. Sizes are fixed
-        at allocation, so this is worked out once."""
+        at allocation, so this is worked out once.
+
+        >>> import numpy as np, torch
+        >>> from finetune.data.cache import ImageStore
+        >>> cpu = torch.device("cpu")
+        >>> ImageStore.allocate(np.array([2, 0, 2]), np.array([4, 0, 4]), cpu).grid.shape   # 0x0: unreadable
+        torch.Size([3, 2, 4, 3])
+        >>> ImageStore.allocate(np.array([2, 3]), np.array([4, 4]), cpu).grid is None
+        True
+        """
         if len(self) == 0 or (self.heights != self.heights[0]).any() or (self.widths != self.widths[0]).any():
             return None
         return self.data.view(len(self), int(self.heights[0]), int(self.widths[0]), 3)
@@ -115,7 +134,12 @@ def planned_sizes(sizes: list[tuple[int, int] | None], short_side: int) -> tuple
 
 
 def available_ram() -> int:
-    """Bytes of RAM available now (MemAvailable), bounded by free space in /dev/shm."""
+    """Bytes of RAM available now (MemAvailable), bounded by free space in /dev/shm.
+
+    >>> from finetune.data.cache import available_ram
+    >>> isinstance(available_ram(), int) and available_ram() > 0
+    True
+    """
     avail = None
     try:
         with open("/proc/meminfo") as f:
@@ -136,7 +160,13 @@ def available_ram() -> int:
 
 
 def free_gpu_memory(device: torch.device) -> int:
-    """Free bytes on a CUDA device (0 elsewhere)."""
+    """Free bytes on a CUDA device (0 elsewhere).
+
+    >>> import torch
+    >>> from finetune.data.cache import free_gpu_memory
+    >>> free_gpu_memory(torch.device("cpu"))
+    0
+    """
     if device.type != "cuda":
         return 0
     free, _total = torch.cuda.mem_get_info(device)
