@@ -39,6 +39,15 @@ def intra_op_threads(n: int | None) -> Iterator[None]:
 
     Memory-bound elementwise ops on a small machine whose cores are busy
     decoding are measured faster on one thread than on several.
+
+    >>> import torch
+    >>> from finetune.data.normalize import intra_op_threads
+    >>> before = torch.get_num_threads()
+    >>> with intra_op_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
     """
     old = torch.get_num_threads()
     if n is None or n == old:
@@ -56,6 +65,13 @@ class Normalizer:
 
     ``channels_last`` picks the output memory format. On CPU the output
     buffers are recycled (``pool`` of them) when the caller has dropped them.
+
+    >>> import torch
+    >>> from finetune.data.normalize import Normalizer
+    >>> norm = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"), channels_last=True)
+    >>> y = norm(torch.full((2, 4, 4, 3), 255, dtype=torch.uint8))             # (255 - 127.5) / 63.75
+    >>> y.shape, y.is_contiguous(memory_format=torch.channels_last), y.unique().tolist()
+    (torch.Size([2, 3, 4, 4]), True, [2.0])
     """
 
     def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float],
@@ -120,6 +136,13 @@ class Normalizer:
             return buf.view(b, c, h, w)  # a new tensor object: the pool sees it is in use
 
     def normalize_float_(self, images: torch.Tensor) -> torch.Tensor:
-        """In place on a float [B, 3, H, W] batch holding 0..255 values (GPU paths)."""
+        """In place on a float [B, 3, H, W] batch holding 0..255 values (GPU paths).
+
+        >>> import torch
+        >>> from finetune.data.normalize import Normalizer
+        >>> norm = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"), channels_last=False)
+        >>> norm.normalize_float_(torch.tensor([0.0, 127.5, 255.0]).view(1, 3, 1, 1)).flatten().tolist()
+        [-2.0, 0.0, 2.0]
+        """
         images.mul_(self._scale.view(1, -1, 1, 1)).add_(self._bias.view(1, -1, 1, 1))
         return images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
