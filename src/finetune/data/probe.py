@@ -23,7 +23,13 @@ TIE = 0.05
 
 @dataclass(frozen=True)
 class Trial:
-    """One measured configuration."""
+    """One measured configuration.
+
+    >>> from finetune.data.probe import ProbeResult, Trial
+    >>> trials = (Trial(0, "cpu", 400.0), Trial(0, "gpu", 0.0, error="RuntimeError: no CUDA"))
+    >>> ProbeResult(0, "cpu", trials).describe()
+    'workers=auto: picked 0 workers, decode=cpu (400 img/s; measured: 0w/cpu 400, 0w/gpu failed)'
+    """
 
     workers: int
     decode: str
@@ -33,7 +39,13 @@ class Trial:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """What the probe picked, and every measurement behind the choice."""
+    """What the probe picked, and every measurement behind the choice.
+
+    >>> from finetune.data.probe import ProbeResult
+    >>> result = ProbeResult(0, "cpu", (), note="12 images: too few to measure, no workers")
+    >>> result.workers, result.describe()
+    (0, 'workers=auto: picked 0 workers, decode=cpu (12 images: too few to measure, no workers)')
+    """
 
     workers: int
     decode: str
@@ -55,7 +67,12 @@ class ProbeResult:
 
 
 def candidate_workers(cpus: int) -> list[int]:
-    """Worker counts worth trying on a machine with ``cpus`` cores."""
+    """Worker counts worth trying on a machine with ``cpus`` cores.
+
+    >>> from finetune.data.probe import candidate_workers
+    >>> candidate_workers(4), candidate_workers(12)
+    ([0, 1, 2, 3, 4], [0, 2, 4, 8, 12])
+    """
     if cpus <= 4:  # more workers than cores only steal time from the training step
         return list(range(0, cpus + 1))
     steps = [0, 2, 4] + list(range(8, cpus + 1, 4))
@@ -66,6 +83,15 @@ def measure(loader: Any, seconds: float, *, warmup_batches: int = 1, epoch: int 
     """Images per second that ``loader`` delivers, after ``warmup_batches``, for about ``seconds``.
 
     Crosses epoch boundaries if an epoch is shorter than the measurement.
+
+    >>> import torch
+    >>> from finetune.data.probe import measure
+    >>> class Batches:                    # what it needs: set_epoch() and (images, labels) batches
+    ...     def set_epoch(self, epoch): self.epoch = epoch
+    ...     def __iter__(self): return iter([(torch.zeros(4, 3, 8, 8), torch.zeros(4))] * 3)
+    >>> loader = Batches()
+    >>> measure(loader, seconds=0.01) > 0, loader.epoch > 0      # three batches are not enough: next epochs
+    (True, True)
     """
     loader.set_epoch(epoch)
     images = 0
@@ -91,7 +117,25 @@ def measure(loader: Any, seconds: float, *, warmup_batches: int = 1, epoch: int 
 
 
 def probe(make: Callable[[int, str], Any], candidates: Iterable[tuple[int, str]], seconds: float = 1.0) -> ProbeResult:
-    """Measure ``make(workers, decode)`` for each candidate; return the fastest (ties: fewer workers)."""
+    """Measure ``make(workers, decode)`` for each candidate; return the fastest (ties: fewer workers).
+
+    >>> import time, torch
+    >>> from finetune.data.probe import probe
+    >>> class Batches:
+    ...     def __init__(self, delay): self.delay = delay
+    ...     def set_epoch(self, epoch): pass
+    ...     def close(self): pass
+    ...     def __iter__(self):
+    ...         for _ in range(4):
+    ...             time.sleep(self.delay); yield torch.zeros(8, 3, 4, 4), torch.zeros(8)
+    >>> def make(workers, decode):
+    ...     if decode == "gpu":
+    ...         raise RuntimeError("no CUDA")
+    ...     return Batches(0.002 if workers == 0 else 0.0)
+    >>> result = probe(make, [(0, "cpu"), (1, "cpu"), (1, "gpu")], seconds=0.02)
+    >>> result.workers, result.decode, [t.error for t in result.trials]
+    (1, 'cpu', [None, None, 'RuntimeError: no CUDA'])
+    """
     trials: list[Trial] = []
     cands = list(candidates)
     for workers, decode in cands + cands[:1]:
