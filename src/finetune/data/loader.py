@@ -136,7 +136,18 @@ def default_cache_side(img_size: int) -> int:
 # --------------------------------------------------------------------------- what workers send
 @dataclass(frozen=True)
 class BatchSpec:
-    """One batch to make: its epoch, the position of its first sample, the sample indices."""
+    """One batch to make: its epoch, the position of its first sample, the sample indices.
+
+    >>> import tempfile, numpy as np
+    >>> from finetune import build_loader, make_shapes
+    >>> from finetune.data.loader import BatchSpec
+    >>> from finetune.data.samples import find_splits
+    >>> train, _ = find_splits(make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32))
+    >>> loader = build_loader(train, train=True, img_size=16, batch_size=2, workers=0)
+    >>> raw = loader.dataset.__getitems__(BatchSpec(epoch=0, start=0, indices=np.array([5, 0])))  # what a worker does
+    >>> raw.images.shape, raw.labels.tolist()
+    (torch.Size([2, 3, 16, 16]), [5, 0])
+    """
 
     epoch: int
     start: int
@@ -145,7 +156,20 @@ class BatchSpec:
 
 class RawBatch(NamedTuple):
     """A batch decoded on CPU: uint8 images (NHWC, or NCHW when the loader's output is not
-    channels_last), labels, and the samples that failed."""
+    channels_last), labels, and the samples that failed.
+
+    >>> import tempfile, numpy as np
+    >>> from PIL import Image
+    >>> from finetune import build_loader
+    >>> from finetune.data.loader import BatchSpec
+    >>> from finetune.data.samples import Samples
+    >>> d = tempfile.mkdtemp(); Image.new("RGB", (8, 8)).save(f"{d}/ok.png")
+    >>> samples = Samples.from_lists([f"{d}/ok.png", f"{d}/missing.jpg"], [0, 1], ["a", "b"])
+    >>> loader = build_loader(samples, train=False, img_size=8, workers=0, channels_last=True)
+    >>> raw = loader.dataset.__getitems__(BatchSpec(epoch=0, start=0, indices=np.array([0, 1])))
+    >>> raw.images.shape, raw.images.dtype, raw.labels.tolist(), [i for i, _ in raw.bad]
+    (torch.Size([1, 8, 8, 3]), torch.uint8, [0], [1])
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -157,6 +181,18 @@ class JpegBatch(NamedTuple):
     """A batch for device decoding: JPEG bytes back to back plus the random choices.
 
     Samples that are not plain JPEGs are decoded on CPU into ``ready``.
+
+    >>> import tempfile, numpy as np
+    >>> from finetune import make_shapes
+    >>> from finetune.data.loader import BatchSpec, Loader
+    >>> from finetune.data.samples import find_splits
+    >>> train, _ = find_splits(make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32))
+    >>> loader = Loader(train, train=True, img_size=16, batch_size=2, workers=0, device="cpu", seed=0,
+    ...                 drop_last=True, channels_last=False, mean=(0.5,) * 3, std=(0.5,) * 3,
+    ...                 crop_scale=(0.5, 1.0), decode="gpu")          # (nvjpeg's path, run on CPU)
+    >>> batch = loader.dataset.__getitems__(BatchSpec(epoch=0, start=0, indices=np.array([0, 1])))
+    >>> batch.is_jpeg.tolist(), int(batch.sizes.sum()) == batch.data.numel(), batch.boxes.shape, batch.labels.tolist()
+    ([True, True], True, torch.Size([2, 4]), [0, 1])
     """
 
     data: torch.Tensor  # uint8 [total bytes]
@@ -186,6 +222,16 @@ class BufferPool:
     the buffer free in ``flags`` (shared, one byte per slot) and the worker that owns
     it writes its next batch there. A worker that finds no free slot allocates a
     fresh buffer, so a slow consumer never corrupts a batch, it only loses the reuse.
+
+    >>> from finetune.data.loader import BufferPool
+    >>> pool = BufferPool(workers=1)
+    >>> a, slot_a = pool.take((2, 3)); b, slot_b = pool.take((2, 3))
+    >>> slot_a, slot_b                      # (worker, slot): both in use
+    ((0, 0), (0, 1))
+    >>> pool.give_back(slot_a); pool.take((1, 3))[1]    # a slot given back is reused
+    (0, 0)
+    >>> pool.reset(); [pool.take((2, 3))[1] for _ in range(2)]
+    [(0, 0), (0, 1)]
     """
 
     def __init__(self, workers: int):
@@ -521,13 +567,38 @@ def background(iterable: Iterable[Any], depth: int = 1) -> Iterator[Any]:
 # --------------------------------------------------------------------------- the loader
 @dataclass
 class LoaderPosition:
+    """Where a loader stands: the fields of :meth:`Loader.state_dict`.
+
+    >>> from dataclasses import asdict
+    >>> from finetune.data.loader import LoaderPosition
+    >>> asdict(LoaderPosition(epoch=2, position=5, seed=0))
+    {'epoch': 2, 'position': 5, 'seed': 0}
+    """
+
     epoch: int
     position: int  # batches already delivered in this epoch
     seed: int
 
 
 class Loader:
-    """Iterable of ``(images, labels)`` batches; see :func:`build_loader`."""
+    """Iterable of ``(images, labels)`` batches; see :func:`build_loader`.
+
+    >>> import tempfile, torch
+    >>> from finetune import build_loader, make_shapes
+    >>> from finetune.data.samples import find_splits
+    >>> train, _ = find_splits(make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32))
+    >>> loader = build_loader(train, train=True, img_size=16, batch_size=2, workers=0)
+    >>> len(loader), loader.classes[:2]
+    (4, ('circle', 'cross'))
+    >>> loader.set_epoch(1); it = iter(loader); _ = next(it); state = loader.state_dict()
+    >>> state
+    {'epoch': 1, 'position': 1, 'seed': 0}
+    >>> resumed = build_loader(train, train=True, img_size=16, batch_size=2, workers=0)
+    >>> resumed.load_state_dict(state)
+    >>> torch.equal(next(iter(resumed))[0], next(it)[0])      # the batch an uninterrupted run gets next
+    True
+    >>> loader.close(); resumed.close()
+    """
 
     def __init__(self, samples: Samples | None, *, train: bool, img_size: int, batch_size: int, workers: int,
                  device: str | torch.device, seed: int, drop_last: bool, channels_last: bool,
@@ -682,7 +753,24 @@ class Loader:
         return [BadFile(i, self._name(i), r) for i, r in sorted(self.bad_files.items())]
 
     def write_bad_files(self, run_dir: str | Path) -> Path | None:
-        """Write ``RUN_DIR/bad_files.txt`` (``path<TAB>reason``) if any sample was skipped; return its path."""
+        """Write ``RUN_DIR/bad_files.txt`` (``path<TAB>reason``) if any sample was skipped; return its path.
+
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from finetune import build_loader
+        >>> from finetune.data.samples import Samples
+        >>> d = tempfile.mkdtemp(); Image.new("RGB", (8, 8)).save(f"{d}/ok.png")
+        >>> _ = open(f"{d}/bad.jpg", "wb").write(b"not a jpeg")
+        >>> with build_loader(Samples.from_lists([f"{d}/ok.png", f"{d}/bad.jpg"], [0, 0], ["a"]),
+        ...                   train=False, img_size=8, workers=0) as loader:
+        ...     [labels.tolist() for _, labels in loader]          # the bad file is skipped
+        [[0]]
+        >>> loader.bad_count, [b.reason for b in loader.bad_file_list()]
+        (1, ['not an image (cannot identify image file)'])
+        >>> path = loader.write_bad_files(d)
+        >>> path.name, path.read_text() == f"{d}/bad.jpg\\tnot an image (cannot identify image file)\\n"
+        ('bad_files.txt', True)
+        """
         if not self.bad_files:
             return None
         path = Path(run_dir) / BAD_FILES_NAME
@@ -873,7 +961,17 @@ def _stop_workers(dataloader: DataLoader) -> None:
 
 
 def read_jpeg_cpu(data: torch.Tensor) -> torch.Tensor:
-    """CPU decode of JPEG bytes into uint8 CHW (the fallback of the device path)."""
+    """CPU decode of JPEG bytes into uint8 CHW (the fallback of the device path).
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from finetune.data.decode import read_file
+    >>> from finetune.data.loader import read_jpeg_cpu
+    >>> path = tempfile.mkdtemp() + "/a.jpg"; Image.new("L", (40, 30), 128).save(path)   # greyscale
+    >>> x = read_jpeg_cpu(read_file(path))
+    >>> x.shape, x.dtype, x[:, 0, 0].tolist()
+    (torch.Size([3, 30, 40]), torch.uint8, [128, 128, 128])
+    """
     import torchvision.io
 
     return torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
