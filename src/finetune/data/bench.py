@@ -36,7 +36,13 @@ WARMUP_BATCHES = 1
 
 @dataclass(frozen=True)
 class Row:
-    """One measured pipeline: what it is, its settings, images per second."""
+    """One measured pipeline: what it is, its settings, images per second.
+
+    >>> from dataclasses import asdict
+    >>> from finetune.data.bench import Row
+    >>> asdict(Row("DataLoaderX", "num_workers=2", 812.5, note="prefetch_generator"))
+    {'pipeline': 'DataLoaderX', 'settings': 'num_workers=2', 'images_per_s': 812.5, 'note': 'prefetch_generator'}
+    """
 
     pipeline: str
     settings: str
@@ -46,6 +52,19 @@ class Row:
 
 @dataclass
 class BenchReport:
+    """Every row of one ``bench-data`` run, the decode-only ceiling and the recommended flags.
+
+    >>> import json
+    >>> from finetune.data.bench import BenchReport, Row
+    >>> rows = [Row("torchvision DataLoader", "num_workers=2", 300.0), Row("finetune decode=cpu", "workers=1", 500.0),
+    ...         Row("finetune decode=cpu", "workers=2", 800.0)]
+    >>> report = BenchReport("photos", 224, 64, 2, 1000.0, rows, "--workers 2 --decode cpu")
+    >>> report.best("finetune").settings, report.best("torchvision").images_per_s
+    ('workers=2', 300.0)
+    >>> json.loads(report.to_json())["rows"][2]
+    {'pipeline': 'finetune decode=cpu', 'settings': 'workers=2', 'images_per_s': 800.0, 'note': ''}
+    """
+
     data: str
     img_size: int
     batch_size: int
@@ -64,7 +83,16 @@ class BenchReport:
 
 
 def format_table(report: BenchReport) -> str:
-    """The report as a text table: img/s, ratio to the best plain DataLoader, share of the ceiling."""
+    """The report as a text table: img/s, ratio to the best plain DataLoader, share of the ceiling.
+
+    >>> from finetune.data.bench import BenchReport, Row, format_table
+    >>> rows = [Row("torchvision DataLoader", "num_workers=2", 400.0), Row("finetune decode=cpu", "workers=2", 800.0)]
+    >>> print(format_table(BenchReport("photos", 224, 64, 2, 1000.0, rows, "--workers 2")))
+    pipeline                             settings            img/s  vs best ceiling
+    -------------------------------------------------------------------------------
+    torchvision DataLoader               num_workers=2         400    1.00x    40%
+    finetune decode=cpu                  workers=2             800    2.00x    80%
+    """
     plain = [r.images_per_s for r in report.rows if r.pipeline.startswith("torchvision")]
     ref = max(plain) if plain else report.ceiling
     lines = [f"{'pipeline':<36} {'settings':<16} {'img/s':>8} {'vs best':>8} {'ceiling':>7}",
@@ -128,7 +156,16 @@ def make_photo_folder(root: str | Path, *, count: int, width: int, height: int, 
 
 # --------------------------------------------------------------------------- baselines
 def plain_dataset(root: str | Path, img_size: int) -> Any:
-    """The standard torchvision training pipeline over an ImageFolder."""
+    """The standard torchvision training pipeline over an ImageFolder.
+
+    >>> import tempfile
+    >>> from finetune.data.bench import make_photo_folder, plain_dataset
+    >>> root = make_photo_folder(tempfile.mkdtemp() + "/p", count=8, width=40, height=30, classes=2)
+    >>> dataset = plain_dataset(root, 16)
+    >>> image, label = dataset[0]
+    >>> len(dataset), dataset.classes, image.shape, image.dtype, label
+    (8, ['class_0', 'class_1'], torch.Size([3, 16, 16]), torch.float32, 0)
+    """
     from torchvision import datasets, transforms
 
     tf = transforms.Compose([
@@ -141,7 +178,13 @@ def plain_dataset(root: str | Path, img_size: int) -> Any:
 
 
 def background_generator_class() -> tuple[type, str]:
-    """prefetch_generator's BackgroundGenerator, or a faithful stand-in (thread + Queue(1))."""
+    """prefetch_generator's BackgroundGenerator, or a faithful stand-in (thread + Queue(1)).
+
+    >>> from finetune.data.bench import background_generator_class
+    >>> BackgroundGenerator, name = background_generator_class()
+    >>> list(BackgroundGenerator(iter([1, 2, 3]))), name in ("prefetch_generator", "thread+Queue(1) stand-in")
+    ([1, 2, 3], True)
+    """
     try:
         from prefetch_generator import BackgroundGenerator
 
@@ -176,7 +219,15 @@ def background_generator_class() -> tuple[type, str]:
 
 def plain_loader(dataset: Any, batch_size: int, workers: int, *, background: bool = False,
                  num_samples: int = 10**7) -> Any:
-    """DataLoader (or the notes' DataLoaderX) over ``dataset`` with one long shuffled epoch."""
+    """DataLoader (or the notes' DataLoaderX) over ``dataset`` with one long shuffled epoch.
+
+    >>> import tempfile
+    >>> from finetune.data.bench import make_photo_folder, plain_dataset, plain_loader
+    >>> root = make_photo_folder(tempfile.mkdtemp() + "/p", count=8, width=40, height=30, classes=2)
+    >>> loader = plain_loader(plain_dataset(root, 16), batch_size=4, workers=0, background=True, num_samples=12)
+    >>> type(loader).__name__, [images.shape[0] for images, _ in loader]        # 12 samples drawn from 8
+    ('DataLoaderX', [4, 4, 4])
+    """
     from torch.utils.data import DataLoader, RandomSampler
 
     cls: type = DataLoader
@@ -205,7 +256,14 @@ def in_flight(workers: int, prefetch_factor: int) -> int:
 
 def rate_of(batches: Iterator[Any], seconds: float, warmup: int = 1, min_batches: int = 6) -> float:
     """Images per second from an iterator of (images, labels): after ``warmup`` batches,
-    for at least ``seconds`` and ``min_batches`` batches."""
+    for at least ``seconds`` and ``min_batches`` batches.
+
+    >>> import itertools, torch
+    >>> from finetune.data.bench import rate_of
+    >>> batches = itertools.repeat((torch.zeros(8, 3, 4, 4), torch.zeros(8)))
+    >>> rate_of(batches, seconds=0.01) > 0, rate_of(iter([]), seconds=0.01)
+    (True, 0.0)
+    """
     n = k = 0
     start = None
     for i, (images, _labels) in enumerate(batches):
@@ -223,6 +281,14 @@ def rate_of(batches: Iterator[Any], seconds: float, warmup: int = 1, min_batches
 
 def measure_plain(root: str | Path, img_size: int, batch_size: int, workers: int, seconds: float,
                   background: bool = False) -> float:
+    """Images per second of the plain torchvision pipeline (:func:`plain_loader`) on ``root``.
+
+    >>> import tempfile
+    >>> from finetune.data.bench import make_photo_folder, measure_plain
+    >>> root = make_photo_folder(tempfile.mkdtemp() + "/p", count=8, width=40, height=30, classes=2)
+    >>> measure_plain(root, img_size=16, batch_size=2, workers=0, seconds=0.0) > 0
+    True
+    """
     loader = plain_loader(plain_dataset(root, img_size), batch_size, workers, background=background)
     it = iter(loader)
     try:
@@ -232,7 +298,14 @@ def measure_plain(root: str | Path, img_size: int, batch_size: int, workers: int
 
 
 def decode_rate_one_core(paths: list[str], seconds: float) -> float:
-    """Whole-file decodes per second on one core (torchvision.io for JPEG, else PIL)."""
+    """Whole-file decodes per second on one core (torchvision.io for JPEG, else PIL).
+
+    >>> import tempfile
+    >>> from finetune.data.bench import decode_rate_one_core, make_photo_folder
+    >>> root = make_photo_folder(tempfile.mkdtemp() + "/p", count=8, width=40, height=30, classes=2)
+    >>> decode_rate_one_core([str(p) for p in root.rglob("*.jpg")], seconds=0.01) > 0
+    True
+    """
     from finetune.data.decode import check_file, read_file
 
     def decode(p: str) -> None:
@@ -270,7 +343,14 @@ def measure_ours(root: str | Path, img_size: int, batch_size: int, workers: int,
                  decode: str = "cpu", cache: str | None = None, prefetch: str = "none",
                  device: str = "cpu") -> float:
     """finetune's loader on ``root``. Without a cache the file list is repeated so that one
-    epoch is long (like the plain pipeline's); with one, natural epochs from the second on."""
+    epoch is long (like the plain pipeline's); with one, natural epochs from the second on.
+
+    >>> import tempfile
+    >>> from finetune.data.bench import make_photo_folder, measure_ours
+    >>> root = make_photo_folder(tempfile.mkdtemp() + "/p", count=8, width=40, height=30, classes=2)
+    >>> measure_ours(root, 16, 2, workers=0, seconds=0.0) > 0, measure_ours(root, 16, 2, 0, 0.0, cache="ram") > 0
+    (True, True)
+    """
     from finetune.data.loader import build_loader
     from finetune.data.samples import scan_folder
 
@@ -321,6 +401,16 @@ def run_bench(data: str | Path, *, img_size: int = 224, batch_size: int = 64, se
     them, and keeps its best run: on a shared machine, load from other
     processes then hits every pipeline alike instead of whichever ran at the time.
     ``full=False`` measures DataLoaderX only at num_workers 1 .. cores.
+
+    >>> import tempfile
+    >>> from finetune.data.bench import make_photo_folder, run_bench
+    >>> root = make_photo_folder(tempfile.mkdtemp() + "/p", count=8, width=40, height=30, classes=2)
+    >>> report = run_bench(root, img_size=16, batch_size=2, seconds=0.0, workers=[0], full=False, cache=False,
+    ...                    repeats=1)
+    >>> [r.pipeline for r in report.rows][:4]
+    ['torchvision DataLoader', 'DataLoaderX', 'finetune decode=cpu', 'finetune decode=cpu prefetch=thread']
+    >>> report.recommended.startswith("--workers 0"), all(r.images_per_s > 0 for r in report.rows)
+    (True, True)
     """
     from finetune.data.samples import scan_folder
 
@@ -387,7 +477,17 @@ def run_bench(data: str | Path, *, img_size: int = 224, batch_size: int = 64, se
 
 
 def bench_root(data: str | Path) -> Path:
-    """The ImageFolder root to benchmark: ``data``, its ``train/`` if it has one; 'shapes' works too."""
+    """The ImageFolder root to benchmark: ``data``, its ``train/`` if it has one; 'shapes' works too.
+
+    >>> import pathlib, tempfile
+    >>> from finetune.data.bench import bench_root
+    >>> data = pathlib.Path(tempfile.mkdtemp()); (data / "train" / "cat").mkdir(parents=True)
+    >>> bench_root(data) == data / "train", bench_root(data / "train") == data / "train"
+    (True, True)
+    >>> bench_root(data / "nothing")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.DataError: bench-data needs an image folder (class sub-folders), got '.../nothing'
+    """
     from finetune.errors import DataError
 
     if str(data) == "shapes":
