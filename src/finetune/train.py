@@ -359,7 +359,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     >>> from finetune.train import train     # (``finetune.train`` is also the name of this module)
     >>> data = make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32)
     >>> cfg = TrainConfig(data=str(data), model="squeezenet1_1", img_size=32, epochs=2, batch_size=8,
-    ...                   workers="0", out=tempfile.mkdtemp(), max_steps=1)
+    ...                   workers="0", device="cpu", out=tempfile.mkdtemp(), max_steps=1)
     >>> result = train(cfg, quiet=True)           # one step (= one epoch here), then it stops
     >>> result.stopped_early, len(result.history), sorted(p.name for p in result.run_dir.iterdir())
     (True, 1, ['best.safetensors', 'checkpoints', 'classes.json', 'config.yaml', 'metrics.jsonl', 'trainable.json'])
