@@ -108,8 +108,9 @@ def test_channels_last_has_same_values(samples: Samples) -> None:
     assert torch.equal(xa, xb)
 
 
-@pytest.mark.parametrize("dct", [False, True])
-def test_eval_matches_torchvision_resize_center_crop(samples: Samples, dct: bool) -> None:
+@pytest.mark.parametrize("dct", [None, False, True])
+def test_eval_matches_torchvision_resize_center_crop(samples: Samples, dct: bool | None) -> None:
+    """By default (None) eval decodes at full size: torchvision's result within rounding."""
     from torchvision import transforms
 
     tv = transforms.Compose([transforms.Resize(int(SIZE / 0.875)), transforms.CenterCrop(SIZE)])
@@ -144,6 +145,18 @@ def test_dct_reduction_decodes_big_crops_smaller(tmp_path: Path) -> None:
     small = resize_hwc(whole, (50, 50)).float()
     ref = resize_hwc(exact, (50, 50)).float()
     assert (small - ref).abs().mean() < 3
+
+
+@pytest.mark.parametrize("size", [(1001, 751), (801, 599)])
+def test_dct_reduction_scales_as_planned_when_sides_are_not_multiples(tmp_path: Path, size: tuple[int, int]) -> None:
+    """PIL picks the scale from rounded-down ratios: odd sides still decode at the planned 1/4."""
+    path = tmp_path / "odd.jpg"
+    Image.fromarray(_photo(np.random.default_rng(1), *size)).save(path, quality=90)
+    whole = decode_crop(str(path), lambda w, h: CropBox(0, 0, h, w), 100)  # 599..751 / 4 >= 100 -> 1/4 scale
+    assert tuple(whole.shape) == (-(-size[1] // 4), -(-size[0] // 4), 3)
+    centre = decode_eval(str(path), 64)  # the centre region (>= 4 x 64 px) decodes at 1/4 too: close, not exact
+    assert tuple(centre.shape) == (64, 64, 3)
+    assert (centre.float() - decode_eval(str(path), 64, dct=False).float()).abs().mean() < 8
 
 
 # --------------------------------------------------------------------------- determinism, order, resume

@@ -6,11 +6,17 @@ when a name that needs them is first used.
 >>> import finetune
 >>> finetune.FinetuneError.__name__
 'FinetuneError'
+>>> import finetune.freeze  # the module of the same name does not hide the function
+>>> from finetune import freeze, train
+>>> callable(freeze), train.__name__, finetune.freeze is freeze
+(True, 'train', True)
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from finetune.errors import (
@@ -69,6 +75,24 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+class _Package(types.ModuleType):
+    """``finetune.train`` and ``finetune.freeze`` are functions that live in modules of the
+    same name. Importing such a module (``from finetune.train import evaluate``, or any
+    module that does) makes Python bind the package attribute to the module, which would
+    hide the function: that binding is dropped here, so ``finetune.freeze(...)`` and
+    ``from finetune import train`` always give the functions. (The modules stay importable
+    by their dotted names: ``from finetune.freeze import trainable_table``.)
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # pragma: no cover

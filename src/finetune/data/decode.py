@@ -38,7 +38,6 @@ pixels are those of torchvision's ImageFolder, ``PIL.Image.open(p).convert("RGB"
 from __future__ import annotations
 
 import io
-import math
 import struct
 import warnings
 import zlib
@@ -54,6 +53,7 @@ from finetune.data.transforms import (
     CropBox,
     capped_size,
     dct_reduction,
+    draft_size,
     eval_resize_box,
 )
 
@@ -233,7 +233,7 @@ def decode_crop(path: str, box_for: BoxFor, out_side: int, *, data: torch.Tensor
     if img.format in JPEG_FORMATS:
         reduce = dct_reduction(min(box.width, box.height), out_side) if dct else 1
         if reduce > 1:
-            img.draft("RGB", (math.ceil(full[0] / reduce), math.ceil(full[1] / reduce)))
+            img.draft("RGB", draft_size(*full, reduce))
         elif img.mode in ("RGB", "L") and is_complete_jpeg(data.numpy()):
             try:
                 chw = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
@@ -270,7 +270,7 @@ def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: b
     if img.format in JPEG_FORMATS:
         reduce = dct_reduction(int(min(right - left, bottom - top)), size) if dct else 1
         if reduce > 1:
-            img.draft("RGB", (math.ceil(full[0] / reduce), math.ceil(full[1] / reduce)))
+            img.draft("RGB", draft_size(*full, reduce))
     elif img.format == "PNG":
         with open(path, "rb") as f:
             _check_png(f.read())

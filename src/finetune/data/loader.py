@@ -606,7 +606,7 @@ class Loader:
                  crop_scale: tuple[float, float], decode: str = "cpu", cache: str | None = None,
                  prefetch: str = "auto", augment: str | None = None, cache_side: int | None = None,
                  cache_max_bytes: int | None = None, dataset: Any = None,
-                 log: Callable[[str], None] | None = None, dct_scaling: bool = True, shuffle: bool | None = None):
+                 log: Callable[[str], None] | None = None, dct_scaling: bool | None = None, shuffle: bool | None = None):
         num = len(samples) if samples is not None else len(dataset)
         if num == 0:
             raise DataError("no samples to load")
@@ -645,7 +645,8 @@ class Loader:
         self.dataset = _BatchDataset(
             samples=samples, obj=dataset, train=train, img_size=img_size, crop_scale=crop_scale, seed=seed,
             augment=augment, decode=decode, store=self.store if self.cache == "ram" else None,
-            cache_side=self.cache_side, slots=self._slots, dct=dct_scaling, nchw=not channels_last,
+            cache_side=self.cache_side, slots=self._slots, dct=train if dct_scaling is None else dct_scaling,
+            nchw=not channels_last,
             pool=self._pool)
         self._dataloader = DataLoader(
             self.dataset,
@@ -1032,7 +1033,7 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                  augment: str | None = None, prefetch: str = "auto", strict: bool = False,
                  cache_side: int | None = None, cache_max_bytes: int | None = None,
                  probe_seconds: float = 1.0, log: Callable[[str], None] | None = None,
-                 dct_scaling: bool = True, shuffle: bool | None = None) -> Loader:
+                 dct_scaling: bool | None = None, shuffle: bool | None = None) -> Loader:
     """Build a loader over ``source`` (Samples, an ImageFolder root, a CSV, 'shapes', or a dataset object).
 
     Training loaders shuffle (seeded by ``seed`` and the epoch), apply
@@ -1055,8 +1056,11 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
     * ``prefetch``: "auto" (CUDA side-stream on CUDA, else none), "none",
       "thread" (a background thread, like prefetch_generator) or "cuda";
     * ``dct_scaling``: decode JPEGs at 1/2, 1/4 or 1/8 scale when the crop is at
-      least that many times the output size (False: always full size, exactly
-      torchvision's result);
+      least twice, 4 or 8 times the output size (close to, not equal to, a full
+      decode: libjpeg's scaled IDCT is another downsampling filter); False: always
+      full size, torchvision's result within rounding. Default (None): on for
+      training transforms, off for eval, so evaluation equals torchvision's
+      ``Resize`` + ``CenterCrop`` within rounding whatever the image size;
     * ``strict``: decode every file first and raise listing all the bad ones;
       otherwise bad files are skipped and counted (``loader.bad_files``,
       ``loader.write_bad_files(run_dir)``).

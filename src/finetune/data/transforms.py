@@ -133,11 +133,9 @@ def open_image(path: str, crop_for: callable, out_size: int) -> Image.Image:  # 
     full_w, full_h = img.size
     box = crop_for(full_w, full_h)
     if img.format in JPEG_FORMATS:
-        reduce = 1
-        while reduce < 8 and min(box.width, box.height) / (reduce * 2) >= out_size:
-            reduce *= 2
+        reduce = dct_reduction(min(box.width, box.height), out_size)
         if reduce > 1:
-            img.draft("RGB", (math.ceil(full_w / reduce), math.ceil(full_h / reduce)))
+            img.draft("RGB", draft_size(full_w, full_h, reduce))
     elif img.format == "PNG":
         with open(path, "rb") as f:
             _check_png(f.read())
@@ -230,6 +228,24 @@ def dct_reduction(crop_side: int, out_side: int) -> int:
     while reduce < 8 and crop_side / (reduce * 2) >= out_side:
         reduce *= 2
     return reduce
+
+
+def draft_size(width: int, height: int, reduce: int) -> tuple[int, int]:
+    """The size to ask PIL's ``draft`` for so that libjpeg decodes at scale 1/``reduce``.
+
+    PIL picks the scale from ``width // asked_width`` (and the same for the height),
+    rounded down to 1, 2, 4 or 8: asking for the rounded-up ``ceil(width / reduce)``
+    gives a smaller scale whenever a side is not a multiple of ``reduce`` (a 500x375
+    image asked for 1/2 would decode at full size); the rounded-down size gives exactly
+    1/``reduce`` (the decoded image is then ``ceil(side / reduce)``).
+
+    >>> from PIL import Image
+    >>> import io
+    >>> buf = io.BytesIO(); Image.new("RGB", (1001, 751)).save(buf, "JPEG")
+    >>> img = Image.open(buf); _ = img.draft("RGB", draft_size(*img.size, 2)); img.size
+    (501, 376)
+    """
+    return max(1, width // reduce), max(1, height // reduce)
 
 
 def resize_hwc(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
