@@ -493,6 +493,20 @@ def test_decode_eval_is_exact_without_reduction(samples: Samples) -> None:
 
 
 # --------------------------------------------------------------------------- bench-data
+def test_bench_dataloaderx_measurement_leaves_no_workers_behind(tmp_path: Path) -> None:
+    """DataLoaderX's thread stays blocked on its queue after a measurement; its DataLoader's
+    workers must not live on beside the next measurements."""
+    import multiprocessing as mp
+
+    from finetune.data.bench import measure_plain
+
+    root = make_photo_folder(tmp_path / "p", count=16, width=40, height=30, classes=2)
+    assert measure_plain(root, img_size=16, batch_size=2, workers=2, seconds=0.1, background=True) > 0
+    for child in mp.active_children():
+        child.join(timeout=5)
+    assert mp.active_children() == []
+
+
 def test_bench_table_and_cli_help_does_not_import_torch() -> None:
     from finetune.data.bench import BenchReport, Row
 

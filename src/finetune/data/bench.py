@@ -294,7 +294,13 @@ def measure_plain(root: str | Path, img_size: int, batch_size: int, workers: int
     try:
         return rate_of(it, seconds, warmup=in_flight(workers, 2))
     finally:
-        del it, loader
+        # DataLoaderX's thread stays blocked on its full queue, holding the DataLoader iterator:
+        # stop that iterator's workers here, or they would live on beside the next measurements
+        inner = getattr(it, "generator", it)
+        shutdown = getattr(inner, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del it, loader, inner
 
 
 def decode_rate_one_core(paths: list[str], seconds: float) -> float:
