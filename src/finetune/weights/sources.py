@@ -166,11 +166,15 @@ def timm_file(name: str) -> Path:
         return legacy
     folder = hf_hub_cache() / f"models--{repo.replace('/', '--')}" / "snapshots" / "main" if repo else None
     if offline() or not repo:
-        where = url or f"https://huggingface.co/{repo}/resolve/main/model.safetensors"
-        target = (folder / "model.safetensors") if folder else legacy
-        if target is None:
+        why = "downloads are off (FINETUNE_OFFLINE/HF_HUB_OFFLINE)"
+        if folder is not None:  # the Hugging Face file into the hub cache layout (the legacy file also works)
+            error = _missing(folder / "model.safetensors", f"https://huggingface.co/{repo}/resolve/main/model.safetensors", why)
+            if url.endswith((".pth", ".pt", ".bin", ".safetensors")) and legacy is not None:  # (not JAX .npz)
+                error = WeightsError(f"{error} (or download {url} and put it in {legacy.parent}/)")
+            raise error
+        if legacy is None:
             raise WeightsError(f"timm has no pretrained weights for '{name}'")
-        raise _missing(target, where, "downloads are off (FINETUNE_OFFLINE/HF_HUB_OFFLINE)")
+        raise _missing(legacy, url, why)
     try:
         from huggingface_hub import hf_hub_download
 
