@@ -565,21 +565,6 @@ def background(iterable: Iterable[Any], depth: int = 1) -> Iterator[Any]:
 
 
 # --------------------------------------------------------------------------- the loader
-@dataclass
-class LoaderPosition:
-    """Where a loader stands: the fields of :meth:`Loader.state_dict`.
-
-    >>> from dataclasses import asdict
-    >>> from finetune.data.loader import LoaderPosition
-    >>> asdict(LoaderPosition(epoch=2, position=5, seed=0))
-    {'epoch': 2, 'position': 5, 'seed': 0}
-    """
-
-    epoch: int
-    position: int  # batches already delivered in this epoch
-    seed: int
-
-
 class Loader:
     """Iterable of ``(images, labels)`` batches; see :func:`build_loader`.
 

@@ -74,8 +74,9 @@ def shapes_root(spec: ShapesSpec | None = None) -> Path:
     """Return the cached dataset for ``spec``, generating it on first use.
 
     >>> import os, tempfile
-    >>> os.environ["FINETUNE_CACHE"] = tempfile.mkdtemp()
-    >>> root = shapes_root(ShapesSpec(per_class=2, val_per_class=1, size=32))
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"FINETUNE_CACHE": tempfile.mkdtemp()}):
+    ...     root = shapes_root(ShapesSpec(per_class=2, val_per_class=1, size=32))
     >>> (root / "boxes.csv").exists()
     True
     """

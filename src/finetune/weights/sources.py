@@ -85,11 +85,13 @@ def torch_hub_checkpoints() -> Path:
 def torchvision_file(arch: str) -> Path:
     """The cached file of torchvision's default weights for ``arch``.
 
-    >>> import os; os.environ["FINETUNE_OFFLINE"] = "1"
-    >>> try:
-    ...     torchvision_file("not_a_model")
-    ... except WeightsError as e:
-    ...     print(str(e)[:40])
+    >>> import os
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"FINETUNE_OFFLINE": "1"}):
+    ...     try:
+    ...         torchvision_file("not_a_model")
+    ...     except WeightsError as e:
+    ...         print(str(e)[:40])
     torchvision has no pretrained weights fo
     """
     from torchvision.models import get_model_weights
