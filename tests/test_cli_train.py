@@ -206,3 +206,19 @@ def test_vit_trains_at_another_image_size_and_eval_rebuilds_it(colour_data: Path
     assert state["model"]["encoder.pos_embedding"].shape == (1, 1 + 2 * 2, 768)
     res = run_cli("eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--json", "--device", "cpu")
     assert res.returncode == 0, res.stderr
+
+
+def test_timm_weights_bring_their_own_input_normalisation(colour_data: Path, tmp_path: Path) -> None:
+    """timm's ViTs were trained on inputs normalised with mean = std = 0.5, not ImageNet's:
+    the loaders use the weights' values, the checkpoint carries them, and eval reuses them."""
+    out = tmp_path / "run"
+    res = run_cli("train", "--data", str(colour_data), "--model", "timm:vit_tiny_patch16_224", "--img-size", "32",
+                  "--batch-size", "4", "--workers", "0", "--epochs", "1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "mean (0.5, 0.5, 0.5) / std (0.5, 0.5, 0.5)" in res.stdout + res.stderr
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert list(state["mean"]) == [0.5, 0.5, 0.5] and list(state["std"]) == [0.5, 0.5, 0.5]
+    res = run_cli("eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    val_loss = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    assert json.loads(res.stdout)["loss"] == pytest.approx(val_loss, rel=1e-4)  # the same inputs as in training

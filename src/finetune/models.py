@@ -118,6 +118,39 @@ def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def normalization(model: str, pretrained: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` the model's pretrained weights were trained with, for input normalisation.
+
+    timm weights carry theirs (``timm:vit_base_patch16_224.augreg_in21k``: 0.5 / 0.5; CLIP
+    models: OpenAI's); the timm source named by ``pretrained`` wins over the model's default
+    tag. Everything else (torchvision weights, files, training from scratch): ImageNet's.
+
+    >>> normalization("resnet18")
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    >>> normalization("timm:vit_tiny_patch16_224")
+    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    >>> normalization("timm:resnet50", pretrained="timm:vit_base_patch16_clip_224.openai")[0][0]
+    0.48145466
+    """
+    name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
+    if not name.startswith(TIMM_PREFIX):
+        return IMAGENET_MEAN_STD
+    try:
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return IMAGENET_MEAN_STD
+    try:
+        cfg = get_pretrained_cfg(name[len(TIMM_PREFIX):])
+    except Exception:  # noqa: BLE001 - an unknown name is reported where the model is built
+        cfg = None
+    if cfg is None or cfg.mean is None or cfg.std is None or len(cfg.mean) != 3:
+        return IMAGENET_MEAN_STD
+    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+
+
 def check_input_size(model: nn.Module, img_size: int) -> None:
     """Raise :class:`ModelError` if ``model`` cannot take ``img_size`` x ``img_size`` images
     (too small for its downsampling, or a fixed input size), before any training starts.

@@ -46,7 +46,14 @@ from finetune.data.samples import Samples, find_splits, scan_folder
 from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize_
 from finetune.errors import CheckpointError, ConfigError, DataError
 from finetune.logging import RunLog, progress
-from finetune.models import check_input_size, count_parameters, create_model, head_names, logits_of
+from finetune.models import (
+    check_input_size,
+    count_parameters,
+    create_model,
+    head_names,
+    logits_of,
+    normalization,
+)
 
 
 def warn(message: str) -> None:
@@ -409,7 +416,10 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     classes = list(train_samples.classes)
     if resume_state is not None and list(resume_state.get("classes", classes)) != classes:
         raise CheckpointError(f"the checkpoint's classes {resume_state['classes'][:5]}… differ from the data's {classes[:5]}…")
-    loader_kw = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
+    # the pretrained weights' input normalisation (timm's own; else ImageNet's); a resumed run keeps its own
+    mean, std = ((tuple(resume_state["mean"]), tuple(resume_state["std"])) if resume_state is not None and "mean" in resume_state
+                 else normalization(cfg.model, cfg.pretrained))
+    loader_kw = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, device=device, seed=cfg.seed, mean=mean, std=std,
                      channels_last=cfg.channels_last, decode=cfg.decode, prefetch=cfg.prefetch, strict=cfg.strict_data,
                      cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print)
     if cfg.augment:
@@ -496,7 +506,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     total, trainable = count_parameters(model)
     log.info(f"{cfg.model}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), {len(classes)} classes, "
              f"{len(train_samples)} train / {len(val_samples)} val images, {device}"
-             + (f", {amp}".replace("torch.", " autocast ") if amp else ""))
+             + (f", {amp}".replace("torch.", " autocast ") if amp else "")
+             + ("" if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD)
+                else f", inputs normalised with the weights' mean {tuple(mean)} / std {tuple(std)}"))
     table = trainable_table(model)
     (run_dir / "trainable.json").write_text(json.dumps(table.to_dict(), indent=1))
     log.info(str(table))
@@ -528,7 +540,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen,
             "best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
             "history": history, "config": cfg.to_dict(), "arch": cfg.model, "classes": classes,
-            "img_size": cfg.img_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "img_size": cfg.img_size, "mean": list(mean), "std": list(std),
         }
 
     def out_of_steps() -> bool:
@@ -719,7 +731,8 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     if list(samples.classes) != classes:
         samples = Samples(samples.paths, samples.labels, tuple(classes))
     loader = build_loader(samples, train=False, img_size=int(state.get("img_size", cfg.get("img_size", 224))),
-                          batch_size=batch_size, workers=workers, device=dev)
+                          batch_size=batch_size, workers=workers, device=dev,
+                          mean=tuple(state.get("mean", IMAGENET_MEAN)), std=tuple(state.get("std", IMAGENET_STD)))
     return evaluate(model, loader, quiet=quiet)
 
 
