@@ -191,7 +191,8 @@ def test_model_too_big_for_the_image_size_is_a_one_line_error(colour_data: Path,
     res = run_cli("train", "--data", str(colour_data), "--model", "alexnet", "--img-size", "32", "--workers", "0",
                   "--out", str(tmp_path / "run"), "-q")
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines()[-1].startswith("finetune: error: alexnet cannot take 32x32 images")
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("finetune: error: alexnet cannot take 32x32 images") and last.endswith("use --img-size 64 or more")
     assert "Traceback" not in res.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 

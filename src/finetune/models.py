@@ -162,8 +162,22 @@ def check_input_size(model: nn.Module, img_size: int) -> None:
     >>> check_input_size(create_model("inception_v3", num_classes=2), 64)
     Traceback (most recent call last):
     ...
-    finetune.errors.ModelError: inception_v3 cannot take 64x64 images (...): use a larger --img-size
+    finetune.errors.ModelError: inception_v3 cannot take 64x64 images (...): use --img-size 299 or more
     """
+    reason = _input_size_problem(model, img_size)
+    if reason is None:
+        return
+    name = getattr(model, "finetune_arch", type(model).__name__)
+    larger = next((s for s in _LARGER_SIZES if s > img_size and _input_size_problem(model, s) is None), None)
+    hint = f"use --img-size {larger} or more" if larger is not None else "use a larger --img-size"
+    raise ModelError(f"{name} cannot take {img_size}x{img_size} images ({reason}): {hint}")
+
+
+_LARGER_SIZES = (32, 64, 96, 128, 160, 224, 299, 384, 512)  # tried in order for the hint of the error
+
+
+def _input_size_problem(model: nn.Module, img_size: int) -> str | None:
+    """None if a train-mode forward of two ``img_size`` images works, else the error's first line."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     saved = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items() if not isinstance(v, nn.Parameter)}
@@ -173,12 +187,11 @@ def check_input_size(model: nn.Module, img_size: int) -> None:
             model.train()
             model(torch.zeros(2, 3, img_size, img_size, device=device))
     except (RuntimeError, AssertionError, ValueError, IndexError) as e:
-        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        name = getattr(model, "finetune_arch", type(model).__name__)
-        raise ModelError(f"{name} cannot take {img_size}x{img_size} images ({reason}): use a larger --img-size") from None
+        return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     finally:
         model.load_state_dict(saved, strict=False)
         model.train(was_training)
+    return None
 
 
 def head_name(model: nn.Module) -> str:
