@@ -223,3 +223,25 @@ def test_timm_weights_bring_their_own_input_normalisation(colour_data: Path, tmp
     assert res.returncode == 0, res.stderr
     val_loss = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
     assert json.loads(res.stdout)["loss"] == pytest.approx(val_loss, rel=1e-4)  # the same inputs as in training
+
+
+def test_sigterm_outside_the_training_loop_is_a_one_line_error(tmp_path: Path) -> None:
+    """In set-up or in another command there is nothing to save: SIGTERM ends like Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "shapes"
+    proc = subprocess.Popen([sys.executable, "-m", "finetune.cli", "make-shapes", str(out), "--per-class", "5000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "FINETUNE_DEBUG"})
+    deadline = time.monotonic() + 120
+    while not any(tmp_path.glob(".shapes.*/*/*/*.jpg")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # drawing has started (into a temporary sibling folder): the command's own code runs
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines()[-1] == "finetune: error: interrupted" and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no half-written dataset, no temporary folder left

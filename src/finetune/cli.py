@@ -7,9 +7,12 @@ imports what it needs when it runs, so ``finetune --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from finetune.errors import FinetuneError
@@ -308,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     debug = args.debug or os.environ.get("FINETUNE_DEBUG") == "1"
+    # SIGTERM outside the training loop (which saves a checkpoint on it) ends like Ctrl-C: one line, exit 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, functools.partial(_raise_interrupt, os.getpid())) if in_main_thread else None
     try:
         return int(args.handler(args) or 0)
     except FinetuneError as e:
@@ -322,6 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         return _fail("out of memory: lower --batch-size or --img-size")
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(pid: int, signum: int, frame: object) -> None:
+    if os.getpid() != pid:  # a forked worker inherited the handler: die of the signal, quietly
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -247,13 +247,19 @@ def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | 
             for split, n, split_seed in (("train", per_class, 0), ("val", val_per_class, 1))
             for label, kind in enumerate(CLASSES)]
     workers = min(len(jobs), os.cpu_count() or 1)
-    if workers > 1 and per_class * len(CLASSES) >= 400:  # one process per core; each class has its own RNG
-        from concurrent.futures import ProcessPoolExecutor
+    try:
+        if workers > 1 and per_class * len(CLASSES) >= 400:  # one process per core; each class has its own RNG
+            import multiprocessing
 
-        with ProcessPoolExecutor(workers) as pool:
-            parts = list(pool.map(_draw_class, jobs))
-    else:
-        parts = [_draw_class(job) for job in jobs]
+            # (a Pool, not a ProcessPoolExecutor: leaving the block on Ctrl-C/SIGTERM terminates the
+            # workers at once instead of waiting for the classes they are drawing)
+            with multiprocessing.get_context().Pool(workers) as pool:
+                parts = pool.map(_draw_class, jobs, chunksize=1)
+        else:
+            parts = [_draw_class(job) for job in jobs]
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # interrupted: no half-written folder left behind
+        raise
     rows = [row for part in parts for row in part]
     with (tmp / "boxes.csv").open("w", newline="") as f:
         w = csv.writer(f)
