@@ -234,15 +234,18 @@ def test_resume_auto_with_nothing_to_resume_is_one_error_line(data, tmp_path, ca
 # --------------------------------------------------------------------------- the real CLI, signals
 def test_sigterm_then_sigkills_at_random_moments_with_workers_then_resume_is_bitwise_identical(data, tmp_path,
                                                                                                  reference):
-    """`finetune train --workers 2 --save-every-steps 1` gets SIGTERM in the middle of training: the step
-    finishes, a checkpoint is saved, exit status 0 and a message with the resume command. That command
+    """`finetune train --workers 2 --save-every-steps 1` gets SIGTERM in the middle of training, sent to its
+    whole process group as a scheduler's preemption does (the data workers get it too and must not die
+    under the step): the step finishes, a checkpoint is saved, exit status 0 and a message with the
+    resume command. That command
     (the run's own config.yaml: workers 2) is then SIGKILLed at random moments and restarted until it
     finishes: it ends bitwise where the in-process run without workers did."""
     out = tmp_path / "run"
     proc = subprocess.Popen([*finetune_command(), *cli_args(data, out, "--workers", "2", "--save-every-steps", "1")],
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     assert wait_until(lambda: has_checkpoint(out), proc), proc.communicate()
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "Traceback" not in err

@@ -1394,8 +1394,10 @@ class GracefulExit:
         self.signal_name: str | None = None
         self.installed = False
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> GracefulExit:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._previous[s] = signal.getsignal(s)
@@ -1407,6 +1409,12 @@ class GracefulExit:
         self._restore()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            # a data worker forked while this was installed, hit by a signal sent to the whole process
+            # group (Ctrl-C, a scheduler's SIGTERM): it keeps working, silently, so that the main
+            # process can finish its step and save; the main process then stops it
+            self._restore()
+            return
         self.stop_requested = True
         self.signal_name = signal.Signals(signum).name
         self._restore()

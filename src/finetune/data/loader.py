@@ -35,6 +35,7 @@ import os
 import queue
 import random
 import re
+import signal
 import sys
 import threading
 import weakref
@@ -644,6 +645,7 @@ class Loader:
             # its own generator: each new iterator draws a worker base seed, which from the global
             # RNG would shift dropout & co. between an uninterrupted and a resumed run
             generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=_outlive_one_signal,
         )
         # stops the workers when the loader goes, even from inside a garbage cycle of the
         # caller's objects: the registry keeps the DataLoader and its queues alive until then
@@ -937,6 +939,21 @@ class Loader:
             if close is not None:
                 close()
         self.start_position = self.position
+
+
+def _outlive_one_signal(_worker_id: int) -> None:
+    """In a data worker: ignore the first SIGTERM / SIGINT. A scheduler's preemption (SIGTERM to
+    the whole process group) or Ctrl-C reaches the workers too; torch's own worker handler
+    dies of an outside SIGTERM, and the main process then fails in the middle of its step
+    ("DataLoader worker is killed by signal") instead of finishing it and saving. The main
+    process stops the workers itself; a second signal acts as usual."""
+
+    def once(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, once)
+    signal.signal(signal.SIGINT, once)
 
 
 def _stop_workers(dataloader: DataLoader) -> None:
