@@ -434,7 +434,6 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
     # ---- model and what trains
     model = create_model(cfg.model, num_classes=len(classes), img_size=cfg.img_size)
-    check_input_size(model, cfg.img_size)
     if cfg.pretrained and resume_state is None:
         from finetune.weights import load_weights
 
@@ -446,6 +445,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    check_input_size(model, cfg.img_size)  # (on the device: one forward of two images, before any step)
     from finetune.freeze import (
         audit,
         bn_train_mode,
