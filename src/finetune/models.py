@@ -186,6 +186,9 @@ def _input_size_problem(model: nn.Module, img_size: int) -> str | None:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             model.train()
             model(torch.zeros(2, 3, img_size, img_size, device=device))
+    except torch.cuda.OutOfMemoryError:
+        raise ModelError(f"out of GPU memory for one forward of two {img_size}x{img_size} images: "
+                         "use a smaller model or --img-size") from None
     except (RuntimeError, AssertionError, ValueError, IndexError) as e:
         return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     finally:
