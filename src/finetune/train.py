@@ -462,6 +462,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     forward_model = torch.compile(model) if cfg.compile else model
     batches: Loader | FeatureBatches = train_loader
     if cfg.cache_features:  # the backbone runs once; epochs train the head on its features
+        if not quiet:
+            print(f"--cache-features: the backbone runs once over the {len(train_samples)} training images with the "
+                  "eval transform (no train-time augmentation); the head trains on those features")
         backbone, head = split_head(model)
         feature_loader = build_loader(train_samples, train=False, **loader_kw)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
