@@ -183,7 +183,8 @@ def _input_size_problem(model: nn.Module, img_size: int) -> str | None:
     saved = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items() if not isinstance(v, nn.Parameter)}
     was_training = model.training
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():  # (dropout draws leave no trace)
             model.train()
             model(torch.zeros(2, 3, img_size, img_size, device=device))
     except torch.cuda.OutOfMemoryError:
