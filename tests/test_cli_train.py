@@ -73,6 +73,31 @@ def test_predict_names_the_classes(trained_run: Path, colour_data: Path) -> None
     assert sum(p["prob"] for p in preds[0]["top"]) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_predict_sees_what_eval_sees(trained_run: Path, tmp_path: Path) -> None:
+    """predict decodes and normalises like the eval loader (full-size decode, the same normaliser):
+    the same probabilities, also for a photo big enough that a reduced-size decode would differ."""
+    import numpy as np
+    from PIL import Image
+
+    from finetune.data import build_loader
+    from finetune.data.bench import _photo
+    from finetune.data.samples import Samples
+    from finetune.train import load_checkpoint_model, predict_files
+
+    photo = tmp_path / "big.jpg"
+    Image.fromarray(_photo(np.random.default_rng(0), 1001, 751)).save(photo, quality=90)
+    ckpt = trained_run / "checkpoints" / "best.pt"
+    [pred] = predict_files(ckpt, [str(photo)], topk=2, device="cpu")
+    model, state = load_checkpoint_model(ckpt, torch.device("cpu"))
+    samples = Samples.from_lists([str(photo)], [0], tuple(state["classes"]))
+    with build_loader(samples, train=False, img_size=int(state["img_size"]), batch_size=1, workers=0,
+                      mean=tuple(state["mean"]), std=tuple(state["std"]), log=lambda m: None) as loader:
+        [(images, _)] = list(loader)
+    with torch.no_grad():
+        probs = model(images).softmax(1)[0]
+    assert [t["prob"] for t in pred["top"]] == pytest.approx(sorted(probs.tolist(), reverse=True), abs=1e-6)
+
+
 def test_resume_at_epoch_boundary_continues_at_the_right_epoch(colour_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = run_cli("train", "--data", str(colour_data), "--epochs", "1", "--out", str(out), *TINY)

@@ -41,9 +41,11 @@ from finetune.checkpoint import (
     restore_rng_state,
 )
 from finetune.config import TrainConfig, parse_unfreeze, save_config
+from finetune.data.decode import DECODE_ERRORS, bad_reason, decode_eval
 from finetune.data.loader import Loader, build_loader
+from finetune.data.normalize import Normalizer
 from finetune.data.samples import Samples, find_splits, scan_folder
-from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize_
+from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from finetune.errors import CheckpointError, ConfigError, DataError
 from finetune.logging import RunLog, progress
 from finetune.models import (
@@ -781,20 +783,21 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
     model, state = load_checkpoint_model(checkpoint, dev)
     classes = list(state["classes"])
     size = int(state.get("img_size", 224))
-    mean = torch.tensor(state.get("mean", IMAGENET_MEAN), device=dev).view(1, 3, 1, 1) * 255
-    std = torch.tensor(state.get("std", IMAGENET_STD), device=dev).view(1, 3, 1, 1) * 255
+    # the loader's eval path exactly: full-size decode, Resize + CenterCrop, the same normaliser
+    normalizer = Normalizer(tuple(state.get("mean", IMAGENET_MEAN)), tuple(state.get("std", IMAGENET_STD)), dev,
+                            channels_last=False)
     files = _expand_inputs(inputs)
     k = max(1, min(topk, len(classes)))
     out: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        tensors = []
+        images = []
         for f in chunk:
             try:
-                tensors.append(eval_transform(str(f), size))
-            except (OSError, ValueError, SyntaxError) as e:
-                raise DataError(f"cannot read image '{f}': {e}") from None
-        batch = normalize_(torch.stack(tensors).to(dev), mean, std)
+                images.append(decode_eval(str(f), size, dct=False))
+            except DECODE_ERRORS as e:
+                raise DataError(f"cannot read image '{f}': {bad_reason(e)}") from None
+        batch = normalizer(torch.stack(images).to(dev))
         probs = logits_of(model(batch)).float().softmax(dim=1)
         top = probs.topk(k, dim=1)
         for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):

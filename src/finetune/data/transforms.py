@@ -1,17 +1,15 @@
-"""Image decoding and augmentation on uint8 data, with torchvision's semantics.
+"""Crop geometry and uint8 tensor ops with torchvision's semantics.
 
-Images stay uint8 from the file to the batch: decoding crops before it
-resizes, and uses libjpeg's DCT scaling (PIL ``draft``) when the crop is at
-least twice the output size. Every random choice comes from a generator seeded
-per sample, so a sample's augmentation depends only on (seed, epoch, position),
-not on which worker drew it: this is what makes resume exact.
+The boxes of RandomResizedCrop and of eval's Resize + CenterCrop, the DCT scale a
+crop allows, and the resizes, crops and augmentations the loader runs on uint8
+images (decoding itself is in :mod:`finetune.data.decode`). Every random choice
+comes from a source seeded per sample, so a sample's augmentation depends only
+on (seed, epoch, position), not on which worker drew it: this is what makes
+resume exact.
 
->>> import numpy as np, torch
->>> from PIL import Image
->>> img = Image.fromarray(np.zeros((40, 60, 3), np.uint8))
->>> out = eval_transform(img, 32)
->>> out.shape, out.dtype
-(torch.Size([3, 32, 32]), torch.uint8)
+>>> from finetune.data.transforms import center_crop_box, dct_reduction
+>>> center_crop_box(400, 300, 224), dct_reduction(300, 224)
+(CropBox(top=19, left=69, height=262, width=262), 1)
 """
 
 from __future__ import annotations
@@ -20,9 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,6 +47,7 @@ def random_resized_crop_box(width: int, height: int, rng: Any,
     """torchvision's RandomResizedCrop.get_params, drawn from ``rng`` (anything with numpy
     Generator's ``uniform`` and ``integers``: a Generator or the loader's ``SampleRandom``).
 
+    >>> import numpy as np
     >>> b = random_resized_crop_box(100, 80, np.random.default_rng(0))
     >>> 0 < b.width <= 100 and 0 < b.height <= 80
     True
@@ -109,114 +106,6 @@ def eval_resize_box(width: int, height: int, size: int, crop_pct: float = EVAL_C
     return (left / sx, top / sy, (left + size) / sx, (top + size) / sy)
 
 
-def open_image(path: str, crop_for: callable, out_size: int) -> Image.Image:  # type: ignore[valid-type]
-    """Open ``path``, choose the crop from its full size, decode at the smallest
-    DCT scale that still gives the crop ``out_size`` pixels, return the crop (RGB).
-
-    ``crop_for(width, height) -> CropBox`` picks the crop in full-size pixels. The pixels
-    are :func:`finetune.data.decode.to_rgb`'s (the loader's), and a PNG with bad CRCs raises.
-
-    >>> import tempfile, numpy as np
-    >>> from PIL import Image
-    >>> from finetune.data.transforms import center_crop_box, open_image
-    >>> path = tempfile.mkdtemp() + "/a.jpg"
-    >>> Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(path)
-    >>> center_crop_box(400, 300, 32)
-    CropBox(top=16, left=66, height=267, width=267)
-    >>> crop = open_image(path, lambda w, h: center_crop_box(w, h, 32), 32)   # decoded at a DCT scale
-    >>> crop.mode, crop.size[0] == crop.size[1], 32 <= crop.size[0] < 267
-    ('RGB', True, True)
-    """
-    from finetune.data.decode import JPEG_FORMATS, _check_png, load_rgb
-
-    img = Image.open(path)
-    full_w, full_h = img.size
-    box = crop_for(full_w, full_h)
-    if img.format in JPEG_FORMATS:
-        reduce = dct_reduction(min(box.width, box.height), out_size)
-        if reduce > 1:
-            img.draft("RGB", draft_size(full_w, full_h, reduce))
-    elif img.format == "PNG":
-        with open(path, "rb") as f:
-            _check_png(f.read())
-    img = load_rgb(img)
-    sx, sy = img.size[0] / full_w, img.size[1] / full_h
-    left, top = box.left * sx, box.top * sy
-    return img.crop((round(left), round(top), round(left + box.width * sx), round(top + box.height * sy)))
-
-
-def to_uint8_chw(img: Image.Image) -> torch.Tensor:
-    """An RGB PIL image as a uint8 CHW tensor.
-
-    >>> from PIL import Image
-    >>> from finetune.data.transforms import to_uint8_chw
-    >>> x = to_uint8_chw(Image.new("RGB", (4, 2), (255, 128, 0)))
-    >>> x.shape, x.dtype, x[:, 0, 0].tolist()
-    (torch.Size([3, 2, 4]), torch.uint8, [255, 128, 0])
-    """
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-def train_transform(path: str, size: int, rng: np.random.Generator,
-                    scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> torch.Tensor:
-    """RandomResizedCrop(size, scale) + RandomHorizontalFlip on a file, as uint8 CHW.
-
-    >>> import tempfile, numpy as np, torch
-    >>> from PIL import Image
-    >>> from finetune.data.transforms import train_transform
-    >>> path = tempfile.mkdtemp() + "/a.png"
-    >>> Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
-    >>> a = train_transform(path, 16, np.random.default_rng(5))
-    >>> a.shape, a.dtype, torch.equal(a, train_transform(path, 16, np.random.default_rng(5)))   # same seed, same crop
-    (torch.Size([3, 16, 16]), torch.uint8, True)
-    """
-    crop = open_image(path, lambda w, h: random_resized_crop_box(w, h, rng, scale), size)
-    img = crop.resize((size, size), Image.BILINEAR, reducing_gap=None)
-    if hflip and rng.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    return to_uint8_chw(img)
-
-
-def eval_transform(source: str | Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT) -> torch.Tensor:
-    """Resize(size / crop_pct) + CenterCrop(size), as uint8 CHW.
-
-    >>> import tempfile, numpy as np, torch
-    >>> from PIL import Image
-    >>> from finetune.data.transforms import eval_transform
-    >>> path = tempfile.mkdtemp() + "/a.png"
-    >>> Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
-    >>> x = eval_transform(path, 16)
-    >>> x.shape, torch.equal(x, eval_transform(Image.open(path), 16))   # a file or a PIL image
-    (torch.Size([3, 16, 16]), True)
-    """
-    if isinstance(source, Image.Image):
-        from finetune.data.decode import to_rgb
-
-        img = to_rgb(source)
-        b = center_crop_box(*img.size, size, crop_pct)
-        crop = img.crop((b.left, b.top, b.left + b.width, b.top + b.height))
-    else:
-        crop = open_image(source, lambda w, h: center_crop_box(w, h, size, crop_pct), size)
-    return to_uint8_chw(crop.resize((size, size), Image.BILINEAR))
-
-
-def normalize_(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,3,H,W] -> float32 normalised: (x - 255*mean) / (255*std).
-
-    ``mean``/``std`` are float tensors shaped [1,3,1,1] already scaled by 255.
-    The loader uses :class:`finetune.data.normalize.Normalizer`, which is faster.
-
-    >>> import torch
-    >>> from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_
-    >>> mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    >>> std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    >>> normalize_(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), mean, std).flatten()
-    tensor([2.2489, 2.4286, 2.6400])
-    """
-    return batch.float().sub_(mean).div_(std)
-
-
-# --------------------------------------------------------------------------- uint8 tensor ops (HWC)
 def dct_reduction(crop_side: int, out_side: int) -> int:
     """The largest libjpeg DCT scale 1/r (r in 1, 2, 4, 8) that leaves the crop's
     shorter side ``crop_side`` at least ``out_side`` pixels: never upsample.
