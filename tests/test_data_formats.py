@@ -545,3 +545,17 @@ def test_cli_trains_on_the_folder_and_lists_its_bad_files(root: Path, tmp_path: 
     _jpeg(tmp_path / "empty" / "a" / "x.jpg", _rgb(1))
     assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run2"), *TINY]) == 2
     assert "'b'" in capsys.readouterr().err
+
+
+def test_split_keeps_single_image_classes_for_training():
+    from finetune.data.samples import Samples, stratified_split
+
+    files = [f"{i}.jpg" for i in range(7)]
+    s = Samples.from_lists(files, [0, 0, 0, 0, 0, 1, 2], ("a", "b", "c"))
+    for fraction in (0.1, 0.5, 0.9):
+        tr, va = stratified_split(s, fraction, seed=0)
+        assert tr.class_counts()["b"] == tr.class_counts()["c"] == 1  # never moved to val
+        assert va.class_counts()["a"] >= 1 and tr.class_counts()["a"] >= 1
+    only_singles = Samples.from_lists(files[:3], [0, 1, 2], ("a", "b", "c"))
+    with pytest.raises(DataError, match="no class has two images.*val/"):
+        stratified_split(only_singles, 0.5, seed=0)

@@ -327,7 +327,8 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
 def stratified_split(samples: Samples, val_fraction: float, seed: int) -> tuple[Samples, Samples]:
     """Split into train/val keeping each class's share; the same seed gives the same split.
 
-    Every class with at least two images gets at least one in each split.
+    Every class with at least two images gets at least one in each split; a class with a
+    single image keeps it for training.
 
     >>> s = Samples.from_lists([f"{i}.jpg" for i in range(20)], [i % 2 for i in range(20)], ("a", "b"))
     >>> tr, va = stratified_split(s, 0.2, seed=0)
@@ -343,14 +344,14 @@ def stratified_split(samples: Samples, val_fraction: float, seed: int) -> tuple[
         idx = np.flatnonzero(samples.labels == label)
         idx = idx[rng.permutation(len(idx))]
         n_val = int(round(len(idx) * val_fraction))
-        if len(idx) >= 2:
-            n_val = min(max(n_val, 1), len(idx) - 1)
+        n_val = min(max(n_val, 1), len(idx) - 1) if len(idx) >= 2 else 0
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     tr = np.sort(np.concatenate(train_idx))
     va = np.sort(np.concatenate(val_idx))
     if len(va) == 0:
-        raise DataError("the validation split is empty: add images or raise --val-split")
+        raise DataError("no class has two images, so none can be held out for validation: "
+                        "add images, or give a folder with train/ and val/ sub-folders")
     return samples.subset(tr), samples.subset(va)
 
 
