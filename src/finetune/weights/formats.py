@@ -218,6 +218,10 @@ def _layout(obj: dict[str, Any], source: str) -> tuple[str, StateDict, StateDict
     if obj.get("format") == "finetune-checkpoint":
         return "finetune", _need(obj, "model", source), _maybe(obj.get("ema")), opt
     if "pytorch-lightning_version" in obj:
+        if "current_model_state" in obj and _maybe(obj.get("current_model_state")) is not None:
+            # WeightAveraging / EMAWeightAveraging callback: 'state_dict' holds the average
+            return ("PyTorch Lightning", _need(obj, "current_model_state", source),
+                    _need(obj, "state_dict", source), opt)
         return "PyTorch Lightning", _need(obj, "state_dict", source), _lightning_ema(obj), opt
     if "state_dict" in obj and ("state_dict_ema" in obj or "version" in obj or "args" in obj or "metric" in obj):
         return "timm CheckpointSaver", _need(obj, "state_dict", source), _maybe(obj.get("state_dict_ema")), opt
@@ -271,9 +275,10 @@ def _need(obj: Mapping[str, Any], key: str, source: str) -> StateDict:
 
 
 def _lightning_ema(obj: Mapping[str, Any]) -> StateDict | None:
+    """Averaged weights a Lightning callback keeps in its state (EMA callbacks, StochasticWeightAveraging)."""
     for state in (obj.get("callbacks") or {}).values():
         if isinstance(state, Mapping):
-            for k in EMA_KEYS:
+            for k in (*EMA_KEYS, "average_model_state"):
                 if (sd := _maybe(state.get(k))) is not None:
                     return sd
     return None
@@ -309,7 +314,7 @@ def _cpu(t: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- metadata
 _META_SKIP = set(NESTED_KEYS + EMA_KEYS + OPTIMIZER_KEYS) | {"scheduler", "lr_scheduler", "lr_schedulers",
-                                                          "scaler", "amp_scaler", "loops"}
+                                                          "scaler", "amp_scaler", "loops", "current_model_state"}
 
 
 def _metadata(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -334,12 +339,12 @@ def jsonable(v: Any, depth: int = 0) -> Any:
     >>> jsonable({"lr": torch.tensor(0.5), "args": argparse.Namespace(model="resnet18")})
     {'lr': 0.5, 'args': {'model': 'resnet18'}}
     """
+    if hasattr(v, "item") and type(v).__module__ == "numpy":  # before float: np.float64 is a float
+        return v.item() if getattr(v, "size", 1) == 1 else _SKIP
     if v is None or isinstance(v, bool | int | float | str):
         return v
     if isinstance(v, Tensor):
         return v.item() if v.numel() == 1 else _SKIP
-    if hasattr(v, "item") and type(v).__module__ == "numpy":
-        return v.item() if getattr(v, "size", 1) == 1 else _SKIP
     if isinstance(v, os.PathLike):
         return os.fspath(v)
     if depth > 3:
@@ -347,6 +352,8 @@ def jsonable(v: Any, depth: int = 0) -> Any:
     if isinstance(v, argparse.Namespace):
         v = vars(v)
     if isinstance(v, Mapping):
+        if any(isinstance(x, Tensor) and x.numel() > 1 for x in v.values()):
+            return _SKIP  # weights (e.g. a callback's averaged model), not metadata
         items = {str(k): jsonable(x, depth + 1) for k, x in list(v.items())[:200]}
         items = {k: x for k, x in items.items() if x is not _SKIP}
         return items if items or not v else _SKIP

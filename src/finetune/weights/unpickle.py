@@ -12,6 +12,7 @@ a type outside the allowlist are refused with an error that names the type.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime
 import functools
@@ -19,6 +20,7 @@ import os
 import pathlib
 import pickle
 import re
+import typing
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -86,7 +88,94 @@ def allowlist() -> tuple[SafeGlobal, ...]:
             (pathlib.PurePosixPath, f"{mod}.Path"),
         ]
     items += _numpy_allowlist()
+    items += stand_ins()
     return tuple(items)
+
+
+# --------------------------------------------------------------------------- stand-ins
+class FastcoreL(list):  # type: ignore[type-arg]
+    """Stand-in for fastcore's ``L`` (fastai keeps its optimizer ``hypers`` in one): a plain list.
+
+    >>> lst = FastcoreL.__new__(FastcoreL); lst.__setstate__({"items": [{"lr": 0.1}]}); lst
+    [{'lr': 0.1}]
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        """Take the items fastcore pickles as ``{'items': [...]}``."""
+        items = state.get("items") if isinstance(state, dict) else state
+        self.extend(items if isinstance(items, list) else [])
+
+
+class OmegaConfNode:
+    """Stand-in for an OmegaConf value node (``AnyNode``, ``StringNode``, …): keeps ``_val``."""
+
+    value: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        """Keep the node's value, drop its metadata and parent."""
+        self.value = state.get("_val") if isinstance(state, dict) else None
+
+
+class OmegaConfDict(dict):  # type: ignore[type-arg]
+    """Stand-in for OmegaConf's ``DictConfig`` (Hydra configs in Lightning hyperparameters): a plain dict.
+
+    >>> node = OmegaConfNode(); node.__setstate__({"_val": 0.1})
+    >>> cfg = OmegaConfDict(); cfg.__setstate__({"_metadata": object(), "_content": {"lr": node}}); cfg
+    {'lr': 0.1}
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        """Take the values of ``_content`` (``None`` or ``'???'`` content leaves the dict empty)."""
+        content = state.get("_content") if isinstance(state, dict) else None
+        if isinstance(content, dict):
+            self.update({str(k): _node_value(v) for k, v in content.items()})
+
+
+class OmegaConfList(list):  # type: ignore[type-arg]
+    """Stand-in for OmegaConf's ``ListConfig``: a plain list."""
+
+    def __setstate__(self, state: Any) -> None:
+        """Take the values of ``_content``."""
+        content = state.get("_content") if isinstance(state, dict) else None
+        if isinstance(content, list):
+            self.extend(_node_value(v) for v in content)
+
+
+class Inert:
+    """Stand-in for a metadata-only class (OmegaConf's ``Metadata``): keeps its state, runs nothing."""
+
+    def __setstate__(self, state: Any) -> None:
+        """Keep the state as it was pickled."""
+        self.__dict__["state"] = state
+
+
+def _node_value(v: Any) -> Any:
+    return v.value if isinstance(v, OmegaConfNode) else v
+
+
+_OMEGACONF_NODES = ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode", "PathNode",
+                    "InterpolationResultNode")
+
+
+def stand_ins() -> list[SafeGlobal]:
+    """Inert stand-ins for third-party types that real checkpoints carry next to their weights.
+
+    fastai's ``Learner.save`` keeps optimizer hypers in a fastcore ``L``; Lightning keeps
+    Hydra/OmegaConf configs among its hyperparameters. The stand-ins rebuild them as
+    plain lists and dicts without importing or running those libraries; the builtins
+    that OmegaConf pickles by name (``dict``, ``int``, ``typing.Any``, ``defaultdict``)
+    are allowed as the plain types they are.
+
+    >>> sorted(name for _, name in stand_ins() if name.startswith("omegaconf."))[:2]
+    ['omegaconf.base.ContainerMetadata', 'omegaconf.base.Metadata']
+    """
+    items: list[SafeGlobal] = [(FastcoreL, "fastcore.foundation.L")]
+    items += [(OmegaConfDict, "omegaconf.dictconfig.DictConfig"), (OmegaConfList, "omegaconf.listconfig.ListConfig"),
+              (Inert, "omegaconf.base.Metadata"), (Inert, "omegaconf.base.ContainerMetadata")]
+    items += [(OmegaConfNode, f"omegaconf.nodes.{n}") for n in _OMEGACONF_NODES]
+    items += [(t, f"builtins.{t.__name__}") for t in (dict, list, int, float, str, bool)]
+    items += [(typing.Any, "typing.Any"), (collections.defaultdict, "collections.defaultdict")]
+    return items
 
 
 def _numpy_allowlist() -> list[SafeGlobal]:

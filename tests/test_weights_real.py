@@ -1,0 +1,234 @@
+"""finetune.weights on files written by the real libraries (tests/fixtures/real_checkpoints/).
+
+The files come from tests/fixtures/make_real_checkpoints.py, run with PyTorch Lightning,
+accelerate, timm, fastai, OmegaConf and torch's own writers (versions in
+``versions.json``); none of those libraries but torch is needed here. Each check
+compares the loaded model's output with the output the producing library's model
+gave (``reference.safetensors``), so a wrong tensor, a swapped EMA or a dropped key fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune.cli import main as cli
+from finetune.errors import UnsafeCheckpointError
+from finetune.weights import convert, inspect_checkpoint, load_weights, read_state_dict
+from finetune.weights.formats import read_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL = FIXTURES / "real_checkpoints"
+
+_spec = importlib.util.spec_from_file_location("make_real_checkpoints", FIXTURES / "make_real_checkpoints.py")
+assert _spec is not None and _spec.loader is not None
+maker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(maker)
+
+REF = load_file(str(REAL / "reference.safetensors"))
+TINY_KEYS = set(maker.Tiny().state_dict())
+
+#: fixture -> (file or folder, format the reader names, LightningModule attribute or "")
+CASES: dict[str, tuple[str, str, str]] = {
+    "lightning_model": ("lightning_model.ckpt", "PyTorch Lightning", "model"),
+    "lightning_net_omegaconf": ("lightning_net_omegaconf.ckpt", "PyTorch Lightning", "net"),
+    "lightning_backbone_ema": ("lightning_backbone_ema.ckpt", "PyTorch Lightning", "backbone"),
+    "lightning_swa": ("lightning_swa.ckpt", "PyTorch Lightning", "model"),
+    "accelerate_state_safetensors": ("accelerate_state_safetensors", "accelerate save_state", ""),
+    "accelerate_state_bin": ("accelerate_state_bin", "accelerate save_state", ""),
+    "accelerate_sharded_safetensors": ("accelerate_sharded_safetensors", "weights folder (sharded", ""),
+    "accelerate_sharded_bin": ("accelerate_sharded_bin", "weights folder (sharded", ""),
+    "timm_ema_v2": ("timm_ema_v2.pth.tar", "timm CheckpointSaver", ""),
+    "timm_ema_v3": ("timm_ema_v3.pth.tar", "timm CheckpointSaver", ""),
+    "fastai_stage1": ("fastai_stage1.pth", "fastai Learner.save", ""),
+    "dcp_no_pg": ("dcp_no_pg", "torch.distributed.checkpoint", ""),
+    "dcp_gloo": ("dcp_gloo", "torch.distributed.checkpoint", ""),
+    "torchscript_scripted": ("torchscript_scripted.pt", "TorchScript", ""),
+    "torchscript_traced": ("torchscript_traced.pt", "TorchScript", ""),
+    "compiled": ("compiled.pt", "state_dict", ""),
+    "dataparallel_of_compiled": ("dataparallel_of_compiled.pt", "state_dict", ""),
+    "compiled_of_dataparallel": ("compiled_of_dataparallel.pt", "state_dict", ""),
+    "nested_wrappers": ("nested_wrappers.pth.tar", "pytorch/examples imagenet", ""),
+    "torchvision_refs_model_0": ("torchvision_refs_model_0.pth", "torchvision references", ""),
+    "imagenet_example": ("imagenet_example.pth.tar", "pytorch/examples imagenet", ""),
+    "legacy": ("legacy.pth", "legacy torch.save", ""),
+    "numpy2_metrics": ("numpy2_metrics.pt", "under 'model_state_dict'", ""),
+}
+EMA_CASES = sorted(k.removeprefix("y.").removesuffix(".ema") for k in REF if k.endswith(".ema"))
+
+
+def output(model: torch.nn.Module) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(REF["x"])
+
+
+def assert_output(model: torch.nn.Module, key: str) -> None:
+    y, ref = output(model), REF[f"y.{key}"]
+    assert torch.allclose(y, ref, rtol=0, atol=1e-6), (key, (y - ref).abs().max())
+
+
+def test_every_fixture_has_a_case_and_a_reference():
+    assert {k.removeprefix("y.").removesuffix(".ema") for k in REF if k.startswith("y.")} == set(CASES)
+    assert EMA_CASES == ["lightning_backbone_ema", "lightning_swa", "timm_ema_v2", "timm_ema_v3",
+                         "torchvision_refs_model_0"]
+    for key in EMA_CASES:  # the EMA weights differ from the raw ones: picking the wrong ones fails
+        assert not torch.allclose(REF[f"y.{key}"], REF[f"y.{key}.ema"], atol=1e-4), key
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_read_and_load_real_file(name):
+    file, fmt, attr = CASES[name]
+    path = REAL / file
+    ck = read_checkpoint(path)
+    assert fmt in ck.description, ck.description
+    sd = read_state_dict(path)
+    prefix = f"{attr}." if attr else ""
+    assert set(sd) == {prefix + k for k in TINY_KEYS}
+    assert all(v.device.type == "cpu" for v in sd.values())
+    model = maker.Tiny()
+    model.load_state_dict({k.removeprefix(prefix): v for k, v in sd.items()}, strict=True)
+    assert_output(model, name)
+
+    fresh = maker.fresh(99)
+    report = load_weights(fresh, path, strict=True)
+    assert report.ok and len(report.loaded) == len(TINY_KEYS), report
+    assert report.ema_available == (name in EMA_CASES) and not report.ema_used
+    assert_output(fresh, name)
+
+
+@pytest.mark.parametrize("name", EMA_CASES)
+def test_ema_weights_of_real_files(name):
+    path = REAL / CASES[name][0]
+    model = maker.fresh(99)
+    report = load_weights(model, path, ema=True, strict=True)
+    assert report.ema_used, report
+    assert_output(model, f"{name}.ema")
+    sd = read_state_dict(path, ema=True)
+    attr = CASES[name][2]
+    model = maker.Tiny()
+    model.load_state_dict({k.removeprefix(f"{attr}." if attr else ""): v for k, v in sd.items()}, strict=True)
+    assert_output(model, f"{name}.ema")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_convert_real_file(name, suffix, tmp_path):
+    path = REAL / CASES[name][0]
+    for ema in (False, True) if name in EMA_CASES else (False,):
+        dst = convert(path, tmp_path / f"{name}{'-ema' if ema else ''}{suffix}", ema=ema)
+        sd = load_file(str(dst)) if suffix == ".safetensors" else torch.load(dst, weights_only=True)
+        model = maker.Tiny()
+        model.load_state_dict(sd, strict=True)  # clean keys: no module., _orig_mod., Lightning attribute
+        assert_output(model, f"{name}{'.ema' if ema else ''}")
+
+
+def test_lightning_weight_averaging_layout():
+    """EMAWeightAveraging saves the average under 'state_dict' and the raw weights under 'current_model_state'."""
+    raw = torch.load(REAL / "lightning_backbone_ema.ckpt", weights_only=False)  # our own fixture
+    assert {"current_model_state", "averaging_state"} <= set(raw)
+    ck = read_checkpoint(REAL / "lightning_backbone_ema.ckpt")
+    assert ck.ema is not None
+    assert all(torch.equal(ck.ema[k], raw["state_dict"][k]) for k in ck.ema)
+    assert all(torch.equal(ck.weights[k], raw["current_model_state"][k]) for k in ck.weights)
+    assert "current_model_state" not in ck.metadata and ck.metadata["averaging_state"] == {"n_averaged": 6}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = cli(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_inspect_lightning_with_omegaconf_hparams(capsys):
+    """Hydra/OmegaConf configs among Lightning hyperparameters become plain values; omegaconf is not imported."""
+    path = REAL / "lightning_net_omegaconf.ckpt"
+    code, out, err = run_cli(["inspect", str(path), "--json", "--optimizer"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["format"] == "PyTorch Lightning"
+    hp = info["metadata"]["hyper_parameters"]
+    assert hp["cfg"] == {"model": {"name": "tiny", "classes": 3}, "optim": {"lr": 0.1}, "tags": ["a", "b"]}
+    assert hp["data_dir"] == "/data/train" and hp["attr"] == "net"
+    assert info["optimizer"]["optimizers"][0]["state_keys"] == ["momentum_buffer"]
+    code, out, _ = run_cli(["inspect", str(path)], capsys)
+    assert code == 0 and "hyper_parameters.cfg.optim.lr" in out and "net.fc.weight" in out
+    assert "omegaconf" not in sys.modules
+
+
+def test_inspect_fastai_optimizer(capsys):
+    """fastai keeps its hypers in a fastcore L: read as a list, without fastcore."""
+    code, out, err = run_cli(["inspect", str(REAL / "fastai_stage1.pth"), "--optimizer", "--json"], capsys)
+    assert code == 0, err
+    opt = json.loads(out)["optimizer"]
+    assert opt["states"] == len(list(maker.Tiny().parameters()))
+    assert {"grad_avg", "sqr_avg", "step"} <= set(opt["state_keys"])
+    (group,) = opt["param_groups"]
+    assert {"lr", "mom", "wd", "sqr_mom", "eps"} <= set(group) and isinstance(group["lr"], float)
+    code, out, _ = run_cli(["inspect", str(REAL / "fastai_stage1.pth"), "--optimizer"], capsys)
+    assert code == 0 and "np.float64" not in out and "fastai Learner.save" in out
+    assert "fastcore" not in sys.modules
+
+
+def test_inspect_numpy2_metadata_and_timm_args(capsys):
+    info = inspect_checkpoint(REAL / "numpy2_metrics.pt")
+    meta = info["metadata"]
+    assert meta["epoch"] == 4 and type(meta["epoch"]) is int
+    assert meta["metrics"]["acc"] == 0.9 and type(meta["metrics"]["acc"]) is float
+    assert meta["metrics"]["n"] == 3 and meta["bool"] is True
+    json.dumps(info)
+    code, out, err = run_cli(["inspect", str(REAL / "timm_ema_v2.pth.tar"), "--json"], capsys)
+    assert code == 0, err
+    args = json.loads(out)["metadata"]["args"]
+    assert args["seed"] == 42 and args["data_dir"] == "/data" and args["output"] == "/o"
+
+
+@pytest.mark.parametrize("name", ["accelerate_state_bin", "dcp_gloo", "torchscript_scripted", "lightning_swa"])
+def test_inspect_text_and_json_of_folders_and_archives(name, capsys):
+    path = REAL / CASES[name][0]
+    code, out, err = run_cli(["inspect", str(path)], capsys)
+    assert code == 0 and not err
+    assert CASES[name][1].split(" (")[0] in out and "features.0.weight" in out
+    code, out, _ = run_cli(["inspect", str(path), "--json"], capsys)
+    assert code == 0 and len(json.loads(out)["tensors"]) == len(TINY_KEYS)
+
+
+class _Evil:
+    """Unpickling this creates a file: the marker that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_stand_ins_do_not_open_the_door(tmp_path, monkeypatch):
+    """A file that names fastcore's L (allowed as a stand-in) still cannot call anything else."""
+    fake = types.ModuleType("fastcore.foundation")
+
+    class L(list):
+        def __reduce__(self):
+            return (L, (), {"items": list(self)})
+
+    L.__module__, L.__qualname__ = "fastcore.foundation", "L"
+    fake.L = L
+    monkeypatch.setitem(sys.modules, "fastcore", types.ModuleType("fastcore"))
+    monkeypatch.setitem(sys.modules, "fastcore.foundation", fake)
+    torch.save({"model": maker.Tiny().state_dict(), "opt": {"state": [], "hypers": L([{"lr": 0.1}])}},
+               tmp_path / "benign.pth")
+    torch.save({"model": maker.Tiny().state_dict(), "opt": {"state": [], "hypers": L([_Evil(tmp_path / "PWNED")])}},
+               tmp_path / "evil.pth")
+    monkeypatch.undo()
+    ck = read_checkpoint(tmp_path / "benign.pth")
+    assert ck.format == "fastai Learner.save" and ck.optimizer["hypers"] == [{"lr": 0.1}]
+    with pytest.raises(UnsafeCheckpointError, match=r"refusing to unpickle .*open.*--trust"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not (tmp_path / "PWNED").exists()
