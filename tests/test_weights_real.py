@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file
 
 from finetune.cli import main as cli
-from finetune.errors import UnsafeCheckpointError
+from finetune.errors import CheckpointError, UnsafeCheckpointError
 from finetune.weights import convert, inspect_checkpoint, load_weights, read_state_dict
-from finetune.weights.formats import read_checkpoint
+from finetune.weights.formats import read_checkpoint, sniff
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "real_checkpoints"
@@ -41,6 +41,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "lightning_net_omegaconf": ("lightning_net_omegaconf.ckpt", "PyTorch Lightning", "net"),
     "lightning_backbone_ema": ("lightning_backbone_ema.ckpt", "PyTorch Lightning", "backbone"),
     "lightning_swa": ("lightning_swa.ckpt", "PyTorch Lightning", "model"),
+    "lightning_loss_weight": ("lightning_loss_weight.ckpt", "PyTorch Lightning", "model"),
     "accelerate_state_safetensors": ("accelerate_state_safetensors", "accelerate save_state", ""),
     "accelerate_state_bin": ("accelerate_state_bin", "accelerate save_state", ""),
     "accelerate_sharded_safetensors": ("accelerate_sharded_safetensors", "weights folder (sharded", ""),
@@ -60,7 +61,10 @@ CASES: dict[str, tuple[str, str, str]] = {
     "imagenet_example": ("imagenet_example.pth.tar", "pytorch/examples imagenet", ""),
     "legacy": ("legacy.pth", "legacy torch.save", ""),
     "numpy2_metrics": ("numpy2_metrics.pt", "under 'model_state_dict'", ""),
+    "fsdp2_dtensor_state_dict": ("fsdp2_dtensor_state_dict.pt", "state_dict", ""),
 }
+#: tensors of the LightningModule that are not the network's (a weighted loss's buffer)
+EXTRA = {"lightning_loss_weight": {"criterion.weight"}}
 EMA_CASES = sorted(k.removeprefix("y.").removesuffix(".ema") for k in REF if k.endswith(".ema"))
 
 
@@ -91,15 +95,17 @@ def test_read_and_load_real_file(name):
     assert fmt in ck.description, ck.description
     sd = read_state_dict(path)
     prefix = f"{attr}." if attr else ""
-    assert set(sd) == {prefix + k for k in TINY_KEYS}
-    assert all(v.device.type == "cpu" for v in sd.values())
+    extra = EXTRA.get(name, set())
+    assert set(sd) == {prefix + k for k in TINY_KEYS} | extra
+    assert all(type(v) is torch.Tensor and v.device.type == "cpu" for v in sd.values())
     model = maker.Tiny()
-    model.load_state_dict({k.removeprefix(prefix): v for k, v in sd.items()}, strict=True)
+    model.load_state_dict({k.removeprefix(prefix): v for k, v in sd.items() if k not in extra}, strict=True)
     assert_output(model, name)
 
     fresh = maker.fresh(99)
-    report = load_weights(fresh, path, strict=True)
+    report = load_weights(fresh, path, strict=not extra)
     assert report.ok and len(report.loaded) == len(TINY_KEYS), report
+    assert set(report.unexpected) == extra
     assert report.ema_available == (name in EMA_CASES) and not report.ema_used
     assert_output(fresh, name)
 
@@ -139,6 +145,28 @@ def test_lightning_weight_averaging_layout():
     assert all(torch.equal(ck.ema[k], raw["state_dict"][k]) for k in ck.ema)
     assert all(torch.equal(ck.weights[k], raw["current_model_state"][k]) for k in ck.weights)
     assert "current_model_state" not in ck.metadata and ck.metadata["averaging_state"] == {"n_averaged": 6}
+
+
+def test_a_shard_of_an_fsdp2_dtensor_is_an_error():
+    """torch.save of an FSDP2 model on 2 ranks holds half of each tensor: say so, do not load half."""
+    with pytest.raises(CheckpointError, match=r"one rank's shard of a DTensor .*full_state_dict"):
+        read_state_dict(REAL / "fsdp2_rank0_of_2.pt")
+
+
+def test_legacy_file_with_pickle_protocol_4(tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=4) frames its magic number.
+
+    torch's weights_only loader has no protocol-4 opcodes, so it takes --trust; before, the
+    file was taken for a plain pickle and read as the bare magic number."""
+    model = maker.fresh(3)
+    path = tmp_path / "p4.pth"
+    torch.save({"state_dict": model.state_dict()}, path, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    assert sniff(path) == "pickle"
+    with pytest.raises(UnsafeCheckpointError, match="--trust"):
+        read_state_dict(path)
+    fresh = maker.fresh(99)
+    load_weights(fresh, path, trust=True, strict=True)
+    assert torch.equal(output(fresh), output(model))
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:

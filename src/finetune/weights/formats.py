@@ -136,7 +136,7 @@ def sniff(path: Path) -> str:
         return _sniff_zip(path)
     if len(head) >= 10 and _is_safetensors_header(head, size):
         return "safetensors"
-    if head.startswith(LEGACY_MAGIC):
+    if head.startswith(LEGACY_MAGIC) or _framed_legacy_magic(head):
         return "pickle"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "raw pickle"
@@ -150,6 +150,13 @@ def sniff(path: Path) -> str:
     if _looks_like_text(path):
         return "a text file, not a checkpoint"
     return "unrecognised format: not a PyTorch, safetensors or TorchScript file (corrupt or truncated?)"
+
+
+def _framed_legacy_magic(head: bytes) -> bool:
+    """The legacy magic number pickled with protocol 4 or 5 (``torch.save(..., pickle_protocol=4)``),
+    which opens with a frame: ``\\x80\\x04``, FRAME and its 8-byte length, then the number."""
+    return head[:1] == b"\x80" and head[1:2] in (b"\x04", b"\x05") and head[2:3] == b"\x95" \
+        and head[11:].startswith(LEGACY_MAGIC[2:])
 
 
 def _sniff_zip(path: Path) -> str:
@@ -294,9 +301,9 @@ def _unwrap(ck: Checkpoint) -> Checkpoint:
     if ck.ema is not None:
         ck.ema, ema_removed = _unwrap_sd(ck.ema)
         ck.unwrapped += [r for r in ema_removed if r not in removed]
-    ck.weights = {k: _cpu(v) for k, v in ck.weights.items()}
+    ck.weights = {k: _cpu(v, ck.source, k) for k, v in ck.weights.items()}
     if ck.ema is not None:
-        ck.ema = {k: _cpu(v) for k, v in ck.ema.items()}
+        ck.ema = {k: _cpu(v, ck.source, k) for k, v in ck.ema.items()}
     return ck
 
 
@@ -307,7 +314,15 @@ def _unwrap_sd(sd: StateDict) -> tuple[StateDict, list[str]]:
     return {mapping[k]: v for k, v in sd.items()}, removed
 
 
-def _cpu(t: Tensor) -> Tensor:
+def _cpu(t: Tensor, source: str = "", name: str = "") -> Tensor:
+    """A plain CPU tensor; a DTensor (``torch.save`` of an FSDP2 model's state dict) becomes its
+    local tensor when that is the whole tensor (one rank, or replicated), else an error."""
+    if type(t).__name__ == "DTensor" and hasattr(t, "to_local"):
+        if t.device_mesh.size() != 1 and not all(p.is_replicate() for p in t.placements):
+            raise CheckpointError(f"{source}: '{name}' is one rank's shard of a DTensor {tuple(t.shape)} "
+                                  f"({t.placements}): save a full state dict (get_model_state_dict with "
+                                  "StateDictOptions(full_state_dict=True)) or use torch.distributed.checkpoint")
+        t = t.to_local()
     t = t.detach()
     return t if t.device.type == "cpu" else t.cpu()
 

@@ -174,7 +174,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     """Write the clean weights of any checkpoint as ``.safetensors`` or ``.pt`` (by ``dst``'s suffix).
 
     ``strip_prefix="auto"`` removes wrapper prefixes and, for Lightning files, the
-    LightningModule attribute when all keys share it; any other value is a literal
+    LightningModule attribute that holds the network (:func:`lightning_attribute`; the
+    small buffers of its other attributes, such as a loss's class weights, are left out
+    so that the file loads into the bare network); any other value is a literal
     prefix to strip (``"none"`` keeps names). ``half`` stores floating tensors as float16.
 
     >>> import torch, tempfile, os
@@ -211,16 +213,41 @@ def _strip(sd: StateDict, prefix: str, ck: Checkpoint) -> StateDict:
     if prefix in ("none", ""):
         return sd
     if prefix == "auto":
-        if ck.format == "PyTorch Lightning":
-            first = {k.split(".", 1)[0] for k in sd}
-            if len(first) == 1 and all("." in k for k in sd):
-                p = first.pop() + "."
-                return {k[len(p):]: v for k, v in sd.items()}
-        return sd
+        attr = lightning_attribute(sd) if ck.format == "PyTorch Lightning" else None
+        if attr is None:
+            return sd
+        p = attr + "."
+        return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
     p = prefix if prefix.endswith(".") else prefix + "."
     if not any(k.startswith(p) for k in sd):
         raise WeightsError(f"{ck.source}: no key starts with '{p}' (keys look like '{next(iter(sd), '')}')")
     return {(k[len(p):] if k.startswith(p) else k): v for k, v in sd.items()}
+
+
+def lightning_attribute(sd: Mapping[str, Tensor]) -> str | None:
+    """The LightningModule attribute that holds the network, or None when that is not clear.
+
+    It is the only attribute when there is one; otherwise the only one with weight
+    matrices, the others holding small 1-D tensors only (a loss's class weights,
+    metric states), which a bare network has no place for. Two attributes with weights
+    (``backbone`` and ``head``) give None: the names stay as they are.
+
+    >>> import torch
+    >>> lightning_attribute({"model.fc.weight": torch.ones(3, 4), "criterion.weight": torch.ones(3)})
+    'model'
+    >>> print(lightning_attribute({"backbone.conv.weight": torch.ones(3, 4), "head.weight": torch.ones(2, 3)}))
+    None
+    """
+    if not sd or not all("." in k for k in sd):
+        return None
+    heavy: dict[str, bool] = {}
+    for k, v in sd.items():
+        attr = k.split(".", 1)[0]
+        heavy[attr] = heavy.get(attr, False) or v.dim() >= 2
+    if len(heavy) == 1:
+        return next(iter(heavy))
+    with_weights = [a for a, h in heavy.items() if h]
+    return with_weights[0] if len(with_weights) == 1 else None
 
 
 def _unshare(sd: StateDict) -> StateDict:

@@ -233,16 +233,21 @@ def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = Fa
             return torch_load(handle, name=name, trust=trust)
     if trust:
         try:
-            return torch.load(f, map_location="cpu", weights_only=False)
+            with _quiet_logger("torch.distributed.device_mesh"):  # DTensors: "unpickling before the PGs"
+                return torch.load(f, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - anything wrong in a trusted file is still a bad file
             raise CheckpointError(f"{name}: cannot read ({_short(e)})") from e
     warn_if_unsafe_torch()
     try:
-        with _safe_globals_context(), warnings.catch_warnings():
+        with _safe_globals_context(), warnings.catch_warnings(), _quiet_logger("torch.distributed.device_mesh"):
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(f, str(e))
+        if unsafe and all(g.startswith("torch.distributed.") for g in unsafe) and _register_dtensor():
+            if hasattr(f, "seek"):
+                f.seek(0)
+            return torch_load(f, name=name, trust=False)  # torch's own allowlist has DTensors now
         if unsafe:
             raise unsafe_error(name, unsafe) from None
         if "Weights only load failed" in str(e):
@@ -255,6 +260,36 @@ def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = Fa
     except (EOFError, RuntimeError, ValueError, OSError, KeyError, AttributeError, TypeError,
             IndexError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise CheckpointError(f"{name}: not a readable checkpoint, corrupt or truncated ({_short(e)})") from None
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Any:
+    """Silence a library logger's warnings for the duration."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _register_dtensor() -> bool:
+    """Import ``torch.distributed.tensor``, which adds DTensor and its specs to torch's safe globals
+    (``torch.save`` of an FSDP2 model's state dict holds DTensors). False when that is done already
+    or not possible, so that a second refusal is final."""
+    import importlib
+    import sys
+
+    if "torch.distributed.tensor" in sys.modules or not torch.distributed.is_available():
+        return False
+    try:
+        importlib.import_module("torch.distributed.tensor")
+    except ImportError:  # pragma: no cover - a torch built without distributed
+        return False
+    return True
 
 
 def _safe_globals_context() -> contextlib.AbstractContextManager[Any]:
