@@ -62,6 +62,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "legacy": ("legacy.pth", "legacy torch.save", ""),
     "numpy2_metrics": ("numpy2_metrics.pt", "under 'model_state_dict'", ""),
     "fsdp2_dtensor_state_dict": ("fsdp2_dtensor_state_dict.pt", "state_dict", ""),
+    "numpy1_metrics": ("numpy1_metrics.pth", "pytorch/examples imagenet", ""),
 }
 #: tensors of the LightningModule that are not the network's (a weighted loss's buffer)
 EXTRA = {"lightning_loss_weight": {"criterion.weight"}}
@@ -205,12 +206,28 @@ def test_inspect_fastai_optimizer(capsys):
     assert "fastcore" not in sys.modules
 
 
+def test_numpy1_scalars_written_by_numpy1():
+    """numpy 1.26 pickles scalars as numpy.core.multiarray.scalar (numpy 2: numpy._core)."""
+    assert b"numpy.core.multiarray" in (REAL / "numpy1_metrics.pth").read_bytes()
+    meta = inspect_checkpoint(REAL / "numpy1_metrics.pth")["metadata"]
+    assert meta["numpy"].startswith("1.") and meta["epoch"] == 2 and meta["best_acc1"] == 0.625
+    assert meta["args"] == {"seed": 7, "lr": 0.5, "dtype": "float16"}
+    json.dumps(meta)
+
+
+def test_frozen_torchscript_says_why_it_has_no_weights(tmp_path):
+    scripted = torch.jit.freeze(torch.jit.script(maker.fresh(1)).eval())
+    scripted.save(str(tmp_path / "frozen.pt"))
+    with pytest.raises(CheckpointError, match="unnamed constants, as torch.jit.freeze"):
+        read_state_dict(tmp_path / "frozen.pt")
+
+
 def test_inspect_numpy2_metadata_and_timm_args(capsys):
     info = inspect_checkpoint(REAL / "numpy2_metrics.pt")
     meta = info["metadata"]
     assert meta["epoch"] == 4 and type(meta["epoch"]) is int
     assert meta["metrics"]["acc"] == 0.9 and type(meta["metrics"]["acc"]) is float
-    assert meta["metrics"]["n"] == 3 and meta["bool"] is True
+    assert meta["metrics"]["n"] == 3 and meta["bool"] is True and meta["dtype"] == "float32"
     json.dumps(info)
     code, out, err = run_cli(["inspect", str(REAL / "timm_ema_v2.pth.tar"), "--json"], capsys)
     assert code == 0, err

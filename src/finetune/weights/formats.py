@@ -230,6 +230,8 @@ def _layout(obj: dict[str, Any], source: str) -> tuple[str, StateDict, StateDict
             return ("PyTorch Lightning", _need(obj, "current_model_state", source),
                     _need(obj, "state_dict", source), opt)
         return "PyTorch Lightning", _need(obj, "state_dict", source), _lightning_ema(obj), opt
+    if "state_dict" in obj and "best_acc1" in obj:  # timm never writes best_acc1; derived scripts add 'args'
+        return "pytorch/examples imagenet", _need(obj, "state_dict", source), _maybe(obj.get("state_dict_ema")), opt
     if "state_dict" in obj and ("state_dict_ema" in obj or "version" in obj or "args" in obj or "metric" in obj):
         return "timm CheckpointSaver", _need(obj, "state_dict", source), _maybe(obj.get("state_dict_ema")), opt
     if "state_dict" in obj and ("best_acc1" in obj or "arch" in obj):
@@ -354,8 +356,11 @@ def jsonable(v: Any, depth: int = 0) -> Any:
     >>> jsonable({"lr": torch.tensor(0.5), "args": argparse.Namespace(model="resnet18")})
     {'lr': 0.5, 'args': {'model': 'resnet18'}}
     """
-    if hasattr(v, "item") and type(v).__module__ == "numpy":  # before float: np.float64 is a float
-        return v.item() if getattr(v, "size", 1) == 1 else _SKIP
+    if type(v).__module__.startswith("numpy"):
+        if hasattr(v, "item"):  # before float: np.float64 is a float
+            return v.item() if getattr(v, "size", 1) == 1 else _SKIP
+        if hasattr(v, "itemsize") and hasattr(v, "kind"):  # np.dtype('float32'), numpy.dtypes.Float32DType
+            return str(v)
     if v is None or isinstance(v, bool | int | float | str):
         return v
     if isinstance(v, Tensor):
@@ -658,7 +663,11 @@ def _script_tensors(path: Path) -> StateDict:
     out: StateDict = {}
     _collect(root, "", out, set())
     if not out:
-        raise CheckpointError(f"{path}: TorchScript archive holds no tensors")
+        with zipfile.ZipFile(path) as zf:
+            constants = any("/constants/" in n for n in zf.namelist())
+        why = (" (its weights are unnamed constants, as torch.jit.freeze leaves them: save the module before "
+               "freezing it)") if constants else ""
+        raise CheckpointError(f"{path}: TorchScript archive holds no named tensors{why}")
     return out
 
 
