@@ -215,7 +215,8 @@ def interpret(obj: Any, *, source: str, container: str = "in memory", fmt: str |
         raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
     obj = dict(obj)
     fmt_name, weights, ema, optimizer = _layout(obj, source)
-    ck = Checkpoint(source, container, fmt or fmt_name, weights, ema, _metadata(obj), optimizer)
+    meta = {} if _is_flat(obj) else _metadata(obj)  # a state dict's scalars (num_batches_tracked) are weights
+    ck = Checkpoint(source, container, fmt or fmt_name, weights, ema, meta, optimizer)
     return _unwrap(ck)
 
 

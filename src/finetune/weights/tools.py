@@ -125,7 +125,8 @@ def optimizer_summary(opt: Any) -> dict[str, Any] | None:
         if isinstance(g, Mapping):
             row = {k: jsonable(v) for k, v in g.items() if k != "params"}
             row = {k: v for k, v in row.items() if isinstance(v, bool | int | float | str | type(None) | list)}
-            row["params"] = len(g.get("params", []))
+            if "params" in g:  # fastai's hypers have none
+                row["params"] = len(g["params"])
             groups.append(row)
     return {"param_groups": groups, "states": len(state), "state_keys": sorted(keys),
             "state_numel": numel, "state_mb": round(nbytes / 1e6, 3)}
@@ -228,26 +229,33 @@ def lightning_attribute(sd: Mapping[str, Tensor]) -> str | None:
     """The LightningModule attribute that holds the network, or None when that is not clear.
 
     It is the only attribute when there is one; otherwise the only one with weight
-    matrices, the others holding small 1-D tensors only (a loss's class weights,
-    metric states), which a bare network has no place for. Two attributes with weights
-    (``backbone`` and ``head``) give None: the names stay as they are.
+    matrices, when the others hold 1-D tensors that are no layer's (a loss's class
+    weights, metric states: no ``bias`` or running statistics), which a bare network has
+    no place for. Two attributes with weights (``backbone`` and ``head``), or layers
+    defined on the LightningModule itself (``fc`` and ``bn``), give None: the names stay.
 
     >>> import torch
     >>> lightning_attribute({"model.fc.weight": torch.ones(3, 4), "criterion.weight": torch.ones(3)})
     'model'
     >>> print(lightning_attribute({"backbone.conv.weight": torch.ones(3, 4), "head.weight": torch.ones(2, 3)}))
     None
+    >>> print(lightning_attribute({"fc.weight": torch.ones(3, 4), "bn.weight": torch.ones(3), "bn.bias": torch.ones(3)}))
+    None
     """
     if not sd or not all("." in k for k in sd):
         return None
     heavy: dict[str, bool] = {}
+    layer_like: dict[str, bool] = {}
     for k, v in sd.items():
         attr = k.split(".", 1)[0]
         heavy[attr] = heavy.get(attr, False) or v.dim() >= 2
+        layer_like[attr] = layer_like.get(attr, False) or k.endswith((".bias", ".running_mean", ".running_var"))
     if len(heavy) == 1:
         return next(iter(heavy))
     with_weights = [a for a, h in heavy.items() if h]
-    return with_weights[0] if len(with_weights) == 1 else None
+    if len(with_weights) != 1 or any(layer_like[a] for a in heavy if a != with_weights[0]):
+        return None
+    return with_weights[0]
 
 
 def _unshare(sd: StateDict) -> StateDict:
