@@ -42,6 +42,8 @@ CASES: dict[str, tuple[str, str, str]] = {
     "lightning_backbone_ema": ("lightning_backbone_ema.ckpt", "PyTorch Lightning", "backbone"),
     "lightning_swa": ("lightning_swa.ckpt", "PyTorch Lightning", "model"),
     "lightning_loss_weight": ("lightning_loss_weight.ckpt", "PyTorch Lightning", "model"),
+    "lightning_timm_ema_attribute": ("lightning_timm_ema_attribute.ckpt", "PyTorch Lightning", "model"),
+    "lightning_averaged_attribute": ("lightning_averaged_attribute.ckpt", "PyTorch Lightning", "net"),
     "accelerate_state_safetensors": ("accelerate_state_safetensors", "accelerate save_state", ""),
     "accelerate_state_bin": ("accelerate_state_bin", "accelerate save_state", ""),
     "accelerate_sharded_safetensors": ("accelerate_sharded_safetensors", "weights folder (sharded", ""),
@@ -82,8 +84,8 @@ def assert_output(model: torch.nn.Module, key: str) -> None:
 
 def test_every_fixture_has_a_case_and_a_reference():
     assert {k.removeprefix("y.").removesuffix(".ema") for k in REF if k.startswith("y.")} == set(CASES)
-    assert EMA_CASES == ["lightning_backbone_ema", "lightning_swa", "timm_ema_v2", "timm_ema_v3",
-                         "torchvision_refs_model_0"]
+    assert EMA_CASES == ["lightning_averaged_attribute", "lightning_backbone_ema", "lightning_swa",
+                         "lightning_timm_ema_attribute", "timm_ema_v2", "timm_ema_v3", "torchvision_refs_model_0"]
     for key in EMA_CASES:  # the EMA weights differ from the raw ones: picking the wrong ones fails
         assert not torch.allclose(REF[f"y.{key}"], REF[f"y.{key}.ema"], atol=1e-4), key
 

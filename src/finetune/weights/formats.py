@@ -230,7 +230,11 @@ def _layout(obj: dict[str, Any], source: str) -> tuple[str, StateDict, StateDict
             # WeightAveraging / EMAWeightAveraging callback: 'state_dict' holds the average
             return ("PyTorch Lightning", _need(obj, "current_model_state", source),
                     _need(obj, "state_dict", source), opt)
-        return "PyTorch Lightning", _need(obj, "state_dict", source), _lightning_ema(obj), opt
+        sd = _need(obj, "state_dict", source)
+        ema = _lightning_ema(obj)
+        if ema is None:
+            sd, ema = split_ema_attribute(sd)
+        return "PyTorch Lightning", sd, ema, opt
     if "state_dict" in obj and "best_acc1" in obj:  # timm never writes best_acc1; derived scripts add 'args'
         return "pytorch/examples imagenet", _need(obj, "state_dict", source), _maybe(obj.get("state_dict_ema")), opt
     if "state_dict" in obj and ("state_dict_ema" in obj or "version" in obj or "args" in obj or "metric" in obj):
@@ -292,6 +296,39 @@ def _lightning_ema(obj: Mapping[str, Any]) -> StateDict | None:
                 if (sd := _maybe(state.get(k))) is not None:
                     return sd
     return None
+
+
+#: LightningModule attributes that hold an EMA copy of the network (timm ModelEma*, AveragedModel)
+EMA_ATTRIBUTES = ("model_ema", "ema", "ema_model", "net_ema", "ema_net", "averaged_model", "swa_model")
+
+
+def split_ema_attribute(sd: StateDict) -> tuple[StateDict, StateDict | None]:
+    """(weights, EMA weights) of a module that keeps an EMA copy of its network as an attribute.
+
+    ``self.model_ema = ModelEmaV3(self.model)`` or ``self.ema = AveragedModel(self.model)``
+    in a LightningModule puts ``model_ema.module.*`` beside ``model.*``. When the copy's
+    names (without ``module.`` / ``n_averaged``) are exactly another attribute's, the copy
+    becomes the EMA weights under that attribute's names; anything else stays as it is.
+
+    >>> import torch
+    >>> w, e = split_ema_attribute({"model.fc.weight": torch.zeros(1), "model_ema.module.fc.weight": torch.ones(1)})
+    >>> list(w), list(e), e["model.fc.weight"].item()
+    (['model.fc.weight'], ['model.fc.weight'], 1.0)
+    """
+    by_attr: dict[str, dict[str, Tensor]] = {}
+    for k, v in sd.items():
+        attr, _, rest = k.partition(".")
+        by_attr.setdefault(attr, {})[rest] = v
+    for attr in EMA_ATTRIBUTES:
+        copy = by_attr.get(attr)
+        if not copy:
+            continue
+        copy = {k.removeprefix("module."): v for k, v in copy.items() if k != "n_averaged"}
+        for other, part in by_attr.items():
+            if other != attr and set(part) == set(copy):
+                weights = {k: v for k, v in sd.items() if not k.startswith(attr + ".")}
+                return weights, {f"{other}.{k}": v for k, v in copy.items()}
+    return sd, None
 
 
 def _module_state(module: torch.nn.Module) -> StateDict:
