@@ -65,7 +65,11 @@ CASES: dict[str, tuple[str, str, str]] = {
     "numpy2_metrics": ("numpy2_metrics.pt", "under 'model_state_dict'", ""),
     "fsdp2_dtensor_state_dict": ("fsdp2_dtensor_state_dict.pt", "state_dict", ""),
     "numpy1_metrics": ("numpy1_metrics.pth", "pytorch/examples imagenet", ""),
+    "mmengine_epoch_2": ("mmengine_epoch_2.pth", "mmengine Runner", "net"),
+    "mmengine_ema_epoch_2": ("mmengine_ema_epoch_2.pth", "mmengine Runner (EMAHook)", "net"),
 }
+#: files whose module attribute is part of the architecture's names (an OpenMMLab model's): convert keeps it
+CONVERT_KEEPS = {"mmengine_epoch_2", "mmengine_ema_epoch_2"}
 #: tensors of the LightningModule that are not the network's (a weighted loss's buffer)
 EXTRA = {"lightning_loss_weight": {"criterion.weight"}}
 EMA_CASES = sorted(k.removeprefix("y.").removesuffix(".ema") for k in REF if k.endswith(".ema"))
@@ -85,7 +89,8 @@ def assert_output(model: torch.nn.Module, key: str) -> None:
 def test_every_fixture_has_a_case_and_a_reference():
     assert {k.removeprefix("y.").removesuffix(".ema") for k in REF if k.startswith("y.")} == set(CASES)
     assert EMA_CASES == ["lightning_averaged_attribute", "lightning_backbone_ema", "lightning_swa",
-                         "lightning_timm_ema_attribute", "timm_ema_v2", "timm_ema_v3", "torchvision_refs_model_0"]
+                         "lightning_timm_ema_attribute", "mmengine_ema_epoch_2", "timm_ema_v2", "timm_ema_v3",
+                         "torchvision_refs_model_0"]
     for key in EMA_CASES:  # the EMA weights differ from the raw ones: picking the wrong ones fails
         assert not torch.allclose(REF[f"y.{key}"], REF[f"y.{key}.ema"], atol=1e-4), key
 
@@ -134,6 +139,9 @@ def test_convert_real_file(name, suffix, tmp_path):
     for ema in (False, True) if name in EMA_CASES else (False,):
         dst = convert(path, tmp_path / f"{name}{'-ema' if ema else ''}{suffix}", ema=ema)
         sd = load_file(str(dst)) if suffix == ".safetensors" else torch.load(dst, weights_only=True)
+        if name in CONVERT_KEEPS:
+            assert all(k.startswith("net.") for k in sd)
+            sd = {k.removeprefix("net."): v for k, v in sd.items()}
         model = maker.Tiny()
         model.load_state_dict(sd, strict=True)  # clean keys: no module., _orig_mod., Lightning attribute
         assert_output(model, f"{name}{'.ema' if ema else ''}")
@@ -224,6 +232,19 @@ def test_frozen_torchscript_says_why_it_has_no_weights(tmp_path):
         read_state_dict(tmp_path / "frozen.pt")
 
 
+def test_inspect_mmengine_message_hub(capsys):
+    """mmengine keeps logged scalars in HistoryBuffers, whose pickle calls getattr: read as inert stand-ins."""
+    path = REAL / "mmengine_ema_epoch_2.pth"
+    assert b"HistoryBuffer" in (path.read_bytes()) and b"getattr" in path.read_bytes()
+    code, out, err = run_cli(["inspect", str(path), "--json", "--optimizer"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["format"] == "mmengine Runner (EMAHook)" and info["ema"]["tensors"] == len(TINY_KEYS)
+    assert info["metadata"]["meta"]["epoch"] == 2 and info["metadata"]["meta"]["mmengine_version"]
+    assert info["optimizer"]["state_keys"] == ["momentum_buffer"]
+    assert "mmengine" not in sys.modules
+
+
 def test_inspect_numpy2_metadata_and_timm_args(capsys):
     info = inspect_checkpoint(REAL / "numpy2_metrics.pt")
     meta = info["metadata"]
@@ -281,3 +302,18 @@ def test_stand_ins_do_not_open_the_door(tmp_path, monkeypatch):
     with pytest.raises(UnsafeCheckpointError, match=r"refusing to unpickle .*open.*--trust"):
         read_state_dict(tmp_path / "evil.pth")
     assert not (tmp_path / "PWNED").exists()
+
+
+class _Getattr:
+    """Pickles as getattr(argparse.Namespace, '__init__'), as mmengine's HistoryBuffer pickles its methods."""
+
+    def __reduce__(self):
+        import argparse
+
+        return (getattr, (argparse.Namespace, "__init__"))
+
+
+def test_getattr_in_a_pickle_only_names_the_attribute(tmp_path):
+    torch.save({"state_dict": maker.Tiny().state_dict(), "meta": {"fn": _Getattr()}}, tmp_path / "g.pth")
+    ck = read_checkpoint(tmp_path / "g.pth")
+    assert ck.metadata["meta"] == {"fn": "Namespace.__init__"}

@@ -235,6 +235,12 @@ def _layout(obj: dict[str, Any], source: str) -> tuple[str, StateDict, StateDict
         if ema is None:
             sd, ema = split_ema_attribute(sd)
         return "PyTorch Lightning", sd, ema, opt
+    if "state_dict" in obj and "meta" in obj and ("message_hub" in obj or "ema_state_dict" in obj):
+        raw = _maybe(obj.get("ema_state_dict"))
+        if raw is not None and "steps" in raw:  # EMAHook swaps: 'state_dict' is the EMA, its own field the raw
+            weights = {k.removeprefix("module."): v for k, v in raw.items() if k.startswith("module.")}
+            return "mmengine Runner (EMAHook)", weights, _need(obj, "state_dict", source), opt
+        return "mmengine Runner", _need(obj, "state_dict", source), None, opt
     if "state_dict" in obj and "best_acc1" in obj:  # timm never writes best_acc1; derived scripts add 'args'
         return "pytorch/examples imagenet", _need(obj, "state_dict", source), _maybe(obj.get("state_dict_ema")), opt
     if "state_dict" in obj and ("state_dict_ema" in obj or "version" in obj or "args" in obj or "metric" in obj):
@@ -368,8 +374,9 @@ def _cpu(t: Tensor, source: str = "", name: str = "") -> Tensor:
 
 
 # --------------------------------------------------------------------------- metadata
-_META_SKIP = set(NESTED_KEYS + EMA_KEYS + OPTIMIZER_KEYS) | {"scheduler", "lr_scheduler", "lr_schedulers",
-                                                          "scaler", "amp_scaler", "loops", "current_model_state"}
+_META_SKIP = set(NESTED_KEYS + EMA_KEYS + OPTIMIZER_KEYS) | {
+    "scheduler", "lr_scheduler", "lr_schedulers", "param_schedulers", "scaler", "amp_scaler", "loops",
+    "current_model_state"}
 
 
 def _metadata(obj: Mapping[str, Any]) -> dict[str, Any]:

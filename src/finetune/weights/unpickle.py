@@ -149,6 +149,17 @@ class Inert:
         self.__dict__["state"] = state
 
 
+def attribute_placeholder(obj: Any, name: str) -> str:
+    """Stand-in for ``getattr`` in a pickle (mmengine's HistoryBuffer keeps ``getattr(HistoryBuffer, 'min')``):
+    the text ``'HistoryBuffer.min'``, never the attribute itself, so nothing is looked up or run.
+
+    >>> attribute_placeholder(Inert, "min")
+    'Inert.min'
+    """
+    owner = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+    return f"{owner}.{name}"
+
+
 def _node_value(v: Any) -> Any:
     return v.value if isinstance(v, OmegaConfNode) else v
 
@@ -161,15 +172,18 @@ def stand_ins() -> list[SafeGlobal]:
     """Inert stand-ins for third-party types that real checkpoints carry next to their weights.
 
     fastai's ``Learner.save`` keeps optimizer hypers in a fastcore ``L``; Lightning keeps
-    Hydra/OmegaConf configs among its hyperparameters. The stand-ins rebuild them as
-    plain lists and dicts without importing or running those libraries; the builtins
-    that OmegaConf pickles by name (``dict``, ``int``, ``typing.Any``, ``defaultdict``)
-    are allowed as the plain types they are.
+    Hydra/OmegaConf configs among its hyperparameters; mmengine's Runner keeps logged
+    scalars in HistoryBuffers (``message_hub``). The stand-ins rebuild them as plain
+    lists, dicts and inert objects without importing or running those libraries; the
+    builtins that OmegaConf pickles by name (``dict``, ``int``, ``typing.Any``,
+    ``defaultdict``) are allowed as the plain types they are, and ``getattr`` only
+    names the attribute (:func:`attribute_placeholder`).
 
     >>> sorted(name for _, name in stand_ins() if name.startswith("omegaconf."))[:2]
     ['omegaconf.base.ContainerMetadata', 'omegaconf.base.Metadata']
     """
     items: list[SafeGlobal] = [(FastcoreL, "fastcore.foundation.L")]
+    items += [(Inert, "mmengine.logging.history_buffer.HistoryBuffer"), (attribute_placeholder, "builtins.getattr")]
     items += [(OmegaConfDict, "omegaconf.dictconfig.DictConfig"), (OmegaConfList, "omegaconf.listconfig.ListConfig"),
               (Inert, "omegaconf.base.Metadata"), (Inert, "omegaconf.base.ContainerMetadata")]
     items += [(OmegaConfNode, f"omegaconf.nodes.{n}") for n in _OMEGACONF_NODES]
