@@ -317,3 +317,36 @@ def test_getattr_in_a_pickle_only_names_the_attribute(tmp_path):
     torch.save({"state_dict": maker.Tiny().state_dict(), "meta": {"fn": _Getattr()}}, tmp_path / "g.pth")
     ck = read_checkpoint(tmp_path / "g.pth")
     assert ck.metadata["meta"] == {"fn": "Namespace.__init__"}
+
+
+@pytest.mark.parametrize("wrap", ["dataparallel", "compiled", "dataparallel_of_compiled", "attribute"])
+@pytest.mark.parametrize("name", ["lightning_model", "mmengine_ema_epoch_2", "timm_ema_v2", "dataparallel_of_compiled"])
+def test_real_files_load_into_wrapped_targets(name, wrap):
+    inner = maker.fresh(5)
+    holder = torch.nn.Module()
+    holder.backbone = inner
+    target = {"dataparallel": lambda: torch.nn.DataParallel(inner), "compiled": lambda: torch.compile(inner),
+              "dataparallel_of_compiled": lambda: torch.nn.DataParallel(torch.compile(inner)),
+              "attribute": lambda: holder}[wrap]()
+    report = load_weights(target, REAL / CASES[name][0], strict=True)
+    assert report.ok, report
+    assert_output(inner, name)
+
+
+def test_lightning_file_of_a_torchvision_resnet18_into_the_bare_model(tmp_path):
+    """The real Lightning file's layout around a torchvision resnet18 held as `self.model`."""
+    import torchvision
+
+    ck = torch.load(REAL / "lightning_model.ckpt", weights_only=False)  # our own fixture
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    ck["state_dict"] = {f"model.{k}": v for k, v in net.state_dict().items()}
+    torch.save(ck, tmp_path / "epoch=1-step=6.ckpt")
+    bare = torchvision.models.resnet18(num_classes=3)
+    report = load_weights(bare, tmp_path / "epoch=1-step=6.ckpt", strict=True)
+    assert report.ok and report.mapping == "prefix: strip 'model.'"
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(bare.eval()(x), net(x))
+    out = convert(tmp_path / "epoch=1-step=6.ckpt", tmp_path / "r18.safetensors")
+    assert set(load_file(str(out))) == set(net.state_dict())
