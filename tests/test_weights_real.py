@@ -350,3 +350,42 @@ def test_lightning_file_of_a_torchvision_resnet18_into_the_bare_model(tmp_path):
         assert torch.equal(bare.eval()(x), net(x))
     out = convert(tmp_path / "epoch=1-step=6.ckpt", tmp_path / "r18.safetensors")
     assert set(load_file(str(out))) == set(net.state_dict())
+
+
+def _fake_class(monkeypatch, fullname: str) -> type:
+    """A class importable (for pickling) as ``fullname`` while the test runs."""
+    module, _, qualname = fullname.rpartition(".")
+    cls = type(qualname, (), {"__module__": module, "__qualname__": qualname})
+    parts = module.split(".")
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name) or types.ModuleType(name))
+    setattr(sys.modules[module], qualname, cls)
+    return cls
+
+
+def test_lightning_1_4_callbacks_keyed_by_class(tmp_path, monkeypatch):
+    """Lightning < 1.5 keyed checkpoint['callbacks'] by the callback class (a pickled class reference)."""
+    checkpoint_cls = _fake_class(monkeypatch, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")
+    early_cls = _fake_class(monkeypatch, "pytorch_lightning.callbacks.early_stopping.EarlyStopping")
+    user_cls = _fake_class(monkeypatch, "my_project.callbacks.Ema")
+    real = torch.load(REAL / "lightning_model.ckpt", weights_only=False)  # our own fixture
+    callbacks = {checkpoint_cls: {"monitor": "val_loss", "best_model_score": torch.tensor(0.25),
+                                  "best_model_path": "/runs/epoch=3.ckpt", "current_score": torch.tensor(0.3),
+                                  "dirpath": "/runs"},
+                 early_cls: {"wait_count": 1, "stopped_epoch": 0, "best_score": torch.tensor(0.25), "patience": 3}}
+    ck = {"epoch": 3, "global_step": 40, "pytorch-lightning_version": "1.4.9", "state_dict": real["state_dict"],
+          "callbacks": callbacks, "optimizer_states": real["optimizer_states"], "lr_schedulers": [],
+          "hparams_name": "kwargs", "hyper_parameters": {"lr": 0.1}}
+    torch.save(ck, tmp_path / "old.ckpt")
+    torch.save({**ck, "callbacks": {**callbacks, user_cls: {"decay": 0.9}}}, tmp_path / "user.ckpt")
+    monkeypatch.undo()
+    model = maker.fresh(99)
+    report = load_weights(model, tmp_path / "old.ckpt", strict=True)
+    assert report.format == "PyTorch Lightning (torch zip)"
+    assert_output(model, "lightning_model")
+    meta = read_checkpoint(tmp_path / "old.ckpt").metadata
+    assert meta["callbacks"]["ModelCheckpoint"]["best_model_score"] == 0.25
+    assert meta["callbacks"]["EarlyStopping"]["patience"] == 3
+    with pytest.raises(UnsafeCheckpointError, match=r"my_project\.callbacks\.Ema.*--trust"):
+        read_state_dict(tmp_path / "user.ckpt")

@@ -419,7 +419,8 @@ def jsonable(v: Any, depth: int = 0) -> Any:
     if isinstance(v, Mapping):
         if any(isinstance(x, Tensor) and x.numel() > 1 for x in v.values()):
             return _SKIP  # weights (e.g. a callback's averaged model), not metadata
-        items = {str(k): jsonable(x, depth + 1) for k, x in list(v.items())[:200]}
+        items = {(k.__qualname__ if isinstance(k, type) else str(k)): jsonable(x, depth + 1)
+                 for k, x in list(v.items())[:200]}
         items = {k: x for k, x in items.items() if x is not _SKIP}
         return items if items or not v else _SKIP
     if isinstance(v, list | tuple) and len(v) <= 1000:

@@ -232,10 +232,29 @@ def unsafe_error(name: str, globals_: list[str]) -> UnsafeCheckpointError:
     )
 
 
-def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = False) -> Any:
+#: modules whose classes old checkpoints name as plain dict keys (PyTorch Lightning < 1.5 keyed
+#: ``checkpoint['callbacks']`` by the callback's class)
+CLASS_KEY_MODULES = ("pytorch_lightning.callbacks.", "lightning.pytorch.callbacks.")
+
+
+def class_stand_in(fullname: str) -> type:
+    """An inert class named like ``fullname``, for a class that a file only names (a dict key).
+
+    >>> cls = class_stand_in("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")
+    >>> cls.__qualname__, issubclass(cls, Inert)
+    ('ModelCheckpoint', True)
+    """
+    module, _, qualname = fullname.rpartition(".")
+    return type(qualname, (Inert,), {"__module__": module, "__qualname__": qualname})
+
+
+def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = False,
+               class_keys: tuple[str, ...] = ()) -> Any:
     """``torch.load`` to CPU: weights_only with the allowlist, or full pickle when ``trust``.
 
     Errors become :class:`CheckpointError` (corrupt) or :class:`UnsafeCheckpointError`.
+    A file refused only for Lightning callback classes (old Lightning's ``callbacks`` keys)
+    is read again with inert stand-ins for them (``class_keys``).
 
     >>> import io, torch
     >>> buf = io.BytesIO(); torch.save([torch.zeros(1)], buf); _ = buf.seek(0)
@@ -253,7 +272,8 @@ def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = Fa
             raise CheckpointError(f"{name}: cannot read ({_short(e)})") from e
     warn_if_unsafe_torch()
     try:
-        with _safe_globals_context(), warnings.catch_warnings(), _quiet_logger("torch.distributed.device_mesh"):
+        with _safe_globals_context(class_keys), warnings.catch_warnings(), \
+                _quiet_logger("torch.distributed.device_mesh"):
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -262,6 +282,10 @@ def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = Fa
             if hasattr(f, "seek"):
                 f.seek(0)
             return torch_load(f, name=name, trust=False)  # torch's own allowlist has DTensors now
+        if unsafe and not class_keys and all(g.startswith(CLASS_KEY_MODULES) for g in unsafe):
+            if hasattr(f, "seek"):
+                f.seek(0)
+            return torch_load(f, name=name, class_keys=tuple(unsafe))
         if unsafe:
             raise unsafe_error(name, unsafe) from None
         if "Weights only load failed" in str(e):
@@ -306,10 +330,10 @@ def _register_dtensor() -> bool:
     return True
 
 
-def _safe_globals_context() -> contextlib.AbstractContextManager[Any]:
+def _safe_globals_context(class_keys: tuple[str, ...] = ()) -> contextlib.AbstractContextManager[Any]:
     ctx = getattr(torch.serialization, "safe_globals", None)
     if ctx is not None:
-        return ctx(list(allowlist()))
+        return ctx([*allowlist(), *((class_stand_in(n), n) for n in class_keys)])
     # torch < 2.5: no context manager and no (obj, name) pairs; register the plain types
     torch.serialization.add_safe_globals([g for g in allowlist() if not isinstance(g, tuple)])
     return contextlib.nullcontext()
