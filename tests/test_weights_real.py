@@ -389,3 +389,34 @@ def test_lightning_1_4_callbacks_keyed_by_class(tmp_path, monkeypatch):
     assert meta["callbacks"]["EarlyStopping"]["patience"] == 3
     with pytest.raises(UnsafeCheckpointError, match=r"my_project\.callbacks\.Ema.*--trust"):
         read_state_dict(tmp_path / "user.ckpt")
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_torch_zip_with_pickle_protocol_4_and_5(protocol, tmp_path):
+    """torch.save(..., pickle_protocol=pickle.HIGHEST_PROTOCOL) (research code does): torch's own
+    weights_only loader cannot parse it; finetune's restricted unpickler reads it, no --trust needed."""
+    import argparse
+
+    import numpy as np
+
+    model = maker.fresh(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    maker.train_steps(model, opt, steps=1)
+    path = tmp_path / "p.pth"
+    torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "best_acc1": np.float64(0.5),
+                "args": argparse.Namespace(lr=0.1, dtype=torch.float16, size=torch.Size([2, 3]))}, path,
+               pickle_protocol=protocol)
+    with pytest.raises(Exception, match="Unsupported operand"):
+        torch.load(path, weights_only=True)
+    fresh = maker.fresh(99)
+    report = load_weights(fresh, path, strict=True)
+    assert report.format == "pytorch/examples imagenet (torch zip)"
+    assert torch.equal(output(fresh), output(model))
+    ck = read_checkpoint(path)
+    assert ck.metadata == {"best_acc1": 0.5, "args": {"lr": 0.1, "dtype": "torch.float16", "size": [2, 3]}}
+    assert ck.optimizer["state"][0]["momentum_buffer"].shape == model.features[0].weight.shape
+    torch.save({"state_dict": model.state_dict(), "x": _Evil(tmp_path / "PWNED")}, tmp_path / "evil.pth",
+               pickle_protocol=protocol)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to unpickle .*open"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not (tmp_path / "PWNED").exists()

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from finetune.errors import CheckpointError, WeightsError
+from finetune.errors import CheckpointError, UnsafeCheckpointError, WeightsError
 from finetune.weights.keys import unwrap_names
 from finetune.weights.unpickle import RestrictedUnpickler, allowlist, torch_load, unsafe_error
 
@@ -106,7 +106,7 @@ def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Any], *, trust
         return interpret(_read_torchscript(path, trust=trust), source=name, container="TorchScript archive",
                          fmt="TorchScript")
     if kind in ("torch zip", "pickle"):
-        obj = torch_load(path, name=name, trust=trust)
+        obj = _torch_file(path, kind=kind, trust=trust)
         container = "torch zip" if kind == "torch zip" else "legacy torch.save"
         return interpret(obj, source=name, container=container)
     if kind == "raw pickle":
@@ -487,7 +487,7 @@ def _read_weights_file(path: Path, *, trust: bool) -> StateDict:
     if kind == "safetensors":
         return _read_safetensors(path)
     if kind in ("torch zip", "pickle"):
-        sd = _maybe(torch_load(path, name=str(path), trust=trust))
+        sd = _maybe(_torch_file(path, kind=kind, trust=trust))
         if sd is None:
             raise CheckpointError(f"{path}: holds no flat state dict")
         return sd
@@ -660,20 +660,16 @@ def _read_torchscript(path: Path, *, trust: bool) -> StateDict:
         raise CheckpointError(f"{path}: cannot load TorchScript archive ({e})") from None
 
 
-def _script_tensors(path: Path) -> StateDict:
-    import collections
-    import importlib
-
-    from torch import _utils
-
-    jit_pickle = importlib.import_module("torch.jit._pickle")
-
+def _zip_unpickle(path: Path, allowed: Mapping[str, Any], resolve: Any) -> Any:
+    """The object in a torch zip or TorchScript archive's ``data.pkl``, unpickled by
+    :class:`RestrictedUnpickler` (any pickle protocol), tensors read from its ``data/`` records."""
     with zipfile.ZipFile(path) as zf:
         data_pkl = next(n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1)
         prefix = data_pkl[: -len("data.pkl")]
+        storages: dict[str, Any] = {}
 
         def persistent_load(pid: Any) -> Any:
-            typename, storage_type, key, _location, numel = pid
+            typename, storage_type, key, _location, _numel = pid
             if typename != "storage":
                 raise CheckpointError(f"{path}: unknown record type {typename!r}")
             if isinstance(storage_type, torch.dtype):
@@ -682,30 +678,88 @@ def _script_tensors(path: Path) -> StateDict:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
                     dtype = storage_type.dtype
-            raw = bytearray(zf.read(f"{prefix}data/{key}"))
-            untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
-            return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+            if key not in storages:  # views of one storage share it
+                raw = bytearray(zf.read(f"{prefix}data/{key}"))
+                storages[key] = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw \
+                    else torch.UntypedStorage(0)
+            return torch.storage.TypedStorage(wrap_storage=storages[key], dtype=dtype, _internal=True)
 
-        allowed: dict[str, Any] = {
-            "collections.OrderedDict": collections.OrderedDict,
-            "torch._utils._rebuild_tensor_v2": _utils._rebuild_tensor_v2,
-            "torch._utils._rebuild_parameter": _utils._rebuild_parameter,
-        }
-        for fn in ("build_intlist", "build_floatlist", "build_boollist", "build_doublelist",
-                   "build_tensorlist", "build_complexlist", "restore_type_tag"):
-            if hasattr(jit_pickle, fn):
-                allowed[f"torch.jit._pickle.{fn}"] = getattr(jit_pickle, fn)
-
-        def resolve(module: str, name: str) -> Any:
-            if module.startswith("__torch__"):
-                return type(name, (_ScriptObject,), {})
-            if module == "torch" and name.endswith("Storage") and hasattr(torch, name):
-                return getattr(torch, name)
-            return None
-
-        unpickler = RestrictedUnpickler(io.BytesIO(zf.read(data_pkl)), allowed, resolve, name=str(path))
+        unpickler = RestrictedUnpickler(io.BytesIO(zf.read(data_pkl)), dict(allowed), resolve, name=str(path))
         unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
-        root = unpickler.load()
+        return unpickler.load()
+
+
+def _tensor_globals() -> dict[str, Any]:
+    import collections
+
+    from torch import _utils
+
+    return {"collections.OrderedDict": collections.OrderedDict,
+            "torch._utils._rebuild_tensor_v2": _utils._rebuild_tensor_v2,
+            "torch._utils._rebuild_parameter": _utils._rebuild_parameter}
+
+
+def _torch_name(module: str, name: str) -> Any:
+    """torch's storage classes, dtypes and ``Size`` by name (what a checkpoint pickle names), else None."""
+    if module != "torch":
+        return None
+    obj = getattr(torch, name, None)
+    if name.endswith("Storage") and isinstance(obj, type) or name == "Size" or isinstance(obj, torch.dtype):
+        return obj
+    return None
+
+
+def read_zip_restricted(path: Path) -> Any:
+    """A torch zip checkpoint read without torch's weights_only unpickler, for pickles it cannot
+    parse (``torch.save(..., pickle_protocol=4)`` or 5: torch's has no protocol-4 opcodes). The
+    same allowlist applies: any other class is refused with the usual error.
+
+    >>> import pathlib, tempfile, torch
+    >>> from finetune.weights.formats import read_zip_restricted
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "p5.pt"
+    >>> torch.save({"w": torch.ones(2)}, path, pickle_protocol=5)
+    >>> read_zip_restricted(path)
+    {'w': tensor([1., 1.])}
+    """
+    import codecs
+
+    allowed = {**_allowlist_map(), **_tensor_globals(), "_codecs.encode": codecs.encode}
+    try:
+        return _zip_unpickle(path, allowed, _torch_name)
+    except WeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of the pickle is a corrupt file
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _torch_file(path: Path, *, kind: str, trust: bool) -> Any:
+    """``torch_load``, and for a zip whose pickle torch's safe unpickler cannot parse, :func:`read_zip_restricted`."""
+    try:
+        return torch_load(path, name=str(path), trust=trust)
+    except UnsafeCheckpointError as e:
+        if kind != "torch zip" or "Unsupported operand" not in str(e):
+            raise
+        return read_zip_restricted(path)
+
+
+def _script_tensors(path: Path) -> StateDict:
+    import importlib
+
+    jit_pickle = importlib.import_module("torch.jit._pickle")
+    allowed = _tensor_globals()
+    for fn in ("build_intlist", "build_floatlist", "build_boollist", "build_doublelist",
+               "build_tensorlist", "build_complexlist", "restore_type_tag"):
+        if hasattr(jit_pickle, fn):
+            allowed[f"torch.jit._pickle.{fn}"] = getattr(jit_pickle, fn)
+
+    def resolve(module: str, name: str) -> Any:
+        if module.startswith("__torch__"):
+            return type(name, (_ScriptObject,), {})
+        if module == "torch" and name.endswith("Storage") and hasattr(torch, name):
+            return getattr(torch, name)
+        return None
+
+    root = _zip_unpickle(path, allowed, resolve)
     out: StateDict = {}
     _collect(root, "", out, set())
     if not out:
