@@ -65,6 +65,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "numpy2_metrics": ("numpy2_metrics.pt", "under 'model_state_dict'", ""),
     "fsdp2_dtensor_state_dict": ("fsdp2_dtensor_state_dict.pt", "state_dict", ""),
     "numpy1_metrics": ("numpy1_metrics.pth", "pytorch/examples imagenet", ""),
+    "swin_style_ckpt_epoch_0": ("swin_style_ckpt_epoch_0.pth", "torchvision references", ""),
     "mmengine_epoch_2": ("mmengine_epoch_2.pth", "mmengine Runner", "net"),
     "mmengine_ema_epoch_2": ("mmengine_ema_epoch_2.pth", "mmengine Runner (EMAHook)", "net"),
 }
@@ -243,6 +244,20 @@ def test_inspect_mmengine_message_hub(capsys):
     assert info["metadata"]["meta"]["epoch"] == 2 and info["metadata"]["meta"]["mmengine_version"]
     assert info["optimizer"]["state_keys"] == ["momentum_buffer"]
     assert "mmengine" not in sys.modules
+
+
+def test_yacs_config_beside_the_weights(capsys):
+    """Swin-Transformer saves its yacs CfgNode (a dict filled item by item, which torch's safe
+    unpickler refuses even when allowed): read as a plain dict by the restricted unpickler."""
+    path = REAL / "swin_style_ckpt_epoch_0.pth"
+    with pytest.raises(Exception, match="yacs"):
+        torch.load(path, weights_only=True)
+    code, out, err = run_cli(["inspect", str(path), "--json"], capsys)
+    assert code == 0, err
+    config = json.loads(out)["metadata"]["config"]
+    assert config["MODEL"] == {"TYPE": "tiny", "NAME": "tiny_patch4", "NUM_CLASSES": 3}
+    assert config["DATA"]["MEAN"] == [0.485, 0.456, 0.406] and config["TRAIN"]["AMP"] is True
+    assert "yacs" not in sys.modules
 
 
 def test_inspect_numpy2_metadata_and_timm_args(capsys):

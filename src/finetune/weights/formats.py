@@ -29,7 +29,13 @@ from torch import Tensor
 
 from finetune.errors import CheckpointError, UnsafeCheckpointError, WeightsError
 from finetune.weights.keys import unwrap_names
-from finetune.weights.unpickle import RestrictedUnpickler, allowlist, torch_load, unsafe_error
+from finetune.weights.unpickle import (
+    RESTRICTED_ONLY,
+    RestrictedUnpickler,
+    allowlist,
+    torch_load,
+    unsafe_error,
+)
 
 StateDict = dict[str, Tensor]
 
@@ -711,8 +717,9 @@ def _torch_name(module: str, name: str) -> Any:
 
 def read_zip_restricted(path: Path) -> Any:
     """A torch zip checkpoint read without torch's weights_only unpickler, for pickles it cannot
-    parse (``torch.save(..., pickle_protocol=4)`` or 5: torch's has no protocol-4 opcodes). The
-    same allowlist applies: any other class is refused with the usual error.
+    parse (``torch.save(..., pickle_protocol=4)`` or 5: torch's has no protocol-4 opcodes) or fill
+    (a yacs ``CfgNode``: :data:`~finetune.weights.unpickle.RESTRICTED_ONLY`). The same allowlist
+    applies: any other class is refused with the usual error.
 
     >>> import pathlib, tempfile, torch
     >>> from finetune.weights.formats import read_zip_restricted
@@ -723,7 +730,7 @@ def read_zip_restricted(path: Path) -> Any:
     """
     import codecs
 
-    allowed = {**_allowlist_map(), **_tensor_globals(), "_codecs.encode": codecs.encode}
+    allowed = {**_allowlist_map(), **_tensor_globals(), **RESTRICTED_ONLY, "_codecs.encode": codecs.encode}
     try:
         return _zip_unpickle(path, allowed, _torch_name)
     except WeightsError:
@@ -737,7 +744,9 @@ def _torch_file(path: Path, *, kind: str, trust: bool) -> Any:
     try:
         return torch_load(path, name=str(path), trust=trust)
     except UnsafeCheckpointError as e:
-        if kind != "torch zip" or "Unsupported operand" not in str(e):
+        unsafe = getattr(e, "unsafe_globals", None)
+        fillable = bool(unsafe) and all(g in RESTRICTED_ONLY for g in unsafe or ())
+        if kind != "torch zip" or not ("Unsupported operand" in str(e) or fillable):
             raise
         return read_zip_restricted(path)
 

@@ -11,6 +11,7 @@ a type outside the allowlist are refused with an error that names the type.
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
 import collections
 import contextlib
@@ -141,6 +142,17 @@ class OmegaConfList(list):  # type: ignore[type-arg]
             self.extend(_node_value(v) for v in content)
 
 
+class YacsCfgNode(dict):  # type: ignore[type-arg]
+    """Stand-in for yacs' ``CfgNode`` (Swin, maskrcnn-benchmark and other configs saved in checkpoints): a dict.
+
+    It is filled item by item (SETITEMS), which torch's weights_only unpickler allows on plain
+    dicts only: files with one are read by the restricted unpickler (:data:`RESTRICTED_ONLY`).
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        """Drop yacs' flags (``__immutable__``, ``__deprecated_keys__``, …)."""
+
+
 class Inert:
     """Stand-in for a metadata-only class (OmegaConf's ``Metadata``): keeps its state, runs nothing."""
 
@@ -168,6 +180,10 @@ _OMEGACONF_NODES = ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "Boolea
                     "InterpolationResultNode")
 
 
+#: stand-ins that only the restricted unpickler can fill (dict subclasses filled item by item)
+RESTRICTED_ONLY: dict[str, Any] = {"yacs.config.CfgNode": YacsCfgNode}
+
+
 def stand_ins() -> list[SafeGlobal]:
     """Inert stand-ins for third-party types that real checkpoints carry next to their weights.
 
@@ -187,7 +203,7 @@ def stand_ins() -> list[SafeGlobal]:
     items += [(OmegaConfDict, "omegaconf.dictconfig.DictConfig"), (OmegaConfList, "omegaconf.listconfig.ListConfig"),
               (Inert, "omegaconf.base.Metadata"), (Inert, "omegaconf.base.ContainerMetadata")]
     items += [(OmegaConfNode, f"omegaconf.nodes.{n}") for n in _OMEGACONF_NODES]
-    items += [(t, f"builtins.{t.__name__}") for t in (dict, list, int, float, str, bool)]
+    items += [(t, f"builtins.{t.__name__}") for t in (dict, list, int, float, str, bool, set, frozenset)]
     items += [(typing.Any, "typing.Any"), (collections.defaultdict, "collections.defaultdict")]
     return items
 
@@ -226,10 +242,12 @@ def unsafe_error(name: str, globals_: list[str]) -> UnsafeCheckpointError:
     old.pt: refusing to unpickle a.A, b.B, c.C, d.D, e.E and 2 more: loading it could run code stored in the file; if you trust where the file comes from, pass --trust (trust=True)
     """
     shown = ", ".join(globals_[:5]) + (f" and {len(globals_) - 5} more" if len(globals_) > 5 else "")
-    return UnsafeCheckpointError(
+    error = UnsafeCheckpointError(
         f"{name}: refusing to unpickle {shown}: loading it could run code stored in the file; "
         "if you trust where the file comes from, pass --trust (trust=True)"
     )
+    error.unsafe_globals = list(globals_)  # type: ignore[attr-defined]  # read by formats' fallback
+    return error
 
 
 #: modules whose classes old checkpoints name as plain dict keys (PyTorch Lightning < 1.5 keyed
@@ -390,6 +408,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         Traceback (most recent call last):
         finetune.errors.UnsafeCheckpointError: f.pkl: refusing to unpickle fractions.Fraction: loading it could run code ...
         """
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names protocol-2 pickles use
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         key = f"{module}.{name}"
         if key in self.allowed:
             return self.allowed[key]
