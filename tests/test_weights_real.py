@@ -435,3 +435,38 @@ def test_torch_zip_with_pickle_protocol_4_and_5(protocol, tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="refusing to unpickle .*open"):
         read_state_dict(tmp_path / "evil.pth")
     assert not (tmp_path / "PWNED").exists()
+
+
+def _py2_pickle(blobs: dict) -> bytes:
+    """What Python 2's cPickle (protocol 2) writes for {'blobs': {name: float32 array}}, as Detectron's
+    model-zoo .pkl files hold: byte strings (SHORT_BINSTRING/BINSTRING), numpy's array state with
+    its raw data as a str, numpy.core names."""
+    import struct
+
+    def s(text: bytes) -> bytes:
+        return b"U" + bytes([len(text)]) + text if len(text) < 256 else b"T" + struct.pack("<i", len(text)) + text
+
+    dtype = (b"cnumpy\ndtype\n" + s(b"f4") + b"K\x00K\x01\x87R"
+             + b"(K\x03" + s(b"<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    out = b"\x80\x02}(" + s(b"blobs") + b"}("
+    for name, arr in blobs.items():
+        shape = b"(" + b"".join(b"K" + bytes([n]) for n in arr.shape) + b"t"
+        out += s(name.encode()) + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R"
+        out += b"(K\x01" + shape + dtype + b"\x89" + s(arr.astype("<f4").tobytes()) + b"tb"
+    return out + b"u" + s(b"__author__") + s(b"Detectron") + b"u."
+
+
+def test_python2_pickle_of_numpy_weights(tmp_path):
+    """Detectron (Caffe2) .pkl files were written by Python 2: numpy data as latin1 str (detectron2
+    reads them with encoding='latin1')."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    blobs = {"conv1_w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "fc_b": np.array([0.0, 255.0, -1.5], dtype=np.float32)}  # bytes that are not ASCII
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(_py2_pickle(blobs))
+    sd = read_state_dict(path)
+    assert set(sd) == set(blobs)
+    for k, v in blobs.items():
+        assert torch.equal(sd[k], torch.from_numpy(v))

@@ -450,10 +450,11 @@ def _read_raw_pickle(path: Path, *, trust: bool) -> Any:
     try:
         with path.open("rb") as f:
             if trust:
-                obj = pickle.load(f)  # noqa: S301 - the user said the file is trusted
+                obj = pickle.load(f, encoding="latin1")  # noqa: S301 - the user said the file is trusted
             else:
                 allowed = {**_allowlist_map(), "_codecs.encode": codecs.encode}
-                obj = RestrictedUnpickler(f, allowed, name=str(path)).load()
+                # Python 2 pickles (Detectron's model zoo) hold numpy data as str: latin1, as detectron2 reads them
+                obj = RestrictedUnpickler(f, allowed, name=str(path), encoding="latin1").load()
     except WeightsError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of a pickle is a corrupt file

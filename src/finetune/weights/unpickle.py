@@ -379,7 +379,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """A plain unpickler that resolves only the globals in ``allowed`` (name -> object).
 
     ``fallback(module, name)`` may return a stand-in object for other names, or None
-    to refuse. Refused names are reported with :func:`unsafe_error`.
+    to refuse. ``encoding`` decodes Python 2 strings (``"latin1"`` for numpy arrays). Refused names are reported with :func:`unsafe_error`.
 
     >>> import io, pickle
     >>> RestrictedUnpickler(io.BytesIO(pickle.dumps({"a": 1})), {}).load()
@@ -387,8 +387,9 @@ class RestrictedUnpickler(pickle.Unpickler):
     """
 
     def __init__(self, file: IO[bytes], allowed: dict[str, Any],
-                 fallback: Callable[[str, str], Any] | None = None, name: str = "file") -> None:
-        super().__init__(file)
+                 fallback: Callable[[str, str], Any] | None = None, name: str = "file",
+                 encoding: str = "ASCII") -> None:
+        super().__init__(file, encoding=encoding)
         self.allowed = allowed
         self.fallback = fallback
         self.name = name
