@@ -44,6 +44,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "lightning_loss_weight": ("lightning_loss_weight.ckpt", "PyTorch Lightning", "model"),
     "lightning_timm_ema_attribute": ("lightning_timm_ema_attribute.ckpt", "PyTorch Lightning", "model"),
     "lightning_averaged_attribute": ("lightning_averaged_attribute.ckpt", "PyTorch Lightning", "net"),
+    "lightning_hydra_template": ("lightning_hydra_template.ckpt", "PyTorch Lightning", "net"),
     "accelerate_state_safetensors": ("accelerate_state_safetensors", "accelerate save_state", ""),
     "accelerate_state_bin": ("accelerate_state_bin", "accelerate save_state", ""),
     "accelerate_sharded_safetensors": ("accelerate_sharded_safetensors", "weights folder (sharded", ""),
@@ -201,6 +202,20 @@ def test_inspect_lightning_with_omegaconf_hparams(capsys):
     code, out, _ = run_cli(["inspect", str(path)], capsys)
     assert code == 0 and "hyper_parameters.cfg.optim.lr" in out and "net.fc.weight" in out
     assert "omegaconf" not in sys.modules
+
+
+def test_lightning_hydra_template_partials(capsys):
+    """lightning-hydra-template keeps functools.partial(torch.optim.Adam, ...) among its hyperparameters:
+    shown as text, nothing of it can be called."""
+    path = REAL / "lightning_hydra_template.ckpt"
+    with pytest.raises(Exception, match="functools.partial"):
+        torch.load(path, weights_only=True)
+    code, out, err = run_cli(["inspect", str(path), "--json"], capsys)
+    assert code == 0, err
+    hp = json.loads(out)["metadata"]["hyper_parameters"]
+    assert hp == {"optimizer": "partial(torch.optim.adam.Adam, lr=0.001, weight_decay=0.0)",
+                  "scheduler": "partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode='min', factor=0.1, "
+                               "patience=10)", "compile": False}
 
 
 def test_inspect_fastai_optimizer(capsys):

@@ -31,6 +31,7 @@ from finetune.errors import CheckpointError, UnsafeCheckpointError, WeightsError
 from finetune.weights.keys import unwrap_names
 from finetune.weights.unpickle import (
     RESTRICTED_ONLY,
+    PartialStandIn,
     RestrictedUnpickler,
     allowlist,
     torch_load,
@@ -407,6 +408,8 @@ def jsonable(v: Any, depth: int = 0) -> Any:
     >>> jsonable({"lr": torch.tensor(0.5), "args": argparse.Namespace(model="resnet18")})
     {'lr': 0.5, 'args': {'model': 'resnet18'}}
     """
+    if isinstance(v, PartialStandIn):
+        return v.describe()
     if type(v).__module__.startswith("numpy"):
         if hasattr(v, "item"):  # before float: np.float64 is a float
             return v.item() if getattr(v, "size", 1) == 1 else _SKIP

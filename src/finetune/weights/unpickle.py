@@ -161,6 +161,34 @@ class Inert:
         self.__dict__["state"] = state
 
 
+class PartialStandIn:
+    """Stand-in for ``functools.partial`` (lightning-hydra-template keeps ``optimizer`` and ``scheduler``
+    partials among its hyperparameters): records what it wraps, can never be called.
+
+    >>> p = PartialStandIn(class_stand_in("torch.optim.adam.Adam")); p.__setstate__((p.func, (), {"lr": 0.1}, None))
+    >>> p.describe()
+    'partial(torch.optim.adam.Adam, lr=0.1)'
+    """
+
+    def __init__(self, *args: Any) -> None:
+        self.func = args[0] if args else None
+        self.args: tuple[Any, ...] = tuple(args[1:])
+        self.keywords: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        """``(func, args, keywords, namespace)``, as ``functools.partial.__reduce__`` gives it."""
+        if isinstance(state, tuple) and len(state) == 4:
+            self.func, args, keywords, _ = state
+            self.args, self.keywords = tuple(args or ()), dict(keywords or {})
+
+    def describe(self) -> str:
+        """``partial(module.Name, arg, key=value)``: what the file holds, as text."""
+        func = self.func
+        name = f"{func.__module__}.{func.__qualname__}" if isinstance(func, type) else repr(func)
+        parts = [name, *map(repr, self.args), *(f"{k}={v!r}" for k, v in self.keywords.items())]
+        return f"partial({', '.join(parts)})"
+
+
 def attribute_placeholder(obj: Any, name: str) -> str:
     """Stand-in for ``getattr`` in a pickle (mmengine's HistoryBuffer keeps ``getattr(HistoryBuffer, 'min')``):
     the text ``'HistoryBuffer.min'``, never the attribute itself, so nothing is looked up or run.
@@ -200,6 +228,7 @@ def stand_ins() -> list[SafeGlobal]:
     """
     items: list[SafeGlobal] = [(FastcoreL, "fastcore.foundation.L")]
     items += [(Inert, "mmengine.logging.history_buffer.HistoryBuffer"), (attribute_placeholder, "builtins.getattr")]
+    items += [(PartialStandIn, "functools.partial")]
     items += [(OmegaConfDict, "omegaconf.dictconfig.DictConfig"), (OmegaConfList, "omegaconf.listconfig.ListConfig"),
               (Inert, "omegaconf.base.Metadata"), (Inert, "omegaconf.base.ContainerMetadata")]
     items += [(OmegaConfNode, f"omegaconf.nodes.{n}") for n in _OMEGACONF_NODES]
@@ -250,13 +279,15 @@ def unsafe_error(name: str, globals_: list[str]) -> UnsafeCheckpointError:
     return error
 
 
-#: modules whose classes old checkpoints name as plain dict keys (PyTorch Lightning < 1.5 keyed
-#: ``checkpoint['callbacks']`` by the callback's class)
-CLASS_KEY_MODULES = ("pytorch_lightning.callbacks.", "lightning.pytorch.callbacks.")
+#: modules whose classes checkpoints name without making one: PyTorch Lightning < 1.5 keyed
+#: ``checkpoint['callbacks']`` by the callback's class; lightning-hydra-template's hyperparameters
+#: hold ``functools.partial(torch.optim.Adam, lr=...)``
+CLASS_KEY_MODULES = ("pytorch_lightning.callbacks.", "lightning.pytorch.callbacks.", "torch.optim.")
 
 
 def class_stand_in(fullname: str) -> type:
-    """An inert class named like ``fullname``, for a class that a file only names (a dict key).
+    """An inert class named like ``fullname``, for a class that a file only names (a dict key, a partial's
+    function); calling it fails, so nothing is made.
 
     >>> cls = class_stand_in("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")
     >>> cls.__qualname__, issubclass(cls, Inert)
@@ -271,8 +302,9 @@ def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = Fa
     """``torch.load`` to CPU: weights_only with the allowlist, or full pickle when ``trust``.
 
     Errors become :class:`CheckpointError` (corrupt) or :class:`UnsafeCheckpointError`.
-    A file refused only for Lightning callback classes (old Lightning's ``callbacks`` keys)
-    is read again with inert stand-ins for them (``class_keys``).
+    A file refused only for classes of :data:`CLASS_KEY_MODULES` (Lightning callbacks,
+    torch optimizers and schedulers), which files name but do not make, is read again with
+    inert stand-ins for them (``class_keys``).
 
     >>> import io, torch
     >>> buf = io.BytesIO(); torch.save([torch.zeros(1)], buf); _ = buf.seek(0)
