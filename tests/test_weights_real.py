@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from finetune.cli import main as cli
-from finetune.errors import CheckpointError, UnsafeCheckpointError
+from finetune.errors import CheckpointError, UnsafeCheckpointError, WeightsError
 from finetune.weights import convert, inspect_checkpoint, load_weights, read_state_dict
 from finetune.weights.formats import read_checkpoint, sniff
 
@@ -485,3 +485,15 @@ def test_python2_pickle_of_numpy_weights(tmp_path):
     assert set(sd) == set(blobs)
     for k, v in blobs.items():
         assert torch.equal(sd[k], torch.from_numpy(v))
+
+
+def test_wrong_architecture_is_not_a_match_through_num_batches_tracked(capsys):
+    """A 0-d num_batches_tracked fits every BatchNorm: it must not make a prefix mapping, nor a load."""
+    import torchvision
+
+    path = REAL / "lightning_model.ckpt"
+    with pytest.raises(WeightsError, match=r"0 of 8 tensors match .*closest file ~ model keys: 'model\.fc\.weight'"):
+        load_weights(torchvision.models.resnet18(), path)
+    code, out, _ = run_cli(["inspect", str(path), "--model", "resnet18", "--json"], capsys)
+    report = json.loads(out)["load_report"]
+    assert code == 0 and report["ok"] is False and report["error"].startswith(f"{path}: 0 of 8 tensors")

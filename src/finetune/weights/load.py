@@ -163,12 +163,14 @@ def align(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int =
                 support[(q, p)] += 1
     candidates = [PrefixMap()] + [PrefixMap(q, p) for (q, p), _ in support.most_common(12)]
 
-    def score(m: PrefixMap) -> tuple[int, int, int]:
+    def score(m: PrefixMap) -> tuple[int, int, int, int]:
         names = {m(s): shape for s, shape in source.items()}
         hit = [n for n in names if n in target]
-        same = sum(1 for n in hit if tuple(target[n]) == tuple(names[n]))
+        same = [n for n in hit if tuple(target[n]) == tuple(names[n])]
+        # 0-d tensors (BatchNorm's num_batches_tracked) fit any BatchNorm: no evidence for a mapping
+        shaped = sum(1 for n in same if len(names[n]) > 0)
         # a renaming that matches names but no shape is a coincidence (e.g. 'fc.' -> 'stem.')
-        return same, len(hit) if same or m == PrefixMap() else -1, -len(m.strip) - len(m.add)
+        return shaped, len(hit) if shaped or m == PrefixMap() else -1, len(same), -len(m.strip) - len(m.add)
 
     return max(candidates, key=score)
 
@@ -360,7 +362,7 @@ def load_weights(
     report._excluded_in_model = sum(1 for n in report.excluded if n in model_shapes)
     report.missing = [c for c in model_shapes if c not in done and c not in model_excluded]
 
-    if not report.loaded and not report.adapted:
+    if not any(model_shapes[n] for n in report.loaded) and not report.adapted:  # at most num_batches_tracked
         raise WeightsError(_nothing_matched(ck, file_sd, model_shapes, report))
     if shape_mismatch == "error" and report.mismatched:
         n, a, b = report.mismatched[0]

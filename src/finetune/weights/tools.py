@@ -137,9 +137,10 @@ def _report_against(ck: Checkpoint, arch: str) -> dict[str, Any]:
 
     model = _build_model(arch, ck)
     try:
-        return load_weights(model, ck.weights).to_dict()
+        report = load_weights(model, ck.weights).to_dict()
     except WeightsError as e:
-        return {"ok": False, "error": str(e)}
+        return {"ok": False, "error": str(e).replace("<state dict>", ck.source, 1)}
+    return {**report, "source": ck.source}
 
 
 def _build_model(arch: str, ck: Checkpoint) -> torch.nn.Module:
