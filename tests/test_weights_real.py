@@ -497,3 +497,15 @@ def test_wrong_architecture_is_not_a_match_through_num_batches_tracked(capsys):
     code, out, _ = run_cli(["inspect", str(path), "--model", "resnet18", "--json"], capsys)
     report = json.loads(out)["load_report"]
     assert code == 0 and report["ok"] is False and report["error"].startswith(f"{path}: 0 of 8 tensors")
+
+
+@pytest.mark.parametrize("name", ["lightning_net_omegaconf", "fastai_stage1", "mmengine_epoch_2",
+                                  "swin_style_ckpt_epoch_0", "lightning_hydra_template"])
+def test_trust_does_not_need_the_producing_library(name):
+    """--trust unpickles the real classes; where their library is not installed (omegaconf, fastcore,
+    mmengine, yacs), the file is still read, the safe way."""
+    file, _, attr = CASES[name]
+    sd = read_state_dict(REAL / file, trust=True)
+    model = maker.Tiny()
+    model.load_state_dict({k.removeprefix(f"{attr}." if attr else ""): v for k, v in sd.items()}, strict=True)
+    assert_output(model, name)

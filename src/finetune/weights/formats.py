@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from finetune.errors import CheckpointError, UnsafeCheckpointError, WeightsError
+from finetune.errors import CheckpointError, FinetuneError, UnsafeCheckpointError, WeightsError
 from finetune.weights.keys import unwrap_names
 from finetune.weights.unpickle import (
     RESTRICTED_ONLY,
@@ -744,9 +744,19 @@ def read_zip_restricted(path: Path) -> Any:
 
 
 def _torch_file(path: Path, *, kind: str, trust: bool) -> Any:
-    """``torch_load``, and for a zip whose pickle torch's safe unpickler cannot parse, :func:`read_zip_restricted`."""
+    """``torch_load``, and for a zip whose pickle torch's safe unpickler cannot parse, :func:`read_zip_restricted`.
+
+    With ``trust``, a file whose classes' library is not installed here (omegaconf, fastcore,
+    mmengine, yacs) is read the safe way, with the stand-ins, rather than not at all."""
     try:
         return torch_load(path, name=str(path), trust=trust)
+    except CheckpointError as e:
+        if not trust or not isinstance(e.__cause__, ImportError | AttributeError):
+            raise
+        try:
+            return _torch_file(path, kind=kind, trust=False)
+        except FinetuneError:
+            raise e from None
     except UnsafeCheckpointError as e:
         unsafe = getattr(e, "unsafe_globals", None)
         fillable = bool(unsafe) and all(g in RESTRICTED_ONLY for g in unsafe or ())
