@@ -426,10 +426,13 @@ def jsonable(v: Any, depth: int = 0) -> Any:
     if isinstance(v, argparse.Namespace):
         v = vars(v)
     if isinstance(v, Mapping):
-        if any(isinstance(x, Tensor) and x.numel() > 1 for x in v.values()):
+        try:
+            pairs = list(v.items())[:200]
+        except Exception:  # noqa: BLE001 - a trusted file's own mapping (an OmegaConf interpolation) may fail
+            return _SKIP
+        if any(isinstance(x, Tensor) and x.numel() > 1 for _, x in pairs):
             return _SKIP  # weights (e.g. a callback's averaged model), not metadata
-        items = {(k.__qualname__ if isinstance(k, type) else str(k)): jsonable(x, depth + 1)
-                 for k, x in list(v.items())[:200]}
+        items = {(k.__qualname__ if isinstance(k, type) else str(k)): jsonable(x, depth + 1) for k, x in pairs}
         items = {k: x for k, x in items.items() if x is not _SKIP}
         return items if items or not v else _SKIP
     if isinstance(v, list | tuple) and len(v) <= 1000:
