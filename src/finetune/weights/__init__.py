@@ -2,14 +2,15 @@
 
 * :func:`read_state_dict` — a flat CPU state dict from any checkpoint file, folder or dict
   (torch zip / legacy, safetensors, sharded folders, TorchScript, DCP, timm, Lightning,
-  torchvision references, pytorch/examples, fastai, accelerate, finetune's own);
+  torchvision references, pytorch/examples, fastai, accelerate, mmengine, finetune's own);
 * :func:`load_weights` — align names, apply include/exclude/rename and shape rules,
   load, and return a :class:`LoadReport`;
 * :func:`inspect_checkpoint` and :func:`convert` — what the CLI's ``inspect`` and
   ``convert`` print and write.
 
-Unpickling starts with ``weights_only=True`` and an explicit allowlist; anything else
-needs ``trust=True``.
+Unpickling starts with ``weights_only=True`` and an explicit allowlist, with inert
+stand-ins for the third-party types real checkpoints carry beside their weights (OmegaConf,
+fastcore, mmengine, yacs, ``functools.partial``); anything else needs ``trust=True``.
 
 >>> import torch
 >>> from finetune.weights import load_weights
