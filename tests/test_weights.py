@@ -521,6 +521,45 @@ def test_vit_position_embedding_mismatch_is_an_error_when_asked():
         load_weights(small_vit(64), small_vit(32).state_dict(), shape_mismatch="error")
 
 
+def test_swin_relative_position_tables_follow_the_window_size():
+    timm = pytest.importorskip("timm")
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    from finetune import create_model
+
+    torch.manual_seed(0)
+    src = timm.create_model("swin_tiny_patch4_window7_224", num_classes=3).eval()
+    with torch.no_grad():  # pretrained-like tables (timm initialises them near zero)
+        for name, p in src.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                p.normal_(0, 1)
+    dst = create_model("timm:swin_tiny_patch4_window7_224", num_classes=3, img_size=64).eval()  # windows 7 -> 4, 2
+    report = load_weights(dst, src.state_dict())
+    assert not report.mismatched and len(report.adapted) == 8
+    table = "layers.3.blocks.0.attn.relative_position_bias_table"
+    old, new = src.state_dict()[table], dst.state_dict()[table]
+    assert new.shape == (9, 24) and torch.equal(new.reshape(3, 3, 24), old.reshape(13, 13, 24)[5:8, 5:8])
+    ref = timm.create_model("swin_tiny_patch4_window7_224", num_classes=3, img_size=64).eval()
+    ref.load_state_dict(checkpoint_filter_fn(src.state_dict(), ref))  # timm's own (interpolating) resize
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64)
+        ours, theirs = dst(x), ref(x)
+    assert torch.allclose(ours, theirs, atol=0.05 * float(theirs.abs().max()))
+    with pytest.raises(WeightsError, match="relative_position_bias_table"):
+        load_weights(create_model("timm:swin_tiny_patch4_window7_224", num_classes=3, img_size=64), src.state_dict(),
+                     shape_mismatch="error")
+
+
+def test_relative_position_table_grows_bicubically_and_keeps_extra_rows():
+    from finetune.weights.load import resample_rel_pos_table
+
+    t = torch.randn(13 * 13 + 3, 4)  # BEiT: 3 class-token rows after the offsets
+    out, how = resample_rel_pos_table(t, 23 * 23 + 3)
+    assert out.shape == (23 * 23 + 3, 4) and torch.equal(out[-3:], t[-3:]) and "bicubic" in how
+    with pytest.raises(WeightsError, match="relative position table"):
+        resample_rel_pos_table(torch.randn(50, 4), 49)
+
+
 @pytest.mark.parametrize("channels", [1, 4, 6])
 def test_adapt_first_conv_input_channels(channels):
     src = make_net(1)

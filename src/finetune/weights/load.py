@@ -243,6 +243,58 @@ def resample_pos_embed(tensor: Tensor, tokens: int) -> tuple[Tensor, str]:
     return torch.cat([tensor[:, :prefix], grid], dim=1), f"position grid {old}x{old} -> {new}x{new} (bicubic){tokens_kept}"
 
 
+def is_rel_pos_table(name: str) -> bool:
+    """Whether ``name`` is a window attention's relative position bias table (Swin, BEiT).
+
+    >>> is_rel_pos_table("layers.0.blocks.1.attn.relative_position_bias_table")
+    True
+    """
+    return name.rpartition(".")[2] == "relative_position_bias_table"
+
+
+def _table_split(rows_a: int, rows_b: int) -> tuple[int, int, int] | None:
+    """``(extra rows, side a, side b)``: both tables are an odd-sided square ((2W-1)^2 relative
+    offsets) after the same 0-3 extra rows (BEiT's class-token entries), or None."""
+    for extra in range(0, 4):
+        a, b = math.isqrt(max(rows_a - extra, 0)), math.isqrt(max(rows_b - extra, 0))
+        if a % 2 and b % 2 and a * a == rows_a - extra and b * b == rows_b - extra:
+            return extra, a, b
+    return None
+
+
+def resample_rel_pos_table(tensor: Tensor, rows: int) -> tuple[Tensor, str]:
+    """A ``[(2W-1)^2 (+ extra), heads]`` relative position bias table for another window size W'
+    (a Swin model built for a smaller image clamps its windows to the feature map).
+
+    A smaller window's offsets are a subset of the larger one's, so its table is the
+    central crop: the same biases for the same pixel offsets. A larger window gets the
+    table resized bicubically (as Swin's authors fine-tune at 384 px). Extra rows are kept.
+
+    >>> t = torch.arange(13 * 13 * 2, dtype=torch.float32).reshape(169, 2)
+    >>> out, how = resample_rel_pos_table(t, 7 * 7)
+    >>> tuple(out.shape), how, out[24].tolist() == t[84].tolist()   # offset (0, 0) stays itself
+    ((49, 2), 'relative offsets 13x13 -> 7x7 (central crop)', True)
+    """
+    split = _table_split(tensor.shape[0], rows) if tensor.dim() == 2 else None
+    if split is None:
+        raise WeightsError(f"cannot resample a relative position table of shape {_fmt(tuple(tensor.shape))} "
+                           f"to {rows} rows: not [(2W-1)^2 + extra, heads]")
+    extra, old, new = split
+    heads = tensor.shape[1]
+    body, tail = tensor[:tensor.shape[0] - extra], tensor[tensor.shape[0] - extra:]
+    grid = body.reshape(old, old, heads)
+    if new < old:
+        start = (old - new) // 2
+        grid = grid[start:start + new, start:start + new]
+        how = "central crop"
+    else:
+        grid = torch.nn.functional.interpolate(grid.float().permute(2, 0, 1)[None], size=(new, new), mode="bicubic",
+                                               align_corners=False)[0].permute(1, 2, 0).to(tensor.dtype)
+        how = "bicubic"
+    kept = f", {extra} extra rows kept" if extra else ""
+    return torch.cat([grid.reshape(new * new, heads), tail]), f"relative offsets {old}x{old} -> {new}x{new} ({how}){kept}"
+
+
 def select_rows(tensor: Tensor, model_tensor: Tensor, class_map: Mapping[int, int], name: str) -> Tensor:
     """The model's classifier tensor with rows ``new <- old`` copied from the file.
 
@@ -291,8 +343,9 @@ def load_weights(
     ``rename`` is ``{regex: replacement}``. ``shape_mismatch``: ``"skip"`` keeps the
     model's tensor, ``"error"`` raises, ``"adapt"`` adapts the first conv's input
     channels and copies classifier rows by ``class_map={new_index: old_index}``. A ViT
-    position embedding for another image size is resampled (:func:`resample_pos_embed`)
-    unless ``shape_mismatch="error"``; the report lists it under ``adapted``.
+    position embedding for another image size is resampled (:func:`resample_pos_embed`), and
+    so is a Swin relative position table for another window size (:func:`resample_rel_pos_table`),
+    unless ``shape_mismatch="error"``; the report lists them under ``adapted``.
 
     >>> import torch
     >>> src = torch.nn.Linear(4, 10); dst = torch.nn.Linear(4, 3)
@@ -349,6 +402,9 @@ def load_weights(
         fitted = None
         if shape_mismatch != "error" and _resamplable(name, file_shape, model_shape):
             fitted = resample_pos_embed(tensor, model_shape[1])
+        elif (shape_mismatch != "error" and is_rel_pos_table(name) and len(file_shape) == len(model_shape) == 2
+              and file_shape[1] == model_shape[1] and _table_split(file_shape[0], model_shape[0]) is not None):
+            fitted = resample_rel_pos_table(tensor, model_shape[0])
         elif shape_mismatch == "adapt":
             fitted = _adapt(name, tensor, model_sd[clean_to_key[name]], first_conv, classifier, class_map)
         if fitted is not None:

@@ -158,14 +158,10 @@ def timm_file(name: str) -> Path:
     if not name:
         raise WeightsError("timm source needs a model name: timm:NAME (e.g. timm:resnet18)")
     repo, url = _timm_locations(name)
-    files = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
-    if repo:
-        found = _hf_cached(repo, files)
-        if found is not None:
-            return found
+    found = timm_cached_file(name)
+    if found is not None:
+        return found
     legacy = torch_hub_checkpoints() / url.rsplit("/", 1)[-1] if url else None
-    if legacy is not None and legacy.is_file():
-        return legacy
     folder = hf_hub_cache() / f"models--{repo.replace('/', '--')}" / "snapshots" / "main" if repo else None
     if offline() or not repo:
         why = "downloads are off (FINETUNE_OFFLINE/HF_HUB_OFFLINE)"
@@ -184,6 +180,25 @@ def timm_file(name: str) -> Path:
     except Exception as e:  # noqa: BLE001 - network, auth or missing file
         raise _missing(folder / "model.safetensors", f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
                        f"download failed: {type(e).__name__}: {str(e)[:120]}") from None
+
+
+def timm_cached_file(name: str) -> Path | None:
+    """The locally cached pretrained file of timm model ``name`` (Hugging Face hub cache first,
+    then timm's legacy file in the torch hub cache), or None; never downloads.
+
+    >>> import os, tempfile
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"HF_HUB_CACHE": tempfile.mkdtemp(), "TORCH_HOME": tempfile.mkdtemp()}):
+    ...     print(timm_cached_file("resnet18.a1_in1k"))
+    None
+    """
+    repo, url = _timm_locations(name)
+    if repo:
+        found = _hf_cached(repo, ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+        if found is not None:
+            return found
+    legacy = torch_hub_checkpoints() / url.rsplit("/", 1)[-1] if url else None
+    return legacy if legacy is not None and legacy.is_file() else None
 
 
 def _timm_locations(name: str) -> tuple[str, str]:
