@@ -37,6 +37,13 @@ _LAZY: dict[str, str] = {
     "load_config": "finetune.config",
     "create_model": "finetune.models",
     "list_models": "finetune.models",
+    "model_table": "finetune.models",
+    "layer_summary": "finetune.models",
+    "class_activation_maps": "finetune.cam",
+    "find_cam_layer": "finetune.cam",
+    "overlay": "finetune.cam",
+    "localisation": "finetune.cam",
+    "explain": "finetune.cam",
     "train": "finetune.train",
     "evaluate": "finetune.train",
     "predict": "finetune.train",
@@ -96,6 +103,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from finetune.cam import class_activation_maps, explain, find_cam_layer, localisation, overlay  # noqa: F401
     from finetune.checkpoint import Checkpointer  # noqa: F401
     from finetune.config import TrainConfig, load_config  # noqa: F401
     from finetune.data import build_loader, make_shapes  # noqa: F401
@@ -108,6 +116,6 @@ if TYPE_CHECKING:  # pragma: no cover
         trainable_table,
         unfreeze,
     )
-    from finetune.models import create_model, list_models  # noqa: F401
+    from finetune.models import create_model, layer_summary, list_models, model_table  # noqa: F401
     from finetune.train import evaluate, predict, train  # noqa: F401
     from finetune.weights import LoadReport, load_weights, read_state_dict  # noqa: F401

@@ -13,7 +13,9 @@ The head is found whatever the family calls it (``fc``, ``classifier.1``,
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import functools
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -288,3 +290,246 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+# --------------------------------------------------------------------------- the model table
+@dataclass(frozen=True)
+class ModelInfo:
+    """One row of :func:`model_table`: an architecture and its default ImageNet weights.
+
+    ``params`` is the ImageNet model's parameter count, ``top1``/``top5`` its ImageNet-1K
+    accuracy (%) as published with the weights (None where the library does not ship them,
+    as timm does not), ``weights`` the file name and ``cached`` whether it is already in the
+    local cache (``--pretrained`` then needs no download).
+
+    >>> ModelInfo("resnet18", 11689512, 69.758, 89.078, "resnet18-f37072fd.pth", False).top1
+    69.758
+    """
+
+    name: str
+    params: int | None
+    top1: float | None
+    top5: float | None
+    weights: str | None
+    cached: bool
+
+
+def model_table(pattern: str = "*", *, include_timm: bool = False) -> list[ModelInfo]:
+    """Architectures matching the glob ``pattern``, with the ImageNet parameters, top-1/top-5
+    accuracy and cache status of their default pretrained weights (``finetune models``).
+
+    torchvision's figures come from its weights' metadata; timm's pretrained tags
+    (``timm:NAME.TAG``) are listed with their cache status only (timm ships no accuracies).
+
+    >>> row = model_table("resnet50")[0]
+    >>> row.name, row.params, row.top1, row.top5, row.weights
+    ('resnet50', 25557032, 80.858, 95.434, 'resnet50-11ad3fa6.pth')
+    >>> [r.name for r in model_table("convnext_*")]
+    ['convnext_base', 'convnext_large', 'convnext_small', 'convnext_tiny']
+    """
+    from torchvision.models import get_model_weights
+
+    from finetune.weights.sources import torch_hub_checkpoints
+
+    rows: list[ModelInfo] = []
+    bare = pattern.removeprefix(TIMM_PREFIX)
+    hub = torch_hub_checkpoints()
+    if not pattern.startswith(TIMM_PREFIX):
+        for name in torchvision_models():
+            if not fnmatch.fnmatchcase(name, pattern):
+                continue
+            try:
+                weights = get_model_weights(name).DEFAULT
+            except (ValueError, KeyError, AttributeError):  # an architecture without weights
+                rows.append(ModelInfo(name, None, None, None, None, False))
+                continue
+            acc = weights.meta.get("_metrics", {}).get("ImageNet-1K", {})
+            file = weights.url.rsplit("/", 1)[-1]
+            rows.append(ModelInfo(name, weights.meta.get("num_params"), acc.get("acc@1"), acc.get("acc@5"),
+                                  file, (hub / file).is_file()))
+    if include_timm or pattern.startswith(TIMM_PREFIX):
+        try:
+            import timm
+        except ImportError:
+            raise ModelError("listing timm models needs timm: pip install timm") from None
+        from finetune.weights.sources import timm_cached_file
+
+        for name in timm.list_pretrained(bare):
+            cached = timm_cached_file(name)
+            rows.append(ModelInfo(TIMM_PREFIX + name, None, None, None,
+                                  cached.name if cached is not None else None, cached is not None))
+    return rows
+
+
+def format_model_table(rows: list[ModelInfo]) -> str:
+    """``model_table``'s rows as an aligned text table (what ``finetune models`` prints).
+
+    >>> import os, tempfile
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"TORCH_HOME": tempfile.mkdtemp()}):  # an empty cache
+    ...     print(format_model_table(model_table("resnet1*")))  # doctest: +NORMALIZE_WHITESPACE
+    model      params  top1 %  top5 %  cached  weights
+    resnet101  44.5M   81.89   95.78   -       resnet101-cd907fc2.pth
+    resnet152  60.2M   82.28   96.00   -       resnet152-f82ba261.pth
+    resnet18   11.7M   69.76   89.08   -       resnet18-f37072fd.pth
+    """
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    table = [("model", "params", "top1 %", "top5 %", "cached", "weights")]
+    for r in rows:
+        table.append((r.name, "-" if r.params is None else f"{r.params / 1e6:.1f}M", num(r.top1, ".2f"),
+                      num(r.top5, ".2f"), "yes" if r.cached else "-", r.weights or "-"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
+
+
+# --------------------------------------------------------------------------- layer summary
+@dataclass
+class LayerRow:
+    """One module of :func:`layer_summary`: its name, type, output shape and parameter counts.
+
+    >>> LayerRow("fc", "Linear", "Linear", 1, (1, 10), 5130, 5130).output_shape
+    (1, 10)
+    """
+
+    name: str
+    type: str
+    module: str  # repr-like description: Linear(in_features=512, out_features=10)
+    depth: int
+    output_shape: tuple[int, ...] | str | None
+    params: int
+    trainable: int
+
+
+@dataclass
+class LayerSummary:
+    """What :func:`layer_summary` found: one row per module down to ``depth``, the input and
+    output shapes, and where the forward failed (``error``; None when it ran).
+
+    ``str(summary)`` is the table ``finetune summary`` prints.
+    """
+
+    model: str
+    input_shape: tuple[int, ...]
+    rows: list[LayerRow]
+    output_shape: tuple[int, ...] | str | None
+    params: int
+    error: str | None = None
+    failed_at: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __str__(self) -> str:
+        table = [("layer", "type", "output shape", "params", "trainable")]
+        for r in self.rows:
+            shape = "-" if r.output_shape is None else (
+                r.output_shape if isinstance(r.output_shape, str) else "x".join(map(str, r.output_shape)))
+            table.append(("  " * (r.depth - 1) + r.name.rsplit(".", 1)[-1] if r.depth > 1 else r.name,
+                          r.type, shape, f"{r.params:,}", f"{r.trainable:,}"))
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        lines = ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+                 .rstrip() for row in table]
+        head = f"{self.model}: input {'x'.join(map(str, self.input_shape))}"
+        if self.ok:
+            out = self.output_shape if isinstance(self.output_shape, str) else "x".join(map(str, self.output_shape or ()))
+            head += f" -> output {out}"
+        lines.insert(0, f"{head}, {self.params:,} parameters")
+        if self.error is not None:
+            lines.append(f"FAILED at {self.failed_at}: {self.error}")
+        return "\n".join(lines)
+
+
+def _shape_of(value: object) -> tuple[int, ...] | str | None:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return " ".join("x".join(map(str, v.shape)) for v in value)
+    logits = getattr(value, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return tuple(logits.shape)
+    return None
+
+
+def _describe(module: nn.Module) -> str:
+    extra = module.extra_repr().replace("\n", " ")
+    return f"{type(module).__name__}({extra})"
+
+
+def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, channels: int = 3,
+                  batch_size: int = 1) -> LayerSummary:
+    """Run one forward of a ``batch_size x channels x img_size x img_size`` batch (eval mode, no
+    gradients) and record every module's output shape and parameters, down to ``depth``
+    levels of nesting (``finetune summary``).
+
+    A forward that fails does not raise: the summary keeps the layers that ran and names
+    the innermost module that failed, with the shape it was given and what it expects —
+    the classic ``nn.Linear(32 * 3 * 3, ...)`` after a pooled input is found at once.
+
+    >>> s = layer_summary(create_model("resnet18", num_classes=4), 64, depth=1)
+    >>> s.ok, s.output_shape, [(r.name, r.output_shape) for r in s.rows][-3:]
+    (True, (1, 4), [('layer4', (1, 512, 2, 2)), ('avgpool', (1, 512, 1, 1)), ('fc', (1, 4))])
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(32 * 3 * 3, 10))
+    >>> bad = layer_summary(net, 32)
+    >>> bad.ok, bad.failed_at
+    (False, '3')
+    >>> bad.error
+    'Linear(in_features=288, out_features=10, bias=True) got input of shape 1x72: mat1 and mat2 shapes cannot be multiplied (1x72 and 288x10)'
+    """
+    if img_size < 1 or depth < 1 or batch_size < 1 or channels < 1:
+        raise ModelError("layer_summary needs img_size, depth, channels and batch_size of at least 1")
+    name_of = {id(m): n for n, m in model.named_modules() if n}
+    rows: dict[str, LayerRow] = {}
+    stack: list[tuple[str, nn.Module, tuple[int, ...] | str | None]] = []
+    hooks = []
+
+    def before(module: nn.Module, args: tuple[object, ...]) -> None:
+        name = name_of.get(id(module))
+        if name is not None:
+            stack.append((name, module, _shape_of(args[0]) if args else None))
+
+    def after(module: nn.Module, args: tuple[object, ...], output: object) -> None:
+        name = name_of.get(id(module))
+        if name is None:
+            return
+        stack.pop()
+        level = name.count(".") + 1
+        if level <= depth:
+            params = list(module.parameters())
+            rows.setdefault(name, LayerRow(name, type(module).__name__, _describe(module), level, _shape_of(output),
+                                           sum(p.numel() for p in params),
+                                           sum(p.numel() for p in params if p.requires_grad)))
+
+    for module in model.modules():
+        if id(module) in name_of:
+            hooks.append(module.register_forward_pre_hook(before))
+            hooks.append(module.register_forward_hook(after))
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
+    shape = (batch_size, channels, img_size, img_size)
+    arch = getattr(model, "finetune_arch", type(model).__name__)
+    was_training = model.training
+    error = failed_at = None
+    output: tuple[int, ...] | str | None = None
+    try:
+        model.eval()
+        with torch.no_grad():
+            output = _shape_of(model(torch.zeros(shape, device=device, dtype=dtype)))
+    except Exception as e:  # noqa: BLE001 - any failure of the forward is what the summary reports
+        message = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        if stack:
+            failed_at, module, given = stack[-1]
+            given_text = given if isinstance(given, str) or given is None else "x".join(map(str, given))
+            error = f"{_describe(module)} got input of shape {given_text}: {message}"
+        else:
+            failed_at, error = "(forward)", message
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    order = {n: i for i, n in enumerate(name_of.values())}
+    return LayerSummary(arch, shape, sorted(rows.values(), key=lambda r: order[r.name]), output,
+                        sum(p.numel() for p in model.parameters()), error, failed_at)

@@ -1,0 +1,670 @@
+"""Class activation maps: where in the image the model looked for its answer.
+
+:func:`class_activation_maps` computes a batch of maps on the model's device:
+
+* ``cam`` (Zhou et al. 2016): the head's weights times the last feature map, no backward
+  at all; only for models whose head is global average pooling + Linear (ResNet,
+  EfficientNet, DenseNet, …), checked numerically, not by name;
+* ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``: weights from the
+  gradient of the class score, computed only from the output back to the feature layer
+  (``torch.autograd.grad`` on that one tensor: the backbone keeps no graph, no parameter
+  gets a gradient);
+* ``eigencam``: the first principal component of the features, no gradient.
+
+The formulas, the ReLU, the per-image min-max scaling and the bilinear upsampling follow
+pytorch-grad-cam, so maps agree with its output (``benchmarks/bench_cam.py`` measures both
+and prints the largest difference). The feature layer is found by probing the model once:
+the last layer, in forward order, whose output is a spatial map (NCHW, NHWC, or ViT tokens
+with their class/register tokens dropped) and whose gradient reaches the class score
+through its spatial positions (for a class-token ViT that is the last block's ``norm1``,
+not the final norm whose patch tokens feed nothing).
+
+>>> import torch
+>>> from finetune import create_model
+>>> from finetune.cam import class_activation_maps
+>>> model = create_model("resnet18", num_classes=3).eval()
+>>> result = class_activation_maps(model, torch.randn(2, 3, 64, 64))
+>>> result.layer, tuple(result.maps.shape), float(result.maps.min()) >= 0, float(result.maps.max()) <= 1
+('layer4', (2, 64, 64), True, True)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finetune.data.transforms import eval_resize_box
+from finetune.errors import CheckpointError, ConfigError, DataError, ModelError
+from finetune.models import head_names, logits_of
+
+METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
+GRADIENT_FREE = ("cam", "eigencam")
+MAX_PREFIX_TOKENS = 16  # class, distillation and register tokens in front of ViT patch tokens
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a layer's output holds a spatial map: ``nchw``, ``nhwc`` or ``tokens`` (a ViT's
+    ``N x (prefix + h*w) x C``), and the map's height and width.
+
+    >>> Layout("tokens", 14, 14, prefix=1).to_nchw(torch.zeros(2, 197, 8)).shape
+    torch.Size([2, 8, 14, 14])
+    """
+
+    kind: str
+    height: int
+    width: int
+    prefix: int = 0
+
+    def to_nchw(self, t: torch.Tensor) -> torch.Tensor:
+        if self.kind == "nchw":
+            return t
+        if self.kind == "nhwc":
+            return t.permute(0, 3, 1, 2)
+        patches = t[:, self.prefix:, :]
+        return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], self.height, self.width)
+
+
+def spatial_layout(t: object, input_hw: tuple[int, int], channels: int | None = None) -> Layout | None:
+    """The :class:`Layout` of ``t`` if it is a feature map of an ``input_hw`` image, else None.
+
+    A map is smaller than the image by one stride (2 to 64 pixels) along both sides; NHWC
+    and tokens need their last dimension to be ``channels`` (the model's feature width)
+    when it is known, which keeps attention matrices and per-head tensors out.
+
+    >>> spatial_layout(torch.zeros(1, 512, 7, 7), (224, 224))
+    Layout(kind='nchw', height=7, width=7, prefix=0)
+    >>> spatial_layout(torch.zeros(1, 197, 768), (224, 224), channels=768)
+    Layout(kind='tokens', height=14, width=14, prefix=1)
+    >>> spatial_layout(torch.zeros(1, 12, 197, 197), (224, 224)) is None   # attention, not a map
+    True
+    """
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        return None
+    in_h, in_w = input_hw
+
+    def is_map(h: int, w: int) -> bool:
+        if h < 2 or w < 2:
+            return False
+        stride = in_w / w
+        return 2 <= stride <= 64 and abs(h - in_h / stride) < 1
+
+    if t.ndim == 4:
+        if is_map(t.shape[2], t.shape[3]) and (channels is None or t.shape[1] != t.shape[3] or t.shape[1] == channels):
+            return Layout("nchw", t.shape[2], t.shape[3])
+        if (channels is None or t.shape[3] == channels) and is_map(t.shape[1], t.shape[2]):
+            return Layout("nhwc", t.shape[1], t.shape[2])
+        return None
+    if t.ndim == 3 and (channels is None or t.shape[2] == channels):
+        tokens = t.shape[1]
+        for prefix in range(min(MAX_PREFIX_TOKENS, tokens - 4) + 1):
+            n = tokens - prefix
+            w = round(math.sqrt(n * in_w / in_h))
+            if w > 0 and n % w == 0 and is_map(n // w, w):
+                return Layout("tokens", n // w, w, prefix)
+    return None
+
+
+def _first_tensor(output: object) -> object:
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return output
+
+
+def _with_first(output: object, first: torch.Tensor) -> object:
+    """``output`` with its (first) tensor replaced: what a forward hook returns to swap it."""
+    if isinstance(output, tuple):
+        return (first, *output[1:])
+    if isinstance(output, list):
+        return [first, *output[1:]]
+    return first
+
+
+def _feature_width(model: nn.Module) -> int | None:
+    """The head's input width (the features it classifies), if the head is a Linear."""
+    try:
+        head = model.get_submodule(head_names(model)[0])
+    except (ModelError, AttributeError):
+        return None
+    return head.in_features if isinstance(head, nn.Linear) else None
+
+
+@dataclass(frozen=True)
+class CamLayer:
+    """The feature layer maps are computed from (:func:`find_cam_layer`).
+
+    ``gap_linear``: the head is global average pooling + Linear on this layer (the
+    gradient is the same at every position), so method ``cam`` applies.
+    """
+
+    name: str
+    layout: Layout
+    gap_linear: bool
+
+
+def find_cam_layer(model: nn.Module, images: torch.Tensor) -> CamLayer:
+    """Probe ``model`` on ``images`` (one forward and backward with every layer's output
+    kept) and return the last layer whose spatial output reaches the top class score.
+
+    >>> from finetune import create_model
+    >>> find_cam_layer(create_model("resnet18", num_classes=2).eval(), torch.randn(1, 3, 64, 64)).name
+    'layer4'
+    """
+    heads = head_names(model) if any(True for _ in model.parameters()) else []
+    width = _feature_width(model)
+    hw = (images.shape[-2], images.shape[-1])
+    found: list[tuple[str, torch.Tensor, Layout]] = []
+
+    def keep(name: str):  # noqa: ANN202 - a forward hook
+        def hook(_module: nn.Module, _args: object, output: object) -> object:
+            t = _first_tensor(output)
+            layout = spatial_layout(t, hw, width)
+            if layout is not None and isinstance(t, torch.Tensor) and t.requires_grad:
+                found.append((name, t, layout))
+                return _with_first(output, t.clone())  # an in-place op downstream (DenseNet's ReLU) must not change it
+            return None
+        return hook
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in model.named_modules()
+             if n and not any(n == h or n.startswith(h + ".") for h in heads)]
+    head_inputs: list[torch.Tensor] = []
+    if heads:  # the probe scores the head's input (a fixed random projection): an untrained head may be all zeros
+        hooks.append(model.get_submodule(heads[0]).register_forward_pre_hook(
+            lambda _m, args: head_inputs.append(args[0]) if args and isinstance(args[0], torch.Tensor) else None))
+    try:
+        with torch.enable_grad():
+            probe = images[:2].detach().clone().requires_grad_(True)
+            logits = logits_of(model(probe))
+            direction = None
+            if head_inputs and head_inputs[-1].requires_grad:
+                features = head_inputs[-1].float()
+                direction = torch.randn(features.shape[1:], generator=torch.Generator().manual_seed(0))
+                score = (features * direction.to(features.device)).sum()
+            else:
+                score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+            grads = torch.autograd.grad(score, [t for _, t, _ in found], allow_unused=True) if found else []
+    finally:
+        for h in hooks:
+            h.remove()
+    for (name, _t, layout), g in reversed(list(zip(found, grads, strict=True))):
+        if g is None:
+            continue
+        g = layout.to_nchw(g)
+        if float(g.abs().amax()) > 0:
+            gap = _is_gap_linear(model, heads, g, direction)
+            return CamLayer(name, layout, gap)
+    names = ", ".join(n for n, _, _ in found[-5:]) or "none"
+    raise ModelError(f"cannot find a spatial feature layer in {type(model).__name__} for {hw[0]}x{hw[1]} inputs "
+                     f"whose gradient reaches the output (candidates: {names}); pass layer=NAME (--layer)")
+
+
+def _is_gap_linear(model: nn.Module, heads: list[str], grads: torch.Tensor, direction: torch.Tensor | None) -> bool:
+    """True if the head is a Linear on the global average of this layer: the probe's
+    gradient (of ``direction`` . head input) is then ``direction / (h*w)`` at every position."""
+    if direction is None or len(heads) != 1:
+        return False
+    head = model.get_submodule(heads[0])
+    if not isinstance(head, nn.Linear) or head.in_features != grads.shape[1] or direction.ndim != 1:
+        return False
+    expected = (direction.to(grads.device) / (grads.shape[2] * grads.shape[3]))[None, :, None, None]
+    return torch.allclose(grads.float(), expected.expand_as(grads), rtol=1e-3, atol=1e-6 * float(expected.abs().amax()))
+
+
+@dataclass
+class CamResult:
+    """Maps (``N x H x W`` in [0, 1], the images' size, on the model's device), the class each
+    map explains, that class's probability, and the layer and method used."""
+
+    maps: torch.Tensor
+    classes: torch.Tensor
+    probs: torch.Tensor
+    layer: str
+    method: str
+
+
+def _weights(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-channel weights (N x C) of the gradient methods, as pytorch-grad-cam defines them."""
+    if method == "gradcam":
+        return g.mean(dim=(2, 3))
+    if method == "gradcam++":
+        g2 = g * g
+        g3 = g2 * g
+        alpha = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3 + 1e-6)
+        alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+        return (g.clamp(min=0) * alpha).sum(dim=(2, 3))
+    if method == "xgradcam":
+        return (g * a / (a.sum(dim=(2, 3), keepdim=True) + 1e-7)).sum(dim=(2, 3))
+    raise AssertionError(method)
+
+
+def _eigen_projection(a: torch.Tensor) -> torch.Tensor:
+    """Projection of each position's features on their first principal component (N x h x w),
+    signed so that it correlates positively with the features' sum."""
+    n, c, h, w = a.shape
+    x = a.reshape(n, c, h * w).transpose(1, 2)  # N x positions x C
+    x = x - x.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    proj = x @ vh[:, 0, :, None]  # N x positions x 1
+    sign = torch.sign((proj[..., 0] * a.reshape(n, c, h * w).sum(1)).sum(1, keepdim=True))
+    return (proj[..., 0] * torch.where(sign == 0, torch.ones_like(sign), sign)).reshape(n, h, w)
+
+
+def scale_maps(maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Per-map min-max scaling to [0, 1] (pytorch-grad-cam's ``scale_cam_image``: subtract the
+    minimum, divide by 1e-7 + the maximum), then a bilinear resize to ``size`` and a second
+    scaling, as its single-layer result has.
+
+    >>> scale_maps(torch.tensor([[[1.0, 3.0], [5.0, 9.0]]])).tolist()
+    [[[0.0, 0.25], [0.5, 1.0]]]
+    """
+    def minmax(m: torch.Tensor) -> torch.Tensor:
+        m = m - m.amin(dim=(1, 2), keepdim=True)
+        return m / (1e-7 + m.amax(dim=(1, 2), keepdim=True))
+
+    maps = minmax(maps.float())
+    if size is not None and tuple(maps.shape[1:]) != tuple(size):
+        maps = minmax(F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0])
+    return maps
+
+
+def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
+                          layer: str | None = None, classes: Sequence[int] | torch.Tensor | None = None) -> CamResult:
+    """Maps of ``images`` (a normalised ``N x 3 x H x W`` batch) for ``classes`` (default: each
+    image's predicted class) by ``method`` (one of :data:`METHODS`), from ``layer`` (default:
+    :func:`find_cam_layer`). The model is run in eval mode and left in the mode it was in;
+    no parameter gets a gradient.
+
+    >>> import torch
+    >>> from finetune import create_model
+    >>> m = create_model("resnet18", num_classes=3).eval()
+    >>> x = torch.randn(2, 3, 64, 64)
+    >>> a = class_activation_maps(m, x, method="cam", classes=[0, 2])
+    >>> b = class_activation_maps(m, x, method="gradcam", classes=[0, 2])
+    >>> a.classes.tolist(), bool(torch.allclose(a.maps, b.maps, atol=1e-4))   # CAM = Grad-CAM for GAP + Linear
+    ([0, 2], True)
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
+    if images.ndim != 4:
+        raise ConfigError(f"images must be a batch N x C x H x W, got shape {tuple(images.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        return _maps(model, images, method, layer, classes)
+    finally:
+        model.train(was_training)
+
+
+def _maps(model: nn.Module, images: torch.Tensor, method: str, layer: str | None,
+          classes: Sequence[int] | torch.Tensor | None) -> CamResult:
+    hw = (images.shape[-2], images.shape[-1])
+    chosen = _chosen_layer(model, images, layer)
+    if method == "cam" and not chosen.gap_linear:
+        raise ConfigError(f"method 'cam' needs a global-average-pool + Linear head on layer '{chosen.name}'; "
+                          "this model's head is something else: use gradcam")
+    needs_grad = method not in GRADIENT_FREE
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _args: object, output: object) -> object:
+        t = _first_tensor(output)
+        if not isinstance(t, torch.Tensor):
+            return None
+        if not needs_grad:
+            captured.append(t.detach())
+            return None
+        leaf = t.detach().requires_grad_(True)  # the graph starts here: nothing before it is kept
+        captured.append(leaf)
+        return _with_first(output, leaf.clone())  # (an in-place op downstream must not touch the leaf)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    handle = model.get_submodule(chosen.name).register_forward_hook(hook)
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad() if needs_grad else torch.no_grad():
+            logits = logits_of(model(images.detach()))
+            if not captured:
+                raise ModelError(f"layer '{chosen.name}' did not run in the forward pass")
+            targets = _targets(logits, classes)
+            score = logits.gather(1, targets[:, None]).sum()
+            grads = torch.autograd.grad(score, captured[-1]) [0] if needs_grad else None
+    finally:
+        handle.remove()
+        for p in params:
+            p.requires_grad_(True)
+    a = chosen.layout.to_nchw(captured[-1].detach()).float()
+    g = chosen.layout.to_nchw(grads).float() if grads is not None else None
+    if method == "cam":
+        head = model.get_submodule(head_names(model)[0])
+        raw = torch.einsum("nc,nchw->nhw", head.weight.detach().float()[targets], a)
+    elif method == "eigencam":
+        raw = _eigen_projection(a)
+    elif method == "layercam":
+        raw = (g.clamp(min=0) * a).sum(1)  # type: ignore[union-attr]
+    elif method == "hirescam":
+        raw = (g * a).sum(1)  # type: ignore[operator]
+    else:
+        raw = (_weights(method, a, g)[:, :, None, None] * a).sum(1)  # type: ignore[arg-type]
+    maps = scale_maps(raw.clamp(min=0), hw)
+    probs = logits.detach().float().softmax(1).gather(1, targets[:, None])[:, 0]
+    return CamResult(maps, targets, probs, chosen.name, method)
+
+
+def _chosen_layer(model: nn.Module, images: torch.Tensor, layer: str | None) -> CamLayer:
+    cache: dict[tuple[int, int, str | None], CamLayer] = model.__dict__.setdefault("_finetune_cam_layers", {})
+    key = (images.shape[-2], images.shape[-1], layer)
+    if key not in cache:
+        if layer is None:
+            cache[key] = find_cam_layer(model, images)
+        else:
+            cache[key] = _named_layer(model, images, layer)
+    return cache[key]
+
+
+def _named_layer(model: nn.Module, images: torch.Tensor, layer: str) -> CamLayer:
+    names = [n for n, _ in model.named_modules() if n]
+    if layer not in names:
+        import difflib
+
+        close = difflib.get_close_matches(layer, names, n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"no layer '{layer}' in {type(model).__name__}{hint}")
+    seen: list[object] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _a, out: seen.append(_first_tensor(out)))
+    try:
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        handle.remove()
+    layout = spatial_layout(seen[-1], (images.shape[-2], images.shape[-1])) if seen else None
+    if layout is None:
+        shape = tuple(seen[-1].shape) if seen and isinstance(seen[-1], torch.Tensor) else None
+        raise ConfigError(f"layer '{layer}' does not output a spatial map (its output: {shape}); "
+                          "choose a convolutional stage or a transformer block")
+    return CamLayer(layer, layout, gap_linear=False)
+
+
+def _targets(logits: torch.Tensor, classes: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+    if classes is None:
+        return logits.argmax(1)
+    t = torch.as_tensor(classes, dtype=torch.long, device=logits.device).reshape(-1)
+    if len(t) == 1:
+        t = t.expand(logits.shape[0])
+    if len(t) != logits.shape[0] or int(t.min()) < 0 or int(t.max()) >= logits.shape[1]:
+        raise ConfigError(f"classes must be one index or one per image, each in 0..{logits.shape[1] - 1}")
+    return t
+
+
+# --------------------------------------------------------------------------- drawing
+def jet(values: np.ndarray) -> np.ndarray:
+    """The jet colour map (blue → cyan → yellow → red) of values in [0, 1], as uint8 RGB.
+
+    >>> jet(np.array([0.0, 0.5, 1.0])).tolist()
+    [[0, 0, 128], [128, 255, 128], [128, 0, 0]]
+    """
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    rgb = np.clip(1.5 - np.abs(4.0 * v - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray | torch.Tensor, heat: np.ndarray | torch.Tensor, alpha: float = 0.5) -> np.ndarray:
+    """``image`` (H x W x 3 uint8) blended with the jet colours of ``heat`` (H x W in [0, 1]):
+    ``alpha`` of the colours, ``1 - alpha`` of the image.
+
+    >>> overlay(np.zeros((2, 2, 3), np.uint8), np.ones((2, 2)), alpha=1.0)[0, 0].tolist()
+    [128, 0, 0]
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be between 0 and 1, got {alpha}")
+    img = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    h = heat.detach().float().cpu().numpy() if isinstance(heat, torch.Tensor) else np.asarray(heat, dtype=np.float32)
+    if img.shape[:2] != h.shape:
+        raise ConfigError(f"image {img.shape[:2]} and map {h.shape} differ in size")
+    out = alpha * jet(h).astype(np.float32) + (1.0 - alpha) * img.astype(np.float32)
+    return np.round(out).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- localisation
+@dataclass(frozen=True)
+class Localisation:
+    """How well maps point at known boxes (means over images; ``images`` counted).
+
+    ``pointing``: share of maps whose maximum lies in the box (the pointing game; a plateau
+    of equal maxima counts by its centre);
+    ``energy``: mean share of the map's total inside the box; ``iou``: mean IoU of the box
+    with the bounding box of the pixels at or above ``threshold`` of the maximum (the
+    original CAM paper's localisation, threshold 0.2).
+    """
+
+    images: int
+    pointing: float
+    energy: float
+    iou: float
+
+
+def localisation(maps: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.2) -> Localisation:
+    """Score ``maps`` (N x H x W) against ``boxes`` (N x 4: x0, y0, x1, y1 in map pixels, x1/y1
+    exclusive).
+
+    >>> m = torch.zeros(1, 8, 8); m[0, 2:4, 2:4] = 1.0
+    >>> localisation(m, torch.tensor([[2, 2, 4, 4]]))
+    Localisation(images=1, pointing=1.0, energy=1.0, iou=1.0)
+    """
+    n, h, w = maps.shape
+    if boxes.shape != (n, 4):
+        raise ConfigError(f"boxes must be N x 4 (x0, y0, x1, y1), got {tuple(boxes.shape)} for {n} maps")
+    if n == 0:
+        return Localisation(0, float("nan"), float("nan"), float("nan"))
+    maps = maps.detach().float().cpu()
+    b = boxes.detach().float().cpu().round().long()
+    x0, y0 = b[:, 0].clamp(0, w), b[:, 1].clamp(0, h)
+    x1, y1 = b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)
+    ys = torch.arange(h)[None, :, None]
+    xs = torch.arange(w)[None, None, :]
+    inside = ((ys >= y0[:, None, None]) & (ys < y1[:, None, None]) & (xs >= x0[:, None, None]) & (xs < x1[:, None, None]))
+    flat = maps.reshape(n, -1)
+    # the peak: the maximum, or the centre of a plateau of equal maxima (an upsampled coarse map has one)
+    top = maps >= flat.amax(1)[:, None, None] - 1e-6
+    count = top.sum(dim=(1, 2)).clamp(min=1)
+    py = ((top * ys).sum(dim=(1, 2)) / count).round().long()
+    px = ((top * xs).sum(dim=(1, 2)) / count).round().long()
+    pointing = inside[torch.arange(n), py, px].float().mean().item()
+    total = flat.sum(1).clamp(min=1e-12)
+    energy = ((maps * inside).reshape(n, -1).sum(1) / total).mean().item()
+    hot = maps >= threshold * maps.reshape(n, -1).amax(1)[:, None, None]
+    rows, cols = hot.any(2), hot.any(1)
+    first = lambda m: m.float().argmax(1)  # noqa: E731
+    last = lambda m: m.shape[1] - m.flip(1).float().argmax(1)  # noqa: E731
+    hx0, hx1, hy0, hy1 = first(cols), last(cols), first(rows), last(rows)
+    iw = (torch.minimum(hx1, x1) - torch.maximum(hx0, x0)).clamp(min=0)
+    ih = (torch.minimum(hy1, y1) - torch.maximum(hy0, y0)).clamp(min=0)
+    inter = (iw * ih).float()
+    union = ((hx1 - hx0) * (hy1 - hy0) + (x1 - x0) * (y1 - y0)).float() - inter
+    iou = (inter / union.clamp(min=1)).mean().item()
+    return Localisation(n, pointing, energy, iou)
+
+
+# --------------------------------------------------------------------------- checkpoints and files
+def read_boxes(root: str | Path) -> dict[str, tuple[float, float, float, float]]:
+    """Object boxes of a dataset, from ``ROOT/boxes.csv`` (columns ``path,x0,y0,x1,y1`` at least,
+    paths relative to ``ROOT``; what ``finetune make-shapes`` writes), keyed by resolved path.
+    No file: an empty dict.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (root / "boxes.csv").write_text("split,path,label,x0,y0,x1,y1\\nval,val/a/1.jpg,a,1,2,30,40\\n")
+    >>> list(read_boxes(root).values())
+    [(1.0, 2.0, 30.0, 40.0)]
+    """
+    path = Path(root) / "boxes.csv"
+    if not path.is_file():
+        return {}
+    out: dict[str, tuple[float, float, float, float]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                box = (float(row["x0"]), float(row["y0"]), float(row["x1"]), float(row["y1"]))
+                out[str((Path(root) / row["path"]).resolve())] = box
+            except (KeyError, TypeError, ValueError):
+                raise DataError(f"'{path}' needs columns path,x0,y0,x1,y1 with numbers (row: {row})") from None
+    return out
+
+
+def box_in_crop(box: tuple[float, float, float, float], image_wh: tuple[int, int], size: int) -> tuple[float, ...]:
+    """A box in source pixels mapped onto the ``size`` x ``size`` eval crop (Resize + CenterCrop).
+
+    >>> box_in_crop((0, 0, 256, 256), (256, 256), 224)   # the whole image: beyond the crop on every side
+    (-16.0, -16.0, 240.0, 240.0)
+    """
+    left, top, right, bottom = eval_resize_box(*image_wh, size)
+    sx, sy = size / (right - left), size / (bottom - top)
+    x0, y0, x1, y1 = box
+    return ((x0 - left) * sx, (y0 - top) * sy, (x1 - left) * sx, (y1 - top) * sy)
+
+
+@dataclass
+class CamReport:
+    """What :func:`explain` wrote: the folder, one record per image, and the localisation
+    scores where the data has boxes (None otherwise)."""
+
+    out_dir: Path
+    records: list[dict[str, Any]]
+    localisation: Localisation | None
+
+
+def _run_dir_checkpoint(checkpoint: str | Path) -> tuple[Path, Path]:
+    """(checkpoint file, run directory) of a checkpoint file or a run directory."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt", path / "best.pt"):
+            if candidate.is_file():
+                return candidate, path
+        raise CheckpointError(f"'{path}' holds no checkpoints/best.pt: give a run directory or a checkpoint file")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path, run_dir
+
+
+def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, method: str = "gradcam",
+            layer: str | None = None, target: str | None = None, out: str | Path | None = None,
+            limit: int = 32, alpha: float = 0.5, batch_size: int = 16, device: str = "auto") -> CamReport:
+    """Write CAM overlays (PNG) of a finetune checkpoint's predictions (``finetune cam``).
+
+    ``checkpoint``: a checkpoint file or a run directory (its ``best.pt``). ``inputs``: image
+    files or folders; default: ``limit`` images of the run's validation split, spread over
+    it. ``target``: a class name to explain instead of each prediction. The overlays go to
+    ``out`` (default ``RUN/cam/METHOD/``) with ``cam.jsonl`` (one record per image: file,
+    class explained, its probability, true class if known, and box scores where the data
+    has a ``boxes.csv``), and ``summary.json``.
+
+    >>> import tempfile
+    >>> from finetune import Checkpointer, create_model, make_shapes
+    >>> from finetune.data.shapes import CLASSES
+    >>> data = make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32)
+    >>> run = tempfile.mkdtemp()
+    >>> _ = Checkpointer(run).save({"model": create_model("resnet18", num_classes=8), "arch": "resnet18",
+    ...     "classes": list(CLASSES), "img_size": 64, "epoch": 0, "step": 0, "config": {"data": str(data)}})
+    >>> report = explain(run, limit=4, device="cpu")
+    >>> len(report.records), report.out_dir.name, report.localisation.images
+    (4, 'gradcam', 4)
+    """
+    from PIL import Image
+
+    from finetune.data.decode import DECODE_ERRORS, bad_reason, decode_eval
+    from finetune.data.normalize import Normalizer
+    from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from finetune.train import _expand_inputs, load_checkpoint_model, resolve_data, resolve_device
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
+    if limit < 1 or batch_size < 1:
+        raise ConfigError("--limit and --batch-size must be at least 1")
+    ckpt_path, run_dir = _run_dir_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model, state = load_checkpoint_model(ckpt_path, dev)
+    classes = list(state["classes"])
+    size = int(state.get("img_size", 224))
+    cfg = state.get("config", {}) or {}
+    target_index = None
+    if target is not None:
+        if target not in classes:
+            close = ", ".join(classes[:10])
+            raise ConfigError(f"unknown class '{target}': the checkpoint's classes are {close}")
+        target_index = classes.index(target)
+    truth: dict[str, int] = {}
+    if inputs:
+        files = _expand_inputs(list(inputs))
+        boxes = {}
+        for root in {Path(i) for i in inputs if Path(i).is_dir()}:
+            boxes.update(read_boxes(root))
+    else:
+        data = cfg.get("data", "shapes")
+        _, val = resolve_data(data, cfg.get("val_split", 0.1), cfg.get("seed", 0))
+        picks = np.unique(np.linspace(0, len(val) - 1, min(limit, len(val))).round().astype(int))
+        files = [Path(val.paths[i]) for i in picks]
+        truth = {str(Path(val.paths[i])): int(val.labels[i]) for i in picks}
+        if data == "shapes":
+            from finetune.data.shapes import shapes_root
+
+            root = shapes_root()
+        else:
+            root = Path(data) if Path(data).is_dir() else Path(data).parent
+        boxes = read_boxes(root)
+    files = files[:limit]
+    out_dir = Path(out) if out is not None else run_dir / "cam" / method
+    out_dir.mkdir(parents=True, exist_ok=True)
+    normalizer = Normalizer(tuple(state.get("mean", IMAGENET_MEAN)), tuple(state.get("std", IMAGENET_STD)), dev,
+                            channels_last=False)
+    records: list[dict[str, Any]] = []
+    all_maps, all_boxes = [], []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        crops, sizes = [], []
+        for f in chunk:
+            try:
+                crops.append(decode_eval(str(f), size, dct=False))
+                with Image.open(f) as im:
+                    sizes.append(im.size)
+            except DECODE_ERRORS as e:
+                raise DataError(f"cannot read image '{f}': {bad_reason(e)}") from None
+        batch = normalizer(torch.stack(crops).to(dev))
+        result = class_activation_maps(model, batch, method=method, layer=layer,
+                                       classes=None if target_index is None else [target_index])
+        maps = result.maps.cpu()
+        for k, f in enumerate(chunk):
+            n = start + k
+            cls = int(result.classes[k])
+            name = f"{n:04d}_{_safe(f.stem)}_{_safe(classes[cls])}.png"
+            Image.fromarray(overlay(crops[k], maps[k], alpha)).save(out_dir / name)
+            record: dict[str, Any] = {"file": str(f), "overlay": name, "class": classes[cls],
+                                      "prob": round(float(result.probs[k]), 6), "layer": result.layer}
+            if str(f) in truth:
+                record["true_class"] = classes[truth[str(f)]]
+            box = boxes.get(str(f.resolve()))
+            if box is not None:
+                crop_box = box_in_crop(box, sizes[k], size)
+                scores = localisation(maps[k:k + 1], torch.tensor([crop_box]))
+                record.update(pointing=bool(scores.pointing), energy=round(scores.energy, 6), iou=round(scores.iou, 6))
+                all_maps.append(maps[k])
+                all_boxes.append(crop_box)
+            records.append(record)
+    loc = localisation(torch.stack(all_maps), torch.tensor(all_boxes)) if all_maps else None
+    with (out_dir / "cam.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in records)
+    summary = {"checkpoint": str(ckpt_path), "method": method, "layer": records[0]["layer"] if records else layer,
+               "images": len(records), "localisation": asdict(loc) if loc is not None else None}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return CamReport(out_dir, records, loc)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
