@@ -13,6 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
+import math
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,14 +143,7 @@ class TrainConfig:
                 close = difflib.get_close_matches(name, list(known), n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise ConfigError(f"{source}: unknown setting '{key}'{hint}")
-            clean[name] = value
-        if "crop_scale" in clean and clean["crop_scale"] is not None:
-            clean["crop_scale"] = tuple(float(v) for v in clean["crop_scale"])
-        for name in ("exclude", "freeze", "train_only", "unfreeze"):
-            if isinstance(clean.get(name), str):
-                clean[name] = [clean[name]]
-        if isinstance(clean.get("lr_mult"), list):  # PATTERN=X strings from the command line
-            clean["lr_mult"] = parse_lr_mult(clean["lr_mult"])
+            clean[name] = _coerce(name, value, source)
         cfg = cls(**clean)
         cfg.validate()
         return cfg
@@ -162,6 +160,12 @@ class TrainConfig:
         Traceback (most recent call last):
         finetune.errors.ConfigError: --unfreeze layer4@5: epoch 5 is outside 1..3
         """
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name))
+        finite = [(name, getattr(self, name)) for name in _FLOAT_FIELDS]
+        for name, value in finite:
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"{_flag(name)} must be a finite number, got {value}")
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
@@ -185,11 +189,173 @@ class TrainConfig:
             (self.bn in ("frozen", "eval", "train"), f"--bn must be frozen, eval or train, got {self.bn!r}"),
             (not self.cache_features or self.linear_probe, "--cache-features needs --linear-probe (only the head may train)"),
             (self.layer_decay is None or 0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {self.layer_decay}"),
+            (0 < self.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
+            (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
+            (self.save_every_steps is None or self.save_every_steps >= 1,
+             f"--save-every-steps must be at least 1, got {self.save_every_steps}"),
+            (self.save_every_minutes is None or self.save_every_minutes > 0,
+             f"--save-every-minutes must be positive, got {self.save_every_minutes}"),
+            (str(self.workers) == "auto" or (str(self.workers).isascii() and str(self.workers).isdigit()),
+             f"--workers must be 'auto' or a number of processes (0 or more), got {self.workers!r}"),
+            (self.data != "", "--data must not be empty: give an image folder, a CSV file, or 'shapes'"),
+            (self.model != "", "--model must not be empty: give a torchvision model name or timm:NAME"),
+            (self.out != "", "--out must not be empty: give a run directory"),
+            (self.resume != "auto" or self.out is not None,
+             "--resume auto needs --out RUN_DIR: the run directory to continue"),
+            (not (self.linear_probe and self.train_only),
+             "--linear-probe trains the head only and --train-only names what trains: give one of them"),
+            (not (self.cache_features and self.unfreeze),
+             "--cache-features computes the backbone features once, so --unfreeze could not change them: "
+             "drop one of them"),
+            (self.augment or self.auto_augment == "none",
+             f"--no-augment turns training augmentation off, so --auto-augment {self.auto_augment} would do nothing: "
+             "drop one of them"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         parse_unfreeze(self.unfreeze, self.epochs)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_kind(name: str) -> tuple[Any, bool]:
+    """(base type, may be None) of a TrainConfig field: ``int | None`` -> (int, True)."""
+    hint = _HINTS[name]
+    optional = False
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    return typing.get_origin(hint) or hint, optional
+
+
+_HINTS: dict[str, Any] = typing.get_type_hints(TrainConfig)
+_FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if _field_kind(f.name)[0] is float)
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _coerce(name: str, value: Any, source: str = "config") -> Any:
+    """A value read from YAML as the field's type, or a ConfigError that says which setting and what it takes.
+
+    YAML writes some numbers as strings (``lr: 1e-3`` is the string '1e-3' in YAML 1.1): those are
+    read as numbers; anything that is not what the setting takes is an error, never a silent default.
+
+    >>> _coerce("lr", "1e-3"), _coerce("epochs", 3.0), _coerce("freeze", "layer1"), _coerce("workers", 2)
+    (0.001, 3, ['layer1'], '2')
+    >>> _coerce("epochs", "abc", "c.yaml")
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: c.yaml: epochs must be a whole number, got 'abc'
+    """
+    kind, optional = _field_kind(name)
+    where = f"{source}: {name.replace('_', '-')}" if source != "command line" else _flag(name)
+
+    def bad(takes: str) -> ConfigError:
+        return ConfigError(f"{where} must be {takes}, got {value!r}")
+
+    if value is None:
+        if optional:
+            return None
+        default = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+        shown = default.default if default.default is not dataclasses.MISSING else default.default_factory()  # type: ignore[misc]
+        raise ConfigError(f"{where} is empty (null): give a value, or leave the setting out for the default ({shown!r})")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str | int) and str(value).strip().lower() in _TRUE + _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise bad("true or false")
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad("a whole number")
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        if _is_number(value):
+            return float(value)
+        raise bad("a number")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if _is_number(value):  # a folder or run named 2024, workers: 4
+            return str(value)
+        raise bad("a single value (text)")
+    if kind is list:
+        if isinstance(value, str) or _is_number(value):
+            return [str(value)]
+        if isinstance(value, list | tuple) and all(isinstance(v, str) or _is_number(v) for v in value):
+            return [str(v) for v in value]
+        raise bad("a pattern or a list of patterns")
+    if kind is dict:  # lr_mult: {pattern: multiplier} or ["pattern=x", ...]
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return parse_lr_mult(list(value))
+        if isinstance(value, dict):
+            out: dict[str, float] = {}
+            for k, v in value.items():
+                try:
+                    out[str(k)] = float(v.strip() if isinstance(v, str) else v)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{where}: the multiplier of '{k}' must be a number, got {v!r}") from None
+                if isinstance(v, bool):
+                    raise ConfigError(f"{where}: the multiplier of '{k}' must be a number, got {v!r}")
+            return out
+        raise bad("a mapping of PATTERN: MULTIPLIER or a list of PATTERN=MULTIPLIER")
+    if kind is tuple:  # crop_scale
+        if isinstance(value, list | tuple) and len(value) == 2 and not any(isinstance(v, bool) for v in value):
+            try:
+                return tuple(float(v.strip() if isinstance(v, str) else v) for v in value)
+            except (TypeError, ValueError):
+                pass
+        raise bad("two numbers [MIN, MAX]")
+    return value
+
+
+def _check_type(name: str, value: Any) -> None:
+    """ConfigError unless ``value`` has the type of field ``name`` (for a TrainConfig built in code)."""
+    kind, optional = _field_kind(name)
+    if value is None:
+        ok = optional
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = _is_number(value)
+    elif kind is str:
+        ok = isinstance(value, str) or (name == "workers" and isinstance(value, int) and not isinstance(value, bool))
+    elif kind is list:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    elif kind is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
+    elif kind is tuple:
+        ok = isinstance(value, list | tuple) and len(value) == 2 and all(_is_number(v) for v in value)
+    else:
+        ok = True
+    if not ok:
+        takes = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
+                 list: "a list of patterns", dict: "a mapping of pattern to multiplier",
+                 tuple: "two numbers (MIN, MAX)"}.get(kind, str(kind))
+        raise ConfigError(f"{_flag(name)} must be {takes}, got {value!r}")
 
 
 def parse_lr_mult(items: list[str]) -> dict[str, float]:
@@ -202,11 +368,14 @@ def parse_lr_mult(items: list[str]) -> dict[str, float]:
     for item in items:
         pattern, sep, value = str(item).rpartition("=")
         try:
-            out[pattern] = float(value)
+            number = float(value)
         except ValueError:
             pattern = ""
         if not sep or not pattern:
             raise ConfigError(f"--lr-mult takes PATTERN=MULTIPLIER (e.g. layer4=0.1), got {item!r}")
+        if pattern in out:
+            raise ConfigError(f"--lr-mult gives '{pattern}' twice ({pattern}={out[pattern]:g} and {item}): give it once")
+        out[pattern] = number
     return out
 
 
@@ -240,18 +409,71 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML settings file; every way the file can be unusable is a ConfigError.
+
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+    >>> _ = p.write_text("epochs: 3\\nepochs: 4\\n")
+    >>> _read_yaml(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: config file '...c.yaml' gives 'epochs' twice (lines 1 and 2): keep one
+    """
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        if path.is_dir():
+            raise ConfigError(f"config file '{path}' is a folder: give a YAML file of setting: value lines")
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not a UTF-8 text file: give a YAML file of setting: value lines") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{path}': {e.strerror or e}") from None
+    try:
+        values = yaml.load(text, Loader=_unique_key_loader()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        if isinstance(e, _DuplicateKey):
+            raise ConfigError(f"config file '{path}' {e}: keep one") from None
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML ({at}{problem}): "
+                          "write one 'setting: value' per line") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of setting: value")
+        raise ConfigError(f"config file '{path}' must hold a mapping of setting: value, "
+                          f"not a {type(values).__name__}")
     return values
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """yaml.SafeLoader that refuses a key given twice (plain PyYAML keeps the last one silently)."""
+    import yaml
+
+    class _DuplicateKeyError(yaml.YAMLError, _DuplicateKey):
+        pass
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKeyError(f"gives {str(key)!r} twice (lines {seen[key]} and {line})")
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader says so itself
+                    break
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
@@ -297,4 +519,94 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         flag = getattr(args, name, None)
         if flag is not None:
             values[name] = flag
-    return TrainConfig.from_dict(values, source=str(base) if base else "command line")
+    cfg = TrainConfig.from_dict(values, source=str(base) if base else "command line")
+    check_run_dir(cfg)
+    return cfg
+
+
+def check_run_dir(cfg: TrainConfig) -> None:
+    """Refuse an ``--out`` that cannot be a run directory, or that holds a run and would be overwritten.
+
+    A run directory with checkpoints is continued with ``--resume``; without it, a new run would
+    replace its checkpoints, metrics and config. One without checkpoints (stopped before its first
+    save) can be started again.
+
+    >>> import pathlib, tempfile
+    >>> from finetune.config import TrainConfig, check_run_dir
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> check_run_dir(TrainConfig(out=str(run)))            # empty: fine
+    >>> (run / "checkpoints").mkdir(); _ = (run / "checkpoints" / "last.pt").write_bytes(b"")
+    >>> check_run_dir(TrainConfig(out=str(run)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: --out '...' already holds a run (checkpoints/last.pt): continue it with --resume auto, or give another --out
+    >>> check_run_dir(TrainConfig(out=str(run), resume="auto"))
+    """
+    if cfg.out is None:
+        return
+    path = Path(cfg.out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out '{path}' is a file, not a folder: give a run directory")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"--out '{path}': '{parent}' is a file, not a folder: give a run directory")
+    if cfg.resume is not None or not path.is_dir():
+        return
+    ckpts = path / "checkpoints"
+    held = sorted(ckpts.glob("*.pt")) if ckpts.is_dir() else []
+    held += [p for p in (path / "best.safetensors",) if p.exists()]
+    if held:
+        raise ConfigError(f"--out '{path}' already holds a run ({held[0].relative_to(path)}): continue it with "
+                          "--resume auto, or give another --out")
+
+
+# ----- argparse types for the flags of commands without a config (eval, predict, make-shapes, bench-data)
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type=``: a whole number >= ``minimum``.
+
+    >>> int_at_least(1)("3")
+    3
+    >>> int_at_least(1)("0")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a whole number of at least 1, got '0'
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type=``: a finite number > 0.
+
+    >>> positive_float("0.5")
+    0.5
+    >>> positive_float("nan")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a number above 0, got 'nan'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
+def workers_value(text: str) -> str:
+    """An argparse ``type=`` for ``--workers``: 'auto' or a number of processes (0 or more).
+
+    >>> workers_value("2"), workers_value("auto")
+    ('2', 'auto')
+    """
+    if text != "auto" and not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number of processes (0 or more), got {text!r}")
+    return text

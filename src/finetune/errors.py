@@ -14,6 +14,9 @@ no images in 'x/': put class folders with .jpg files there
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class FinetuneError(Exception):
     """Base class of every error caused by bad input or a bad environment.
@@ -92,3 +95,36 @@ class UnsafeCheckpointError(WeightsError):
     >>> list(read_state_dict(path, trust=True))
     ['w']
     """
+
+
+_OS_HINTS = {
+    errno.EACCES: "check its permissions, or use another path",
+    errno.EPERM: "check its permissions, or use another path",
+    errno.ENOSPC: "the disk is full: free some space, or write elsewhere (--out)",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere (--out)",
+    errno.EROFS: "the file system is read-only: write elsewhere (--out)",
+    errno.ENOENT: "it does not exist",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder where a file is expected",
+    errno.EEXIST: "something of that name is already there",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or use fewer --workers",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError from the file system: the path, what the system said, what to do.
+
+    >>> import errno
+    >>> describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/data/run"))
+    "'/data/run': Permission denied: check its permissions, or use another path"
+    >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device"))
+    'No space left on device: the disk is full: free some space, or write elsewhere (--out)'
+    """
+    what = e.strerror or (os.strerror(e.errno) if e.errno else str(e) or type(e).__name__)
+    paths = [os.fsdecode(p) for p in (e.filename, e.filename2) if p is not None]
+    where = " -> ".join(f"'{p}'" for p in paths)
+    hint = _OS_HINTS.get(e.errno) if e.errno is not None else None
+    if e.errno == errno.EEXIST and paths and os.path.exists(paths[0]) and not os.path.isdir(paths[0]):
+        hint = "it is a file where a folder is needed: move it, or use another path"
+    return ": ".join(part for part in (where, what, hint) if part)
