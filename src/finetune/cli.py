@@ -10,26 +10,41 @@ import argparse
 import functools
 import json
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from finetune.errors import FinetuneError
+from finetune.config import int_at_least, positive_float, workers_value
+from finetune.errors import FinetuneError, describe_os_error
 
 Handler = Callable[[argparse.Namespace], int | None]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with our error line: ``finetune: error: …`` and exit 2."""
+    """argparse with our error line: ``finetune: error: …`` (one line, pointing at --help) and exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        raise SystemExit(_fail(message))
+        raise SystemExit(_fail(f"{message} (see '{self.prog} --help')"))
+
+
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _fail(message: str) -> int:
-    print(f"finetune: error: {message}", file=sys.stderr)
+    """Print ``message`` as one ``finetune: error:`` line on stderr (newlines and terminal escapes
+    folded away) and return the exit status, 2.
+
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     _fail("cannot load:\\n  \\x1b[1mbold\\x1b[0m detail")
+    2
+    >>> err.getvalue()
+    'finetune: error: cannot load: bold detail\\n'
+    """
+    line = " ".join(_CONTROL.sub(" ", str(message)).split())
+    print(f"finetune: error: {line}", file=sys.stderr, flush=True)
     return 2
 
 
@@ -60,7 +75,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"), help="RandomResizedCrop area range")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip of training images (default); --no-augment: the eval transform")
-    p.add_argument("--workers", help="decoding worker processes, or 'auto' (a short probe picks the fastest)")
+    p.add_argument("--workers", type=workers_value,
+                   help="decoding worker processes, or 'auto' (a short probe picks the fastest)")
     p.add_argument("--decode", choices=["auto", "cpu", "gpu"], help="where JPEGs are decoded (gpu: nvjpeg)")
     p.add_argument("--cache", choices=["none", "ram", "gpu"], help="keep decoded images for later epochs")
     p.add_argument("--prefetch", choices=["auto", "none", "thread", "cuda"], help="overlap loading with compute")
@@ -93,9 +109,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from finetune.config import config_from_args
+
+    cfg = config_from_args(args)  # bad settings are reported before torch is imported
     from finetune.train import train
 
-    cfg = config_from_args(args)
     result = train(cfg, quiet=args.quiet)
     if not args.quiet:
         print(f"run directory: {result.run_dir}")
@@ -109,8 +126,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5, loss and per-class accuracy of a checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="CK")
     p.add_argument("--data", help="folder to evaluate (default: the val split of the checkpoint's dataset)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", default="0")
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--workers", type=workers_value, default="0", help="decoding worker processes, or 'auto' (0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_cmd_eval)
@@ -135,8 +152,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="class names and probabilities for images")
     p.add_argument("--checkpoint", required=True, metavar="CK")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--topk", type=int_at_least(1), default=5)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_predict)
@@ -160,9 +177,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _add_make_shapes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-shapes", help="write the built-in shapes dataset as JPEG folders")
     p.add_argument("dir")
-    p.add_argument("--per-class", type=int, default=None, help="training images per class")
-    p.add_argument("--size", type=int, default=None, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-class", type=int_at_least(1), default=None, help="training images per class")
+    p.add_argument("--size", type=int_at_least(16), default=None, help="image side in pixels")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.set_defaults(handler=_cmd_make_shapes)
 
 
@@ -170,7 +187,8 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
     from finetune.data.shapes import ShapesSpec, make_shapes
 
     spec = ShapesSpec()
-    root = make_shapes(args.dir, per_class=args.per_class or spec.per_class, size=args.size or spec.size, seed=args.seed)
+    root = make_shapes(args.dir, per_class=spec.per_class if args.per_class is None else args.per_class,
+                       size=spec.size if args.size is None else args.size, seed=args.seed)
     print(f"wrote shapes dataset to {root}")
     return 0
 
@@ -224,11 +242,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _add_bench_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-data", help="measure the input pipeline against plain DataLoader and DataLoaderX here")
     p.add_argument("--data", required=True, help="ImageFolder root (class sub-folders; a train/ sub-folder is used if present) or 'shapes'")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (3)")
-    p.add_argument("--repeats", type=int, default=1, help="rounds over all pipelines; each keeps its best (1)")
-    p.add_argument("--workers", type=int, nargs="+", metavar="N", help="worker counts to try (default 0..max(4, cores))")
+    p.add_argument("--img-size", type=int_at_least(16), default=224)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--seconds", type=positive_float, default=3.0, help="seconds per measurement (3)")
+    p.add_argument("--repeats", type=int_at_least(1), default=1, help="rounds over all pipelines; each keeps its best (1)")
+    p.add_argument("--workers", type=int_at_least(0), nargs="+", metavar="N", help="worker counts to try (default 0..max(4, cores))")
     p.add_argument("--no-cache", action="store_true", help="skip the cache='ram' rows")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_cmd_bench_data)
@@ -275,9 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = _Parser(prog="finetune", description="Fine-tune pretrained image classifiers: correct by construction, measured, tested.")
     parser.add_argument("--version", action="version", version="finetune 0.1.0")
+    # -q/--debug work before the command too (`finetune --debug train …`): the command's copies only set them when given
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, less output")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars, less output")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars, less output")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     # every subcommand takes -q/--debug
     orig_add = sub.add_parser
@@ -317,20 +338,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except FinetuneError as e:
-        if debug:
-            raise
-        return _fail(str(e))
+        return _error(str(e), debug)
     except KeyboardInterrupt:
-        if debug:
-            raise
-        return _fail("interrupted")
+        return _error("interrupted", debug)
     except MemoryError:
-        if debug:
-            raise
-        return _fail("out of memory: lower --batch-size or --img-size")
+        return _error("out of memory: lower --batch-size or --img-size", debug)
+    except OSError as e:  # the environment: permissions, a full or read-only disk, a file where a folder should be
+        return _error(describe_os_error(e), debug)
+    except Exception as e:  # a case the library does not check yet: still one line, the traceback with --debug
+        detail = " ".join(str(e).split())
+        detail = detail if len(detail) <= 300 else detail[:300] + "…"
+        return _error(f"unexpected {type(e).__name__}: {detail} (this is a bug in finetune: rerun with --debug "
+                      "for the traceback and report it)", debug)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _error(message: str, debug: bool) -> int:
+    """The one error line (exit status 2); with ``--debug`` the traceback of the exception being handled first."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    return _fail(message)
 
 
 def _raise_interrupt(pid: int, signum: int, frame: object) -> None:
