@@ -115,7 +115,7 @@ def test_yaml_numbers_written_as_strings_are_read_as_numbers(tmp_path: Path) -> 
 
 
 def test_config_that_is_a_folder(tmp_path: Path) -> None:
-    one_line_error(run_cli("train", "--config", str(tmp_path), "--out", str(tmp_path / "run")), "folder")
+    one_line_error(run_cli("train", "--config", str(tmp_path), "--out", str(tmp_path / "run")), "is a folder")
 
 
 # --------------------------------------------------------------------------- train: the run directory
@@ -137,6 +137,15 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path: Path) -> None:
     assert (run / "checkpoints" / "last.pt").read_bytes() == b"a finished run"
     assert (run / "metrics.jsonl").read_text() == '{"epoch": 0}\n'
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl"]
+
+
+def test_resume_auto_without_the_runs_config_does_not_fall_back_to_the_defaults(tmp_path: Path) -> None:
+    """Without config.yaml the defaults would resume on the built-in dataset: refused, the run left as it is."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    one_line_error(run_cli("train", "--out", str(run), "--resume", "auto"), "config.yaml", "missing")
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "last.pt"]
 
 
 # --------------------------------------------------------------------------- eval / predict

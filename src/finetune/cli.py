@@ -346,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # the environment: permissions, a full or read-only disk, a file where a folder should be
         return _error(describe_os_error(e), debug)
     except Exception as e:  # a case the library does not check yet: still one line, the traceback with --debug
+        if isinstance(e, RuntimeError) and any(s in str(e).lower() for s in ("out of memory", "can't allocate memory")):
+            return _error("out of memory: lower --batch-size or --img-size", debug)  # torch's CPU/CUDA allocators
         detail = " ".join(str(e).split())
         detail = detail if len(detail) <= 300 else detail[:300] + "…"
         return _error(f"unexpected {type(e).__name__}: {detail} (this is a bug in finetune: rerun with --debug "

@@ -507,6 +507,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     resume, out = getattr(args, "resume", None), getattr(args, "out", None)
     if base is None and resume and out and (Path(out) / "config.yaml").is_file():
         base = Path(out) / "config.yaml"  # resuming a run: its own settings, unless flags say otherwise
+    elif base is None and resume == "auto" and out and any((Path(out) / "checkpoints").glob("*.pt")):
+        # the defaults are not the run's settings (they would go on with the built-in dataset, say)
+        raise ConfigError(f"--resume auto: '{Path(out) / 'config.yaml'}' is missing, so the run's settings are "
+                          "unknown: restore it, or give them with --config FILE")
     values: dict[str, Any] = _read_yaml(base) if base else {}
     values.pop("resume", None)
     if base is not None and getattr(args, "config", None) is None:
