@@ -128,6 +128,12 @@ def test_out_that_is_a_file_or_under_a_file(tmp_path: Path) -> None:
     assert afile.read_text() == "keep me"
 
 
+def test_out_inside_the_dataset(tmp_path: Path) -> None:
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    one_line_error(run_cli("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "data" / "run")), "inside")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cats"]
+
+
 def test_existing_run_is_not_overwritten_without_resume(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

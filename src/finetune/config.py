@@ -553,6 +553,10 @@ def check_run_dir(cfg: TrainConfig) -> None:
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ConfigError(f"--out '{path}': '{parent}' is a file, not a folder: give a run directory")
+    data = Path(cfg.data)
+    if cfg.data != "shapes" and data.is_dir() and (path.resolve() == data.resolve() or data.resolve() in path.resolve().parents):
+        raise ConfigError(f"--out '{path}' is inside the dataset '{data}': its checkpoints would be read as a class "
+                          "folder; give a run directory outside it")
     if cfg.resume is not None or not path.is_dir():
         return
     ckpts = path / "checkpoints"
