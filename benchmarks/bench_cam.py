@@ -44,6 +44,15 @@ def timed(fn, device: torch.device) -> float:  # noqa: ANN001
     return time.perf_counter() - start
 
 
+def grad_cam_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("grad-cam")
+    except PackageNotFoundError:
+        return "?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
@@ -73,8 +82,9 @@ def main() -> None:
     theirs_by_method = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM",
                         "xgradcam": "XGradCAM", "hirescam": "HiResCAM", "cam": "GradCAM"}
     print(f"# {args.model}, batch {args.batch} x {args.img_size} px, {device}, layer '{layer.name}'; "
-          f"torch {torch.__version__}, pytorch-grad-cam {getattr(pytorch_grad_cam, '__version__', '?')}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+          f"torch {torch.__version__}, pytorch-grad-cam {grad_cam_version()}, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+          f"{time.strftime('%Y-%m-%d')}")
     print("| method | pytorch-grad-cam ms/batch | finetune ms/batch | speed-up | max abs diff |")
     print("|---|---:|---:|---:|---:|")
     for method in args.methods.split(","):

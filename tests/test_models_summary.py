@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
+from conftest import run_cli
 from finetune.models import create_model, format_model_table, layer_summary, model_table
 
 
@@ -74,3 +76,18 @@ def test_layer_summary_of_a_model_with_tuple_outputs() -> None:
     s = layer_summary(create_model("googlenet", num_classes=3), 64, depth=1)
     assert s.ok and s.output_shape == (1, 3)  # eval mode: no aux outputs
     assert torch.is_grad_enabled()
+
+
+def test_models_and_summary_commands(tmp_path: Path) -> None:
+    res = run_cli("models", "resnet5*", "--json", env={"TORCH_HOME": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    assert [r["name"] for r in json.loads(res.stdout)] == ["resnet50"]
+    res = run_cli("models", "resnet*", "--cached", env={"TORCH_HOME": str(tmp_path)})
+    assert res.returncode == 2 and res.stderr.startswith("finetune: error: no model matches 'resnet*' with cached")
+    res = run_cli("summary", "resnet18", "--img-size", "64", "--num-classes", "3", "--depth", "1")
+    assert res.returncode == 0, res.stderr
+    assert "fc       Linear             1x3" in res.stdout
+    res = run_cli("summary", "inception_v3", "--img-size", "64")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("finetune: error: inception_v3 fails at 64x64 in layer 'Mixed_7a.")
+    assert "FAILED at Mixed_7a." in res.stdout  # the layers that ran are shown

@@ -443,7 +443,8 @@ class Localisation:
     of equal maxima counts by its centre);
     ``energy``: mean share of the map's total inside the box; ``iou``: mean IoU of the box
     with the bounding box of the pixels at or above ``threshold`` of the maximum (the
-    original CAM paper's localisation, threshold 0.2).
+    original CAM paper's localisation, threshold 0.2). An empty map (all zero: nothing
+    supports the class) scores 0 on all three.
     """
 
     images: int
@@ -478,7 +479,8 @@ def localisation(maps: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.2
     count = top.sum(dim=(1, 2)).clamp(min=1)
     py = ((top * ys).sum(dim=(1, 2)) / count).round().long()
     px = ((top * xs).sum(dim=(1, 2)) / count).round().long()
-    pointing = inside[torch.arange(n), py, px].float().mean().item()
+    empty = flat.amax(1) <= 0  # a map with nothing in it points nowhere and covers nothing
+    pointing = (inside[torch.arange(n), py, px] & ~empty).float().mean().item()
     total = flat.sum(1).clamp(min=1e-12)
     energy = ((maps * inside).reshape(n, -1).sum(1) / total).mean().item()
     hot = maps >= threshold * maps.reshape(n, -1).amax(1)[:, None, None]
@@ -490,7 +492,7 @@ def localisation(maps: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.2
     ih = (torch.minimum(hy1, y1) - torch.maximum(hy0, y0)).clamp(min=0)
     inter = (iw * ih).float()
     union = ((hx1 - hx0) * (hy1 - hy0) + (x1 - x0) * (y1 - y0)).float() - inter
-    iou = (inter / union.clamp(min=1)).mean().item()
+    iou = torch.where(empty, torch.zeros_like(inter), inter / union.clamp(min=1)).mean().item()
     return Localisation(n, pointing, energy, iou)
 
 

@@ -269,6 +269,96 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- models
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="architectures with ImageNet top-1/top-5, parameters and cached weights")
+    p.add_argument("pattern", nargs="?", default="*", help="glob on names, e.g. 'resnet*' or 'timm:convnext*'")
+    p.add_argument("--timm", action="store_true", help="also list timm's pretrained tags (timm:NAME.TAG)")
+    p.add_argument("--cached", action="store_true", help="only weights already in the local cache")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_models)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from finetune.errors import ConfigError
+    from finetune.models import format_model_table, model_table
+
+    rows = [r for r in model_table(args.pattern, include_timm=args.timm) if r.cached or not args.cached]
+    if not rows:
+        raise ConfigError(f"no model matches '{args.pattern}'" + (" with cached weights" if args.cached else "")
+                          + ": `finetune models` lists them all")
+    if args.json:
+        _print_json([asdict(r) for r in rows])
+        return 0
+    print(format_model_table(rows))
+    return 0
+
+
+def _add_summary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="output shape and parameters of every layer for an input size")
+    p.add_argument("model", metavar="MODEL", help="torchvision name or timm:NAME")
+    p.add_argument("--img-size", type=int_at_least(1), default=224)
+    p.add_argument("--num-classes", type=int_at_least(1), default=1000)
+    p.add_argument("--depth", type=int_at_least(1), default=2, help="levels of nested modules to show (2)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_summary)
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from finetune.errors import ModelError
+    from finetune.models import create_model, layer_summary
+
+    summary = layer_summary(create_model(args.model, num_classes=args.num_classes, img_size=args.img_size),
+                            args.img_size, depth=args.depth)
+    if args.json:
+        _print_json(asdict(summary))
+    else:
+        print(summary)
+    if not summary.ok:
+        raise ModelError(f"{args.model} fails at {args.img_size}x{args.img_size} in layer '{summary.failed_at}': "
+                         f"{summary.error}")
+    return 0
+
+
+def _add_cam(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cam", help="class activation maps (Grad-CAM and family) of a checkpoint's predictions")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run directory (its best.pt) or a checkpoint file")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR",
+                   help="images to explain (default: images of the run's validation split)")
+    p.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, xgradcam, layercam, hirescam, "
+                   "cam (no backward; global-average-pool + Linear heads), eigencam (no gradient)")
+    p.add_argument("--layer", metavar="NAME", help="feature layer (default: found by probing the model)")
+    p.add_argument("--target", metavar="CLASS", help="explain this class instead of each prediction")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/cam/METHOD)")
+    p.add_argument("--limit", type=int_at_least(1), default=32, help="at most this many images (32)")
+    p.add_argument("--alpha", type=positive_float, default=0.5, help="weight of the heat map in the overlay (0.5)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.set_defaults(handler=_cmd_cam)
+
+
+def _cmd_cam(args: argparse.Namespace) -> int:
+    from finetune.cam import explain
+
+    report = explain(args.checkpoint, args.inputs or None, method=args.method, layer=args.layer, target=args.target,
+                     out=args.out, limit=args.limit, alpha=args.alpha, batch_size=args.batch_size, device=args.device)
+    if args.json:
+        _print_json(report.records)
+        return 0
+    layer = report.records[0]["layer"] if report.records else args.layer
+    print(f"{args.method} from layer '{layer}': {len(report.records)} overlays in {report.out_dir}")
+    loc = report.localisation
+    if loc is not None:
+        print(f"localisation on {loc.images} images with boxes: pointing game {loc.pointing:.1%}, "
+              f"energy in box {loc.energy:.1%}, IoU {loc.iou:.3f}")
+    return 0
+
+
 # ----- subcommands of other modules are registered below this line -----
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
@@ -278,6 +368,9 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_inspect,
     _add_convert,
     _add_bench_data,
+    _add_models,
+    _add_summary,
+    _add_cam,
 ]
 
 
