@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -217,13 +218,89 @@ def _draw_class(job: tuple) -> list[tuple]:
     return rows
 
 
+def _check_number(name: str, value: object, low: int, what: str = "") -> int:
+    """``value`` as an int of at least ``low``, or a ConfigError naming ``name``."""
+    from finetune.errors import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be a whole number{what}, got {value!r}")
+    if value < low:
+        raise ConfigError(f"{name} must be at least {low}{what}, got {value}")
+    return int(value)
+
+
+_OUR_FILES = frozenset({"boxes.csv", "spec.json"})
+
+
+def _is_our_leftover(root: Path) -> bool:
+    """Whether the folder ``root`` holds nothing but what :func:`make_shapes` writes (or nothing at all):
+    ``train/<class>/<class>_NNNNN.jpg``, ``val/…``, ``boxes.csv``, ``spec.json``. Only such a folder may be
+    replaced; anything else in it (or a folder that cannot be read) makes it someone else's."""
+    try:
+        for entry in os.scandir(root):
+            if entry.is_symlink():
+                return False
+            if entry.name in _OUR_FILES and entry.is_file():
+                continue
+            if entry.name not in ("train", "val") or not entry.is_dir():
+                return False
+            for cls in os.scandir(entry.path):
+                if cls.is_symlink() or cls.name not in CLASSES or not cls.is_dir():
+                    return False
+                for f in os.scandir(cls.path):
+                    stem, ext = os.path.splitext(f.name)
+                    if (f.is_symlink() or not f.is_file() or ext != ".jpg" or not stem.startswith(cls.name + "_")
+                            or not stem[len(cls.name) + 1:].isdigit()):
+                        return False
+    except OSError:
+        return False
+    return True
+
+
+def _existing(root: Path, spec: dict) -> bool:
+    """True when ``root`` already holds the complete dataset of ``spec``; False when it is free to
+    write (absent, empty, or an incomplete earlier attempt of ours); a DataError otherwise."""
+    from finetune.errors import DataError
+
+    if not os.path.lexists(root):
+        return False
+    if not root.is_dir():
+        kind = "a broken link" if root.is_symlink() else "a file"
+        raise DataError(f"'{root}' is {kind}, not a folder: give a new or empty folder for the shapes dataset")
+    if (root / ".complete").exists():
+        try:
+            found = json.loads((root / "spec.json").read_text())
+        except (OSError, ValueError):
+            found = None
+        if not isinstance(found, dict):
+            raise DataError(f"'{root}' holds a shapes dataset without a readable spec.json: "
+                            f"give another folder, or remove it first")
+        found = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in found.items()}
+        differ = [k for k, v in spec.items() if (k in found or k not in ("quality", "version")) and found.get(k) != v]
+        if differ:
+            have = ", ".join(f"{k}={found.get(k)!r}" for k in differ)
+            want = ", ".join(f"{k}={spec[k]!r}" for k in differ)
+            raise DataError(f"'{root}' already holds a shapes dataset with {have} (asked for {want}): "
+                            f"give another folder, or remove it first")
+        return True
+    if not _is_our_leftover(root):
+        names = sorted(os.listdir(root)) if os.access(root, os.R_OK) else []
+        held = f" (it holds {', '.join(repr(n) for n in names[:3])}{'…' if len(names) > 3 else ''})" if names else ""
+        raise DataError(f"'{root}' already exists and is not a shapes dataset{held}: give a new or empty "
+                        f"folder; nothing was changed")
+    return False
+
+
 def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | None = None,
                 size: int = 64, seed: int = 0, quality: int = 90) -> Path:
     """Write the shapes dataset into ``root`` and return ``root``.
 
     ``val_per_class`` defaults to a sixth of ``per_class`` (at least 1). Writing
     goes to a temporary sibling folder renamed into place at the end, so an
-    interrupted run never leaves a half-written dataset behind.
+    interrupted run never leaves a half-written dataset behind. ``root`` may be
+    absent or an empty folder; one that already holds this very dataset (same
+    ``spec.json``) is returned as it is; anything else there is a ``DataError``:
+    a folder of other files is never replaced.
 
     >>> import tempfile
     >>> from finetune import make_shapes
@@ -235,14 +312,33 @@ def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | 
     >>> again = make_shapes(tempfile.mkdtemp() + "/shapes", per_class=2, val_per_class=1, size=32)
     >>> (again / "train/star/star_00000.jpg").read_bytes() == (root / "train/star/star_00000.jpg").read_bytes()
     True
+    >>> make_shapes(root, per_class=3, val_per_class=1, size=32)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.DataError: '...shapes' already holds a shapes dataset with per_class=2 (asked for per_class=3): ...
     """
     root = Path(root)
-    if val_per_class is None:
-        val_per_class = max(1, per_class // 6)
-    if (root / ".complete").exists():
+    per_class = _check_number("per_class", per_class, 1, " (training images per class)")
+    val_per_class = max(1, per_class // 6) if val_per_class is None else _check_number("val_per_class", val_per_class, 1)
+    size = _check_number("size", size, 16, " (pixels)")
+    seed = _check_number("seed", seed, 0)
+    quality = _check_number("quality", quality, 1)
+    if quality > 100:
+        from finetune.errors import ConfigError
+
+        raise ConfigError(f"quality must be at most 100 (JPEG quality), got {quality}")
+    spec = {"per_class": per_class, "val_per_class": val_per_class, "size": size, "seed": seed,
+            "classes": list(CLASSES), "quality": quality, "version": ShapesSpec.version}
+    if root.is_symlink() and root.is_dir():  # a link to a folder: write where it points
+        root = Path(os.path.realpath(root))
+    if _existing(root, spec):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    except OSError as e:
+        from finetune.errors import DataError, describe_os_error
+
+        raise DataError(f"cannot write the shapes dataset '{root}': {describe_os_error(e)}") from None
     jobs = [(tmp, split, n, [seed, split_seed, label], kind, size, quality)
             for split, n, split_seed in (("train", per_class, 0), ("val", val_per_class, 1))
             for label, kind in enumerate(CLASSES)]
@@ -257,23 +353,27 @@ def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | 
                 parts = pool.map(_draw_class, jobs, chunksize=1)
         else:
             parts = [_draw_class(job) for job in jobs]
+        rows = [row for part in parts for row in part]
+        with (tmp / "boxes.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["split", "path", "label", "x0", "y0", "x1", "y1"])
+            w.writerows(rows)
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        (tmp / ".complete").touch()
+        # mkdtemp made the folder private (0700): give it the mode its sub-folders got from the umask
+        os.chmod(tmp, stat.S_IMODE((tmp / "train").stat().st_mode))
+        if _existing(root, spec):  # another process finished the same dataset meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+            return root
+        if os.path.lexists(root):  # empty, or an incomplete earlier attempt of ours (checked just now)
+            shutil.rmtree(root)
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process finished first
+            if not _existing(root, spec):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # interrupted: no half-written folder left behind
+        shutil.rmtree(tmp, ignore_errors=True)  # interrupted or failed: no half-written folder left behind
         raise
-    rows = [row for part in parts for row in part]
-    with (tmp / "boxes.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "path", "label", "x0", "y0", "x1", "y1"])
-        w.writerows(rows)
-    (tmp / "spec.json").write_text(json.dumps({"per_class": per_class, "val_per_class": val_per_class,
-                                               "size": size, "seed": seed, "classes": CLASSES}))
-    (tmp / ".complete").touch()
-    if root.exists():  # an incomplete earlier attempt
-        shutil.rmtree(root)
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (root / ".complete").exists():
-            raise
     return root
