@@ -19,6 +19,7 @@ copy it page by page the way they copy a Python list of tuples.
 from __future__ import annotations
 
 import csv
+import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,8 +106,18 @@ def _is_skipped_dir(name: str) -> bool:
     return name.startswith(".") or name in SKIP_DIRS
 
 
+def _unreadable(folder: str | Path, e: OSError) -> DataError:
+    """The DataError for a folder of the dataset that cannot be listed."""
+    why = (e.strerror or str(e)).lower()
+    return DataError(f"cannot read the folder '{folder}' ({why}): fix its permissions (e.g. chmod a+rx) "
+                     f"or move it out of the dataset")
+
+
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not _is_skipped_dir(p.name))
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir() and not _is_skipped_dir(p.name))
+    except OSError as e:
+        raise _unreadable(root, e) from None
 
 
 def image_files(folder: str | Path) -> list[str]:
@@ -115,7 +126,9 @@ def image_files(folder: str | Path) -> list[str]:
 
     Symbolic links are followed (each folder is visited once, so a link to a parent does not
     loop) and keep their own names; a link whose target is missing is kept, to be reported as
-    a bad file. Hidden files and folders and :data:`SKIP_DIRS` are skipped.
+    a bad file. Hidden files and folders and :data:`SKIP_DIRS` are skipped. A folder that cannot
+    be read is a :class:`DataError` naming it (os.walk, and so torchvision, would skip it and
+    silently lose its images).
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -132,8 +145,10 @@ def image_files(folder: str | Path) -> list[str]:
         directory = stack.pop()
         try:
             st = os.stat(directory)
-        except OSError:
+        except FileNotFoundError:  # removed meanwhile
             continue
+        except OSError as e:
+            raise _unreadable(directory, e) from None
         if (st.st_dev, st.st_ino) in seen:
             continue
         seen.add((st.st_dev, st.st_ino))
@@ -147,8 +162,10 @@ def image_files(folder: str | Path) -> list[str]:
                             subdirs.append(entry.path)
                     elif is_image_name(entry.name) and (entry.is_file() or entry.is_symlink()):
                         names.append(entry.name)
-        except OSError:  # unreadable folder: skipped, as os.walk (and so torchvision) skips it
-            continue
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # removed meanwhile
+                continue
+            raise _unreadable(directory, e) from None
         found.append((directory, sorted(names)))
         stack += sorted(subdirs, reverse=True)  # visited in sorted order: which of two links to one folder counts is fixed
     found.sort(key=lambda item: item[0])
@@ -202,7 +219,7 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
         paths += files
         labels += [label] * len(files)
     if not paths:
-        loose = [n for n in os.listdir(root) if is_image_name(n)]
+        loose = [n for n in os.listdir(root) if is_image_name(n)]  # (root was listed above: readable)
         where = (f"'{root}' holds {len(loose)} images but no class sub-folders: put each class's images "
                  f"in its own folder (root/<class>/<image>)" if loose else
                  f"no images found in '{root}': expected class sub-folders holding "
@@ -272,9 +289,12 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     if not path.is_file():
         raise DataError(f"CSV file '{path}' does not exist")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        text = path.read_text(encoding="latin-1")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            text = path.read_text(encoding="latin-1")
+    except OSError as e:
+        raise DataError(f"cannot read CSV file '{path}' ({(e.strerror or str(e)).lower()}): check its permissions") from None
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip() and not ln.startswith("#")), "")
     delimiter = "," if "," in first or not ("\t" in first or ";" in first) else ("\t" if "\t" in first else ";")
@@ -355,12 +375,29 @@ def stratified_split(samples: Samples, val_fraction: float, seed: int) -> tuple[
     return samples.subset(tr), samples.subset(va)
 
 
+def check_classes(train: Samples, where: str | Path) -> Samples:
+    """``train`` if images of at least two classes are in it, else a DataError: a classifier of one
+    class learns nothing (its loss is zero from the first step) and would train "successfully".
+
+    >>> check_classes(Samples.from_lists(["a.jpg", "b.jpg"], [0, 0], ("cat", "dog")), "data/")
+    Traceback (most recent call last):
+    finetune.errors.DataError: 'data/' has only one class ('cat'): a classifier needs at least two: add a class folder (or CSV label) for each other class
+    """
+    present = [train.classes[i] for i in np.unique(train.labels)]
+    if len(present) < 2:
+        name = repr(present[0]) if present else "none"
+        raise DataError(f"'{where}' has only one class ({name}): a classifier needs at least two: "
+                        f"add a class folder (or CSV label) for each other class")
+    return train
+
+
 def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> tuple[Samples, Samples]:
     """Resolve ``--data`` into (train, val) samples.
 
     Accepts a folder with ``train/`` and ``val/`` sub-folders (ImageFolder), a
     flat folder of class sub-folders (split with ``val_split``, stratified and
-    seeded), or a CSV of ``path,label[,split]``.
+    seeded), or a CSV of ``path,label[,split]``. The training split must hold images of at
+    least two classes (:func:`check_classes`).
 
     >>> import pathlib, tempfile
     >>> from PIL import Image
@@ -385,13 +422,14 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
             train_mask = split == "train"
             val_mask = np.isin(split, VAL_DIR_NAMES)
             if train_mask.any() and val_mask.any():
-                return samples.subset(np.flatnonzero(train_mask)), samples.subset(np.flatnonzero(val_mask))
-        return stratified_split(samples, val_split, seed)
+                train = check_classes(samples.subset(np.flatnonzero(train_mask)), data)
+                return train, samples.subset(np.flatnonzero(val_mask))
+        return stratified_split(check_classes(samples, data), val_split, seed)
     train_dir = data / "train"
     val_dir = next((data / n for n in VAL_DIR_NAMES if (data / n).is_dir()), None)
     if train_dir.is_dir() and val_dir is not None:
-        train = scan_folder(train_dir)
+        train = check_classes(scan_folder(train_dir), train_dir)
         return train, scan_folder(val_dir, classes=train.classes)
     if train_dir.is_dir():
-        return stratified_split(scan_folder(train_dir), val_split, seed)
-    return stratified_split(scan_folder(data), val_split, seed)
+        return stratified_split(check_classes(scan_folder(train_dir), train_dir), val_split, seed)
+    return stratified_split(check_classes(scan_folder(data), data), val_split, seed)
