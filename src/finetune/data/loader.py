@@ -36,7 +36,6 @@ import queue
 import random
 import re
 import signal
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -79,7 +78,7 @@ from finetune.data.transforms import (
     random_resized_crop_box,
     resize_hwc,
 )
-from finetune.errors import DataError
+from finetune.errors import ConfigError, DataError
 
 DECODES = ("auto", "cpu", "gpu")
 CACHES = (None, "none", "ram", "gpu")
@@ -615,7 +614,7 @@ class Loader:
         self.position = 0
         self.bad_files: dict[int, str] = {}
         self.probe: Any = None  # the ProbeResult when workers="auto" measured
-        self._log = log or (lambda msg: print(msg, file=sys.stderr))
+        self._log = log or (lambda msg: None)  # nothing is printed unless asked for
         if prefetch == "auto":
             prefetch = "cuda" if self.device.type == "cuda" else "none"
         self.prefetch = prefetch
@@ -1047,8 +1046,10 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
     * ``shuffle``: the seeded per-epoch order without the training transform
       (``train=False, shuffle=True, drop_last=True``: training batches, no augmentation);
       default: ``train``;
-    * ``workers``: processes decoding in parallel, or "auto": a short probe
-      (``probe_seconds`` per candidate) picks the fastest here and logs it;
+    * ``workers``: processes decoding in parallel (0: in this process), or "auto": a short
+      probe (``probe_seconds`` per candidate) picks the fastest here and logs it;
+    * ``log``: where the loader's messages go (what the probe picked, a cache that did not
+      fit); default: nowhere, nothing is printed;
     * ``decode``: "cpu", "gpu" (nvjpeg, needs CUDA) or "auto" (the probe
       decides on CUDA when ``workers="auto"``, else "cpu");
     * ``cache``: None, "ram" (decoded once into shared memory, shorter side
@@ -1071,6 +1072,18 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
     >>> build_loader(Samples.from_lists(["x.jpg"], [0], ["a"]), train=False, workers=0).batch_size
     64
     """
+    if workers != "auto":
+        try:
+            if isinstance(workers, bool) or isinstance(workers, float):
+                raise ValueError
+            workers = int(workers)
+        except (TypeError, ValueError):
+            raise ConfigError(f"workers must be a whole number or 'auto', got {workers!r}") from None
+        if workers < 0:
+            raise ConfigError(f"workers must be 0 (decode in this process) or more, or 'auto', got {workers}")
+    for name, value in (("batch_size", batch_size), ("img_size", img_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
     samples, obj = _resolve_source(source, train, seed)
     if decode not in DECODES:
         raise DataError(f"decode must be one of {DECODES}, got {decode!r}")
@@ -1095,7 +1108,7 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                             f"fix or remove them, or drop --strict-data to skip them")
     if drop_last is None:
         drop_last = train
-    say = log or (lambda msg: print(msg, file=sys.stderr))
+    say = log or (lambda msg: None)  # nothing is printed unless asked for (-q, eval, library use)
     common = dict(train=train, img_size=img_size, batch_size=batch_size, device=dev, seed=seed,
                   drop_last=drop_last, channels_last=channels_last, mean=mean, std=std, crop_scale=crop_scale,
                   augment=augment, prefetch=prefetch, cache_side=cache_side, cache_max_bytes=cache_max_bytes,
@@ -1104,10 +1117,6 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
     if workers == "auto":
         workers, decode, probe_result = _auto(samples, obj, decode, probe_seconds, common)
         say(probe_result.describe())
-    try:
-        workers = int(workers)
-    except ValueError:
-        raise DataError(f"--workers must be a number or 'auto', got {workers!r}") from None
     if decode == "auto":
         decode = "cpu"
     loader = Loader(samples, workers=workers, decode=decode, cache=cache, **common)  # type: ignore[arg-type]
