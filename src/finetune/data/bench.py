@@ -411,15 +411,24 @@ def run_bench(data: str | Path, *, img_size: int = 224, batch_size: int = 64, se
     >>> import tempfile
     >>> from finetune.data.bench import make_photo_folder, run_bench
     >>> root = make_photo_folder(tempfile.mkdtemp() + "/p", count=8, width=40, height=30, classes=2)
-    >>> report = run_bench(root, img_size=16, batch_size=2, seconds=0.0, workers=[0], full=False, cache=False,
+    >>> report = run_bench(root, img_size=16, batch_size=2, seconds=0.01, workers=[0], full=False, cache=False,
     ...                    repeats=1)
     >>> [r.pipeline for r in report.rows][:4]
     ['torchvision DataLoader', 'DataLoaderX', 'finetune decode=cpu', 'finetune decode=cpu prefetch=thread']
     >>> report.recommended.startswith("--workers 0"), all(r.images_per_s > 0 for r in report.rows)
     (True, True)
     """
-    from finetune.data.samples import scan_folder
+    import math
 
+    from finetune.data.samples import scan_folder
+    from finetune.errors import ConfigError
+
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"seconds must be a number above 0 (seconds per measurement), got {seconds!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats must be a whole number of at least 1, got {repeats!r}")
+    if workers is not None and any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in workers):
+        raise ConfigError(f"workers must be whole numbers of at least 0, got {list(workers)}")
     say = progress or (lambda msg: None)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = workers if workers is not None else default_workers(cores)
