@@ -184,8 +184,25 @@ def test_checkpoint_whose_weights_do_not_fit_its_architecture(tmp_path: Path) ->
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(image)
-    one_line_error(run_cli("predict", "--checkpoint", str(path), str(image), "--device", "cpu"))
-    one_line_error(run_cli("eval", "--checkpoint", str(path), "--data", str(tmp_path), "--device", "cpu"))
+    one_line_error(run_cli("predict", "--checkpoint", str(path), str(image), "--device", "cpu"), "do not fit",
+                   "resnet18")
+    one_line_error(run_cli("eval", "--checkpoint", str(path), "--data", str(tmp_path), "--device", "cpu"), "do not fit")
+
+
+def test_pretrained_weights_of_another_architecture_are_refused(colour_data: Path, tmp_path: Path) -> None:
+    """A file that fits resnet18's stem and first stage only (a few percent of its weights) is no start."""
+    import torch
+
+    from finetune import create_model
+
+    path = tmp_path / "stem.pth"
+    stem = {k: v for k, v in create_model("resnet18", num_classes=1000).state_dict().items()
+            if k.startswith(("conv1.", "bn1.", "layer1."))}
+    torch.save(stem, path)
+    line = one_line_error(run_cli("train", "--data", str(colour_data), "--model", "resnet18", "--pretrained", str(path),
+                                  "--out", str(tmp_path / "run"), "--epochs", "1", "--img-size", "32", "-q"),
+                          "another architecture", "finetune inspect")
+    assert "of the weights of resnet18 outside its head" in line
 
 
 # --------------------------------------------------------------------------- make-shapes, bench-data
@@ -206,3 +223,18 @@ def test_make_shapes_under_a_file(tmp_path: Path) -> None:
                                    ["--img-size", "0"], ["--workers", "-1"]])
 def test_bench_data_numbers(flags: list[str]) -> None:
     one_line_error(run_cli("bench-data", "--data", "shapes", *flags), flags[0])
+
+
+def test_convert_onto_its_own_source_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "w.pt"
+    torch.save({"fc.weight": torch.ones(2, 2), "extra": {"epoch": 3}}, path)
+    before = path.read_bytes()
+    one_line_error(run_cli("convert", str(path), str(path)), "the file being converted")
+    assert path.read_bytes() == before
+
+
+def test_fp16_on_cpu_is_refused(colour_data: Path, tmp_path: Path) -> None:
+    one_line_error(run_cli("train", "--data", str(colour_data), "--device", "cpu", "--amp", "fp16",
+                           "--out", str(tmp_path / "run"), "--epochs", "1"), "--amp fp16 needs a CUDA device")

@@ -193,6 +193,9 @@ def _input_size_problem(model: nn.Module, img_size: int) -> str | None:
         raise ModelError(f"out of GPU memory for one forward of two {img_size}x{img_size} images: "
                          "use a smaller model or --img-size") from None
     except (RuntimeError, AssertionError, ValueError, IndexError) as e:
+        if isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e)):
+            raise ModelError(f"out of memory for one forward of two {img_size}x{img_size} images on {device}: "
+                             "use a smaller model or --img-size") from None
         return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     finally:
         model.load_state_dict(saved, strict=False)

@@ -40,7 +40,7 @@ from finetune.checkpoint import (
     optimizer_state_by_name,
     restore_rng_state,
 )
-from finetune.config import TrainConfig, parse_unfreeze, save_config
+from finetune.config import TrainConfig, check_run_dir, parse_unfreeze, save_config
 from finetune.data.decode import DECODE_ERRORS, bad_reason, decode_eval
 from finetune.data.loader import Loader, build_loader
 from finetune.data.normalize import Normalizer
@@ -117,10 +117,15 @@ def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
     (None, torch.bfloat16)
     >>> resolve_amp("fp16", torch.device("cuda")), resolve_amp("off", torch.device("cuda"))
     (torch.float16, None)
+    >>> resolve_amp("fp16", torch.device("cpu"))
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: --amp fp16 needs a CUDA device (on CPU its gradients overflow): use --amp bf16 or off
     """
     if name == "off" or (name == "auto" and device.type != "cuda"):
         return None
     if name == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("--amp fp16 needs a CUDA device (on CPU its gradients overflow): use --amp bf16 or off")
         return torch.float16
     return torch.bfloat16
 
@@ -378,6 +383,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     (False, [0, 1])
     """
     cfg.validate()
+    check_run_dir(cfg)  # (library callers too: a run with checkpoints is continued, never overwritten)
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
@@ -443,7 +449,10 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                               trust=cfg.trust)
         if not quiet:
             print(report)
+        check_pretrained_fit(model, report, cfg)
     apply_freezing(model, cfg)
+    if resume_state is None:
+        warn_frozen_new_head(model, report.loaded if cfg.pretrained else [])
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -632,6 +641,58 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped)
 
 
+def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> None:
+    """Refuse pretrained weights that leave most of the backbone's values (counted in numbers,
+    not tensors) untouched: another architecture's file that shares names and some shapes
+    (resnet50's BatchNorms fit resnet18). Warn when some tensors are missing.
+
+    The head does not count: a new head for your classes is expected to keep its own values.
+
+    >>> from finetune.weights import LoadReport
+    >>> m = create_model("resnet18", num_classes=2)
+    >>> names = [n for n, _ in m.state_dict().items() if not n.startswith("fc.")]
+    >>> check_pretrained_fit(m, LoadReport(source="w.pt", loaded=names[:3], missing=names[3:]), TrainConfig(model="resnet18"))
+    Traceback (most recent call last):
+    finetune.errors.WeightsError: only 0% of the weights of resnet18 outside its head came from 'w.pt' (117 tensors missing, 0 of another shape): it looks like weights of another architecture; `finetune inspect w.pt --model resnet18` shows what matches
+    """
+    from finetune.errors import WeightsError
+
+    heads = tuple(h + "." for h in head_names(model))
+    sizes = {n: t.numel() for n, t in model.state_dict().items() if not n.startswith(heads)}
+    got = {*report.loaded, *(n for n, _ in report.adapted)}
+    missing = [n for n in report.missing if not n.startswith(heads)]
+    mismatched = [n for n, _, _ in report.mismatched if not n.startswith(heads)]
+    wanted = sum(v for n, v in sizes.items() if n not in report.excluded)
+    loaded = sum(v for n, v in sizes.items() if n in got)
+    if wanted and loaded < 0.5 * wanted:
+        raise WeightsError(f"only {loaded / wanted:.0%} of the weights of {cfg.model} outside its head came from "
+                           f"'{report.source}' ({len(missing)} tensors missing, {len(mismatched)} of another shape): "
+                           f"it looks like weights of another architecture; `finetune inspect {report.source} "
+                           f"--model {cfg.model}` shows what matches")
+    if missing or mismatched:
+        warn(f"{len(missing) + len(mismatched)} tensors outside the head keep their random values "
+             f"({len(missing)} missing from '{report.source}', {len(mismatched)} of another shape, e.g. "
+             f"{(missing + mismatched)[0]}); run without -q to see the load report")
+
+
+def warn_frozen_new_head(model: nn.Module, loaded: list[str]) -> None:
+    """Warn when freezing left a head that was not loaded from pretrained weights frozen: it
+    keeps its random initial values, and the run cannot learn your classes.
+
+    >>> import contextlib, io
+    >>> m = create_model("resnet18", num_classes=2); _ = m.fc.requires_grad_(False)
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     warn_frozen_new_head(m, loaded=[])
+    >>> err.getvalue().strip()
+    "finetune: warning: the head 'fc' is frozen but was not loaded from pretrained weights: it keeps its random values; train it (--train-only ... fc) or do not freeze it"
+    """
+    for head in head_names(model):
+        params = [(f"{head}.{n}", p) for n, p in model.get_submodule(head).named_parameters()]
+        if params and not any(p.requires_grad for _, p in params) and not all(n in loaded for n, _ in params):
+            warn(f"the head '{head}' is frozen but was not loaded from pretrained weights: it keeps its random values; "
+                 f"train it (--train-only ... {head}) or do not freeze it")
+
+
 def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
     """Unreadable images were skipped: list them in ``bad_files.txt`` and say so once per new file.
 
@@ -699,7 +760,16 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
     img_size = state.get("img_size")
     model = create_model(str(state["arch"]), num_classes=len(state["classes"]),
                          img_size=int(img_size) if img_size is not None else None)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        result = model.load_state_dict(state["model"], strict=False) if "size mismatch" not in str(e) else None
+        detail = (f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[:1]}), "
+                  f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:1]})" if result is not None
+                  else next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), "shapes differ"))
+        raise CheckpointError(f"'{path}': its weights do not fit the {state['arch']} with {len(state['classes'])} "
+                              f"classes it names ({detail}); the checkpoint was edited or written by other code: "
+                              "`finetune inspect` shows what it holds") from None
     return model.to(device).eval(), state
 
 

@@ -173,6 +173,10 @@ def timm_file(name: str) -> Path:
         if legacy is None:
             raise WeightsError(f"timm has no pretrained weights for '{name}'")
         raise _missing(legacy, url, why)
+    host = _unresolvable_hub_host()
+    if host is not None:  # no network: say so at once (huggingface_hub would retry for ~30 s)
+        raise _missing(folder / "model.safetensors", f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
+                       f"no network (cannot resolve {host})")
     try:
         from huggingface_hub import hf_hub_download
 
@@ -180,6 +184,30 @@ def timm_file(name: str) -> Path:
     except Exception as e:  # noqa: BLE001 - network, auth or missing file
         raise _missing(folder / "model.safetensors", f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
                        f"download failed: {type(e).__name__}: {str(e)[:120]}") from None
+
+
+def _unresolvable_hub_host() -> str | None:
+    """The Hugging Face hub's host name if it cannot be resolved (no network), else None.
+
+    Behind a proxy (``HTTPS_PROXY``) names may only resolve there: no check then.
+
+    >>> import os
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"HF_ENDPOINT": "https://no-such-host.invalid"}):
+    ...     _unresolvable_hub_host()
+    'no-such-host.invalid'
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return host
+    return None
 
 
 def timm_cached_file(name: str) -> Path | None:

@@ -190,6 +190,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     dst = Path(dst)
     if dst.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
         raise WeightsError(f"{dst}: the output name must end in .safetensors, .pt, .pth or .bin")
+    if dst.exists() and Path(src).exists() and os.path.samefile(src, dst):
+        raise WeightsError(f"{dst} is the file being converted: give another output name (the original is kept)")
     ck = read_checkpoint(src, trust=trust)
     if ema and ck.ema is None:
         raise WeightsError(f"{ck.source}: --ema given but the file has no EMA weights")
