@@ -300,8 +300,9 @@ def test_damaged_last_pt_is_detected(tmp_path):
 
 @pytest.mark.parametrize(("content", "message"), [
     (lambda p: torch.save({"weights": torch.zeros(2)}, p), "not a finetune checkpoint"),
-    (lambda p: torch.save(ConfigError("x"), p), "needs code execution"),
+    (lambda p: torch.save(ConfigError("x"), p), "would run code"),
     (lambda p: p.write_bytes(b"garbage" * 100), "truncated or not a checkpoint"),
+    (lambda p: __import__("safetensors.torch").torch.save_file({"w": torch.zeros(2)}, str(p)), "a safetensors file"),
 ])
 def test_read_reports_what_is_wrong_in_one_line(tmp_path, content, message):
     path = tmp_path / "model.pt"
@@ -331,12 +332,19 @@ def _fail_writes_after(limit: int, err: int):
     return write
 
 
+def test_failed_first_save_does_not_promise_a_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(ck._Writer, "write", _fail_writes_after(1000, errno.ENOSPC))
+    with pytest.raises(CheckpointError, match="disk is full") as info:
+        Checkpointer(tmp_path).save(make_state(1, fill=1.0))
+    assert "no checkpoint of this run was written yet" in str(info.value) and "--resume" not in str(info.value)
+
+
 def test_failed_save_at_an_existing_step_keeps_the_earlier_file(tmp_path, monkeypatch):
     ckpt = Checkpointer(tmp_path)
     path = ckpt.save(make_state(1, fill=1.0))
     before = path.read_bytes()
     monkeypatch.setattr(ck._Writer, "write", _fail_writes_after(1000, errno.ENOSPC))
-    with pytest.raises(CheckpointError, match="disk is full"):
+    with pytest.raises(CheckpointError, match="intact.*disk is full.*--resume auto"):
         ckpt.save(make_state(1, fill=2.0))
     monkeypatch.undo()
     assert path.read_bytes() == before and ckpt.verify(path) is None

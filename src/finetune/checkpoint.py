@@ -715,8 +715,10 @@ _WRITE_HINTS = {
 def _write_error(what: str, path: Path, err: OSError) -> CheckpointError:
     code = errno.errorcode.get(err.errno or 0, "error")
     hint = _WRITE_HINTS.get(err.errno or 0, "fix the cause")
-    return CheckpointError(f"cannot write {what} '{path}': {err.strerror or err} [{code}]; earlier checkpoints "
-                           f"in '{path.parent}' are intact; {hint}, then resume with --resume auto")
+    earlier = any(_NUMBERED.match(p.name) for p in path.parent.glob("ckpt-*.pt")) if path.parent.is_dir() else False
+    then = ("earlier checkpoints in '{0}' are intact; {1}, then resume with --resume auto" if earlier
+            else "no checkpoint of this run was written yet; {1}, then start it again").format(path.parent, hint)
+    return CheckpointError(f"cannot write {what} '{path}': {err.strerror or err} [{code}]; {then}")
 
 
 def _fingerprint(path: Path, *, full: bool) -> dict[str, Any]:
@@ -755,6 +757,8 @@ def _check_zip(path: Path) -> str | None:
     except zipfile.BadZipFile as e:
         if "CRC" in str(e):
             return f"checksum mismatch ({e}): the file is corrupt"
+        if _looks_like_safetensors(path):
+            return f"a safetensors file of weights, not a finetune checkpoint{_OTHER_FILE_HINT}"
         return "truncated or not a checkpoint (no complete zip directory)"
     except (OSError, EOFError, ValueError) as e:
         return f"unreadable: {_first_line(e)}"
@@ -787,16 +791,34 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint '{path}': no such file") from e
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"checkpoint '{path}': not a finetune checkpoint (it needs code execution to load: "
-                              f"{_first_line(e)[:120]})") from e
+        raise CheckpointError(f"checkpoint '{path}': not a finetune checkpoint, and loading it would run code it "
+                              f"holds (a whole pickled model?){_OTHER_FILE_HINT}") from e
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+        if _looks_like_safetensors(path):
+            raise CheckpointError(f"checkpoint '{path}': a safetensors file of weights, not a finetune checkpoint"
+                                  f"{_OTHER_FILE_HINT}") from e
         raise CheckpointError(f"checkpoint '{path}': truncated or not a checkpoint ({_first_line(e)[:160]})") from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint '{path}': not a finetune checkpoint (no format {FORMAT!r} inside)")
+        raise CheckpointError(f"checkpoint '{path}': not a finetune checkpoint (no format {FORMAT!r} inside)"
+                              f"{_OTHER_FILE_HINT}")
     if int(obj.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint '{path}': written by a newer finetune (format version "
                               f"{obj['format_version']}, this one reads {FORMAT_VERSION}): upgrade finetune")
     return obj
+
+
+_OTHER_FILE_HINT = ("; give a run's checkpoints/best.pt, start from other weights with `finetune train "
+                    "--pretrained FILE`, or see what it holds with `finetune inspect FILE`")
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
 # --------------------------------------------------------------------------- the Checkpointer
