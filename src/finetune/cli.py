@@ -189,7 +189,7 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
     spec = ShapesSpec()
     root = make_shapes(args.dir, per_class=spec.per_class if args.per_class is None else args.per_class,
                        size=spec.size if args.size is None else args.size, seed=args.seed)
-    print(f"wrote shapes dataset to {root}")
+    print(f"shapes dataset ready in {root}")
     return 0
 
 
@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> import tempfile
     >>> from finetune.cli import main
     >>> main(["make-shapes", tempfile.mkdtemp() + "/shapes", "--per-class", "1", "--size", "16"])  # doctest: +ELLIPSIS
-    wrote shapes dataset to .../shapes
+    shapes dataset ready in .../shapes
     0
     >>> main(["eval", "--checkpoint", "/nonexistent.pt"])   # "finetune: error: ..." on stderr
     2
