@@ -249,3 +249,16 @@ def test_cam_command(cam_run: Path, tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     bad = run_cli("cam", str(tmp_path), "--device", "cpu")
     assert bad.returncode == 2 and "best.pt" in bad.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_on_cuda_equal_the_cpu_maps(method: str) -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=4).eval()
+    x = torch.randn(3, 3, 96, 96)
+    on_cpu = class_activation_maps(model, x, method=method, classes=[0, 1, 2])
+    on_gpu = class_activation_maps(model.cuda(), x.cuda(), method=method, classes=[0, 1, 2])
+    assert on_gpu.maps.is_cuda and on_gpu.layer == on_cpu.layer
+    assert (on_gpu.maps.cpu() - on_cpu.maps).abs().max() < 1e-3  # (TF32/cuDNN kernels differ a little)
