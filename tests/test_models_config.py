@@ -79,13 +79,31 @@ def test_bad_settings_are_config_errors(values: dict) -> None:
 def test_tensorboard_events_are_written(colour_data: Path, tmp_path: Path) -> None:
     from finetune.train import train
 
-    cfg = TrainConfig(data=str(colour_data), img_size=32, batch_size=16, workers="0", epochs=1,
+    cfg = TrainConfig(data=str(colour_data), img_size=64, batch_size=16, workers="0", epochs=2,
                       tensorboard=True, out=str(tmp_path / "run"))
-    train(cfg, quiet=True)
+    result = train(cfg, quiet=True)
     events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
     acc.Reload()
     assert "val/top1" in acc.Tags()["scalars"]
+    assert [e.value for e in acc.Scalars("val/top1")] == pytest.approx([r["val_top1"] for r in result.history])
+    # Grad-CAM overlays of the same validation images after every epoch
+    cams = acc.Images("cam/val")
+    assert [e.step for e in cams] == [1, 2] and cams[0].width > 64 and cams[0].height >= 64
+
+
+def test_tensorboard_cam_images_leave_training_as_it_was(colour_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from finetune.train import train
+
+    def run(name: str, tensorboard: bool) -> dict:
+        train(TrainConfig(data=str(colour_data), img_size=32, batch_size=16, workers="0", epochs=2, seed=3,
+                          tensorboard=tensorboard, out=str(tmp_path / name)), quiet=True)
+        return load_file(str(tmp_path / name / "best.safetensors"))
+
+    plain, logged = run("plain", False), run("logged", True)
+    assert plain.keys() == logged.keys() and all(torch.equal(plain[k], logged[k]) for k in plain)

@@ -124,6 +124,28 @@ class RunLog:
         if self._tb is not None:
             self._tb.add_scalar(tag, value, step)
 
+    def images(self, tag: str, images: Any, step: int) -> None:
+        """A batch of uint8 ``N x H x W x 3`` images as one TensorBoard image grid (nothing
+        without ``tensorboard=True``).
+
+        >>> import pathlib, tempfile, numpy as np
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        >>> from finetune.logging import RunLog
+        >>> run = pathlib.Path(tempfile.mkdtemp())
+        >>> log = RunLog(run, tensorboard=True, quiet=True)
+        >>> log.images("cam/val", np.zeros((2, 8, 8, 3), np.uint8), step=1); log.close()
+        >>> events = EventAccumulator(str(run / "tb")); _ = events.Reload()
+        >>> [e.step for e in events.Images("cam/val")]
+        [1]
+        """
+        if self._tb is not None:
+            self._tb.add_images(tag, images, step, dataformats="NHWC")
+            self._tb.flush()
+
+    @property
+    def tensorboard(self) -> bool:
+        return self._tb is not None
+
     def info(self, message: str) -> None:
         if not self.quiet:
             print(message, flush=True)

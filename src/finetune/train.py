@@ -46,7 +46,7 @@ from finetune.data.loader import Loader, build_loader
 from finetune.data.normalize import Normalizer
 from finetune.data.samples import Samples, find_splits, scan_folder
 from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from finetune.errors import CheckpointError, ConfigError, DataError
+from finetune.errors import CheckpointError, ConfigError, DataError, FinetuneError
 from finetune.logging import RunLog, progress
 from finetune.models import (
     check_input_size,
@@ -523,6 +523,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
              + (f", {amp}".replace("torch.", " autocast ") if amp else "")
              + ("" if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD)
                 else f", inputs normalised with the weights' mean {tuple(mean)} / std {tuple(std)}"))
+    cam_batch = cam_inputs(val_samples, cfg.img_size, mean, std, device) if log.tensorboard else None
     table = trainable_table(model)
     (run_dir / "trainable.json").write_text(json.dumps(table.to_dict(), indent=1))
     log.info(str(table))
@@ -617,6 +618,12 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 best_top1, best_top5, best_epoch = metrics["top1"], metrics["top5"], epoch
             history.append(record)
             log.epoch(record)
+            if cam_batch is not None:
+                try:
+                    log.images("cam/val", cam_overlays(model, cam_batch), epoch + 1)
+                except FinetuneError as e:  # a model CAM cannot explain: the run goes on without the images
+                    warn(f"no Grad-CAM images in TensorBoard: {e}")
+                    cam_batch = None
             report_bad_files(run_dir, train_loader, val_loader)
             epoch += 1
             epoch_loss_sum, epoch_seen = 0.0, 0
@@ -673,6 +680,59 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
         warn(f"{len(missing) + len(mismatched)} tensors outside the head keep their random values "
              f"({len(missing)} missing from '{report.source}', {len(mismatched)} of another shape, e.g. "
              f"{(missing + mismatched)[0]}); run without -q to see the load report")
+
+
+def cam_inputs(samples: Samples, img_size: int, mean: Any, std: Any, device: torch.device,
+               count: int = 8) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Up to ``count`` validation images spread over the split, as eval crops (uint8 HWC) and the
+    normalised batch the model sees: what TensorBoard shows Grad-CAM overlays of after every
+    epoch. Unreadable images are left out; None if none can be read.
+
+    >>> import tempfile
+    >>> from finetune import make_shapes
+    >>> from finetune.data.samples import scan_folder
+    >>> val = scan_folder(make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32) / "val")
+    >>> crops, batch = cam_inputs(val, 32, IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"), count=3)
+    >>> tuple(crops.shape), tuple(batch.shape)
+    ((3, 32, 32, 3), (3, 3, 32, 32))
+    """
+    import numpy as np
+
+    picks = np.unique(np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int))
+    crops = []
+    for i in picks.tolist():
+        try:
+            crops.append(decode_eval(str(samples.paths[i]), img_size, dct=False))
+        except DECODE_ERRORS:
+            continue
+    if not crops:
+        return None
+    stacked = torch.stack(crops)
+    normalizer = Normalizer(tuple(mean), tuple(std), device, channels_last=False)
+    return stacked, normalizer(stacked.to(device))
+
+
+def cam_overlays(model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
+    """Grad-CAM overlays (uint8 ``N x H x W x 3``) of the model's predictions for :func:`cam_inputs`;
+    an empty batch when there are none. The model's mode, buffers and RNG are left as they were.
+
+    >>> import tempfile
+    >>> from finetune import make_shapes
+    >>> from finetune.data.samples import scan_folder
+    >>> val = scan_folder(make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=32) / "val")
+    >>> cam_overlays(create_model("resnet18", num_classes=8), cam_inputs(val, 64, IMAGENET_MEAN, IMAGENET_STD,
+    ...                                                               torch.device("cpu"), count=2)).shape
+    (2, 64, 64, 3)
+    """
+    import numpy as np
+
+    from finetune.cam import class_activation_maps, overlay
+
+    if inputs is None:
+        return np.zeros((0, 1, 1, 3), np.uint8)
+    crops, batch = inputs
+    maps = class_activation_maps(model, batch).maps.cpu()
+    return np.stack([overlay(c, m) for c, m in zip(crops, maps, strict=True)])
 
 
 def warn_frozen_new_head(model: nn.Module, loaded: list[str]) -> None:
