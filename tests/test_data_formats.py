@@ -559,3 +559,18 @@ def test_split_keeps_single_image_classes_for_training():
     only_singles = Samples.from_lists(files[:3], [0, 1, 2], ("a", "b", "c"))
     with pytest.raises(DataError, match="no class has two images.*val/"):
         stratified_split(only_singles, 0.5, seed=0)
+
+
+def test_csv_class_with_validation_rows_only_is_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from finetune.data.samples import find_splits
+
+    rows = ["path,label,split"]
+    for i, (label, split) in enumerate([("cat", "train"), ("cat", "val"), ("dog", "train"), ("dog", "val"),
+                                        ("bird", "val")]):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.jpg")
+        rows.append(f"{tmp_path / f'{i}.jpg'},{label},{split}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="class 'bird' has rows with split 'val' but none with 'train'"):
+        find_splits(tmp_path / "data.csv")

@@ -423,7 +423,13 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
             val_mask = np.isin(split, VAL_DIR_NAMES)
             if train_mask.any() and val_mask.any():
                 train = check_classes(samples.subset(np.flatnonzero(train_mask)), data)
-                return train, samples.subset(np.flatnonzero(val_mask))
+                val = samples.subset(np.flatnonzero(val_mask))
+                untrained = sorted(set(val.labels.tolist()) - set(train.labels.tolist()))
+                if untrained:
+                    names = ", ".join(repr(samples.classes[i]) for i in untrained)
+                    raise DataError(f"'{data}': class {names} has rows with split 'val' but none with 'train': "
+                                    "the model could never predict it; add training rows for it or drop it")
+                return train, val
         return stratified_split(check_classes(samples, data), val_split, seed)
     train_dir = data / "train"
     val_dir = next((data / n for n in VAL_DIR_NAMES if (data / n).is_dir()), None)
