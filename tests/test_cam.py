@@ -128,10 +128,12 @@ def test_no_gradient_or_mode_left_behind() -> None:
     model = create_model("resnet18", num_classes=3)
     model.train()
     model.layer1.requires_grad_(False)
+    model.layer1.eval()  # as set_bn_policy leaves a frozen part under train()
     bn = model.bn1.running_mean.clone()
     for method in METHODS:
         class_activation_maps(model, torch.randn(2, 3, 64, 64), method=method)
-    assert model.training and torch.equal(model.bn1.running_mean, bn)
+    assert model.training and model.layer4.training and not any(m.training for m in model.layer1.modules())
+    assert torch.equal(model.bn1.running_mean, bn)
     assert all(p.grad is None for p in model.parameters())
     assert [n for n, p in model.named_parameters() if not p.requires_grad] == [
         n for n, _ in model.named_parameters() if n.startswith("layer1.")]
@@ -232,6 +234,8 @@ def test_explain_writes_overlays_records_and_box_scores(cam_run: Path) -> None:
     assert all({"file", "class", "prob", "true_class", "pointing", "energy", "iou"} <= set(r) for r in records)
     summary = json.loads((report.out_dir / "summary.json").read_text())
     assert summary["images"] == 5 and summary["localisation"]["images"] == 5 and summary["layer"] == "layer4"
+    assert summary["localisation"]["pointing"] == pytest.approx(np.mean([r["pointing"] for r in records]))
+    assert summary["localisation"]["iou"] == pytest.approx(np.mean([r["iou"] for r in records]), abs=1e-5)
     target = explain(cam_run, limit=3, target="star", method="layercam", device="cpu")
     assert {r["class"] for r in target.records} == {"star"} and target.out_dir.name == "layercam"
 

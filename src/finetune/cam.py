@@ -45,7 +45,7 @@ from torch import nn
 
 from finetune.data.transforms import eval_resize_box
 from finetune.errors import CheckpointError, ConfigError, DataError, ModelError
-from finetune.models import head_names, logits_of
+from finetune.models import head_names, logits_of, modes_kept
 
 METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
 GRADIENT_FREE = ("cam", "eigencam")
@@ -160,7 +160,10 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor) -> CamLayer:
     >>> find_cam_layer(create_model("resnet18", num_classes=2).eval(), torch.randn(1, 3, 64, 64)).name
     'layer4'
     """
-    heads = head_names(model) if any(True for _ in model.parameters()) else []
+    try:
+        heads = head_names(model)
+    except ModelError:  # no Linear head to find: the probe scores the top logit instead
+        heads = []
     width = _feature_width(model)
     hw = (images.shape[-2], images.shape[-1])
     found: list[tuple[str, torch.Tensor, Layout]] = []
@@ -281,8 +284,9 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str
                           layer: str | None = None, classes: Sequence[int] | torch.Tensor | None = None) -> CamResult:
     """Maps of ``images`` (a normalised ``N x 3 x H x W`` batch) for ``classes`` (default: each
     image's predicted class) by ``method`` (one of :data:`METHODS`), from ``layer`` (default:
-    :func:`find_cam_layer`). The model is run in eval mode and left in the mode it was in;
-    no parameter gets a gradient.
+    :func:`find_cam_layer`). The model is run in eval mode and every submodule is left in
+    the mode it was in (frozen BatchNorm stays in eval under ``train()``); no parameter gets
+    a gradient.
 
     >>> import torch
     >>> from finetune import create_model
@@ -297,12 +301,9 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str
         raise ConfigError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
     if images.ndim != 4:
         raise ConfigError(f"images must be a batch N x C x H x W, got shape {tuple(images.shape)}")
-    was_training = model.training
-    model.eval()
-    try:
+    with modes_kept(model):
+        model.eval()
         return _maps(model, images, method, layer, classes)
-    finally:
-        model.train(was_training)
 
 
 def _maps(model: nn.Module, images: torch.Tensor, method: str, layer: str | None,
@@ -581,10 +582,16 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     """
     from PIL import Image
 
-    from finetune.data.decode import DECODE_ERRORS, bad_reason, decode_eval
     from finetune.data.normalize import Normalizer
     from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from finetune.train import _expand_inputs, load_checkpoint_model, resolve_data, resolve_device
+    from finetune.train import (
+        _expand_inputs,
+        eval_crop,
+        load_checkpoint_model,
+        resolve_data,
+        resolve_device,
+        spread_indices,
+    )
 
     if method not in METHODS:
         raise ConfigError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
@@ -611,7 +618,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     else:
         data = cfg.get("data", "shapes")
         _, val = resolve_data(data, cfg.get("val_split", 0.1), cfg.get("seed", 0))
-        picks = np.unique(np.linspace(0, len(val) - 1, min(limit, len(val))).round().astype(int))
+        picks = spread_indices(len(val), limit)
         files = [Path(val.paths[i]) for i in picks]
         truth = {str(Path(val.paths[i])): int(val.labels[i]) for i in picks}
         if data == "shapes":
@@ -627,17 +634,10 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     normalizer = Normalizer(tuple(state.get("mean", IMAGENET_MEAN)), tuple(state.get("std", IMAGENET_STD)), dev,
                             channels_last=False)
     records: list[dict[str, Any]] = []
-    all_maps, all_boxes = [], []
+    scored: list[Localisation] = []  # one per image with a box
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        crops, sizes = [], []
-        for f in chunk:
-            try:
-                crops.append(decode_eval(str(f), size, dct=False))
-                with Image.open(f) as im:
-                    sizes.append(im.size)
-            except DECODE_ERRORS as e:
-                raise DataError(f"cannot read image '{f}': {bad_reason(e)}") from None
+        crops = [eval_crop(f, size) for f in chunk]
         batch = normalizer(torch.stack(crops).to(dev))
         result = class_activation_maps(model, batch, method=method, layer=layer,
                                        classes=None if target_index is None else [target_index])
@@ -653,13 +653,14 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                 record["true_class"] = classes[truth[str(f)]]
             box = boxes.get(str(f.resolve()))
             if box is not None:
-                crop_box = box_in_crop(box, sizes[k], size)
+                with Image.open(f) as im:  # (the header only: the box is in the source image's pixels)
+                    crop_box = box_in_crop(box, im.size, size)
                 scores = localisation(maps[k:k + 1], torch.tensor([crop_box]))
                 record.update(pointing=bool(scores.pointing), energy=round(scores.energy, 6), iou=round(scores.iou, 6))
-                all_maps.append(maps[k])
-                all_boxes.append(crop_box)
+                scored.append(scores)
             records.append(record)
-    loc = localisation(torch.stack(all_maps), torch.tensor(all_boxes)) if all_maps else None
+    loc = (Localisation(len(scored), *(float(np.mean([getattr(x, k) for x in scored])) for k in ("pointing", "energy", "iou")))
+           if scored else None)
     with (out_dir / "cam.jsonl").open("w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     summary = {"checkpoint": str(ckpt_path), "method": method, "layer": records[0]["layer"] if records else layer,

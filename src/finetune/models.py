@@ -12,9 +12,11 @@ The head is found whatever the family calls it (``fc``, ``classifier.1``,
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -178,15 +180,34 @@ def check_input_size(model: nn.Module, img_size: int) -> None:
 _LARGER_SIZES = (32, 64, 96, 128, 160, 224, 299, 384, 512)  # tried in order for the hint of the error
 
 
+@contextlib.contextmanager
+def modes_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Give every submodule its own train/eval flag back on exit: a model in ``train()`` with
+    frozen BatchNorm or dropout layers in eval (:func:`finetune.freeze.set_bn_policy`) stays
+    exactly so, which ``model.train(was_training)`` would undo.
+
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()); _ = m.train(); _ = m[1].eval()
+    >>> with modes_kept(m):
+    ...     _ = m.eval()
+    >>> m.training, m[1].training
+    (True, False)
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _input_size_problem(model: nn.Module, img_size: int) -> str | None:
     """None if a train-mode forward of two ``img_size`` images works, else the error's first line."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     saved = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items() if not isinstance(v, nn.Parameter)}
-    was_training = model.training
     try:
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():  # (dropout draws leave no trace)
+        with torch.random.fork_rng(devices=cuda), torch.no_grad(), modes_kept(model):  # (dropout draws leave no trace)
             model.train()
             model(torch.zeros(2, 3, img_size, img_size, device=device))
     except torch.cuda.OutOfMemoryError:
@@ -199,7 +220,6 @@ def _input_size_problem(model: nn.Module, img_size: int) -> str | None:
         return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     finally:
         model.load_state_dict(saved, strict=False)
-        model.train(was_training)
     return None
 
 
@@ -514,12 +534,11 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
     shape = (batch_size, channels, img_size, img_size)
     arch = getattr(model, "finetune_arch", type(model).__name__)
-    was_training = model.training
     error = failed_at = None
     output: tuple[int, ...] | str | None = None
     try:
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), modes_kept(model):
+            model.eval()
             output = _shape_of(model(torch.zeros(shape, device=device, dtype=dtype)))
     except Exception as e:  # noqa: BLE001 - any failure of the forward is what the summary reports
         message = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
@@ -532,7 +551,6 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     order = {n: i for i, n in enumerate(name_of.values())}
     return LayerSummary(arch, shape, sorted(rows.values(), key=lambda r: order[r.name]), output,
                         sum(p.numel() for p in model.parameters()), error, failed_at)

@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -682,6 +683,33 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
              f"{(missing + mismatched)[0]}); run without -q to see the load report")
 
 
+def eval_crop(path: str | Path, size: int) -> torch.Tensor:
+    """The eval loader's view of one image file (full-size decode, Resize + CenterCrop; uint8
+    HWC), or a one-line :class:`DataError` naming the file.
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> path = tempfile.mkdtemp() + "/a.png"; Image.new("RGB", (40, 30)).save(path)
+    >>> tuple(eval_crop(path, 16).shape)
+    (16, 16, 3)
+    """
+    try:
+        return decode_eval(str(path), size, dct=False)
+    except DECODE_ERRORS as e:
+        raise DataError(f"cannot read image '{path}': {bad_reason(e)}") from None
+
+
+def spread_indices(n: int, count: int) -> list[int]:
+    """Up to ``count`` indices spread evenly over ``range(n)`` (first and last included).
+
+    >>> spread_indices(10, 4), spread_indices(2, 8)
+    ([0, 3, 6, 9], [0, 1])
+    """
+    import numpy as np
+
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int)).tolist() if n else []
+
+
 def cam_inputs(samples: Samples, img_size: int, mean: Any, std: Any, device: torch.device,
                count: int = 8) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Up to ``count`` validation images spread over the split, as eval crops (uint8 HWC) and the
@@ -696,15 +724,10 @@ def cam_inputs(samples: Samples, img_size: int, mean: Any, std: Any, device: tor
     >>> tuple(crops.shape), tuple(batch.shape)
     ((3, 32, 32, 3), (3, 3, 32, 32))
     """
-    import numpy as np
-
-    picks = np.unique(np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int))
     crops = []
-    for i in picks.tolist():
-        try:
-            crops.append(decode_eval(str(samples.paths[i]), img_size, dct=False))
-        except DECODE_ERRORS:
-            continue
+    for i in spread_indices(len(samples), count):
+        with contextlib.suppress(DataError):  # an unreadable image is just not shown
+            crops.append(eval_crop(samples.paths[i], img_size))
     if not crops:
         return None
     stacked = torch.stack(crops)
@@ -921,13 +944,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
     out: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        images = []
-        for f in chunk:
-            try:
-                images.append(decode_eval(str(f), size, dct=False))
-            except DECODE_ERRORS as e:
-                raise DataError(f"cannot read image '{f}': {bad_reason(e)}") from None
-        batch = normalizer(torch.stack(images).to(dev))
+        batch = normalizer(torch.stack([eval_crop(f, size) for f in chunk]).to(dev))
         probs = logits_of(model(batch)).float().softmax(dim=1)
         top = probs.topk(k, dim=1)
         for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
