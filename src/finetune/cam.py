@@ -9,7 +9,14 @@
   gradient of the class score, computed only from the output back to the feature layer
   (``torch.autograd.grad`` on that one tensor: the backbone keeps no graph, no parameter
   gets a gradient);
-* ``eigencam``: the first principal component of the features, no gradient.
+* ``eigencam``: the first principal component of the features, no gradient;
+  ``eigengradcam``: the same of features x gradients;
+* ``scorecam`` and ``ablationcam``: no gradient, one extra forward per channel and image
+  (batched, ``batch_size`` at a time): a channel's weight is the class score of the input
+  masked by that channel's map (Score-CAM), or the relative drop of the score when that
+  channel is zeroed (Ablation-CAM; only the layers after the feature layer are re-run
+  when the model allows it). Both are slow: thousands of forwards per image on a large
+  backbone.
 
 The formulas, the ReLU, the per-image min-max scaling and the bilinear upsampling follow
 pytorch-grad-cam, so maps agree with its output (``benchmarks/bench_cam.py`` measures both
@@ -47,8 +54,9 @@ from finetune.data.transforms import eval_resize_box
 from finetune.errors import CheckpointError, ConfigError, DataError, ModelError
 from finetune.models import head_names, logits_of, modes_kept
 
-METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam")
-GRADIENT_FREE = ("cam", "eigencam")
+METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam",
+           "scorecam", "ablationcam")
+GRADIENT_FREE = ("cam", "eigencam", "scorecam", "ablationcam")
 MAX_PREFIX_TOKENS = 16  # class, distillation and register tokens in front of ViT patch tokens
 
 
@@ -281,12 +289,30 @@ def scale_maps(maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch
 
 
 def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
-                          layer: str | None = None, classes: Sequence[int] | torch.Tensor | None = None) -> CamResult:
+                          layer: str | None = None, classes: Sequence[int] | torch.Tensor | None = None,
+                          batch_size: int = 32) -> CamResult:
     """Maps of ``images`` (a normalised ``N x 3 x H x W`` batch) for ``classes`` (default: each
     image's predicted class) by ``method`` (one of :data:`METHODS`), from ``layer`` (default:
     :func:`find_cam_layer`). The model is run in eval mode and every submodule is left in
     the mode it was in (frozen BatchNorm stays in eval under ``train()``); no parameter gets
-    a gradient.
+    a gradient. ``batch_size``: masked or ablated inputs per forward (``scorecam``,
+    ``ablationcam``; the maps do not depend on it).
+
+    Differences from pytorch-grad-cam, on purpose:
+
+    * ``eigencam``, ``eigengradcam``: the principal component's sign is arbitrary (it differs
+      between SVD implementations); it is chosen here so the projection correlates positively
+      with the channels' sum (of the features, or of features x gradients).
+    * ``scorecam`` follows the paper's Algorithm 1 as pytorch-grad-cam does (weights: softmax
+      over the channels of the class *logit* of each masked input, masks upsampled with
+      ``align_corners=True``); a channel that is constant gives an all-zero mask (the score of
+      a zero input), exactly, instead of its rounding noise min-max scaled.
+    * ``ablationcam``: a channel is ablated by setting it to zero (the paper), in every
+      position, class/register tokens included; pytorch-grad-cam does so only when the layer's
+      minimum is 0 and otherwise writes ``min - 1e7`` (growing by 1e7 with each channel of a
+      batch, so its maps depend on its batch size). The weight is ``(y - y_k) / |y|``: the paper
+      and pytorch-grad-cam divide by ``y``, which flips the map of a class whose logit is
+      negative. Channels that are zero everywhere are not run (their weight is 0).
 
     >>> import torch
     >>> from finetune import create_model
@@ -296,18 +322,23 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str
     >>> b = class_activation_maps(m, x, method="gradcam", classes=[0, 2])
     >>> a.classes.tolist(), bool(torch.allclose(a.maps, b.maps, atol=1e-4))   # CAM = Grad-CAM for GAP + Linear
     ([0, 2], True)
+    >>> c = class_activation_maps(m, x, method="ablationcam", classes=[0, 2], batch_size=256)
+    >>> tuple(c.maps.shape), float(c.maps.max()) <= 1
+    ((2, 64, 64), True)
     """
     if method not in METHODS:
         raise ConfigError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
     if images.ndim != 4:
         raise ConfigError(f"images must be a batch N x C x H x W, got shape {tuple(images.shape)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     with modes_kept(model):
         model.eval()
-        return _maps(model, images, method, layer, classes)
+        return _maps(model, images, method, layer, classes, batch_size)
 
 
 def _maps(model: nn.Module, images: torch.Tensor, method: str, layer: str | None,
-          classes: Sequence[int] | torch.Tensor | None) -> CamResult:
+          classes: Sequence[int] | torch.Tensor | None, batch_size: int = 32) -> CamResult:
     hw = (images.shape[-2], images.shape[-1])
     chosen = _chosen_layer(model, images, layer)
     if method == "cam" and not chosen.gap_linear:
@@ -350,6 +381,13 @@ def _maps(model: nn.Module, images: torch.Tensor, method: str, layer: str | None
         raw = torch.einsum("nc,nchw->nhw", head.weight.detach().float()[targets], a)
     elif method == "eigencam":
         raw = _eigen_projection(a)
+    elif method == "eigengradcam":
+        raw = _eigen_projection(g * a)  # type: ignore[operator]
+    elif method == "scorecam":
+        raw = (_score_weights(model, images.detach(), a, targets, batch_size)[:, :, None, None] * a).sum(1)
+    elif method == "ablationcam":
+        weights = _ablation_weights(model, images.detach(), chosen, targets, batch_size)
+        raw = (weights[:, :, None, None] * a).sum(1)
     elif method == "layercam":
         raw = (g.clamp(min=0) * a).sum(1)  # type: ignore[union-attr]
     elif method == "hirescam":
@@ -404,6 +442,247 @@ def _targets(logits: torch.Tensor, classes: Sequence[int] | torch.Tensor | None)
     if len(t) != logits.shape[0] or int(t.min()) < 0 or int(t.max()) >= logits.shape[1]:
         raise ConfigError(f"classes must be one index or one per image, each in 0..{logits.shape[1] - 1}")
     return t
+
+
+# --------------------------------------------------------------------------- perturbation methods
+def _score_weights(model: nn.Module, images: torch.Tensor, a: torch.Tensor, targets: torch.Tensor,
+                   batch_size: int) -> torch.Tensor:
+    """Score-CAM's channel weights (N x C): the softmax over channels of the target logit of
+    the image times each channel's upsampled, min-max scaled map; ``batch_size`` masked
+    images (of any images of the batch) per forward."""
+    n, c, h, w = a.shape
+    size = (images.shape[-2], images.shape[-1])
+    flat = a.reshape(n, c, h * w)
+    constant = flat.amax(2) == flat.amin(2)  # its mask is zero everywhere: the score of a zero image
+    scores = torch.empty(n, c, device=a.device)
+    pairs = (~constant).nonzero()
+    with torch.no_grad():
+        if bool(constant.any()):
+            zero = logits_of(model(torch.zeros_like(images[:1]))).float()[0]
+            scores[constant] = zero[targets][:, None].expand(n, c)[constant]
+        for start in range(0, len(pairs), batch_size):
+            img, ch = pairs[start:start + batch_size].unbind(1)
+            masks = F.interpolate(a[img, ch][:, None], size=size, mode="bilinear", align_corners=True)
+            low = masks.amin(dim=(2, 3), keepdim=True)
+            masks = (masks - low) / (masks.amax(dim=(2, 3), keepdim=True) - low + 1e-8)
+            logits = logits_of(model(images[img] * masks.to(images.dtype))).float()
+            scores[img, ch] = logits[torch.arange(len(img), device=logits.device), targets[img]]
+    return scores.softmax(dim=1)
+
+
+class _NotReplayable(Exception):
+    """The layers before the feature layer cannot be skipped: run the whole model."""
+
+
+def _rows(value: object, i: int, count: int, n: int) -> object:
+    """Image ``i``'s slice of a module's output for a batch of ``n``, as ``count`` rows (a view
+    when ``count`` > 1: an in-place op downstream fails instead of changing it)."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim == 0 or value.shape[0] != n:
+            raise _NotReplayable
+        row = value[i:i + 1]
+        return row.expand(count, *row.shape[1:]) if count > 1 else row.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rows(v, i, count, n) for v in value)
+    if isinstance(value, dict):
+        return {k: _rows(v, i, count, n) for k, v in value.items()}
+    if value is None or isinstance(value, (int, float, bool, str)):
+        return value
+    raise _NotReplayable
+
+
+class _Replay:
+    """Runs a model with its feature layer's output given, re-running only what comes after it.
+
+    A probe on one image records every module call in order; the calls that end before the
+    feature layer starts (the outermost of them) are replayed from the outputs a forward of
+    the batch kept, and the feature layer itself returns the given tensor. The layers
+    before it are not computed again; the glue code between modules (a residual sum, a
+    class token) is. :meth:`check` compares a replayed forward with the real logits; when
+    anything does not fit (a module called differently, an output without the batch
+    dimension) the whole model is run with the feature layer's output swapped by a hook.
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, layer: str) -> None:
+        self.model, self.layer, self.n = model, layer, images.shape[0]
+        self.target = model.get_submodule(layer)
+        self.memo: dict[tuple[str, int], object] = {}
+        self.fast = True
+        modules = [(name, m) for name, m in model.named_modules() if name]
+        spans: dict[tuple[str, int], list[int]] = {}
+        counts: dict[str, int] = {}
+        clock = [0]
+
+        def before(name: str):  # noqa: ANN202 - hooks
+            def hook(_m: nn.Module, _args: object) -> None:
+                key = (name, counts.get(name, 0))
+                counts[name] = key[1] + 1
+                spans[key] = [clock[0], -1]
+                clock[0] += 1
+            return hook
+
+        def after(name: str):  # noqa: ANN202
+            def hook(_m: nn.Module, _args: object, _out: object) -> None:
+                key = (name, counts[name] - 1)
+                spans[key][1] = clock[0]
+                clock[0] += 1
+            return hook
+
+        handles = [m.register_forward_pre_hook(before(name)) for name, m in modules]
+        handles += [m.register_forward_hook(after(name)) for name, m in modules]
+        try:
+            with torch.no_grad():
+                model(images[:1])
+        finally:
+            for h in handles:
+                h.remove()
+        if counts.get(layer) != 1 or any(end < 0 for _, end in spans.values()):
+            self.fast = False  # a shared feature layer, or a module whose calls do not nest
+            self.full = self._forward_full(images)
+            return
+        start = spans[(layer, 0)][0]
+        outermost: list[tuple[str, int]] = []
+        reach = -1
+        for key, (s, e) in sorted(spans.items(), key=lambda kv: kv[1][0]):
+            if e < start and s > reach:
+                outermost.append(key)
+                reach = e
+        wanted = set(outermost)
+        seen: dict[str, int] = {}
+
+        def keep(name: str):  # noqa: ANN202
+            def hook(_m: nn.Module, _args: object, out: object) -> None:
+                k = seen.get(name, 0)
+                seen[name] = k + 1
+                if (name, k) in wanted:
+                    self.memo[(name, k)] = out
+            return hook
+
+        handles = [m.register_forward_hook(keep(name)) for name, m in modules if name in {k for k, _ in wanted}]
+        self.full = None
+        handles.append(self.target.register_forward_hook(
+            lambda _m, _a, out: setattr(self, "full", out)))
+        try:
+            with torch.no_grad():
+                self.logits = logits_of(model(images)).float()
+        finally:
+            for h in handles:
+                h.remove()
+        self.by_module: dict[str, set[int]] = {}
+        for name, k in wanted:
+            self.by_module.setdefault(name, set()).add(k)
+
+    def _forward_full(self, images: torch.Tensor) -> object:
+        kept: list[object] = []
+        handle = self.target.register_forward_hook(lambda _m, _a, out: kept.append(out))
+        try:
+            with torch.no_grad():
+                self.logits = logits_of(self.model(images)).float()
+        finally:
+            handle.remove()
+        return kept[-1]
+
+    def features(self, i: int, count: int) -> torch.Tensor:
+        """Image ``i``'s feature-layer output (its first tensor), ``count`` copies to change."""
+        first = _first_tensor(self.full)
+        assert isinstance(first, torch.Tensor)
+        return first[i:i + 1].repeat(count, *([1] * (first.ndim - 1)))
+
+    def logits_with(self, images: torch.Tensor, i: int, features: torch.Tensor) -> torch.Tensor:
+        """Logits of image ``i`` (``images[i]``) with the feature layer's output set to ``features``."""
+        count = features.shape[0]
+        if self.fast:
+            try:
+                return self._replayed(images, i, features)
+            except (_NotReplayable, RuntimeError):
+                self.fast = False
+        output = self._output(i, features)
+        handle = self.target.register_forward_hook(lambda _m, _a, _out: output)
+        try:
+            with torch.no_grad():
+                return logits_of(self.model(images[i:i + 1].expand(count, *images.shape[1:]).contiguous())).float()
+        finally:
+            handle.remove()
+
+    def _output(self, i: int, features: torch.Tensor) -> object:
+        """The feature layer's output for image ``i`` with its tensor replaced by ``features``."""
+        if isinstance(self.full, torch.Tensor):
+            return features
+        return _with_first(_rows(self.full, i, features.shape[0], self.n), features)
+
+    def _replayed(self, images: torch.Tensor, i: int, features: torch.Tensor) -> torch.Tensor:
+        count = features.shape[0]
+        output = self._output(i, features)
+        patched: list[nn.Module] = []
+
+        def replay(name: str, module: nn.Module, calls: set[int]):  # noqa: ANN202
+            real = module.forward
+            seen = [0]
+
+            def forward(*args: object, **kwargs: object) -> object:
+                k = seen[0]
+                seen[0] += 1
+                if k in calls:
+                    return _rows(self.memo[(name, k)], i, count, self.n)
+                return real(*args, **kwargs)
+            return forward
+
+        try:
+            for name, calls in self.by_module.items():
+                module = self.model.get_submodule(name)
+                if "forward" in module.__dict__:
+                    raise _NotReplayable
+                module.forward = replay(name, module, calls)  # type: ignore[method-assign]
+                patched.append(module)
+            if "forward" in self.target.__dict__:
+                raise _NotReplayable
+            self.target.forward = lambda *_a, **_k: output  # type: ignore[method-assign]
+            patched.append(self.target)
+            with torch.no_grad():
+                return logits_of(self.model(images[i:i + 1].expand(count, *images.shape[1:]))).float()
+        finally:
+            for module in patched:
+                del module.forward
+
+    def check(self, images: torch.Tensor) -> None:
+        """Fall back to whole forwards unless a replay of image 0 gives its real logits."""
+        if not self.fast:
+            return
+        try:
+            got = self._replayed(images, 0, self.features(0, 2))
+        except (_NotReplayable, RuntimeError):
+            self.fast = False
+            return
+        want = self.logits[0].expand_as(got)
+        self.fast = bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(want.abs().amax()))))
+
+
+def _ablation_weights(model: nn.Module, images: torch.Tensor, chosen: CamLayer, targets: torch.Tensor,
+                      batch_size: int) -> torch.Tensor:
+    """Ablation-CAM's channel weights (N x C): ``(y - y_k) / |y|``, ``y`` the target logit and
+    ``y_k`` the same with channel ``k`` of the feature layer zeroed (everywhere, prefix tokens
+    included); ``batch_size`` ablated copies of one image per forward."""
+    replay = _Replay(model, images, chosen.name)
+    replay.check(images)
+    channel_dim = 1 if chosen.layout.kind == "nchw" else -1
+    n = images.shape[0]
+    original = replay.logits[torch.arange(n, device=replay.logits.device), targets.to(replay.logits.device)]
+    features = _first_tensor(replay.full)
+    assert isinstance(features, torch.Tensor)
+    c = features.shape[channel_dim]
+    live = features.detach().movedim(channel_dim, 1).reshape(n, c, -1).ne(0).any(2)
+    ablated = original[:, None].expand(n, c).clone()  # a channel that is zero everywhere changes nothing
+    for i in range(n):
+        channels = live[i].nonzero()[:, 0]
+        for start in range(0, len(channels), batch_size):
+            ch = channels[start:start + batch_size]
+            x = replay.features(i, len(ch))
+            x.movedim(channel_dim, 1)[torch.arange(len(ch), device=x.device), ch] = 0
+            logits = replay.logits_with(images, i, x)
+            ablated[i, ch.to(ablated.device)] = logits[:, int(targets[i])]
+    scale = original.abs()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return ((original[:, None] - ablated) / scale[:, None]).to(features.device)
 
 
 # --------------------------------------------------------------------------- drawing
