@@ -87,10 +87,16 @@ def read_file(path: str) -> torch.Tensor:
     import torchvision.io
 
     try:
-        return torchvision.io.read_file(path)
+        data = torchvision.io.read_file(path)
     except RuntimeError:
         with open(path, "rb") as f:
-            return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+            raw = f.read()
+        if not raw:  # (torch.frombuffer refuses an empty buffer with a message about buffers)
+            raise OSError("empty file (0 bytes)") from None
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    if data.numel() == 0:
+        raise OSError("empty file (0 bytes)")
+    return data
 
 
 def is_complete_jpeg(data: np.ndarray) -> bool:
@@ -274,6 +280,26 @@ def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: b
     elif img.format == "PNG":
         with open(path, "rb") as f:
             _check_png(f.read())
+    return eval_image(img, size, crop_pct, full=full)
+
+
+def eval_image(img: Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT, *,
+               full: tuple[int, int] | None = None) -> torch.Tensor:
+    """torchvision's ``Resize(int(size / crop_pct))`` + ``CenterCrop(size)`` of a PIL image, after
+    ``convert("RGB")`` (:func:`to_rgb`), as uint8 HWC: the centre region only is resized.
+
+    ``full``: the size the crop geometry refers to, when ``img`` was DCT-reduced (``draft``)
+    from it. Used for files (:func:`decode_eval`) and for dataset objects that return PIL images.
+
+    >>> import torchvision.transforms as T
+    >>> img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (13, 9, 3), dtype=np.uint8))  # < the crop
+    >>> ours = eval_image(img, 32)
+    >>> theirs = T.PILToTensor()(T.CenterCrop(32)(T.Resize(36)(img)))
+    >>> ours.shape, int((ours.permute(2, 0, 1).int() - theirs.int()).abs().max()) <= 2
+    (torch.Size([32, 32, 3]), True)
+    """
+    full = full or img.size
+    left, top, right, bottom = eval_resize_box(*full, size, crop_pct)
     img = load_rgb(img)
     sx, sy = img.size[0] / full[0], img.size[1] / full[1]
     out = img.resize((size, size), Image.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy))

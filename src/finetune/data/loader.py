@@ -274,6 +274,86 @@ def _worker_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     return cache_mod._shared_uint8(n).view(shape)
 
 
+# --------------------------------------------------------------------------- dataset objects
+def object_image(image: Any, where: str = "dataset item") -> Any:
+    """What a dataset object's item may hold, as an RGB PIL image or a uint8 CHW tensor of 3 channels.
+
+    * a PIL image of any mode (``convert("RGB")``, as torchvision's loader; 16-bit greyscale
+      keeps its high byte, as for files: :func:`finetune.data.decode.to_rgb`);
+    * a tensor (torchvision's ``tv_tensors.Image`` too) CHW with 1, 3 or 4 channels (alpha dropped)
+      or HW: uint8, or float in [0, 1] (``ToTensor()``'s output), turned into uint8 as
+      torchvision's ``ToDtype(torch.uint8, scale=True)`` does;
+    * a numpy array HWC (1, 3 or 4 channels) or HW, uint8 or float in [0, 1].
+
+    Anything else, and a float image outside [0, 1] (already normalised), is a :class:`DataError`.
+
+    >>> object_image(torch.full((1, 2, 3), 0.5)).shape, object_image(np.zeros((2, 3, 4), np.uint8)).shape
+    (torch.Size([3, 2, 3]), torch.Size([3, 2, 3]))
+    >>> object_image(torch.full((3, 2, 2), -1.5))
+    Traceback (most recent call last):
+    finetune.errors.DataError: dataset item holds a float image with values in [-1.5, -1.5]: expected [0, 1] (ToTensor()'s range) or uint8; leave normalisation to the loader
+    """
+    from PIL import Image
+
+    from finetune.data.decode import to_rgb
+
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3:
+            image = np.moveaxis(image, 2, 0)
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, torch.Tensor):
+        raise DataError(f"{where} holds a {type(image).__name__}: expected a PIL image, a CHW tensor or an HWC numpy array")
+    x = image.as_subclass(torch.Tensor).detach().cpu()
+    if x.ndim == 2:
+        x = x.unsqueeze(0)
+    if x.ndim != 3 or x.shape[0] not in (1, 3, 4) or x.shape[1] == 0 or x.shape[2] == 0:
+        raise DataError(f"{where} holds an image of shape {tuple(image.shape)}: expected CHW with 1, 3 or 4 channels "
+                        f"(a tensor) or HWC (a numpy array)")
+    if x.dtype.is_floating_point:
+        lo, hi = float(x.min()), float(x.max())
+        if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # (also catches NaN)
+            raise DataError(f"{where} holds a float image with values in [{lo:g}, {hi:g}]: expected [0, 1] "
+                            "(ToTensor()'s range) or uint8; leave normalisation to the loader")
+        from torchvision.transforms.v2 import functional as F
+
+        x = F.to_dtype(x.clamp(0, 1), torch.uint8, scale=True)
+    elif x.dtype != torch.uint8:
+        raise DataError(f"{where} holds a {x.dtype} image: expected uint8, or float in [0, 1]")
+    x = x[:3] if x.shape[0] == 4 else x.expand(3, -1, -1) if x.shape[0] == 1 else x
+    return x
+
+
+def hwc_of(image: Any) -> torch.Tensor:
+    """uint8 HWC of :func:`object_image`'s result (a view for a tensor).
+
+    >>> hwc_of(torch.zeros(3, 4, 5, dtype=torch.uint8)).shape
+    torch.Size([4, 5, 3])
+    """
+    if isinstance(image, torch.Tensor):
+        return image.permute(1, 2, 0)
+    return torch.from_numpy(np.array(image, dtype=np.uint8))
+
+
+def object_eval(image: Any, size: int) -> torch.Tensor:
+    """torchvision's eval transform ``Resize(int(size / 0.875))`` + ``CenterCrop(size)`` of
+    :func:`object_image`'s result, as uint8 HWC: PIL's resize for a PIL image, torchvision's
+    tensor resize (antialiased bilinear) for a tensor, as torchvision would do to each.
+
+    >>> object_eval(torch.zeros(3, 9, 13, dtype=torch.uint8), 16).shape
+    torch.Size([16, 16, 3])
+    """
+    from finetune.data.decode import eval_image
+
+    if not isinstance(image, torch.Tensor):
+        return eval_image(image, size)
+    from torchvision.transforms.v2 import functional as F
+
+    x = F.resize(image, [int(size / EVAL_CROP_PCT)], antialias=True)
+    return F.center_crop(x, [size, size]).permute(1, 2, 0)
+
+
 # --------------------------------------------------------------------------- the per-sample work
 class _BatchDataset(Dataset):
     """Makes whole batches (``__getitems__``) from a :class:`BatchSpec`.
@@ -314,19 +394,19 @@ class _BatchDataset(Dataset):
             return lambda w, h: random_resized_crop_box(w, h, rng, scale)  # type: ignore[arg-type]
         return lambda w, h: center_crop_box(w, h, size)
 
-    def _object_image(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        from finetune.data.decode import to_rgb
-
-        image, label = self.obj[index]
-        if isinstance(image, Image.Image):  # (16-bit greyscale keeps its high byte, as for files)
-            hwc = torch.from_numpy(np.array(to_rgb(image), dtype=np.uint8))
-        elif isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] in (1, 3):
-            hwc = image.expand(3, -1, -1).permute(1, 2, 0)
-        else:
-            raise TypeError(f"dataset item {index} is a {type(image).__name__}: expected a PIL image or a uint8 CHW tensor")
-        return hwc, int(label)
+    def _object_image(self, index: int) -> tuple[Any, int]:
+        """Item ``index`` of the dataset object: an RGB PIL image or a uint8 CHW tensor (3 channels),
+        and its label. See :func:`object_image` for what an item may hold."""
+        item = self.obj[index]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise DataError(f"dataset item {index} is a {type(item).__name__}: expected an (image, label) pair")
+        image, label = item[0], item[1]
+        try:
+            label = int(label)
+        except (TypeError, ValueError):
+            raise DataError(f"dataset item {index}'s label is a {type(label).__name__} ({label!r}): "
+                            "expected a class index (int)") from None
+        return object_image(image, f"dataset item {index}"), label
 
     def _label(self, index: int) -> int:
         return int(self.samples.labels[index])  # type: ignore[union-attr]
@@ -374,7 +454,10 @@ class _BatchDataset(Dataset):
             out = resize_hwc(decode_crop(self.samples.path(index), box_for, s, dct=self.dct), (s, s))
             label = self._label(index)
         else:
-            hwc, label = self._object_image(index)
+            image, label = self._object_image(index)
+            if not self.train:  # torchvision's Resize + CenterCrop, on the PIL image or on the tensor
+                return object_eval(image, s), label, False
+            hwc = hwc_of(image)
             out = resize_hwc(crop_hwc(hwc, box_for(hwc.shape[1], hwc.shape[0])), (s, s))
         return out, label, bool(rng is not None and rng.random() < 0.5)
 

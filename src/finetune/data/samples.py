@@ -205,7 +205,10 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
         classes = found
     missing = sorted(set(found) - set(classes))
     if missing:
-        raise DataError(f"'{root}' has class folders {missing} that the training split does not have")
+        shown = ", ".join(repr(c) for c in list(classes)[:20]) + (", …" if len(classes) > 20 else "")
+        raise DataError(f"'{root}' has class folders {missing} that are not among the {len(classes)} classes "
+                        f"it is read with (the training split's or the checkpoint's: {shown}); class names "
+                        f"match exactly, case included")
     paths: list[str] = []
     labels: list[int] = []
     empty: list[str] = []
