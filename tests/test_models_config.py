@@ -93,6 +93,12 @@ def test_tensorboard_events_are_written(colour_data: Path, tmp_path: Path) -> No
     # Grad-CAM overlays of the same validation images after every epoch
     cams = acc.Images("cam/val")
     assert [e.step for e in cams] == [1, 2] and cams[0].width > 64 and cams[0].height >= 64
+    # the model graph once (module names as scopes) and each stage's feature maps after every epoch
+    assert acc.Tags()["graph"]
+    assert any(node.name.startswith("ResNet/Sequential[layer4]/BasicBlock[1]/") for node in acc.Graph().node)
+    features = [t for t in acc.Tags()["images"] if t.startswith("features/")]
+    assert features == ["features/relu", "features/layer1", "features/layer2", "features/layer3", "features/layer4"]
+    assert [e.step for e in acc.Images("features/layer4")] == [1, 2]
 
 
 def test_tensorboard_cam_images_leave_training_as_it_was(colour_data: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""What a run reports: one line per epoch, ``metrics.jsonl``, TensorBoard, progress bars.
+"""What a run reports: one line per epoch, ``metrics.jsonl``, TensorBoard (scalars, the model
+graph, Grad-CAM overlays, feature maps), progress bars.
 
 >>> import tempfile, json, pathlib
 >>> run = pathlib.Path(tempfile.mkdtemp())
@@ -141,6 +142,15 @@ class RunLog:
         if self._tb is not None:
             self._tb.add_images(tag, images, step, dataformats="NHWC")
             self._tb.flush()
+
+    def graph(self, model: Any, image: Any) -> str | None:
+        """The model's graph, traced on one image (see :func:`finetune.features.add_model_graph`);
+        returns why there is none, or None (also without ``tensorboard=True``)."""
+        if self._tb is None:
+            return None
+        from finetune.features import add_model_graph
+
+        return add_model_graph(self._tb, model, image)
 
     @property
     def tensorboard(self) -> bool:

@@ -525,6 +525,10 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
              + ("" if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD)
                 else f", inputs normalised with the weights' mean {tuple(mean)} / std {tuple(std)}"))
     cam_batch = cam_inputs(val_samples, cfg.img_size, mean, std, device) if log.tensorboard else None
+    if cam_batch is not None and resume_state is None:  # the graph once per run, traced on a val image
+        why = log.graph(model, cam_batch[1])
+        if why is not None:
+            warn(f"no model graph in TensorBoard (the model cannot be traced): {why}")
     table = trainable_table(model)
     (run_dir / "trainable.json").write_text(json.dumps(table.to_dict(), indent=1))
     log.info(str(table))
@@ -620,6 +624,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             history.append(record)
             log.epoch(record)
             if cam_batch is not None:
+                log_feature_maps(log, model, cam_batch[1], epoch + 1)
                 try:
                     log.images("cam/val", cam_overlays(model, cam_batch), epoch + 1)
                 except FinetuneError as e:  # a model CAM cannot explain: the run goes on without the images
@@ -756,6 +761,25 @@ def cam_overlays(model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor] | N
     crops, batch = inputs
     maps = class_activation_maps(model, batch).maps.cpu()
     return np.stack([overlay(c, m) for c, m in zip(crops, maps, strict=True)])
+
+
+def log_feature_maps(log: RunLog, model: nn.Module, batch: torch.Tensor, step: int) -> None:
+    """TensorBoard images ``features/<module>``: the most varied channels of the first
+    validation image's feature maps at the end of each stage (see :mod:`finetune.features`).
+
+    >>> import pathlib, tempfile
+    >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> log = RunLog(run, tensorboard=True, quiet=True)
+    >>> log_feature_maps(log, create_model("resnet18", num_classes=2), torch.zeros(1, 3, 64, 64), step=1); log.close()
+    >>> events = EventAccumulator(str(run / "tb")); _ = events.Reload()
+    >>> events.Tags()["images"]
+    ['features/relu', 'features/layer1', 'features/layer2', 'features/layer3', 'features/layer4']
+    """
+    from finetune.features import feature_grid, stage_feature_maps
+
+    for name, fmap in stage_feature_maps(model, batch).items():
+        log.images(f"features/{name}", feature_grid(fmap)[None], step)
 
 
 def warn_frozen_new_head(model: nn.Module, loaded: list[str]) -> None:
