@@ -98,6 +98,10 @@ _CHUNK = 1 << 20
 _TAIL = 1 << 20
 
 
+class CheckpointerArgumentError(ConfigError, ValueError):
+    """An invalid argument of :class:`Checkpointer` (a :class:`ConfigError` and a ``ValueError``)."""
+
+
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped or could not be cleaned up (training goes on).
 
@@ -214,7 +218,8 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], *, strict:
     """Load clean (or wrapper-prefixed) weights into ``model``, wrapped or bare, on any device.
 
     Returns ``(missing, unexpected)`` key lists; with ``strict`` a mismatch raises
-    :class:`CheckpointError` naming the first keys.
+    :class:`CheckpointError` naming the first keys. Without ``strict``, tensors whose shape
+    differs (a new head) are not loaded and listed in ``missing``.
 
     >>> src = nn.DataParallel(nn.Linear(2, 2), device_ids=[])
     >>> dst = torch.compile(nn.Linear(2, 2))
@@ -223,22 +228,40 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], *, strict:
     >>> torch.equal(unwrap_model(dst).weight, src.module.weight)
     True
     """
-    target = {_clean_key(model, k): k for k in model.state_dict()}
+    missing, unexpected, _ = _load_model_state(model, state_dict, strict=strict)
+    return missing, unexpected
+
+
+def _load_model_state(model: nn.Module, state_dict: Mapping[str, Any], *,
+                      strict: bool) -> tuple[list[str], list[str], list[str]]:
+    """:func:`load_model_state` that also returns the names whose shape differs (not loaded, listed in missing)."""
+    current = model.state_dict()
+    target = {_clean_key(model, k): k for k in current}
+    inverse = {v: k for k, v in target.items()}
     renamed: dict[str, Any] = {}
+    mismatched: list[str] = []
     for key, value in state_dict.items():
         name = key if key in target else _strip_wrapper_segments(key)
-        renamed[target.get(name, key)] = value
+        full = target.get(name, key)
+        have = current.get(full)
+        if isinstance(value, torch.Tensor) and isinstance(have, torch.Tensor) and value.shape != have.shape:
+            mismatched.append(f"{inverse.get(full, full)} {list(value.shape)} -> {list(have.shape)}")
+            continue
+        renamed[full] = value
+    if strict and mismatched:
+        raise CheckpointError(f"the checkpoint's weights do not fit the model: shape of {', '.join(mismatched[:3])}"
+                              f"{' …' if len(mismatched) > 3 else ''} (a different architecture or number of classes?)")
     try:
         result = model.load_state_dict(renamed, strict=False)
-    except RuntimeError as e:  # size mismatch
-        raise CheckpointError(f"the checkpoint's weights do not fit the model: {_first_line(e)}") from e
-    inverse = {v: k for k, v in target.items()}
+    except RuntimeError as e:  # anything else load_state_dict refuses
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3]) or _first_line(e)
+        raise CheckpointError(f"the checkpoint's weights do not fit the model: {detail[:300]}") from e
     missing = [inverse.get(k, k) for k in result.missing_keys]
     unexpected = list(result.unexpected_keys)
     if strict and (missing or unexpected):
         raise CheckpointError(f"the checkpoint's weights do not fit the model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]} (a different architecture or number of classes?)")
-    return missing, unexpected
+    return missing, unexpected, [m.split(" ")[0] for m in mismatched]
 
 
 # --------------------------------------------------------------------------- optimizer state by name
@@ -480,8 +503,12 @@ class RestoreReport:
     """
 
     missing: list[str]
+    """Model weights not loaded from the checkpoint (absent there, or of another shape)."""
     unexpected: list[str]
+    """Checkpoint weights the model has no place for."""
     optimizer: OptimizerRestoreReport | None
+    shape_mismatch: list[str] = field(default_factory=list)
+    """Model weights whose shape differs from the checkpoint's (also in ``missing``; only without ``strict``)."""
 
 
 def restore(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -501,7 +528,7 @@ def restore(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.opti
     >>> torch.equal(net2.weight, net.weight), report.optimizer.exact
     (True, True)
     """
-    missing, unexpected = load_model_state(model, state["model"], strict=strict)
+    missing, unexpected, mismatched = _load_model_state(model, state["model"], strict=strict)
     report = None
     for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
         if obj is not None and key not in state:
@@ -512,7 +539,7 @@ def restore(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.opti
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    return RestoreReport(missing, unexpected, report)
+    return RestoreReport(missing, unexpected, report, mismatched)
 
 
 # --------------------------------------------------------------------------- what may go into a file
@@ -872,7 +899,7 @@ class _Pending:
 class Checkpointer:
     """Atomic, durable, pruned checkpoints of one run in ``run_dir/checkpoints/``.
 
-    ``keep_last`` numbered checkpoints are kept, plus the best one by
+    ``keep_last`` numbered checkpoints are kept (None: all of them), plus the best one by
     ``metrics[best_metric]`` (``mode`` "max" or "min"). With ``async_save`` the state is
     copied to (pinned, on CUDA) host memory and written by a background thread; at most
     one write is in flight and its error is raised by the next :meth:`save`,
@@ -893,18 +920,20 @@ class Checkpointer:
     (1, True)
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], keep_last: int = 3, best_metric: str = "val_top1",
+    def __init__(self, run_dir: str | os.PathLike[str], keep_last: int | None = 3, best_metric: str = "val_top1",
                  mode: str = "max", async_save: bool = False) -> None:
-        if type(keep_last) is not int or keep_last < 1:
-            raise ConfigError(f"keep_last must be an integer >= 1, got {keep_last!r}")
+        if keep_last is not None and (type(keep_last) is not int or keep_last < 1):
+            raise CheckpointerArgumentError(f"keep_last must be an integer >= 1 (or None: keep every checkpoint), "
+                                            f"got {keep_last!r}")
         if mode not in ("max", "min"):
-            raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
+            raise CheckpointerArgumentError(f"mode must be 'max' or 'min', got {mode!r}")
         self.run_dir = Path(run_dir)
         self.directory = self.run_dir / CHECKPOINT_DIR
         self.keep_last, self.best_metric, self.mode, self.async_save = keep_last, best_metric, mode, bool(async_save)
         self.skipped: list[tuple[Path, str]] = []
         """(path, reason) of each checkpoint the last :meth:`latest` call passed over."""
         self._best: tuple[float | None, str | None] | None = None  # (value, numbered file), loaded lazily
+        self._best_seen: str | None = None  # the newest numbered file when _best was read: newer ones re-read it
         self._verified: dict[str, tuple[tuple, str | None]] = {}
         self._pending: _Pending | None = None
         self._buffers: dict[tuple, torch.Tensor] = {}
@@ -1130,10 +1159,16 @@ class Checkpointer:
             return False
 
     def _best_state(self) -> tuple[float | None, str | None]:
-        """(best value, numbered file) as recorded by the newest complete checkpoint's manifest."""
-        if self._best is None:
-            self._best = (None, None)
-            for name in reversed(self._names()):
+        """(best value, numbered file) as recorded by the newest complete checkpoint's manifest.
+
+        Read again when a newer numbered file appeared than the one seen last (another
+        Checkpointer on the same directory saved), so that it is never taken for worse.
+        """
+        names = self._names()
+        newest = names[-1] if names else None
+        if self._best is None or newest != self._best_seen:
+            self._best, self._best_seen = (None, None), newest
+            for name in reversed(names):
                 path = self.directory / name
                 if self.verify(path) is not None:
                     continue
@@ -1287,6 +1322,8 @@ class Checkpointer:
             _remove_quietly(final)  # without its manifest it would only be skipped later
             raise _write_error("checkpoint manifest", manifest_path, e) from e
         self._best = (best_value, best_file)  # the checkpoint is complete and durable from here on
+        names = self._names()
+        self._best_seen = names[-1] if names else name
         try:
             _link_atomic(final, self.directory / LAST)
             if improved:
@@ -1304,7 +1341,10 @@ class Checkpointer:
         """Delete numbered checkpoints older than ``newest`` beyond the last ``keep_last``; never the best."""
         names = self._names()
         complete = [n for n in names if (self.directory / n).with_suffix(".json").exists()]
-        keep = set(complete[-self.keep_last:]) | {self._best_state()[1]}
+        if self.keep_last is None:  # keep every checkpoint: only orphaned manifests are litter
+            keep = set(names)
+        else:
+            keep = set(complete[-self.keep_last:]) | {self._best_state()[1]}
         limit = _numbered_key(newest)
         doomed = [n for n in names if n not in keep and _numbered_key(n) < limit]  # type: ignore[operator]
         present = set(names)

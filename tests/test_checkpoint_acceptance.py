@@ -1,0 +1,776 @@
+"""Issue #4 from the outside: `finetune.Checkpointer` and `finetune train` checked as a user would.
+
+Black-box acceptance tests written from the specification: real files, real processes,
+failures simulated only where the operating system cannot be asked for them (a full disk,
+permission denied while running as root). The CLI tests that take more than a few seconds
+are marked ``slow`` (run them with ``-m slow``).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import finetune
+import finetune.checkpoint as checkpoint_module
+from finetune import Checkpointer
+from finetune.checkpoint import (
+    CheckpointWarning,
+    capture_rng_state,
+    restore,
+    restore_rng_state,
+    unwrap_model,
+)
+from finetune.errors import CheckpointError, FinetuneError
+
+
+# --------------------------------------------------------------------------- helpers
+def net(classes: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, classes))
+
+
+def step(model: nn.Module, optimizer: torch.optim.Optimizer, seed: int = 1, classes: int = 3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(4, 3, 6, 6, generator=g), torch.randint(0, classes, (4,), generator=g)
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def ckpt_dir(run: Path) -> Path:
+    return run / "checkpoints"
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def quiet_latest(ckpt: Checkpointer) -> Path | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)
+        return ckpt.latest()
+
+
+# --------------------------------------------------------------------------- the documented example
+def documented_example() -> str:
+    """The user-loop example of the docs (module docstring of finetune.checkpoint), dedented."""
+    doc = checkpoint_module.__doc__ or ""
+    m = re.search(r"own PyTorch loop.*?::\n\n(.*?)(?:\n\n\S|\Z)", doc, re.S)
+    assert m, "no user-loop example in finetune.checkpoint's documentation"
+    return textwrap.dedent(m.group(1))
+
+
+def test_documented_user_loop_example_runs_as_written_and_resumes(tmp_path: Path) -> None:
+    code = documented_example()
+    assert len([line for line in code.splitlines() if line.strip()]) <= 30  # "a 20-line example"
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    run_dir = next(p.parent for p in tmp_path.rglob("checkpoints"))
+    ckpt = Checkpointer(run_dir)
+    assert ckpt.latest() is not None and ckpt.best() is not None
+    latest = torch.load(ckpt.latest(), weights_only=True)
+    # the example's state is restorable into a fresh model of the same shape
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    restore(latest, model=model)
+    # running it again resumes (nothing left to do) and ends with the same files
+    before = snapshot(ckpt_dir(run_dir))
+    second = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    assert snapshot(ckpt_dir(run_dir)) == before
+
+
+def test_checkpointer_is_exported_with_the_documented_signature(tmp_path: Path) -> None:
+    ckpt = finetune.Checkpointer(tmp_path)
+    assert (ckpt.keep_last, ckpt.best_metric, ckpt.mode) == (3, "val_top1", "max")
+    for name in ("save", "latest", "best", "load"):
+        assert callable(getattr(ckpt, name))
+
+
+# --------------------------------------------------------------------------- empty, keep-k, best
+def test_empty_run_dir_has_no_latest_or_best_and_load_is_a_clear_error(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path / "never-written")
+    assert ckpt.latest() is None and ckpt.best() is None
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        ckpt.load()
+    assert not (tmp_path / "never-written").exists()  # reading creates nothing
+
+
+def test_keep_last_one_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
+    model = net()
+    ckpt = Checkpointer(tmp_path, keep_last=1)
+    for epoch, top1 in enumerate([0.2, 0.8, 0.5, 0.6]):
+        ckpt.save({"model": model, "epoch": epoch, "step": 10 * (epoch + 1)}, metrics={"val_top1": top1})
+    numbered = sorted(p.name for p in ckpt_dir(tmp_path).glob("ckpt-*.pt"))
+    assert numbered == ["ckpt-e0001-s00000020.pt", "ckpt-e0003-s00000040.pt"]
+    assert ckpt.latest().name == "ckpt-e0003-s00000040.pt"
+    assert ckpt.load(ckpt.best())["epoch"] == 1
+    assert torch.load(ckpt_dir(tmp_path) / "best.pt", weights_only=True)["step"] == 20
+    assert torch.load(ckpt_dir(tmp_path) / "last.pt", weights_only=True)["step"] == 40
+
+
+def test_keep_last_none_keeps_every_checkpoint(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, keep_last=None)
+    for s in range(1, 6):
+        ckpt.save({"w": torch.full((2,), float(s)), "epoch": 0, "step": s}, metrics={"val_top1": 0.1})
+    assert len(list(ckpt_dir(tmp_path).glob("ckpt-*.pt"))) == 5
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "3"])
+def test_invalid_keep_last_is_refused(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises((FinetuneError, ValueError, TypeError)):
+        Checkpointer(tmp_path, keep_last=bad)
+
+
+def test_invalid_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises((FinetuneError, ValueError)):
+        Checkpointer(tmp_path, mode="maximum")
+
+
+def test_mode_min_on_val_loss(tmp_path: Path) -> None:
+    model = net()
+    ckpt = Checkpointer(tmp_path, keep_last=1, best_metric="val_loss", mode="min")
+    for epoch, loss in enumerate([1.0, 0.3, 0.7, 0.5]):
+        ckpt.save({"model": model, "epoch": epoch, "step": epoch + 1},
+                  metrics={"val_loss": loss, "val_top1": 1.0 - 0.1 * epoch})  # top-1 must not matter
+    assert ckpt.load(ckpt.best())["epoch"] == 1
+    assert ckpt.best_value == pytest.approx(0.3)
+    # a new Checkpointer on the same directory (a resumed process) knows the best so far
+    again = Checkpointer(tmp_path, keep_last=1, best_metric="val_loss", mode="min")
+    assert again.best_value == pytest.approx(0.3)
+    again.save({"model": model, "epoch": 4, "step": 5}, metrics={"val_loss": 0.4})
+    assert again.load(again.best())["epoch"] == 1
+    again.save({"model": model, "epoch": 5, "step": 6}, metrics={"val_loss": 0.1})
+    assert again.load(again.best())["epoch"] == 5
+
+
+def test_a_missing_or_non_finite_metric_never_becomes_the_best(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 1}, metrics={"val_top1": 0.4})
+    ckpt.save({"w": torch.zeros(1), "epoch": 1, "step": 2}, metrics={"val_top1": float("nan")})
+    ckpt.save({"w": torch.zeros(1), "epoch": 2, "step": 3})
+    ckpt.save({"w": torch.zeros(1), "epoch": 3, "step": 4}, metrics={"val_top1": torch.tensor(0.3)})
+    assert ckpt.load(ckpt.best())["step"] == 1
+
+
+def test_two_checkpointers_on_one_directory_agree_on_the_best(tmp_path: Path) -> None:
+    a, b = Checkpointer(tmp_path, keep_last=10), Checkpointer(tmp_path, keep_last=10)
+    a.save({"w": torch.zeros(1), "epoch": 0, "step": 1}, metrics={"val_top1": 0.5})
+    assert b.best_value == 0.5 and b.latest().name == "ckpt-e0000-s00000001.pt"
+    a.save({"w": torch.zeros(1), "epoch": 1, "step": 2}, metrics={"val_top1": 0.9})
+    assert b.latest().name == "ckpt-e0001-s00000002.pt"
+    b.save({"w": torch.zeros(1), "epoch": 2, "step": 3}, metrics={"val_top1": 0.7})  # worse than a's 0.9
+    for ckpt in (a, b, Checkpointer(tmp_path)):
+        assert ckpt.load(ckpt.best())["step"] == 2
+    assert torch.load(ckpt_dir(tmp_path) / "best.pt", weights_only=True)["step"] == 2
+
+
+# --------------------------------------------------------------------------- contents and formats
+def test_every_written_file_loads_with_weights_only_and_holds_clean_cpu_tensors(tmp_path: Path) -> None:
+    model = nn.DataParallel(net(), device_ids=[])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    step(model, opt)
+    sched.step()
+    ckpt = Checkpointer(tmp_path, keep_last=2)
+    for s in range(1, 4):
+        ckpt.save({"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler, "epoch": s, "step": s,
+                   "rng": capture_rng_state(), "classes": ["a", "b", "c"], "arch": "tiny"},
+                  metrics={"val_top1": s / 10})
+    files = list(ckpt_dir(tmp_path).glob("*.pt"))
+    assert {"last.pt", "best.pt"} <= {p.name for p in files}
+    for path in files:
+        state = torch.load(path, weights_only=True)
+        assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+        assert all(v.device.type == "cpu" for v in state["model"].values())
+        assert state["classes"] == ["a", "b", "c"] and "format_version" in state
+        assert "torch" in json.dumps(state.get("versions", {}), default=str)
+    loaded = ckpt.load()
+    assert same_tensors(loaded["model"], unwrap_model(model).state_dict())
+
+
+def test_bf16_and_fp16_weights_round_trip_bitwise(tmp_path: Path) -> None:
+    for i, dtype in enumerate((torch.bfloat16, torch.float16)):
+        model = net().to(dtype)
+        ckpt = Checkpointer(tmp_path / str(i))
+        ckpt.save({"model": model, "epoch": 0, "step": 1})
+        fresh = net(seed=5).to(dtype)
+        restore(ckpt.load(), model=fresh)
+        assert all(v.dtype == dtype for v in torch.load(ckpt.latest(), weights_only=True)["model"].values()
+                   if v.is_floating_point())
+        assert same_tensors(fresh.state_dict(), model.state_dict())
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(6, 4)
+        self.head = nn.Linear(4, 6, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(x))
+
+
+def test_tied_weights_save_and_restore_with_momentum(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Tied()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.tensor([1, 2, 3])).sum().backward()
+    opt.step()
+    Checkpointer(tmp_path).save({"model": model, "optimizer": opt, "epoch": 0, "step": 1})
+    torch.manual_seed(1)
+    fresh = Tied()
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    report = restore(Checkpointer(tmp_path).load(), model=fresh, optimizer=fresh_opt)
+    assert fresh.head.weight is fresh.emb.weight and torch.equal(fresh.emb.weight, model.emb.weight)
+    assert report.optimizer.exact
+    assert torch.equal(fresh_opt.state[fresh.emb.weight]["momentum_buffer"],
+                       opt.state[model.emb.weight]["momentum_buffer"])
+
+
+def test_plain_state_dict_file_truncated_file_and_newer_format_are_clear_errors(tmp_path: Path) -> None:
+    model = net()
+    plain = tmp_path / "plain.pt"
+    torch.save(model.state_dict(), plain)
+    with pytest.raises(CheckpointError, match="not a finetune checkpoint"):
+        Checkpointer(tmp_path).load(plain)
+    good = Checkpointer(tmp_path / "run").save({"model": model, "epoch": 0, "step": 1})
+    data = good.read_bytes()
+    for n, cut in enumerate((len(data) // 2, len(data) - 7, 30)):
+        bad = tmp_path / f"cut{n}.pt"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match=re.escape(str(bad))):
+            Checkpointer(tmp_path).load(bad)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError):
+        Checkpointer.read(tmp_path / "empty.pt")
+    newer = torch.load(good, weights_only=True)
+    newer["format_version"] = 999
+    torch.save(newer, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match="newer"):
+        Checkpointer.read(tmp_path / "newer.pt")
+
+
+def test_an_older_format_version_still_loads(tmp_path: Path) -> None:
+    good = Checkpointer(tmp_path / "run").save({"model": net(), "epoch": 0, "step": 1})
+    state = torch.load(good, weights_only=True)
+    state["format_version"] = 0
+    torch.save(state, tmp_path / "old.pt")
+    fresh = net(seed=3)
+    restore(Checkpointer.read(tmp_path / "old.pt"), model=fresh)
+    assert same_tensors(fresh.state_dict(), net().state_dict())
+
+
+def test_load_with_map_location(tmp_path: Path) -> None:
+    path = Checkpointer(tmp_path).save({"model": net(), "epoch": 0, "step": 1})
+    for where in ("cpu", torch.device("cpu"), {"cuda:0": "cpu"}):
+        state = Checkpointer(tmp_path).load(path, map_location=where)
+        assert state["model"]["0.weight"].device.type == "cpu"
+
+
+def test_rng_states_of_cuda_devices_absent_here_do_not_stop_a_restore() -> None:
+    """A checkpoint written on a CUDA machine holds CUDA RNG states; on a CPU machine they are
+    reported, the rest is restored."""
+    state = capture_rng_state()
+    foreign = dict(state, cuda=[torch.zeros(816, dtype=torch.uint8)] * (torch.cuda.device_count() + 2))
+    first = torch.rand(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        restore_rng_state(foreign)
+    assert torch.equal(torch.rand(3), first)
+
+
+# --------------------------------------------------------------------------- wrappers
+def wrapped(kind: str, model: nn.Module) -> nn.Module:
+    if kind == "bare":
+        return model
+    if kind == "dp":
+        return nn.DataParallel(model, device_ids=[])
+    if kind == "compiled":
+        return torch.compile(model)  # not run: its state_dict keys carry _orig_mod.
+    if kind == "dp-compiled":
+        return torch.compile(nn.DataParallel(model, device_ids=[]))
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("src_kind", ["bare", "dp", "compiled", "dp-compiled"])
+def test_save_from_any_wrapper_load_into_any_wrapper(tmp_path: Path, src_kind: str) -> None:
+    src = wrapped(src_kind, net())
+    opt = torch.optim.SGD(src.parameters(), lr=0.1, momentum=0.9)
+    step(unwrap_model(src), opt)
+    Checkpointer(tmp_path).save({"model": src, "optimizer": opt, "epoch": 0, "step": 1})
+    saved = torch.load(ckpt_dir(tmp_path) / "last.pt", weights_only=True)
+    assert set(saved["model"]) == set(net().state_dict())
+    for dst_kind in ("bare", "dp", "compiled"):
+        dst = wrapped(dst_kind, net(seed=9))
+        dst_opt = torch.optim.SGD(dst.parameters(), lr=0.1, momentum=0.9)
+        report = restore(Checkpointer(tmp_path).load(), model=dst, optimizer=dst_opt)
+        assert same_tensors(unwrap_model(dst).state_dict(), unwrap_model(src).state_dict()), dst_kind
+        assert report.optimizer.exact, dst_kind
+    # a plain torch.load + load_state_dict into the bare model works too (clean keys)
+    bare = net(seed=4)
+    bare.load_state_dict(saved["model"])
+
+
+# --------------------------------------------------------------------------- optimizer by name
+def test_optimizer_restores_by_name_after_unfreezing_and_regrouping(tmp_path: Path) -> None:
+    model = net()
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    step(model, opt)
+    Checkpointer(tmp_path).save({"model": model, "optimizer": opt, "epoch": 0, "step": 1})
+
+    fresh = net(seed=2)  # everything trainable now, the backbone in its own group first
+    opt2 = torch.optim.SGD([{"params": fresh[0].parameters(), "lr": 0.01},
+                            {"params": [*fresh[1].parameters(), *fresh[4].parameters()]}], lr=0.1, momentum=0.9)
+    report = restore(Checkpointer(tmp_path).load(), model=fresh, optimizer=opt2)
+    opt_report = report.optimizer
+    assert not opt_report.exact
+    assert sorted(opt_report.missing) == ["0.bias", "0.weight"]
+    assert "4.weight" in opt_report.restored
+    assert torch.equal(opt2.state[fresh[4].weight]["momentum_buffer"], opt.state[model[4].weight]["momentum_buffer"])
+    assert fresh[0].weight not in opt2.state
+    assert opt2.param_groups[0]["lr"] == 0.01
+    assert "0.weight" in str(opt_report)  # reported
+    step(fresh, opt2)  # and it trains on
+
+
+def test_optimizer_and_weights_restore_what_fits_after_a_new_head(tmp_path: Path) -> None:
+    model = net(classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step(model, opt)
+    Checkpointer(tmp_path).save({"model": model, "optimizer": opt, "epoch": 0, "step": 1})
+    fresh = net(classes=5, seed=7)
+    opt2 = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    report = restore(Checkpointer(tmp_path).load(), model=fresh, optimizer=opt2, strict=False)
+    assert torch.equal(fresh[0].weight, model[0].weight)
+    assert fresh[4].weight.shape == (5, 64)
+    assert "4.weight" in report.missing or "4.weight" in getattr(report, "shape_mismatch", [])
+    assert "4.weight" in report.optimizer.shape_mismatch and "0.weight" in report.optimizer.restored
+    step(fresh, opt2, classes=5)
+    # strict (the default) refuses with one line naming the tensor
+    with pytest.raises(CheckpointError, match=r"4\.weight"):
+        restore(Checkpointer(tmp_path).load(), model=net(classes=5))
+
+
+def test_optimizer_of_another_class_is_reported_not_an_error(tmp_path: Path) -> None:
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step(model, opt)
+    Checkpointer(tmp_path).save({"model": model, "optimizer": opt, "epoch": 0, "step": 1})
+    adam = torch.optim.AdamW(model.parameters())
+    report = restore(Checkpointer(tmp_path).load(), model=model, optimizer=adam)
+    assert not report.optimizer.exact and "SGD" in str(report.optimizer)
+
+
+# --------------------------------------------------------------------------- damaged files, failed writes
+def three_checkpoints(run: Path) -> Checkpointer:
+    ckpt = Checkpointer(run, keep_last=5)
+    for s in (1, 2, 3):
+        ckpt.save({"w": torch.full((1000,), float(s)), "epoch": 0, "step": s}, metrics={"val_top1": s / 10})
+    return ckpt
+
+
+@pytest.mark.filterwarnings("ignore::finetune.checkpoint.CheckpointWarning")
+@pytest.mark.parametrize("damage", ["truncate", "flip-middle", "flip-end", "empty", "delete-manifest", "garbage"])
+def test_latest_skips_a_damaged_newest_checkpoint(tmp_path: Path, damage: str) -> None:
+    three_checkpoints(tmp_path)
+    newest = ckpt_dir(tmp_path) / "ckpt-e0000-s00000003.pt"
+    data = bytearray(newest.read_bytes())
+    if damage == "truncate":
+        newest.write_bytes(data[: len(data) // 2])
+    elif damage in ("flip-middle", "flip-end"):
+        i = len(data) // 2 if damage == "flip-middle" else len(data) - 40
+        data[i] ^= 0xFF
+        newest.write_bytes(bytes(data))
+    elif damage == "empty":
+        newest.write_bytes(b"")
+    elif damage == "delete-manifest":
+        newest.with_suffix(".json").unlink()
+    else:
+        newest.write_bytes(os.urandom(len(data)))
+    ckpt = Checkpointer(tmp_path)
+    with pytest.warns(CheckpointWarning, match="ckpt-e0000-s00000003"):
+        latest = ckpt.latest()
+    assert latest.name == "ckpt-e0000-s00000002.pt"
+    assert ckpt.load()["w"][0].item() == 2.0
+    with pytest.raises(CheckpointError):
+        ckpt.load(newest)
+
+
+def disk_full(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def half_then_disk_full(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+    f.write(b"PK\x03\x04" + b"\0" * 5000)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["torch.save", "partial write", "fsync", "replace"])
+def test_disk_full_leaves_every_earlier_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          where: str) -> None:
+    ckpt = three_checkpoints(tmp_path)
+    before = snapshot(ckpt_dir(tmp_path))
+    with monkeypatch.context() as m:
+        if where == "torch.save":
+            m.setattr(torch, "save", disk_full)
+        elif where == "partial write":
+            m.setattr(torch, "save", half_then_disk_full)
+        elif where == "fsync":
+            m.setattr(os, "fsync", disk_full)
+        else:
+            m.setattr(os, "replace", disk_full)
+        with pytest.raises(CheckpointError) as info:
+            ckpt.save({"w": torch.full((1000,), 4.0), "epoch": 0, "step": 4}, metrics={"val_top1": 0.9})
+    message = str(info.value)
+    assert "\n" not in message and ("disk is full" in message or "No space" in message)
+    assert snapshot(ckpt_dir(tmp_path)) == before  # nothing changed, no temp file left behind
+    again = Checkpointer(tmp_path)
+    assert again.latest().name == "ckpt-e0000-s00000003.pt" and again.load(again.best())["step"] == 3
+    for path in ckpt_dir(tmp_path).glob("*.pt"):
+        torch.load(path, weights_only=True)
+    # the space is back: saving goes on
+    ckpt.save({"w": torch.full((1000,), 4.0), "epoch": 0, "step": 4}, metrics={"val_top1": 0.9})
+    assert Checkpointer(tmp_path).load(Checkpointer(tmp_path).best())["step"] == 4
+
+
+def test_permission_denied_is_clear_and_leaves_earlier_checkpoints(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = three_checkpoints(tmp_path)
+    before = snapshot(ckpt_dir(tmp_path))
+    if os.geteuid() != 0:
+        ckpt_dir(tmp_path).chmod(0o500)
+    else:  # root writes anywhere: make opening a new file fail as it would
+        real_open = open
+
+        def no_write(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            if any(c in mode for c in "wxa+"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr("builtins.open", no_write)
+    try:
+        with pytest.raises(CheckpointError, match="(?i)permission"):
+            ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 4}, metrics={"val_top1": 0.9})
+    finally:
+        ckpt_dir(tmp_path).chmod(0o755)
+        monkeypatch.undo()
+    assert snapshot(ckpt_dir(tmp_path)) == before
+    assert Checkpointer(tmp_path).load()["step"] == 3
+
+
+def test_old_checkpoints_are_deleted_only_after_the_new_one_is_complete(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = Checkpointer(tmp_path, keep_last=1)
+    ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 1}, metrics={"val_top1": 0.9})
+    ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 2}, metrics={"val_top1": 0.1})
+    deleted: list[tuple[str, bool]] = []
+    new = ckpt_dir(tmp_path) / "ckpt-e0000-s00000003.pt"
+    real_remove, real_unlink = os.remove, os.unlink
+
+    def watch(remove: Any) -> Any:
+        def inner(path: Any, *args: Any, **kwargs: Any) -> None:
+            name = Path(path).name
+            if name.startswith("ckpt-"):
+                deleted.append((name, new.exists() and new.with_suffix(".json").exists()
+                                and Checkpointer(tmp_path).verify(new) is None))
+            remove(path, *args, **kwargs)
+        return inner
+
+    monkeypatch.setattr(os, "remove", watch(real_remove))
+    monkeypatch.setattr(os, "unlink", watch(real_unlink))
+    ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 3}, metrics={"val_top1": 0.2})
+    monkeypatch.undo()
+    assert {name for name, _ in deleted} >= {"ckpt-e0000-s00000002.pt"}
+    assert all(complete for _, complete in deleted), deleted
+    assert sorted(p.name for p in ckpt_dir(tmp_path).glob("ckpt-*.pt")) == [
+        "ckpt-e0000-s00000001.pt", "ckpt-e0000-s00000003.pt"]  # the best one survives
+
+
+def test_a_save_crashing_midway_leaves_no_partial_file_under_a_final_name(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = three_checkpoints(tmp_path)
+
+    def crash(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"PK\x03\x04partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 4})
+    monkeypatch.undo()
+    assert not (ckpt_dir(tmp_path) / "ckpt-e0000-s00000004.pt").exists()
+    assert Checkpointer(tmp_path).load()["step"] == 3
+
+
+# --------------------------------------------------------------------------- async save
+def test_async_save_writes_the_state_as_it_was_at_save_time(tmp_path: Path) -> None:
+    model = net()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with Checkpointer(tmp_path, async_save=True) as ckpt:
+        path = ckpt.save({"model": model, "epoch": 0, "step": 1})
+        with torch.no_grad():  # training goes on while the file is written
+            for p in model.parameters():
+                p.add_(1.0)
+    assert same_tensors(Checkpointer(tmp_path).load(path)["model"], expected)
+
+
+def test_async_save_error_is_raised_at_the_next_save_and_earlier_files_stay(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = Checkpointer(tmp_path, async_save=True)
+    ckpt.save({"w": torch.ones(3), "epoch": 0, "step": 1})
+    ckpt.wait()
+    monkeypatch.setattr(torch, "save", disk_full)
+    ckpt.save({"w": torch.ones(3), "epoch": 0, "step": 2})  # returns: the write is in the background
+    with pytest.raises(CheckpointError, match="step|s00000002|No space|disk"):
+        ckpt.save({"w": torch.ones(3), "epoch": 0, "step": 3})
+    monkeypatch.undo()
+    assert Checkpointer(tmp_path).load()["step"] == 1
+    ckpt.save({"w": torch.ones(3), "epoch": 0, "step": 3})
+    ckpt.close()
+    assert Checkpointer(tmp_path).load()["step"] == 3
+
+
+def test_async_save_error_is_raised_by_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = Checkpointer(tmp_path, async_save=True)
+    monkeypatch.setattr(torch, "save", disk_full)
+    ckpt.save({"w": torch.ones(3), "epoch": 0, "step": 1})
+    with pytest.raises(CheckpointError):
+        ckpt.close()
+
+
+def test_async_save_error_at_exit_is_reported_not_lost(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import errno, os, torch
+        from finetune import Checkpointer
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        ckpt = Checkpointer({str(tmp_path)!r}, async_save=True)
+        torch.save = full
+        ckpt.save({{"w": torch.ones(3), "epoch": 0, "step": 1}})
+        print("saved")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "saved" in result.stdout
+    assert "ckpt-e0000-s00000001" in result.stderr and ("No space" in result.stderr or "disk" in result.stderr)
+
+
+def test_async_save_has_at_most_one_write_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = torch.save
+    active, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        real_save(obj, f, *args, **kwargs)
+        with lock:
+            active[0] -= 1
+
+    monkeypatch.setattr(torch, "save", slow_save)
+    with Checkpointer(tmp_path, keep_last=10, async_save=True) as ckpt:
+        for s in range(1, 6):
+            ckpt.save({"w": torch.full((10,), float(s)), "epoch": 0, "step": s})
+    assert most[0] == 1
+    assert [Checkpointer(tmp_path).load(p)["w"][0].item() for p in Checkpointer(tmp_path).checkpoints()] == [
+        1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+# --------------------------------------------------------------------------- the CLI
+TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--seed", "3",
+        "--optimizer", "sgd", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from finetune.data.shapes import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("data") / "shapes", per_class=4, size=32)  # 4 steps/epoch
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "finetune.cli", *args]
+
+
+def env() -> dict[str, str]:
+    out = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    out.pop("FINETUNE_DEBUG", None)
+    return out
+
+
+def run_train(data: Path, out: Path, *extra: str, epochs: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cli("train", "-q", "--data", str(data), *TINY, "--epochs", str(epochs), "--out", str(out),
+                              *extra), capture_output=True, text=True, env=env(), timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert lines and lines[-1].startswith("finetune: error: "), result.stderr
+
+
+def test_cli_resume_errors_are_one_line_and_exit_2(tmp_path: Path, tiny_data: Path) -> None:
+    assert_one_line_error(run_train(tiny_data, tmp_path / "nothing", "--resume", "auto"))
+    assert_one_line_error(run_train(tiny_data, tmp_path / "missing", "--resume", str(tmp_path / "no-such.pt")))
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    assert_one_line_error(run_train(tiny_data, tmp_path / "cut", "--resume", str(tmp_path / "cut.pt")))
+
+
+def final(run: Path) -> dict[str, Any]:
+    state = Checkpointer(run).load()
+    metrics = [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+               for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"step": state["step"], "model": state["model"], "metrics": metrics}
+
+
+def assert_same(run: Path, reference: dict[str, Any]) -> None:
+    got = final(run)
+    assert got["step"] == reference["step"]
+    assert got["metrics"] == reference["metrics"]
+    different = [k for k in reference["model"] if not torch.equal(reference["model"][k], got["model"][k])]
+    assert not different and got["model"].keys() == reference["model"].keys(), different[:5]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = run_train(tiny_data, out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_cli_run_directory_layout_and_checkpoint_contents(reference_run: Path) -> None:
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "best.safetensors", "classes.json", "metrics.jsonl",
+                 "config.yaml"):
+        assert (reference_run / name).is_file(), name
+    for path in (reference_run / "checkpoints").glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    state = torch.load(reference_run / "checkpoints" / "last.pt", weights_only=True)
+    flat = json.dumps(sorted(state))
+    for key in ("model", "optimizer", "epoch", "step", "rng", "classes", "format_version"):
+        assert key in state, (key, flat)
+    assert state["classes"] == json.loads((reference_run / "classes.json").read_text())
+    assert {"python", "numpy", "torch"} <= set(state["rng"])
+    best = torch.load(reference_run / "checkpoints" / "best.pt", weights_only=True)
+    top1 = [json.loads(line)["val_top1"] for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    assert max(top1) == pytest.approx(max(v for k, v in best.items() if "top1" in k and isinstance(v, float)))
+
+
+@pytest.mark.slow
+def test_cli_sigterm_saves_exits_0_says_how_to_resume_and_resume_is_bitwise_identical(
+        tmp_path: Path, tiny_data: Path, reference_run: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli("train", "-q", "--data", str(tiny_data), *TINY, "--epochs", "2", "--out", str(out)),
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "trainable.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "--resume auto" in stdout + stderr
+    result = run_train(tiny_data, out, "--resume", "auto")
+    assert result.returncode == 0, result.stderr
+    assert_same(out, final(reference_run))
+
+
+@pytest.mark.slow
+def test_cli_sigkill_at_random_moments_then_resume_auto_is_bitwise_identical(
+        tmp_path: Path, tiny_data: Path, reference_run: Path) -> None:
+    out = tmp_path / "run"
+    rng = random.Random(os.getpid())
+    base = ["train", "-q", "--data", str(tiny_data), *TINY, "--epochs", "2", "--out", str(out),
+            "--save-every-steps", "1"]
+    kills = 0
+    for attempt in range(12):
+        resume = ["--resume", "auto"] if any((out / "checkpoints").glob("ckpt-*.json")) else []
+        started = time.time_ns()
+        proc = subprocess.Popen(cli(*base, *resume), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        if attempt < 3:
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if (out / "trainable.json").stat().st_mtime_ns >= started:
+                        break
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 1.5))
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                kills += 1
+        _, stderr = proc.communicate(timeout=300)
+        if proc.returncode == -signal.SIGKILL:
+            # what a kill leaves: every complete checkpoint loads, temp files are not taken for checkpoints
+            ckpt = Checkpointer(out)
+            latest = quiet_latest(ckpt)
+            if latest is not None:
+                torch.load(latest, weights_only=True)
+            continue
+        assert proc.returncode == 0, stderr
+        break
+    assert kills >= 1
+    assert not [p for p in (out / "checkpoints").iterdir() if ".tmp." in p.name]
+    assert_same(out, final(reference_run))
+
+
+@pytest.mark.slow
+def test_cli_resume_auto_falls_back_over_a_corrupt_newest_and_resume_path(
+        tmp_path: Path, tiny_data: Path, reference_run: Path) -> None:
+    out = tmp_path / "run"
+    first = run_train(tiny_data, out, "--max-steps", "6", "--save-every-steps", "1", "--keep-last", "10")
+    assert first.returncode == 0, first.stderr
+    newest = ckpt_dir(out) / "ckpt-e0001-s00000006.pt"
+    assert newest.exists()
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    result = run_train(tiny_data, out, "--resume", "auto")
+    assert result.returncode == 0, result.stderr
+    assert "ckpt-e0001-s00000006" in result.stderr  # the skipped file is reported
+    assert_same(out, final(reference_run))
+
+    # --resume PATH: from an earlier checkpoint of another copy of the run
+    other = tmp_path / "other"
+    assert run_train(tiny_data, other, "--max-steps", "3", "--save-every-steps", "1").returncode == 0
+    result = run_train(tiny_data, other, "--resume", str(ckpt_dir(other) / "ckpt-e0000-s00000002.pt"))
+    assert result.returncode == 0, result.stderr
+    assert_same(other, final(reference_run))
