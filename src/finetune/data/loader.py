@@ -124,6 +124,25 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
 
 
+def shard_order(order: np.ndarray, rank: int, world: int, pad: bool) -> np.ndarray:
+    """The part of an epoch's ``order`` that process ``rank`` of ``world`` visits: every
+    ``world``-th sample from ``rank`` on (torch's ``DistributedSampler``), after repeating the
+    first samples so that every process gets as many (``pad``: training, where the processes
+    step together) or not (evaluation: each sample counted once).
+
+    >>> order = np.arange(5)
+    >>> shard_order(order, 0, 2, pad=True).tolist(), shard_order(order, 1, 2, pad=True).tolist()
+    ([0, 2, 4], [1, 3, 0])
+    >>> shard_order(order, 1, 2, pad=False).tolist()
+    [1, 3]
+    """
+    if world == 1:
+        return order
+    if pad:
+        order = np.resize(order, -(-len(order) // world) * world)
+    return order[rank::world]
+
+
 def default_cache_side(img_size: int) -> int:
     """Shorter side of cached training images: what eval resizes to (256 for 224).
 
@@ -152,6 +171,7 @@ class BatchSpec:
     epoch: int
     start: int
     indices: np.ndarray
+    stride: int = 1  # the k-th sample's position in the epoch is start + k * stride (several processes)
 
 
 class RawBatch(NamedTuple):
@@ -486,7 +506,7 @@ class _BatchDataset(Dataset):
         bad: list[tuple[int, str]] = []
         for k, index in enumerate(spec.indices.tolist()):
             slot[1] = index
-            rng = self._rng(spec.epoch, spec.start + k) if self.train else None
+            rng = self._rng(spec.epoch, spec.start + k * spec.stride) if self.train else None
             try:
                 if self.augment and rng is not None:
                     image, label = self.load(index, rng)
@@ -515,7 +535,7 @@ class _BatchDataset(Dataset):
         bad: list[tuple[int, str]] = []
         for k, index in enumerate(spec.indices.tolist()):
             slot[1] = index
-            rng = self._rng(spec.epoch, spec.start + k) if self.train else None
+            rng = self._rng(spec.epoch, spec.start + k * spec.stride) if self.train else None
             path = self.samples.path(index)
             try:
                 data = read_file(path)
@@ -590,10 +610,11 @@ class _BatchSampler:
     def __iter__(self) -> Iterator[BatchSpec]:
         ld = self.loader
         epoch = ld.epoch
-        order = epoch_order(ld.num_samples, ld.seed, epoch, ld.shuffle)
+        order = shard_order(epoch_order(ld.num_samples, ld.seed, epoch, ld.shuffle), ld.rank, ld.world, ld.drop_last)
         bs = ld.batch_size
         for b in range(ld.start_position, len(ld)):
-            yield BatchSpec(epoch, b * bs, order[b * bs:(b + 1) * bs].copy())
+            # positions in the whole epoch's order: a sample's augmentation does not depend on the process
+            yield BatchSpec(epoch, b * bs * ld.world + ld.rank, order[b * bs:(b + 1) * bs].copy(), ld.world)
 
 
 # --------------------------------------------------------------------------- prefetching
@@ -674,10 +695,12 @@ class Loader:
                  crop_scale: tuple[float, float], decode: str = "cpu", cache: str | None = None,
                  prefetch: str = "auto", augment: str | None = None, cache_side: int | None = None,
                  cache_max_bytes: int | None = None, dataset: Any = None,
-                 log: Callable[[str], None] | None = None, dct_scaling: bool | None = None, shuffle: bool | None = None):
+                 log: Callable[[str], None] | None = None, dct_scaling: bool | None = None, shuffle: bool | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         num = len(samples) if samples is not None else len(dataset)
         if num == 0:
             raise DataError("no samples to load")
+        self.rank, self.world = shard
         self.samples = samples
         self.classes = samples.classes if samples is not None else tuple(getattr(dataset, "classes", ()))
         self.num_samples = num
@@ -783,6 +806,8 @@ class Loader:
     # -- contract
     def __len__(self) -> int:
         n = self.num_samples
+        if self.world > 1:  # this process's share (see shard_order)
+            n = -(-n // self.world) if self.drop_last else len(range(self.rank, n, self.world))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -924,7 +949,7 @@ class Loader:
             boxes, flips = [], []
             h, w, scale = int(hs[0]), int(ws[0]), self.dataset.crop_scale
             for k in np.flatnonzero(ok).tolist():
-                rng = self.dataset._rng(spec.epoch, spec.start + k)  # the same draws as the per-image path
+                rng = self.dataset._rng(spec.epoch, spec.start + k * spec.stride)  # the same draws as the per-image path
                 box = random_resized_crop_box(w, h, rng, scale)
                 boxes.append((box.top, box.left, box.height, box.width))
                 flips.append(rng.random() < 0.5)
@@ -934,7 +959,7 @@ class Loader:
         for k_out, (k, index) in enumerate(zip(np.flatnonzero(ok).tolist(), keep.tolist(), strict=True)):
             src = store.get(index).permute(2, 0, 1)
             if self.train:
-                rng = self.dataset._rng(spec.epoch, spec.start + k)
+                rng = self.dataset._rng(spec.epoch, spec.start + k * spec.stride)
                 box = random_resized_crop_box(src.shape[2], src.shape[1], rng, self.dataset.crop_scale)
                 flip = rng.random() < 0.5
                 x = crop_resize_flip_float(src, box, s, flip)
@@ -1117,7 +1142,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                  augment: str | None = None, prefetch: str = "auto", strict: bool = False,
                  cache_side: int | None = None, cache_max_bytes: int | None = None,
                  probe_seconds: float = 1.0, log: Callable[[str], None] | None = None,
-                 dct_scaling: bool | None = None, shuffle: bool | None = None) -> Loader:
+                 dct_scaling: bool | None = None, shuffle: bool | None = None,
+                 shard: tuple[int, int] | None = None) -> Loader:
     """Build a loader over ``source`` (Samples, an ImageFolder root, a CSV, 'shapes', or a dataset object).
 
     Training loaders shuffle (seeded by ``seed`` and the epoch), apply
@@ -1149,7 +1175,11 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
       ``Resize`` + ``CenterCrop`` within rounding whatever the image size;
     * ``strict``: decode every file first and raise listing all the bad ones;
       otherwise bad files are skipped and counted (``loader.bad_files``,
-      ``loader.write_bad_files(run_dir)``).
+      ``loader.write_bad_files(run_dir)``);
+    * ``shard``: ``(rank, world)`` when ``world`` processes train together (torchrun): this
+      process gets every ``world``-th sample of each epoch's order (training pads the order so
+      that all get as many batches; evaluation counts each sample once), with the
+      augmentation the sample would get in one process.
 
     >>> from finetune.data.samples import Samples
     >>> build_loader(Samples.from_lists(["x.jpg"], [0], ["a"]), train=False, workers=0).batch_size
@@ -1191,11 +1221,14 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                             f"fix or remove them, or drop --strict-data to skip them")
     if drop_last is None:
         drop_last = train
+    rank, world = shard if shard is not None else (0, 1)
+    if not (isinstance(rank, int) and isinstance(world, int) and 0 <= rank < world):
+        raise ConfigError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
     say = log or (lambda msg: None)  # nothing is printed unless asked for (-q, eval, library use)
     common = dict(train=train, img_size=img_size, batch_size=batch_size, device=dev, seed=seed,
                   drop_last=drop_last, channels_last=channels_last, mean=mean, std=std, crop_scale=crop_scale,
                   augment=augment, prefetch=prefetch, cache_side=cache_side, cache_max_bytes=cache_max_bytes,
-                  dataset=obj, log=say, dct_scaling=dct_scaling, shuffle=shuffle)
+                  dataset=obj, log=say, dct_scaling=dct_scaling, shuffle=shuffle, shard=(rank, world))
     probe_result = None
     if workers == "auto":
         workers, decode, probe_result = _auto(samples, obj, decode, probe_seconds, common)
