@@ -650,7 +650,7 @@ class _Replay:
             return
         try:
             got = self._replayed(images, 0, self.features(0, 2))
-        except (_NotReplayable, RuntimeError):
+        except Exception:  # noqa: BLE001 - whatever a replay trips on (a shape assert), whole forwards work
             self.fast = False
             return
         want = self.logits[0].expand_as(got)
