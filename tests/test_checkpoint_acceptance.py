@@ -191,6 +191,42 @@ def test_two_checkpointers_on_one_directory_agree_on_the_best(tmp_path: Path) ->
     assert torch.load(ckpt_dir(tmp_path) / "best.pt", weights_only=True)["step"] == 2
 
 
+def test_saving_the_best_epoch_and_step_again_keeps_the_best(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save({"w": torch.ones(1), "epoch": 0, "step": 5}, metrics={"val_top1": 0.9})
+    ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 5}, metrics={"val_top1": 0.1})  # same name, worse
+    for reader in (ckpt, Checkpointer(tmp_path)):
+        assert reader.load()["w"].item() == 0.0
+        assert reader.best_value == 0.9 and reader.load(reader.best())["w"].item() == 1.0
+
+
+def test_a_fresh_start_in_a_used_directory_is_what_latest_returns(tmp_path: Path) -> None:
+    """A loop that starts over (no resume) in a directory of an older, longer run: its own newest
+    save, not the older run's later step, is what a resume continues from, and nothing is deleted."""
+    old = Checkpointer(tmp_path)
+    for s in (10, 20, 30):
+        old.save({"w": torch.full((1,), float(s)), "epoch": 0, "step": s}, metrics={"val_top1": 0.9})
+    new = Checkpointer(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)
+        new.save({"w": torch.full((1,), 1.0), "epoch": 0, "step": 1}, metrics={"val_top1": 0.1})
+    for reader in (new, Checkpointer(tmp_path)):
+        assert reader.latest().name == "ckpt-e0000-s00000001.pt"
+        assert reader.load()["w"].item() == 1.0
+    assert torch.load(ckpt_dir(tmp_path) / "last.pt", weights_only=True)["step"] == 1
+    kept = sorted(p.name for p in ckpt_dir(tmp_path).rglob("ckpt-*.pt"))
+    assert {"ckpt-e0000-s00000010.pt", "ckpt-e0000-s00000020.pt", "ckpt-e0000-s00000030.pt"} <= set(kept)
+
+
+def test_a_wrapped_models_state_dict_is_saved_with_clean_keys(tmp_path: Path) -> None:
+    model = net()
+    for i, sd in enumerate((nn.DataParallel(model, device_ids=[]).state_dict(),
+                            {"_orig_mod." + k: v for k, v in model.state_dict().items()})):
+        path = Checkpointer(tmp_path / str(i)).save({"model": sd, "epoch": 0, "step": 1})
+        saved = torch.load(path, weights_only=True)["model"]
+        assert same_tensors(saved, model.state_dict())
+
+
 # --------------------------------------------------------------------------- contents and formats
 def test_every_written_file_loads_with_weights_only_and_holds_clean_cpu_tensors(tmp_path: Path) -> None:
     model = nn.DataParallel(net(), device_ids=[])

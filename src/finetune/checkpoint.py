@@ -568,12 +568,31 @@ def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], p
                           "torch.load(weights_only=True); store it as a dict, list, str, number or tensor")
 
 
+def _without_wrapper_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """``sd`` without a ``module.`` / ``_orig_mod.`` prefix that every key has (DataParallel, DDP, torch.compile).
+
+    >>> list(_without_wrapper_prefix({"_orig_mod.module.fc.weight": 1, "_orig_mod.module.fc.bias": 2}))
+    ['fc.weight', 'fc.bias']
+    >>> list(_without_wrapper_prefix({"module.weight": 1, "head.weight": 2}))   # not every key: a real submodule
+    ['module.weight', 'head.weight']
+    """
+    out = dict(sd)
+    while out and all(isinstance(k, str) for k in out):
+        prefix = next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in out)), None)
+        if prefix is None:
+            break
+        out = {k[len(prefix):]: v for k, v in out.items()}
+    return out
+
+
 def _prepare(state: Mapping[str, Any]) -> dict[str, Any]:
     """Replace live objects by their state: a module by clean weights, an optimizer by names, others' state_dict()."""
     if not isinstance(state, Mapping):
         raise CheckpointError(f"save() takes a dict of state, not a {type(state).__qualname__}")
     out = dict(state)
     model = state.get("model")
+    if isinstance(model, Mapping):  # a wrapper's state_dict(): its keys without the wrapper's prefix
+        out["model"] = _without_wrapper_prefix(model)
     for key, value in state.items():
         if isinstance(value, nn.Module):  # copied to the CPU later: pinned and asynchronously with async_save
             out[key] = _renamed_weights(value)
@@ -1225,6 +1244,14 @@ class Checkpointer:
         self._raise_pending()
         prepared = _prepare(state)
         name = f"ckpt-e{prepared['epoch']:04d}-s{prepared['step']:08d}.pt"
+        if any(_numbered_key(n)[0] > prepared["step"] and self.verify(self.directory / n) is None  # type: ignore[index]
+               for n in self._names()):
+            # an earlier step than the directory's newest complete checkpoint: a new line of the run (a
+            # fresh start in an old directory, a loop that resumed from an older file); the newer files
+            # would stay latest() and be resumed from, so they are moved aside (nothing is deleted)
+            folder = self.set_aside_after(prepared["step"])
+            warnings.warn(f"saving step {prepared['step']} in '{self.directory}', which holds checkpoints of later "
+                          f"steps: those were moved to '{folder}'", CheckpointWarning, stacklevel=2)
         self._best_state()
         if self.async_save:
             payload, ready = self._snapshot_async(prepared)
@@ -1303,6 +1330,8 @@ class Checkpointer:
         improved = self._improves(value, best_value)
         if improved:
             best_value, best_file = float(value), name  # type: ignore[arg-type]
+        elif best_file == name:  # the best file is saved over (the same epoch and step again): best.pt keeps it
+            best_file = None
         try:
             _write_atomic(final, lambda w: _serialize(payload, w))
         except OSError as e:  # nothing was replaced
