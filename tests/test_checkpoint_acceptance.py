@@ -748,12 +748,41 @@ def test_cli_sigterm_saves_exits_0_says_how_to_resume_and_resume_is_bitwise_iden
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(reason="train() installs its SIGTERM handler only around the loop: a preemption during data/"
+                          "model setup ends with 'interrupted', exit 2 (fix proposed: helperA_train.patch)",
+                   strict=False)
+def test_cli_sigterm_during_setup_still_saves_and_exits_0(tmp_path: Path, tiny_data: Path,
+                                                          reference_run: Path) -> None:
+    """A preemption can come at any time: here while the run is being set up (before the first step)."""
+    out = tmp_path / "run"
+    args = ["train", "-q", "--data", str(tiny_data), *TINY, "--epochs", "2", "--out", str(out)]
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        import finetune.train as t
+        from finetune.cli import main
+        real = t.check_run_dir
+        def preempted(*a, **k):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*a, **k)
+        t.check_run_dir = preempted
+        sys.exit(main({args!r}))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "--resume auto" in result.stderr + result.stdout
+    again = run_train(tiny_data, out, "--resume", "auto")
+    assert again.returncode == 0, again.stderr
+    assert_same(out, final(reference_run))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("save_mode", ["--no-async-save", "--async-save"])
 def test_cli_sigkill_at_random_moments_then_resume_auto_is_bitwise_identical(
-        tmp_path: Path, tiny_data: Path, reference_run: Path) -> None:
+        tmp_path: Path, tiny_data: Path, reference_run: Path, save_mode: str) -> None:
     out = tmp_path / "run"
     rng = random.Random(os.getpid())
     base = ["train", "-q", "--data", str(tiny_data), *TINY, "--epochs", "2", "--out", str(out),
-            "--save-every-steps", "1"]
+            "--save-every-steps", "1", save_mode]
     kills = 0
     for attempt in range(12):
         resume = ["--resume", "auto"] if any((out / "checkpoints").glob("ckpt-*.json")) else []
@@ -792,7 +821,7 @@ def test_cli_sigkill_at_random_moments_then_resume_auto_is_bitwise_identical(
 def test_cli_resume_auto_falls_back_over_a_corrupt_newest_and_resume_path(
         tmp_path: Path, tiny_data: Path, reference_run: Path) -> None:
     out = tmp_path / "run"
-    first = run_train(tiny_data, out, "--max-steps", "6", "--save-every-steps", "1", "--keep-last", "10")
+    first = run_train(tiny_data, out, "--max-steps", "6", "--save-every-minutes", "0.00001", "--keep-last", "10")
     assert first.returncode == 0, first.stderr
     newest = ckpt_dir(out) / "ckpt-e0001-s00000006.pt"
     assert newest.exists()
