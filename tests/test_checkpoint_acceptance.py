@@ -757,8 +757,8 @@ def test_cli_sigterm_during_setup_still_saves_and_exits_0(tmp_path: Path, tiny_d
     out = tmp_path / "run"
     args = ["train", "-q", "--data", str(tiny_data), *TINY, "--epochs", "2", "--out", str(out)]
     code = textwrap.dedent(f"""
-        import os, signal, sys
-        import finetune.train as t
+        import importlib, os, signal, sys
+        t = importlib.import_module("finetune.train")  # the module (finetune.train is also a function)
         from finetune.cli import main
         real = t.check_run_dir
         def preempted(*a, **k):
