@@ -500,6 +500,49 @@ def test_disk_full_leaves_every_earlier_checkpoint_intact(tmp_path: Path, monkey
     assert Checkpointer(tmp_path).load(Checkpointer(tmp_path).best())["step"] == 4
 
 
+@pytest.mark.filterwarnings("ignore::finetune.checkpoint.CheckpointWarning")
+@pytest.mark.parametrize("call", ["fsync", "replace", "link", "remove", "open"])
+def test_a_failure_at_any_file_operation_of_a_save_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                call: str) -> None:
+    """The n-th call of one file operation fails (disk full), for every n a save makes: the save either
+    succeeds or raises a CheckpointError, and the directory always holds a loadable latest and best,
+    no temporary file, and takes the next save."""
+    for n in range(1, 20):
+        run = tmp_path / str(n)
+        ckpt = Checkpointer(run, keep_last=2)
+        for s in (1, 2, 3):
+            ckpt.save({"w": torch.full((100,), float(s)), "epoch": 0, "step": s}, metrics={"val_top1": s / 10})
+        owner = __import__("builtins") if call == "open" else os
+        real = getattr(owner, call)
+        calls = [0]
+
+        def failing(*args: Any, real: Any = real, n: int = n, calls: list[int] = calls, **kwargs: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == n:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, call, failing)
+        try:
+            ckpt.save({"w": torch.full((100,), 4.0), "epoch": 0, "step": 4}, metrics={"val_top1": 0.9})
+            saved = True
+        except CheckpointError:
+            saved = False
+        finally:
+            monkeypatch.undo()
+        if calls[0] < n:  # the save makes fewer calls: every one of them was tried
+            assert n > 1
+            break
+        again = Checkpointer(run)
+        assert again.load()["step"] in ((4,) if saved else (3, 4)), (call, n)
+        assert again.load(again.best())["step"] in (3, 4), (call, n)
+        for name in ("last.pt", "best.pt"):
+            torch.load(ckpt_dir(run) / name, weights_only=True)
+        assert not [p.name for p in ckpt_dir(run).iterdir() if ".tmp." in p.name], (call, n)
+        ckpt.save({"w": torch.full((100,), 5.0), "epoch": 0, "step": 5}, metrics={"val_top1": 0.95})
+        assert Checkpointer(run).load()["step"] == 5 and Checkpointer(run).load(Checkpointer(run).best())["step"] == 5
+
+
 def test_permission_denied_is_clear_and_leaves_earlier_checkpoints(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = three_checkpoints(tmp_path)

@@ -1390,7 +1390,11 @@ class Checkpointer:
         for name in orphans:
             _remove_quietly(self.directory / name)
         if doomed or orphans:
-            _fsync_dir(self.directory)
+            try:  # the new checkpoint is complete and durable already: a failure here loses nothing
+                _fsync_dir(self.directory)
+            except OSError as e:
+                warnings.warn(f"cannot sync '{self.directory}' after deleting old checkpoints: {e.strerror or e}",
+                              CheckpointWarning, stacklevel=2)
 
     def _remove_stale_temp_files(self) -> None:
         """Temp files of writers that died (kill -9) are litter: remove them."""
