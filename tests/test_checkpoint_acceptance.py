@@ -472,7 +472,13 @@ def half_then_disk_full(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-@pytest.mark.parametrize("where", ["torch.save", "partial write", "fsync", "replace"])
+def torch_write_failed(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+    f.write(b"PK\x03\x04")
+    raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                       "data/0: file write failed")  # what torch.save raises on a full disk
+
+
+@pytest.mark.parametrize("where", ["torch.save", "partial write", "fsync", "replace", "torch's RuntimeError"])
 def test_disk_full_leaves_every_earlier_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           where: str) -> None:
     ckpt = three_checkpoints(tmp_path)
@@ -484,12 +490,15 @@ def test_disk_full_leaves_every_earlier_checkpoint_intact(tmp_path: Path, monkey
             m.setattr(torch, "save", half_then_disk_full)
         elif where == "fsync":
             m.setattr(os, "fsync", disk_full)
-        else:
+        elif where == "replace":
             m.setattr(os, "replace", disk_full)
+        else:
+            m.setattr(torch, "save", torch_write_failed)
         with pytest.raises(CheckpointError) as info:
             ckpt.save({"w": torch.full((1000,), 4.0), "epoch": 0, "step": 4}, metrics={"val_top1": 0.9})
     message = str(info.value)
-    assert "\n" not in message and ("disk is full" in message or "No space" in message)
+    assert "\n" not in message and "ckpt-e0000-s00000004.pt" in message and "intact" in message
+    assert where == "torch's RuntimeError" or "disk is full" in message or "No space" in message
     assert snapshot(ckpt_dir(tmp_path)) == before  # nothing changed, no temp file left behind
     again = Checkpointer(tmp_path)
     assert again.latest().name == "ckpt-e0000-s00000003.pt" and again.load(again.best())["step"] == 3

@@ -758,13 +758,21 @@ _WRITE_HINTS = {
 }
 
 
-def _write_error(what: str, path: Path, err: OSError) -> CheckpointError:
-    code = errno.errorcode.get(err.errno or 0, "error")
-    hint = _WRITE_HINTS.get(err.errno or 0, "fix the cause")
-    earlier = any(_NUMBERED.match(p.name) for p in path.parent.glob("ckpt-*.pt")) if path.parent.is_dir() else False
+def _write_error(what: str, path: Path, err: BaseException) -> CheckpointError:
+    """One line: what could not be written, why, that the earlier checkpoints are intact, what to do."""
+    if isinstance(err, OSError):
+        code = errno.errorcode.get(err.errno or 0, "error")
+        hint = _WRITE_HINTS.get(err.errno or 0, "fix the cause")
+        why = f"{err.strerror or err} [{code}]"
+    else:  # torch.save's own error (it reports a failed write as a RuntimeError)
+        hint, why = "fix the cause", f"{type(err).__name__}: {_first_line(err)[:200]}"
+    try:
+        earlier = any(_NUMBERED.match(p.name) for p in path.parent.glob("ckpt-*.pt")) if path.parent.is_dir() else False
+    except OSError:
+        earlier = False
     then = ("earlier checkpoints in '{0}' are intact; {1}, then resume with --resume auto" if earlier
             else "no checkpoint of this run was written yet; {1}, then start it again").format(path.parent, hint)
-    return CheckpointError(f"cannot write {what} '{path}': {err.strerror or err} [{code}]; {then}")
+    return CheckpointError(f"cannot write {what} '{path}': {why}; {then}")
 
 
 def _fingerprint(path: Path, *, full: bool) -> dict[str, Any]:
@@ -1334,7 +1342,7 @@ class Checkpointer:
             best_file = None
         try:
             _write_atomic(final, lambda w: _serialize(payload, w))
-        except OSError as e:  # nothing was replaced
+        except Exception as e:  # nothing was replaced (OSError, or torch.save's RuntimeError)
             raise _write_error("checkpoint", final, e) from e
         try:
             fingerprint = _fingerprint(final, full=not _torch_writes_crc32())
