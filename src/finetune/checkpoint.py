@@ -102,6 +102,11 @@ class CheckpointerArgumentError(ConfigError, ValueError):
     """An invalid argument of :class:`Checkpointer` (a :class:`ConfigError` and a ``ValueError``)."""
 
 
+class CheckpointWriteError(CheckpointError, RuntimeError):
+    """torch.save failed while writing a checkpoint (a :class:`CheckpointError`, and the
+    ``RuntimeError`` that torch raises for it)."""
+
+
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped or could not be cleaned up (training goes on).
 
@@ -772,7 +777,8 @@ def _write_error(what: str, path: Path, err: BaseException) -> CheckpointError:
         earlier = False
     then = ("earlier checkpoints in '{0}' are intact; {1}, then resume with --resume auto" if earlier
             else "no checkpoint of this run was written yet; {1}, then start it again").format(path.parent, hint)
-    return CheckpointError(f"cannot write {what} '{path}': {why}; {then}")
+    kind = CheckpointError if isinstance(err, OSError) else CheckpointWriteError
+    return kind(f"cannot write {what} '{path}': {why}; {then}")
 
 
 def _fingerprint(path: Path, *, full: bool) -> dict[str, Any]:
