@@ -3,10 +3,17 @@ runs on CPU (gloo) that must train what one process trains and resume exactly.""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
 from finetune import build_loader, make_shapes
 from finetune.data.loader import shard_order
 from finetune.data.samples import find_splits
@@ -59,3 +66,89 @@ def test_bad_shard_is_a_config_error(shapes_splits) -> None:
 
     with pytest.raises(ConfigError, match="rank"):
         build_loader(shapes_splits[0], train=True, img_size=16, workers=0, shard=(2, 2))
+
+
+# --------------------------------------------------------------------------- real torchrun, CPU (gloo)
+def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N -m finetune train ARGS`` (one thread per process)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("FINETUNE_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           "-m", "finetune", "train", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def one_process(*args: str) -> subprocess.CompletedProcess:
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return run_cli("train", *args, env=env)
+
+
+@pytest.fixture(scope="module")
+def ddp_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shapes(tmp_path_factory.mktemp("ddp-shapes"), per_class=6, val_per_class=2, size=32)
+
+
+def common(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--model", "resnet18", "--img-size", "32", "--epochs", "2", "--workers", "0",
+            "--device", "cpu", "--out", str(out), *extra]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_what_one_process_trains_with_twice_the_batch(ddp_data: Path, tmp_path: Path) -> None:
+    """DDP averages the gradients of two batches of 8 drawn, with their augmentation, from the same
+    epoch order as one batch of 16: the head trains to the same values (float sums in another order)."""
+    one = one_process(*common(ddp_data, tmp_path / "one", "--linear-probe", "--optimizer", "sgd", "--batch-size", "16"))
+    assert one.returncode == 0, one.stderr
+    two = torchrun(*common(ddp_data, tmp_path / "two", "--linear-probe", "--optimizer", "sgd", "--batch-size", "8"))
+    assert two.returncode == 0, two.stderr
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    ma, mb = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in ma] == [m["step"] for m in mb] == [3, 6]
+    for x, y in zip(ma, mb, strict=True):  # validation counted over both processes' shards, each image once
+        assert x["val_top1"] == y["val_top1"] and x["val_top5"] == y["val_top5"]
+        assert x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-5)
+        assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-5)
+    # process 0 alone writes and speaks: one epoch line each, one "run directory" line
+    assert two.stdout.count("epoch 1/2 ") == 1 and two.stdout.count("run directory:") == 1
+    assert "x 2 processes (batch 8 each)" in two.stdout
+    state = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+
+
+def test_two_processes_resume_exactly_after_stops_in_the_middle_of_epochs(ddp_data: Path, tmp_path: Path) -> None:
+    args = ("--batch-size", "8", "--workers", "1")
+    full = torchrun(*common(ddp_data, tmp_path / "full", *args))
+    assert full.returncode == 0, full.stderr
+    cut = tmp_path / "cut"
+    first = torchrun(*common(ddp_data, cut, *args, "--max-steps", "2"))  # in the middle of epoch 1 (3 steps each)
+    assert first.returncode == 0, first.stderr
+    assert torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["batches_in_epoch"] == 2
+    # one process cannot continue an epoch that two processes split: a clear error, nothing changed
+    refused = one_process(*common(ddp_data, cut, *args, "--resume", "auto"))
+    assert refused.returncode == 2 and refused.stderr.startswith("finetune: error: ")
+    assert "--nproc_per_node 2" in refused.stderr and "Traceback" not in refused.stderr
+    rest = torchrun(*common(ddp_data, cut, *args, "--resume", "auto"))
+    assert rest.returncode == 0, rest.stderr
+    a, b = weights(tmp_path / "full"), weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics(tmp_path / "full") == metrics(cut)
+
+
+def test_torchrun_environment_is_checked() -> None:
+    from finetune import ConfigError
+    from finetune.distributed import Distributed
+
+    assert Distributed.from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}).main is False
+    for env in ({"WORLD_SIZE": "2", "RANK": "2"}, {"WORLD_SIZE": "two"}, {"WORLD_SIZE": "0"}):
+        with pytest.raises(ConfigError):
+            Distributed.from_env(env)

@@ -114,7 +114,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from finetune.train import train
 
     result = train(cfg, quiet=args.quiet)
-    if not args.quiet:
+    if not args.quiet and result.rank == 0:
         print(f"run directory: {result.run_dir}")
         if result.best_epoch >= 0:
             print(f"best val top-1 {result.best_top1:.2%} at epoch {result.best_epoch + 1}")

@@ -83,23 +83,26 @@ class RunLog:
     '{"epoch": 0}\\n'
     """
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool, quiet: bool, epochs: int = 0):
+    def __init__(self, run_dir: Path, *, tensorboard: bool, quiet: bool, epochs: int = 0, write: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.quiet = quiet
         self.epochs = epochs
+        self.write = write  # False: a process other than torchrun's rank 0, which writes nothing
         self._tb = None
-        if tensorboard:
+        if tensorboard and write:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
 
     def rewrite(self, history: list[dict[str, Any]]) -> None:
         """Make metrics.jsonl hold exactly ``history`` (used on resume)."""
-        write_jsonl(self.path, history)
+        if self.write:
+            write_jsonl(self.path, history)
 
     def epoch(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.write:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         if not self.quiet:
             print(format_epoch(record, self.epochs), flush=True)
         if self._tb is not None:

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from finetune.data.loader import Loader, build_loader
 from finetune.data.normalize import Normalizer
 from finetune.data.samples import Samples, find_splits, scan_folder
 from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from finetune.distributed import Distributed
 from finetune.errors import CheckpointError, ConfigError, DataError, FinetuneError
 from finetune.logging import RunLog, progress
 from finetune.models import (
@@ -68,7 +70,11 @@ def warn(message: str) -> None:
     ...     warn("3 images were skipped")
     >>> err.getvalue()
     'finetune: warning: 3 images were skipped\\n'
+
+    Under torchrun only process 0 warns (the others would repeat it).
     """
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return
     print(f"finetune: warning: {message}", file=sys.stderr, flush=True)
 
 
@@ -89,6 +95,7 @@ class TrainResult:
     best_epoch: int
     history: list[dict[str, Any]]
     stopped_early: bool = False
+    rank: int = 0  # this process under torchrun (0: the one that wrote the run directory)
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -295,13 +302,15 @@ class FeatureBatches:
     True
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int,
+                 shard: tuple[int, int] = (0, 1)):
         self.features, self.labels = features, labels
         self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world = shard  # several processes: each takes its part of every epoch's order
         self.epoch = self.position = 0
 
     def __len__(self) -> int:
-        return len(self.labels) // self.batch_size
+        return -(-len(self.labels) // self.world) // self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.position = epoch, 0
@@ -313,9 +322,10 @@ class FeatureBatches:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        from finetune.data.loader import epoch_order
+        from finetune.data.loader import epoch_order, shard_order
 
-        order = torch.from_numpy(epoch_order(len(self.labels), self.seed, self.epoch, True))
+        order = torch.from_numpy(shard_order(epoch_order(len(self.labels), self.seed, self.epoch, True),
+                                             self.rank, self.world, pad=True))
         while self.position < len(self):
             idx = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
             self.position += 1
@@ -324,10 +334,13 @@ class FeatureBatches:
 
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None, quiet: bool = True) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None, quiet: bool = True,
+             ddp: Distributed | None = None) -> dict[str, Any]:
     """Loss, top-1, top-k (k = min(5, classes)) and per-class accuracy over ``loader``.
 
-    Accuracies are fractions in [0, 1].
+    Accuracies are fractions in [0, 1]. With ``ddp`` (several processes, each with its shard
+    of the data) the counts are summed over the processes first: every process returns the
+    whole split's numbers.
 
     >>> import tempfile, torch
     >>> from finetune import build_loader, evaluate, make_shapes
@@ -359,6 +372,12 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
         per_class_total += torch.bincount(labels.cpu(), minlength=len(classes))
         per_class_correct += torch.bincount(labels[hit1].cpu(), minlength=len(classes))
         n += len(labels)
+    if ddp is not None and ddp.enabled:
+        sums = ddp.sum([loss_sum, n, correct1, correctk, *per_class_correct.tolist(), *per_class_total.tolist()])
+        loss_sum, n, correct1, correctk = sums[0], round(sums[1]), round(sums[2]), round(sums[3])
+        c = len(classes)
+        per_class_correct = torch.tensor([round(v) for v in sums[4:4 + c]], dtype=torch.int64)
+        per_class_total = torch.tensor([round(v) for v in sums[4 + c:]], dtype=torch.int64)
     per_class = {c: (int(per_class_correct[i]) / int(per_class_total[i]) if per_class_total[i] else None)
                  for i, c in enumerate(classes)}
     return {"loss": loss_sum / max(n, 1), "top1": correct1 / max(n, 1), "top5": correctk / max(n, 1),
@@ -384,13 +403,16 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     (False, [0, 1])
     """
     cfg.validate()
+    ddp = Distributed.from_env()  # several processes under torchrun (one process otherwise)
     check_run_dir(cfg)  # (library callers too: a run with checkpoints is continued, never overwritten)
     cfg = cfg.resolved()
-    device = resolve_device(cfg.device)
+    device = ddp.device(cfg.device)
+    ddp.start(device)
+    quiet = quiet or not ddp.main  # process 0 speaks for all
     amp = resolve_amp(cfg.amp, device)
     if device.type == "cuda":  # fixed batch shapes: let cuDNN pick its fastest kernels once
         torch.backends.cudnn.benchmark = True
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    run_dir = Path(ddp.gather(str(cfg.out) if cfg.out else str(default_run_dir(cfg)))[0])
     ckpt = Checkpointer(run_dir, keep_last=cfg.keep_last, best_metric="val_top1", mode="max",
                         async_save=cfg.async_save if cfg.async_save is not None else device.type == "cuda")
 
@@ -405,7 +427,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             with warnings.catch_warnings():  # reported below as one finetune warning line each
                 warnings.simplefilter("ignore", CheckpointWarning)
                 resume_path = ckpt.latest()
-            for skipped, reason in ckpt.skipped:
+            for skipped, reason in ckpt.skipped if ddp.main else ():
                 warn(f"skipping checkpoint '{skipped}': {reason}")
         else:
             resume_path = Path(cfg.resume)
@@ -413,7 +435,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             raise CheckpointError(f"--resume auto: nothing to resume in '{run_dir / 'checkpoints'}': "
                                   "start without --resume, or give --resume PATH")
         resume_state = ckpt.load(resume_path)
-        if cfg.resume != "auto":  # an earlier checkpoint starts a new line: the newer ones must not mix in
+        ddp.barrier()  # every process has read it before process 0 moves or writes anything
+        if cfg.resume != "auto" and ddp.main:  # an earlier checkpoint starts a new line: the newer ones must not mix in
             aside = ckpt.set_aside_after(int(resume_state["step"]))
             if aside is not None:
                 warn(f"resuming at step {resume_state['step']}: the checkpoints saved after it were moved to "
@@ -430,7 +453,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                  else normalization(cfg.model, cfg.pretrained))
     loader_kw = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, device=device, seed=cfg.seed, mean=mean, std=std,
                      channels_last=cfg.channels_last, decode=cfg.decode, prefetch=cfg.prefetch, strict=cfg.strict_data,
-                     cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print)
+                     cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print,
+                     shard=(ddp.rank, ddp.world))
     if cfg.augment:
         train_loader = build_loader(train_samples, train=True, crop_scale=tuple(cfg.crop_scale), workers=str(cfg.workers),
                                     augment=None if cfg.auto_augment == "none" else cfg.auto_augment, **loader_kw)
@@ -471,18 +495,16 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     optimizer = make_optimizer(param_groups(model, cfg.lr, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    forward_model = torch.compile(model) if cfg.compile else model
     batches: Loader | FeatureBatches = train_loader
     if cfg.cache_features:  # the backbone runs once; epochs train the head on its features
         if not quiet:
             print(f"--cache-features: the backbone runs once over the {len(train_samples)} training images with the "
                   "eval transform (no train-time augmentation); the head trains on those features")
         backbone, head = split_head(model)
-        feature_loader = build_loader(train_samples, train=False, **loader_kw)
+        feature_loader = build_loader(train_samples, train=False, **{**loader_kw, "shard": None})
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             features, labels_ = extract_features(backbone, feature_loader)
-        batches = FeatureBatches(features.float(), labels_, cfg.batch_size, cfg.seed)
-        forward_model = head
+        batches = FeatureBatches(features.float(), labels_, cfg.batch_size, cfg.seed, shard=(ddp.rank, ddp.world))
     steps_per_epoch = len(batches)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
@@ -495,6 +517,11 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     if resume_state is not None:
         epoch = int(resume_state["epoch"])
         position = int(resume_state["loader"]["position"])
+        saved_world = int(resume_state.get("world_size", 1))
+        if position > 0 and saved_world != ddp.world:
+            raise CheckpointError(f"'{resume_path}' was saved in the middle of an epoch by {saved_world} process(es): "
+                                  f"resume it with {saved_world} (torchrun --nproc_per_node {saved_world}), or from a "
+                                  "checkpoint saved at the end of an epoch")
         for e in range(epoch + (1 if position > 0 else 0)):  # replay the unfreezing done before the checkpoint
             unfreeze_at(model, optimizer, cfg, e)
         load_model_state(model, resume_state["model"])
@@ -507,20 +534,29 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         best_top1, best_top5 = float(resume_state["best_top1"]), float(resume_state["best_top5"])
         best_epoch = int(resume_state["best_epoch"])
         history = list(resume_state.get("history", []))
-        epoch_loss_sum = float(resume_state.get("epoch_loss_sum", 0.0))
-        epoch_seen = int(resume_state.get("epoch_seen", 0))
+        mine = resume_state["ranks"][ddp.rank] if saved_world == ddp.world > 1 else resume_state
+        epoch_loss_sum = float(mine.get("epoch_loss_sum", 0.0))
+        epoch_seen = int(mine.get("epoch_seen", 0))
         batches.load_state_dict(resume_state["loader"])
-        restore_rng_state(resume_state["rng"])
+        restore_rng_state(mine["rng"])
 
-    # ---- the run directory
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "classes.json").write_text(json.dumps(classes, indent=1))
-    log = RunLog(run_dir, tensorboard=cfg.tensorboard, quiet=quiet, epochs=cfg.epochs)
+    def wrapped() -> nn.Module:  # what the steps call: DDP over the model (its trainable part), compiled
+        net = ddp.wrap(head if cfg.cache_features else model, device)
+        return torch.compile(net) if cfg.compile else net
+
+    forward_model = wrapped()
+
+    # ---- the run directory (written by process 0 alone)
+    if ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "classes.json").write_text(json.dumps(classes, indent=1))
+    log = RunLog(run_dir, tensorboard=cfg.tensorboard, quiet=quiet, epochs=cfg.epochs, write=ddp.main)
     log.rewrite(history)
     total, trainable = count_parameters(model)
     log.info(f"{cfg.model}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), {len(classes)} classes, "
              f"{len(train_samples)} train / {len(val_samples)} val images, {device}"
+             + (f" x {ddp.world} processes (batch {cfg.batch_size} each)" if ddp.enabled else "")
              + (f", {amp}".replace("torch.", " autocast ") if amp else "")
              + ("" if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD)
                 else f", inputs normalised with the weights' mean {tuple(mean)} / std {tuple(std)}"))
@@ -530,7 +566,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         if why is not None:
             warn(f"no model graph in TensorBoard (the model cannot be traced): {why}")
     table = trainable_table(model)
-    (run_dir / "trainable.json").write_text(json.dumps(table.to_dict(), indent=1))
+    if ddp.main:
+        (run_dir / "trainable.json").write_text(json.dumps(table.to_dict(), indent=1))
     log.info(str(table))
     if resume_state is not None:
         log.info(f"resumed at epoch {epoch + 1}, step {step} (batch {batches.position} of {steps_per_epoch})")
@@ -551,12 +588,15 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
     def make_state() -> dict[str, Any]:
         settle()
+        rng = capture_rng_state()
+        # every process's random state and partial epoch loss (a collective: all processes call it)
+        ranks = ddp.gather({"rng": rng, "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen}) if ddp.enabled else None
         return {
             "model": model, "optimizer": optimizer_state_by_name(optimizer, model),
             "scheduler": {"kind": "warmup_cosine", "step": step, "total_steps": total_steps,
                           "warmup_steps": warmup_steps}, "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "epoch": epoch, "step": step, "batches_in_epoch": batches.position,
-            "loader": batches.state_dict(), "rng": capture_rng_state(),
+            "loader": batches.state_dict(), "rng": rng, "world_size": ddp.world, **({"ranks": ranks} if ranks else {}),
             "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen,
             "best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
             "history": history, "config": cfg.to_dict(), "arch": cfg.model, "classes": classes,
@@ -566,6 +606,11 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     def out_of_steps() -> bool:
         return cfg.max_steps is not None and step >= cfg.max_steps
 
+    def save(metrics: dict[str, float] | None = None) -> None:
+        state = make_state()
+        if ddp.main:
+            ckpt.save(state, metrics=metrics)
+
     stopped, audited = False, False
     last_save_time = time.monotonic()
     with ckpt, GracefulExit() as stop:
@@ -574,6 +619,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 batches.set_epoch(epoch)
                 unfrozen = unfreeze_at(model, optimizer, cfg, epoch)
                 if unfrozen:
+                    forward_model = wrapped()  # DDP watches the parameters that train: wrap again
                     log.info(f"epoch {epoch + 1}: unfroze {len(unfrozen)} parameter tensors\n{trainable_table(model)}")
             model.train()
             bn_train_mode(model)
@@ -600,22 +646,28 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 pending.append((loss.detach(), len(labels), step))
                 settle(keep=1)
                 images_done += len(labels)
-                if stop.stop_requested or out_of_steps():
+                due = bool(cfg.save_every_minutes) and time.monotonic() - last_save_time >= 60 * cfg.save_every_minutes
+                if ddp.enabled:  # the processes stop and save at the same step (signals and clocks differ)
+                    stop_flag, due_flag = ddp.sum([float(stop.stop_requested), float(due)])
+                    stop_now, due = stop_flag > 0, due_flag > 0
+                else:
+                    stop_now = stop.stop_requested
+                if stop_now or out_of_steps():
                     break
-                if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or (
-                        cfg.save_every_minutes and time.monotonic() - last_save_time >= 60 * cfg.save_every_minutes):
-                    ckpt.save(make_state())
+                if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or due:
+                    save()
                     last_save_time = time.monotonic()
             if batches.position < steps_per_epoch:  # interrupted in the middle of the epoch
-                ckpt.save(make_state())
+                save()
                 stopped = True
                 break
             settle()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
-            metrics = evaluate(model, val_loader, amp=amp, quiet=quiet)
-            record = {"epoch": epoch, "step": step, "train_loss": epoch_loss_sum / max(epoch_seen, 1),
+            metrics = evaluate(model, val_loader, amp=amp, quiet=quiet, ddp=ddp)
+            loss_sum_all, seen_all, images_done = ddp.sum([epoch_loss_sum, epoch_seen, images_done])
+            record = {"epoch": epoch, "step": step, "train_loss": loss_sum_all / max(seen_all, 1),
                       "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
                       "topk": metrics["topk"], "lr": optimizer.param_groups[0]["lr"],
                       "images_per_s": images_done / max(seconds, 1e-9)}
@@ -623,35 +675,41 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                 best_top1, best_top5, best_epoch = metrics["top1"], metrics["top5"], epoch
             history.append(record)
             log.epoch(record)
-            if cam_batch is not None:
+            if cam_batch is not None and ddp.main:
                 log_feature_maps(log, model, cam_batch[1], epoch + 1)
                 try:
                     log.images("cam/val", cam_overlays(model, cam_batch), epoch + 1)
                 except FinetuneError as e:  # a model CAM cannot explain: the run goes on without the images
                     warn(f"no Grad-CAM images in TensorBoard: {e}")
                     cam_batch = None
-            report_bad_files(run_dir, train_loader, val_loader)
+            if ddp.enabled:  # every process's unreadable files, listed by process 0
+                for loader in (train_loader, val_loader):
+                    for theirs in ddp.gather(dict(loader.bad_files)):
+                        loader.bad_files.update(theirs)
+            if ddp.main:
+                report_bad_files(run_dir, train_loader, val_loader)
             epoch += 1
             epoch_loss_sum, epoch_seen = 0.0, 0
             batches.set_epoch(epoch)
-            ckpt.save(make_state(), metrics={"val_top1": metrics["top1"]})
+            save(metrics={"val_top1": metrics["top1"]})
             last_save_time = time.monotonic()
-            stopped = epoch < cfg.epochs and (stop.stop_requested or out_of_steps())
+            stopped = epoch < cfg.epochs and (ddp.any(stop.stop_requested) or out_of_steps())
     if stopped:
         from finetune.checkpoint import stop_message
 
         message = stop_message(run_dir, epoch + 1, step)
-        if stop.stop_requested:  # SIGTERM/SIGINT: say how to go on, even with -q
+        if stop.stop_requested and ddp.main:  # SIGTERM/SIGINT: say how to go on, even with -q
             print(f"finetune: {message}", file=sys.stderr, flush=True)
         else:
             log.info(message)
     train_loader.close()
     val_loader.close()
-    best_path = ckpt.best()
+    best_path = ckpt.best() if ddp.main else None
     if best_path is not None:
         write_deployment_files(ckpt.load(best_path), run_dir)
     log.close()
-    return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped)
+    ddp.stop()
+    return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped, rank=ddp.rank)
 
 
 def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> None:
