@@ -514,7 +514,7 @@ def test_strict_data_fails_before_training(flat_run, tmp_path: Path) -> None:
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
-def test_eval_json_matches_predict(flat_run) -> None:
+def test_eval_json_matches_predict(flat_run, tmp_path: Path) -> None:
     root, run = flat_run
     res = cli("eval", "--checkpoint", _ck(run), "--json", "--device", "cpu")
     assert res.returncode == 0, res.stderr
@@ -524,13 +524,14 @@ def test_eval_json_matches_predict(flat_run) -> None:
     assert all(0.0 <= v <= 1.0 for v in default["per_class"].values())
     assert default["top5"] == 1.0  # k = min(5, 3 classes)
 
-    # the whole folder, scored by eval and by hand from predict's probabilities
-    (root / "mango" / "broken.jpg").rename(root.parent / "broken.jpg")
-    try:
-        ev = cli("eval", "--checkpoint", _ck(run), "--data", str(root), "--json", "--device", "cpu")
-        pr = cli("predict", "--checkpoint", _ck(run), str(root), "--topk", "10", "--json", "--device", "cpu")
-    finally:
-        (root.parent / "broken.jpg").rename(root / "mango" / "broken.jpg")
+    # a test folder (other than the training data: all its images), scored by eval and by hand from predict
+    test = tmp_path / "test set"
+    for c in COLOURS:
+        (test / c).mkdir(parents=True)
+        for f in (root / c).glob(f"{c} *.jpg"):
+            (test / c / f.name).write_bytes(f.read_bytes())
+    ev = cli("eval", "--checkpoint", _ck(run), "--data", str(test), "--json", "--device", "cpu")
+    pr = cli("predict", "--checkpoint", _ck(run), str(test), "--topk", "10", "--json", "--device", "cpu")
     assert ev.returncode == 0 and pr.returncode == 0, ev.stderr + pr.stderr
     ev, pr = json.loads(ev.stdout), json.loads(pr.stdout)
     assert len(pr) == 30
@@ -590,3 +591,118 @@ def test_predict_inputs(flat_run, tmp_path: Path) -> None:
         res = (run_cli if args[0].startswith("/no/") else cli)("predict", "--checkpoint", _ck(run), *args, "--device", "cpu")
         assert res.returncode == 2 and res.stderr.startswith("finetune: error: ") and "Traceback" not in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- eval against a changed or other dataset
+# These need the train.py/config.py side of /tmp/helperB.patch (evaluate_checkpoint labels by class name
+# through finetune.data.samples.eval_samples, predict skips unreadable files found in folders, the
+# config keeps --data absolute); until it is applied they fail, hence the (non-strict) xfail.
+NEEDS_PATCH = pytest.mark.xfail(reason="needs the train.py/config.py part of helper B's patch", strict=False)
+
+
+def _manual_top1(run: Path, files: list[str], classes_of: list[str]) -> float:
+    pr = cli("predict", "--checkpoint", _ck(run), *files, "--topk", "1", "--json", "--device", "cpu")
+    assert pr.returncode == 0, pr.stderr
+    out = json.loads(pr.stdout)
+    return sum(o["top"][0]["class"] == c for o, c in zip(out, classes_of, strict=True)) / len(files)
+
+
+@NEEDS_PATCH
+def test_eval_scores_by_class_name_after_a_class_folder_is_removed(flat_run) -> None:
+    root, run = flat_run
+    aside = root.parent / "Apple-aside"
+    (root / "Apple").rename(aside)
+    try:
+        res = cli("eval", "--checkpoint", _ck(run), "--json", "--device", "cpu")
+        assert res.returncode == 0, res.stderr
+        _, val = find_splits(root, val_split=0.2, seed=0)  # what the changed folder's val split now holds
+        files = [p for p in val.paths.tolist() if Path(p).name != "broken.jpg"]
+        expected = _manual_top1(run, files, [Path(p).parent.name for p in files])
+    finally:
+        aside.rename(root / "Apple")
+    assert json.loads(res.stdout)["top1"] == pytest.approx(expected)
+
+
+@NEEDS_PATCH
+def test_eval_refuses_a_class_the_checkpoint_does_not_know(flat_run) -> None:
+    root, run = flat_run
+    (root / "banana").mkdir()
+    try:
+        for i in range(4):
+            (root / "banana" / f"b{i}.jpg").write_bytes((root / "zebra" / f"zebra {i}.jpg").read_bytes())
+        res = cli("eval", "--checkpoint", _ck(run), "--json", "--device", "cpu")
+    finally:
+        for f in (root / "banana").iterdir():
+            f.unlink()
+        (root / "banana").rmdir()
+    assert res.returncode == 2 and "banana" in res.stderr and "bug in finetune" not in res.stderr
+    assert res.stderr.startswith("finetune: error: ") and len(res.stderr.strip().splitlines()) == 1
+
+
+@NEEDS_PATCH
+def test_eval_data_that_the_checkpoint_trained_on_uses_its_val_split(flat_run) -> None:
+    root, run = flat_run
+    default = cli("eval", "--checkpoint", _ck(run), "--json", "--device", "cpu")
+    same = cli("eval", "--checkpoint", _ck(run), "--data", str(root), "--json", "--device", "cpu")
+    assert default.returncode == same.returncode == 0, default.stderr + same.stderr
+    assert json.loads(same.stdout) == json.loads(default.stdout)
+
+
+@NEEDS_PATCH
+def test_eval_csv_with_split_column_scores_its_val_rows(flat_run, tmp_path: Path) -> None:
+    root, run = flat_run
+    rows = [f"{f},{c},{'val' if i < 2 else 'train'}" for c in COLOURS
+            for i, f in enumerate(sorted((root / c).glob(f"{c} *.jpg")))]
+    (tmp_path / "list.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    res = cli("eval", "--checkpoint", _ck(run), "--data", str(tmp_path / "list.csv"), "--json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["images"] == 6
+
+
+@NEEDS_PATCH
+def test_predict_skips_an_unreadable_file_found_in_a_folder(flat_run, tmp_path: Path) -> None:
+    root, run = flat_run
+    (tmp_path / "a.jpg").write_bytes((root / "zebra" / "zebra 0.jpg").read_bytes())
+    (tmp_path / "b broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    res = cli("predict", "--checkpoint", _ck(run), str(tmp_path), "--json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert [Path(o["path"]).name for o in json.loads(res.stdout)] == ["a.jpg"]
+    assert "b broken.jpg" in res.stderr
+
+
+@NEEDS_PATCH
+def test_eval_from_another_directory_after_training_on_a_relative_path(flat_run, tmp_path: Path) -> None:
+    root, _ = flat_run
+    work = tmp_path / "work"
+    (work / "pics").mkdir(parents=True)
+    for c in ("zebra", "mango"):
+        (work / "pics" / c).mkdir()
+        for f in sorted((root / c).glob("*.jpg"))[:4]:
+            (work / "pics" / c / f.name).write_bytes(f.read_bytes())
+    res = run_cli("train", "--data", "pics", "--val-split", "0.25", "--epochs", "1", "--max-steps", "1", "--out", "run",
+                  *TINY, env={"CWD": str(work)})
+    assert res.returncode == 0, res.stderr
+    ev = cli("eval", "--checkpoint", str(work / "run" / "checkpoints" / "last.pt"), "--json", "--device", "cpu")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["images"] == 2
+
+
+def test_eval_samples_labels_by_the_checkpoints_class_names(tmp_path: Path) -> None:
+    from finetune.data.samples import eval_samples
+
+    root = _tree(tmp_path / "d", {"b": 3, "a": 2, "empty": 0})
+    s = eval_samples(root, ["c", "b", "a", "empty"])  # another order, a class absent, an empty folder
+    assert s.classes == ("c", "b", "a", "empty")
+    assert {(Path(p).parent.name, int(y)) for p, y in zip(s.paths.tolist(), s.labels.tolist(), strict=True)} == {
+        ("b", 1), ("a", 2)}
+    with pytest.raises(DataError, match="'b'"):
+        eval_samples(root, ["a", "B"])  # names match exactly: 'b' is not 'B'
+    flat = _tree(tmp_path / "flat", {"x": 10, "y": 10})
+    assert len(eval_samples(flat, ["y", "x"])) == 20  # a test folder: every image
+    same = eval_samples(flat, ["y", "x"], trained_on=str(flat), val_split=0.2, seed=3)  # the run's own data
+    _, val = find_splits(flat, val_split=0.2, seed=3)
+    assert sorted(same.paths.tolist()) == sorted(val.paths.tolist()) and len(same) == 4
+    (tmp_path / "s.csv").write_text("path,label,split\n" + "\n".join(
+        f"flat/{c}/img {i}.jpg,{c},{'val' if i < 3 else 'train'}" for c in "xy" for i in range(10)))
+    s = eval_samples(tmp_path / "s.csv", ["y", "x"])
+    assert len(s) == 6 and s.class_counts() == {"y": 3, "x": 3}

@@ -442,3 +442,87 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
     if train_dir.is_dir():
         return stratified_split(check_classes(scan_folder(train_dir), train_dir), val_split, seed)
     return stratified_split(check_classes(scan_folder(data), data), val_split, seed)
+
+
+def relabel(samples: Samples, classes: Sequence[str], where: str | Path) -> Samples:
+    """``samples`` with labels indexing ``classes`` (a checkpoint's), matched by class name.
+
+    A class of ``samples`` that ``classes`` lacks is a :class:`DataError` (scoring it with
+    another class's index would be silently wrong); classes it does not hold are simply absent.
+
+    >>> s = Samples.from_lists(["a.jpg", "b.jpg"], [0, 1], ("cat", "dog"))
+    >>> relabel(s, ["dog", "bird", "cat"], "data/").labels.tolist()
+    [2, 0]
+    >>> relabel(s, ["dog"], "data/")
+    Traceback (most recent call last):
+    finetune.errors.DataError: 'data/' has classes ['cat'] that are not among the checkpoint's 1 classes ('dog'); class names match exactly, case included
+    """
+    classes = tuple(classes)
+    if samples.classes == classes:
+        return samples
+    index = {c: i for i, c in enumerate(classes)}
+    present = sorted({samples.classes[i] for i in np.unique(samples.labels)})
+    unknown = [c for c in present if c not in index]
+    if unknown:
+        shown = ", ".join(repr(c) for c in classes[:20]) + (", …" if len(classes) > 20 else "")
+        raise DataError(f"'{where}' has classes {unknown[:10]} that are not among the checkpoint's {len(classes)} "
+                        f"classes ({shown}); class names match exactly, case included")
+    mapping = np.asarray([index.get(c, -1) for c in samples.classes], dtype=np.int64)
+    return Samples(samples.paths, mapping[samples.labels], classes)
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | Path | None = None,
+                 val_split: float = 0.1, seed: int = 0) -> Samples:
+    """What ``finetune eval --data DATA`` scores, labelled with a checkpoint's ``classes`` by name.
+
+    * the data the checkpoint was trained on (``trained_on``, the same path): its validation
+      split, exactly as training held it out (``val_split``, ``seed``), never its training images;
+    * a CSV: its ``val`` rows when it has a split column with some, else every row;
+    * a folder with ``val/`` (``valid/``, ``validation/``): that folder;
+    * any other folder of class sub-folders: all its images (a test set).
+
+    A class that ``classes`` lacks is a :class:`DataError` (:func:`relabel`); ``'shapes'`` is the
+    built-in dataset.
+
+    >>> import pathlib, tempfile
+    >>> from PIL import Image
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for c in ("cat", "dog"):
+    ...     (root / c).mkdir()
+    ...     for i in range(10):
+    ...         Image.new("RGB", (8, 8)).save(root / c / f"{i}.jpg")
+    >>> len(eval_samples(root, ["dog", "cat"])), len(eval_samples(root, ["dog", "cat"], trained_on=str(root)))
+    (20, 2)
+    >>> s = eval_samples(root, ["dog", "cat", "bird"])      # scored by name, in the checkpoint's order
+    >>> s.classes, s.class_counts(), pathlib.Path(s.path(0)).parent.name, int(s.labels[0])
+    (('dog', 'cat', 'bird'), {'dog': 10, 'cat': 10, 'bird': 0}, 'dog', 0)
+    """
+    if str(data) == "shapes":
+        from finetune.data.shapes import shapes_root
+
+        data = shapes_root()
+    if trained_on is not None and str(trained_on) == "shapes":
+        from finetune.data.shapes import shapes_root
+
+        trained_on = shapes_root()
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"data path '{data}' does not exist: give an image folder or a CSV file")
+    if trained_on is not None and Path(trained_on).exists() and _same_path(path, trained_on):
+        return relabel(find_splits(path, val_split=val_split, seed=seed)[1], classes, data)
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"'{data}' is a file but not a .csv: give an image folder or a CSV of path,label")
+        samples, split = read_csv(path)
+        if split is not None and np.isin(split, VAL_DIR_NAMES).any():
+            samples = samples.subset(np.flatnonzero(np.isin(split, VAL_DIR_NAMES)))
+        return relabel(samples, classes, data)
+    folder = next((path / n for n in VAL_DIR_NAMES if (path / n).is_dir()), path)
+    # every class folder, the checkpoint's first: an empty one is allowed here (nothing to score), and one
+    # with images that the checkpoint lacks is refused by relabel
+    extra = sorted({d.name for d in _class_dirs(folder)} - set(classes))
+    return relabel(scan_folder(folder, classes=[*classes, *extra]), classes, folder)
