@@ -463,6 +463,29 @@ def test_latest_skips_a_damaged_newest_checkpoint(tmp_path: Path, damage: str) -
         ckpt.load(newest)
 
 
+@pytest.mark.filterwarnings("ignore::finetune.checkpoint.CheckpointWarning")
+def test_after_resuming_past_a_damaged_best_every_file_loads_again(tmp_path: Path) -> None:
+    """The newest checkpoint was also the best: damaging it damages last.pt and best.pt (hard links).
+    The run resumes from the one before; its next save leaves no file that does not load."""
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save({"w": torch.full((100,), 1.0), "epoch": 0, "step": 1}, metrics={"val_top1": 0.5})
+    ckpt.save({"w": torch.full((100,), 2.0), "epoch": 0, "step": 2}, metrics={"val_top1": 0.9})
+    damaged = ckpt_dir(tmp_path) / "ckpt-e0000-s00000002.pt"
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    resumed = Checkpointer(tmp_path)
+    assert resumed.load()["step"] == 1
+    resumed.save({"w": torch.full((100,), 3.0), "epoch": 0, "step": 3}, metrics={"val_top1": 0.2})
+    for path in ckpt_dir(tmp_path).glob("*.pt"):
+        if path != damaged:
+            torch.load(path, weights_only=True)
+    assert torch.load(ckpt_dir(tmp_path) / "best.pt", weights_only=True)["step"] == 1
+    assert Checkpointer(tmp_path).load(Checkpointer(tmp_path).best())["step"] == 1
+    # a deleted best.pt comes back with the next save too
+    (ckpt_dir(tmp_path) / "best.pt").unlink()
+    resumed.save({"w": torch.full((100,), 4.0), "epoch": 0, "step": 4}, metrics={"val_top1": 0.1})
+    assert torch.load(ckpt_dir(tmp_path) / "best.pt", weights_only=True)["step"] == 1
+
+
 def disk_full(*args: Any, **kwargs: Any) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -884,6 +907,9 @@ def test_cli_resume_auto_falls_back_over_a_corrupt_newest_and_resume_path(
     assert result.returncode == 0, result.stderr
     assert "ckpt-e0001-s00000006" in result.stderr  # the skipped file is reported
     assert_same(out, final(reference_run))
+    for path in ckpt_dir(out).glob("*.pt"):
+        if path != newest:
+            torch.load(path, weights_only=True)
 
     # --resume PATH: from an earlier checkpoint of another copy of the run
     other = tmp_path / "other"

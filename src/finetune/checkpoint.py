@@ -1371,9 +1371,19 @@ class Checkpointer:
             _link_atomic(final, self.directory / LAST)
             if improved:
                 _link_atomic(final, self.directory / BEST)
+            elif best_file is not None:
+                self._repair_best(best_file)
         except OSError as e:
             raise _write_error("last/best link of", final, e) from e
         self._prune(newest=name)
+
+    def _repair_best(self, best_file: str) -> None:
+        """Point ``best.pt`` at the best numbered checkpoint again if it is not that file (deleted, or
+        damaged together with a newer best that a resume skipped)."""
+        numbered, best = self.directory / best_file, self.directory / BEST
+        if self.verify(numbered) is not None or (best.exists() and self._same_content(best, numbered)):
+            return
+        _link_atomic(numbered, best)
 
     def _improves(self, value: Any, best: float | None) -> bool:
         if type(value) not in (int, float) or not math.isfinite(value):
