@@ -706,3 +706,27 @@ def test_eval_samples_labels_by_the_checkpoints_class_names(tmp_path: Path) -> N
         f"flat/{c}/img {i}.jpg,{c},{'val' if i < 3 else 'train'}" for c in "xy" for i in range(10)))
     s = eval_samples(tmp_path / "s.csv", ["y", "x"])
     assert len(s) == 6 and s.class_counts() == {"y": 3, "x": 3}
+
+
+def test_csv_split_column_values_any_case_and_test_rows_stay_out(tmp_path: Path) -> None:
+    _tree(tmp_path, {"i": 12})
+
+    def csv(name: str, split_of) -> Path:
+        rows = [f"i/img {k}.jpg,{'ab'[k % 2]},{split_of(k)}" for k in range(12)]
+        (tmp_path / name).write_text("path,label,split\n" + "\n".join(rows) + "\n")
+        return tmp_path / name
+
+    train, val = find_splits(csv("upper.csv", lambda k: "Train" if k < 8 else "VAL"))
+    assert len(train) == 8 and len(val) == 4  # the file's own split, not a random one
+    train, val = find_splits(csv("test.csv", lambda k: "train" if k < 8 else "test"), val_split=0.25)
+    names = {Path(p).name for p in [*train.paths.tolist(), *val.paths.tolist()]}
+    assert names == {f"img {k}.jpg" for k in range(8)} and len(val) == 2  # test rows are never trained on
+    with pytest.raises(DataError, match="train"):
+        find_splits(csv("nothing.csv", lambda k: "fold1"))
+
+
+def test_csv_row_without_a_label_is_refused(tmp_path: Path) -> None:
+    _tree(tmp_path, {"i": 3})
+    (tmp_path / "l.csv").write_text("path,label\ni/img 0.jpg,a\ni/img 1.jpg,\ni/img 2.jpg,b\n")
+    with pytest.raises(DataError, match="without a label"):
+        read_csv(tmp_path / "l.csv")

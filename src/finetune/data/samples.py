@@ -33,6 +33,7 @@ from finetune.errors import DataError
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
                   ".gif", ".jfif", ".jpe", ".avif")
 VAL_DIR_NAMES = ("val", "valid", "validation")
+TRAIN_SPLIT_NAMES = ("train", "training")  # a CSV's split column (any case); other values (test, …) are not used
 # folders that tools leave in datasets and that never hold samples (hidden ones, starting
 # with '.', are skipped too): macOS zip resource forks, Synology NAS thumbnails, Windows drives
 SKIP_DIRS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"})
@@ -328,6 +329,10 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
         raise DataError(f"CSV file '{path}' has {len(short)} rows with fewer than {need} columns, "
                         f"e.g. {delimiter.join(rows[short[0]])!r}")
     names = [r[il].strip() for r in rows]
+    blank = [k for k, n in enumerate(names) if not n]
+    if blank:  # (a class named '' would be trained silently)
+        raise DataError(f"CSV file '{path}' has {len(blank)} rows without a label, e.g. "
+                        f"{delimiter.join(rows[blank[0]])!r}: give every row a class")
     if classes is None:
         classes = _class_order(names)
     index = {c: i for i, c in enumerate(classes)}
@@ -343,7 +348,7 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise DataError(f"CSV file '{path}' lists {len(missing)} files that do not exist, e.g. '{missing[0]}'")
-    split = np.asarray([r[isplit].strip() for r in rows]) if isplit is not None else None
+    split = np.asarray([r[isplit].strip().lower() for r in rows]) if isplit is not None else None
     return Samples.from_lists(paths, [index[n] for n in names], classes), split
 
 
@@ -399,7 +404,9 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
 
     Accepts a folder with ``train/`` and ``val/`` sub-folders (ImageFolder), a
     flat folder of class sub-folders (split with ``val_split``, stratified and
-    seeded), or a CSV of ``path,label[,split]``. The training split must hold images of at
+    seeded), or a CSV of ``path,label[,split]``. A CSV's split column (any case) names the
+    ``train`` and ``val`` rows; without ``val`` rows, ``val_split`` of the ``train`` rows is held
+    out; other rows (``test``, …) are used for neither. The training split must hold images of at
     least two classes (:func:`check_classes`).
 
     >>> import pathlib, tempfile
@@ -422,8 +429,15 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
             raise DataError(f"'{data}' is a file but not a .csv: give an image folder or a CSV of path,label")
         samples, split = read_csv(data)
         if split is not None:
-            train_mask = split == "train"
+            train_mask = np.isin(split, TRAIN_SPLIT_NAMES)
             val_mask = np.isin(split, VAL_DIR_NAMES)
+            if not train_mask.any():
+                found = ", ".join(repr(v) for v in sorted(set(split.tolist()))[:10])
+                raise DataError(f"'{data}' has a split column but no rows with split 'train' (found {found}): "
+                                f"mark the training rows 'train' (and validation rows 'val'), or drop the column")
+            if not val_mask.any():  # hold out part of the 'train' rows; 'test' (or other) rows stay out
+                return stratified_split(check_classes(samples.subset(np.flatnonzero(train_mask)), data),
+                                        val_split, seed)
             if train_mask.any() and val_mask.any():
                 train = check_classes(samples.subset(np.flatnonzero(train_mask)), data)
                 val = samples.subset(np.flatnonzero(val_mask))
