@@ -917,3 +917,21 @@ def test_cli_resume_auto_falls_back_over_a_corrupt_newest_and_resume_path(
     result = run_train(tiny_data, other, "--resume", str(ckpt_dir(other) / "ckpt-e0000-s00000002.pt"))
     assert result.returncode == 0, result.stderr
     assert_same(other, final(reference_run))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="check_run_dir counts a numbered .pt without its manifest as a run, --resume auto skips it: "
+                          "stuck (fix proposed: helperA_train.patch, config.py part)", strict=False)
+def test_cli_a_kill_before_the_first_manifest_does_not_leave_a_stuck_run(tmp_path: Path, tiny_data: Path) -> None:
+    """SIGKILL after the first checkpoint's data is in place but before its manifest (and last.pt): the
+    same command, with or without --resume auto, must be able to go on."""
+    out = tmp_path / "run"
+    assert run_train(tiny_data, out, "--max-steps", "1").returncode == 0
+    for path in [*ckpt_dir(out).glob("*.json"), ckpt_dir(out) / "last.pt", ckpt_dir(out) / "best.pt",
+                 out / "best.safetensors"]:
+        path.unlink(missing_ok=True)
+    assert [p.name for p in ckpt_dir(out).iterdir()] == ["ckpt-e0000-s00000001.pt"]
+    fresh = run_train(tiny_data, out, epochs=1)
+    resumed = run_train(tiny_data, out, "--resume", "auto", epochs=1) if fresh.returncode != 0 else fresh
+    assert 0 in (fresh.returncode, resumed.returncode), fresh.stderr + resumed.stderr
+    assert Checkpointer(out).latest() is not None
