@@ -376,6 +376,34 @@ def test_save_from_any_wrapper_load_into_any_wrapper(tmp_path: Path, src_kind: s
     bare.load_state_dict(saved["model"])
 
 
+def test_save_from_distributed_data_parallel_and_load_back_into_it(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not built in")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(net())
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+        step(ddp, opt)
+        Checkpointer(tmp_path / "a").save({"model": ddp, "optimizer": opt, "epoch": 0, "step": 1})
+        saved = torch.load(ckpt_dir(tmp_path / "a") / "last.pt", weights_only=True)
+        assert set(saved["model"]) == set(net().state_dict())
+        bare = net(seed=8)
+        bare_opt = torch.optim.SGD(bare.parameters(), lr=0.1, momentum=0.9)
+        assert restore(saved, model=bare, optimizer=bare_opt).optimizer.exact
+        assert same_tensors(bare.state_dict(), ddp.module.state_dict())
+        # and from the bare model into DDP
+        Checkpointer(tmp_path / "b").save({"model": bare, "optimizer": bare_opt, "epoch": 0, "step": 1})
+        again = nn.parallel.DistributedDataParallel(net(seed=9))
+        again_opt = torch.optim.SGD(again.parameters(), lr=0.1, momentum=0.9)
+        assert restore(Checkpointer(tmp_path / "b").load(), model=again, optimizer=again_opt).optimizer.exact
+        assert same_tensors(again.module.state_dict(), bare.state_dict())
+        step(again, again_opt)
+    finally:
+        dist.destroy_process_group()
+
+
 # --------------------------------------------------------------------------- optimizer by name
 def test_optimizer_restores_by_name_after_unfreezing_and_regrouping(tmp_path: Path) -> None:
     model = net()
