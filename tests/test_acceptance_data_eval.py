@@ -730,3 +730,32 @@ def test_csv_row_without_a_label_is_refused(tmp_path: Path) -> None:
     (tmp_path / "l.csv").write_text("path,label\ni/img 0.jpg,a\ni/img 1.jpg,\ni/img 2.jpg,b\n")
     with pytest.raises(DataError, match="without a label"):
         read_csv(tmp_path / "l.csv")
+
+
+def test_dict_items_and_tensor_training_crops() -> None:
+    class Names:
+        names = ["cat", "dog"]
+
+    class HuggingFaceLike:  # items as dicts, class names in features["label"].names
+        features = {"label": Names()}
+
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int):
+            return {"image": Image.fromarray(_noise(30, 20, i)), "label": i % 2}
+
+    loader = build_loader(HuggingFaceLike(), train=False, img_size=S, batch_size=4, workers=0)
+    x, y = next(iter(loader))
+    assert loader.classes == ("cat", "dog") and y.tolist() == [0, 1, 0, 1]
+    assert pixel_diff(x[2], torchvision_eval(HuggingFaceLike()[2]["image"])) <= 2.0
+
+    # training on uint8 tensors: with crop_scale (1, 1) a square image is resized whole, maybe flipped
+    square = torch.from_numpy(_noise(64, 64, 5)).permute(2, 0, 1).contiguous()
+    loader = build_loader([(square, 0)] * 8, train=True, img_size=S, batch_size=8, workers=0, crop_scale=(1.0, 1.0))
+    x, _ = next(iter(loader))
+    import torchvision.transforms.v2.functional as F
+
+    whole = F.normalize(F.to_dtype(F.resize(square, [S, S], antialias=True), torch.float32, scale=True), MEAN, STD)
+    flips = [pixel_diff(x[k], whole.flip(-1)) <= 1.0 for k in range(8)]
+    assert all(pixel_diff(x[k], whole) <= 1.0 or flips[k] for k in range(8)) and 0 < sum(flips) < 8

@@ -295,6 +295,33 @@ def _worker_uint8(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- dataset objects
+IMAGE_KEYS = ("image", "img", "pixel_values")  # the keys of a dict item (Hugging Face datasets' names)
+LABEL_KEYS = ("label", "labels", "fine_label", "target")
+
+
+def dataset_classes(dataset: Any) -> tuple[str, ...]:
+    """A dataset object's class names: ``classes`` (torchvision), else the label feature's ``names``
+    (Hugging Face datasets), else none.
+
+    >>> import torchvision
+    >>> dataset_classes(torchvision.datasets.FakeData(size=1, num_classes=3)), dataset_classes([1, 2])
+    ((), ())
+    """
+    classes = getattr(dataset, "classes", None)
+    if classes is None:
+        features = getattr(dataset, "features", None)
+        for key in LABEL_KEYS:
+            try:
+                classes = features[key].names  # type: ignore[index]
+                break
+            except (TypeError, KeyError, AttributeError, IndexError):
+                continue
+    try:
+        return tuple(str(c) for c in classes) if classes is not None else ()
+    except TypeError:
+        return ()
+
+
 def object_image(image: Any, where: str = "dataset item") -> Any:
     """What a dataset object's item may hold, as an RGB PIL image or a uint8 CHW tensor of 3 channels.
 
@@ -418,9 +445,16 @@ class _BatchDataset(Dataset):
         """Item ``index`` of the dataset object: an RGB PIL image or a uint8 CHW tensor (3 channels),
         and its label. See :func:`object_image` for what an item may hold."""
         item = self.obj[index]
-        if not isinstance(item, (tuple, list)) or len(item) < 2:
+        if isinstance(item, dict):  # (Hugging Face datasets: {"image": PIL image, "label": int})
+            image = next((item[k] for k in IMAGE_KEYS if k in item), None)
+            label = next((item[k] for k in LABEL_KEYS if k in item), None)
+            if image is None or label is None:
+                raise DataError(f"dataset item {index} is a dict with keys {sorted(item)[:8]}: expected "
+                                f"'{IMAGE_KEYS[0]}' and '{LABEL_KEYS[0]}'")
+        elif isinstance(item, (tuple, list)) and len(item) >= 2:
+            image, label = item[0], item[1]
+        else:
             raise DataError(f"dataset item {index} is a {type(item).__name__}: expected an (image, label) pair")
-        image, label = item[0], item[1]
         try:
             label = int(label)
         except (TypeError, ValueError):
@@ -702,7 +736,7 @@ class Loader:
             raise DataError("no samples to load")
         self.rank, self.world = shard
         self.samples = samples
-        self.classes = samples.classes if samples is not None else tuple(getattr(dataset, "classes", ()))
+        self.classes = samples.classes if samples is not None else dataset_classes(dataset)
         self.num_samples = num
         self.train = train
         self.shuffle = train if shuffle is None else shuffle  # the order; ``train`` picks the transform
