@@ -71,7 +71,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--img-size", type=int, help="training/eval resolution (shapes: 32, otherwise 224)")
+    p.add_argument("--img-size", type=int, help="training/eval resolution (shapes: 32; otherwise the pretrained weights' own size, else 224)")
     p.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"), help="RandomResizedCrop area range")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip of training images (default); --no-augment: the eval transform")

@@ -108,13 +108,15 @@ class TrainConfig:
         (32, (0.7, 1.0), 0.003, 0.05, 'ram')
         >>> TrainConfig(data="photos/", pretrained="torchvision").resolved().img_size
         224
+        >>> TrainConfig(data="photos/", model="efficientnet_b3", pretrained="torchvision").resolved().img_size
+        300
         """
         shapes = self.data == "shapes"
         sgd = self.optimizer == "sgd"
         lr = (0.01 if sgd else 5e-4) if self.pretrained else (0.1 if sgd else 3e-3)
         return dataclasses.replace(
             self,
-            img_size=self.img_size if self.img_size is not None else (32 if shapes else 224),
+            img_size=self.img_size if self.img_size is not None else (32 if shapes else self._pretrained_size() or 224),
             crop_scale=self.crop_scale if self.crop_scale is not None else ((0.7, 1.0) if shapes else (0.08, 1.0)),
             lr=self.lr if self.lr is not None else lr,
             weight_decay=self.weight_decay if self.weight_decay is not None else (5e-4 if sgd else 0.05),
@@ -122,6 +124,11 @@ class TrainConfig:
             # 418-491 img/s with it, 399-410 without: BENCHMARKS.md, demo run)
             cache=self.cache if self.cache is not None else ("ram" if shapes else "none"),
         )
+
+    def _pretrained_size(self) -> int | None:
+        from finetune.models import pretrained_input_size
+
+        return pretrained_input_size(self.model, self.pretrained)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:

@@ -155,6 +155,39 @@ def normalization(model: str, pretrained: str | None = None) -> tuple[tuple[floa
     return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
 
 
+def pretrained_input_size(model: str, pretrained: str | None = None) -> int | None:
+    """The image size the weights were trained at, used as ``--img-size`` when none is given:
+    timm's ``input_size`` for a timm source or a timm model (``vit_base_patch16_384``: 384),
+    the crop of torchvision's default weights with ``--pretrained torchvision``
+    (``efficientnet_b3``: 300); None when unknown (then 224).
+
+    >>> pretrained_input_size("timm:vit_base_patch16_384"), pretrained_input_size("efficientnet_b3", "torchvision")
+    (384, 300)
+    >>> pretrained_input_size("resnet50", "timm:resnet50.a1_in1k"), pretrained_input_size("efficientnet_b3") is None
+    (224, True)
+    """
+    name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
+    if name.startswith(TIMM_PREFIX):
+        try:
+            from timm.models import get_pretrained_cfg
+
+            cfg = get_pretrained_cfg(name[len(TIMM_PREFIX):])
+        except Exception:  # noqa: BLE001 - no timm, or an unknown name: reported where the model is built
+            return None
+        size = getattr(cfg, "input_size", None)
+        return int(size[-1]) if size and len(size) == 3 and size[-1] == size[-2] else None
+    if pretrained != "torchvision":
+        return None
+    try:
+        from torchvision.models import get_model_weights
+
+        crop = get_model_weights(model).DEFAULT.transforms.keywords.get("crop_size")
+    except Exception:  # noqa: BLE001 - not a torchvision model, or one without weights
+        return None
+    crop = crop[0] if isinstance(crop, (list, tuple)) else crop
+    return int(crop) if isinstance(crop, int) else None
+
+
 def check_input_size(model: nn.Module, img_size: int) -> None:
     """Raise :class:`ModelError` if ``model`` cannot take ``img_size`` x ``img_size`` images
     (too small for its downsampling, or a fixed input size), before any training starts.
