@@ -759,3 +759,26 @@ def test_dict_items_and_tensor_training_crops() -> None:
     whole = F.normalize(F.to_dtype(F.resize(square, [S, S], antialias=True), torch.float32, scale=True), MEAN, STD)
     flips = [pixel_diff(x[k], whole.flip(-1)) <= 1.0 for k in range(8)]
     assert all(pixel_diff(x[k], whole) <= 1.0 or flips[k] for k in range(8)) and 0 < sum(flips) < 8
+
+
+def _crash_on(path: str, *args, **kwargs):
+    from finetune.data.decode import decode_eval
+
+    if path.endswith("crash me.jpg") and torch.utils.data.get_worker_info() is not None:
+        os._exit(11)  # what a segfaulting decoder looks like from the main process
+    return decode_eval(path, *args, **kwargs)
+
+
+def test_a_worker_crash_on_a_file_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path / "d", {"a": 3, "b": 3})
+    (root / "b" / "crash me.jpg").write_bytes((root / "b" / "img 0.jpg").read_bytes())
+    monkeypatch.setattr("finetune.data.loader.decode_eval", _crash_on)  # (workers are forked: they see it)
+    loader = build_loader(scan_folder(root), train=False, img_size=16, batch_size=2, workers=2)
+    with pytest.raises(DataError, match="crash me.jpg"):
+        list(loader)
+
+
+def test_thread_prefetch_gives_the_same_batches(mixed) -> None:
+    plain = _all(build_loader(mixed, train=True, img_size=S, batch_size=5, workers=0, seed=4))
+    threaded = _all(build_loader(mixed, train=True, img_size=S, batch_size=5, workers=0, seed=4, prefetch="thread"))
+    assert _same(plain, threaded)
