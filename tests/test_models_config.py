@@ -113,3 +113,41 @@ def test_tensorboard_cam_images_leave_training_as_it_was(colour_data: Path, tmp_
 
     plain, logged = run("plain", False), run("logged", True)
     assert plain.keys() == logged.keys() and all(torch.equal(plain[k], logged[k]) for k in plain)
+
+
+def test_clip_grad_bounds_the_first_update(colour_data: Path, tmp_path: Path) -> None:
+    """SGD's first step moves the weights by lr x the clipped gradient: its norm is at most lr x clip."""
+    from finetune.models import create_model
+    from finetune.train import train
+
+    start = create_model("resnet18", num_classes=2).state_dict()
+    torch.save(start, tmp_path / "start.pt")
+
+    def moved(name: str, *extra: str) -> float:
+        cfg = TrainConfig.from_dict({"data": str(colour_data), "img_size": 32, "batch_size": 16, "workers": "0",
+                                     "epochs": 1, "max_steps": 1, "optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0,
+                                     "pretrained": str(tmp_path / "start.pt"), "out": str(tmp_path / name),
+                                     **dict(zip(extra[::2], extra[1::2], strict=True))})
+        train(cfg, quiet=True)
+        end = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["model"]
+        params = [k for k, v in start.items() if v.is_floating_point() and "running" not in k]
+        return float(torch.sqrt(sum(((end[k] - start[k]) ** 2).sum() for k in params)))
+
+    assert moved("clipped", "clip_grad", 1e-3) <= 1e-3 * (1 + 1e-4)
+    assert moved("free") > 1e-2
+
+
+def test_early_stop_ends_the_run_and_a_resume_does_not_train_on(colour_data: Path, tmp_path: Path) -> None:
+    """A learning rate too small to change any prediction: top-1 never improves after epoch 1."""
+    from finetune.train import train
+
+    cfg = TrainConfig(data=str(colour_data), img_size=32, batch_size=16, workers="0", epochs=6, lr=1e-12,
+                      linear_probe=True, early_stop=2, out=str(tmp_path / "run"))
+    result = train(cfg, quiet=True)
+    assert result.early_stopped and not result.stopped_early
+    assert [r["epoch"] for r in result.history] == [0, 1, 2] and result.best_epoch == 0
+    cfg.resume = "auto"
+    again = train(cfg, quiet=True)
+    assert again.early_stopped and len(again.history) == 3
+    with pytest.raises(ConfigError, match="early-stop"):
+        TrainConfig(early_stop=0).validate()

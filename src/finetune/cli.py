@@ -71,6 +71,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' total norm (off)")
+    p.add_argument("--early-stop", type=int, metavar="EPOCHS",
+                   help="stop when val top-1 has not improved for this many epochs (off)")
     p.add_argument("--img-size", type=int, help="training/eval resolution (shapes: 32; otherwise the pretrained weights' own size, else 224)")
     p.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"), help="RandomResizedCrop area range")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,

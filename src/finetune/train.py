@@ -94,7 +94,8 @@ class TrainResult:
     best_top5: float
     best_epoch: int
     history: list[dict[str, Any]]
-    stopped_early: bool = False
+    stopped_early: bool = False  # interrupted (signal, --max-steps): --resume auto continues
+    early_stopped: bool = False  # --early-stop: val top-1 stopped improving
     rank: int = 0  # this process under torchrun (0: the one that wrote the run directory)
 
 
@@ -613,8 +614,15 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
     stopped, audited = False, False
     last_save_time = time.monotonic()
+    def no_progress() -> bool:  # --early-stop: val top-1 has not improved for that many epochs
+        return bool(cfg.early_stop) and best_epoch >= 0 and epoch - 1 - best_epoch >= cfg.early_stop
+
+    early = False
     with ckpt, GracefulExit() as stop:
         while epoch < cfg.epochs and not stopped:
+            if batches.position == 0 and no_progress():
+                early = True
+                break
             if batches.position == 0:
                 batches.set_epoch(epoch)
                 unfrozen = unfreeze_at(model, optimizer, cfg, epoch)
@@ -635,6 +643,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                     loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if cfg.clip_grad:  # on the true gradients: fp16's scale comes off first
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad)
                 if not audited:  # the classic silent bugs, checked once on real gradients
                     audited = True
                     findings = audit(model, optimizer)
@@ -694,6 +705,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             save(metrics={"val_top1": metrics["top1"]})
             last_save_time = time.monotonic()
             stopped = epoch < cfg.epochs and (ddp.any(stop.stop_requested) or out_of_steps())
+    if early:
+        log.info(f"early stop after epoch {epoch}: val top-1 has not improved for {epoch - 1 - best_epoch} epochs "
+                 f"(best {best_top1:.2%} at epoch {best_epoch + 1}; --early-stop {cfg.early_stop})")
     if stopped:
         from finetune.checkpoint import stop_message
 
@@ -709,7 +723,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         write_deployment_files(ckpt.load(best_path), run_dir)
     log.close()
     ddp.stop()
-    return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped, rank=ddp.rank)
+    return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped,
+                       early_stopped=early, rank=ddp.rank)
 
 
 def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> None:
