@@ -151,3 +151,38 @@ def test_early_stop_ends_the_run_and_a_resume_does_not_train_on(colour_data: Pat
     assert again.early_stopped and len(again.history) == 3
     with pytest.raises(ConfigError, match="early-stop"):
         TrainConfig(early_stop=0).validate()
+
+
+def test_ema_weights_are_what_the_run_measures_saves_and_resumes_exactly(colour_data: Path, tmp_path: Path,
+                                                                          one_torch_thread) -> None:
+    from safetensors.torch import load_file
+
+    from finetune.train import evaluate_checkpoint, train
+
+    def cfg(name: str, **kw) -> TrainConfig:
+        return TrainConfig(data=str(colour_data), img_size=32, batch_size=16, workers="0", epochs=2, ema=0.9,
+                           out=str(tmp_path / name), **kw)
+
+    full = train(cfg("full"), quiet=True)
+    record = full.history[-1]
+    assert {"raw_val_top1", "raw_val_loss", "raw_val_top5"} <= record.keys()
+    best = torch.load(tmp_path / "full" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["ema_updates"] == best["step"] and best["model_ema"].keys() == best["model"].keys()
+    assert not torch.equal(best["model_ema"]["fc.weight"], best["model"]["fc.weight"])
+    deployed = load_file(str(tmp_path / "full" / "best.safetensors"))
+    assert all(torch.equal(deployed[k], best["model_ema"][k]) for k in deployed)
+    # eval of the best checkpoint measures the EMA weights: the loss it logged for that epoch
+    logged = full.history[best["best_epoch"]]
+    result = evaluate_checkpoint(tmp_path / "full" / "checkpoints" / "best.pt", workers="0")
+    assert result["top1"] == logged["val_top1"] and result["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
+    # stopped in the middle of the first epoch, resumed: the same EMA, bitwise
+    cut = cfg("cut", max_steps=2)
+    train(cut, quiet=True)
+    cut.max_steps, cut.resume = None, "auto"
+    train(cut, quiet=True)
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["ema_updates"] == b["ema_updates"]
+    assert all(torch.equal(a["model_ema"][k], b["model_ema"][k]) for k in a["model_ema"])
+    with pytest.raises(ConfigError, match="--ema"):
+        TrainConfig(ema=1.0).validate()

@@ -71,6 +71,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999); it is what val_* and "
+                        "the best checkpoint measure, and what eval/predict use")
     p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' total norm (off)")
     p.add_argument("--early-stop", type=int, metavar="EPOCHS",
                    help="stop when val top-1 has not improved for this many epochs (off)")

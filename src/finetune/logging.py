@@ -45,8 +45,9 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
     'epoch 1/3  train loss 1.0000  val loss 0.5000  top-1 90.00%  top-5 100.00%  lr 0.1  99 img/s'
     """
     k = m.get("topk", 5)
+    ema = f" (EMA; raw weights {m['raw_val_top1']:.2%})" if "raw_val_top1" in m else ""  # --ema
     return (f"epoch {m['epoch'] + 1}/{epochs}  train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
-            f"top-1 {m['val_top1']:.2%}  top-{k} {m['val_top5']:.2%}  lr {m['lr']:.3g}  {m['images_per_s']:.0f} img/s")
+            f"top-1 {m['val_top1']:.2%}{ema}  top-{k} {m['val_top5']:.2%}  lr {m['lr']:.3g}  {m['images_per_s']:.0f} img/s")
 
 
 def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type: ignore[no-untyped-def]

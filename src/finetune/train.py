@@ -483,6 +483,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     check_input_size(model, cfg.img_size)  # (on the device: one forward of two images, before any step)
+    ema = make_ema(model, cfg.ema) if cfg.ema else None
     from finetune.freeze import (
         audit,
         bn_train_mode,
@@ -540,6 +541,11 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         epoch_seen = int(mine.get("epoch_seen", 0))
         batches.load_state_dict(resume_state["loader"])
         restore_rng_state(mine["rng"])
+        if ema is not None:
+            if "model_ema" not in resume_state:
+                raise CheckpointError(f"'{resume_path}' has no EMA weights (saved without --ema): resume without --ema")
+            load_model_state(ema.module, resume_state["model_ema"])
+            ema.n_averaged.fill_(int(resume_state["ema_updates"]))
 
     def wrapped() -> nn.Module:  # what the steps call: DDP over the model (its trainable part), compiled
         net = ddp.wrap(head if cfg.cache_features else model, device)
@@ -594,6 +600,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         ranks = ddp.gather({"rng": rng, "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen}) if ddp.enabled else None
         return {
             "model": model, "optimizer": optimizer_state_by_name(optimizer, model),
+            **({"model_ema": ema.module, "ema_updates": int(ema.n_averaged)} if ema is not None else {}),
             "scheduler": {"kind": "warmup_cosine", "step": step, "total_steps": total_steps,
                           "warmup_steps": warmup_steps}, "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "epoch": epoch, "step": step, "batches_in_epoch": batches.position,
@@ -653,6 +660,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                         warn(line.removeprefix("warning: "))
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(model)
                 step += 1
                 pending.append((loss.detach(), len(labels), step))
                 settle(keep=1)
@@ -676,12 +685,16 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
-            metrics = evaluate(model, val_loader, amp=amp, quiet=quiet, ddp=ddp)
+            raw = evaluate(model, val_loader, amp=amp, quiet=quiet, ddp=ddp)
+            # with --ema the EMA weights are the run's result (as in timm): val_* and the best checkpoint
+            metrics = evaluate(ema.module, val_loader, amp=amp, quiet=quiet, ddp=ddp) if ema is not None else raw
             loss_sum_all, seen_all, images_done = ddp.sum([epoch_loss_sum, epoch_seen, images_done])
             record = {"epoch": epoch, "step": step, "train_loss": loss_sum_all / max(seen_all, 1),
                       "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
                       "topk": metrics["topk"], "lr": optimizer.param_groups[0]["lr"],
                       "images_per_s": images_done / max(seconds, 1e-9)}
+            if ema is not None:
+                record.update(raw_val_loss=raw["loss"], raw_val_top1=raw["top1"], raw_val_top5=raw["top5"])
             if metrics["top1"] > best_top1:
                 best_top1, best_top5, best_epoch = metrics["top1"], metrics["top5"], epoch
             history.append(record)
@@ -836,6 +849,25 @@ def cam_overlays(model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor] | N
     return np.stack([overlay(c, m) for c, m in zip(crops, maps, strict=True)])
 
 
+def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s parameters and buffers (BatchNorm
+    statistics), updated after every optimizer step: ``ema = decay * ema + (1 - decay) * w``,
+    starting from the weights at the first update (torchvision's and timm's model EMA).
+
+    >>> net = nn.Linear(1, 1, bias=False); _ = net.weight.data.fill_(1.0)
+    >>> ema = make_ema(net, decay=0.5)
+    >>> for value in (1.0, 3.0):
+    ...     _ = net.weight.data.fill_(value); ema.update_parameters(net)
+    >>> ema.module.weight.item(), int(ema.n_averaged)
+    (2.0, 2)
+    """
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.module.requires_grad_(False)
+    return ema.eval()
+
+
 def log_feature_maps(log: RunLog, model: nn.Module, batch: torch.Tensor, step: int) -> None:
     """TensorBoard images ``features/<module>``: the most varied channels of the first
     validation image's feature maps at the end of each stage (see :mod:`finetune.features`).
@@ -916,13 +948,15 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     meta = {"arch": str(state["arch"]), "classes": json.dumps(list(state["classes"])),
             "img_size": str(state.get("img_size", "")), "format": "finetune-weights"}
     tmp = run_dir / ".best.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in state["model"].items()}, str(tmp), metadata=meta)
+    weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema: the EMA weights are the result
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
     tmp.replace(run_dir / "best.safetensors")
 
 
 # --------------------------------------------------------------------------- eval / predict from a checkpoint
 def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a finetune checkpoint describes and load its weights.
+    """Rebuild the model a finetune checkpoint describes and load its weights (the EMA weights
+    of a run trained with ``--ema``, which its metrics and best checkpoint are about).
 
     >>> import tempfile, torch
     >>> from finetune import Checkpointer, create_model
@@ -940,10 +974,11 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
     img_size = state.get("img_size")
     model = create_model(str(state["arch"]), num_classes=len(state["classes"]),
                          img_size=int(img_size) if img_size is not None else None)
+    weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema runs: the EMA weights
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
-        result = model.load_state_dict(state["model"], strict=False) if "size mismatch" not in str(e) else None
+        result = model.load_state_dict(weights, strict=False) if "size mismatch" not in str(e) else None
         detail = (f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[:1]}), "
                   f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:1]})" if result is not None
                   else next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), "shapes differ"))
