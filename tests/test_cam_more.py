@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import finetune.cam as cam_module
-from finetune import create_model
+from conftest import run_cli
+from finetune import Checkpointer, create_model
 from finetune.cam import class_activation_maps, localisation, scale_maps
 from finetune.errors import ConfigError
 
@@ -242,3 +246,19 @@ def test_modes_and_gradients_untouched() -> None:
     assert [n for n, p in model.named_parameters() if not p.requires_grad] == [
         n for n, _ in model.named_parameters() if n.startswith("layer1.")]
     assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_cam_command_takes_the_new_methods(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from finetune.data.shapes import CLASSES
+
+    torch.manual_seed(0)
+    Checkpointer(tmp_path / "run").save({"model": create_model("resnet18", num_classes=8), "arch": "resnet18",
+                                         "classes": list(CLASSES), "img_size": 64, "epoch": 0, "step": 0,
+                                         "config": {}})
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(tmp_path / "red.jpg")
+    res = run_cli("cam", str(tmp_path / "run"), str(tmp_path / "red.jpg"), "--method", "ablationcam",
+                  "--out", str(tmp_path / "out"), "--device", "cpu", "--json")
+    assert res.returncode == 0, res.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1 and json.loads(res.stdout)[0]["layer"] == "layer4"
