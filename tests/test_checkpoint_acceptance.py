@@ -893,13 +893,16 @@ def test_cli_sigterm_during_setup_still_saves_and_exits_0(tmp_path: Path, tiny_d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("save_mode", ["--no-async-save", "--async-save"])
+@pytest.mark.parametrize(("save_mode", "workers", "group"), [("--no-async-save", "0", True),
+                                                             ("--async-save", "0", True),
+                                                             ("--async-save", "2", False)])
 def test_cli_sigkill_at_random_moments_then_resume_auto_is_bitwise_identical(
-        tmp_path: Path, tiny_data: Path, reference_run: Path, save_mode: str) -> None:
+        tmp_path: Path, tiny_data: Path, reference_run: Path, save_mode: str, workers: str, group: bool) -> None:
+    """``group``: the whole process group is killed; else the trainer alone (its data workers are orphaned)."""
     out = tmp_path / "run"
     rng = random.Random(os.getpid())
     base = ["train", "-q", "--data", str(tiny_data), *TINY, "--epochs", "2", "--out", str(out),
-            "--save-every-steps", "1", save_mode]
+            "--save-every-steps", "1", save_mode, "--workers", workers]
     kills = 0
     for attempt in range(12):
         resume = ["--resume", "auto"] if any((out / "checkpoints").glob("ckpt-*.json")) else []
@@ -917,7 +920,7 @@ def test_cli_sigkill_at_random_moments_then_resume_auto_is_bitwise_identical(
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 1.5))
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                (os.killpg if group else os.kill)(proc.pid, signal.SIGKILL)
                 kills += 1
         _, stderr = proc.communicate(timeout=300)
         if proc.returncode == -signal.SIGKILL:
