@@ -186,3 +186,35 @@ def test_ema_weights_are_what_the_run_measures_saves_and_resumes_exactly(colour_
     assert all(torch.equal(a["model_ema"][k], b["model_ema"][k]) for k in a["model_ema"])
     with pytest.raises(ConfigError, match="--ema"):
         TrainConfig(ema=1.0).validate()
+
+
+def test_mixup_cutmix_train_and_resume_exactly(colour_data: Path, tmp_path: Path, one_torch_thread) -> None:
+    from finetune.mixing import mix_batch
+    from finetune.train import train
+
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 1, 0, 1, 0])
+    a = mix_batch(x, y, 2, mixup=0.2, cutmix=1.0, seed=1, step=7, label_smoothing=0.1)
+    b = mix_batch(x, y, 2, mixup=0.2, cutmix=1.0, seed=1, step=7, label_smoothing=0.1)
+    c = mix_batch(x, y, 2, mixup=0.2, cutmix=1.0, seed=1, step=8, label_smoothing=0.1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] != c[2]
+    assert torch.allclose(a[1].sum(1), torch.ones(6)) and float(a[1].min()) >= 0.05 * min(a[2], 1 - a[2]) - 1e-6
+    assert not torch.equal(a[0], x)
+
+    def cfg(name: str, **kw) -> TrainConfig:
+        return TrainConfig(data=str(colour_data), img_size=32, batch_size=16, workers="0", epochs=2, mixup=0.4,
+                           cutmix=1.0, out=str(tmp_path / name), **kw)
+
+    train(cfg("full"), quiet=True)
+    cut = cfg("cut", max_steps=3)
+    train(cut, quiet=True)
+    cut.max_steps, cut.resume = None, "auto"
+    train(cut, quiet=True)
+    w1 = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    plain = TrainConfig(data=str(colour_data), img_size=32, batch_size=16, workers="0", epochs=2, out=str(tmp_path / "p"))
+    train(plain, quiet=True)
+    w3 = torch.load(tmp_path / "p" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert not torch.equal(w1["fc.weight"], w3["fc.weight"])  # the mixing changed what was learned
+    with pytest.raises(ConfigError, match="cache-features"):
+        TrainConfig(linear_probe=True, cache_features=True, mixup=0.2).validate()

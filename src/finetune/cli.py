@@ -71,6 +71,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--mixup", type=float, metavar="ALPHA", help="Mixup of training batches, Beta(ALPHA, ALPHA) (off; 0.2 is common)")
+    p.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix of training batches (off; 1.0 is common); with --mixup, one per batch")
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="keep an exponential moving average of the weights (e.g. 0.999); it is what val_* and "
                         "the best checkpoint measure, and what eval/predict use")

@@ -79,6 +79,8 @@ class TrainConfig:
     weight_decay: float | None = None  # adamw: 0.05, sgd: 5e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    mixup: float = 0.0  # Beta(alpha, alpha) of Mixup (0: off)
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (0: off); with both, one of them per batch
     ema: float | None = None  # keep an exponential moving average of the weights with this decay (0.999)
     clip_grad: float | None = None  # clip the gradients' total norm to this (after unscaling fp16)
     early_stop: int | None = None  # stop when val top-1 has not improved for this many epochs
@@ -203,6 +205,9 @@ class TrainConfig:
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
+            (self.mixup >= 0 and self.cutmix >= 0, f"--mixup/--cutmix must be >= 0, got {self.mixup}/{self.cutmix}"),
+            (not (self.cache_features and (self.mixup or self.cutmix)),
+             "--cache-features trains the head on fixed features: --mixup/--cutmix cannot mix them; drop one of them"),
             (self.ema is None or 0 < self.ema < 1, f"--ema must be a decay in (0, 1) such as 0.999, got {self.ema}"),
             (self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}"),
             (self.early_stop is None or self.early_stop >= 1, f"--early-stop must be at least 1 epoch, got {self.early_stop}"),

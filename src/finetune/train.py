@@ -51,6 +51,7 @@ from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from finetune.distributed import Distributed
 from finetune.errors import CheckpointError, ConfigError, DataError, FinetuneError
 from finetune.logging import RunLog, progress
+from finetune.mixing import mix_batch
 from finetune.models import (
     check_input_size,
     count_parameters,
@@ -625,6 +626,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         return bool(cfg.early_stop) and best_epoch >= 0 and epoch - 1 - best_epoch >= cfg.early_stop
 
     early = False
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     with ckpt, GracefulExit() as stop:
         while epoch < cfg.epochs and not stopped:
             if batches.position == 0 and no_progress():
@@ -645,9 +647,15 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             bar = progress(todo, total=steps_per_epoch - batches.position, desc=f"epoch {epoch + 1}", quiet=quiet)
             for images, labels in bar:
                 set_lr(optimizer, lr_factor(step, total_steps, warmup_steps))
+                targets, smoothing = labels, cfg.label_smoothing
+                if cfg.mixup or cfg.cutmix:  # soft targets (smoothed already), drawn from (seed, step, rank)
+                    images, targets, _ = mix_batch(images, labels, len(classes), mixup=cfg.mixup, cutmix=cfg.cutmix,
+                                                   seed=cfg.seed, step=step, rank=ddp.rank,
+                                                   label_smoothing=cfg.label_smoothing)
+                    images, smoothing = images.contiguous(memory_format=memory_format), 0.0
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = logits_of(forward_model(images))
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.clip_grad:  # on the true gradients: fp16's scale comes off first
