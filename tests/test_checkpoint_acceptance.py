@@ -241,6 +241,17 @@ def test_a_wrapped_models_state_dict_is_saved_with_clean_keys(tmp_path: Path) ->
         assert same_tensors(saved, model.state_dict())
 
 
+def test_epoch_and_step_counters_from_numpy_or_tensors_are_saved_as_ints(tmp_path: Path) -> None:
+    import numpy as np
+
+    path = Checkpointer(tmp_path).save({"w": torch.ones(1), "epoch": np.int64(2), "step": torch.tensor(7)})
+    state = torch.load(path, weights_only=True)
+    assert path.name == "ckpt-e0002-s00000007.pt" and (type(state["epoch"]), type(state["step"])) == (int, int)
+    for bad in (-1, 1.5, "3", None, True):
+        with pytest.raises((FinetuneError, ValueError, TypeError)):
+            Checkpointer(tmp_path).save({"w": torch.ones(1), "epoch": 0, "step": bad})
+
+
 # --------------------------------------------------------------------------- contents and formats
 def test_every_written_file_loads_with_weights_only_and_holds_clean_cpu_tensors(tmp_path: Path) -> None:
     model = nn.DataParallel(net(), device_ids=[])

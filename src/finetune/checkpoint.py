@@ -608,8 +608,12 @@ def _prepare(state: Mapping[str, Any]) -> dict[str, Any]:
         elif callable(getattr(value, "state_dict", None)) and not isinstance(value, Mapping):
             out[key] = value.state_dict()
     for key in ("epoch", "step"):
-        if type(out.get(key)) is not int or out[key] < 0:
-            raise CheckpointError(f"save() needs state[{key!r}] as an int >= 0, got {out.get(key)!r}")
+        value = out.get(key)
+        if isinstance(value, np.integer) or (isinstance(value, torch.Tensor) and value.numel() == 1
+                                             and not value.is_floating_point() and value.dtype != torch.bool):
+            value = out[key] = int(value)  # a numpy or tensor counter
+        if type(value) is not int or value < 0:
+            raise CheckpointError(f"save() needs state[{key!r}] as an int >= 0, got {value!r}")
     return out
 
 
