@@ -305,8 +305,10 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str
       with the channels' sum (of the features, or of features x gradients).
     * ``scorecam`` follows the paper's Algorithm 1 as pytorch-grad-cam does (weights: softmax
       over the channels of the class *logit* of each masked input, masks upsampled with
-      ``align_corners=True``); a channel that is constant gives an all-zero mask (the score of
-      a zero input), exactly, instead of its rounding noise min-max scaled.
+      ``align_corners=True``; a baseline score would cancel in the softmax); the authors'
+      released code weights by the class's softmax probability over the classes instead. A
+      channel that is constant gives an all-zero mask (the score of a zero input), exactly,
+      instead of its rounding noise min-max scaled.
     * ``ablationcam``: a channel is ablated by setting it to zero (the paper), in every
       position, class/register tokens included; pytorch-grad-cam does so only when the layer's
       minimum is 0 and otherwise writes ``min - 1e7`` (growing by 1e7 with each channel of a
