@@ -60,6 +60,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", type=float, help="fraction held out for validation when the data has no val/ folder (0.1)")
     p.add_argument("--model", help="torchvision model name (resnet18, convnext_tiny, …) or timm:NAME")
     p.add_argument("--pretrained", metavar="SOURCE", help="weights to start from: a file, 'torchvision', or timm:NAME")
+    p.add_argument("--dropout", type=float, metavar="P", help="dropout before the classifier (the architecture's default)")
+    p.add_argument("--drop-path", type=float, metavar="P", help="stochastic depth rate (convnext, efficientnet, swin, timm models)")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="glob patterns of weight names not to load (e.g. 'fc.*')")
     p.add_argument("--shape-mismatch", choices=["skip", "error", "adapt"], help="what to do with tensors of another shape (skip)")
     p.add_argument("--trust", action="store_true", default=None, help="allow checkpoints that run code when loaded (pickled modules)")

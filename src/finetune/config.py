@@ -59,6 +59,8 @@ class TrainConfig:
     # model
     model: str = "resnet18"
     pretrained: str | None = None
+    dropout: float | None = None  # dropout before the classifier (None: the architecture's default)
+    drop_path: float | None = None  # stochastic depth rate (timm drop_path_rate / torchvision stochastic_depth_prob)
     exclude: list[str] = field(default_factory=list)
     shape_mismatch: str = "skip"
     trust: bool = False
@@ -205,6 +207,8 @@ class TrainConfig:
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
+            (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.drop_path is None or 0 <= self.drop_path < 1, f"--drop-path must be in [0, 1), got {self.drop_path}"),
             (self.mixup >= 0 and self.cutmix >= 0, f"--mixup/--cutmix must be >= 0, got {self.mixup}/{self.cutmix}"),
             (not (self.cache_features and (self.mixup or self.cutmix)),
              "--cache-features trains the head on fixed features: --mixup/--cutmix cannot mix them; drop one of them"),

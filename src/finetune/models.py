@@ -62,7 +62,7 @@ def _unknown(name: str, candidates: list[str], what: str) -> ModelError:
 
 
 def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
-                 img_size: int | None = None) -> nn.Module:
+                 img_size: int | None = None, drop_path: float | None = None) -> nn.Module:
     """Build ``name`` (randomly initialised) with a ``num_classes``-way head.
 
     Pretrained weights are loaded separately by :func:`finetune.load_weights`,
@@ -71,17 +71,24 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
     one input size (torchvision's ``vit_*`` and ``maxvit_t``, timm models with a
     fixed input size such as ViT, DeiT, Swin) are built for this size (their
     position embeddings then have another shape, which ``load_weights``
-    resamples); other models take any size and ignore it.
+    resamples); other models take any size and ignore it. ``drop_rate``: the dropout before
+    the classifier; ``drop_path``: stochastic depth (timm's ``drop_path_rate``, torchvision's
+    ``stochastic_depth_prob``); asking either of a family without it is a :class:`ModelError`.
 
     >>> create_model("mobilenet_v3_small", num_classes=5).classifier[-1].out_features
     5
+    >>> create_model("convnext_tiny", num_classes=2, drop_path=0.2).features[7][2].stochastic_depth.p
+    0.2
+    >>> create_model("resnet18", num_classes=2, drop_path=0.1)
+    Traceback (most recent call last):
+    finetune.errors.ModelError: resnet18 has no drop-path (stochastic depth) setting: drop --drop-path
     >>> create_model("vit_b_16", num_classes=2, img_size=64).encoder.pos_embedding.shape
     torch.Size([1, 17, 768])
     """
     if num_classes < 1:
         raise ModelError(f"num_classes must be at least 1, got {num_classes}")
     if name.startswith(TIMM_PREFIX):
-        model = _create_timm(name[len(TIMM_PREFIX):], num_classes, drop_rate, img_size)
+        model = _create_timm(name[len(TIMM_PREFIX):], num_classes, drop_rate, img_size, drop_path)
     else:
         if name not in torchvision_models():
             raise _unknown(name, list(torchvision_models()), "torchvision")
@@ -96,16 +103,20 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
             kwargs["init_weights"] = True  # today's default, said explicitly (else torchvision warns)
         if drop_rate is not None:
             kwargs["dropout"] = drop_rate
+        if drop_path is not None:
+            kwargs["stochastic_depth_prob"] = drop_path
         try:
             model = torchvision.models.get_model(name, weights=None, **kwargs)
-        except TypeError:  # families without a dropout argument
-            kwargs.pop("dropout", None)
-            model = torchvision.models.get_model(name, weights=None, **kwargs)
+        except TypeError as e:  # a family without that argument
+            what = "dropout" if "'dropout'" in str(e) else "drop-path (stochastic depth)"
+            flag = "--dropout" if what == "dropout" else "--drop-path"
+            raise ModelError(f"{name} has no {what} setting: drop {flag}") from None
     model.finetune_arch = name
     return model
 
 
-def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size: int | None) -> nn.Module:
+def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size: int | None,
+                 drop_path: float | None = None) -> nn.Module:
     try:
         import timm
         from timm.models import get_pretrained_cfg
@@ -116,10 +127,18 @@ def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size:
     kwargs: dict[str, object] = {"num_classes": num_classes}
     if drop_rate is not None:
         kwargs["drop_rate"] = drop_rate
+    if drop_path is not None:
+        kwargs["drop_path_rate"] = drop_path
     cfg = get_pretrained_cfg(name)
     if img_size is not None and cfg is not None and cfg.fixed_input_size and tuple(cfg.input_size[1:]) != (img_size, img_size):
         kwargs["img_size"] = img_size
-    return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        bad = next((k for k in ("drop_path_rate", "drop_rate") if k in kwargs and f"'{k}'" in str(e)), None)
+        if bad is None:
+            raise
+        raise ModelError(f"timm:{name} has no {bad} setting: drop --{'drop-path' if bad == 'drop_path_rate' else 'dropout'}") from None
 
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

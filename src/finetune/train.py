@@ -468,7 +468,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         raise DataError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
 
     # ---- model and what trains
-    model = create_model(cfg.model, num_classes=len(classes), img_size=cfg.img_size)
+    model = create_model(cfg.model, num_classes=len(classes), img_size=cfg.img_size, drop_rate=cfg.dropout,
+                         drop_path=cfg.drop_path)
     if cfg.pretrained and resume_state is None:
         from finetune.weights import load_weights
 
