@@ -782,3 +782,15 @@ def test_thread_prefetch_gives_the_same_batches(mixed) -> None:
     plain = _all(build_loader(mixed, train=True, img_size=S, batch_size=5, workers=0, seed=4))
     threaded = _all(build_loader(mixed, train=True, img_size=S, batch_size=5, workers=0, seed=4, prefetch="thread"))
     assert _same(plain, threaded)
+
+
+def test_csv_without_header_third_column_is_a_split_only_if_it_holds_split_names(tmp_path: Path) -> None:
+    _tree(tmp_path, {"i": 8})
+    (tmp_path / "score.csv").write_text("".join(f"i/img {k}.jpg,{'ab'[k % 2]},0.{k}\n" for k in range(8)))
+    samples, split = read_csv(tmp_path / "score.csv")
+    assert split is None and len(samples) == 8
+    train, val = find_splits(tmp_path / "score.csv", val_split=0.25)
+    assert len(train) == 6 and len(val) == 2
+    (tmp_path / "split.csv").write_text("".join(f"i/img {k}.jpg,{'ab'[k % 2]},{'train' if k < 6 else 'val'}\n"
+                                                for k in range(8)))
+    assert read_csv(tmp_path / "split.csv")[1].tolist() == ["train"] * 6 + ["val"] * 2

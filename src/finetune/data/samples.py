@@ -34,6 +34,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
                   ".gif", ".jfif", ".jpe", ".avif")
 VAL_DIR_NAMES = ("val", "valid", "validation")
 TRAIN_SPLIT_NAMES = ("train", "training")  # a CSV's split column (any case); other values (test, …) are not used
+SPLIT_NAMES = (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES, "test", "testing")
 # folders that tools leave in datasets and that never hold samples (hidden ones, starting
 # with '.', are skipped too): macOS zip resource forks, Synology NAS thumbnails, Windows drives
 SKIP_DIRS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"})
@@ -306,15 +307,18 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
             if r and any(c.strip() for c in r) and not r[0].startswith("#")]
     base = path.parent
     header = _header(rows[0]) if rows else None
+    positional = False
     if header is not None:
         rows = rows[1:]
     else:
         header = ["path", "label", "split"][: len(rows[0]) if rows else 2]
+        positional = True  # no header line: a third column is a split column only if it holds split names
         cell = rows[0][0].strip() if rows else ""
         if (len(rows) >= 2 and not is_image_name(os.path.basename(cell)) and not (base / cell).exists()
                 and (base / rows[1][0].strip()).exists()):
             header = [c.strip().lower() for c in rows[0]]  # a header with unknown names: columns by position
             header[:2] = ["path", "label"]
+            positional = False
             rows = rows[1:]
     if not rows:
         raise DataError(f"CSV file '{path}' has no rows: expected 'path,label' lines")
@@ -349,6 +353,8 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     if missing:
         raise DataError(f"CSV file '{path}' lists {len(missing)} files that do not exist, e.g. '{missing[0]}'")
     split = np.asarray([r[isplit].strip().lower() for r in rows]) if isplit is not None else None
+    if split is not None and positional and not np.isin(split, SPLIT_NAMES).all():
+        split = None
     return Samples.from_lists(paths, [index[n] for n in names], classes), split
 
 
