@@ -807,10 +807,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess) -> None:
 
 
 def test_cli_resume_errors_are_one_line_and_exit_2(tmp_path: Path, tiny_data: Path) -> None:
-    assert_one_line_error(run_train(tiny_data, tmp_path / "nothing", "--resume", "auto"))
     assert_one_line_error(run_train(tiny_data, tmp_path / "missing", "--resume", str(tmp_path / "no-such.pt")))
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)
     assert_one_line_error(run_train(tiny_data, tmp_path / "cut", "--resume", str(tmp_path / "cut.pt")))
+
+
+@pytest.mark.slow
+def test_cli_resume_auto_with_nothing_to_resume_is_an_error_or_a_new_run(tmp_path: Path, tiny_data: Path) -> None:
+    """The specification leaves it open; either way it is not a traceback, and a zero exit made a run."""
+    out = tmp_path / "nothing"
+    result = run_train(tiny_data, out, "--resume", "auto", epochs=1)
+    if result.returncode != 0:
+        assert_one_line_error(result)
+        assert "nothing to resume" in result.stderr
+    else:
+        assert "Traceback" not in result.stderr and Checkpointer(out).latest() is not None
 
 
 def final(run: Path) -> dict[str, Any]:
