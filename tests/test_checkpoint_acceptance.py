@@ -127,6 +127,18 @@ def test_checkpointer_is_exported_with_the_documented_signature(tmp_path: Path) 
         assert callable(getattr(ckpt, name))
 
 
+def test_save_takes_the_state_as_a_dict_or_as_keywords(tmp_path: Path) -> None:
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step(model, opt)
+    ckpt = Checkpointer(tmp_path)
+    a = ckpt.save({"model": model, "optimizer": opt, "epoch": 0, "step": 1}, metrics={"val_top1": 0.5})
+    b = ckpt.save(model=model, optimizer=opt, epoch=1, step=2, metrics={"val_top1": 0.7})
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert same_tensors(sa["model"], sb["model"]) and sa["optimizer"].keys() == sb["optimizer"].keys()
+    assert ckpt.load(ckpt.best())["step"] == 2
+
+
 # --------------------------------------------------------------------------- empty, keep-k, best
 def test_empty_run_dir_has_no_latest_or_best_and_load_is_a_clear_error(tmp_path: Path) -> None:
     ckpt = Checkpointer(tmp_path / "never-written")

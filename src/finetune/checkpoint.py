@@ -1250,15 +1250,26 @@ class Checkpointer:
             path, map_location)
 
     # ---- saving
-    def save(self, state: Mapping[str, Any], *, metrics: Mapping[str, Any] | None = None) -> Path:
+    def save(self, state: Mapping[str, Any] | None = None, *, metrics: Mapping[str, Any] | None = None,
+             **fields: Any) -> Path:
         """Write ``state`` as the next checkpoint; returns its path (complete once save/wait returns).
 
         ``state`` needs int ``epoch`` and ``step``; modules, optimizers and objects with
         ``state_dict()`` are replaced by their state (a module by :func:`clean_state_dict`,
         an optimizer by :func:`optimizer_state_by_name` with ``state["model"]``). The file
         gets ``format``, ``format_version``, ``versions`` and ``saved_at``. ``best.pt`` is
-        updated when ``metrics[best_metric]`` improves.
+        updated when ``metrics[best_metric]`` improves. The entries may also be given as
+        keywords: ``save(model=net, optimizer=opt, epoch=1, step=100, metrics={...})``.
+
+        >>> import tempfile, torch
+        >>> ckpt = Checkpointer(tempfile.mkdtemp())
+        >>> ckpt.save(model=torch.nn.Linear(2, 2), epoch=0, step=10, metrics={"val_top1": 0.5}).name
+        'ckpt-e0000-s00000010.pt'
         """
+        if fields:
+            state = {**(state or {}), **fields}
+        if state is None:
+            raise CheckpointError("save() needs the state to write: save({'model': ..., 'epoch': ..., 'step': ...})")
         self._raise_pending()
         prepared = _prepare(state)
         name = f"ckpt-e{prepared['epoch']:04d}-s{prepared['step']:08d}.pt"
