@@ -3,7 +3,9 @@
 Black-box acceptance tests written from the specification: real files, real processes,
 failures simulated only where the operating system cannot be asked for them (a full disk,
 permission denied while running as root). The CLI tests that take more than a few seconds
-are marked ``slow`` (run them with ``-m slow``).
+are marked ``slow`` (run them with ``-m slow``). Two of them are ``xfail`` until train.py /
+config.py take the fixes they name: a SIGTERM during set-up, and a kill before the first
+manifest leaving a run that can be neither resumed nor restarted.
 """
 
 from __future__ import annotations
