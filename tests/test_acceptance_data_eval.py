@@ -191,6 +191,23 @@ def test_build_loader_from_folder_path_and_shapes(tmp_path: Path) -> None:
                                                                               [0, 0, 0, 0, 1, 1])
 
 
+def test_a_flat_folder_root_loads_like_torchvision_imagefolder(tmp_path: Path) -> None:
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    root = _tree(tmp_path / "flat", {"b": 3, "a": 4, "c/deeper": 2}, size=(41, 29))
+    tv = ImageFolder(str(root), transform=T.Compose([T.Resize(36), T.CenterCrop(S), T.ToTensor(), T.Normalize(MEAN, STD)]))
+    loader = build_loader(str(root), train=False, img_size=S, batch_size=4, workers=0)
+    assert loader.classes == tuple(tv.classes) and len(loader) == 3  # all 9 images, not a held-out part
+    images = torch.cat([x for x, _ in loader])
+    labels = torch.cat([y for _, y in loader])
+    assert labels.tolist() == [y for _, y in tv.samples]
+    for k in range(len(tv)):
+        assert pixel_diff(images[k], tv[k][0]) <= 2.0
+    train = build_loader(root, train=True, img_size=S, batch_size=3, workers=0)
+    assert len(train) == 3 and sorted(torch.cat([y for _, y in train]).tolist()) == sorted(labels.tolist())
+
+
 def test_len_and_drop_last(tmp_path: Path) -> None:
     root = _tree(tmp_path / "d", {"x": 5, "y": 5})
     s = scan_folder(root)
@@ -227,8 +244,10 @@ def test_csv_variants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "ints.csv").write_text("path,label\n" + "\n".join(f"{p},{i % 3}" for i, p in enumerate(rel)))
     samples, _ = read_csv(tmp_path / "ints.csv")
     assert samples.labels.tolist() == [0, 1, 2, 0, 1, 2]  # integer labels 0..K-1 are the class indices
-    loader = build_loader(str(tmp_path / "header.csv"), train=False, img_size=16, batch_size=8, workers=0)
-    assert loader.classes == ("cat", "dog") and len(loader) == 1  # the val part of a stratified split
+    for train in (False, True):  # a CSV without a split column: all its rows, to evaluate or to train
+        loader = build_loader(str(tmp_path / "header.csv"), train=train, img_size=16, batch_size=4, workers=0,
+                              drop_last=False)
+        assert loader.classes == ("cat", "dog") and sum(len(y) for _, y in loader) == 6
 
 
 def test_csv_with_split_column_and_missing_file(tmp_path: Path) -> None:

@@ -1144,6 +1144,40 @@ def scan_bad_files(samples: Samples, workers: int = 0) -> list[BadFile]:
 _PROBES: dict[tuple, Any] = {}
 
 
+def path_samples(source: str | Path, train: bool, seed: int = 0) -> Samples:
+    """The samples of a path given to :func:`build_loader`.
+
+    A split source gives the part ``train`` asks for: a folder with ``train/`` (and ``val/``;
+    without it, 10 % of ``train/`` held out as ``finetune train`` does), a CSV with a split
+    column. Any other source, a folder of class sub-folders (torchvision's ``ImageFolder(root)``)
+    or a CSV without a split column, gives all its images, to train and to evaluate alike:
+    holding out a part is ``finetune train``'s business (``--val-split``), not the loader's.
+
+    >>> import pathlib, tempfile
+    >>> from PIL import Image
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("cat/0.jpg", "cat/1.jpg", "dog/0.jpg"):
+    ...     (root / name).parent.mkdir(exist_ok=True); Image.new("RGB", (8, 8)).save(root / name)
+    >>> len(path_samples(root, train=False)), len(path_samples(root, train=True))
+    (3, 3)
+    """
+    from finetune.data.samples import TRAIN_SPLIT_NAMES, VAL_DIR_NAMES, read_csv, scan_folder
+
+    path = Path(source)
+    split_source = False
+    if path.is_dir():
+        split_source = (path / "train").is_dir() or any((path / n).is_dir() for n in VAL_DIR_NAMES)
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        samples, split = read_csv(path)
+        if split is None or not np.isin(split, (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES)).any():
+            return samples
+        split_source = True
+    if split_source or not path.is_dir():  # (find_splits also says what is wrong with a path that is neither)
+        train_s, val_s = find_splits(path, seed=seed)
+        return train_s if train else val_s
+    return scan_folder(path)
+
+
 def _resolve_source(source: Any, train: bool, seed: int) -> tuple[Samples | None, Any]:
     if isinstance(source, Samples):
         return source, None
@@ -1152,8 +1186,7 @@ def _resolve_source(source: Any, train: bool, seed: int) -> tuple[Samples | None
             from finetune.data.shapes import shapes_root
 
             source = shapes_root()
-        train_s, val_s = find_splits(source, seed=seed)
-        return (train_s if train else val_s), None
+        return path_samples(source, train, seed), None
     items = getattr(source, "samples", None)  # torchvision ImageFolder / DatasetFolder
     classes = getattr(source, "classes", None)
     if isinstance(items, list) and classes is not None and items and isinstance(items[0], tuple):
@@ -1179,6 +1212,9 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                  dct_scaling: bool | None = None, shuffle: bool | None = None,
                  shard: tuple[int, int] | None = None) -> Loader:
     """Build a loader over ``source`` (Samples, an ImageFolder root, a CSV, 'shapes', or a dataset object).
+
+    A path gives all its images, except a split one (a folder with ``train/`` and ``val/``, a CSV
+    with a split column, 'shapes'), which gives the part ``train`` asks for (:func:`path_samples`).
 
     Training loaders shuffle (seeded by ``seed`` and the epoch), apply
     RandomResizedCrop(``crop_scale``) + horizontal flip (+ ``augment``:
