@@ -47,6 +47,7 @@ _LAZY: dict[str, str] = {
     "train": "finetune.train",
     "evaluate": "finetune.train",
     "predict": "finetune.train",
+    "lr_find": "finetune.lr_find",
     "Checkpointer": "finetune.checkpoint",
     "read_state_dict": "finetune.weights",
     "load_weights": "finetune.weights",

@@ -55,6 +55,12 @@ def _print_json(obj: object) -> None:
 # --------------------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune a classifier on a folder of images (default: the built-in shapes)")
+    _train_arguments(p)
+    p.set_defaults(handler=_cmd_train)
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """The settings of a training run (``train``, and ``lr-find``, which sets a run up the same way)."""
     p.add_argument("--config", metavar="FILE.yaml", help="read settings from YAML (keys = long flag names); flags override it")
     p.add_argument("--data", help="ImageFolder root (train/ and val/), flat class folders, a CSV, or 'shapes' (default)")
     p.add_argument("--val-split", type=float, help="fraction held out for validation when the data has no val/ folder (0.1)")
@@ -113,8 +119,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-mult", nargs="+", metavar="PATTERN=X", help="learning-rate multipliers, e.g. layer4=0.1")
     p.add_argument("--layer-decay", type=float, metavar="X", help="multiply the lr by X per block away from the head")
     p.add_argument("--unfreeze", nargs="+", metavar="PATTERN@EPOCH", help="make PATTERN trainable from EPOCH (counted from 1)")
-    # ----- train flags of other modules are added below this line -----
-    p.set_defaults(handler=_cmd_train)
+
+
+def _add_lr_find(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lr-find", help="learning-rate range test: a few steps with a growing lr, and the lr to use")
+    _train_arguments(p)
+    p.add_argument("--start-lr", type=positive_float, default=1e-7, help="first learning rate (1e-7)")
+    p.add_argument("--end-lr", type=positive_float, default=10.0, help="last learning rate (10)")
+    p.add_argument("--num-steps", type=int_at_least(2), default=100, help="optimizer steps (100)")
+    p.add_argument("--json", action="store_true", help="the whole curve and the readings as JSON")
+    p.set_defaults(handler=_cmd_lr_find)
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from finetune.config import config_from_args
+
+    cfg = config_from_args(args)
+    from finetune.lr_find import lr_find
+
+    result = lr_find(cfg, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.num_steps,
+                     quiet=args.quiet or args.json)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(result.table())
+        print(f"use it with: finetune train ... --lr {result.suggested:.2g}")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -340,7 +370,8 @@ def _add_cam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR",
                    help="images to explain (default: images of the run's validation split)")
     p.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, xgradcam, layercam, hirescam, "
-                   "cam (no backward; global-average-pool + Linear heads), eigencam (no gradient)")
+                   "eigengradcam, cam (no backward; global-average-pool + Linear heads), eigencam (no gradient), "
+                   "scorecam, ablationcam (no gradient; one forward per channel and image: slow)")
     p.add_argument("--layer", metavar="NAME", help="feature layer (default: found by probing the model)")
     p.add_argument("--target", metavar="CLASS", help="explain this class instead of each prediction")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/cam/METHOD)")
@@ -372,6 +403,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
 # ----- subcommands of other modules are registered below this line -----
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
+    _add_lr_find,
     _add_eval,
     _add_predict,
     _add_make_shapes,

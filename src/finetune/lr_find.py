@@ -1,0 +1,191 @@
+"""The learning-rate range test (fastai's ``lr_find``, Smith 2015): train a fresh copy of the
+run's model for a few steps while the learning rate grows exponentially, and read a good
+learning rate off the loss curve.
+
+The run is set up exactly as ``finetune train`` would set it up (data, augmentation, model,
+pretrained weights, freezing, per-group learning-rate multipliers, optimizer); nothing is
+written. The loss is smoothed (exponential moving average, debiased) and the test stops when
+it exceeds four times its minimum. Two readings, as fastai gives them: ``lr_min`` (a tenth of
+the learning rate at the lowest loss) and ``lr_steep`` (where the loss falls fastest); the
+suggestion is ``lr_min``, the more robust of the two.
+
+>>> import tempfile
+>>> from finetune import TrainConfig, make_shapes
+>>> data = make_shapes(tempfile.mkdtemp(), per_class=4, val_per_class=1, size=32)
+>>> cfg = TrainConfig(data=str(data), img_size=32, batch_size=8, workers="0", device="cpu")
+>>> result = lr_find(cfg, num_steps=12, quiet=True)
+>>> len(result.lrs) == len(result.losses) <= 12, 0 < result.suggested <= 10
+(True, True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from finetune.config import TrainConfig
+from finetune.errors import ConfigError
+
+
+@dataclass
+class LRFindResult:
+    """Learning rates tried, their smoothed losses, and the readings of the curve."""
+
+    lrs: list[float]
+    losses: list[float]
+    lr_min: float
+    lr_steep: float
+    stopped: str = ""  # why the test ended before num_steps ("loss diverged", …), or ""
+    raw_losses: list[float] = field(default_factory=list)
+
+    @property
+    def suggested(self) -> float:
+        return self.lr_min
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lrs": self.lrs, "losses": self.losses, "raw_losses": self.raw_losses, "lr_min": self.lr_min,
+                "lr_steep": self.lr_steep, "suggested": self.suggested, "stopped": self.stopped}
+
+    def table(self, rows: int = 12) -> str:
+        """A short table of the curve (``rows`` learning rates spread over the range) and the readings.
+
+        >>> r = LRFindResult([1e-3, 1e-2, 1e-1], [2.0, 1.5, 3.0], lr_min=1e-3, lr_steep=1e-2)
+        >>> print(r.table(rows=3))
+        lr          loss
+        1.00e-03  2.0000
+        1.00e-02  1.5000
+        1.00e-01  3.0000
+        suggested lr 1.00e-03 (lowest loss / 10); steepest descent at 1.00e-02
+        """
+        n = len(self.lrs)
+        picks = sorted({round(i * (n - 1) / max(rows - 1, 1)) for i in range(min(rows, n))}) if n else []
+        lines = ["lr          loss"] + [f"{self.lrs[i]:.2e}  {self.losses[i]:.4f}" for i in picks]
+        lines.append(f"suggested lr {self.lr_min:.2e} (lowest loss / 10); steepest descent at {self.lr_steep:.2e}"
+                     + (f"; stopped early: {self.stopped}" if self.stopped else ""))
+        return "\n".join(lines)
+
+
+def readings(lrs: list[float], losses: list[float]) -> tuple[float, float]:
+    """``(lr_min, lr_steep)`` of a smoothed loss curve: a tenth of the learning rate at the
+    lowest loss, and the learning rate where the loss falls fastest per decade (the first
+    tenth of the curve, where the moving average settles, is not read).
+
+    >>> lrs = [10 ** (e / 4) for e in range(-20, 1)]                 # 1e-5 … 1
+    >>> losses = [2 - 1.5 / (1 + math.exp(-3 * (math.log10(lr) + 2.5))) for lr in lrs]   # falls around 3e-3
+    >>> lr_min, lr_steep = readings(lrs, losses)
+    >>> f"{lr_steep:.1e}"
+    '3.2e-03'
+    """
+    if not lrs:
+        raise ConfigError("the learning-rate range test took no step")
+    best = min(range(len(losses)), key=losses.__getitem__)
+    lr_min = lrs[best] / 10
+    if len(lrs) < 3:
+        return lr_min, lrs[best]
+    logs = [math.log10(lr) for lr in lrs]
+    # the first tenth of the curve is the moving average settling, not the model: not read
+    first = max(1, len(lrs) // 10)
+    slopes = {i: (losses[i + 1] - losses[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(first, len(lrs) - 1)}
+    steepest = min(slopes, key=slopes.__getitem__) if slopes else best
+    return lr_min, lrs[steepest]
+
+
+def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+            beta: float = 0.98, quiet: bool = False) -> LRFindResult:
+    """Run the range test for ``cfg`` (see the module's description); nothing is written."""
+    if not (0 < start_lr < end_lr) or not all(math.isfinite(v) for v in (start_lr, end_lr)):
+        raise ConfigError(f"--start-lr/--end-lr must be positive with start < end, got {start_lr} / {end_lr}")
+    if num_steps < 2:
+        raise ConfigError(f"--num-steps must be at least 2, got {num_steps}")
+    if cfg.cache_features:
+        raise ConfigError("lr-find trains on images: drop --cache-features (the head trains the same way without it)")
+    from finetune.data.loader import build_loader
+    from finetune.freeze import bn_train_mode, param_groups
+    from finetune.logging import progress
+    from finetune.models import create_model, logits_of, normalization
+    from finetune.train import (
+        apply_freezing,
+        make_optimizer,
+        resolve_amp,
+        resolve_data,
+        resolve_device,
+        set_lr,
+    )
+
+    cfg.validate()
+    cfg = cfg.resolved()
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
+    torch.manual_seed(cfg.seed)
+    train_samples, _ = resolve_data(cfg.data, cfg.val_split, cfg.seed)
+    classes = list(train_samples.classes)
+    mean, std = normalization(cfg.model, cfg.pretrained)
+    loader = build_loader(train_samples, train=cfg.augment, shuffle=True, drop_last=True, img_size=cfg.img_size,
+                          batch_size=cfg.batch_size, workers=str(cfg.workers), device=device, seed=cfg.seed,
+                          mean=mean, std=std, channels_last=cfg.channels_last, crop_scale=tuple(cfg.crop_scale),
+                          cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print)
+    if len(loader) == 0:
+        raise ConfigError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
+    model = create_model(cfg.model, num_classes=len(classes), img_size=cfg.img_size, drop_rate=cfg.dropout,
+                         drop_path=cfg.drop_path)
+    if cfg.pretrained:
+        from finetune.weights import load_weights
+
+        load_weights(model, cfg.pretrained, exclude=tuple(cfg.exclude), shape_mismatch=cfg.shape_mismatch,
+                     trust=cfg.trust)
+    apply_freezing(model, cfg)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    # base lr 1: each group's lr is its multiplier (--lr-mult, --layer-decay), scaled by the sweep
+    optimizer = make_optimizer(param_groups(model, 1.0, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
+                                            weight_decay=cfg.weight_decay), cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    ratio = end_lr / start_lr
+    lrs: list[float] = []
+    smoothed: list[float] = []
+    raw: list[float] = []
+    avg, best, stopped = 0.0, math.inf, ""
+    model.train()
+    bn_train_mode(model)
+    bar = progress(range(num_steps), total=num_steps, desc="lr-find", quiet=quiet)
+    batches = iter(())
+    epoch = 0
+    try:
+        for step in bar:
+            batch = next(batches, None)
+            if batch is None:
+                loader.set_epoch(epoch)
+                epoch += 1
+                batches = iter(loader)
+                batch = next(batches)
+            images, labels = batch
+            lr = start_lr * ratio ** (step / (num_steps - 1))
+            set_lr(optimizer, lr)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = F.cross_entropy(logits_of(model(images)).float(), labels, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            value = loss.item()
+            if not math.isfinite(value):
+                stopped = f"the loss became {value} at lr {lr:.2e}"
+                break
+            avg = beta * avg + (1 - beta) * value
+            debiased = avg / (1 - beta ** (step + 1))
+            lrs.append(lr)
+            smoothed.append(debiased)
+            raw.append(value)
+            best = min(best, debiased)
+            if step > 0 and debiased > 4 * best:
+                stopped = f"the loss exceeded 4x its minimum at lr {lr:.2e}"
+                break
+    finally:
+        loader.close()
+    lr_min, lr_steep = readings(lrs, smoothed)
+    return LRFindResult(lrs, smoothed, lr_min, lr_steep, stopped, raw)
