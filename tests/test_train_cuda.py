@@ -23,7 +23,11 @@ CUDA_RUN = ["--model", "resnet18", "--img-size", "32", "--batch-size", "16", "--
 
 @pytest.mark.parametrize("extra", [["--amp", "bf16", "--channels-last", "--cache", "gpu"],
                                    ["--decode", "gpu"],
-                                   ["--amp", "bf16", "--linear-probe"]], ids=["gpu-cache", "gpu-decode", "probe"])
+                                   ["--amp", "bf16", "--linear-probe"],
+                                   # fp16's GradScaler unscales before clipping; EMA and mixing on the device
+                                   ["--amp", "fp16", "--clip-grad", "1.0", "--ema", "0.9", "--mixup", "0.2",
+                                    "--cutmix", "1.0", "--channels-last"]],
+                         ids=["gpu-cache", "gpu-decode", "probe", "fp16-clip-ema-mix"])
 def test_train_on_cuda_writes_a_cpu_loadable_run(colour_data: Path, tmp_path: Path, extra: list[str]) -> None:
     out = tmp_path / "run"
     res = run_cli("train", "--data", str(colour_data), "--out", str(out), *CUDA_RUN, *extra)
