@@ -813,3 +813,19 @@ def test_csv_without_header_third_column_is_a_split_only_if_it_holds_split_names
     (tmp_path / "split.csv").write_text("".join(f"i/img {k}.jpg,{'ab'[k % 2]},{'train' if k < 6 else 'val'}\n"
                                                 for k in range(8)))
     assert read_csv(tmp_path / "split.csv")[1].tolist() == ["train"] * 6 + ["val"] * 2
+
+
+def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
+    from finetune.errors import FinetuneError
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    s = _samples([tmp_path / "a.png"])
+    bad = [dict(batch_size=0), dict(img_size=0), dict(workers=-1), dict(workers="many"), dict(decode="fast"),
+           dict(cache="disk"), dict(device="bogus")]
+    if not torch.cuda.is_available():
+        bad += [dict(device="cuda"), dict(cache="gpu")]
+    for kw in bad:
+        with pytest.raises(FinetuneError):
+            build_loader(s, train=False, **{"workers": 0, **kw})
+    with pytest.raises(DataError, match="does not exist"):
+        build_loader(str(tmp_path / "nothing here"), train=False, workers=0)

@@ -1276,7 +1276,12 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
         raise DataError(f"prefetch must be one of {PREFETCHES}, got {prefetch!r}")
     if augment is not None and augment not in AUGMENTS:
         raise DataError(f"augment must be one of {AUGMENTS}, got {augment!r}")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(dev)!r}: CUDA is not available here; use device='cpu'")
     if decode == "gpu" and (dev.type != "cuda" or samples is None):
         raise DataError("decode='gpu' needs device='cuda' and image files")
     if cache == "gpu" and dev.type != "cuda":
