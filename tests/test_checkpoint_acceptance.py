@@ -711,6 +711,45 @@ def test_a_save_crashing_midway_leaves_no_partial_file_under_a_final_name(tmp_pa
     assert Checkpointer(tmp_path).load()["step"] == 3
 
 
+def test_litter_of_a_killed_writer_that_had_this_pid_is_removed(tmp_path: Path) -> None:
+    """After a kill in a container the restarted trainer often has the same pid as the dead one:
+    its temp files (older than this process) are litter all the same."""
+    Checkpointer(tmp_path).save({"w": torch.ones(1), "epoch": 0, "step": 1})
+    stale = ckpt_dir(tmp_path) / f".ckpt-e0000-s00000002.pt.tmp.{os.getpid()}.0123abcd"
+    stale.write_bytes(b"PK" + b"\0" * 1000)
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    Checkpointer(tmp_path)
+    assert not stale.exists()
+    assert Checkpointer(tmp_path).load()["step"] == 1
+
+
+def test_a_new_checkpointer_never_removes_a_file_being_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second Checkpointer on the directory, created while the first one's background write is on."""
+    real_save = torch.save
+    started, release = threading.Event(), threading.Event()
+
+    def slow_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        real_save(obj, f, *args, **kwargs)
+        started.set()
+        release.wait(30)
+
+    monkeypatch.setattr(torch, "save", slow_save)
+    ckpt = Checkpointer(tmp_path, async_save=True)
+    ckpt.save({"w": torch.ones(1), "epoch": 0, "step": 1})
+    assert started.wait(30)
+    temps = [p for p in ckpt_dir(tmp_path).iterdir() if ".tmp." in p.name]
+    assert temps
+    old = time.time() - 3600
+    for p in temps:  # even if it looked old
+        os.utime(p, (old, old))
+    Checkpointer(tmp_path)
+    assert all(p.exists() for p in temps)
+    release.set()
+    ckpt.close()
+    assert Checkpointer(tmp_path).load()["step"] == 1
+
+
 # --------------------------------------------------------------------------- async save
 def test_async_save_writes_the_state_as_it_was_at_save_time(tmp_path: Path) -> None:
     model = net()

@@ -68,6 +68,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import warnings
 import weakref
 import zipfile
@@ -683,8 +684,15 @@ def _serialize(payload: dict[str, Any], writer: _Writer) -> None:
     torch.save(payload, writer)
 
 
+_STARTED_NS = time.time_ns()  # no temp file of this process is older than this
+_WRITING: set[str] = set()  # temp files this process is writing now
+
+
 def _temp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
+    """A new temporary name next to ``final``, registered as being written by this process."""
+    tmp = final.with_name(f".{final.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
+    _WRITING.add(str(tmp))
+    return tmp
 
 
 def _remove_quietly(path: Path) -> None:
@@ -729,6 +737,8 @@ def _write_atomic(final: Path, produce: Callable[[_Writer], None]) -> int:
     except BaseException:
         _remove_quietly(tmp)
         raise
+    finally:
+        _WRITING.discard(str(tmp))
     _fsync_dir(final.parent)
     return writer.size
 
@@ -744,16 +754,19 @@ def _link_atomic(src: Path, final: Path) -> str:
     """Make ``final`` the same file as ``src``: a hard link, else an atomic copy. Returns which."""
     tmp = _temp_name(final)
     try:
-        os.link(src, tmp)
-    except (OSError, AttributeError, NotImplementedError):
-        _remove_quietly(tmp)
-        _write_atomic(final, _copy_from(src))
-        return "copy"
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+        try:
+            os.link(src, tmp)
+        except (OSError, AttributeError, NotImplementedError):
+            _remove_quietly(tmp)
+            _write_atomic(final, _copy_from(src))
+            return "copy"
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+    finally:
+        _WRITING.discard(str(tmp))
     _fsync_dir(final.parent)
     return "hardlink"
 
@@ -1436,15 +1449,30 @@ class Checkpointer:
                               CheckpointWarning, stacklevel=2)
 
     def _remove_stale_temp_files(self) -> None:
-        """Temp files of writers that died (kill -9) are litter: remove them."""
+        """Temp files of writers that died (kill -9) are litter: remove them.
+
+        Also those that carry this process's id but are older than it and not being written
+        by it: a container restarted after a kill often gives the trainer the same pid again.
+        """
         try:
             names = os.listdir(self.directory)
         except OSError:
             return
         for name in names:
             m = _TEMP.match(name)
-            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-                _remove_quietly(self.directory / name)
+            if not m:
+                continue
+            path = self.directory / name
+            if int(m.group(1)) != os.getpid():
+                if not _pid_alive(int(m.group(1))):
+                    _remove_quietly(path)
+                continue
+            try:
+                older = path.stat().st_mtime_ns < _STARTED_NS - 2_000_000_000  # (coarse file system clocks)
+            except OSError:
+                continue
+            if older and str(path) not in _WRITING:
+                _remove_quietly(path)
 
     # ---- the background write
     def _join(self) -> None:
