@@ -829,3 +829,17 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
             build_loader(s, train=False, **{"workers": 0, **kw})
     with pytest.raises(DataError, match="does not exist"):
         build_loader(str(tmp_path / "nothing here"), train=False, workers=0)
+
+
+def test_every_pass_is_a_whole_epoch_unless_resumed(mixed) -> None:
+    loader = build_loader(mixed, train=True, img_size=16, batch_size=4, workers=0, seed=9)
+    first, _ = next(iter(loader))  # a peek (as a DataLoader allows) ...
+    whole = _all(loader)  # ... does not eat the epoch's first batch
+    assert len(whole) == len(loader) and torch.equal(whole[0][0], first)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    resumed = build_loader(mixed, train=True, img_size=16, batch_size=4, workers=0, seed=9)
+    resumed.load_state_dict(state)
+    assert _same(_all(resumed), whole[1:])  # the pass after load_state_dict continues...
+    assert _same(_all(resumed), whole)  # ... and the next one is the whole epoch again

@@ -752,6 +752,7 @@ class Loader:
         self.epoch = 0
         self.start_position = 0
         self.position = 0
+        self._resume = False  # load_state_dict was called: the next pass continues at its position
         self.bad_files: dict[int, str] = {}
         self.probe: Any = None  # the ProbeResult when workers="auto" measured
         self._log = log or (lambda msg: None)  # nothing is printed unless asked for
@@ -849,17 +850,20 @@ class Loader:
         self.epoch = epoch
         self.start_position = 0
         self.position = 0
+        self._resume = False
 
     def state_dict(self) -> dict[str, int]:
         """Where the loader stands: epoch, batches delivered in it, seed."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue at ``state``'s position: the next batch is the one an uninterrupted run would get."""
+        """Continue at ``state``'s position: the next pass starts with the batch an uninterrupted run
+        would get next (later passes, as every pass without it, start the epoch from its first batch)."""
         if int(state["seed"]) != self.seed:
             raise DataError(f"loader seed {self.seed} differs from the checkpoint's {state['seed']}: resume with --seed {state['seed']}")
         self.epoch = int(state["epoch"])
         self.start_position = self.position = int(state["position"])
+        self._resume = True
 
     def __enter__(self) -> Loader:
         return self
@@ -1056,9 +1060,12 @@ class Loader:
         return finished
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.position >= len(self):  # a finished pass: iterating again starts the epoch over
+        # every pass is the whole epoch (as a DataLoader's: ``next(iter(loader))`` then ``list(loader)``
+        # gives every batch), except the first after load_state_dict, which continues where it says
+        if not (self._resume and self.position < len(self)):
             self.position = 0
-        self.start_position = self.position  # continue after the last batch delivered
+        self._resume = False
+        self.start_position = self.position
         self._pool.reset()
         batches = self._batches()
         try:
