@@ -877,6 +877,35 @@ def test_cli_resume_auto_with_nothing_to_resume_is_an_error_or_a_new_run(tmp_pat
         assert "Traceback" not in result.stderr and Checkpointer(out).latest() is not None
 
 
+@pytest.mark.parametrize("save_mode", ["--no-async-save", "--async-save"])
+def test_cli_disk_full_during_training_is_one_line_and_the_earlier_checkpoint_resumes(
+        tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        save_mode: str) -> None:
+    from finetune.cli import main
+
+    out = tmp_path / "run"
+    real_save, calls = torch.save, [0]
+
+    def full_after_two(*args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_after_two)
+    code = main(["train", "-q", "--data", str(tiny_data), *TINY, "--epochs", "1", "--out", str(out),
+                 "--save-every-steps", "1", save_mode])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("finetune: error: ") and "Traceback" not in err
+    assert "ckpt-e0000-s00000003.pt" in lines[-1] and ("disk is full" in lines[-1] or "No space" in lines[-1])
+    assert Checkpointer(out).load()["step"] == 2
+    for path in ckpt_dir(out).glob("*.pt"):
+        torch.load(path, weights_only=True)
+
+
 def final(run: Path) -> dict[str, Any]:
     state = Checkpointer(run).load()
     metrics = [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
