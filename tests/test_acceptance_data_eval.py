@@ -616,7 +616,6 @@ def test_predict_inputs(flat_run, tmp_path: Path) -> None:
 # These need the train.py/config.py side of /tmp/helperB.patch (evaluate_checkpoint labels by class name
 # through finetune.data.samples.eval_samples, predict skips unreadable files found in folders, the
 # config keeps --data absolute); until it is applied they fail, hence the (non-strict) xfail.
-NEEDS_PATCH = pytest.mark.xfail(reason="needs the train.py/config.py part of helper B's patch", strict=False)
 
 
 def _manual_top1(run: Path, files: list[str], classes_of: list[str]) -> float:
@@ -626,7 +625,6 @@ def _manual_top1(run: Path, files: list[str], classes_of: list[str]) -> float:
     return sum(o["top"][0]["class"] == c for o, c in zip(out, classes_of, strict=True)) / len(files)
 
 
-@NEEDS_PATCH
 def test_eval_scores_by_class_name_after_a_class_folder_is_removed(flat_run) -> None:
     root, run = flat_run
     aside = root.parent / "Apple-aside"
@@ -642,7 +640,6 @@ def test_eval_scores_by_class_name_after_a_class_folder_is_removed(flat_run) -> 
     assert json.loads(res.stdout)["top1"] == pytest.approx(expected)
 
 
-@NEEDS_PATCH
 def test_eval_refuses_a_class_the_checkpoint_does_not_know(flat_run) -> None:
     root, run = flat_run
     (root / "banana").mkdir()
@@ -658,7 +655,6 @@ def test_eval_refuses_a_class_the_checkpoint_does_not_know(flat_run) -> None:
     assert res.stderr.startswith("finetune: error: ") and len(res.stderr.strip().splitlines()) == 1
 
 
-@NEEDS_PATCH
 def test_eval_data_that_the_checkpoint_trained_on_uses_its_val_split(flat_run) -> None:
     root, run = flat_run
     default = cli("eval", "--checkpoint", _ck(run), "--json", "--device", "cpu")
@@ -667,7 +663,6 @@ def test_eval_data_that_the_checkpoint_trained_on_uses_its_val_split(flat_run) -
     assert json.loads(same.stdout) == json.loads(default.stdout)
 
 
-@NEEDS_PATCH
 def test_eval_csv_with_split_column_scores_its_val_rows(flat_run, tmp_path: Path) -> None:
     root, run = flat_run
     rows = [f"{f},{c},{'val' if i < 2 else 'train'}" for c in COLOURS
@@ -678,7 +673,6 @@ def test_eval_csv_with_split_column_scores_its_val_rows(flat_run, tmp_path: Path
     assert json.loads(res.stdout)["images"] == 6
 
 
-@NEEDS_PATCH
 def test_predict_skips_an_unreadable_file_found_in_a_folder(flat_run, tmp_path: Path) -> None:
     root, run = flat_run
     (tmp_path / "a.jpg").write_bytes((root / "zebra" / "zebra 0.jpg").read_bytes())
@@ -689,7 +683,6 @@ def test_predict_skips_an_unreadable_file_found_in_a_folder(flat_run, tmp_path: 
     assert "b broken.jpg" in res.stderr
 
 
-@NEEDS_PATCH
 def test_eval_from_another_directory_after_training_on_a_relative_path(flat_run, tmp_path: Path) -> None:
     root, _ = flat_run
     work = tmp_path / "work"

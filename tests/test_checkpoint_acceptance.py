@@ -3,9 +3,8 @@
 Black-box acceptance tests written from the specification: real files, real processes,
 failures simulated only where the operating system cannot be asked for them (a full disk,
 permission denied while running as root). The CLI tests that take more than a few seconds
-are marked ``slow`` (run them with ``-m slow``). Two of them are ``xfail`` until train.py /
-config.py take the fixes they name: a SIGTERM during set-up, and a kill before the first
-manifest leaving a run that can be neither resumed nor restarted.
+are marked ``slow`` (run them with ``-m slow``), among them a SIGTERM during set-up and a kill
+before the first manifest (which once left a run that could be neither resumed nor restarted).
 """
 
 from __future__ import annotations
@@ -969,9 +968,6 @@ def test_cli_sigterm_saves_exits_0_says_how_to_resume_and_resume_is_bitwise_iden
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="train() installs its SIGTERM handler only around the loop: a preemption during data/"
-                          "model setup ends with 'interrupted', exit 2 (fix proposed: helperA_train.patch)",
-                   strict=False)
 def test_cli_sigterm_during_setup_still_saves_and_exits_0(tmp_path: Path, tiny_data: Path,
                                                           reference_run: Path) -> None:
     """A preemption can come at any time: here while the run is being set up (before the first step)."""
@@ -1069,8 +1065,6 @@ def test_cli_resume_auto_falls_back_over_a_corrupt_newest_and_resume_path(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="check_run_dir counts a numbered .pt without its manifest as a run, --resume auto skips it: "
-                          "stuck (fix proposed: helperA_train.patch, config.py part)", strict=False)
 def test_cli_a_kill_before_the_first_manifest_does_not_leave_a_stuck_run(tmp_path: Path, tiny_data: Path) -> None:
     """SIGKILL after the first checkpoint's data is in place but before its manifest (and last.pt): the
     same command, with or without --resume auto, must be able to go on."""

@@ -899,6 +899,9 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     else:
         data = cfg.get("data", "shapes")
         _, val = resolve_data(data, cfg.get("val_split", 0.1), cfg.get("seed", 0))
+        from finetune.data.samples import relabel
+
+        val = relabel(val, classes, data)  # the true labels by class name: the data may have changed since training
         picks = spread_indices(len(val), limit)
         files = [Path(val.paths[i]) for i in picks]
         truth = {str(Path(val.paths[i])): int(val.labels[i]) for i in picks}

@@ -467,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     debug = args.debug or os.environ.get("FINETUNE_DEBUG") == "1"
-    # SIGTERM outside the training loop (which saves a checkpoint on it) ends like Ctrl-C: one line, exit 2
+    # SIGTERM outside `train()` (which, from its start, finishes the step, saves and exits 0) ends like Ctrl-C: one line, exit 2
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, functools.partial(_raise_interrupt, os.getpid())) if in_main_thread else None
     try:

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -123,6 +124,8 @@ class TrainConfig:
         lr = (0.01 if sgd else 5e-4) if self.pretrained else (0.1 if sgd else 3e-3)
         return dataclasses.replace(
             self,
+            # absolute: `finetune eval` reads the checkpoint's config from wherever it is run
+            data=self.data if shapes or not os.path.exists(self.data) else os.path.abspath(self.data),
             img_size=self.img_size if self.img_size is not None else (32 if shapes else self._pretrained_size() or 224),
             crop_scale=self.crop_scale if self.crop_scale is not None else ((0.7, 1.0) if shapes else (0.08, 1.0)),
             lr=self.lr if self.lr is not None else lr,
@@ -582,7 +585,10 @@ def check_run_dir(cfg: TrainConfig) -> None:
     if cfg.resume is not None or not path.is_dir():
         return
     ckpts = path / "checkpoints"
-    held = sorted(ckpts.glob("*.pt")) if ckpts.is_dir() else []
+    # a numbered checkpoint without its manifest never counted (a kill before the first save finished):
+    # `--resume auto` skips it, so it must not block a new start either
+    held = sorted(p for p in ckpts.glob("*.pt") if not p.name.startswith("ckpt-") or p.with_suffix(".json").exists()) \
+        if ckpts.is_dir() else []
     held += [p for p in (path / "best.safetensors",) if p.exists()]
     if held:
         raise ConfigError(f"--out '{path}' already holds a run ({held[0].relative_to(path)}): continue it with "

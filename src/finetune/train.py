@@ -46,7 +46,7 @@ from finetune.config import TrainConfig, check_run_dir, parse_unfreeze, save_con
 from finetune.data.decode import DECODE_ERRORS, bad_reason, decode_eval
 from finetune.data.loader import Loader, build_loader
 from finetune.data.normalize import Normalizer
-from finetune.data.samples import Samples, find_splits, scan_folder
+from finetune.data.samples import Samples, eval_samples, find_splits
 from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from finetune.distributed import Distributed
 from finetune.errors import CheckpointError, ConfigError, DataError, FinetuneError
@@ -404,6 +404,13 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     >>> result.stopped_early, [r["epoch"] for r in result.history]
     (False, [0, 1])
     """
+    # SIGTERM/SIGINT from here on (a preemption during data or model setup included) finish the current
+    # step, save and return; outside train() the CLI turns them into "interrupted" (exit 2)
+    with GracefulExit() as stop:
+        return _train(cfg, quiet=quiet, stop=stop)
+
+
+def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     cfg.validate()
     ddp = Distributed.from_env()  # several processes under torchrun (one process otherwise)
     check_run_dir(cfg)  # (library callers too: a run with checkpoints is continued, never overwritten)
@@ -628,7 +635,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
     early = False
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    with ckpt, GracefulExit() as stop:
+    with ckpt:
         while epoch < cfg.epochs and not stopped:
             if batches.position == 0 and no_progress():
                 early = True
@@ -1016,19 +1023,16 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     model, state = load_checkpoint_model(path, dev)
     cfg = state.get("config", {})
     classes = list(state["classes"])
+    trained_on = str(cfg.get("data", "shapes"))
+    split = dict(val_split=float(cfg.get("val_split", 0.1)), seed=int(cfg.get("seed", 0)))
     if data is None:
-        _, samples = resolve_data(cfg.get("data", "shapes"), cfg.get("val_split", 0.1), cfg.get("seed", 0))
-    else:
-        root = Path(data)
-        val_dir = next((root / n for n in ("val", "valid", "validation") if (root / n).is_dir()), None)
-        if root.is_file():
-            from finetune.data.samples import read_csv
-
-            samples = read_csv(root, classes=classes)[0]
-        else:
-            samples = scan_folder(val_dir or root, classes=classes)
-    if list(samples.classes) != classes:
-        samples = Samples(samples.paths, samples.labels, tuple(classes))
+        if trained_on != "shapes" and not Path(trained_on).exists():
+            raise DataError(f"the data this checkpoint was trained on, '{trained_on}', is not found from here "
+                            f"({Path.cwd()}): give --data PATH (a folder or CSV to evaluate)")
+        data = trained_on
+    # labelled by class name with the checkpoint's classes: a dataset that changed since training (a class
+    # added, removed or renamed) is refused or scored by name, never with shifted indices
+    samples = eval_samples(data, classes, trained_on=trained_on, **split)
     loader = build_loader(samples, train=False, img_size=int(state.get("img_size", cfg.get("img_size", 224))),
                           batch_size=batch_size, workers=workers, device=dev,
                           mean=tuple(state.get("mean", IMAGENET_MEAN)), std=tuple(state.get("std", IMAGENET_STD)))
@@ -1036,18 +1040,24 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
+    """The image files of ``inputs``: files as named, folders searched recursively."""
+    return [f for f, _ in _found_inputs(inputs)]
+
+
+def _found_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
+    """Each image file of ``inputs`` with whether it was found in a folder (True) or named (False)."""
     from finetune.data.samples import is_image_file
 
-    files: list[Path] = []
+    files: list[tuple[Path, bool]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
             if not found:
                 raise DataError(f"no images found in '{p}'")
-            files += found
+            files += [(f, True) for f in found]
         elif p.is_file():
-            files.append(p)
+            files.append((p, False))
         else:
             raise DataError(f"'{p}' does not exist")
     return files
@@ -1080,17 +1090,30 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
     # the loader's eval path exactly: full-size decode, Resize + CenterCrop, the same normaliser
     normalizer = Normalizer(tuple(state.get("mean", IMAGENET_MEAN)), tuple(state.get("std", IMAGENET_STD)), dev,
                             channels_last=False)
-    files = _expand_inputs(inputs)
     k = max(1, min(topk, len(classes)))
     out: list[dict[str, Any]] = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        batch = normalizer(torch.stack([eval_crop(f, size) for f in chunk]).to(dev))
+    found = _found_inputs(inputs)
+    for start in range(0, len(found), batch_size):
+        chunk, crops = [], []
+        for f, in_folder in found[start:start + batch_size]:
+            try:
+                crops.append(eval_crop(f, size))
+            except DataError as e:
+                if not in_folder:  # a file named on the command line: an error
+                    raise
+                warn(f"skipping {e}")  # an unreadable file found in a folder does not stop the others
+                continue
+            chunk.append(f)
+        if not chunk:
+            continue
+        batch = normalizer(torch.stack(crops).to(dev))
         probs = logits_of(model(batch)).float().softmax(dim=1)
         top = probs.topk(k, dim=1)
         for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
             out.append({"path": str(f), "top": [{"class": classes[i], "index": i, "prob": v}
                                                 for v, i in zip(values, indices, strict=True)]})
+    if not out:
+        raise DataError(f"none of the {len(found)} images found can be read")
     return out
 
 
