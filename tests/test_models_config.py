@@ -168,6 +168,7 @@ def test_ema_weights_are_what_the_run_measures_saves_and_resumes_exactly(colour_
     assert {"raw_val_top1", "raw_val_loss", "raw_val_top5"} <= record.keys()
     best = torch.load(tmp_path / "full" / "checkpoints" / "best.pt", weights_only=True)
     assert best["ema_updates"] == best["step"] and best["model_ema"].keys() == best["model"].keys()
+    assert best["global_step"] == best["step"] and best["seed"] == 0  # the names for them, too
     assert not torch.equal(best["model_ema"]["fc.weight"], best["model"]["fc.weight"])
     deployed = load_file(str(tmp_path / "full" / "best.safetensors"))
     assert all(torch.equal(deployed[k], best["model_ema"][k]) for k in deployed)

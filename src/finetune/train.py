@@ -612,7 +612,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             **({"model_ema": ema.module, "ema_updates": int(ema.n_averaged)} if ema is not None else {}),
             "scheduler": {"kind": "warmup_cosine", "step": step, "total_steps": total_steps,
                           "warmup_steps": warmup_steps}, "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "epoch": epoch, "step": step, "batches_in_epoch": batches.position,
+            "epoch": epoch, "step": step, "global_step": step, "seed": cfg.seed, "batches_in_epoch": batches.position,
             "loader": batches.state_dict(), "rng": rng, "world_size": ddp.world, **({"ranks": ranks} if ranks else {}),
             "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen,
             "best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
@@ -966,7 +966,15 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     tmp = run_dir / ".best.safetensors.tmp"
     weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema: the EMA weights are the result
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:  # durable before it replaces the previous file, as the checkpoints are
+        os.fsync(f.fileno())
     tmp.replace(run_dir / "best.safetensors")
+    with contextlib.suppress(OSError):  # (directories cannot be fsynced everywhere)
+        fd = os.open(run_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------- eval / predict from a checkpoint
