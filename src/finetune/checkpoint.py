@@ -1580,7 +1580,8 @@ class GracefulExit:
         self.stop_requested = True
         self.signal_name = signal.Signals(signum).name
         self._restore()
-        if self.announce:  # os.write: safe even if the signal arrived in the middle of a print
+        # os.write: safe even if the signal arrived in the middle of a print; under torchrun process 0 speaks
+        if self.announce and os.environ.get("RANK", "0") in ("", "0"):
             os.write(2, f"\nfinetune: {self.signal_name}: finishing the current step, then saving a checkpoint "
                         "(send it again to stop at once)\n".encode())
 

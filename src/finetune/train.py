@@ -741,6 +741,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         from finetune.checkpoint import stop_message
 
         message = stop_message(run_dir, epoch + 1, step)
+        if ddp.enabled:  # the same number of processes continues it exactly
+            message = message.replace("finetune train", f"torchrun --nproc_per_node {ddp.world} -m finetune train")
         if stop.stop_requested and ddp.main:  # SIGTERM/SIGINT: say how to go on, even with -q
             print(f"finetune: {message}", file=sys.stderr, flush=True)
         else:

@@ -1327,7 +1327,8 @@ def _auto(samples: Samples | None, obj: Any, decode: str, seconds: float, common
     from finetune.data.probe import ProbeResult, candidate_workers, probe
 
     num = len(samples) if samples is not None else len(obj)
-    cpus = os.cpu_count() or 1
+    # several training processes on this machine (torchrun sets LOCAL_WORLD_SIZE) share its cores
+    cpus = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
     dev = common["device"]
     decodes = [decode] if decode != "auto" else (["cpu", "gpu"] if dev.type == "cuda" and samples is not None else ["cpu"])
     n_batches = num // common["batch_size"]
