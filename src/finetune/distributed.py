@@ -125,6 +125,18 @@ class Distributed:
         dist.all_gather_object(out, obj, group=self._group)
         return out
 
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Process 0's buffers (BatchNorm statistics) on every process. DDP sends them only at the
+        start of a forward, and each process then updates them with its own batch: without this,
+        every process would evaluate its own slightly different model, not the one process 0 saves
+        (and an EMA of them, restored from process 0's copy on resume, would differ after it)."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for buf in module.buffers():
+            dist.broadcast(buf.data, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

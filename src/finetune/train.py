@@ -701,6 +701,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
+            ddp.sync_buffers(model)  # every process evaluates the model that process 0 saves
+            if ema is not None:
+                ddp.sync_buffers(ema.module)
             raw = evaluate(model, val_loader, amp=amp, quiet=quiet, ddp=ddp)
             # with --ema the EMA weights are the run's result (as in timm): val_* and the best checkpoint
             metrics = evaluate(ema.module, val_loader, amp=amp, quiet=quiet, ddp=ddp) if ema is not None else raw
