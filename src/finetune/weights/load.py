@@ -262,9 +262,11 @@ def _table_split(rows_a: int, rows_b: int) -> tuple[int, int, int] | None:
     return None
 
 
-def resample_rel_pos_table(tensor: Tensor, rows: int) -> tuple[Tensor, str]:
-    """A ``[(2W-1)^2 (+ extra), heads]`` relative position bias table for another window size W'
-    (a Swin model built for a smaller image clamps its windows to the feature map).
+def resample_rel_pos_table(tensor: Tensor, rows: int | Shape) -> tuple[Tensor, str]:
+    """A relative position bias table for another window size: ``[(2W-1)^2 (+ extra), heads]``
+    (Swin, BEiT: ``rows`` is the new row count) or ``[heads, 2H-1, 2W-1]`` (timm's MaxViT /
+    CoAtNet: ``rows`` is the model's shape), for a model built for a smaller or larger image
+    (its windows follow the feature map).
 
     A smaller window's offsets are a subset of the larger one's, so its table is the
     central crop: the same biases for the same pixel offsets. A larger window gets the
@@ -274,7 +276,18 @@ def resample_rel_pos_table(tensor: Tensor, rows: int) -> tuple[Tensor, str]:
     >>> out, how = resample_rel_pos_table(t, 7 * 7)
     >>> tuple(out.shape), how, out[24].tolist() == t[84].tolist()   # offset (0, 0) stays itself
     ((49, 2), 'relative offsets 13x13 -> 7x7 (central crop)', True)
+    >>> t = torch.randn(2, 13, 13)
+    >>> out, how = resample_rel_pos_table(t, (2, 3, 3))
+    >>> tuple(out.shape), how, torch.equal(out[:, 1, 1], t[:, 6, 6])
+    ((2, 3, 3), 'relative offsets 13x13 -> 3x3 (central crop)', True)
     """
+    if isinstance(rows, tuple):
+        shape = rows
+        if not (tensor.dim() == len(shape) == 3 and tensor.shape[0] == shape[0]
+                and all(n % 2 for n in (*tensor.shape[1:], *shape[1:]))):
+            raise WeightsError(f"cannot resample a relative position table of shape {_fmt(tuple(tensor.shape))} "
+                               f"to {_fmt(shape)}: not [heads, 2H-1, 2W-1]")
+        return _crop_or_resize(tensor, shape[1:], centred=True)
     split = _table_split(tensor.shape[0], rows) if tensor.dim() == 2 else None
     if split is None:
         raise WeightsError(f"cannot resample a relative position table of shape {_fmt(tuple(tensor.shape))} "
@@ -282,17 +295,53 @@ def resample_rel_pos_table(tensor: Tensor, rows: int) -> tuple[Tensor, str]:
     extra, old, new = split
     heads = tensor.shape[1]
     body, tail = tensor[:tensor.shape[0] - extra], tensor[tensor.shape[0] - extra:]
-    grid = body.reshape(old, old, heads)
-    if new < old:
-        start = (old - new) // 2
-        grid = grid[start:start + new, start:start + new]
-        how = "central crop"
-    else:
-        grid = torch.nn.functional.interpolate(grid.float().permute(2, 0, 1)[None], size=(new, new), mode="bicubic",
-                                               align_corners=False)[0].permute(1, 2, 0).to(tensor.dtype)
-        how = "bicubic"
+    grid, how = _crop_or_resize(body.reshape(old, old, heads).permute(2, 0, 1), (new, new), centred=True)
     kept = f", {extra} extra rows kept" if extra else ""
-    return torch.cat([grid.reshape(new * new, heads), tail]), f"relative offsets {old}x{old} -> {new}x{new} ({how}){kept}"
+    return torch.cat([grid.permute(1, 2, 0).reshape(new * new, heads), tail]), f"{how}{kept}"
+
+
+def _crop_or_resize(grid: Tensor, size: Sequence[int], *, centred: bool) -> tuple[Tensor, str]:
+    """A ``[C, h, w]`` offset table cropped (centred, or from the top left for absolute
+    offsets) where it shrinks, else resized bicubically, to ``size``; and how."""
+    (h, w), (nh, nw) = grid.shape[1:], tuple(size)
+    if nh <= h and nw <= w:
+        top, left = ((h - nh) // 2, (w - nw) // 2) if centred else (0, 0)
+        out, how = grid[:, top:top + nh, left:left + nw], "central crop" if centred else "crop"
+    else:
+        out = torch.nn.functional.interpolate(grid.float()[None], size=(nh, nw), mode="bicubic",
+                                              align_corners=False)[0].to(grid.dtype)
+        how = "bicubic"
+    return out.contiguous(), f"relative offsets {h}x{w} -> {nh}x{nw} ({how})"
+
+
+def is_attention_biases(name: str) -> bool:
+    """Whether ``name`` is a LeViT-style attention bias table ``[heads, r*r]`` indexed by the
+    absolute offsets ``(|dy|, |dx|)`` of an r x r attention grid (timm's LeViT,
+    EfficientFormerV2, TinyViT, EfficientViT-M).
+
+    >>> is_attention_biases("stages.0.blocks.0.attn.attention_biases")
+    True
+    """
+    return name.rpartition(".")[2] == "attention_biases"
+
+
+def resample_attention_biases(tensor: Tensor, columns: int) -> tuple[Tensor, str]:
+    """A ``[heads, r*r]`` LeViT-style attention bias table for an ``r' x r'`` grid (a model
+    built for another image size): a smaller grid's offsets ``0..r'-1`` are the first ones
+    of the larger grid, so its table is the top-left crop (the same biases); a larger grid's
+    is resized bicubically (timm's ``resize_rel_pos_bias_table_levit``).
+
+    >>> t = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 16)   # 4x4 offsets
+    >>> out, how = resample_attention_biases(t, 4)
+    >>> out.tolist(), how
+    ([[0.0, 1.0, 4.0, 5.0], [16.0, 17.0, 20.0, 21.0]], 'relative offsets 4x4 -> 2x2 (crop)')
+    """
+    old, new = math.isqrt(tensor.shape[-1]), math.isqrt(columns)
+    if tensor.dim() != 2 or old * old != tensor.shape[1] or new * new != columns:
+        raise WeightsError(f"cannot resample attention biases of shape {_fmt(tuple(tensor.shape))} "
+                           f"to {columns} offsets: not [heads, r*r]")
+    grid, how = _crop_or_resize(tensor.reshape(-1, old, old), (new, new), centred=False)
+    return grid.reshape(tensor.shape[0], columns), how
 
 
 def select_rows(tensor: Tensor, model_tensor: Tensor, class_map: Mapping[int, int], name: str) -> Tensor:
@@ -344,8 +393,9 @@ def load_weights(
     model's tensor, ``"error"`` raises, ``"adapt"`` adapts the first conv's input
     channels and copies classifier rows by ``class_map={new_index: old_index}``. A ViT
     position embedding for another image size is resampled (:func:`resample_pos_embed`), and
-    so is a Swin relative position table for another window size (:func:`resample_rel_pos_table`),
-    unless ``shape_mismatch="error"``; the report lists them under ``adapted``.
+    so is a Swin / MaxViT relative position table for another window size
+    (:func:`resample_rel_pos_table`) and a LeViT attention bias table for another grid
+    (:func:`resample_attention_biases`), unless ``shape_mismatch="error"``; the report lists them under ``adapted``.
 
     >>> import torch
     >>> src = torch.nn.Linear(4, 10); dst = torch.nn.Linear(4, 3)
@@ -405,6 +455,13 @@ def load_weights(
         elif (shape_mismatch != "error" and is_rel_pos_table(name) and len(file_shape) == len(model_shape) == 2
               and file_shape[1] == model_shape[1] and _table_split(file_shape[0], model_shape[0]) is not None):
             fitted = resample_rel_pos_table(tensor, model_shape[0])
+        elif (shape_mismatch != "error" and is_rel_pos_table(name) and len(file_shape) == len(model_shape) == 3
+              and file_shape[0] == model_shape[0] and all(n % 2 for n in (*file_shape[1:], *model_shape[1:]))):
+            fitted = resample_rel_pos_table(tensor, model_shape)
+        elif (shape_mismatch != "error" and is_attention_biases(name) and len(file_shape) == len(model_shape) == 2
+              and file_shape[0] == model_shape[0] and math.isqrt(file_shape[1]) ** 2 == file_shape[1]
+              and math.isqrt(model_shape[1]) ** 2 == model_shape[1]):
+            fitted = resample_attention_biases(tensor, model_shape[1])
         elif shape_mismatch == "adapt":
             fitted = _adapt(name, tensor, model_sd[clean_to_key[name]], first_conv, classifier, class_map)
         if fitted is not None:
