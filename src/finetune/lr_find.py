@@ -106,6 +106,7 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     from finetune.data.loader import build_loader
     from finetune.freeze import bn_train_mode, param_groups
     from finetune.logging import progress
+    from finetune.mixing import mix_batch
     from finetune.models import create_model, logits_of, normalization
     from finetune.train import (
         apply_freezing,
@@ -124,9 +125,12 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     train_samples, _ = resolve_data(cfg.data, cfg.val_split, cfg.seed)
     classes = list(train_samples.classes)
     mean, std = normalization(cfg.model, cfg.pretrained)
+    # train's loader exactly (--auto-augment, --decode, --prefetch, --strict-data included)
     loader = build_loader(train_samples, train=cfg.augment, shuffle=True, drop_last=True, img_size=cfg.img_size,
                           batch_size=cfg.batch_size, workers=str(cfg.workers), device=device, seed=cfg.seed,
                           mean=mean, std=std, channels_last=cfg.channels_last, crop_scale=tuple(cfg.crop_scale),
+                          augment=None if cfg.auto_augment == "none" or not cfg.augment else cfg.auto_augment,
+                          decode=cfg.decode, prefetch=cfg.prefetch, strict=cfg.strict_data,
                           cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print)
     if len(loader) == 0:
         raise ConfigError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
@@ -166,8 +170,14 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
             images, labels = batch
             lr = start_lr * ratio ** (step / (num_steps - 1))
             set_lr(optimizer, lr)
+            targets, smoothing = labels, cfg.label_smoothing
+            if cfg.mixup or cfg.cutmix:  # the loss train sees: mixed batches, soft targets
+                images, targets, _ = mix_batch(images, labels, len(classes), mixup=cfg.mixup, cutmix=cfg.cutmix,
+                                               seed=cfg.seed, step=step, label_smoothing=cfg.label_smoothing)
+                memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+                images, smoothing = images.contiguous(memory_format=memory_format), 0.0
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = F.cross_entropy(logits_of(model(images)).float(), labels, label_smoothing=cfg.label_smoothing)
+                loss = F.cross_entropy(logits_of(model(images)).float(), targets, label_smoothing=smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -1,0 +1,179 @@
+"""Acceptance tests of the newer features in combination (torchrun + --ema + --mixup/--cutmix,
+kills, lr-find's set-up, our own --ema checkpoints in the weights tools): each test here found a bug."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune import TrainConfig, make_shapes
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shapes(tmp_path_factory.mktemp("audit-shapes"), per_class=6, val_per_class=2, size=32)
+
+
+def env() -> dict[str, str]:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    e.pop("FINETUNE_DEBUG", None)
+    return e
+
+
+def torchrun_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    """Two CPU processes, batch 8 each: 48 training images are 3 steps per epoch."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "finetune",
+            "train", "--data", str(data), "--model", "resnet18", "--img-size", "32", "--workers", "0",
+            "--device", "cpu", "--batch-size", "8", "--out", str(out), "-q", *extra]
+
+
+def torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(torchrun_cmd(data, out, *extra), capture_output=True, text=True, env=env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def last(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_weights(a: dict, b: dict) -> list[str]:
+    """The keys whose tensors differ (bitwise)."""
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+# --------------------------------------------------------------------------- torchrun + BatchNorm
+def test_torchrun_val_metrics_are_those_of_the_saved_model(data: Path, tmp_path: Path) -> None:
+    """Under DDP each process updates its BatchNorm statistics with its own batch (DDP sends process 0's
+    only at the start of a forward): process 1 validated its share with other statistics than the
+    model process 0 saves. val_loss must be what evaluating the saved checkpoint gives."""
+    from finetune.train import evaluate_checkpoint
+
+    torchrun(data, tmp_path / "run", "--epochs", "1")
+    recorded = metrics(tmp_path / "run")[-1]
+    again = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", device="cpu", batch_size=8)
+    assert again["images"] == 16
+    assert again["loss"] == pytest.approx(recorded["val_loss"], rel=1e-5, abs=1e-6)
+    assert again["top1"] == recorded["val_top1"] and again["top5"] == recorded["val_top5"]
+
+
+def test_torchrun_ema_mixup_cutmix_resume_is_exact(data: Path, tmp_path: Path) -> None:
+    """--ema with two processes: process 1's EMA of its own BatchNorm statistics was not in the checkpoint
+    (process 0's is), so a run stopped in the middle of an epoch and resumed validated other EMA values."""
+    args = ("--epochs", "3", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0")
+    torchrun(data, tmp_path / "full", *args)
+    torchrun(data, tmp_path / "cut", *args, "--max-steps", "4")  # the middle of epoch 2
+    assert last(tmp_path / "cut")["batches_in_epoch"] == 1
+    torchrun(data, tmp_path / "cut", *args, "--resume", "auto")
+    a, b = last(tmp_path / "full"), last(tmp_path / "cut")
+    assert same_weights(a["model"], b["model"]) == [] and same_weights(a["model_ema"], b["model_ema"]) == []
+    assert metrics(tmp_path / "full") == metrics(tmp_path / "cut")
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find torchrun's workers")
+def test_torchrun_killed_with_sigkill_resumes_exactly(data: Path, tmp_path: Path) -> None:
+    """kill -9 of torchrun, its workers and their data workers at once (a lost machine), with
+    --save-every-steps 1 and --ema: --resume auto ends where the uninterrupted run ends."""
+    args = ("--epochs", "2", "--workers", "1", "--save-every-steps", "1", "--ema", "0.9")
+    torchrun(data, tmp_path / "full", *args)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(torchrun_cmd(data, cut, *args), env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((cut / "checkpoints").glob("*s00000004.json")) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        for pid in descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    torchrun(data, cut, *args, "--resume", "auto")
+    a, b = last(tmp_path / "full"), last(cut)
+    assert same_weights(a["model"], b["model"]) == [] and same_weights(a["model_ema"], b["model_ema"]) == []
+    assert metrics(tmp_path / "full") == metrics(cut)
+
+
+# --------------------------------------------------------------------------- lr-find's set-up
+def test_lr_find_sets_up_the_run_as_train_does(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lr-find claims the run's exact set-up: --auto-augment reached the loader of train only, and
+    --mixup/--cutmix (which change the loss a lot) were not applied."""
+    import finetune.data.loader as loader_mod
+    import finetune.mixing as mixing
+    from finetune.lr_find import lr_find
+
+    seen: dict = {}
+    real_build, real_mix = loader_mod.build_loader, mixing.mix_batch
+
+    def spy_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        return real_build(*args, **kwargs)
+
+    mixed: list[int] = []
+
+    def spy_mix(*args, **kwargs):  # type: ignore[no-untyped-def]
+        mixed.append(kwargs["step"])
+        return real_mix(*args, **kwargs)
+
+    monkeypatch.setattr(loader_mod, "build_loader", spy_build)
+    monkeypatch.setattr(mixing, "mix_batch", spy_mix)
+    cfg = TrainConfig(data=str(data), model="resnet18", img_size=32, batch_size=16, workers="0", device="cpu",
+                      auto_augment="trivialaugment", mixup=0.2, cutmix=1.0, linear_probe=True)
+    result = lr_find(cfg, num_steps=4, quiet=True)
+    assert seen["augment"] == "trivialaugment"
+    assert mixed == list(range(len(result.lrs)))
+
+
+# --------------------------------------------------------------------------- our --ema checkpoints in the weights tools
+@pytest.mark.xfail(strict=True, reason="weights/formats.py reads a finetune checkpoint's EMA under 'ema', train writes "
+                                       "'model_ema': fix in /tmp/helperD.patch")
+def test_convert_ema_and_inspect_read_our_own_ema_checkpoint(data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from finetune.train import train
+    from finetune.weights.tools import convert, inspect_checkpoint
+
+    run = train(TrainConfig(data=str(data), model="squeezenet1_1", img_size=32, epochs=1, batch_size=16,
+                            workers="0", device="cpu", out=str(tmp_path / "run"), ema=0.5), quiet=True).run_dir
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert any(not torch.equal(state["model"][k], state["model_ema"][k]) for k in state["model"])
+    assert inspect_checkpoint(str(run / "checkpoints" / "last.pt"))["ema"] is not None
+    convert(str(run / "checkpoints" / "last.pt"), str(tmp_path / "ema.safetensors"), ema=True)
+    written = load_file(str(tmp_path / "ema.safetensors"))
+    assert all(torch.equal(written[k], state["model_ema"][k]) for k in written)
