@@ -130,6 +130,66 @@ def test_torchrun_killed_with_sigkill_resumes_exactly(data: Path, tmp_path: Path
     assert metrics(tmp_path / "full") == metrics(cut)
 
 
+def rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker ``rank`` (a child of ``parent`` with RANK=rank in its environment)."""
+    for pid in descendants(parent)[1:]:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"-m" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find torchrun's workers")
+def test_torchrun_one_process_killed_is_one_error_line_and_resumes_exactly(data: Path, tmp_path: Path) -> None:
+    """kill -9 of process 1 alone: process 0's next collective fails. It said 'unexpected RuntimeError:
+    [gloo/...] Read error ... (this is a bug in finetune ...)'; it is a lost peer, and the checkpoints
+    saved so far continue the run exactly."""
+    args = ("--epochs", "2", "--save-every-steps", "1")
+    torchrun(data, tmp_path / "full", *args)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(torchrun_cmd(data, cut, *args), env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((cut / "checkpoints").glob("*s00000002.json")) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        victim = rank_pid(proc.pid, 1)
+        assert victim is not None and proc.poll() is None, "the run ended before it could be killed"
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        for pid in descendants(proc.pid) if proc.poll() is None else ():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    ours = [line for line in stderr.splitlines() if line.startswith("finetune:")]
+    assert proc.returncode != 0
+    assert any("another of the 2 processes" in line and "--resume auto" in line for line in ours), stderr[-3000:]
+    assert not any("bug in finetune" in line for line in ours), ours
+    torchrun(data, cut, *args, "--resume", "auto")
+    assert same_weights(last(tmp_path / "full")["model"], last(cut)["model"]) == []
+    assert metrics(tmp_path / "full") == metrics(cut)
+
+
+def test_torchrun_too_few_images_for_a_batch_per_process_says_so(tmp_path: Path) -> None:
+    """16 images, 2 processes, --batch-size 10: the error said '16 images, fewer than one batch of 10'."""
+    small = make_shapes(tmp_path / "small", per_class=2, val_per_class=1, size=32)
+    done = subprocess.run(torchrun_cmd(small, tmp_path / "run", "--batch-size", "10", "--epochs", "1"),
+                          capture_output=True, text=True, env=env(), timeout=300)
+    assert done.returncode != 0
+    ours = {line for line in done.stderr.splitlines() if line.startswith("finetune: error:")}
+    assert len(ours) == 1, done.stderr[-3000:]
+    assert "8 per process" in ours.pop()
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- lr-find's set-up
 def test_lr_find_sets_up_the_run_as_train_does(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """lr-find claims the run's exact set-up: --auto-augment reached the loader of train only, and

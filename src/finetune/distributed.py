@@ -26,7 +26,42 @@ from typing import Any
 
 import torch
 
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, FinetuneError
+
+
+class PeerLost(FinetuneError):
+    """Another process of a torchrun run died or lost its connection: this one cannot go on.
+
+    >>> str(PeerLost.of(RuntimeError("[gloo/pair.cc:545] Read error: Connection reset by peer. This is typically"
+    ...                              " caused by a remote worker hanging"), 2))  # doctest: +ELLIPSIS
+    'another of the 2 processes of this torchrun run stopped or lost its connection (Read error: Connection reset by peer): ...'
+    """
+
+    @classmethod
+    def of(cls, error: BaseException, world: int) -> PeerLost:
+        first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+        if first.startswith("[") and "] " in first:  # gloo's source position
+            first = first.split("] ", 1)[1]
+        first = first.split(". This is typically")[0]  # (gloo's advice, about the other process's logs)
+        return cls(f"another of the {world} processes of this torchrun run stopped or lost its connection ({first}): "
+                   "this one stops too, without saving; the checkpoints saved so far are kept: continue with "
+                   f"torchrun --nproc_per_node {world} -m finetune train ... --resume auto")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another process is gone (gloo's
+    "Connection reset by peer", NCCL's errors, torch's ``DistError``), not a bug.
+
+    >>> lost_peer(RuntimeError("[../gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer")), lost_peer(RuntimeError("size mismatch"))
+    (True, False)
+    """
+    import torch.distributed as dist
+
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        w in text for w in ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "Socket Timeout"))
 
 
 @dataclass

@@ -407,7 +407,15 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     # SIGTERM/SIGINT from here on (a preemption during data or model setup included) finish the current
     # step, save and return; outside train() the CLI turns them into "interrupted" (exit 2)
     with GracefulExit() as stop:
-        return _train(cfg, quiet=quiet, stop=stop)
+        try:
+            return _train(cfg, quiet=quiet, stop=stop)
+        except (RuntimeError, OSError) as e:  # under torchrun: a process died (torchrun then stops the others)
+            from finetune.distributed import PeerLost, lost_peer
+
+            ddp = Distributed.from_env()
+            if ddp.enabled and lost_peer(e):
+                raise PeerLost.of(e, ddp.world) from e
+            raise
 
 
 def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
@@ -472,6 +480,11 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                                     **loader_kw)
     val_loader = build_loader(val_samples, train=False, workers=train_loader.workers, **loader_kw)
     if len(train_loader) == 0:
+        if ddp.enabled:  # each process takes its share of the epoch: a batch is per process
+            share = -(-len(train_samples) // ddp.world)
+            raise DataError(f"the training split has {len(train_samples)} images, {share} per process with "
+                            f"{ddp.world} processes: fewer than one batch of {cfg.batch_size} each (--batch-size is "
+                            "per process): lower --batch-size or start fewer processes")
         raise DataError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
 
     # ---- model and what trains
