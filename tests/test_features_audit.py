@@ -237,3 +237,33 @@ def test_convert_ema_and_inspect_read_our_own_ema_checkpoint(data: Path, tmp_pat
     convert(str(run / "checkpoints" / "last.pt"), str(tmp_path / "ema.safetensors"), ema=True)
     written = load_file(str(tmp_path / "ema.safetensors"))
     assert all(torch.equal(written[k], state["model_ema"][k]) for k in written)
+
+
+# --------------------------------------------------------------------------- --ema and TensorBoard
+def test_tensorboard_cam_and_feature_maps_show_the_ema_weights(data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --ema the EMA weights are the run's result (val_*, best.pt, `finetune cam`): the Grad-CAM
+    overlays and feature maps in TensorBoard showed the raw weights instead."""
+    import importlib
+
+    train_mod = importlib.import_module("finetune.train")  # (the package's `train` is the function)
+    shown: dict[str, dict] = {}
+    real_cam, real_maps = train_mod.cam_overlays, train_mod.log_feature_maps
+
+    def spy_cam(model, inputs):  # type: ignore[no-untyped-def]
+        shown["cam"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return real_cam(model, inputs)
+
+    def spy_maps(log, model, batch, step):  # type: ignore[no-untyped-def]
+        shown["maps"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return real_maps(log, model, batch, step)
+
+    monkeypatch.setattr(train_mod, "cam_overlays", spy_cam)
+    monkeypatch.setattr(train_mod, "log_feature_maps", spy_maps)
+    run = train_mod.train(TrainConfig(data=str(data), model="resnet18", img_size=32, epochs=1, batch_size=16,
+                                      workers="0", device="cpu", out=str(tmp_path / "run"), ema=0.5,
+                                      tensorboard=True), quiet=True).run_dir
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert same_weights(state["model"], state["model_ema"])  # the two differ here
+    for what in ("cam", "maps"):
+        assert same_weights(shown[what], state["model_ema"]) == [], what

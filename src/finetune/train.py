@@ -732,9 +732,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             history.append(record)
             log.epoch(record)
             if cam_batch is not None and ddp.main:
-                log_feature_maps(log, model, cam_batch[1], epoch + 1)
+                shown = ema.module if ema is not None else model  # what val_*, best.pt and `finetune cam` use
+                log_feature_maps(log, shown, cam_batch[1], epoch + 1)
                 try:
-                    log.images("cam/val", cam_overlays(model, cam_batch), epoch + 1)
+                    log.images("cam/val", cam_overlays(shown, cam_batch), epoch + 1)
                 except FinetuneError as e:  # a model CAM cannot explain: the run goes on without the images
                     warn(f"no Grad-CAM images in TensorBoard: {e}")
                     cam_batch = None
