@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import fnmatch
 import functools
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -111,8 +112,27 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
             what = "dropout" if "'dropout'" in str(e) else "drop-path (stochastic depth)"
             flag = "--dropout" if what == "dropout" else "--drop-path"
             raise ModelError(f"{name} has no {what} setting: drop {flag}") from None
+        if isinstance(model, torchvision.models.MNASNet):
+            model._load_from_state_dict = types.MethodType(_mnasnet_load_from_state_dict, model)
     model.finetune_arch = name
     return model
+
+
+def _mnasnet_load_from_state_dict(self: nn.Module, state_dict: dict[str, object], prefix: str,
+                                  local_metadata: dict[str, object], *args: object) -> None:
+    """torchvision's MNASNet refuses a state dict without torch's ``_metadata`` version (one
+    read from safetensors, built key by key, or restored by ``check_input_size``): such a
+    state dict is taken to be of the model's own version.
+
+    >>> m = create_model("mnasnet0_5", num_classes=2)
+    >>> m.load_state_dict(dict(m.state_dict()))
+    <All keys matched successfully>
+    """
+    import torchvision
+
+    if local_metadata.get("version") is None:
+        local_metadata = {**local_metadata, "version": getattr(self, "_version", 2)}
+    torchvision.models.MNASNet._load_from_state_dict(self, state_dict, prefix, local_metadata, *args)  # type: ignore[arg-type]
 
 
 def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size: int | None,
@@ -256,7 +276,7 @@ def _input_size_problem(model: nn.Module, img_size: int) -> str | None:
     """None if a train-mode forward of two ``img_size`` images works, else the error's first line."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    saved = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items() if not isinstance(v, nn.Parameter)}
+    saved = [(b, b.detach().clone()) for b in model.buffers()]  # restored in place: no load_state_dict hooks
     try:
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), torch.no_grad(), modes_kept(model):  # (dropout draws leave no trace)
@@ -271,7 +291,9 @@ def _input_size_problem(model: nn.Module, img_size: int) -> str | None:
                              "use a smaller model or --img-size") from None
         return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     finally:
-        model.load_state_dict(saved, strict=False)
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
     return None
 
 

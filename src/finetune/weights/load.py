@@ -216,7 +216,40 @@ def is_pos_embed(name: str) -> bool:
     (True, True, False)
     """
     leaf = name.rpartition(".")[2]
-    return leaf in ("pos_embed", "pos_embedding", "position_embeddings") or leaf.endswith("pos_embed")
+    return leaf in ("pos_embed", "pos_embedding", "position_embeddings", "patch_pos") or leaf.endswith("pos_embed")
+
+
+def resample_pos_embed_map(tensor: Tensor, shape: Shape) -> tuple[Tensor, str]:
+    """A position embedding stored as a map, ``[1, D, h, w]`` (timm's PiT) or ``[1, h, w, D]``
+    (VOLO), resized bicubically (antialiased) to the model's ``shape``.
+
+    >>> out, how = resample_pos_embed_map(torch.randn(1, 8, 14, 14), (1, 8, 4, 4))
+    >>> tuple(out.shape), how
+    ((1, 8, 4, 4), 'position map 14x14 -> 4x4 (bicubic)')
+    >>> resample_pos_embed_map(torch.randn(1, 14, 14, 8), (1, 4, 4, 8))[0].shape
+    torch.Size([1, 4, 4, 8])
+    """
+    fs = tuple(tensor.shape)
+    channels_last = _map_layout(fs, shape) == "nhwc"
+    if _map_layout(fs, shape) is None:
+        raise WeightsError(f"cannot resample a position map of shape {_fmt(fs)} to {_fmt(shape)}")
+    grid = tensor.permute(0, 3, 1, 2) if channels_last else tensor
+    size = (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
+    old = tuple(grid.shape[2:])
+    out = torch.nn.functional.interpolate(grid.float(), size=size, mode="bicubic", align_corners=False,
+                                          antialias=True).to(tensor.dtype)
+    out = out.permute(0, 2, 3, 1) if channels_last else out
+    return out.contiguous(), f"position map {old[0]}x{old[1]} -> {size[0]}x{size[1]} (bicubic)"
+
+
+def _map_layout(fs: Shape, ms: Shape) -> str | None:
+    if len(fs) != 4 or len(ms) != 4 or fs[0] != 1 or ms[0] != 1:
+        return None
+    if fs[1] == ms[1] and fs[2:] != ms[2:]:
+        return "nchw"
+    if fs[3] == ms[3] and fs[1:3] != ms[1:3]:
+        return "nhwc"
+    return None
 
 
 def resample_pos_embed(tensor: Tensor, tokens: int) -> tuple[Tensor, str]:
@@ -452,6 +485,8 @@ def load_weights(
         fitted = None
         if shape_mismatch != "error" and _resamplable(name, file_shape, model_shape):
             fitted = resample_pos_embed(tensor, model_shape[1])
+        elif shape_mismatch != "error" and is_pos_embed(name) and _map_layout(file_shape, model_shape) is not None:
+            fitted = resample_pos_embed_map(tensor, model_shape)
         elif (shape_mismatch != "error" and is_rel_pos_table(name) and len(file_shape) == len(model_shape) == 2
               and file_shape[1] == model_shape[1] and _table_split(file_shape[0], model_shape[0]) is not None):
             fitted = resample_rel_pos_table(tensor, model_shape[0])
