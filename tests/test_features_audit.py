@@ -267,3 +267,17 @@ def test_tensorboard_cam_and_feature_maps_show_the_ema_weights(data: Path, tmp_p
     assert same_weights(state["model"], state["model_ema"])  # the two differ here
     for what in ("cam", "maps"):
         assert same_weights(shown[what], state["model_ema"]) == [], what
+
+
+def test_lr_find_checks_pretrained_weights_as_train_does(data: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """resnet50's file for a resnet18: train warns that 23 backbone tensors keep random values; lr-find
+    said nothing and measured a half-random backbone."""
+    from finetune.lr_find import lr_find
+    from finetune.models import create_model
+
+    torch.save(create_model("resnet50", num_classes=10).state_dict(), tmp_path / "r50.pt")
+    cfg = TrainConfig(data=str(data), model="resnet18", img_size=32, batch_size=16, workers="0", device="cpu",
+                      pretrained=str(tmp_path / "r50.pt"))
+    lr_find(cfg, num_steps=2, quiet=True)
+    assert "keep their random values" in capsys.readouterr().err

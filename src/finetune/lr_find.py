@@ -110,11 +110,13 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     from finetune.models import create_model, logits_of, normalization
     from finetune.train import (
         apply_freezing,
+        check_pretrained_fit,
         make_optimizer,
         resolve_amp,
         resolve_data,
         resolve_device,
         set_lr,
+        warn_frozen_new_head,
     )
 
     cfg.validate()
@@ -139,9 +141,11 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     if cfg.pretrained:
         from finetune.weights import load_weights
 
-        load_weights(model, cfg.pretrained, exclude=tuple(cfg.exclude), shape_mismatch=cfg.shape_mismatch,
-                     trust=cfg.trust)
+        report = load_weights(model, cfg.pretrained, exclude=tuple(cfg.exclude), shape_mismatch=cfg.shape_mismatch,
+                              trust=cfg.trust)
+        check_pretrained_fit(model, report, cfg)  # another architecture's file is refused, as train refuses it
     apply_freezing(model, cfg)
+    warn_frozen_new_head(model, report.loaded if cfg.pretrained else [])
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
