@@ -1024,15 +1024,18 @@ def _replace(module: nn.Module, dotted: str, replacement: nn.Module) -> nn.Modul
 
 
 class _Recorder(nn.Module):
-    """Stands in for a head in a backbone: passes its input on and keeps it for :class:`_HeadInputs`."""
+    """Stands in for a head in a backbone: keeps its input for :class:`_HeadInputs` and passes it
+    on, or (``stub``: one of several heads, whose outputs the model combines) returns one zero
+    per sample, so that heads of different widths (CrossViT) still combine."""
 
-    def __init__(self) -> None:
+    def __init__(self, stub: bool = False) -> None:
         super().__init__()
         self.value: torch.Tensor | None = None
+        self.stub = stub
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.value = x
-        return x
+        return x.new_zeros(x.shape[0], 1) if self.stub else x
 
 
 class _HeadInputs(nn.Module):
@@ -1054,7 +1057,15 @@ class _HeadInputs(nn.Module):
             r.value = None
         if any(v is None for v in values):
             raise ConfigError("the model's forward did not call its classifier head; cannot split it")
-        return values[0] if len(values) == 1 else torch.stack(values, 1)  # type: ignore[arg-type]
+        if len(values) == 1:
+            return values[0]  # type: ignore[return-value]
+        if len({tuple(v.shape) for v in values}) == 1:  # type: ignore[union-attr]
+            return torch.stack(values, 1)  # type: ignore[arg-type]
+        if all(v.dim() == 2 for v in values):  # type: ignore[union-attr]  # CrossViT: one width per branch
+            return torch.cat(values, 1)  # type: ignore[arg-type]
+        raise ConfigError(f"the heads of {type(unwrap(self.body)).__name__} take inputs of different shapes "
+                          f"({', '.join('x'.join(map(str, v.shape)) for v in values)}): it cannot be split "  # type: ignore[union-attr]
+                          "into backbone features and a head (train without --cache-features)")
 
 
 class _MeanOfHeads(nn.Module):
@@ -1065,10 +1076,20 @@ class _MeanOfHeads(nn.Module):
         self.heads = nn.ModuleList(heads)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        out = self.heads[0](features[:, 0])
-        for i, head in enumerate(self.heads[1:], start=1):
-            out = out + head(features[:, i])
+        widths = [_in_features(h) for h in self.heads]
+        if features.dim() == 2 and None not in widths and sum(widths) == features.shape[1] != widths[0]:  # type: ignore[arg-type]
+            parts = list(features.split(widths, dim=1))  # type: ignore[arg-type]  # concatenated (CrossViT)
+        else:
+            parts = [features[:, i] for i in range(len(self.heads))]
+        out = self.heads[0](parts[0])
+        for head, part in zip(self.heads[1:], parts[1:], strict=True):
+            out = out + head(part)
         return out / len(self.heads)
+
+
+def _in_features(head: nn.Module) -> int | None:
+    first = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
+    return first.in_features if first is not None else None
 
 
 def _conv_head(root: nn.Module, name: str) -> nn.Module:
@@ -1126,7 +1147,7 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
         return _replace(root, names[0], nn.Identity()), heads[0]
     body, recorders = root, []
     for name in names:
-        recorders.append(_Recorder())
+        recorders.append(_Recorder(stub=len(names) > 1))
         body = _replace(body, name, recorders[-1])
     if len(names) == 1:
         return _HeadInputs(body, recorders), _conv_head(root, names[0])

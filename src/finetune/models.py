@@ -321,11 +321,18 @@ def head_names(model: nn.Module) -> list[str]:
 
     >>> head_names(create_model("timm:deit_tiny_distilled_patch16_224", num_classes=2))
     ['head', 'head_dist']
+
+    timm's CrossViT has one head per branch (``head.0``, ``head.1``); VOLO adds a token-level
+    ``aux_head`` to its ``head``'s logits: both are heads.
     """
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):
         heads = get_classifier()
-        heads = heads if isinstance(heads, (tuple, list)) else (heads,)
+        heads = list(heads) if isinstance(heads, (tuple, list)) else [heads]
+        heads = [h for head in heads for h in (head if isinstance(head, nn.ModuleList) else [head])]  # CrossViT
+        aux = getattr(model, "aux_head", None)  # VOLO: adds its token-level aux head to the logits
+        if isinstance(aux, nn.Linear) and aux.out_features == getattr(model, "num_classes", None):
+            heads.append(aux)
         names = {id(module): name for name, module in model.named_modules()}
         if heads and all(id(h) in names for h in heads):
             return [names[id(h)] for h in heads]
