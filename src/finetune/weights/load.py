@@ -347,6 +347,36 @@ def _crop_or_resize(grid: Tensor, size: Sequence[int], *, centred: bool) -> tupl
     return out.contiguous(), f"relative offsets {h}x{w} -> {nh}x{nw} ({how})"
 
 
+def is_axis_rel_table(name: str) -> bool:
+    """Whether ``name`` is a per-axis relative position table ``[2L-1, dim]`` (BoTNet / HaloNet's
+    ``height_rel`` / ``width_rel``, MViTv2's ``rel_pos_h`` / ``rel_pos_w``).
+
+    >>> is_axis_rel_table("stages.3.0.self_attn.pos_embed.height_rel"), is_axis_rel_table("attn.rel_pos_w")
+    (True, True)
+    """
+    return name.rpartition(".")[2] in ("height_rel", "width_rel", "rel_pos_h", "rel_pos_w")
+
+
+def resample_axis_rel_table(tensor: Tensor, rows: int) -> tuple[Tensor, str]:
+    """A ``[2L-1, dim]`` relative position table for another length: the central rows where
+    it shrinks (the same offsets), else resized linearly (as SAM's and MViTv2's ``get_rel_pos``).
+
+    >>> t = torch.arange(7.0)[:, None]
+    >>> out, how = resample_axis_rel_table(t, 3)
+    >>> out[:, 0].tolist(), how
+    ([2.0, 3.0, 4.0], 'relative offsets 7 -> 3 (central crop)')
+    """
+    old = tensor.shape[0]
+    if tensor.dim() != 2 or not old % 2 or not rows % 2:
+        raise WeightsError(f"cannot resample a relative position table of shape {_fmt(tuple(tensor.shape))} "
+                           f"to {rows} rows: not [2L-1, dim]")
+    if rows <= old:
+        start = (old - rows) // 2
+        return tensor[start:start + rows].contiguous(), f"relative offsets {old} -> {rows} (central crop)"
+    out = torch.nn.functional.interpolate(tensor.float().t()[None], size=rows, mode="linear", align_corners=False)
+    return out[0].t().to(tensor.dtype).contiguous(), f"relative offsets {old} -> {rows} (linear)"
+
+
 def is_attention_biases(name: str) -> bool:
     """Whether ``name`` is a LeViT-style attention bias table ``[heads, r*r]`` indexed by the
     absolute offsets ``(|dy|, |dx|)`` of an r x r attention grid (timm's LeViT,
@@ -493,6 +523,9 @@ def load_weights(
         elif (shape_mismatch != "error" and is_rel_pos_table(name) and len(file_shape) == len(model_shape) == 3
               and file_shape[0] == model_shape[0] and all(n % 2 for n in (*file_shape[1:], *model_shape[1:]))):
             fitted = resample_rel_pos_table(tensor, model_shape)
+        elif (shape_mismatch != "error" and is_axis_rel_table(name) and len(file_shape) == len(model_shape) == 2
+              and file_shape[1] == model_shape[1] and file_shape[0] % 2 and model_shape[0] % 2):
+            fitted = resample_axis_rel_table(tensor, model_shape[0])
         elif (shape_mismatch != "error" and is_attention_biases(name) and len(file_shape) == len(model_shape) == 2
               and file_shape[0] == model_shape[0] and math.isqrt(file_shape[1]) ** 2 == file_shape[1]
               and math.isqrt(model_shape[1]) ** 2 == model_shape[1]):
