@@ -281,3 +281,23 @@ def test_lr_find_checks_pretrained_weights_as_train_does(data: Path, tmp_path: P
                       pretrained=str(tmp_path / "r50.pt"))
     lr_find(cfg, num_steps=2, quiet=True)
     assert "keep their random values" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --resume PATH with a checkpoint that does not fit
+def test_resume_path_refused_for_ema_moves_nothing_aside(data: Path, tmp_path: Path) -> None:
+    """--resume PATH (an earlier checkpoint) --ema on a run trained without --ema: the error came after
+    the newer checkpoints, last.pt included, had been moved to superseded-*/: a refused command changed
+    the run directory."""
+    from conftest import run_cli
+    from finetune.train import train
+
+    run = train(TrainConfig(data=str(data), model="squeezenet1_1", img_size=32, epochs=2, batch_size=16,
+                            workers="0", device="cpu", out=str(tmp_path / "run")), quiet=True).run_dir
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    first = sorted((run / "checkpoints").glob("ckpt-e0001-*.pt"))[0]
+    done = run_cli("train", "--data", str(data), "--model", "squeezenet1_1", "--img-size", "32", "--epochs", "2",
+                   "--batch-size", "16", "--workers", "0", "--device", "cpu", "--out", str(run), "--ema", "0.9",
+                   "--resume", str(first), "-q", env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("finetune: error:"), done.stderr
+    assert "EMA" in done.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before

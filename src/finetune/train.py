@@ -453,11 +453,6 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                                   "start without --resume, or give --resume PATH")
         resume_state = ckpt.load(resume_path)
         ddp.barrier()  # every process has read it before process 0 moves or writes anything
-        if cfg.resume != "auto" and ddp.main:  # an earlier checkpoint starts a new line: the newer ones must not mix in
-            aside = ckpt.set_aside_after(int(resume_state["step"]))
-            if aside is not None:
-                warn(f"resuming at step {resume_state['step']}: the checkpoints saved after it were moved to "
-                     f"'{aside}' (nothing deleted)")
 
     # ---- data
     torch.manual_seed(cfg.seed)
@@ -568,6 +563,16 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                 raise CheckpointError(f"'{resume_path}' has no EMA weights (saved without --ema): resume without --ema")
             load_model_state(ema.module, resume_state["model_ema"])
             ema.n_averaged.fill_(int(resume_state["ema_updates"]))
+        elif resume_state.get("model_ema") is not None:
+            warn(f"'{resume_path}' holds EMA weights (trained with --ema): without --ema they are dropped and "
+                 "val_* and best.pt measure the raw weights from here on")
+        # only now that the checkpoint was found to fit (classes, processes, --ema): an earlier checkpoint
+        # starts a new line, the newer ones must not mix in
+        if cfg.resume != "auto" and ddp.main:
+            aside = ckpt.set_aside_after(int(resume_state["step"]))
+            if aside is not None:
+                warn(f"resuming at step {resume_state['step']}: the checkpoints saved after it were moved to "
+                     f"'{aside}' (nothing deleted)")
 
     def wrapped() -> nn.Module:  # what the steps call: DDP over the model (its trainable part), compiled
         net = ddp.wrap(head if cfg.cache_features else model, device)
