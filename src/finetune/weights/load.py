@@ -215,7 +215,7 @@ def is_pos_embed(name: str) -> bool:
     >>> is_pos_embed("encoder.pos_embedding"), is_pos_embed("pos_embed"), is_pos_embed("fc.weight")
     (True, True, False)
     """
-    leaf = name.rpartition(".")[2]
+    leaf = name.rpartition(".")[2].rstrip("0123456789")  # Visformer: pos_embed1, pos_embed2, …
     return leaf in ("pos_embed", "pos_embedding", "position_embeddings", "patch_pos") or leaf.endswith("pos_embed")
 
 
