@@ -73,7 +73,7 @@ def test_torchrun_val_metrics_are_those_of_the_saved_model(data: Path, tmp_path:
 def test_torchrun_ema_mixup_cutmix_resume_is_exact(data: Path, tmp_path: Path) -> None:
     """--ema with two processes: process 1's EMA of its own BatchNorm statistics was not in the checkpoint
     (process 0's is), so a run stopped in the middle of an epoch and resumed validated other EMA values."""
-    args = ("--epochs", "3", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0")
+    args = ("--epochs", "2", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0")
     torchrun(data, tmp_path / "full", *args)
     torchrun(data, tmp_path / "cut", *args, "--max-steps", "4")  # the middle of epoch 2
     assert last(tmp_path / "cut")["batches_in_epoch"] == 1
@@ -188,6 +188,24 @@ def test_torchrun_too_few_images_for_a_batch_per_process_says_so(tmp_path: Path)
     assert len(ours) == 1, done.stderr[-3000:]
     assert "8 per process" in ours.pop()
     assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_refusing_a_one_process_checkpoint_says_how_to_resume_it(data: Path, tmp_path: Path) -> None:
+    """A checkpoint saved mid-epoch by one process, resumed under torchrun: the error said 'resume it with
+    1 (torchrun --nproc_per_node 1)'."""
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    first = run_cli("train", "--data", str(data), "--model", "resnet18", "--img-size", "32", "--epochs", "2",
+                    "--batch-size", "8", "--workers", "0", "--device", "cpu", "--out", str(run), "--max-steps", "2",
+                    "-q", env={"OMP_NUM_THREADS": "1"})
+    assert first.returncode == 0, first.stderr
+    done = subprocess.run(torchrun_cmd(data, run, "--epochs", "2", "--resume", "auto"), capture_output=True,
+                          text=True, env=env(), timeout=300)
+    ours = {line for line in done.stderr.splitlines() if line.startswith("finetune: error:")}
+    assert done.returncode != 0 and len(ours) == 1, done.stderr[-3000:]
+    line = ours.pop()
+    assert "one process" in line and "without torchrun" in line and "nproc_per_node 1" not in line
 
 
 # --------------------------------------------------------------------------- lr-find's set-up

@@ -538,9 +538,11 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         position = int(resume_state["loader"]["position"])
         saved_world = int(resume_state.get("world_size", 1))
         if position > 0 and saved_world != ddp.world:
-            raise CheckpointError(f"'{resume_path}' was saved in the middle of an epoch by {saved_world} process(es): "
-                                  f"resume it with {saved_world} (torchrun --nproc_per_node {saved_world}), or from a "
-                                  "checkpoint saved at the end of an epoch")
+            how = (f"{saved_world} processes (torchrun --nproc_per_node {saved_world})" if saved_world > 1
+                   else "one process (finetune train, without torchrun)")
+            raise CheckpointError(f"'{resume_path}' was saved in the middle of an epoch by {how.split(' (')[0]}, "
+                                  f"this run has {ddp.world}: resume it with {how}, or from a checkpoint saved at "
+                                  "the end of an epoch")
         for e in range(epoch + (1 if position > 0 else 0)):  # replay the unfreezing done before the checkpoint
             unfreeze_at(model, optimizer, cfg, e)
         load_model_state(model, resume_state["model"])
