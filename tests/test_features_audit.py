@@ -319,3 +319,18 @@ def test_resume_path_refused_for_ema_moves_nothing_aside(data: Path, tmp_path: P
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("finetune: error:"), done.stderr
     assert "EMA" in done.stderr
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_batch_of_one_too_small_for_batchnorm_is_a_one_line_error(data: Path, tmp_path: Path, command: str) -> None:
+    """--batch-size 1 with resnet18 at 32 px (1x1 maps before the pooling): 'unexpected ValueError: Expected
+    more than 1 value per channel ... (this is a bug in finetune ...)'."""
+    from conftest import run_cli
+
+    extra = ["--out", str(tmp_path / "run"), "--max-steps", "1"] if command == "train" else ["--num-steps", "2"]
+    done = run_cli(command, "--data", str(data), "--model", "resnet18", "--img-size", "32", "--batch-size", "1",
+                   "--workers", "0", "--device", "cpu", "-q", *extra, env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("finetune: error:")]
+    assert len(lines) == 1 and "--batch-size" in lines[0] and "bug in finetune" not in lines[0], done.stderr
+    assert "Traceback" not in done.stderr

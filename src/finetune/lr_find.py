@@ -199,6 +199,11 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
             if step > 0 and debiased > 4 * best:
                 stopped = f"the loss exceeded 4x its minimum at lr {lr:.2e}"
                 break
+    except ValueError as e:
+        if "Expected more than 1 value per channel when training" in str(e):  # bad input, not a bug
+            raise ConfigError(f"--batch-size {cfg.batch_size} is too small for {cfg.model}'s BatchNorm in training "
+                              f"({str(e).splitlines()[0]}): use a larger --batch-size or --img-size") from None
+        raise
     finally:
         loader.close()
     lr_min, lr_steep = readings(lrs, smoothed)

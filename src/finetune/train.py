@@ -409,6 +409,12 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     with GracefulExit() as stop:
         try:
             return _train(cfg, quiet=quiet, stop=stop)
+        except ValueError as e:
+            if "Expected more than 1 value per channel when training" in str(e):  # bad input, not a bug
+                raise ConfigError(f"--batch-size {cfg.batch_size} is too small for {cfg.model}'s BatchNorm in training "
+                                  f"({str(e).splitlines()[0]}): use a larger --batch-size (per process under "
+                                  "torchrun) or --img-size") from None
+            raise
         except (RuntimeError, OSError) as e:  # under torchrun: a process died (torchrun then stops the others)
             from finetune.distributed import PeerLost, lost_peer
 
