@@ -334,3 +334,15 @@ def test_batch_of_one_too_small_for_batchnorm_is_a_one_line_error(data: Path, tm
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("finetune: error:")]
     assert len(lines) == 1 and "--batch-size" in lines[0] and "bug in finetune" not in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- TensorBoard feature maps
+def test_stage_feature_maps_name_the_stages_not_their_container() -> None:
+    """timm's EfficientViT keeps its stages in one `stages` module: the last stage's map was named
+    'stages' (the container's output) instead of its own name."""
+    pytest.importorskip("timm")
+    from finetune.features import stage_feature_maps
+    from finetune.models import create_model
+
+    maps = stage_feature_maps(create_model("timm:efficientvit_b0", num_classes=3), torch.zeros(1, 3, 64, 64))
+    assert "stages" not in maps and {"stages.0", "stages.1", "stages.2"} <= set(maps), list(maps)

@@ -53,16 +53,25 @@ def stage_feature_maps(model: nn.Module, image: torch.Tensor, *, depth: int = 2,
     done: list[tuple[str, Any, torch.Tensor]] = []  # in the order the modules finished
 
     first = image[:1]
+    started: dict[int, int] = {}  # module -> len(done) when its forward began
+
+    def begin(module: nn.Module, args: Any) -> None:
+        started[id(module)] = len(done)
 
     def record(module: nn.Module, args: Any, output: Any) -> None:
         if args and args[0] is first:  # a container of the whole network (VGG's features), not a stage
             return
         t = output[0] if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor) else output
         layout = spatial_layout(t, hw)
-        if layout is not None:
-            done.append((names[id(module)], layout, t[:1].detach()))
+        if layout is None:
+            return
+        inner = done[started.get(id(module), len(done)):]
+        if any((lo.height, lo.width) != (layout.height, layout.width) for _, lo, _ in inner):
+            return  # a container of several stages (timm's `stages`), named by the stages inside it
+        done.append((names[id(module)], layout, t[:1].detach()))
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if id(m) in names]
+    hooks = [m.register_forward_pre_hook(begin) for m in model.modules() if id(m) in names]
+    hooks += [m.register_forward_hook(record) for m in model.modules() if id(m) in names]
     try:
         with _rng_kept(image.device), torch.no_grad(), modes_kept(model):
             model.eval()
