@@ -346,3 +346,15 @@ def test_stage_feature_maps_name_the_stages_not_their_container() -> None:
 
     maps = stage_feature_maps(create_model("timm:efficientvit_b0", num_classes=3), torch.zeros(1, 3, 64, 64))
     assert "stages" not in maps and {"stages.0", "stages.1", "stages.2"} <= set(maps), list(maps)
+
+
+def test_lr_find_under_torchrun_is_refused(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lr-find under torchrun: every process ran the whole test on all the data and printed its table."""
+    from finetune import ConfigError
+    from finetune.lr_find import lr_find
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="one process"):
+        lr_find(TrainConfig(data=str(data), img_size=32, batch_size=8, workers="0", device="cpu"), num_steps=2,
+                quiet=True)

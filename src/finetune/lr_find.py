@@ -21,6 +21,7 @@ suggestion is ``lr_min``, the more robust of the two.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,10 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
         raise ConfigError(f"--start-lr/--end-lr must be positive with start < end, got {start_lr} / {end_lr}")
     if num_steps < 2:
         raise ConfigError(f"--num-steps must be at least 2, got {num_steps}")
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world not in ("", "1"):  # every process would run the whole test and print it
+        raise ConfigError(f"lr-find runs in one process, not under torchrun ({world} processes): run finetune lr-find; "
+                          "for the batch of N processes of --batch-size B, give --batch-size N*B")
     if cfg.cache_features:
         raise ConfigError("lr-find trains on images: drop --cache-features (the head trains the same way without it)")
     from finetune.data.loader import build_loader
