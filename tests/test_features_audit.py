@@ -1,5 +1,6 @@
 """Acceptance tests of the newer features in combination (torchrun + --ema + --mixup/--cutmix,
-kills, lr-find's set-up, our own --ema checkpoints in the weights tools): each test here found a bug."""
+kills, lr-find's set-up, our own --ema checkpoints in the weights tools, TensorBoard). Each test
+found a bug, except the kill -9 of every process (slow), which guards the exact resume."""
 
 from __future__ import annotations
 
