@@ -359,3 +359,20 @@ def test_lr_find_under_torchrun_is_refused(data: Path, monkeypatch: pytest.Monke
     with pytest.raises(ConfigError, match="one process"):
         lr_find(TrainConfig(data=str(data), img_size=32, batch_size=8, workers="0", device="cpu"), num_steps=2,
                 quiet=True)
+
+
+def test_feature_maps_that_fail_do_not_lose_the_epoch(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The feature maps ran unguarded between the epoch's validation and its checkpoint: a model they fail
+    on crashed every epoch of a --tensorboard run before it was saved (Grad-CAM was guarded)."""
+    import finetune.features as features
+    from finetune.train import train
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a model the hooks do not understand")
+
+    monkeypatch.setattr(features, "stage_feature_maps", broken)
+    result = train(TrainConfig(data=str(data), model="squeezenet1_1", img_size=32, epochs=2, batch_size=16,
+                               workers="0", device="cpu", out=str(tmp_path / "run"), tensorboard=True), quiet=True)
+    assert len(result.history) == 2 and (result.run_dir / "checkpoints" / "last.pt").exists()
+    assert capsys.readouterr().err.count("no feature maps in TensorBoard") == 1

@@ -603,6 +603,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
              + ("" if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD)
                 else f", inputs normalised with the weights' mean {tuple(mean)} / std {tuple(std)}"))
     cam_batch = cam_inputs(val_samples, cfg.img_size, mean, std, device) if log.tensorboard else None
+    show_maps = True  # TensorBoard feature maps (off after a model they fail on)
     if cam_batch is not None and resume_state is None:  # the graph once per run, traced on a val image
         why = log.graph(model, cam_batch[1])
         if why is not None:
@@ -746,7 +747,12 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             log.epoch(record)
             if cam_batch is not None and ddp.main:
                 shown = ema.module if ema is not None else model  # what val_*, best.pt and `finetune cam` use
-                log_feature_maps(log, shown, cam_batch[1], epoch + 1)
+                if show_maps:
+                    try:
+                        log_feature_maps(log, shown, cam_batch[1], epoch + 1)
+                    except Exception as e:  # noqa: BLE001 - pictures only: the epoch is still to be saved
+                        warn(f"no feature maps in TensorBoard: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                        show_maps = False
                 try:
                     log.images("cam/val", cam_overlays(shown, cam_batch), epoch + 1)
                 except FinetuneError as e:  # a model CAM cannot explain: the run goes on without the images
