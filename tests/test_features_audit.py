@@ -376,3 +376,21 @@ def test_feature_maps_that_fail_do_not_lose_the_epoch(data: Path, tmp_path: Path
                                workers="0", device="cpu", out=str(tmp_path / "run"), tensorboard=True), quiet=True)
     assert len(result.history) == 2 and (result.run_dir / "checkpoints" / "last.pt").exists()
     assert capsys.readouterr().err.count("no feature maps in TensorBoard") == 1
+
+
+def test_grad_cam_that_fails_unexpectedly_does_not_lose_the_epoch(data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Only a FinetuneError from Grad-CAM was caught: any other error of a model's backward crashed the run
+    before the epoch's checkpoint, every epoch."""
+    import finetune.cam as cam
+    from finetune.train import train
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("element 0 of tensors does not require grad")
+
+    monkeypatch.setattr(cam, "class_activation_maps", broken)
+    result = train(TrainConfig(data=str(data), model="squeezenet1_1", img_size=32, epochs=2, batch_size=16,
+                               workers="0", device="cpu", out=str(tmp_path / "run"), tensorboard=True), quiet=True)
+    assert len(result.history) == 2 and (result.run_dir / "checkpoints" / "last.pt").exists()
+    assert capsys.readouterr().err.count("no Grad-CAM images in TensorBoard") == 1

@@ -758,6 +758,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                 except FinetuneError as e:  # a model CAM cannot explain: the run goes on without the images
                     warn(f"no Grad-CAM images in TensorBoard: {e}")
                     cam_batch = None
+                except Exception as e:  # noqa: BLE001 - pictures only: the epoch is still to be saved
+                    warn(f"no Grad-CAM images in TensorBoard: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}")
+                    cam_batch = None
             if ddp.enabled:  # every process's unreadable files, listed by process 0
                 for loader in (train_loader, val_loader):
                     for theirs in ddp.gather(dict(loader.bad_files)):
