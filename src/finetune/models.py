@@ -85,6 +85,9 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
     finetune.errors.ModelError: resnet18 has no drop-path (stochastic depth) setting: drop --drop-path
     >>> create_model("vit_b_16", num_classes=2, img_size=64).encoder.pos_embedding.shape
     torch.Size([1, 17, 768])
+    >>> create_model("vit_b_16", num_classes=2, img_size=100)
+    Traceback (most recent call last):
+    finetune.errors.ModelError: vit_b_16 cannot be built for 100x100 images (Input shape indivisible by patch size!): use --img-size 224, the size it was designed for
     """
     if num_classes < 1:
         raise ModelError(f"num_classes must be at least 1, got {num_classes}")
@@ -108,6 +111,12 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
             kwargs["stochastic_depth_prob"] = drop_path
         try:
             model = torchvision.models.get_model(name, weights=None, **kwargs)
+        except (AssertionError, ValueError) as e:  # vit_*: not a multiple of the patch; maxvit_t: of 224
+            if img_size is None or not ("image_size" in kwargs or "input_size" in kwargs):
+                raise
+            reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise ModelError(f"{name} cannot be built for {img_size}x{img_size} images ({reason}): use --img-size "
+                             f"{_built_for_size(name)}, the size it was designed for") from None
         except TypeError as e:  # a family without that argument
             what = "dropout" if "'dropout'" in str(e) else "drop-path (stochastic depth)"
             flag = "--dropout" if what == "dropout" else "--drop-path"
@@ -246,10 +255,34 @@ def check_input_size(model: nn.Module, img_size: int) -> None:
     name = getattr(model, "finetune_arch", type(model).__name__)
     larger = next((s for s in _LARGER_SIZES if s > img_size and _input_size_problem(model, s) is None), None)
     hint = f"use --img-size {larger} or more" if larger is not None else "use a larger --img-size"
+    native = _built_for_size(name)
+    if larger is None and native is not None and native != img_size:  # a model built for the size it is given
+        hint = f"use --img-size {native}, the size it was designed for"
     raise ModelError(f"{name} cannot take {img_size}x{img_size} images ({reason}): {hint}")
 
 
 _LARGER_SIZES = (32, 64, 96, 128, 160, 224, 299, 384, 512)  # tried in order for the hint of the error
+
+
+def _built_for_size(name: str) -> int | None:
+    """The input size of a model whose layers depend on the size it is built for (timm's
+    ``fixed_input_size`` models: ViT, CrossViT, Swin; torchvision's ``vit_*`` and ``maxvit_t``),
+    else None: another size there means another model, so the hint names this one.
+
+    >>> _built_for_size("timm:crossvit_tiny_240"), _built_for_size("vit_b_16"), _built_for_size("resnet18")
+    (240, 224, None)
+    """
+    if name.startswith(TIMM_PREFIX):
+        try:
+            from timm.models import get_pretrained_cfg
+
+            cfg = get_pretrained_cfg(name[len(TIMM_PREFIX):])
+        except Exception:  # noqa: BLE001 - no timm, or an unknown name
+            return None
+        size = getattr(cfg, "input_size", None)
+        fixed = getattr(cfg, "fixed_input_size", False)
+        return int(size[-1]) if fixed and size and len(size) == 3 and size[-1] == size[-2] else None
+    return 224 if name.startswith(("vit_", "maxvit")) else None
 
 
 @contextlib.contextmanager
