@@ -321,3 +321,20 @@ def test_no_download_env_is_respected(monkeypatch: pytest.MonkeyPatch, tmp_path:
     with pytest.raises(WeightsError, match="model.safetensors"):
         load_weights(create_model("timm:resnet10t", 3), "timm:resnet10t")
     assert not os.listdir(tmp_path)
+
+
+def test_size_errors_name_the_size_the_model_was_designed_for() -> None:
+    with pytest.raises(ModelError, match=r"vit_b_16 cannot be built for 100x100 .* use --img-size 224"):
+        create_model("vit_b_16", 3, img_size=100)
+    with pytest.raises(ModelError, match=r"cannot take 40x40 images .* use --img-size 224, the size it was designed"):
+        check_input_size(create_model("timm:levit_128s", 3, img_size=40), 40)
+
+
+def test_mnasnet_takes_a_state_dict_without_version_metadata() -> None:
+    """safetensors files, finetune's checkpoints and load_weights carry no ``_metadata``."""
+    model = create_model("mnasnet0_5", 3)
+    check_input_size(model, 64)  # restores its buffers
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not hasattr(plain, "_metadata")
+    assert model.load_state_dict(plain).missing_keys == []
+    assert load_weights(create_model("mnasnet0_5", 3), plain).ok
