@@ -394,3 +394,16 @@ def test_grad_cam_that_fails_unexpectedly_does_not_lose_the_epoch(data: Path, tm
                                workers="0", device="cpu", out=str(tmp_path / "run"), tensorboard=True), quiet=True)
     assert len(result.history) == 2 and (result.run_dir / "checkpoints" / "last.pt").exists()
     assert capsys.readouterr().err.count("no Grad-CAM images in TensorBoard") == 1
+
+
+@pytest.mark.slow
+def test_torchrun_on_the_built_in_shapes_generated_on_first_use(tmp_path: Path) -> None:
+    """--data shapes under torchrun with an empty cache: every process generated the set into the same folder
+    at once, one read it while another was still writing, and the run hung (2 processes, 150 s+)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "finetune",
+         "train", "--data", "shapes", "--model", "resnet18", "--img-size", "32", "--epochs", "1", "--max-steps", "1",
+         "--workers", "0", "--device", "cpu", "--batch-size", "8", "--out", str(tmp_path / "run"), "-q"],
+        capture_output=True, text=True, env={**env(), "FINETUNE_CACHE": str(tmp_path / "cache")}, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 1

@@ -462,7 +462,18 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
 
     # ---- data
     torch.manual_seed(cfg.seed)
+    first_alone = ddp.enabled and cfg.data == "shapes"  # the built-in set is generated on first use: by process 0
+    if first_alone and not ddp.main:  # alone, or the others would read images it is still writing (and write them too)
+        ddp.barrier()
     train_samples, val_samples = resolve_data(cfg.data, cfg.val_split, cfg.seed)
+    if first_alone and ddp.main:
+        ddp.barrier()
+    if ddp.enabled:  # processes that see other data would take other numbers of steps and wait for each other forever
+        seen = ddp.gather((len(train_samples), len(val_samples), list(train_samples.classes)))
+        if any(s != seen[0] for s in seen):
+            raise DataError("the processes see different data (train/val images and classes per process: "
+                            + "; ".join(f"{r}: {t}/{v}, {len(c)} classes" for r, (t, v, c) in enumerate(seen))
+                            + f"): '{cfg.data}' must be the same for all of them (was it changing?)")
     classes = list(train_samples.classes)
     if resume_state is not None and list(resume_state.get("classes", classes)) != classes:
         raise CheckpointError(f"the checkpoint's classes {resume_state['classes'][:5]}… differ from the data's {classes[:5]}…")
