@@ -240,8 +240,6 @@ def test_lr_find_sets_up_the_run_as_train_does(data: Path, monkeypatch: pytest.M
 
 
 # --------------------------------------------------------------------------- our --ema checkpoints in the weights tools
-@pytest.mark.xfail(strict=True, reason="weights/formats.py reads a finetune checkpoint's EMA under 'ema', train writes "
-                                       "'model_ema': fix in /tmp/helperD.patch")
 def test_convert_ema_and_inspect_read_our_own_ema_checkpoint(data: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

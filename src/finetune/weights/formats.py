@@ -231,7 +231,9 @@ def _layout(obj: dict[str, Any], source: str) -> tuple[str, StateDict, StateDict
     """(format name, weights, ema weights, optimizer state) of a checkpoint dict."""
     opt = next((obj[k] for k in OPTIMIZER_KEYS if k in obj), None)
     if obj.get("format") == "finetune-checkpoint":
-        return "finetune", _need(obj, "model", source), _maybe(obj.get("ema")), opt
+        # --ema runs keep the average under 'model_ema' (train.py's make_state)
+        ema = _maybe(obj.get("model_ema")) if obj.get("model_ema") is not None else _maybe(obj.get("ema"))
+        return "finetune", _need(obj, "model", source), ema, opt
     if "pytorch-lightning_version" in obj:
         if "current_model_state" in obj and _maybe(obj.get("current_model_state")) is not None:
             # WeightAveraging / EMAWeightAveraging callback: 'state_dict' holds the average
