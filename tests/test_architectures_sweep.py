@@ -338,3 +338,16 @@ def test_mnasnet_takes_a_state_dict_without_version_metadata() -> None:
     assert not hasattr(plain, "_metadata")
     assert model.load_state_dict(plain).missing_keys == []
     assert load_weights(create_model("mnasnet0_5", 3), plain).ok
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+def test_auxiliary_heads_sized_for_new_classes_are_not_reported_as_random_backbone(arch: str, capsys) -> None:
+    """ImageNet weights into a 3-class model: the aux heads' last layers are new like the main head's."""
+    from finetune import TrainConfig, create_model, load_weights
+    from finetune.train import check_pretrained_fit
+
+    model = create_model(arch, num_classes=3)
+    report = load_weights(model, create_model(arch, num_classes=1000).state_dict())
+    assert report.mismatched  # the heads (main and auxiliary) are sized for 1000 classes
+    check_pretrained_fit(model, report, TrainConfig(model=arch))
+    assert "keep their random values" not in capsys.readouterr().err

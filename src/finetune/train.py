@@ -53,6 +53,7 @@ from finetune.errors import CheckpointError, ConfigError, DataError, FinetuneErr
 from finetune.logging import RunLog, progress
 from finetune.mixing import mix_batch
 from finetune.models import (
+    aux_head_names,
     check_input_size,
     count_parameters,
     create_model,
@@ -814,7 +815,9 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
     not tensors) untouched: another architecture's file that shares names and some shapes
     (resnet50's BatchNorms fit resnet18). Warn when some tensors are missing.
 
-    The head does not count: a new head for your classes is expected to keep its own values.
+    The head does not count: a new head for your classes is expected to keep its own values;
+    nor do auxiliary heads (GoogLeNet's ``aux1``/``aux2``, Inception v3's ``AuxLogits``), whose
+    last layer is also sized for your classes.
 
     >>> from finetune.weights import LoadReport
     >>> m = create_model("resnet18", num_classes=2)
@@ -825,7 +828,7 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
     """
     from finetune.errors import WeightsError
 
-    heads = tuple(h + "." for h in head_names(model))
+    heads = tuple(h + "." for h in head_names(model) + aux_head_names(model))
     sizes = {n: t.numel() for n, t in model.state_dict().items() if not n.startswith(heads)}
     got = {*report.loaded, *(n for n, _ in report.adapted)}
     missing = [n for n in report.missing if not n.startswith(heads)]
