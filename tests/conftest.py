@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,21 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
+    """A passed test's ``tmp_path`` is removed at its teardown: the run directories the tests write
+    (checkpoints of a few hundred MB each) would otherwise add up to ~14 GB over the suite; a
+    failed test keeps its files to look at."""
+    if call.when == "call":
+        item.stash[_PASSED] = call.excinfo is None
+    elif call.when == "teardown" and item.stash.get(_PASSED, False):
+        path = (getattr(item, "funcargs", None) or {}).get("tmp_path")
+        if isinstance(path, Path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+_PASSED = pytest.StashKey[bool]()
 
 
 @pytest.fixture(autouse=True)
