@@ -1025,12 +1025,9 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     with open(tmp, "rb") as f:  # durable before it replaces the previous file, as the checkpoints are
         os.fsync(f.fileno())
     tmp.replace(run_dir / "best.safetensors")
-    with contextlib.suppress(OSError):  # (directories cannot be fsynced everywhere)
-        fd = os.open(run_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    from finetune.checkpoint import _fsync_dir
+
+    _fsync_dir(run_dir)
 
 
 # --------------------------------------------------------------------------- eval / predict from a checkpoint
