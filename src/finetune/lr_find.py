@@ -108,20 +108,18 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
                           "for the batch of N processes of --batch-size B, give --batch-size N*B")
     if cfg.cache_features:
         raise ConfigError("lr-find trains on images: drop --cache-features (the head trains the same way without it)")
-    from finetune.data.loader import build_loader
     from finetune.freeze import bn_train_mode, param_groups
     from finetune.logging import progress
     from finetune.mixing import mix_batch
-    from finetune.models import create_model, logits_of, normalization
+    from finetune.models import logits_of, normalization
     from finetune.train import (
-        apply_freezing,
-        check_pretrained_fit,
+        build_model,
+        build_train_loader,
         make_optimizer,
         resolve_amp,
         resolve_data,
         resolve_device,
         set_lr,
-        warn_frozen_new_head,
     )
 
     cfg.validate()
@@ -132,28 +130,14 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     train_samples, _ = resolve_data(cfg.data, cfg.val_split, cfg.seed)
     classes = list(train_samples.classes)
     mean, std = normalization(cfg.model, cfg.pretrained)
-    # train's loader exactly (--auto-augment, --decode, --prefetch, --strict-data included)
-    loader = build_loader(train_samples, train=cfg.augment, shuffle=True, drop_last=True, img_size=cfg.img_size,
-                          batch_size=cfg.batch_size, workers=str(cfg.workers), device=device, seed=cfg.seed,
-                          mean=mean, std=std, channels_last=cfg.channels_last, crop_scale=tuple(cfg.crop_scale),
-                          augment=None if cfg.auto_augment == "none" or not cfg.augment else cfg.auto_augment,
-                          decode=cfg.decode, prefetch=cfg.prefetch, strict=cfg.strict_data,
-                          cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print)
+    # train's loader and model exactly (augmentation, decoding, pretrained weights, freezing)
+    loader = build_train_loader(train_samples, cfg, img_size=cfg.img_size, batch_size=cfg.batch_size, device=device,
+                                seed=cfg.seed, mean=mean, std=std, channels_last=cfg.channels_last, decode=cfg.decode,
+                                prefetch=cfg.prefetch, strict=cfg.strict_data,
+                                cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print)
     if len(loader) == 0:
         raise ConfigError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
-    model = create_model(cfg.model, num_classes=len(classes), img_size=cfg.img_size, drop_rate=cfg.dropout,
-                         drop_path=cfg.drop_path)
-    if cfg.pretrained:
-        from finetune.weights import load_weights
-
-        report = load_weights(model, cfg.pretrained, exclude=tuple(cfg.exclude), shape_mismatch=cfg.shape_mismatch,
-                              trust=cfg.trust)
-        check_pretrained_fit(model, report, cfg)  # another architecture's file is refused, as train refuses it
-    apply_freezing(model, cfg)
-    warn_frozen_new_head(model, report.loaded if cfg.pretrained else [])
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = build_model(cfg, len(classes), device, quiet=True)
     # base lr 1: each group's lr is its multiplier (--lr-mult, --layer-decay), scaled by the sweep
     optimizer = make_optimizer(param_groups(model, 1.0, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)

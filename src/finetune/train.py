@@ -485,12 +485,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                      channels_last=cfg.channels_last, decode=cfg.decode, prefetch=cfg.prefetch, strict=cfg.strict_data,
                      cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print,
                      shard=(ddp.rank, ddp.world))
-    if cfg.augment:
-        train_loader = build_loader(train_samples, train=True, crop_scale=tuple(cfg.crop_scale), workers=str(cfg.workers),
-                                    augment=None if cfg.auto_augment == "none" else cfg.auto_augment, **loader_kw)
-    else:  # --no-augment: the same seeded order and full batches, with the eval transform
-        train_loader = build_loader(train_samples, train=False, shuffle=True, drop_last=True, workers=str(cfg.workers),
-                                    **loader_kw)
+    train_loader = build_train_loader(train_samples, cfg, **loader_kw)
     val_loader = build_loader(val_samples, train=False, workers=train_loader.workers, **loader_kw)
     if len(train_loader) == 0:
         if ddp.enabled:  # each process takes its share of the epoch: a batch is per process
@@ -500,23 +495,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                             "per process): lower --batch-size or start fewer processes")
         raise DataError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
 
-    # ---- model and what trains
-    model = create_model(cfg.model, num_classes=len(classes), img_size=cfg.img_size, drop_rate=cfg.dropout,
-                         drop_path=cfg.drop_path)
-    if cfg.pretrained and resume_state is None:
-        from finetune.weights import load_weights
-
-        report = load_weights(model, cfg.pretrained, exclude=tuple(cfg.exclude), shape_mismatch=cfg.shape_mismatch,
-                              trust=cfg.trust)
-        if not quiet:
-            print(report)
-        check_pretrained_fit(model, report, cfg)
-    apply_freezing(model, cfg)
-    if resume_state is None:
-        warn_frozen_new_head(model, report.loaded if cfg.pretrained else [])
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    # ---- model and what trains (a resumed run's weights come from its checkpoint, below)
+    model = build_model(cfg, len(classes), device, pretrained=resume_state is None, quiet=quiet)
     check_input_size(model, cfg.img_size)  # (on the device: one forward of two images, before any step)
     ema = make_ema(model, cfg.ema) if cfg.ema else None
     from finetune.freeze import (
@@ -808,6 +788,58 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     ddp.stop()
     return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped,
                        early_stopped=early, rank=ddp.rank)
+
+
+def build_train_loader(samples: Samples, cfg: TrainConfig, **loader_kw: Any) -> Loader:
+    """The training loader of a run: the seeded per-epoch order in full batches, with the
+    training transform (RandomResizedCrop ``cfg.crop_scale`` + flip, ``cfg.auto_augment``), or
+    the eval transform with ``--no-augment``. ``loader_kw``: the rest of :func:`build_loader`'s settings.
+
+    >>> import tempfile
+    >>> from finetune import make_shapes
+    >>> from finetune.data.samples import find_splits
+    >>> train_samples, _ = find_splits(make_shapes(tempfile.mkdtemp(), per_class=2, val_per_class=1, size=32))
+    >>> loader = build_train_loader(train_samples, TrainConfig(augment=False).resolved(), img_size=32, batch_size=4,
+    ...                             workers="0")
+    >>> len(loader), loader.train, loader.shuffle
+    (4, False, True)
+    """
+    common = dict(workers=str(loader_kw.pop("workers", cfg.workers)), shuffle=True, drop_last=True, **loader_kw)
+    if cfg.augment:
+        return build_loader(samples, train=True, crop_scale=tuple(cfg.crop_scale),
+                            augment=None if cfg.auto_augment == "none" else cfg.auto_augment, **common)
+    return build_loader(samples, train=False, **common)  # --no-augment: the eval transform
+
+
+def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pretrained: bool = True,
+                quiet: bool = False) -> nn.Module:
+    """The run's model on ``device``: ``cfg.model`` with a ``num_classes`` head, its ``--pretrained``
+    weights (when ``pretrained``; the load report printed unless ``quiet``; another architecture's
+    file refused), frozen as ``cfg`` says, channels_last if asked.
+
+    >>> m = build_model(TrainConfig(model="resnet18", linear_probe=True).resolved(), 3, torch.device("cpu"))
+    >>> m.fc.out_features, m.fc.weight.requires_grad, m.conv1.weight.requires_grad
+    (3, True, False)
+    """
+    model = create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, drop_rate=cfg.dropout,
+                         drop_path=cfg.drop_path)
+    loaded: list[str] = []
+    if cfg.pretrained and pretrained:
+        from finetune.weights import load_weights
+
+        report = load_weights(model, cfg.pretrained, exclude=tuple(cfg.exclude), shape_mismatch=cfg.shape_mismatch,
+                              trust=cfg.trust)
+        if not quiet:
+            print(report)
+        check_pretrained_fit(model, report, cfg)
+        loaded = report.loaded
+    apply_freezing(model, cfg)
+    if pretrained:  # (a resumed run's head comes from its checkpoint)
+        warn_frozen_new_head(model, loaded)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> None:
