@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.data.transforms import eval_resize_box
+from finetune.data.transforms import EVAL_CROP_PCT, eval_resize_box
 from finetune.errors import CheckpointError, ConfigError, DataError, ModelError
 from finetune.models import head_names, logits_of, modes_kept
 
@@ -804,13 +804,15 @@ def read_boxes(root: str | Path) -> dict[str, tuple[float, float, float, float]]
     return out
 
 
-def box_in_crop(box: tuple[float, float, float, float], image_wh: tuple[int, int], size: int) -> tuple[float, ...]:
-    """A box in source pixels mapped onto the ``size`` x ``size`` eval crop (Resize + CenterCrop).
+def box_in_crop(box: tuple[float, float, float, float], image_wh: tuple[int, int], size: int,
+                crop_pct: float = EVAL_CROP_PCT) -> tuple[float, ...]:
+    """A box in source pixels mapped onto the ``size`` x ``size`` eval crop (Resize(size / crop_pct)
+    + CenterCrop(size)).
 
     >>> box_in_crop((0, 0, 256, 256), (256, 256), 224)   # the whole image: beyond the crop on every side
     (-16.0, -16.0, 240.0, 240.0)
     """
-    left, top, right, bottom = eval_resize_box(*image_wh, size)
+    left, top, right, bottom = eval_resize_box(*image_wh, size, crop_pct)
     sx, sy = size / (right - left), size / (bottom - top)
     x0, y0, x1, y1 = box
     return ((x0 - left) * sx, (y0 - top) * sy, (x1 - left) * sx, (y1 - top) * sy)
@@ -868,6 +870,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     from finetune.train import (
         _expand_inputs,
         eval_crop,
+        eval_transform_of_checkpoint,
         load_checkpoint_model,
         resolve_data,
         resolve_device,
@@ -882,7 +885,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     dev = resolve_device(device)
     model, state = load_checkpoint_model(ckpt_path, dev)
     classes = list(state["classes"])
-    size = int(state.get("img_size", 224))
+    size, crop_pct, interpolation = eval_transform_of_checkpoint(state)
     cfg = state.get("config", {}) or {}
     target_index = None
     if target is not None:
@@ -921,7 +924,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     scored: list[Localisation] = []  # one per image with a box
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        crops = [eval_crop(f, size) for f in chunk]
+        crops = [eval_crop(f, size, crop_pct, interpolation) for f in chunk]
         batch = normalizer(torch.stack(crops).to(dev))
         result = class_activation_maps(model, batch, method=method, layer=layer,
                                        classes=None if target_index is None else [target_index])
@@ -938,7 +941,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
             box = boxes.get(str(f.resolve()))
             if box is not None:
                 with Image.open(f) as im:  # (the header only: the box is in the source image's pixels)
-                    crop_box = box_in_crop(box, im.size, size)
+                    crop_box = box_in_crop(box, im.size, size, crop_pct)
                 scores = localisation(maps[k:k + 1], torch.tensor([crop_box]))
                 record.update(pointing=bool(scores.pointing), energy=round(scores.energy, 6), iou=round(scores.iou, 6))
                 scored.append(scores)

@@ -89,6 +89,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop when val top-1 has not improved for this many epochs (off)")
     p.add_argument("--img-size", type=int, help="training/eval resolution (shapes: 32; otherwise the pretrained weights' own size, else 224)")
     p.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"), help="RandomResizedCrop area range")
+    p.add_argument("--crop-pct", type=float, metavar="PCT",
+                   help="eval: resize the shorter side to img-size/PCT, then crop the centre (the pretrained "
+                        "weights' own, e.g. timm's; else 0.875)")
+    p.add_argument("--interpolation", choices=["bilinear", "bicubic"],
+                   help="eval resize filter (the pretrained weights' own; else bilinear)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip of training images (default); --no-augment: the eval transform")
     p.add_argument("--workers", type=workers_value,

@@ -49,6 +49,10 @@ class TrainConfig:
     val_split: float = 0.1
     img_size: int | None = None  # shapes: 32, otherwise 224
     crop_scale: tuple[float, float] | None = None  # shapes: (0.7, 1), otherwise (0.08, 1)
+    # eval transform: shorter side to img_size / crop_pct, then the centre img_size square; None: the
+    # pretrained weights' own (timm's pretrained_cfg, torchvision's weights), else 0.875 and bilinear
+    crop_pct: float | None = None
+    interpolation: str | None = None  # bilinear | bicubic
     augment: bool = True  # False: training batches (seeded order) with the eval transform
     batch_size: int = 64
     workers: str = "auto"
@@ -118,6 +122,9 @@ class TrainConfig:
         224
         >>> TrainConfig(data="photos/", model="efficientnet_b3", pretrained="torchvision").resolved().img_size
         300
+        >>> cfg = TrainConfig(model="timm:vit_tiny_patch16_224").resolved()
+        >>> cfg.crop_pct, cfg.interpolation
+        (0.9, 'bicubic')
         """
         shapes = self.data == "shapes"
         sgd = self.optimizer == "sgd"
@@ -128,6 +135,8 @@ class TrainConfig:
             data=self.data if shapes or not os.path.exists(self.data) else os.path.abspath(self.data),
             img_size=self.img_size if self.img_size is not None else (32 if shapes else self._pretrained_size() or 224),
             crop_scale=self.crop_scale if self.crop_scale is not None else ((0.7, 1.0) if shapes else (0.08, 1.0)),
+            crop_pct=self.crop_pct if self.crop_pct is not None else self._eval_transform()[0],
+            interpolation=self.interpolation if self.interpolation is not None else self._eval_transform()[1],
             lr=self.lr if self.lr is not None else lr,
             weight_decay=self.weight_decay if self.weight_decay is not None else (5e-4 if sgd else 0.05),
             # the built-in dataset fits in memory many times over: decode it once (the demo trained at
@@ -139,6 +148,11 @@ class TrainConfig:
         from finetune.models import pretrained_input_size
 
         return pretrained_input_size(self.model, self.pretrained)
+
+    def _eval_transform(self) -> tuple[float, str]:
+        from finetune.models import eval_transform_of
+
+        return eval_transform_of(self.model, self.pretrained)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
@@ -198,6 +212,10 @@ class TrainConfig:
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (self.crop_scale is None or 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
              f"crop-scale must be 0 < min <= max <= 1, got {self.crop_scale}"),
+            (self.crop_pct is None or 0 < self.crop_pct <= 1,
+             f"--crop-pct must be in (0, 1] (the centre crop's share of the resized image, e.g. 0.875), got {self.crop_pct}"),
+            (self.interpolation in (None, "bilinear", "bicubic"),
+             f"--interpolation must be bilinear or bicubic, got {self.interpolation!r}"),
             (self.decode in ("auto", "cpu", "gpu"), f"--decode must be auto, cpu or gpu, got {self.decode!r}"),
             (self.cache in (None, "none", "ram", "gpu"), f"--cache must be none, ram or gpu, got {self.cache!r}"),
             (self.prefetch in ("auto", "none", "thread", "cuda"), f"--prefetch must be auto, none, thread or cuda, got {self.prefetch!r}"),

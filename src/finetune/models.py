@@ -224,16 +224,64 @@ def pretrained_input_size(model: str, pretrained: str | None = None) -> int | No
             return None
         size = getattr(cfg, "input_size", None)
         return int(size[-1]) if size and len(size) == 3 and size[-1] == size[-2] else None
-    if pretrained != "torchvision":
+    if pretrained is None or not (pretrained == "torchvision" or pretrained.startswith("torchvision:")):
         return None
     try:
         from torchvision.models import get_model_weights
 
-        crop = get_model_weights(model).DEFAULT.transforms.keywords.get("crop_size")
+        crop = get_model_weights(pretrained.partition(":")[2] or model).DEFAULT.transforms.keywords.get("crop_size")
     except Exception:  # noqa: BLE001 - not a torchvision model, or one without weights
         return None
     crop = crop[0] if isinstance(crop, (list, tuple)) else crop
     return int(crop) if isinstance(crop, int) else None
+
+
+def eval_transform_of(model: str, pretrained: str | None = None) -> tuple[float, str]:
+    """``(crop_pct, interpolation)`` of the eval transform the weights were made for: eval
+    resizes the shorter side to ``img_size / crop_pct`` with that interpolation, then crops the
+    centre ``img_size`` square.
+
+    timm's ``pretrained_cfg`` for a timm source or a timm model (``timm:convnext_tiny``: 0.875,
+    bicubic; ViTs: 0.9), as timm's ``resolve_data_config`` takes them; the crop / resize of
+    torchvision's default weights with ``--pretrained torchvision`` (``resnet50``: 224 / 232,
+    bilinear; ``efficientnet_b3``: 300 / 320, bicubic); else torchvision's classic
+    ``(0.875, "bilinear")``.
+
+    >>> eval_transform_of("resnet18"), eval_transform_of("timm:vit_tiny_patch16_224")
+    ((0.875, 'bilinear'), (0.9, 'bicubic'))
+    >>> crop_pct, interpolation = eval_transform_of("efficientnet_b3", "torchvision")
+    >>> round(300 / crop_pct), interpolation
+    (320, 'bicubic')
+    """
+    default = (0.875, "bilinear")
+    name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
+    if name.startswith(TIMM_PREFIX):
+        try:
+            from timm.models import get_pretrained_cfg
+
+            cfg = get_pretrained_cfg(name[len(TIMM_PREFIX):])
+        except Exception:  # noqa: BLE001 - no timm, or an unknown name: reported where the model is built
+            return default
+        crop_pct = getattr(cfg, "crop_pct", None)
+        interpolation = getattr(cfg, "interpolation", None)
+        return (float(crop_pct) if isinstance(crop_pct, (int, float)) and 0 < crop_pct <= 1 else default[0],
+                interpolation if interpolation in ("bilinear", "bicubic") else default[1])
+    if pretrained is None or not (pretrained == "torchvision" or pretrained.startswith("torchvision:")):
+        return default
+    try:
+        from torchvision.models import get_model_weights
+
+        preset = get_model_weights(pretrained.partition(":")[2] or model).DEFAULT.transforms
+    except Exception:  # noqa: BLE001 - not a torchvision model, or one without weights
+        return default
+    keywords = getattr(preset, "keywords", {})
+    crop, resize = keywords.get("crop_size", 224), keywords.get("resize_size", 256)  # ImageClassification's defaults
+    crop = crop[0] if isinstance(crop, (list, tuple)) else crop
+    resize = resize[0] if isinstance(resize, (list, tuple)) else resize
+    mode = getattr(keywords.get("interpolation"), "value", "bilinear")
+    if not (isinstance(crop, int) and isinstance(resize, int) and 0 < crop <= resize):
+        return default
+    return crop / resize, mode if mode in ("bilinear", "bicubic") else default[1]
 
 
 def check_input_size(model: nn.Module, img_size: int) -> None:

@@ -69,12 +69,14 @@ from finetune.data.transforms import (
     EVAL_CROP_PCT,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    INTERPOLATIONS,
     CropBox,
     augment_hwc,
     center_crop_box,
     crop_hwc,
     crop_resize_flip_batch,
     crop_resize_flip_float,
+    eval_resize_side,
     random_resized_crop_box,
     resize_hwc,
 )
@@ -383,10 +385,10 @@ def hwc_of(image: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8))
 
 
-def object_eval(image: Any, size: int) -> torch.Tensor:
-    """torchvision's eval transform ``Resize(int(size / 0.875))`` + ``CenterCrop(size)`` of
-    :func:`object_image`'s result, as uint8 HWC: PIL's resize for a PIL image, torchvision's
-    tensor resize (antialiased bilinear) for a tensor, as torchvision would do to each.
+def object_eval(image: Any, size: int, crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear") -> torch.Tensor:
+    """torchvision's eval transform ``Resize(int(size / crop_pct), interpolation)`` +
+    ``CenterCrop(size)`` of :func:`object_image`'s result, as uint8 HWC: PIL's resize for a PIL
+    image, torchvision's tensor resize (antialiased) for a tensor, as torchvision would do to each.
 
     >>> object_eval(torch.zeros(3, 9, 13, dtype=torch.uint8), 16).shape
     torch.Size([16, 16, 3])
@@ -394,10 +396,12 @@ def object_eval(image: Any, size: int) -> torch.Tensor:
     from finetune.data.decode import eval_image
 
     if not isinstance(image, torch.Tensor):
-        return eval_image(image, size)
+        return eval_image(image, size, crop_pct, interpolation=interpolation)
+    from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    x = F.resize(image, [int(size / EVAL_CROP_PCT)], antialias=True)
+    x = F.resize(image, [eval_resize_side(size, crop_pct)], interpolation=InterpolationMode(interpolation),
+                 antialias=True)
     return F.center_crop(x, [size, size]).permute(1, 2, 0)
 
 
@@ -412,8 +416,11 @@ class _BatchDataset(Dataset):
     def __init__(self, *, samples: Samples | None, obj: Any, train: bool, img_size: int,
                  crop_scale: tuple[float, float], seed: int, augment: str | None, decode: str,
                  store: cache_mod.ImageStore | None, cache_side: int, slots: torch.Tensor, dct: bool = True,
-                 nchw: bool = False, pool: BufferPool | None = None):
+                 nchw: bool = False, pool: BufferPool | None = None, crop_pct: float = EVAL_CROP_PCT,
+                 interpolation: str = "bilinear"):
         self.samples = samples
+        self.crop_pct = crop_pct  # eval: Resize(img_size / crop_pct, interpolation) + CenterCrop(img_size)
+        self.interpolation = interpolation
         self.pool = pool
         self.nchw = nchw  # assemble batches as NCHW (the transposing copy runs here, in parallel workers)
         self.dct = dct
@@ -439,7 +446,8 @@ class _BatchDataset(Dataset):
         size, scale = self.img_size, self.crop_scale
         if self.train:
             return lambda w, h: random_resized_crop_box(w, h, rng, scale)  # type: ignore[arg-type]
-        return lambda w, h: center_crop_box(w, h, size)
+        crop_pct = self.crop_pct
+        return lambda w, h: center_crop_box(w, h, size, crop_pct)
 
     def _object_image(self, index: int) -> tuple[Any, int]:
         """Item ``index`` of the dataset object: an RGB PIL image or a uint8 CHW tensor (3 channels),
@@ -475,12 +483,15 @@ class _BatchDataset(Dataset):
         path = self.samples.path(index)
         try:
             image = (decode_capped(path, self.cache_side, dct=self.dct) if self.train
-                     else decode_eval(path, self.img_size, dct=self.dct))
+                     else self._decode_eval(path))
         except DECODE_ERRORS:
             store.mark_bad(index)
             raise
         store.put(index, image)
         return store.get(index)
+
+    def _decode_eval(self, path: str) -> torch.Tensor:
+        return decode_eval(path, self.img_size, self.crop_pct, dct=self.dct, interpolation=self.interpolation)
 
     def load(self, index: int, rng: SampleRandom | None) -> tuple[torch.Tensor, int]:
         """Sample ``index`` as uint8 HWC [S, S, 3] and its label (``rng`` is None for eval)."""
@@ -503,14 +514,14 @@ class _BatchDataset(Dataset):
             out = resize_hwc(crop_hwc(src, box_for(src.shape[1], src.shape[0])), (s, s))
             label = self._label(index)
         elif self.samples is not None and not self.train:
-            return decode_eval(self.samples.path(index), s, dct=self.dct), self._label(index), False
+            return self._decode_eval(self.samples.path(index)), self._label(index), False
         elif self.samples is not None:
             out = resize_hwc(decode_crop(self.samples.path(index), box_for, s, dct=self.dct), (s, s))
             label = self._label(index)
         else:
             image, label = self._object_image(index)
             if not self.train:  # torchvision's Resize + CenterCrop, on the PIL image or on the tensor
-                return object_eval(image, s), label, False
+                return object_eval(image, s, self.crop_pct, self.interpolation), label, False
             hwc = hwc_of(image)
             out = resize_hwc(crop_hwc(hwc, box_for(hwc.shape[1], hwc.shape[0])), (s, s))
         return out, label, bool(rng is not None and rng.random() < 0.5)
@@ -580,6 +591,8 @@ class _BatchDataset(Dataset):
                 jpeg = header.format == "JPEG" and header.mode in ("RGB", "L") and is_complete_jpeg(data.numpy())
                 if jpeg:
                     ready = None
+                elif not self.train:  # the CPU eval transform exactly
+                    ready = self._decode_eval(path)
                 else:
                     ready = resize_hwc(decode_crop(path, lambda w, h, b=box: b, s, data=data, dct=self.dct), (s, s))
                     ready = ready.flip(1) if flip else ready
@@ -624,7 +637,7 @@ class _CappedDataset(Dataset):
         try:
             if inner.train:
                 return index, decode_capped(path, inner.cache_side, dct=inner.dct), None
-            return index, decode_eval(path, inner.img_size, dct=inner.dct), None
+            return index, inner._decode_eval(path), None
         except DECODE_ERRORS as e:
             return index, None, bad_reason(e)
 
@@ -730,7 +743,7 @@ class Loader:
                  prefetch: str = "auto", augment: str | None = None, cache_side: int | None = None,
                  cache_max_bytes: int | None = None, dataset: Any = None,
                  log: Callable[[str], None] | None = None, dct_scaling: bool | None = None, shuffle: bool | None = None,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear"):
         num = len(samples) if samples is not None else len(dataset)
         if num == 0:
             raise DataError("no samples to load")
@@ -773,7 +786,7 @@ class Loader:
             augment=augment, decode=decode, store=self.store if self.cache == "ram" else None,
             cache_side=self.cache_side, slots=self._slots, dct=train if dct_scaling is None else dct_scaling,
             nchw=not channels_last,
-            pool=self._pool)
+            pool=self._pool, crop_pct=crop_pct, interpolation=interpolation)
         self._dataloader = DataLoader(
             self.dataset,
             batch_sampler=_BatchSampler(self),
@@ -948,7 +961,10 @@ class Loader:
             decoded = decode_jpegs_on_device(datas, dev) if datas else []
         except RuntimeError:  # one file nvjpeg cannot take: decode on CPU, crop on the device
             decoded = [read_jpeg_cpu(d).to(dev, non_blocking=True) for d in datas]
-        if decoded and len(decoded) == n and not self.augment and len({tuple(d.shape) for d in decoded}) == 1:
+        # eval's bicubic resize is per image below (the batched kernel samples bilinearly)
+        mode = "bilinear" if self.train else self.dataset.interpolation
+        if (decoded and len(decoded) == n and not self.augment and mode == "bilinear"
+                and len({tuple(d.shape) for d in decoded}) == 1):
             out = crop_resize_flip_batch(torch.stack(decoded), raw.boxes, s, raw.flips)  # one kernel for the batch
             return self._normalizer.normalize_float_(out), raw.labels.to(dev, non_blocking=True)
         out = torch.empty((n, 3, s, s), dtype=torch.float32, device=dev)
@@ -958,7 +974,7 @@ class Loader:
         j = 0
         for k in range(n):
             if is_jpeg[k]:
-                x = crop_resize_flip_float(decoded[j], CropBox(*boxes[k]), s, flips[k])
+                x = crop_resize_flip_float(decoded[j], CropBox(*boxes[k]), s, flips[k], mode)
                 out[k] = self._device_augment(x, seeds[k])
                 j += 1
             else:
@@ -1217,7 +1233,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                  cache_side: int | None = None, cache_max_bytes: int | None = None,
                  probe_seconds: float = 1.0, log: Callable[[str], None] | None = None,
                  dct_scaling: bool | None = None, shuffle: bool | None = None,
-                 shard: tuple[int, int] | None = None) -> Loader:
+                 shard: tuple[int, int] | None = None, crop_pct: float = EVAL_CROP_PCT,
+                 interpolation: str = "bilinear") -> Loader:
     """Build a loader over ``source`` (Samples, an ImageFolder root, a CSV, 'shapes', or a dataset object).
 
     A path gives all its images, except a split one (a folder with ``train/`` and ``val/``, a CSV
@@ -1226,8 +1243,10 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
     Training loaders shuffle (seeded by ``seed`` and the epoch), apply
     RandomResizedCrop(``crop_scale``) + horizontal flip (+ ``augment``:
     'trivialaugment' or 'randaugment') and drop the last partial batch; eval
-    loaders keep file order and apply resize(img_size/0.875) + center crop.
-    Images are normalised with ``mean``/``std`` on ``device``.
+    loaders keep file order and apply resize(img_size/``crop_pct``, ``interpolation``) + center
+    crop (torchvision's defaults 0.875 and "bilinear"; a timm model's or a torchvision weight's own
+    values: :func:`finetune.models.eval_transform_of`). Images are normalised with
+    ``mean``/``std`` on ``device``.
 
     * ``shuffle``: the seeded per-epoch order without the training transform
       (``train=False, shuffle=True, drop_last=True``: training batches, no augmentation);
@@ -1281,6 +1300,10 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
         raise DataError(f"cache must be one of {CACHES[1:]}, got {cache!r}")
     if prefetch not in PREFETCHES:
         raise DataError(f"prefetch must be one of {PREFETCHES}, got {prefetch!r}")
+    if not (isinstance(crop_pct, (int, float)) and 0 < crop_pct <= 1):
+        raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     if augment is not None and augment not in AUGMENTS:
         raise DataError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     try:
@@ -1310,7 +1333,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
     common = dict(train=train, img_size=img_size, batch_size=batch_size, device=dev, seed=seed,
                   drop_last=drop_last, channels_last=channels_last, mean=mean, std=std, crop_scale=crop_scale,
                   augment=augment, prefetch=prefetch, cache_side=cache_side, cache_max_bytes=cache_max_bytes,
-                  dataset=obj, log=say, dct_scaling=dct_scaling, shuffle=shuffle, shard=(rank, world))
+                  dataset=obj, log=say, dct_scaling=dct_scaling, shuffle=shuffle, shard=(rank, world),
+                  crop_pct=float(crop_pct), interpolation=interpolation)
     probe_result = None
     if workers == "auto":
         workers, decode, probe_result = _auto(samples, obj, decode, probe_seconds, common)

@@ -23,6 +23,19 @@ import torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_PCT = 0.875
+#: how eval's resize samples: torchvision's default and timm's usual one (``interpolation``)
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def eval_resize_side(size: int, crop_pct: float = EVAL_CROP_PCT) -> int:
+    """The shorter side eval resizes to before its centre crop of ``size``: ``floor(size / crop_pct)``
+    as timm computes it (torchvision's ``resize_size``), robust to the float error of a
+    ``crop_pct`` written as ``crop / resize`` (224 / 232).
+
+    >>> eval_resize_side(224), eval_resize_side(224, 0.95), eval_resize_side(224, 224 / 232), eval_resize_side(32)
+    (256, 235, 232, 36)
+    """
+    return int(size / crop_pct + 1e-6)
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,7 @@ def center_crop_box(width: int, height: int, size: int, crop_pct: float = EVAL_C
     >>> center_crop_box(100, 100, 56, 0.875)
     CropBox(top=6, left=6, height=88, width=88)
     """
-    resize_to = int(size / crop_pct)
+    resize_to = eval_resize_side(size, crop_pct)
     scale = resize_to / min(width, height)  # shorter side becomes resize_to
     side_w = min(width, int(round(size / scale)))
     side_h = min(height, int(round(size / scale)))
@@ -97,7 +110,7 @@ def eval_resize_box(width: int, height: int, size: int, crop_pct: float = EVAL_C
     (85.0, 23.4, 413.5, 351.6)
     """
     short, long = (width, height) if width <= height else (height, width)
-    new_short = int(size / crop_pct)
+    new_short = eval_resize_side(size, crop_pct)
     new_long = int(new_short * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
     top = int(round((new_h - size) / 2.0))
@@ -137,8 +150,9 @@ def draft_size(width: int, height: int, reduce: int) -> tuple[int, int]:
     return max(1, width // reduce), max(1, height // reduce)
 
 
-def resize_hwc(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (antialiased when shrinking, as PIL does) of a uint8 HWC tensor.
+def resize_hwc(image: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Bilinear (or ``mode="bicubic"``) resize, antialiased when shrinking as PIL does, of a
+    uint8 HWC tensor.
 
     Uses torch's uint8 channels-last kernel: no float copy of the image.
 
@@ -148,7 +162,7 @@ def resize_hwc(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[:2]) == tuple(size):
         return image.contiguous()
     x = image.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)
-    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    y = torch.nn.functional.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
     return y[0].permute(1, 2, 0).contiguous()
 
 
@@ -213,7 +227,8 @@ def augment_hwc(image: torch.Tensor, name: str, seed: int) -> torch.Tensor:
     return out.permute(1, 2, 0).contiguous()
 
 
-def crop_resize_flip_float(image: torch.Tensor, box: CropBox, size: int, flip: bool) -> torch.Tensor:
+def crop_resize_flip_float(image: torch.Tensor, box: CropBox, size: int, flip: bool,
+                           mode: str = "bilinear") -> torch.Tensor:
     """Device-side crop + resize + flip of a uint8 CHW tensor into float32 CHW (0..255).
 
     Used by the GPU paths (nvjpeg decode, GPU cache): CUDA's antialiased
@@ -224,7 +239,8 @@ def crop_resize_flip_float(image: torch.Tensor, box: CropBox, size: int, flip: b
     """
     x = image[:, box.top:box.top + box.height, box.left:box.left + box.width].unsqueeze(0).float()
     if (box.height, box.width) != (size, size):
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode=mode, antialias=True, align_corners=False)
+        x = x.clamp_(0, 255) if mode == "bicubic" else x  # (bicubic overshoots at edges)
     x = x[0]
     return x.flip(-1) if flip else x
 
