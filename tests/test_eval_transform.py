@@ -49,12 +49,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return out
 
 
-def _reference(path: Path, size: int, crop_pct: float, interpolation: str) -> torch.Tensor:
+def _reference(path: Path, size: int, crop_pct: float, interpolation: str, crop_mode: str = "center") -> torch.Tensor:
     import torchvision.transforms as T
 
     mode = T.InterpolationMode(interpolation)
-    t = T.Compose([T.Resize(int(size / crop_pct + 1e-6), interpolation=mode), T.CenterCrop(size), T.ToTensor(),
-                   T.Normalize(MEAN, STD)])
+    side = int(size / crop_pct + 1e-6)
+    t = T.Compose([T.Resize((side, side) if crop_mode == "squash" else side, interpolation=mode), T.CenterCrop(size),
+                   T.ToTensor(), T.Normalize(MEAN, STD)])
     return t(Image.open(path).convert("RGB"))
 
 
@@ -65,14 +66,16 @@ def _diff(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 # --------------------------------------------------------------------------- what the weights say
 @pytest.mark.parametrize("name", ["resnet50.a1_in1k", "convnext_tiny.fb_in1k", "vit_tiny_patch16_224",
-                                  "resnet50.tv_in1k", "tf_efficientnet_b3", "deit_tiny_patch16_224"])
+                                  "resnet50.tv_in1k", "tf_efficientnet_b3", "deit_tiny_patch16_224",
+                                  "coat_lite_tiny.in1k"])
 def test_timm_models_get_timms_own_eval_settings(name: str) -> None:
     timm = pytest.importorskip("timm")
     from timm.data import resolve_data_config
 
     model = timm.create_model(name, pretrained=False, num_classes=2)
     config = resolve_data_config({}, model=model)
-    assert eval_transform_of("timm:" + name) == (pytest.approx(config["crop_pct"]), config["interpolation"])
+    assert eval_transform_of("timm:" + name) == (pytest.approx(config["crop_pct"]), config["interpolation"],
+                                                 config["crop_mode"])
     # a timm source for a model of another name (finetune's --pretrained timm:NAME) counts the same
     assert eval_transform_of("resnet18", "timm:" + name)[1] == config["interpolation"]
 
@@ -86,15 +89,16 @@ def test_torchvision_weights_give_their_resize_and_interpolation() -> None:
             preset = get_model_weights(name).DEFAULT.transforms()
         except Exception:  # noqa: BLE001 - a model without weights
             continue
-        crop_pct, interpolation = eval_transform_of(name, "torchvision")
+        crop_pct, interpolation, crop_mode = eval_transform_of(name, "torchvision")
         assert int(preset.crop_size[0] / crop_pct + 1e-6) == preset.resize_size[0], name
         assert interpolation == preset.interpolation.value, name
-        assert eval_transform_of(name, f"torchvision:{name}") == (crop_pct, interpolation)
+        assert crop_mode == "center"
+        assert eval_transform_of(name, f"torchvision:{name}") == (crop_pct, interpolation, crop_mode)
         checked += 1
     assert checked > 60
     # without torchvision's weights: torchvision's classic eval transform
-    assert eval_transform_of("efficientnet_b3") == (0.875, "bilinear")
-    assert eval_transform_of("efficientnet_b3", "/some/file.pt") == (0.875, "bilinear")
+    assert eval_transform_of("efficientnet_b3") == (0.875, "bilinear", "center")
+    assert eval_transform_of("efficientnet_b3", "/some/file.pt") == (0.875, "bilinear", "center")
 
 
 # --------------------------------------------------------------------------- the loader
@@ -112,6 +116,25 @@ def test_eval_batches_equal_torchvisions_resize_and_crop(files: list[Path], crop
             assert _diff(batch[k], _reference(f, size, crop_pct, interpolation)) <= 2.01, (f.name, workers)
 
 
+@pytest.mark.parametrize("crop_pct", [0.9, 1.0])
+def test_squash_mode_equals_timms_squash_transform(files: list[Path], crop_pct: float) -> None:
+    size = 48
+    samples = Samples.from_lists([str(f) for f in files], [0] * len(files), ["a"])
+    with build_loader(samples, train=False, img_size=size, batch_size=len(files), workers=0, crop_pct=crop_pct,
+                      interpolation="bicubic", crop_mode="squash") as loader:
+        batch, _ = next(iter(loader))
+    for k, f in enumerate(files):
+        assert _diff(batch[k], _reference(f, size, crop_pct, "bicubic", "squash")) <= 2.01, f.name
+    timm = pytest.importorskip("timm")
+    from timm.data import create_transform
+
+    transform = create_transform(input_size=(3, size, size), crop_pct=crop_pct, crop_mode="squash",
+                                 interpolation="bicubic", mean=MEAN, std=STD, is_training=False)
+    for k, f in enumerate(files):
+        assert _diff(batch[k], transform(Image.open(f).convert("RGB"))) <= 2.01, f.name
+    assert timm.__version__
+
+
 def test_bicubic_is_not_bilinear(files: list[Path]) -> None:
     samples = Samples.from_lists([str(files[0])], [0], ["a"])
     out = {}
@@ -121,18 +144,20 @@ def test_bicubic_is_not_bilinear(files: list[Path]) -> None:
     assert _diff(out["bilinear"][0], out["bicubic"][0]) > 5  # (noise: the two filters differ a lot)
 
 
-def test_dataset_objects_pil_and_tensor_take_the_same_settings() -> None:
+@pytest.mark.parametrize("crop_mode", ["center", "squash"])
+def test_dataset_objects_pil_and_tensor_take_the_same_settings(crop_mode: str) -> None:
     import torchvision.transforms.v2 as T2
     from torchvision.transforms.v2 import functional as F
 
     pil = _smooth_image(120, 90, 0)
     tensor = F.pil_to_tensor(pil)
     size, crop_pct = 48, 0.9
-    ref = T2.Compose([T2.Resize(int(size / crop_pct), interpolation=T2.InterpolationMode.BICUBIC, antialias=True),
-                      T2.CenterCrop(size)])
+    side = int(size / crop_pct)
+    ref = T2.Compose([T2.Resize((side, side) if crop_mode == "squash" else side,
+                                interpolation=T2.InterpolationMode.BICUBIC, antialias=True), T2.CenterCrop(size)])
     for item in (pil, tensor):
         with build_loader([(item, 0)], train=False, img_size=size, workers=0, crop_pct=crop_pct,
-                          interpolation="bicubic") as loader:
+                          interpolation="bicubic", crop_mode=crop_mode) as loader:
             batch, _ = next(iter(loader))
         expected = F.to_dtype(ref(item if isinstance(item, torch.Tensor) else F.pil_to_tensor(item)), torch.float32,
                               scale=True)
@@ -146,6 +171,8 @@ def test_loader_refuses_bad_settings(files: list[Path]) -> None:
         build_loader(samples, train=False, workers=0, crop_pct=1.5)
     with pytest.raises(ConfigError, match="interpolation"):
         build_loader(samples, train=False, workers=0, interpolation="nearest")
+    with pytest.raises(ConfigError, match="crop_mode"):
+        build_loader(samples, train=False, workers=0, crop_mode="border")
 
 
 def test_timm_create_transform_gives_the_same_batch(files: list[Path]) -> None:
@@ -155,7 +182,7 @@ def test_timm_create_transform_gives_the_same_batch(files: list[Path]) -> None:
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2)
     config = resolve_data_config({}, model=model)
     transform = create_transform(**config, is_training=False)
-    crop_pct, interpolation = eval_transform_of("timm:vit_tiny_patch16_224")
+    crop_pct, interpolation, _ = eval_transform_of("timm:vit_tiny_patch16_224")
     samples = Samples.from_lists([str(f) for f in files], [0] * len(files), ["a"])
     with build_loader(samples, train=False, img_size=config["input_size"][-1], batch_size=len(files), workers=0,
                       crop_pct=crop_pct, interpolation=interpolation, mean=config["mean"],
@@ -169,9 +196,10 @@ def test_timm_create_transform_gives_the_same_batch(files: list[Path]) -> None:
 # --------------------------------------------------------------------------- a run and its checkpoint
 def test_checkpoint_eval_transform_defaults_and_bad_values() -> None:
     assert eval_transform_of_checkpoint({"img_size": 48, "config": {"crop_pct": 0.9, "interpolation": "bicubic"}}) == (
-        48, 0.9, "bicubic")
-    assert eval_transform_of_checkpoint({}) == (224, 0.875, "bilinear")
-    for bad in ({"crop_pct": 3}, {"interpolation": "lanczos"}, {"img_size": "big"}):
+        48, 0.9, "bicubic", "center")
+    assert eval_transform_of_checkpoint({"crop_mode": "squash"}) == (224, 0.875, "bilinear", "squash")
+    assert eval_transform_of_checkpoint({}) == (224, 0.875, "bilinear", "center")
+    for bad in ({"crop_pct": 3}, {"interpolation": "lanczos"}, {"img_size": "big"}, {"crop_mode": "border"}):
         with pytest.raises(CheckpointError, match="eval transform"):
             eval_transform_of_checkpoint({"img_size": 32, **bad})
 
@@ -180,23 +208,24 @@ def test_a_run_saves_its_eval_transform_and_predict_and_eval_use_it(tmp_path: Pa
     data = write_colour_folder(tmp_path / "data", per_class=8, size=56)
     run = tmp_path / "run"
     r = run_cli("train", "--data", str(data), "--model", "resnet18", "--img-size", "32", "--batch-size", "8",
-                "--workers", "0", "--epochs", "1", "--crop-pct", "0.8", "--interpolation", "bicubic", "--out", str(run),
+                "--workers", "0", "--epochs", "1", "--crop-pct", "0.8", "--interpolation", "bicubic", "--crop-mode", "squash", "--out", str(run),
                 "-q")
     assert r.returncode == 0, r.stderr
     assert "crop-pct: 0.8" in (run / "config.yaml").read_text()
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True, map_location="cpu")
-    assert (state["crop_pct"], state["interpolation"]) == (0.8, "bicubic")
+    assert (state["crop_pct"], state["interpolation"], state["crop_mode"]) == (0.8, "bicubic", "squash")
 
-    # predict = the model on torchvision's Resize(40, bicubic) + CenterCrop(32) of the file
+    # predict = the model on torchvision's Resize((40, 40), bicubic) + CenterCrop(32) of the file
     from finetune.models import create_model
 
-    image = sorted((data / "val" / "red").glob("*.jpg"))[0]
+    image = tmp_path / "wide.png"  # (not square: squash and centre crops differ)
+    _noise_image(90, 50, 7).save(image)
     r = run_cli("predict", "--checkpoint", str(run / "checkpoints" / "best.pt"), str(image), "--json")
     assert r.returncode == 0, r.stderr
     predicted = json.loads(r.stdout)[0]["top"]
     model = create_model("resnet18", num_classes=2)
     model.load_state_dict(state["model"])
-    probs = model.eval().requires_grad_(False)(_reference(image, 32, 0.8, "bicubic")[None]).softmax(1)[0]
+    probs = model.eval().requires_grad_(False)(_reference(image, 32, 0.8, "bicubic", "squash")[None]).softmax(1)[0]
     by_class = {t["class"]: t["prob"] for t in predicted}
     assert by_class["red"] == pytest.approx(float(probs[state["classes"].index("red")]), abs=2e-3)
 
@@ -232,22 +261,23 @@ def test_resuming_a_run_from_before_the_setting_keeps_its_eval_transform(tmp_pat
     assert (state["crop_pct"], state["interpolation"]) == (0.875, "bilinear")
 
 
-@pytest.mark.parametrize("cache", [None, "gpu"])
-def test_device_paths_take_the_eval_settings(files: list[Path], cache: str | None) -> None:
+@pytest.mark.parametrize(("cache", "crop_mode"), [(None, "center"), ("gpu", "center"), (None, "squash"),
+                                                  ("gpu", "squash")])
+def test_device_paths_take_the_eval_settings(files: list[Path], cache: str | None, crop_mode: str) -> None:
     """The nvjpeg path (decode='gpu') and the device store (cache='gpu'), run on CPU tensors."""
     from finetune.data.loader import Loader
 
     samples = Samples.from_lists([str(f) for f in files], [0] * len(files), ["a"])
     common = dict(train=False, img_size=48, batch_size=len(files), workers=0, device="cpu", seed=0, drop_last=False,
                   channels_last=False, mean=MEAN, std=STD, crop_scale=(0.08, 1.0), crop_pct=0.95,
-                  interpolation="bicubic", dct_scaling=False)
+                  interpolation="bicubic", dct_scaling=False, crop_mode=crop_mode)
     where = {"cache": "gpu", "cache_max_bytes": 10**9} if cache else {"decode": "gpu"}
     with Loader(samples, **common, **where) as device:
         got, _ = next(iter(device))
     with Loader(samples, **{**common, "interpolation": "bilinear"}, **where) as device:
         bilinear, _ = next(iter(device))
     for k, f in enumerate(files):
-        ref = _reference(f, 48, 0.95, "bicubic")
+        ref = _reference(f, 48, 0.95, "bicubic", crop_mode)
         if f.suffix == ".jpg" and not cache:  # decoded whole, its centre crop resized on the device
             assert float(((got[k] - ref).abs() * torch.tensor(STD).view(3, 1, 1) * 255).mean()) < 3, f.name
             assert _diff(got[k], bilinear[k]) > 5  # (noise: the filters differ)

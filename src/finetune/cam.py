@@ -805,14 +805,14 @@ def read_boxes(root: str | Path) -> dict[str, tuple[float, float, float, float]]
 
 
 def box_in_crop(box: tuple[float, float, float, float], image_wh: tuple[int, int], size: int,
-                crop_pct: float = EVAL_CROP_PCT) -> tuple[float, ...]:
+                crop_pct: float = EVAL_CROP_PCT, crop_mode: str = "center") -> tuple[float, ...]:
     """A box in source pixels mapped onto the ``size`` x ``size`` eval crop (Resize(size / crop_pct)
     + CenterCrop(size)).
 
     >>> box_in_crop((0, 0, 256, 256), (256, 256), 224)   # the whole image: beyond the crop on every side
     (-16.0, -16.0, 240.0, 240.0)
     """
-    left, top, right, bottom = eval_resize_box(*image_wh, size, crop_pct)
+    left, top, right, bottom = eval_resize_box(*image_wh, size, crop_pct, crop_mode)
     sx, sy = size / (right - left), size / (bottom - top)
     x0, y0, x1, y1 = box
     return ((x0 - left) * sx, (y0 - top) * sy, (x1 - left) * sx, (y1 - top) * sy)
@@ -885,7 +885,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     dev = resolve_device(device)
     model, state = load_checkpoint_model(ckpt_path, dev)
     classes = list(state["classes"])
-    size, crop_pct, interpolation = eval_transform_of_checkpoint(state)
+    size, crop_pct, interpolation, crop_mode = eval_transform_of_checkpoint(state)
     cfg = state.get("config", {}) or {}
     target_index = None
     if target is not None:
@@ -924,7 +924,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     scored: list[Localisation] = []  # one per image with a box
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        crops = [eval_crop(f, size, crop_pct, interpolation) for f in chunk]
+        crops = [eval_crop(f, size, crop_pct, interpolation, crop_mode) for f in chunk]
         batch = normalizer(torch.stack(crops).to(dev))
         result = class_activation_maps(model, batch, method=method, layer=layer,
                                        classes=None if target_index is None else [target_index])
@@ -941,7 +941,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
             box = boxes.get(str(f.resolve()))
             if box is not None:
                 with Image.open(f) as im:  # (the header only: the box is in the source image's pixels)
-                    crop_box = box_in_crop(box, im.size, size, crop_pct)
+                    crop_box = box_in_crop(box, im.size, size, crop_pct, crop_mode)
                 scores = localisation(maps[k:k + 1], torch.tensor([crop_box]))
                 record.update(pointing=bool(scores.pointing), energy=round(scores.energy, 6), iou=round(scores.iou, 6))
                 scored.append(scores)

@@ -94,6 +94,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                         "weights' own, e.g. timm's; else 0.875)")
     p.add_argument("--interpolation", choices=["bilinear", "bicubic"],
                    help="eval resize filter (the pretrained weights' own; else bilinear)")
+    p.add_argument("--crop-mode", choices=["center", "squash"],
+                   help="eval resize: the shorter side (center) or both sides (squash, some timm weights') "
+                        "to img-size/crop-pct, then the centre crop (the pretrained weights' own; else center)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip of training images (default); --no-augment: the eval transform")
     p.add_argument("--workers", type=workers_value,

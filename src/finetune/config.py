@@ -53,6 +53,7 @@ class TrainConfig:
     # pretrained weights' own (timm's pretrained_cfg, torchvision's weights), else 0.875 and bilinear
     crop_pct: float | None = None
     interpolation: str | None = None  # bilinear | bicubic
+    crop_mode: str | None = None  # center (shorter side to img_size / crop_pct) | squash (both sides, timm's)
     augment: bool = True  # False: training batches (seeded order) with the eval transform
     batch_size: int = 64
     workers: str = "auto"
@@ -137,6 +138,7 @@ class TrainConfig:
             crop_scale=self.crop_scale if self.crop_scale is not None else ((0.7, 1.0) if shapes else (0.08, 1.0)),
             crop_pct=self.crop_pct if self.crop_pct is not None else self._eval_transform()[0],
             interpolation=self.interpolation if self.interpolation is not None else self._eval_transform()[1],
+            crop_mode=self.crop_mode if self.crop_mode is not None else self._eval_transform()[2],
             lr=self.lr if self.lr is not None else lr,
             weight_decay=self.weight_decay if self.weight_decay is not None else (5e-4 if sgd else 0.05),
             # the built-in dataset fits in memory many times over: decode it once (the demo trained at
@@ -149,7 +151,7 @@ class TrainConfig:
 
         return pretrained_input_size(self.model, self.pretrained)
 
-    def _eval_transform(self) -> tuple[float, str]:
+    def _eval_transform(self) -> tuple[float, str, str]:
         from finetune.models import eval_transform_of
 
         return eval_transform_of(self.model, self.pretrained)
@@ -216,6 +218,7 @@ class TrainConfig:
              f"--crop-pct must be in (0, 1] (the centre crop's share of the resized image, e.g. 0.875), got {self.crop_pct}"),
             (self.interpolation in (None, "bilinear", "bicubic"),
              f"--interpolation must be bilinear or bicubic, got {self.interpolation!r}"),
+            (self.crop_mode in (None, "center", "squash"), f"--crop-mode must be center or squash, got {self.crop_mode!r}"),
             (self.decode in ("auto", "cpu", "gpu"), f"--decode must be auto, cpu or gpu, got {self.decode!r}"),
             (self.cache in (None, "none", "ram", "gpu"), f"--cache must be none, ram or gpu, got {self.cache!r}"),
             (self.prefetch in ("auto", "none", "thread", "cuda"), f"--prefetch must be auto, none, thread or cuda, got {self.prefetch!r}"),

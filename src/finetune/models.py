@@ -236,24 +236,27 @@ def pretrained_input_size(model: str, pretrained: str | None = None) -> int | No
     return int(crop) if isinstance(crop, int) else None
 
 
-def eval_transform_of(model: str, pretrained: str | None = None) -> tuple[float, str]:
-    """``(crop_pct, interpolation)`` of the eval transform the weights were made for: eval
-    resizes the shorter side to ``img_size / crop_pct`` with that interpolation, then crops the
-    centre ``img_size`` square.
+def eval_transform_of(model: str, pretrained: str | None = None) -> tuple[float, str, str]:
+    """``(crop_pct, interpolation, crop_mode)`` of the eval transform the weights were made for:
+    eval resizes the shorter side to ``img_size / crop_pct`` with that interpolation (both sides
+    with ``crop_mode="squash"``), then crops the centre ``img_size`` square.
 
     timm's ``pretrained_cfg`` for a timm source or a timm model (``timm:convnext_tiny``: 0.875,
-    bicubic; ViTs: 0.9), as timm's ``resolve_data_config`` takes them; the crop / resize of
+    bicubic; ViTs: 0.9), as timm's ``resolve_data_config`` takes them (its rare "border" mode,
+    a resize that keeps the whole image and pads, is taken as "center"); the crop / resize of
     torchvision's default weights with ``--pretrained torchvision`` (``resnet50``: 224 / 232,
     bilinear; ``efficientnet_b3``: 300 / 320, bicubic); else torchvision's classic
-    ``(0.875, "bilinear")``.
+    ``(0.875, "bilinear", "center")``.
 
     >>> eval_transform_of("resnet18"), eval_transform_of("timm:vit_tiny_patch16_224")
-    ((0.875, 'bilinear'), (0.9, 'bicubic'))
-    >>> crop_pct, interpolation = eval_transform_of("efficientnet_b3", "torchvision")
+    ((0.875, 'bilinear', 'center'), (0.9, 'bicubic', 'center'))
+    >>> crop_pct, interpolation, _ = eval_transform_of("efficientnet_b3", "torchvision")
     >>> round(300 / crop_pct), interpolation
     (320, 'bicubic')
+    >>> eval_transform_of("timm:coat_lite_medium_384")
+    (1.0, 'bicubic', 'squash')
     """
-    default = (0.875, "bilinear")
+    default = (0.875, "bilinear", "center")
     name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
     if name.startswith(TIMM_PREFIX):
         try:
@@ -265,7 +268,8 @@ def eval_transform_of(model: str, pretrained: str | None = None) -> tuple[float,
         crop_pct = getattr(cfg, "crop_pct", None)
         interpolation = getattr(cfg, "interpolation", None)
         return (float(crop_pct) if isinstance(crop_pct, (int, float)) and 0 < crop_pct <= 1 else default[0],
-                interpolation if interpolation in ("bilinear", "bicubic") else default[1])
+                interpolation if interpolation in ("bilinear", "bicubic") else default[1],
+                "squash" if getattr(cfg, "crop_mode", None) == "squash" else "center")
     if pretrained is None or not (pretrained == "torchvision" or pretrained.startswith("torchvision:")):
         return default
     try:
@@ -281,7 +285,7 @@ def eval_transform_of(model: str, pretrained: str | None = None) -> tuple[float,
     mode = getattr(keywords.get("interpolation"), "value", "bilinear")
     if not (isinstance(crop, int) and isinstance(resize, int) and 0 < crop <= resize):
         return default
-    return crop / resize, mode if mode in ("bilinear", "bicubic") else default[1]
+    return crop / resize, mode if mode in ("bilinear", "bicubic") else default[1], "center"
 
 
 def check_input_size(model: nn.Module, img_size: int) -> None:

@@ -463,7 +463,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         ddp.barrier()  # every process has read it before process 0 moves or writes anything
         if "crop_pct" not in resume_state.get("config", {"crop_pct": None}):
             # a run from before --crop-pct/--interpolation: it goes on with the eval transform it had
-            cfg = dataclasses.replace(cfg, crop_pct=EVAL_CROP_PCT, interpolation="bilinear")
+            cfg = dataclasses.replace(cfg, crop_pct=EVAL_CROP_PCT, interpolation="bilinear", crop_mode="center")
 
     # ---- data
     torch.manual_seed(cfg.seed)
@@ -488,7 +488,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     loader_kw = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, device=device, seed=cfg.seed, mean=mean, std=std,
                      channels_last=cfg.channels_last, decode=cfg.decode, prefetch=cfg.prefetch, strict=cfg.strict_data,
                      cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print,
-                     shard=(ddp.rank, ddp.world), crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+                     shard=(ddp.rank, ddp.world), crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
+                     crop_mode=cfg.crop_mode)
     train_loader = build_train_loader(train_samples, cfg, **loader_kw)
     val_loader = build_loader(val_samples, train=False, workers=train_loader.workers, **loader_kw)
     if len(train_loader) == 0:
@@ -598,11 +599,11 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
              + (f", {amp}".replace("torch.", " autocast ") if amp else "")
              + ("" if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD)
                 else f", inputs normalised with the weights' mean {tuple(mean)} / std {tuple(std)}")
-             + ("" if (cfg.crop_pct, cfg.interpolation) == (EVAL_CROP_PCT, "bilinear")
-                else f", eval resize to {eval_resize_side(cfg.img_size, cfg.crop_pct)} ({cfg.interpolation}) "
-                     f"and centre crop {cfg.img_size}"))
+             + ("" if (cfg.crop_pct, cfg.interpolation, cfg.crop_mode) == (EVAL_CROP_PCT, "bilinear", "center")
+                else f", eval resize to {eval_resize_side(cfg.img_size, cfg.crop_pct)} ({cfg.interpolation}"
+                     + (", both sides" if cfg.crop_mode == "squash" else "") + f") and centre crop {cfg.img_size}"))
     cam_batch = (cam_inputs(val_samples, cfg.img_size, mean, std, device, crop_pct=cfg.crop_pct,
-                            interpolation=cfg.interpolation) if log.tensorboard else None)
+                            interpolation=cfg.interpolation, crop_mode=cfg.crop_mode) if log.tensorboard else None)
     show_maps = True  # TensorBoard feature maps (off after a model they fail on)
     if cam_batch is not None and resume_state is None:  # the graph once per run, traced on a val image
         why = log.graph(model, cam_batch[1])
@@ -645,7 +646,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             "best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
             "history": history, "config": cfg.to_dict(), "arch": cfg.model, "classes": classes,
             "img_size": cfg.img_size, "mean": list(mean), "std": list(std),
-            "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
+            "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation, "crop_mode": cfg.crop_mode,
         }
 
     def out_of_steps() -> bool:
@@ -815,6 +816,7 @@ def build_train_loader(samples: Samples, cfg: TrainConfig, **loader_kw: Any) -> 
     """
     loader_kw.setdefault("crop_pct", cfg.crop_pct or EVAL_CROP_PCT)  # (--no-augment trains on the eval transform)
     loader_kw.setdefault("interpolation", cfg.interpolation or "bilinear")
+    loader_kw.setdefault("crop_mode", cfg.crop_mode or "center")
     common = dict(workers=str(loader_kw.pop("workers", cfg.workers)), shuffle=True, drop_last=True, **loader_kw)
     if cfg.augment:
         return build_loader(samples, train=True, crop_scale=tuple(cfg.crop_scale),
@@ -889,9 +891,11 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
              f"{(missing + mismatched)[0]}); run without -q to see the load report")
 
 
-def eval_crop(path: str | Path, size: int, crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear") -> torch.Tensor:
+def eval_crop(path: str | Path, size: int, crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear",
+              crop_mode: str = "center") -> torch.Tensor:
     """The eval loader's view of one image file (full-size decode, Resize(size / crop_pct,
-    interpolation) + CenterCrop(size); uint8 HWC), or a one-line :class:`DataError` naming the file.
+    interpolation) + CenterCrop(size), both sides resized with ``crop_mode="squash"``; uint8 HWC),
+    or a one-line :class:`DataError` naming the file.
 
     >>> import tempfile
     >>> from PIL import Image
@@ -900,7 +904,7 @@ def eval_crop(path: str | Path, size: int, crop_pct: float = EVAL_CROP_PCT, inte
     (16, 16, 3)
     """
     try:
-        return decode_eval(str(path), size, crop_pct, dct=False, interpolation=interpolation)
+        return decode_eval(str(path), size, crop_pct, dct=False, interpolation=interpolation, crop_mode=crop_mode)
     except DECODE_ERRORS as e:
         raise DataError(f"cannot read image '{path}': {bad_reason(e)}") from None
 
@@ -918,7 +922,7 @@ def spread_indices(n: int, count: int) -> list[int]:
 
 def cam_inputs(samples: Samples, img_size: int, mean: Any, std: Any, device: torch.device,
                count: int = 8, *, crop_pct: float = EVAL_CROP_PCT,
-               interpolation: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor] | None:
+               interpolation: str = "bilinear", crop_mode: str = "center") -> tuple[torch.Tensor, torch.Tensor] | None:
     """Up to ``count`` validation images spread over the split, as eval crops (uint8 HWC) and the
     normalised batch the model sees: what TensorBoard shows Grad-CAM overlays of after every
     epoch. Unreadable images are left out; None if none can be read.
@@ -934,7 +938,7 @@ def cam_inputs(samples: Samples, img_size: int, mean: Any, std: Any, device: tor
     crops = []
     for i in spread_indices(len(samples), count):
         with contextlib.suppress(DataError):  # an unreadable image is just not shown
-            crops.append(eval_crop(samples.paths[i], img_size, crop_pct, interpolation))
+            crops.append(eval_crop(samples.paths[i], img_size, crop_pct, interpolation, crop_mode))
     if not crops:
         return None
     stacked = torch.stack(crops)
@@ -1138,36 +1142,40 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     # labelled by class name with the checkpoint's classes: a dataset that changed since training (a class
     # added, removed or renamed) is refused or scored by name, never with shifted indices
     samples = eval_samples(data, classes, trained_on=trained_on, **split)
-    size, crop_pct, interpolation = eval_transform_of_checkpoint(state)
+    size, crop_pct, interpolation, crop_mode = eval_transform_of_checkpoint(state)
     loader = build_loader(samples, train=False, img_size=size, crop_pct=crop_pct, interpolation=interpolation,
+                          crop_mode=crop_mode,
                           batch_size=batch_size, workers=workers, device=dev,
                           mean=tuple(state.get("mean", IMAGENET_MEAN)), std=tuple(state.get("std", IMAGENET_STD)))
     return evaluate(model, loader, quiet=quiet)
 
 
-def eval_transform_of_checkpoint(state: dict[str, Any]) -> tuple[int, float, str]:
-    """``(img_size, crop_pct, interpolation)`` of the eval transform a checkpoint's run used:
-    what ``eval``, ``predict`` and ``cam`` give its model. Checkpoints written before these were
-    saved (and other code's): torchvision's classic 0.875, bilinear.
+def eval_transform_of_checkpoint(state: dict[str, Any]) -> tuple[int, float, str, str]:
+    """``(img_size, crop_pct, interpolation, crop_mode)`` of the eval transform a checkpoint's run
+    used: what ``eval``, ``predict`` and ``cam`` give its model. Checkpoints written before these
+    were saved (and other code's): torchvision's classic 0.875, bilinear, centre.
 
     >>> eval_transform_of_checkpoint({"img_size": 384, "crop_pct": 1.0, "interpolation": "bicubic"})
-    (384, 1.0, 'bicubic')
+    (384, 1.0, 'bicubic', 'center')
     >>> eval_transform_of_checkpoint({"img_size": 32})
-    (32, 0.875, 'bilinear')
+    (32, 0.875, 'bilinear', 'center')
     """
     cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
     size = state.get("img_size", cfg.get("img_size")) or 224
     crop_pct = state.get("crop_pct") or cfg.get("crop_pct") or EVAL_CROP_PCT
     interpolation = state.get("interpolation") or cfg.get("interpolation") or "bilinear"
+    crop_mode = state.get("crop_mode") or cfg.get("crop_mode") or "center"
     try:
         size, crop_pct = int(size), float(crop_pct)
     except (TypeError, ValueError):
         raise CheckpointError(f"the checkpoint's eval transform is unreadable (img_size {size!r}, crop_pct "
                               f"{crop_pct!r}): it was edited or written by other code") from None
-    if size < 1 or not 0 < crop_pct <= 1 or interpolation not in ("bilinear", "bicubic"):
+    if size < 1 or not 0 < crop_pct <= 1 or interpolation not in ("bilinear", "bicubic") or crop_mode not in (
+            "center", "squash"):
         raise CheckpointError(f"the checkpoint's eval transform is not usable (img_size {size}, crop_pct {crop_pct}, "
-                              f"interpolation {interpolation!r}): it was edited or written by other code")
-    return size, crop_pct, interpolation
+                              f"interpolation {interpolation!r}, crop_mode {crop_mode!r}): it was edited or written "
+                              "by other code")
+    return size, crop_pct, interpolation, crop_mode
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
@@ -1217,7 +1225,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
     dev = resolve_device(device)
     model, state = load_checkpoint_model(checkpoint, dev)
     classes = list(state["classes"])
-    size, crop_pct, interpolation = eval_transform_of_checkpoint(state)
+    size, crop_pct, interpolation, crop_mode = eval_transform_of_checkpoint(state)
     # the loader's eval path exactly: full-size decode, Resize + CenterCrop, the same normaliser
     normalizer = Normalizer(tuple(state.get("mean", IMAGENET_MEAN)), tuple(state.get("std", IMAGENET_STD)), dev,
                             channels_last=False)
@@ -1228,7 +1236,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
         chunk, crops = [], []
         for f, in_folder in found[start:start + batch_size]:
             try:
-                crops.append(eval_crop(f, size, crop_pct, interpolation))
+                crops.append(eval_crop(f, size, crop_pct, interpolation, crop_mode))
             except DataError as e:
                 if not in_folder:  # a file named on the command line: an error
                     raise

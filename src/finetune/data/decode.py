@@ -255,7 +255,7 @@ def decode_crop(path: str, box_for: BoxFor, out_side: int, *, data: torch.Tensor
 
 
 def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: bool = True,
-                interpolation: str = "bilinear") -> torch.Tensor:
+                interpolation: str = "bilinear", crop_mode: str = "center") -> torch.Tensor:
     """torchvision's ``Resize(int(size / crop_pct), interpolation)`` + ``CenterCrop(size)``, as
     uint8 HWC, computed on the centre region only (and DCT-reduced when it is at least twice ``size``).
 
@@ -274,7 +274,7 @@ def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: b
     """
     img = Image.open(path)
     full = img.size
-    left, top, right, bottom = eval_resize_box(*full, size, crop_pct)
+    left, top, right, bottom = eval_resize_box(*full, size, crop_pct, crop_mode)
     if img.format in JPEG_FORMATS:
         reduce = dct_reduction(int(min(right - left, bottom - top)), size) if dct else 1
         if reduce > 1:
@@ -282,14 +282,16 @@ def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: b
     elif img.format == "PNG":
         with open(path, "rb") as f:
             _check_png(f.read())
-    return eval_image(img, size, crop_pct, full=full, interpolation=interpolation)
+    return eval_image(img, size, crop_pct, full=full, interpolation=interpolation, crop_mode=crop_mode)
 
 
 def eval_image(img: Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT, *,
-               full: tuple[int, int] | None = None, interpolation: str = "bilinear") -> torch.Tensor:
+               full: tuple[int, int] | None = None, interpolation: str = "bilinear",
+               crop_mode: str = "center") -> torch.Tensor:
     """torchvision's ``Resize(int(size / crop_pct), interpolation)`` + ``CenterCrop(size)`` of a
     PIL image, after ``convert("RGB")`` (:func:`to_rgb`), as uint8 HWC: the centre region only
-    is resized (``interpolation``: "bilinear" or "bicubic", both antialiased as PIL's are).
+    is resized (``interpolation``: "bilinear" or "bicubic", both antialiased as PIL's are;
+    ``crop_mode="squash"``: both sides resized to ``size / crop_pct``, as timm's squash mode).
 
     ``full``: the size the crop geometry refers to, when ``img`` was DCT-reduced (``draft``)
     from it. Used for files (:func:`decode_eval`) and for dataset objects that return PIL images.
@@ -302,7 +304,7 @@ def eval_image(img: Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT, *,
     (torch.Size([32, 32, 3]), True)
     """
     full = full or img.size
-    left, top, right, bottom = eval_resize_box(*full, size, crop_pct)
+    left, top, right, bottom = eval_resize_box(*full, size, crop_pct, crop_mode)
     img = load_rgb(img)
     sx, sy = img.size[0] / full[0], img.size[1] / full[1]
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[interpolation]

@@ -66,6 +66,7 @@ from finetune.data.normalize import Normalizer, intra_op_threads
 from finetune.data.samples import Samples, find_splits
 from finetune.data.transforms import (
     AUGMENTS,
+    CROP_MODES,
     EVAL_CROP_PCT,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -385,7 +386,8 @@ def hwc_of(image: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8))
 
 
-def object_eval(image: Any, size: int, crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear") -> torch.Tensor:
+def object_eval(image: Any, size: int, crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear",
+                crop_mode: str = "center") -> torch.Tensor:
     """torchvision's eval transform ``Resize(int(size / crop_pct), interpolation)`` +
     ``CenterCrop(size)`` of :func:`object_image`'s result, as uint8 HWC: PIL's resize for a PIL
     image, torchvision's tensor resize (antialiased) for a tensor, as torchvision would do to each.
@@ -396,12 +398,13 @@ def object_eval(image: Any, size: int, crop_pct: float = EVAL_CROP_PCT, interpol
     from finetune.data.decode import eval_image
 
     if not isinstance(image, torch.Tensor):
-        return eval_image(image, size, crop_pct, interpolation=interpolation)
+        return eval_image(image, size, crop_pct, interpolation=interpolation, crop_mode=crop_mode)
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    x = F.resize(image, [eval_resize_side(size, crop_pct)], interpolation=InterpolationMode(interpolation),
-                 antialias=True)
+    side = eval_resize_side(size, crop_pct)
+    x = F.resize(image, [side, side] if crop_mode == "squash" else [side],
+                 interpolation=InterpolationMode(interpolation), antialias=True)
     return F.center_crop(x, [size, size]).permute(1, 2, 0)
 
 
@@ -417,10 +420,11 @@ class _BatchDataset(Dataset):
                  crop_scale: tuple[float, float], seed: int, augment: str | None, decode: str,
                  store: cache_mod.ImageStore | None, cache_side: int, slots: torch.Tensor, dct: bool = True,
                  nchw: bool = False, pool: BufferPool | None = None, crop_pct: float = EVAL_CROP_PCT,
-                 interpolation: str = "bilinear"):
+                 interpolation: str = "bilinear", crop_mode: str = "center"):
         self.samples = samples
         self.crop_pct = crop_pct  # eval: Resize(img_size / crop_pct, interpolation) + CenterCrop(img_size)
         self.interpolation = interpolation
+        self.crop_mode = crop_mode
         self.pool = pool
         self.nchw = nchw  # assemble batches as NCHW (the transposing copy runs here, in parallel workers)
         self.dct = dct
@@ -446,8 +450,8 @@ class _BatchDataset(Dataset):
         size, scale = self.img_size, self.crop_scale
         if self.train:
             return lambda w, h: random_resized_crop_box(w, h, rng, scale)  # type: ignore[arg-type]
-        crop_pct = self.crop_pct
-        return lambda w, h: center_crop_box(w, h, size, crop_pct)
+        crop_pct, crop_mode = self.crop_pct, self.crop_mode
+        return lambda w, h: center_crop_box(w, h, size, crop_pct, crop_mode)
 
     def _object_image(self, index: int) -> tuple[Any, int]:
         """Item ``index`` of the dataset object: an RGB PIL image or a uint8 CHW tensor (3 channels),
@@ -491,7 +495,8 @@ class _BatchDataset(Dataset):
         return store.get(index)
 
     def _decode_eval(self, path: str) -> torch.Tensor:
-        return decode_eval(path, self.img_size, self.crop_pct, dct=self.dct, interpolation=self.interpolation)
+        return decode_eval(path, self.img_size, self.crop_pct, dct=self.dct, interpolation=self.interpolation,
+                           crop_mode=self.crop_mode)
 
     def load(self, index: int, rng: SampleRandom | None) -> tuple[torch.Tensor, int]:
         """Sample ``index`` as uint8 HWC [S, S, 3] and its label (``rng`` is None for eval)."""
@@ -521,7 +526,7 @@ class _BatchDataset(Dataset):
         else:
             image, label = self._object_image(index)
             if not self.train:  # torchvision's Resize + CenterCrop, on the PIL image or on the tensor
-                return object_eval(image, s, self.crop_pct, self.interpolation), label, False
+                return object_eval(image, s, self.crop_pct, self.interpolation, self.crop_mode), label, False
             hwc = hwc_of(image)
             out = resize_hwc(crop_hwc(hwc, box_for(hwc.shape[1], hwc.shape[0])), (s, s))
         return out, label, bool(rng is not None and rng.random() < 0.5)
@@ -743,7 +748,8 @@ class Loader:
                  prefetch: str = "auto", augment: str | None = None, cache_side: int | None = None,
                  cache_max_bytes: int | None = None, dataset: Any = None,
                  log: Callable[[str], None] | None = None, dct_scaling: bool | None = None, shuffle: bool | None = None,
-                 shard: tuple[int, int] = (0, 1), crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear"):
+                 shard: tuple[int, int] = (0, 1), crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear",
+                 crop_mode: str = "center"):
         num = len(samples) if samples is not None else len(dataset)
         if num == 0:
             raise DataError("no samples to load")
@@ -786,7 +792,7 @@ class Loader:
             augment=augment, decode=decode, store=self.store if self.cache == "ram" else None,
             cache_side=self.cache_side, slots=self._slots, dct=train if dct_scaling is None else dct_scaling,
             nchw=not channels_last,
-            pool=self._pool, crop_pct=crop_pct, interpolation=interpolation)
+            pool=self._pool, crop_pct=crop_pct, interpolation=interpolation, crop_mode=crop_mode)
         self._dataloader = DataLoader(
             self.dataset,
             batch_sampler=_BatchSampler(self),
@@ -1234,7 +1240,7 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                  probe_seconds: float = 1.0, log: Callable[[str], None] | None = None,
                  dct_scaling: bool | None = None, shuffle: bool | None = None,
                  shard: tuple[int, int] | None = None, crop_pct: float = EVAL_CROP_PCT,
-                 interpolation: str = "bilinear") -> Loader:
+                 interpolation: str = "bilinear", crop_mode: str = "center") -> Loader:
     """Build a loader over ``source`` (Samples, an ImageFolder root, a CSV, 'shapes', or a dataset object).
 
     A path gives all its images, except a split one (a folder with ``train/`` and ``val/``, a CSV
@@ -1245,8 +1251,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
     'trivialaugment' or 'randaugment') and drop the last partial batch; eval
     loaders keep file order and apply resize(img_size/``crop_pct``, ``interpolation``) + center
     crop (torchvision's defaults 0.875 and "bilinear"; a timm model's or a torchvision weight's own
-    values: :func:`finetune.models.eval_transform_of`). Images are normalised with
-    ``mean``/``std`` on ``device``.
+    values: :func:`finetune.models.eval_transform_of`; ``crop_mode="squash"`` resizes both sides,
+    as timm's squash mode). Images are normalised with ``mean``/``std`` on ``device``.
 
     * ``shuffle``: the seeded per-epoch order without the training transform
       (``train=False, shuffle=True, drop_last=True``: training batches, no augmentation);
@@ -1304,6 +1310,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
         raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    if crop_mode not in CROP_MODES:
+        raise ConfigError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
     if augment is not None and augment not in AUGMENTS:
         raise DataError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     try:
@@ -1334,7 +1342,7 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                   drop_last=drop_last, channels_last=channels_last, mean=mean, std=std, crop_scale=crop_scale,
                   augment=augment, prefetch=prefetch, cache_side=cache_side, cache_max_bytes=cache_max_bytes,
                   dataset=obj, log=say, dct_scaling=dct_scaling, shuffle=shuffle, shard=(rank, world),
-                  crop_pct=float(crop_pct), interpolation=interpolation)
+                  crop_pct=float(crop_pct), interpolation=interpolation, crop_mode=crop_mode)
     probe_result = None
     if workers == "auto":
         workers, decode, probe_result = _auto(samples, obj, decode, probe_seconds, common)

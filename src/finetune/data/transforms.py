@@ -25,6 +25,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_PCT = 0.875
 #: how eval's resize samples: torchvision's default and timm's usual one (``interpolation``)
 INTERPOLATIONS = ("bilinear", "bicubic")
+#: how eval resizes before its centre crop (timm's ``crop_mode``): the shorter side to
+#: size / crop_pct keeping the aspect ratio ("center"), or both sides to it ("squash")
+CROP_MODES = ("center", "squash")
 
 
 def eval_resize_side(size: int, crop_pct: float = EVAL_CROP_PCT) -> int:
@@ -86,22 +89,29 @@ def random_resized_crop_box(width: int, height: int, rng: Any,
     return CropBox((height - h) // 2, (width - w) // 2, h, w)
 
 
-def center_crop_box(width: int, height: int, size: int, crop_pct: float = EVAL_CROP_PCT) -> CropBox:
-    """The region that ``Resize(size / crop_pct)`` + ``CenterCrop(size)`` keeps, in source pixels.
+def center_crop_box(width: int, height: int, size: int, crop_pct: float = EVAL_CROP_PCT,
+                    crop_mode: str = "center") -> CropBox:
+    """The region that ``Resize(size / crop_pct)`` + ``CenterCrop(size)`` keeps, in source pixels
+    (``crop_mode="squash"``: ``Resize((size / crop_pct, size / crop_pct))``, the same share of
+    each side).
 
-    >>> center_crop_box(100, 100, 56, 0.875)
-    CropBox(top=6, left=6, height=88, width=88)
+    >>> center_crop_box(100, 100, 56, 0.875), center_crop_box(200, 100, 56, 0.875, "squash")
+    (CropBox(top=6, left=6, height=88, width=88), CropBox(top=6, left=12, height=88, width=175))
     """
     resize_to = eval_resize_side(size, crop_pct)
-    scale = resize_to / min(width, height)  # shorter side becomes resize_to
-    side_w = min(width, int(round(size / scale)))
-    side_h = min(height, int(round(size / scale)))
+    scale_w = scale_h = resize_to / min(width, height)  # shorter side becomes resize_to
+    if crop_mode == "squash":
+        scale_w, scale_h = resize_to / width, resize_to / height
+    side_w = min(width, int(round(size / scale_w)))
+    side_h = min(height, int(round(size / scale_h)))
     return CropBox((height - side_h) // 2, (width - side_w) // 2, side_h, side_w)
 
 
-def eval_resize_box(width: int, height: int, size: int, crop_pct: float = EVAL_CROP_PCT) -> tuple[float, float, float, float]:
+def eval_resize_box(width: int, height: int, size: int, crop_pct: float = EVAL_CROP_PCT,
+                    crop_mode: str = "center") -> tuple[float, float, float, float]:
     """The source region (left, top, right, bottom; fractional pixels) that torchvision's
-    ``Resize(int(size / crop_pct))`` + ``CenterCrop(size)`` maps onto the output.
+    ``Resize(int(size / crop_pct))`` + ``CenterCrop(size)`` maps onto the output (``crop_mode=
+    "squash"``: timm's ``Resize((int(size / crop_pct),) * 2)`` + ``CenterCrop(size)``).
 
     Resizing exactly this region to ``size`` x ``size`` (PIL ``resize(box=...)``)
     gives torchvision's eval result without resizing the whole image first.
@@ -111,7 +121,7 @@ def eval_resize_box(width: int, height: int, size: int, crop_pct: float = EVAL_C
     """
     short, long = (width, height) if width <= height else (height, width)
     new_short = eval_resize_side(size, crop_pct)
-    new_long = int(new_short * long / short)
+    new_long = new_short if crop_mode == "squash" else int(new_short * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
