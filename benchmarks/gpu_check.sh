@@ -28,7 +28,7 @@ step() {  # name, timeout seconds, command...  (runs only if named in STEPS)
 if [[ $STEPS == *bench-train* || $STEPS == *bench-data* || $STEPS == *profile* ]]; then  # the 8000-JPEG folder (~20 s)
   $PY -c "import os; from finetune.data.bench import make_photo_folder; make_photo_folder('$DATA', count=8000, width=500, height=375, processes=os.cpu_count())" > /dev/null 2>&1
 fi
-step cuda-tests      120 $PY -m pytest -q -m cuda -p no:cacheprovider -o addopts= tests/test_checkpoint_cuda.py tests/test_data_loader.py tests/test_train_cuda.py tests/test_cam.py
+step cuda-tests      150 $PY -m pytest -q -m cuda -p no:cacheprovider -o addopts= tests/test_checkpoint_cuda.py tests/test_data_loader.py tests/test_train_cuda.py tests/test_cam.py tests/test_eval_transform.py
 step bench-ckpt      60  $PY benchmarks/bench_checkpoint.py --device cuda
 step bench-freeze    60  $PY benchmarks/bench_freeze.py --device cuda
 step bench-train     200 $PY benchmarks/bench_train.py --device cuda --images 8000 --epochs 3 $([[ $STEPS == *ablations* ]] && echo --ablations)

@@ -283,3 +283,23 @@ def test_device_paths_take_the_eval_settings(files: list[Path], cache: str | Non
             assert _diff(got[k], bilinear[k]) > 5  # (noise: the filters differ)
         else:  # the CPU transform exactly
             assert _diff(got[k], ref) <= 2.01, f.name
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("crop_mode", ["center", "squash"])
+def test_cuda_eval_with_nvjpeg_and_the_gpu_cache_takes_the_settings(files: list[Path], crop_mode: str) -> None:
+    samples = Samples.from_lists([str(f) for f in files], [0] * len(files), ["a"])
+    common = dict(train=False, img_size=48, batch_size=len(files), workers=0, crop_pct=0.95, interpolation="bicubic",
+                  crop_mode=crop_mode, device="cuda")
+    for where in ({"decode": "gpu"}, {"cache": "gpu"}):
+        with build_loader(samples, **common, **where) as loader:
+            got, _ = next(iter(loader))
+        assert got.device.type == "cuda"
+        for k, f in enumerate(files):
+            ref = _reference(f, 48, 0.95, "bicubic", crop_mode)
+            err = (got[k].cpu() - ref).abs() * torch.tensor(STD).view(3, 1, 1) * 255
+            if f.suffix == ".jpg" and "decode" in where:  # nvjpeg's decode, the centre crop resized on the device
+                assert float(err.mean()) < 4, (f.name, where)
+            else:
+                assert float(err.max()) <= 2.01, (f.name, where)
