@@ -28,6 +28,12 @@ import torch
 from torch import Tensor
 
 from finetune.errors import CheckpointError, FinetuneError, UnsafeCheckpointError, WeightsError
+from finetune.weights.deepspeed_zero import (
+    find_tag_folder,
+    from_model_states,
+    is_model_states,
+    read_deepspeed,
+)
 from finetune.weights.keys import unwrap_names
 from finetune.weights.unpickle import (
     RESTRICTED_ONLY,
@@ -114,6 +120,8 @@ def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Any], *, trust
                          fmt="TorchScript")
     if kind in ("torch zip", "pickle"):
         obj = _torch_file(path, kind=kind, trust=trust)
+        if is_model_states(obj):  # DeepSpeed's mp_rank_00_model_states.pt: the partitions beside it too
+            return read_deepspeed(path, trust=trust, loaded=obj)
         container = "torch zip" if kind == "torch zip" else "legacy torch.save"
         return interpret(obj, source=name, container=container)
     if kind == "raw pickle":
@@ -221,6 +229,8 @@ def interpret(obj: Any, *, source: str, container: str = "in memory", fmt: str |
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
     obj = dict(obj)
+    if is_model_states(obj):
+        return from_model_states(obj, source=source)
     fmt_name, weights, ema, optimizer = _layout(obj, source)
     meta = {} if _is_flat(obj) else _metadata(obj)  # a state dict's scalars (num_batches_tracked) are weights
     ck = Checkpoint(source, container, fmt or fmt_name, weights, ema, meta, optimizer)
@@ -531,6 +541,8 @@ def _read_folder(path: Path, *, trust: bool) -> Checkpoint:
     name = str(path)
     if (path / ".metadata").is_file():
         return interpret(read_dcp(path), source=name, container="torch.distributed.checkpoint folder")
+    if find_tag_folder(path) is not None:  # DeepSpeed: 'latest' + the tag folder, or the tag folder
+        return read_deepspeed(path, trust=trust)
     files = {p.name: p for p in path.iterdir()}
     accelerate = any(n in files for n in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "scaler.pt"))
     fmt = "accelerate save_state" if accelerate else "weights folder"
@@ -546,6 +558,10 @@ def _read_folder(path: Path, *, trust: bool) -> Checkpoint:
                        and p.name not in ("optimizer.bin", "scheduler.bin", "scaler.pt", "sampler.bin")]
             if len(weights) == 1:
                 return _with_folder_note(read_checkpoint(weights[0], trust=trust), name)
+            ds_dirs = [p for p in files.values() if p.is_dir() and p.name.endswith(WEIGHT_SUFFIXES)
+                       and find_tag_folder(p) is not None]
+            if not weights and len(ds_dirs) == 1:  # Lightning DeepSpeedStrategy: runs/epoch=1-step=6.ckpt/
+                return _with_folder_note(read_checkpoint(ds_dirs[0], trust=trust), name)
         if main is not None:
             sd = _read_weights_file(main, trust=trust)
             ck = Checkpoint(name, main.name, fmt, sd)

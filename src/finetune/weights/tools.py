@@ -217,7 +217,7 @@ def _strip(sd: StateDict, prefix: str, ck: Checkpoint) -> StateDict:
     if prefix in ("none", ""):
         return sd
     if prefix == "auto":
-        attr = lightning_attribute(sd) if ck.format == "PyTorch Lightning" else None
+        attr = lightning_attribute(sd) if "PyTorch Lightning" in ck.format else None
         if attr is None:
             return sd
         p = attr + "."

@@ -189,6 +189,38 @@ class PartialStandIn:
         return f"partial({', '.join(parts)})"
 
 
+class RecordedObject:
+    """Stand-in for a class of a training library that a file makes with arguments (a DeepSpeed enum,
+    dataclass or loss scaler we have no explicit stand-in for): keeps the arguments and the state,
+    runs nothing.
+
+    >>> obj = RecordedObject.__new__(RecordedObject, 2); obj.__setstate__({"cur_scale": 1.0}); obj.args, obj.state
+    ((2,), {'cur_scale': 1.0})
+    """
+
+    args: tuple[Any, ...] = ()
+    state: Any = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> RecordedObject:
+        obj = super().__new__(cls)
+        obj.__dict__.update(args=args, state=None)
+        return obj
+
+    def __setstate__(self, state: Any) -> None:
+        """Keep the state as it was pickled."""
+        self.__dict__["state"] = state
+
+
+def enum_value(value: Any, *_args: Any) -> Any:
+    """Stand-in for an ``Enum`` class that a pickle calls with a member's value (DeepSpeed's
+    ``ZeroStageEnum(2)``): the plain value, so metadata shows ``2``.
+
+    >>> enum_value(3)
+    3
+    """
+    return value
+
+
 def attribute_placeholder(obj: Any, name: str) -> str:
     """Stand-in for ``getattr`` in a pickle (mmengine's HistoryBuffer keeps ``getattr(HistoryBuffer, 'min')``):
     the text ``'HistoryBuffer.min'``, never the attribute itself, so nothing is looked up or run.
@@ -217,7 +249,8 @@ def stand_ins() -> list[SafeGlobal]:
 
     fastai's ``Learner.save`` keeps optimizer hypers in a fastcore ``L``; Lightning keeps
     Hydra/OmegaConf configs among its hyperparameters; mmengine's Runner keeps logged
-    scalars in HistoryBuffers (``message_hub``). The stand-ins rebuild them as plain
+    scalars in HistoryBuffers (``message_hub``); DeepSpeed's optimizer files keep a
+    ``ZeroStageEnum`` (its value), loss scalers and ``fragment_address`` records (inert). The stand-ins rebuild them as plain
     lists, dicts and inert objects without importing or running those libraries; the
     builtins that OmegaConf pickles by name (``dict``, ``int``, ``typing.Any``,
     ``defaultdict``) are allowed as the plain types they are, and ``getattr`` only
@@ -234,6 +267,10 @@ def stand_ins() -> list[SafeGlobal]:
     items += [(OmegaConfNode, f"omegaconf.nodes.{n}") for n in _OMEGACONF_NODES]
     items += [(t, f"builtins.{t.__name__}") for t in (dict, list, int, float, str, bool, set, frozenset)]
     items += [(typing.Any, "typing.Any"), (collections.defaultdict, "collections.defaultdict")]
+    items += [(enum_value, "deepspeed.runtime.zero.config.ZeroStageEnum"),
+              (Inert, "deepspeed.runtime.fp16.loss_scaler.LossScaler"),
+              (Inert, "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler"),
+              (Inert, "deepspeed.utils.tensor_fragment.fragment_address")]
     return items
 
 
@@ -283,18 +320,26 @@ def unsafe_error(name: str, globals_: list[str]) -> UnsafeCheckpointError:
 #: ``checkpoint['callbacks']`` by the callback's class; lightning-hydra-template's hyperparameters
 #: hold ``functools.partial(torch.optim.Adam, lr=...)``
 CLASS_KEY_MODULES = ("pytorch_lightning.callbacks.", "lightning.pytorch.callbacks.", "torch.optim.")
+#: modules whose other classes (those without an explicit stand-in in :func:`stand_ins`) become
+#: :class:`RecordedObject` stand-ins: DeepSpeed's optimizer files pickle its enums, dataclasses and
+#: loss scalers, whose names change between versions
+RECORDED_MODULES = ("deepspeed.",)
 
 
 def class_stand_in(fullname: str) -> type:
     """An inert class named like ``fullname``, for a class that a file only names (a dict key, a partial's
-    function); calling it fails, so nothing is made.
+    function); calling it fails, so nothing is made. A class of :data:`RECORDED_MODULES` (DeepSpeed)
+    is a :class:`RecordedObject`: making one only records the arguments.
 
     >>> cls = class_stand_in("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")
     >>> cls.__qualname__, issubclass(cls, Inert)
     ('ModelCheckpoint', True)
+    >>> class_stand_in("deepspeed.runtime.zero.config.OffloadDeviceEnum")("cpu").args
+    ('cpu',)
     """
     module, _, qualname = fullname.rpartition(".")
-    return type(qualname, (Inert,), {"__module__": module, "__qualname__": qualname})
+    base = RecordedObject if fullname.startswith(RECORDED_MODULES) else Inert
+    return type(qualname, (base,), {"__module__": module, "__qualname__": qualname})
 
 
 def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = False,
@@ -304,7 +349,8 @@ def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = Fa
     Errors become :class:`CheckpointError` (corrupt) or :class:`UnsafeCheckpointError`.
     A file refused only for classes of :data:`CLASS_KEY_MODULES` (Lightning callbacks,
     torch optimizers and schedulers), which files name but do not make, is read again with
-    inert stand-ins for them (``class_keys``).
+    inert stand-ins for them (``class_keys``); so is one refused only for DeepSpeed classes
+    (:data:`RECORDED_MODULES`), whose stand-ins record their arguments and state.
 
     >>> import io, torch
     >>> buf = io.BytesIO(); torch.save([torch.zeros(1)], buf); _ = buf.seek(0)
@@ -332,7 +378,7 @@ def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = Fa
             if hasattr(f, "seek"):
                 f.seek(0)
             return torch_load(f, name=name, trust=False)  # torch's own allowlist has DTensors now
-        if unsafe and not class_keys and all(g.startswith(CLASS_KEY_MODULES) for g in unsafe):
+        if unsafe and not class_keys and all(g.startswith(CLASS_KEY_MODULES + RECORDED_MODULES) for g in unsafe):
             if hasattr(f, "seek"):
                 f.seek(0)
             return torch_load(f, name=name, class_keys=tuple(unsafe))
