@@ -51,6 +51,8 @@ CASES: dict[str, tuple[int, int, bool, bool]] = {
     "ds_stage3_fp32": (3, 1, False, False),
     "ds_stage3_fp32_2ranks": (3, 2, False, False),
     "ds_stage3_bf16_2ranks": (3, 2, True, False),
+    "ds_stage2_frozen_2ranks": (2, 2, False, False),
+    "ds_stage3_frozen_2ranks": (3, 2, False, False),
     "accelerate_deepspeed_stage2": (2, 1, False, False),
     "accelerate_deepspeed_stage3": (3, 1, False, False),
     "lightning_deepspeed_stage2": (2, 1, False, True),
@@ -207,6 +209,12 @@ def test_missing_partition_is_a_one_line_error(name, missing, tmp_path, capsys):
         load_weights(maker.fresh(1), folder)
 
 
+def test_stage3_frozen_parameter_needs_every_rank_model_states(tmp_path, capsys):
+    folder = copy_fixture("ds_stage3_frozen_2ranks", tmp_path)
+    (folder / "global_step3" / "zero_pp_rank_1_mp_rank_00_model_states.pt").unlink()
+    assert "'zero_pp_rank_1_mp_rank_00_model_states.pt' is missing" in cli_error(folder, capsys)
+
+
 def test_stage3_without_any_partition(tmp_path, capsys):
     folder = copy_fixture("ds_stage3_fp32", tmp_path)
     (folder / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
@@ -243,6 +251,17 @@ def test_stage2_model_states_alone_fall_back_to_the_module(tmp_path):
     ck = read_checkpoint(folder)
     assert ck.format == "DeepSpeed (ZeRO stage 2)" and any("not the fp32 master weights" in n for n in ck.notes)
     assert ck.weights["fc.weight"].dtype == torch.float16 and set(ck.weights) == TINY_KEYS
+
+
+def test_an_optimizer_partition_file_reads_the_whole_checkpoint(tmp_path):
+    name = "ds_stage3_fp32_2ranks"
+    model = maker.fresh(99)
+    load_weights(model, tag(name) / "zero_pp_rank_1_mp_rank_00_optim_states.pt", strict=True)
+    assert_output(model, name)
+    renamed = tmp_path / "partition.pt"  # the file alone, out of its folder: say what it is
+    shutil.copy(tag(name) / "zero_pp_rank_1_mp_rank_00_optim_states.pt", renamed)
+    with pytest.raises(CheckpointError, match="one rank's DeepSpeed optimizer partition"):
+        read_checkpoint(renamed)
 
 
 def test_model_states_in_memory():

@@ -2,7 +2,7 @@
 
 * :func:`read_state_dict` — a flat CPU state dict from any checkpoint file, folder or dict
   (torch zip / legacy, safetensors, sharded folders, TorchScript, DCP, timm, Lightning,
-  torchvision references, pytorch/examples, fastai, accelerate, mmengine, finetune's own);
+  torchvision references, pytorch/examples, fastai, accelerate, mmengine, DeepSpeed ZeRO 0-3, finetune's own);
 * :func:`load_weights` — align names, apply include/exclude/rename and shape rules,
   load, and return a :class:`LoadReport`;
 * :func:`inspect_checkpoint` and :func:`convert` — what the CLI's ``inspect`` and

@@ -65,6 +65,16 @@ def is_model_states(obj: Any) -> bool:
         and ("ds_version" in obj or "param_shapes" in obj or "dp_world_size" in obj)
 
 
+def is_optim_partition(obj: Any) -> bool:
+    """Whether a loaded object is one rank's DeepSpeed optimizer partition (``*_optim_states.pt``).
+
+    >>> is_optim_partition({"optimizer_state_dict": {"zero_stage": 2, "partition_count": [1]}, "ds_version": "0.16"})
+    True
+    """
+    osd = obj.get("optimizer_state_dict") if isinstance(obj, Mapping) else None
+    return isinstance(osd, Mapping) and "zero_stage" in osd and "partition_count" in osd
+
+
 def find_tag_folder(path: Path) -> Path | None:
     """The folder holding a DeepSpeed checkpoint's ``*model_states.pt`` for ``path``: the top folder
     (through ``latest``, or its only tag folder), the tag folder itself; None when ``path`` is no
@@ -131,6 +141,8 @@ def read_deepspeed(path: Path, *, trust: bool = False, loaded: Mapping[str, Any]
     from finetune.weights.formats import Checkpoint
 
     source = source or str(path)
+    if path.is_file() and OPTIM_RE.match(path.name) and loaded is not None and not is_model_states(loaded):
+        path, loaded = path.parent, None  # one rank's optimizer partition: read the whole checkpoint
     main_file = path if path.is_file() else None
     folder = path.parent if main_file is not None else find_tag_folder(path)
     if folder is None:
@@ -479,5 +491,6 @@ def _strip_forward_module(sd: StateDict) -> tuple[StateDict, list[str]]:
     return sd, []
 
 
-__all__ = ["find_tag_folder", "from_model_states", "is_model_states", "read_deepspeed", "zero12_gather",
+__all__ = ["find_tag_folder", "from_model_states", "is_model_states", "is_optim_partition", "read_deepspeed",
+           "zero12_gather",
            "zero3_gather"]

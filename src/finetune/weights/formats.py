@@ -29,9 +29,11 @@ from torch import Tensor
 
 from finetune.errors import CheckpointError, FinetuneError, UnsafeCheckpointError, WeightsError
 from finetune.weights.deepspeed_zero import (
+    OPTIM_RE,
     find_tag_folder,
     from_model_states,
     is_model_states,
+    is_optim_partition,
     read_deepspeed,
 )
 from finetune.weights.keys import unwrap_names
@@ -120,8 +122,8 @@ def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Any], *, trust
                          fmt="TorchScript")
     if kind in ("torch zip", "pickle"):
         obj = _torch_file(path, kind=kind, trust=trust)
-        if is_model_states(obj):  # DeepSpeed's mp_rank_00_model_states.pt: the partitions beside it too
-            return read_deepspeed(path, trust=trust, loaded=obj)
+        if is_model_states(obj) or (is_optim_partition(obj) and OPTIM_RE.match(path.name)):
+            return read_deepspeed(path, trust=trust, loaded=obj)  # DeepSpeed: the files beside it too
         container = "torch zip" if kind == "torch zip" else "legacy torch.save"
         return interpret(obj, source=name, container=container)
     if kind == "raw pickle":
@@ -231,6 +233,9 @@ def interpret(obj: Any, *, source: str, container: str = "in memory", fmt: str |
     obj = dict(obj)
     if is_model_states(obj):
         return from_model_states(obj, source=source)
+    if is_optim_partition(obj):
+        raise CheckpointError(f"{source}: one rank's DeepSpeed optimizer partition (*_optim_states.pt): "
+                              "read the checkpoint folder, which holds the model states and every rank's partition")
     fmt_name, weights, ema, optimizer = _layout(obj, source)
     meta = {} if _is_flat(obj) else _metadata(obj)  # a state dict's scalars (num_batches_tracked) are weights
     ck = Checkpoint(source, container, fmt or fmt_name, weights, ema, meta, optimizer)
