@@ -809,3 +809,21 @@ def test_convert_half_ema_and_prefix(src, tmp_path):
         convert(tmp_path / "enc.pt", tmp_path / "y.pt", strip_prefix="decoder.")
     with pytest.raises(WeightsError, match="must end in"):
         convert(tmp_path / "enc.pt", tmp_path / "y.txt")
+
+
+@pytest.mark.parametrize("safe", [False, True])
+def test_timm_hub_folder_reads_with_its_config(safe, tmp_path):
+    timm = pytest.importorskip("timm")
+    from timm.models._hub import save_for_hf
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    save_for_hf(model, tmp_path / "hub", model_config={"label_names": ["a", "b", "c"]}, safe_serialization=safe)
+    ck = read_checkpoint(tmp_path / "hub")
+    assert ck.metadata["config.architecture"] == "resnet18" and ck.metadata["config.label_names"] == ["a", "b", "c"]
+    assert ck.metadata["config.num_classes"] == 3 and ck.metadata["config.crop_pct"] == 0.95
+    fresh = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    load_weights(fresh, tmp_path / "hub", strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(fresh(x), model(x))
+    (tmp_path / "hub" / "config.json").write_text("{not json")  # a broken config.json: the weights still read
+    assert "config.architecture" not in read_checkpoint(tmp_path / "hub").metadata

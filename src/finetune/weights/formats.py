@@ -586,7 +586,44 @@ def _read_folder(path: Path, *, trust: bool) -> Checkpoint:
         except CheckpointError as e:
             ck.notes.append(f"optimizer.bin not read: {e}")
     ck.metadata["files"] = sorted(files)
+    if "config.json" in files:
+        ck.metadata.update(folder_config(files["config.json"]))
     return _unwrap(ck)
+
+
+#: what a model folder's config.json says about the model: timm's hub format (``architecture``,
+#: ``num_classes``, ``label_names``, ``pretrained_cfg``) and Hugging Face transformers'
+#: (``architectures``, ``model_type``, ``id2label``)
+CONFIG_KEYS = ("architecture", "architectures", "model_type", "num_classes", "num_labels", "label_names", "id2label")
+
+
+def folder_config(path: Path) -> dict[str, Any]:
+    """The model description in a weights folder's ``config.json`` (timm's ``save_for_hf`` /
+    ``push_to_hub`` folders, Hugging Face transformers' ``save_pretrained``), as ``config.KEY``
+    metadata: the architecture, the number of classes and their names, and the eval settings of
+    timm's ``pretrained_cfg``. Plain JSON is read, nothing else; an unreadable file gives ``{}``.
+
+    >>> import json, tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "config.json"
+    >>> _ = path.write_text(json.dumps({"architecture": "resnet18", "num_classes": 2, "label_names": ["cat", "dog"],
+    ...                                 "pretrained_cfg": {"crop_pct": 0.95, "interpolation": "bicubic"}}))
+    >>> folder_config(path)
+    {'config.architecture': 'resnet18', 'config.num_classes': 2, 'config.label_names': ['cat', 'dog'], 'config.crop_pct': 0.95, 'config.interpolation': 'bicubic'}
+    """
+    try:
+        if path.stat().st_size > 4 << 20:
+            return {}
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    out = {f"config.{k}": config[k] for k in CONFIG_KEYS if k in config}
+    pretrained = config.get("pretrained_cfg")
+    if isinstance(pretrained, dict):
+        out.update({f"config.{k}": pretrained[k] for k in ("input_size", "crop_pct", "interpolation", "crop_mode",
+                                                           "mean", "std") if k in pretrained})
+    return {k: jsonable(v) for k, v in out.items()}
 
 
 def _with_folder_note(ck: Checkpoint, folder: str) -> Checkpoint:
