@@ -868,13 +868,14 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     from finetune.data.normalize import Normalizer
     from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from finetune.train import (
-        _expand_inputs,
+        _found_inputs,
         eval_crop,
         eval_transform_of_checkpoint,
         load_checkpoint_model,
         resolve_data,
         resolve_device,
         spread_indices,
+        warn,
     )
 
     if method not in METHODS:
@@ -894,13 +895,19 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
             raise ConfigError(f"unknown class '{target}': the checkpoint's classes are {close}")
         target_index = classes.index(target)
     truth: dict[str, int] = {}
+    named: set[Path] = set()  # files named on the command line: unreadable is an error (found ones are skipped)
     if inputs:
-        files = _expand_inputs(list(inputs))
+        found = _found_inputs(list(inputs))
+        files = [f for f, _ in found]
+        named = {f for f, in_folder in found if not in_folder}
         boxes = {}
         for root in {Path(i) for i in inputs if Path(i).is_dir()}:
             boxes.update(read_boxes(root))
     else:
-        data = cfg.get("data", "shapes")
+        if "data" not in cfg:  # saved by other code (a loop of one's own): not the built-in shapes
+            raise DataError(f"'{ckpt_path}' does not say which data it was trained on (no config with a 'data' in "
+                            "it): give the images to explain (files or folders)")
+        data = cfg["data"]
         _, val = resolve_data(data, cfg.get("val_split", 0.1), cfg.get("seed", 0))
         from finetune.data.samples import relabel
 
@@ -923,14 +930,24 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     records: list[dict[str, Any]] = []
     scored: list[Localisation] = []  # one per image with a box
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        crops = [eval_crop(f, size, crop_pct, interpolation, crop_mode) for f in chunk]
+        chunk, crops = [], []
+        for f in files[start:start + batch_size]:
+            try:
+                crops.append(eval_crop(f, size, crop_pct, interpolation, crop_mode))
+            except DataError as e:
+                if f in named:
+                    raise
+                warn(f"skipping {e}")  # as predict does: one unreadable image does not stop the others
+                continue
+            chunk.append(f)
+        if not chunk:
+            continue
         batch = normalizer(torch.stack(crops).to(dev))
         result = class_activation_maps(model, batch, method=method, layer=layer,
                                        classes=None if target_index is None else [target_index])
         maps = result.maps.cpu()
         for k, f in enumerate(chunk):
-            n = start + k
+            n = len(records)
             cls = int(result.classes[k])
             name = f"{n:04d}_{_safe(f.stem)}_{_safe(classes[cls])}.png"
             Image.fromarray(overlay(crops[k], maps[k], alpha)).save(out_dir / name)
@@ -946,6 +963,8 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                 record.update(pointing=bool(scores.pointing), energy=round(scores.energy, 6), iou=round(scores.iou, 6))
                 scored.append(scores)
             records.append(record)
+    if files and not records:
+        raise DataError(f"none of the {len(files)} images to explain can be read")
     loc = (Localisation(len(scored), *(float(np.mean([getattr(x, k) for x in scored])) for k in ("pointing", "energy", "iou")))
            if scored else None)
     with (out_dir / "cam.jsonl").open("w") as fh:

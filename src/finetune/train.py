@@ -482,6 +482,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     classes = list(train_samples.classes)
     if resume_state is not None and list(resume_state.get("classes", classes)) != classes:
         raise CheckpointError(f"the checkpoint's classes {resume_state['classes'][:5]}… differ from the data's {classes[:5]}…")
+    if resume_state is not None:
+        check_resume_fits(resume_state, cfg, len(train_samples), str(resume_path))
     # the pretrained weights' input normalisation (timm's own; else ImageNet's); a resumed run keeps its own
     mean, std = ((tuple(resume_state["mean"]), tuple(resume_state["std"])) if resume_state is not None and "mean" in resume_state
                  else normalization(cfg.model, cfg.pretrained))
@@ -645,6 +647,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen,
             "best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
             "history": history, "config": cfg.to_dict(), "arch": cfg.model, "classes": classes,
+            "train_images": len(train_samples), "val_images": len(val_samples),
             "img_size": cfg.img_size, "mean": list(mean), "std": list(std),
             "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation, "crop_mode": cfg.crop_mode,
         }
@@ -798,6 +801,40 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     ddp.stop()
     return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped,
                        early_stopped=early, rank=ddp.rank)
+
+
+def check_resume_fits(state: dict[str, Any], cfg: TrainConfig, train_images: int, path: str) -> None:
+    """Refuse a resume that cannot continue the checkpoint's run: another architecture, or, in the
+    middle of an epoch, batches cut differently (the position is counted in batches: another
+    ``--batch-size``, training set or ``--cache-features`` would skip or repeat images silently).
+
+    >>> from finetune.config import TrainConfig
+    >>> saved = {"arch": "resnet18", "loader": {"position": 2}, "train_images": 16,
+    ...          "config": {"batch_size": 4, "cache_features": False}}
+    >>> check_resume_fits(saved, TrainConfig(model="resnet18", batch_size=4), 16, "last.pt")
+    >>> check_resume_fits(saved, TrainConfig(model="resnet18", batch_size=8), 16, "last.pt")
+    Traceback (most recent call last):
+    finetune.errors.CheckpointError: 'last.pt' was saved in the middle of an epoch with --batch-size 4: resume with --batch-size 4, or from a checkpoint saved at the end of an epoch
+    >>> check_resume_fits({**saved, "loader": {"position": 0}}, TrainConfig(model="resnet18", batch_size=8), 20, "x")
+    """
+    arch = state.get("arch")
+    if arch is not None and str(arch) != cfg.model:
+        raise CheckpointError(f"'{path}' is a checkpoint of a {arch}, not a {cfg.model}: resume with --model {arch} "
+                              "(or start a new run from its weights with --pretrained FILE --out NEW_DIR)")
+    if not int(state.get("loader", {}).get("position", 0)):
+        return  # the end of an epoch: the next one starts from its first batch, cut as this run cuts them
+    saved = state.get("config") or {}
+    how = "or from a checkpoint saved at the end of an epoch"
+    if saved.get("batch_size") not in (None, cfg.batch_size):
+        raise CheckpointError(f"'{path}' was saved in the middle of an epoch with --batch-size {saved['batch_size']}: "
+                              f"resume with --batch-size {saved['batch_size']}, {how}")
+    if bool(saved.get("cache_features", cfg.cache_features)) != bool(cfg.cache_features):
+        flag = "--cache-features" if saved.get("cache_features") else "no --cache-features"
+        raise CheckpointError(f"'{path}' was saved in the middle of an epoch with {flag}: resume with {flag}, {how}")
+    if state.get("train_images") not in (None, train_images):
+        raise CheckpointError(f"'{path}' was saved in the middle of an epoch of {state['train_images']} training "
+                              f"images, the data has {train_images} now (the data or --val-split changed): "
+                              f"resume with the data it had, {how}")
 
 
 def build_train_loader(samples: Samples, cfg: TrainConfig, **loader_kw: Any) -> Loader:
@@ -1134,11 +1171,19 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     classes = list(state["classes"])
     trained_on = str(cfg.get("data", "shapes"))
     split = dict(val_split=float(cfg.get("val_split", 0.1)), seed=int(cfg.get("seed", 0)))
+    if data is None and "data" not in cfg:  # saved by other code (a loop of one's own): not the built-in shapes
+        raise DataError(f"'{path}' does not say which data it was trained on (no config with a 'data' in it): "
+                        "give --data PATH (a folder or CSV to evaluate)")
     if data is None:
         if trained_on != "shapes" and not Path(trained_on).exists():
             raise DataError(f"the data this checkpoint was trained on, '{trained_on}', is not found from here "
                             f"({Path.cwd()}): give --data PATH (a folder or CSV to evaluate)")
         data = trained_on
+    elif moved_training_data(data, state, trained_on, **split):
+        warn(f"'{data}' holds the {state['train_images']} + {state['val_images']} images of the data this checkpoint "
+             f"was trained on ('{trained_on}', not found from here): scoring its validation split, as training held "
+             "it out (not its training images)")
+        trained_on = data
     # labelled by class name with the checkpoint's classes: a dataset that changed since training (a class
     # added, removed or renamed) is refused or scored by name, never with shifted indices
     samples = eval_samples(data, classes, trained_on=trained_on, **split)
@@ -1147,7 +1192,42 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
                           crop_mode=crop_mode,
                           batch_size=batch_size, workers=workers, device=dev,
                           mean=tuple(state.get("mean", IMAGENET_MEAN)), std=tuple(state.get("std", IMAGENET_STD)))
-    return evaluate(model, loader, quiet=quiet)
+    result = evaluate(model, loader, quiet=quiet)
+    bad = loader.bad_file_list()
+    if bad:  # not scored: say so, a score over fewer images than the data has is not the data's score
+        warn(f"skipped {len(bad)} unreadable image(s) of {len(samples)}, not scored (e.g. '{bad[0].path}': "
+             f"{bad[0].reason})")
+        result["skipped"] = [b.path for b in bad]
+    return result
+
+
+def moved_training_data(data: str, state: dict[str, Any], trained_on: str, *, val_split: float, seed: int) -> bool:
+    """Whether ``data`` is the checkpoint's training data moved (or renamed): ``trained_on`` is gone and
+    ``data`` splits, as training split it, into as many training and validation images of the same
+    classes. Its validation split is then what ``eval`` scores: a flat folder (or a CSV without
+    ``val`` rows) is otherwise scored whole, its training images with it.
+
+    >>> import pathlib, tempfile
+    >>> from PIL import Image
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for c in ("cat", "dog"):
+    ...     (root / c).mkdir()
+    ...     for i in range(10):
+    ...         Image.new("RGB", (8, 8)).save(root / c / f"{i}.jpg")
+    >>> state = {"classes": ["cat", "dog"], "train_images": 16, "val_images": 4}
+    >>> moved_training_data(str(root), state, "/gone/photos", val_split=0.2, seed=0)
+    True
+    >>> moved_training_data(str(root), {**state, "train_images": 18}, "/gone/photos", val_split=0.2, seed=0)
+    False
+    """
+    if trained_on == "shapes" or Path(trained_on).exists() or "train_images" not in state or "val_images" not in state:
+        return False
+    try:
+        train_samples, val_samples = resolve_data(data, val_split, seed)
+    except DataError:
+        return False
+    return ((len(train_samples), len(val_samples)) == (state["train_images"], state["val_images"])
+            and list(train_samples.classes) == list(state["classes"]))
 
 
 def eval_transform_of_checkpoint(state: dict[str, Any]) -> tuple[int, float, str, str]:
