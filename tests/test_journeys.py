@@ -67,6 +67,7 @@ def sq_run(colours: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --------------------------------------------------------------------------- move everything
+@pytest.mark.slow
 def test_csv_relative_paths_from_another_cwd_then_run_and_data_moved(tmp_path: Path) -> None:
     """Train on a CSV of relative paths from another working directory; move the run directory and
     the data; eval / predict / cam / resume from the new places: what the run cannot know any more
@@ -147,6 +148,7 @@ def test_convert_then_plain_torchvision_model_gives_predicts_probabilities(sq_ru
             assert abs(t["prob"] - row[t["index"]].item()) < 2e-3, (p, row)
 
 
+@pytest.mark.slow
 def test_timm_model_with_bicubic_squash_eval_loads_into_timm_by_hand(colours: Path, tmp_path: Path) -> None:
     """A ``timm:`` model trained with a non-default eval transform (crop_pct 0.9, bicubic, squash):
     converted, loaded into ``timm.create_model(..., num_classes=2)`` strictly, the checkpoint's
@@ -196,6 +198,7 @@ def test_mid_epoch_resume_with_another_batch_size_is_refused(colours: Path, tmp_
     assert [r["epoch"] for r in records] == [0, 1] and [r["step"] for r in records] == [4, 6]
 
 
+@pytest.mark.slow
 def test_sigint_then_resume_with_changed_flags(colours: Path, tmp_path: Path) -> None:
     """Ctrl-C in the middle of a run saves and exits 0; the resume refuses what cannot continue the
     run (another model, another seed, --ema added) with one line each, and accepts a new --lr and
@@ -390,6 +393,7 @@ def test_lr_find_then_train_with_its_lr(colours: Path, tmp_path: Path) -> None:
     assert f"lr: {float(lr)}" in (tmp_path / "run" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_ema_mixup_early_stop_then_eval_convert_and_resume(colours: Path, tmp_path: Path) -> None:
     """--ema with --mixup/--cutmix and --early-stop: the run stops early; best.safetensors, eval and
     `convert --ema` are the EMA weights of the best epoch; a resume with more epochs stops again at once."""
