@@ -21,10 +21,14 @@ pixels are those of torchvision's ImageFolder, ``PIL.Image.open(p).convert("RGB"
 * one exception: 16-bit (and 32-bit integer) greyscale, which PIL's
   ``convert("RGB")`` clips to white above 255, keeps its high byte (``v >> 8``,
   what ``ToDtype(torch.uint8, scale=True)`` does), unless every value fits in
-  8 bits, where PIL's result is right and is kept (:func:`to_rgb`);
+  8 bits, where PIL's result is right and is kept (:func:`to_rgb`); likewise float greyscale
+  (a TIFF from skimage or OpenCV) whose values all lie in [0, 1] is scaled to 0..255, where
+  PIL's ``convert("RGB")`` truncates it to a black image;
 * a PNG whose chunk CRCs do not match is a bad file (libpng's rule; PIL alone
   would decode it), and so is any file PIL cannot decode completely. Bytes after
-  a JPEG's end marker are ignored, as libjpeg ignores them.
+  a JPEG's end marker are ignored, as libjpeg ignores them. An image PIL cannot
+  identify is named for what it is where that can be told (a 12-bit JPEG, HEIC,
+  a float RGB TIFF: :func:`describe_unsupported`), not called "not an image".
 
 >>> import tempfile, os
 >>> from PIL import Image
@@ -37,6 +41,7 @@ pixels are those of torchvision's ImageFolder, ``PIL.Image.open(p).convert("RGB"
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
@@ -44,6 +49,7 @@ import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,7 +131,93 @@ def open_header(data: torch.Tensor) -> Image.Image:
     >>> img.size, img.format, img.mode
     ((640, 480), 'JPEG', 'RGB')
     """
-    return Image.open(io.BytesIO(data.numpy().tobytes()))
+    return open_image(io.BytesIO(data.numpy().tobytes()))
+
+
+class UnsupportedImageError(Image.UnidentifiedImageError):
+    """An image file PIL cannot decode, with what it is (its message is the bad-file reason)."""
+
+
+def open_image(source: str | io.BytesIO) -> Image.Image:
+    """``Image.open(source)``; an image that PIL cannot identify but :func:`describe_unsupported` can
+    name raises :class:`UnsupportedImageError` saying what it is.
+
+    >>> import struct
+    >>> sof = b"\\xff\\xc0" + struct.pack(">HBHHB", 17, 12, 8, 8, 3) + bytes(9)   # a 12-bit baseline JPEG's frame
+    >>> open_image(io.BytesIO(b"\\xff\\xd8" + sof + b"\\xff\\xd9"))
+    Traceback (most recent call last):
+    finetune.data.decode.UnsupportedImageError: unsupported image: a 12-bit JPEG (PIL decodes 8-bit JPEGs only)
+    """
+    try:
+        return Image.open(source)
+    except Image.UnidentifiedImageError:
+        what = None
+        with contextlib.suppress(*DECODE_ERRORS):
+            if isinstance(source, str):
+                with open(source, "rb") as f:
+                    what = describe_unsupported(f)
+            else:
+                source.seek(0)
+                what = describe_unsupported(source)
+        if what is None:
+            raise
+        raise UnsupportedImageError(f"unsupported image: {what}") from None
+
+
+_TIFF_COMPRESSIONS = {1: "no", 5: "LZW", 7: "JPEG", 8: "Deflate", 32773: "PackBits", 32946: "Deflate",
+                      34925: "LZMA", 50000: "Zstandard", 50001: "WebP", 50002: "JPEG XL", 52546: "JPEG XL"}
+_TIFF_SAMPLE_FORMATS = {1: "unsigned integers", 2: "signed integers", 3: "floats"}
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+
+
+def describe_unsupported(f: io.BufferedIOBase | io.BytesIO) -> str | None:
+    """What the image in the binary file ``f`` is, for an image that PIL cannot open (None if the
+    first bytes do not say): a JPEG of more than 8 bits, HEIF/HEIC, JPEG XL, or a TIFF whose samples
+    or compression PIL cannot decode.
+
+    >>> describe_unsupported(io.BytesIO(b"\\x00\\x00\\x00\\x18ftypheic" + bytes(12)))
+    'an HEIF/HEIC image, which PIL cannot decode (convert it to JPEG or PNG)'
+    >>> describe_unsupported(io.BytesIO(b"plain text")) is None
+    True
+    """
+    head = f.read(64 * 1024)
+    if head[:3] == b"\xff\xd8\xff":
+        pos = 2
+        while pos + 9 < len(head) and head[pos] == 0xFF:
+            marker, length = head[pos + 1], int.from_bytes(head[pos + 2:pos + 4], "big")
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                bits = head[pos + 4]
+                return f"a {bits}-bit JPEG (PIL decodes 8-bit JPEGs only)" if bits != 8 else None
+            pos += 2 + length
+        return None
+    if head[4:8] == b"ftyp" and (head[8:12] in _HEIF_BRANDS or any(b in head[16:64] for b in _HEIF_BRANDS[:2])):
+        return "an HEIF/HEIC image, which PIL cannot decode (convert it to JPEG or PNG)"
+    if head[:2] == b"\xff\x0a" or head[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "a JPEG XL image, which PIL cannot decode (convert it to JPEG or PNG)"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        from PIL import TiffImagePlugin
+
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(head[:16] if head[2] == 0x2B or head[3] == 0x2B else head[:8])
+        f.seek(ifd.next)
+        ifd.load(f)
+        return f"{tiff_description(ifd)}, which PIL cannot decode"
+    return None
+
+
+def tiff_description(tags: Any) -> str:
+    """A TIFF's samples and compression in words, from its tags (PIL's ``img.tag_v2``, or any mapping).
+
+    >>> tiff_description({277: 3, 258: (32, 32, 32), 339: (3, 3, 3), 259: 50001})
+    'a TIFF with 3 samples per pixel of 32-bit floats, WebP compression'
+    """
+    def first(tag: int, default: int) -> int:
+        value = tags.get(tag, default)
+        return int(value[0] if isinstance(value, tuple) else value)
+
+    n, bits, kind, compression = first(277, 1), first(258, 1), first(339, 1), first(259, 1)
+    return (f"a TIFF with {n} sample{'s' if n != 1 else ''} per pixel of {bits}-bit "
+            f"{_TIFF_SAMPLE_FORMATS.get(kind, f'sample format {kind}')}, "
+            f"{_TIFF_COMPRESSIONS.get(compression, f'type {compression}')} compression")
 
 
 def png_crc_error(data: bytes | memoryview | np.ndarray) -> str | None:
@@ -165,15 +257,22 @@ def _check_png(data: bytes | memoryview | np.ndarray) -> None:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """``img.convert("RGB")`` (decoding it), except that 16-bit greyscale keeps its high byte.
+    """``img.convert("RGB")`` (decoding it), except that 16-bit greyscale keeps its high byte
+    and float greyscale in [0, 1] is scaled to 0..255.
 
     PIL clips ``I;16`` values above 255 to white; here they become ``v >> 8`` unless
-    every value fits in 8 bits (then they are kept, equal to PIL's result). An RGB
-    image is returned as it is, decoded, without PIL's copy.
+    every value fits in 8 bits (then they are kept, equal to PIL's result). PIL truncates
+    ``F`` values to integers, so an image in [0, 1] comes out black; here, when every value
+    lies in [0, 1], they become ``round(v * 255)`` (what ``ToDtype(torch.uint8, scale=True)``
+    does with floats); other float images are PIL's result. An RGB image is returned as it
+    is, decoded, without PIL's copy.
 
     >>> grey16 = Image.fromarray(np.array([[0, 257 * 100, 65535]], np.uint16))
     >>> np.asarray(to_rgb(grey16))[0, :, 0].tolist(), np.asarray(grey16.convert("RGB"))[0, :, 0].tolist()
     ([0, 100, 255], [0, 255, 255])
+    >>> floats = Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32))
+    >>> np.asarray(to_rgb(floats))[0, :, 0].tolist(), np.asarray(floats.convert("RGB"))[0, :, 0].tolist()
+    ([0, 128, 255], [0, 0, 1])
     """
     if img.mode == "RGB":
         img.load()
@@ -183,12 +282,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
         if values.size and values.max() > 255:
             values >>= 8
         return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        floats = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if floats.size and floats.min() >= 0 and floats.max() <= 1:
+            return Image.fromarray((floats * 255).round().astype(np.uint8), "L").convert("RGB")
     return img.convert("RGB")
 
 
 def load_rgb(img: Image.Image) -> Image.Image:
     """:func:`to_rgb`; the odd exceptions PIL's decoders raise on some corrupt files become
     ``OSError`` (one of :data:`DECODE_ERRORS`), so the file counts as bad.
+
+    A TIFF that libtiff cannot decode (e.g. a compression this PIL's libtiff was built without)
+    says what it is: "decoder error -2 (a TIFF with 3 samples per pixel of 8-bit unsigned
+    integers, WebP compression)".
 
     >>> load_rgb(Image.new("LA", (4, 2))).mode
     'RGB'
@@ -197,6 +304,12 @@ def load_rgb(img: Image.Image) -> Image.Image:
         return to_rgb(img)
     except _CORRUPT_ERRORS as e:
         raise OSError(f"corrupt image data ({type(e).__name__}: {e})") from e
+    except OSError as e:
+        if img.format != "TIFF" or isinstance(e, UnsupportedImageError):
+            raise
+        # libtiff's own message (e.g. "WEBP compression support is not configured") goes to stderr;
+        # PIL says only "decoder error -2"
+        raise OSError(f"{e} ({tiff_description(img.tag_v2)})") from e
 
 
 def _pil_crop(img: Image.Image, full: tuple[int, int], box: CropBox) -> torch.Tensor:
@@ -272,7 +385,7 @@ def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: b
     >>> ours.shape, int((ours.permute(2, 0, 1).int() - theirs.int()).abs().max()) <= 2
     (torch.Size([32, 32, 3]), True)
     """
-    img = Image.open(path)
+    img = open_image(path)
     full = img.size
     left, top, right, bottom = eval_resize_box(*full, size, crop_pct, crop_mode)
     if img.format in JPEG_FORMATS:
@@ -373,7 +486,7 @@ def image_size(path: str) -> tuple[int, int]:
     >>> image_size(path)
     (640, 480)
     """
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return img.size
 
 
@@ -400,7 +513,11 @@ def bad_reason(error: BaseException) -> str:
 
     >>> bad_reason(Image.UnidentifiedImageError("cannot identify image file <_io.BytesIO object at 0x7f>"))
     'not an image (cannot identify image file)'
+    >>> bad_reason(UnsupportedImageError("unsupported image: a 12-bit JPEG (PIL decodes 8-bit JPEGs only)"))
+    'unsupported image: a 12-bit JPEG (PIL decodes 8-bit JPEGs only)'
     """
+    if isinstance(error, UnsupportedImageError):
+        return str(error)
     if isinstance(error, Image.UnidentifiedImageError):
         return "not an image (cannot identify image file)"
     text = " ".join(str(error).split())
@@ -414,7 +531,7 @@ def check_file(path: str) -> str | None:
     True
     """
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if img.format == "PNG":
                 with open(path, "rb") as f:
                     _check_png(f.read())

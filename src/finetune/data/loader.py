@@ -1151,6 +1151,14 @@ def read_jpeg_cpu(data: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- bad files
+def _pool_worker_signals() -> None:
+    """A pool worker dies of the SIGTERM that ``Pool.terminate`` (the end of its ``with`` block) sends,
+    and leaves Ctrl-C to the main process. Forked inside ``train()``, it would inherit GracefulExit's
+    handler, which lets a forked process outlive its first signal: the pool's join then waited forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def scan_bad_files(samples: Samples, workers: int = 0) -> list[BadFile]:
     """Decode every file completely; return those that fail (unreadable, truncated, not images).
 
@@ -1162,7 +1170,8 @@ def scan_bad_files(samples: Samples, workers: int = 0) -> list[BadFile]:
     if workers > 1 and len(paths) > 64:
         import multiprocessing as mp
 
-        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers) as pool:
+        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(
+                workers, initializer=_pool_worker_signals) as pool:
             reasons = pool.map(check_file, paths, chunksize=32)
     else:
         reasons = [check_file(p) for p in paths]
@@ -1171,6 +1180,24 @@ def scan_bad_files(samples: Samples, workers: int = 0) -> list[BadFile]:
 
 # --------------------------------------------------------------------------- building
 _PROBES: dict[tuple, Any] = {}
+
+
+def raise_for_bad_files(*sets: Samples, workers: int = 0) -> None:
+    """Raise one :class:`DataError` listing every file of ``sets`` (e.g. the train and val splits
+    together, as ``--strict-data`` checks them) that cannot be decoded; return if there is none.
+
+    >>> good = Samples.from_lists([], [], ["a"])
+    >>> raise_for_bad_files(good, Samples.from_lists(["/nonexistent.jpg"], [0], ["a"]))
+    Traceback (most recent call last):
+    finetune.errors.DataError: 1 of 1 images cannot be read:
+      /nonexistent.jpg: FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent.jpg'
+    fix or remove them, or drop --strict-data to skip them
+    """
+    bad = [b for samples in sets for b in scan_bad_files(samples, workers=workers)]
+    if bad:
+        listing = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
+        raise DataError(f"{len(bad)} of {sum(len(s) for s in sets)} images cannot be read:\n{listing}\n"
+                        f"fix or remove them, or drop --strict-data to skip them")
 
 
 def path_samples(source: str | Path, train: bool, seed: int = 0) -> Samples:
@@ -1327,11 +1354,7 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
     if strict:
         if samples is None:
             raise DataError("strict data checking needs image files")
-        bad = scan_bad_files(samples, workers=workers if isinstance(workers, int) else (os.cpu_count() or 1))
-        if bad:
-            listing = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
-            raise DataError(f"{len(bad)} of {len(samples)} images cannot be read:\n{listing}\n"
-                            f"fix or remove them, or drop --strict-data to skip them")
+        raise_for_bad_files(samples, workers=workers if isinstance(workers, int) else (os.cpu_count() or 1))
     if drop_last is None:
         drop_last = train
     rank, world = shard if shard is not None else (0, 1)
