@@ -303,3 +303,36 @@ def test_cuda_eval_with_nvjpeg_and_the_gpu_cache_takes_the_settings(files: list[
                 assert float(err.mean()) < 4, (f.name, where)
             else:
                 assert float(err.max()) <= 2.01, (f.name, where)
+
+
+def test_best_safetensors_predicts_like_the_checkpoint(tmp_path: Path) -> None:
+    """The deployable file alone (no run directory) carries what predict, eval and cam need."""
+    data = write_colour_folder(tmp_path / "data", per_class=8, size=40)
+    run = tmp_path / "run"
+    r = run_cli("train", "--data", str(data), "--model", "squeezenet1_1", "--img-size", "32", "--batch-size", "8",
+                "--workers", "0", "--epochs", "1", "--crop-pct", "0.8", "--interpolation", "bicubic",
+                "--crop-mode", "squash", "--out", str(run), "-q")
+    assert r.returncode == 0, r.stderr
+    alone = tmp_path / "elsewhere" / "model.safetensors"
+    alone.parent.mkdir()
+    shutil.copy(run / "best.safetensors", alone)
+    image = tmp_path / "wide.png"
+    _noise_image(90, 50, 3).save(image)
+    outputs = []
+    for ckpt in (run / "checkpoints" / "best.pt", alone):
+        r = run_cli("predict", "--checkpoint", str(ckpt), str(image), "--json")
+        assert r.returncode == 0, r.stderr
+        outputs.append(json.loads(r.stdout)[0]["top"])
+    assert outputs[0] == outputs[1]
+    r = run_cli("eval", "--checkpoint", str(alone), "--data", str(data), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 2 * 2  # the val/ folder: 2 classes x 2
+    r = run_cli("eval", "--checkpoint", str(alone))  # no data named: it does not know its data
+    assert r.returncode == 2 and "--data" in r.stderr
+    r = run_cli("cam", str(alone), str(image), "--out", str(tmp_path / "cam"))
+    assert r.returncode == 0, r.stderr
+    # converted weights carry no architecture or classes: still a clear refusal
+    r = run_cli("convert", str(run / "checkpoints" / "best.pt"), str(tmp_path / "plain.safetensors"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("predict", "--checkpoint", str(tmp_path / "plain.safetensors"), str(image))
+    assert r.returncode == 2 and r.stderr.startswith("finetune: error:") and "finetune inspect" in r.stderr, r.stderr

@@ -1087,8 +1087,14 @@ def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
         warn(f"skipped {len(new)} unreadable image(s), listed in {path} (use --strict-data to stop instead)")
 
 
+#: what ``best.safetensors`` carries besides the weights (JSON in its metadata): enough for
+#: ``predict``, ``eval --data`` and ``cam`` to rebuild the model and its eval transform
+DEPLOYMENT_KEYS = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+
+
 def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
-    """``best.safetensors``: the best weights alone, with the class names in its metadata.
+    """``best.safetensors``: the best weights alone, with the architecture, class names, image
+    size, input normalisation and eval transform in its metadata (what ``predict`` needs).
 
     >>> import pathlib, tempfile, torch
     >>> from safetensors import safe_open
@@ -1103,7 +1109,8 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     from safetensors.torch import save_file
 
     meta = {"arch": str(state["arch"]), "classes": json.dumps(list(state["classes"])),
-            "img_size": str(state.get("img_size", "")), "format": "finetune-weights"}
+            "img_size": str(state.get("img_size", "")), "format": "finetune-weights",
+            **{k: json.dumps(state[k]) for k in DEPLOYMENT_KEYS if state.get(k) is not None}}
     tmp = run_dir / ".best.safetensors.tmp"
     weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema: the EMA weights are the result
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
@@ -1116,6 +1123,39 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- eval / predict from a checkpoint
+def read_deployment_file(path: Path) -> dict[str, Any] | None:
+    """A run's ``best.safetensors`` as a checkpoint state (weights, arch, classes, img_size and the
+    eval settings of its metadata), or None for any other file.
+
+    >>> import pathlib, tempfile, torch
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> write_deployment_files({"arch": "resnet18", "classes": ["cat", "dog"], "img_size": 32, "crop_pct": 0.9,
+    ...                         "model": {"fc.bias": torch.zeros(2)}}, run)
+    >>> state = read_deployment_file(run / "best.safetensors")
+    >>> state["arch"], state["classes"], state["img_size"], state["crop_pct"], list(state["model"])
+    ('resnet18', ['cat', 'dog'], 32, 0.9, ['fc.bias'])
+    """
+    if not path.is_file() or path.suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "finetune-weights":
+            return None
+        state: dict[str, Any] = {"arch": meta["arch"], "classes": json.loads(meta["classes"]),
+                                 "model": load_file(str(path))}
+        if meta.get("img_size"):
+            state["img_size"] = int(meta["img_size"])
+        state.update({k: json.loads(meta[k]) for k in DEPLOYMENT_KEYS if k in meta})
+    except (OSError, SafetensorError, KeyError, ValueError) as e:
+        raise CheckpointError(f"'{path}': cannot read it as a finetune best.safetensors ({e}): "
+                              "`finetune inspect` shows what it holds") from None
+    return state
+
+
 def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a finetune checkpoint describes and load its weights (the EMA weights
     of a run trained with ``--ema``, which its metrics and best checkpoint are about).
@@ -1129,7 +1169,7 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
     >>> model.finetune_arch, state["classes"], model.training
     ('squeezenet1_1', ['cat', 'dog'], False)
     """
-    state = Checkpointer.read(path)
+    state = read_deployment_file(Path(path)) or Checkpointer.read(path)
     if "arch" not in state or "classes" not in state or "model" not in state:
         raise CheckpointError(f"'{path}' is not a finetune training checkpoint (no arch/classes/model): "
                               "use `finetune inspect` to see what it holds")
