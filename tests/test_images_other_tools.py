@@ -266,8 +266,6 @@ def test_strict_check_with_worker_processes_inside_train_does_not_hang() -> None
     assert done.returncode == 0 and done.stdout.strip() == str(len(UNREADABLE)), done.stderr[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason="train.py checks each split alone: /tmp/image_patches/"
-                                       "train_strict_data_both_splits.patch (then remove this marker)")
 def test_cli_strict_data_lists_the_bad_files_of_both_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from finetune.cli import main
 

@@ -487,8 +487,12 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     # the pretrained weights' input normalisation (timm's own; else ImageNet's); a resumed run keeps its own
     mean, std = ((tuple(resume_state["mean"]), tuple(resume_state["std"])) if resume_state is not None and "mean" in resume_state
                  else normalization(cfg.model, cfg.pretrained))
+    if cfg.strict_data:  # one list of every unreadable file, of both splits (each loader would list only its own)
+        from finetune.data.loader import raise_for_bad_files
+
+        raise_for_bad_files(train_samples, val_samples, workers=os.cpu_count() or 1)
     loader_kw = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, device=device, seed=cfg.seed, mean=mean, std=std,
-                     channels_last=cfg.channels_last, decode=cfg.decode, prefetch=cfg.prefetch, strict=cfg.strict_data,
+                     channels_last=cfg.channels_last, decode=cfg.decode, prefetch=cfg.prefetch,
                      cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print,
                      shard=(ddp.rank, ddp.world), crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
                      crop_mode=cfg.crop_mode)
