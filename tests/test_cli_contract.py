@@ -238,3 +238,17 @@ def test_convert_onto_its_own_source_is_refused(tmp_path: Path) -> None:
 def test_fp16_on_cpu_is_refused(colour_data: Path, tmp_path: Path) -> None:
     one_line_error(run_cli("train", "--data", str(colour_data), "--device", "cpu", "--amp", "fp16",
                            "--out", str(tmp_path / "run"), "--epochs", "1"), "--amp fp16 needs a CUDA device")
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
+    """`finetune inspect big.pt | head`: no error line, no traceback, SIGPIPE's exit status."""
+    import torch
+
+    torch.save({f"block{i}.weight": torch.zeros(1) for i in range(4000)}, tmp_path / "many.pt")  # > a pipe's 64 KB
+    proc = subprocess.Popen([sys.executable, "-m", "finetune.cli", "inspect", str(tmp_path / "many.pt")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(100)
+    proc.stdout.close()  # the reader is gone
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", (proc.returncode, err)

@@ -7,6 +7,7 @@ imports what it needs when it runs, so ``finetune --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -486,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error("interrupted", debug)
     except MemoryError:
         return _error("out of memory: lower --batch-size or --img-size", debug)
+    except BrokenPipeError:  # `finetune inspect x | head`: the reader stopped reading; no error line
+        _stdout_to_devnull()
+        return 128 + signal.SIGPIPE  # what a shell reports for a program ended by SIGPIPE
     except OSError as e:  # the environment: permissions, a full or read-only disk, a file where a folder should be
         return _error(describe_os_error(e), debug)
     except Exception as e:  # a case the library does not check yet: still one line, the traceback with --debug
@@ -507,6 +511,14 @@ def _error(message: str, debug: bool) -> int:
 
         traceback.print_exc()
     return _fail(message)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of output nobody reads
+    does not raise a second BrokenPipeError at exit (Python's documented recipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _raise_interrupt(pid: int, signum: int, frame: object) -> None:
