@@ -7,8 +7,8 @@ References are computed with timm's and torchvision's own transforms.
 
 from __future__ import annotations
 
-import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import run_cli, write_colour_folder
 from finetune import Checkpointer
 from finetune.data import Samples, build_loader
-from finetune.errors import CheckpointError, ConfigError
+from finetune.errors import CheckpointError, ConfigError, DataError
 from finetune.models import eval_transform_of
 from finetune.train import eval_transform_of_checkpoint
 
@@ -204,61 +204,68 @@ def test_checkpoint_eval_transform_defaults_and_bad_values() -> None:
             eval_transform_of_checkpoint({"img_size": 32, **bad})
 
 
-def test_a_run_saves_its_eval_transform_and_predict_and_eval_use_it(tmp_path: Path) -> None:
-    data = write_colour_folder(tmp_path / "data", per_class=8, size=56)
-    run = tmp_path / "run"
-    r = run_cli("train", "--data", str(data), "--model", "resnet18", "--img-size", "32", "--batch-size", "8",
-                "--workers", "0", "--epochs", "1", "--crop-pct", "0.8", "--interpolation", "bicubic", "--crop-mode", "squash", "--out", str(run),
-                "-q")
+@pytest.fixture(scope="module")
+def squash_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(data, run directory, a non-square image) of one real `finetune train` with every eval setting given."""
+    root = tmp_path_factory.mktemp("squash_run")
+    data = write_colour_folder(root / "data", per_class=8, size=40)
+    run = root / "run"
+    r = run_cli("train", "--data", str(data), "--model", "squeezenet1_1", "--img-size", "32", "--batch-size", "8",
+                "--workers", "0", "--epochs", "1", "--crop-pct", "0.8", "--interpolation", "bicubic",
+                "--crop-mode", "squash", "--out", str(run), "-q")
     assert r.returncode == 0, r.stderr
+    image = root / "wide.png"  # (not square: squash and centre crops differ)
+    _noise_image(90, 50, 7).save(image)
+    return data, run, image
+
+
+def test_a_run_saves_its_eval_transform_and_predict_uses_it(squash_run: tuple[Path, Path, Path]) -> None:
+    from finetune import predict
+    from finetune.models import create_model
+
+    _, run, image = squash_run
     assert "crop-pct: 0.8" in (run / "config.yaml").read_text()
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True, map_location="cpu")
     assert (state["crop_pct"], state["interpolation"], state["crop_mode"]) == (0.8, "bicubic", "squash")
-
     # predict = the model on torchvision's Resize((40, 40), bicubic) + CenterCrop(32) of the file
-    from finetune.models import create_model
-
-    image = tmp_path / "wide.png"  # (not square: squash and centre crops differ)
-    _noise_image(90, 50, 7).save(image)
-    r = run_cli("predict", "--checkpoint", str(run / "checkpoints" / "best.pt"), str(image), "--json")
-    assert r.returncode == 0, r.stderr
-    predicted = json.loads(r.stdout)[0]["top"]
-    model = create_model("resnet18", num_classes=2)
+    [predicted] = predict(run / "checkpoints" / "best.pt", [str(image)], device="cpu")
+    model = create_model("squeezenet1_1", num_classes=2)
     model.load_state_dict(state["model"])
     probs = model.eval().requires_grad_(False)(_reference(image, 32, 0.8, "bicubic", "squash")[None]).softmax(1)[0]
-    by_class = {t["class"]: t["prob"] for t in predicted}
+    by_class = {t["class"]: t["prob"] for t in predicted["top"]}
     assert by_class["red"] == pytest.approx(float(probs[state["classes"].index("red")]), abs=2e-3)
 
-    r = run_cli("train", "--data", str(data), "--img-size", "32", "--crop-pct", "1.5", "--out", str(tmp_path / "x"))
+
+def test_bad_eval_settings_are_one_line_errors(tmp_path: Path) -> None:
+    r = run_cli("train", "--img-size", "32", "--crop-pct", "1.5", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.startswith("finetune: error: --crop-pct must be in (0, 1]"), r.stderr
+    r = run_cli("train", "--crop-mode", "border", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "--crop-mode" in r.stderr, r.stderr
 
 
 def test_resuming_a_run_from_before_the_setting_keeps_its_eval_transform(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    from finetune import TrainConfig, train
+
     data = write_colour_folder(tmp_path / "data", per_class=8, size=40)
     run = tmp_path / "run"
-    common = ("--data", str(data), "--model", "timm:vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "8",
-              "--workers", "0", "--epochs", "2", "--out", str(run), "-q")
-    pytest.importorskip("timm")
-    r = run_cli("train", *common, "--max-steps", "2")
-    assert r.returncode == 0, r.stderr
+    cfg = TrainConfig(data=str(data), model="timm:test_vit", img_size=32, batch_size=8, workers="0", epochs=2,
+                      out=str(run), device="cpu")
+    train(replace(cfg, max_steps=2), quiet=True)
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True, map_location="cpu")
-    assert (state["crop_pct"], state["interpolation"]) == (0.9, "bicubic")  # timm's for a ViT
-    # the files a run wrote before crop_pct existed: neither the config nor the checkpoint has it
-    config = run / "config.yaml"
-    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
-                              if not line.startswith(("crop-pct", "interpolation"))))
+    assert (state["crop_pct"], state["interpolation"]) == (0.95, "bicubic")  # timm's for this model
+    # the files a run wrote before crop_pct existed: the checkpoint (and its config) lack it
     newest = max((run / "checkpoints").glob("ckpt-*.pt"))
     old = torch.load(newest, weights_only=True, map_location="cpu")
-    for key in ("crop_pct", "interpolation"):
+    for key in ("crop_pct", "interpolation", "crop_mode"):
         old.pop(key)
         old["config"].pop(key)
     shutil.rmtree(run / "checkpoints")
     Checkpointer(run).save(old)
-    r = run_cli("train", *common, "--resume", "auto")
-    assert r.returncode == 0, r.stderr
+    train(replace(cfg, resume="auto"), quiet=True)
     newest = max((run / "checkpoints").glob("*.pt"), key=lambda p: p.stat().st_mtime)
     state = torch.load(newest, weights_only=True, map_location="cpu")
-    assert (state["crop_pct"], state["interpolation"]) == (0.875, "bilinear")
+    assert (state["crop_pct"], state["interpolation"], state["crop_mode"]) == (0.875, "bilinear", "center")
 
 
 @pytest.mark.parametrize(("cache", "crop_mode"), [(None, "center"), ("gpu", "center"), (None, "squash"),
@@ -305,34 +312,24 @@ def test_cuda_eval_with_nvjpeg_and_the_gpu_cache_takes_the_settings(files: list[
                 assert float(err.max()) <= 2.01, (f.name, where)
 
 
-def test_best_safetensors_predicts_like_the_checkpoint(tmp_path: Path) -> None:
+def test_best_safetensors_predicts_like_the_checkpoint(squash_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """The deployable file alone (no run directory) carries what predict, eval and cam need."""
-    data = write_colour_folder(tmp_path / "data", per_class=8, size=40)
-    run = tmp_path / "run"
-    r = run_cli("train", "--data", str(data), "--model", "squeezenet1_1", "--img-size", "32", "--batch-size", "8",
-                "--workers", "0", "--epochs", "1", "--crop-pct", "0.8", "--interpolation", "bicubic",
-                "--crop-mode", "squash", "--out", str(run), "-q")
-    assert r.returncode == 0, r.stderr
+    from finetune import predict
+    from finetune.cam import explain
+    from finetune.train import evaluate_checkpoint
+    from finetune.weights import convert
+
+    data, run, image = squash_run
     alone = tmp_path / "elsewhere" / "model.safetensors"
     alone.parent.mkdir()
     shutil.copy(run / "best.safetensors", alone)
-    image = tmp_path / "wide.png"
-    _noise_image(90, 50, 3).save(image)
-    outputs = []
-    for ckpt in (run / "checkpoints" / "best.pt", alone):
-        r = run_cli("predict", "--checkpoint", str(ckpt), str(image), "--json")
-        assert r.returncode == 0, r.stderr
-        outputs.append(json.loads(r.stdout)[0]["top"])
+    outputs = [predict(ckpt, [str(image)], device="cpu")[0]["top"] for ckpt in (run / "checkpoints" / "best.pt", alone)]
     assert outputs[0] == outputs[1]
-    r = run_cli("eval", "--checkpoint", str(alone), "--data", str(data), "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["images"] == 2 * 2  # the val/ folder: 2 classes x 2
-    r = run_cli("eval", "--checkpoint", str(alone))  # no data named: it does not know its data
-    assert r.returncode == 2 and "--data" in r.stderr
-    r = run_cli("cam", str(alone), str(image), "--out", str(tmp_path / "cam"))
-    assert r.returncode == 0, r.stderr
+    assert evaluate_checkpoint(alone, data=str(data), device="cpu")["images"] == 2 * 2  # the val/ folder: 2 classes x 2
+    with pytest.raises(DataError, match="--data"):  # it does not know its data
+        evaluate_checkpoint(alone, device="cpu")
+    assert len(explain(alone, [str(image)], out=tmp_path / "cam", device="cpu").records) == 1
     # converted weights carry no architecture or classes: still a clear refusal
-    r = run_cli("convert", str(run / "checkpoints" / "best.pt"), str(tmp_path / "plain.safetensors"))
-    assert r.returncode == 0, r.stderr
+    convert(run / "checkpoints" / "best.pt", tmp_path / "plain.safetensors")
     r = run_cli("predict", "--checkpoint", str(tmp_path / "plain.safetensors"), str(image))
     assert r.returncode == 2 and r.stderr.startswith("finetune: error:") and "finetune inspect" in r.stderr, r.stderr
