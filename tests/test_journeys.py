@@ -7,6 +7,8 @@ real ``finetune`` command (and the public library); tiny images and models keep 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import signal
@@ -23,6 +25,18 @@ from PIL import Image
 from conftest import run_cli, write_colour_folder
 
 SQ = ["--model", "squeezenet1_1", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--seed", "0", "-q"]
+
+
+def run_here(*args: str) -> subprocess.CompletedProcess:
+    """``finetune ARGS`` run in this process (`finetune.cli.main`, output captured): the command's
+    own code without a new interpreter's start-up, for the later steps of a journey whose first
+    steps ran the real command."""
+    from finetune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def _error_line(res: subprocess.CompletedProcess) -> str:
@@ -134,12 +148,12 @@ def test_convert_then_plain_torchvision_model_gives_predicts_probabilities(sq_ru
     from safetensors.torch import load_file
 
     out = tmp_path / "weights.safetensors"
-    _ok(run_cli("convert", str(sq_run / "checkpoints" / "best.pt"), str(out)))
+    _ok(run_here("convert", str(sq_run / "checkpoints" / "best.pt"), str(out)))
     model = torchvision.models.squeezenet1_1(num_classes=2)
     model.load_state_dict(load_file(str(out)), strict=True)
     model.load_state_dict(load_file(str(sq_run / "best.safetensors")), strict=True)  # the run's own copy too
     files = sorted((colours / "val").rglob("*.jpg"))[:4]
-    preds = json.loads(_ok(run_cli("predict", "--checkpoint", str(sq_run / "checkpoints" / "best.pt"),
+    preds = json.loads(_ok(run_here("predict", "--checkpoint", str(sq_run / "checkpoints" / "best.pt"),
                                    *map(str, files), "--json")).stdout)
     state = torch.load(sq_run / "checkpoints" / "best.pt", weights_only=True)
     probs = _hand_probs(model, state, files)
@@ -177,7 +191,7 @@ def test_timm_model_with_bicubic_squash_eval_loads_into_timm_by_hand(colours: Pa
 # --------------------------------------------------------------------------- resume with other flags
 def _interrupted_run(colours: Path, run: Path, *extra: str) -> None:
     """A run of 2 epochs x 4 steps stopped after step 2, in the middle of its first epoch."""
-    _ok(run_cli("train", "--data", str(colours), "--epochs", "2", "--max-steps", "2", "--out", str(run), *SQ, *extra))
+    _ok(run_here("train", "--data", str(colours), "--epochs", "2", "--max-steps", "2", "--out", str(run), *SQ, *extra))
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert (state["epoch"], state["step"], state["loader"]["position"]) == (0, 2, 2)
 
@@ -189,11 +203,11 @@ def test_mid_epoch_resume_with_another_batch_size_is_refused(colours: Path, tmp_
     run = tmp_path / "run"
     _interrupted_run(colours, run)
     for other in ("8", "2"):
-        line = _error_line(run_cli("train", "--out", str(run), "--resume", "auto", "--batch-size", other, "-q"))
+        line = _error_line(run_here("train", "--out", str(run), "--resume", "auto", "--batch-size", other, "-q"))
         assert "--batch-size 4" in line
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 2  # nothing written
-    _ok(run_cli("train", "--out", str(run), "--resume", "auto", "--max-steps", "4", "-q"))  # the epoch ends
-    _ok(run_cli("train", "--out", str(run), "--resume", "auto", "--batch-size", "8", "-q"))
+    _ok(run_here("train", "--out", str(run), "--resume", "auto", "--max-steps", "4", "-q"))  # the epoch ends
+    _ok(run_here("train", "--out", str(run), "--resume", "auto", "--batch-size", "8", "-q"))
     records = _metrics(run)
     assert [r["epoch"] for r in records] == [0, 1] and [r["step"] for r in records] == [4, 6]
 
@@ -246,17 +260,17 @@ def test_flat_folder_moved_then_eval_scores_its_val_split_not_its_training_image
         for f in [*(src / "train" / name).glob("*.jpg"), *(src / "val" / name).glob("*.jpg")]:
             shutil.copy(f, flat / name / f"{f.parent.parent.name}-{f.name}")
     run = tmp_path / "run"
-    _ok(run_cli("train", "--data", str(flat), "--val-split", "0.25", "--epochs", "1", "--out", str(run), *SQ))
-    before = json.loads(_ok(run_cli("eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--json")).stdout)
+    _ok(run_here("train", "--data", str(flat), "--val-split", "0.25", "--epochs", "1", "--out", str(run), *SQ))
+    before = json.loads(_ok(run_here("eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--json")).stdout)
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert before["images"] == state["val_images"] < 20 == state["val_images"] + state["train_images"]
     shutil.move(flat, tmp_path / "photos-moved")
-    res = _ok(run_cli("eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data",
+    res = _ok(run_here("eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data",
                       str(tmp_path / "photos-moved"), "--json"))
     assert json.loads(res.stdout) == before  # the same images, not all 20
     assert "validation split" in res.stderr
     other = write_colour_folder(tmp_path / "test-set", per_class=5, size=40)  # a real test set: scored whole
-    assert json.loads(_ok(run_cli("eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data",
+    assert json.loads(_ok(run_here("eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data",
                                   str(other / "train"), "--json")).stdout)["images"] == 10
 
 
@@ -296,22 +310,22 @@ def test_predict_cam_eval_on_a_folder_of_odd_files(sq_run: Path, tmp_path: Path)
     that cannot be read is an error; eval says how many it could not score (it said nothing)."""
     ckpt = str(sq_run / "checkpoints" / "best.pt")
     readable, bad = _odd_images(tmp_path / "odd")
-    res = _ok(run_cli("predict", "--checkpoint", ckpt, str(tmp_path / "odd"), "--json", "--topk", "1"))
+    res = _ok(run_here("predict", "--checkpoint", ckpt, str(tmp_path / "odd"), "--json", "--topk", "1"))
     assert sorted(Path(p["path"]).name for p in json.loads(res.stdout)) == sorted(readable)
     assert all(name in res.stderr for name in bad)
-    res = _ok(run_cli("cam", ckpt, str(tmp_path / "odd"), "--limit", "40", "--out", str(tmp_path / "cam"), "--json"))
+    res = _ok(run_here("cam", ckpt, str(tmp_path / "odd"), "--limit", "40", "--out", str(tmp_path / "cam"), "--json"))
     records = json.loads(res.stdout)
     assert sorted(Path(r["file"]).name for r in records) == sorted(readable)
     assert all(name in res.stderr for name in bad)
     assert len(list((tmp_path / "cam").glob("*.png"))) == len(readable)
-    assert "fake.jpg" in _error_line(run_cli("cam", ckpt, str(tmp_path / "odd" / "fake.jpg"), "--out", str(tmp_path / "c2")))
-    assert "fake.jpg" in _error_line(run_cli("predict", "--checkpoint", ckpt, str(tmp_path / "odd" / "fake.jpg")))
+    assert "fake.jpg" in _error_line(run_here("cam", ckpt, str(tmp_path / "odd" / "fake.jpg"), "--out", str(tmp_path / "c2")))
+    assert "fake.jpg" in _error_line(run_here("predict", "--checkpoint", ckpt, str(tmp_path / "odd" / "fake.jpg")))
 
     test_set = tmp_path / "test"
     shutil.copytree(tmp_path / "odd", test_set / "red")
     (test_set / "blue").mkdir()
     Image.new("RGB", (40, 40), (30, 30, 200)).save(test_set / "blue" / "b.png")
-    res = _ok(run_cli("eval", "--checkpoint", ckpt, "--data", str(test_set), "--json"))
+    res = _ok(run_here("eval", "--checkpoint", ckpt, "--data", str(test_set), "--json"))
     out = json.loads(res.stdout)
     assert out["images"] == len(readable) + 1
     assert sorted(Path(p).name for p in out["skipped"]) == sorted(bad)
@@ -339,11 +353,11 @@ def test_library_parts_in_a_hand_written_loop_then_cli_eval(sq_run: Path, colour
         ckpt.save({"model": model, "optimizer": optimizer, "epoch": 0, "step": len(loader), "rng": capture_rng_state(),
                    "arch": "squeezenet1_1", "classes": list(loader.classes), "img_size": 32})
     path = tmp_path / "mine" / "checkpoints" / "last.pt"
-    assert "--data" in _error_line(run_cli("eval", "--checkpoint", str(path)))
-    assert "images to explain" in _error_line(run_cli("cam", str(tmp_path / "mine")))
-    out = json.loads(_ok(run_cli("eval", "--checkpoint", str(path), "--data", str(colours), "--json")).stdout)
+    assert "--data" in _error_line(run_here("eval", "--checkpoint", str(path)))
+    assert "images to explain" in _error_line(run_here("cam", str(tmp_path / "mine")))
+    out = json.loads(_ok(run_here("eval", "--checkpoint", str(path), "--data", str(colours), "--json")).stdout)
     assert out["images"] == 4 and set(out["per_class"]) == {"blue", "red"}
-    preds = json.loads(_ok(run_cli("predict", "--checkpoint", str(path), str(colours / "val"), "--json")).stdout)
+    preds = json.loads(_ok(run_here("predict", "--checkpoint", str(path), str(colours / "val"), "--json")).stdout)
     model.eval()
     files = [Path(p["path"]) for p in preds]
     probs = _hand_probs(model, {"img_size": 32, "crop_pct": 0.875, "interpolation": "bilinear", "crop_mode": "center",
@@ -420,11 +434,11 @@ def test_convert_half_then_pretrained_and_predict(sq_run: Path, colours: Path, t
     """`convert --half` writes weights alone: predict says so (one line); as --pretrained of a new run
     (fp16 into an fp32 model) they load whole and the run trains."""
     half = tmp_path / "half.pt"
-    _ok(run_cli("convert", "--half", str(sq_run / "checkpoints" / "best.pt"), str(half)))
+    _ok(run_here("convert", "--half", str(sq_run / "checkpoints" / "best.pt"), str(half)))
     assert all(v.dtype == torch.float16 for v in torch.load(half, weights_only=True).values() if v.is_floating_point())
-    assert "--pretrained" in _error_line(run_cli("predict", "--checkpoint", str(half), str(colours / "val")))
+    assert "--pretrained" in _error_line(run_here("predict", "--checkpoint", str(half), str(colours / "val")))
     run = tmp_path / "run"
-    res = _ok(run_cli("train", "--data", str(colours), "--pretrained", str(half), "--epochs", "1", "--max-steps", "1",
+    res = _ok(run_here("train", "--data", str(colours), "--pretrained", str(half), "--epochs", "1", "--max-steps", "1",
                       "--out", str(run), *SQ))
     assert "warning" not in res.stderr, res.stderr
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
