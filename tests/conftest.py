@@ -68,6 +68,25 @@ def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_colour_folder(tmp_path_factory.mktemp("colours"), per_class=48)
 
 
+def run_here(*args: str) -> subprocess.CompletedProcess:
+    """``finetune ARGS`` run in this process (:func:`finetune.cli.main`, output captured), as
+    :func:`run_cli` returns it: the command's own code without a new interpreter's start-up
+    (about 3 s with torch's import). For the later steps of a test whose first steps ran the
+    real command; signals, environment and import-time behaviour need :func:`run_cli`."""
+    import contextlib
+    import io
+
+    from finetune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``finetune`` command (same interpreter) and capture its output."""
     full_env = {**os.environ, **(env or {})}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, run_here
 
 TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--seed", "0", "--optimizer", "adamw",
         "--lr", "0.002", "--warmup-epochs", "0", "-q"]
@@ -51,7 +51,7 @@ def test_checkpoint_is_plain_and_device_independent(trained_run: Path) -> None:
 
 
 def test_eval_json_matches_training_metrics(trained_run: Path) -> None:
-    res = run_cli("eval", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), "--json", "--device", "cpu")
+    res = run_here("eval", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), "--json", "--device", "cpu")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert {"top1", "top5", "loss", "per_class"} <= set(out)
@@ -63,7 +63,7 @@ def test_eval_json_matches_training_metrics(trained_run: Path) -> None:
 
 def test_predict_names_the_classes(trained_run: Path, colour_data: Path) -> None:
     red = sorted((colour_data / "val" / "red").glob("*.jpg"))[0]
-    res = run_cli("predict", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), str(red),
+    res = run_here("predict", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), str(red),
                   str(colour_data / "val" / "blue"), "--json", "--topk", "5", "--device", "cpu")
     assert res.returncode == 0, res.stderr
     preds = json.loads(res.stdout)
@@ -100,9 +100,9 @@ def test_predict_sees_what_eval_sees(trained_run: Path, tmp_path: Path) -> None:
 
 def test_resume_at_epoch_boundary_continues_at_the_right_epoch(colour_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    first = run_cli("train", "--data", str(colour_data), "--epochs", "1", "--out", str(out), *TINY)
+    first = run_here("train", "--data", str(colour_data), "--epochs", "1", "--out", str(out), *TINY)
     assert first.returncode == 0, first.stderr
-    second = run_cli("train", "--out", str(out), "--resume", "auto", "--epochs", "2", "-q")
+    second = run_here("train", "--out", str(out), "--resume", "auto", "--epochs", "2", "-q")
     assert second.returncode == 0, second.stderr
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]
@@ -135,7 +135,7 @@ def _assert_one_line_error(res, *needles: str) -> None:  # type: ignore[no-untyp
 
 
 def test_missing_data_folder(tmp_path: Path) -> None:
-    res = run_cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "-q")
+    res = run_here("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "-q")
     _assert_one_line_error(res, "does not exist")
     assert not (tmp_path / "r").exists()
 
@@ -143,34 +143,34 @@ def test_missing_data_folder(tmp_path: Path) -> None:
 def test_folder_without_images(tmp_path: Path) -> None:
     (tmp_path / "data" / "cats").mkdir(parents=True)
     (tmp_path / "data" / "cats" / "notes.txt").write_text("not an image")
-    res = run_cli("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"), "-q")
+    res = run_here("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"), "-q")
     _assert_one_line_error(res, "no images")
 
 
 def test_unknown_model_suggests_close_names(colour_data: Path, tmp_path: Path) -> None:
-    res = run_cli("train", "--data", str(colour_data), "--model", "resnet51", "--out", str(tmp_path / "r"), "-q")
+    res = run_here("train", "--data", str(colour_data), "--model", "resnet51", "--out", str(tmp_path / "r"), "-q")
     _assert_one_line_error(res, "resnet51", "resnet50")
 
 
 def test_unreadable_checkpoint(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00garbage" * 10)
-    _assert_one_line_error(run_cli("eval", "--checkpoint", str(bad)), "bad.pt")
-    _assert_one_line_error(run_cli("predict", "--checkpoint", str(bad), str(bad)), "bad.pt")
+    _assert_one_line_error(run_here("eval", "--checkpoint", str(bad)), "bad.pt")
+    _assert_one_line_error(run_here("predict", "--checkpoint", str(bad), str(bad)), "bad.pt")
 
 
 def test_resume_auto_with_nothing_to_resume(colour_data: Path, tmp_path: Path) -> None:
-    res = run_cli("train", "--data", str(colour_data), "--out", str(tmp_path / "empty"), "--resume", "auto", "-q")
+    res = run_here("train", "--data", str(colour_data), "--out", str(tmp_path / "empty"), "--resume", "auto", "-q")
     _assert_one_line_error(res, "nothing to resume")
 
 
 def test_bad_flag_value_is_a_one_line_error(tmp_path: Path) -> None:
-    _assert_one_line_error(run_cli("train", "--epochs", "0", "--out", str(tmp_path / "r")), "--epochs")
-    _assert_one_line_error(run_cli("train", "--val-split", "1.5", "--data", str(tmp_path), "--out", str(tmp_path / "r")))
+    _assert_one_line_error(run_here("train", "--epochs", "0", "--out", str(tmp_path / "r")), "--epochs")
+    _assert_one_line_error(run_here("train", "--val-split", "1.5", "--data", str(tmp_path), "--out", str(tmp_path / "r")))
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    res = run_cli("train", "--data", str(tmp_path / "nope"), "--debug")
+    res = run_here("train", "--data", str(tmp_path / "nope"), "--debug")
     assert res.returncode != 0 and "Traceback" in res.stderr
 
 
@@ -185,10 +185,10 @@ def test_help_does_not_import_torch() -> None:
 
 def test_resume_without_max_steps_runs_to_the_end(colour_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    first = run_cli("train", "--data", str(colour_data), "--epochs", "2", "--out", str(out), "--max-steps", "2", *TINY)
+    first = run_here("train", "--data", str(colour_data), "--epochs", "2", "--out", str(out), "--max-steps", "2", *TINY)
     assert first.returncode == 0, first.stderr
     assert not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip()
-    again = run_cli("train", "--resume", "auto", "--out", str(out), "-q")  # the run's config.yaml, not its stop
+    again = run_here("train", "--resume", "auto", "--out", str(out), "-q")  # the run's config.yaml, not its stop
     assert again.returncode == 0, again.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
@@ -196,12 +196,12 @@ def test_resume_without_max_steps_runs_to_the_end(colour_data: Path, tmp_path: P
 
 def test_resume_from_an_earlier_checkpoint_sets_the_newer_ones_aside(colour_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    first = run_cli("train", "--data", str(colour_data), "--epochs", "3", "--out", str(out), "--keep-last", "5", *TINY)
+    first = run_here("train", "--data", str(colour_data), "--epochs", "3", "--out", str(out), "--keep-last", "5", *TINY)
     assert first.returncode == 0, first.stderr
     numbered = sorted((out / "checkpoints").glob("ckpt-*.pt"))
     assert len(numbered) == 3
     earliest = numbered[0]
-    again = run_cli("train", "--resume", str(earliest), "--out", str(out), "--max-steps", "1", "-q")
+    again = run_here("train", "--resume", str(earliest), "--out", str(out), "--max-steps", "1", "-q")
     assert again.returncode == 0, again.stderr
     assert "moved to" in again.stderr and "nothing deleted" in again.stderr
     aside = list((out / "checkpoints").glob("superseded-*"))
@@ -213,7 +213,7 @@ def test_resume_from_an_earlier_checkpoint_sets_the_newer_ones_aside(colour_data
 
 
 def test_model_too_big_for_the_image_size_is_a_one_line_error(colour_data: Path, tmp_path: Path) -> None:
-    res = run_cli("train", "--data", str(colour_data), "--model", "alexnet", "--img-size", "32", "--workers", "0",
+    res = run_here("train", "--data", str(colour_data), "--model", "alexnet", "--img-size", "32", "--workers", "0",
                   "--out", str(tmp_path / "run"), "-q")
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]
@@ -225,12 +225,12 @@ def test_vit_trains_at_another_image_size_and_eval_rebuilds_it(colour_data: Path
     """torchvision's ViT has a fixed input size: it is built for --img-size (its position embedding
     sized for that grid), and `eval` rebuilds it from the checkpoint at the same size."""
     out = tmp_path / "run"
-    res = run_cli("train", "--data", str(colour_data), "--model", "vit_b_16", "--img-size", "32", "--batch-size", "4",
+    res = run_here("train", "--data", str(colour_data), "--model", "vit_b_16", "--img-size", "32", "--batch-size", "4",
                   "--workers", "0", "--epochs", "1", "--max-steps", "1", "--out", str(out), "-q")
     assert res.returncode == 0, res.stderr
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["model"]["encoder.pos_embedding"].shape == (1, 1 + 2 * 2, 768)
-    res = run_cli("eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--json", "--device", "cpu")
+    res = run_here("eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--json", "--device", "cpu")
     assert res.returncode == 0, res.stderr
 
 
@@ -238,13 +238,13 @@ def test_timm_weights_bring_their_own_input_normalisation(colour_data: Path, tmp
     """timm's ViTs were trained on inputs normalised with mean = std = 0.5, not ImageNet's:
     the loaders use the weights' values, the checkpoint carries them, and eval reuses them."""
     out = tmp_path / "run"
-    res = run_cli("train", "--data", str(colour_data), "--model", "timm:vit_tiny_patch16_224", "--img-size", "32",
+    res = run_here("train", "--data", str(colour_data), "--model", "timm:vit_tiny_patch16_224", "--img-size", "32",
                   "--batch-size", "4", "--workers", "0", "--epochs", "1", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert "mean (0.5, 0.5, 0.5) / std (0.5, 0.5, 0.5)" in res.stdout + res.stderr
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert list(state["mean"]) == [0.5, 0.5, 0.5] and list(state["std"]) == [0.5, 0.5, 0.5]
-    res = run_cli("eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--json", "--device", "cpu")
+    res = run_here("eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--json", "--device", "cpu")
     assert res.returncode == 0, res.stderr
     val_loss = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
     assert json.loads(res.stdout)["loss"] == pytest.approx(val_loss, rel=1e-4)  # the same inputs as in training

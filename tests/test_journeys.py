@@ -7,8 +7,6 @@ real ``finetune`` command (and the public library); tiny images and models keep 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import signal
@@ -22,21 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, write_colour_folder
+from conftest import run_cli, run_here, write_colour_folder
 
 SQ = ["--model", "squeezenet1_1", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--seed", "0", "-q"]
-
-
-def run_here(*args: str) -> subprocess.CompletedProcess:
-    """``finetune ARGS`` run in this process (`finetune.cli.main`, output captured): the command's
-    own code without a new interpreter's start-up, for the later steps of a journey whose first
-    steps ran the real command."""
-    from finetune.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def _error_line(res: subprocess.CompletedProcess) -> str:
