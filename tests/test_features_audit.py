@@ -71,6 +71,7 @@ def test_torchrun_val_metrics_are_those_of_the_saved_model(data: Path, tmp_path:
     assert again["top1"] == recorded["val_top1"] and again["top5"] == recorded["val_top5"]
 
 
+@pytest.mark.slow  # (~25 s: torchrun resume exactness is in test_distributed, EMA/mixup resume in test_models_config)
 def test_torchrun_ema_mixup_cutmix_resume_is_exact(data: Path, tmp_path: Path) -> None:
     """--ema with two processes: process 1's EMA of its own BatchNorm statistics was not in the checkpoint
     (process 0's is), so a run stopped in the middle of an epoch and resumed validated other EMA values."""

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from conftest import run_cli
+from conftest import run_cli, run_here
 from finetune.models import create_model, format_model_table, layer_summary, model_table
 
 
@@ -78,13 +78,14 @@ def test_layer_summary_of_a_model_with_tuple_outputs() -> None:
     assert torch.is_grad_enabled()
 
 
-def test_models_and_summary_commands(tmp_path: Path) -> None:
+def test_models_and_summary_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     res = run_cli("models", "resnet5*", "--json", env={"TORCH_HOME": str(tmp_path)})
     assert res.returncode == 0, res.stderr
     assert [r["name"] for r in json.loads(res.stdout)] == ["resnet50"]
-    res = run_cli("models", "resnet*", "--cached", env={"TORCH_HOME": str(tmp_path)})
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    res = run_here("models", "resnet*", "--cached")
     assert res.returncode == 2 and res.stderr.startswith("finetune: error: no model matches 'resnet*' with cached")
-    res = run_cli("summary", "resnet18", "--img-size", "64", "--num-classes", "3", "--depth", "1")
+    res = run_here("summary", "resnet18", "--img-size", "64", "--num-classes", "3", "--depth", "1")
     assert res.returncode == 0, res.stderr
     assert "fc       Linear             1x3" in res.stdout
     res = run_cli("summary", "inception_v3", "--img-size", "64")
