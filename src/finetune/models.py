@@ -19,6 +19,7 @@ import functools
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -173,6 +174,33 @@ def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size:
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+def _timm_weights_cfg(model: str, pretrained: str | None) -> tuple[bool, Any]:
+    """(whether the weights are timm's, their ``pretrained_cfg`` or None when timm or the name is
+    unknown): the timm source named by ``pretrained`` wins over a timm model's default tag."""
+    name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
+    if not name.startswith(TIMM_PREFIX):
+        return False, None
+    try:
+        from timm.models import get_pretrained_cfg
+
+        return True, get_pretrained_cfg(name[len(TIMM_PREFIX):])
+    except Exception:  # noqa: BLE001 - no timm, or an unknown name: reported where the model is built
+        return True, None
+
+
+def _torchvision_weights_preset(model: str, pretrained: str | None) -> dict[str, Any] | None:
+    """The keywords of the eval preset (crop_size, resize_size, interpolation) of torchvision's
+    default weights for ``--pretrained torchvision`` (or ``torchvision:ARCH``); None otherwise."""
+    if pretrained is None or not (pretrained == "torchvision" or pretrained.startswith("torchvision:")):
+        return None
+    try:
+        from torchvision.models import get_model_weights
+
+        return dict(getattr(get_model_weights(pretrained.partition(":")[2] or model).DEFAULT.transforms, "keywords", {}))
+    except Exception:  # noqa: BLE001 - not a torchvision model, or one without weights
+        return None
+
+
 def normalization(model: str, pretrained: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The ``(mean, std)`` the model's pretrained weights were trained with, for input normalisation.
 
@@ -187,17 +215,7 @@ def normalization(model: str, pretrained: str | None = None) -> tuple[tuple[floa
     >>> normalization("timm:resnet50", pretrained="timm:vit_base_patch16_clip_224.openai")[0][0]
     0.48145466
     """
-    name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
-    if not name.startswith(TIMM_PREFIX):
-        return IMAGENET_MEAN_STD
-    try:
-        from timm.models import get_pretrained_cfg
-    except ImportError:
-        return IMAGENET_MEAN_STD
-    try:
-        cfg = get_pretrained_cfg(name[len(TIMM_PREFIX):])
-    except Exception:  # noqa: BLE001 - an unknown name is reported where the model is built
-        cfg = None
+    _, cfg = _timm_weights_cfg(model, pretrained)
     if cfg is None or cfg.mean is None or cfg.std is None or len(cfg.mean) != 3:
         return IMAGENET_MEAN_STD
     return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
@@ -214,24 +232,12 @@ def pretrained_input_size(model: str, pretrained: str | None = None) -> int | No
     >>> pretrained_input_size("resnet50", "timm:resnet50.a1_in1k"), pretrained_input_size("efficientnet_b3") is None
     (224, True)
     """
-    name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
-    if name.startswith(TIMM_PREFIX):
-        try:
-            from timm.models import get_pretrained_cfg
-
-            cfg = get_pretrained_cfg(name[len(TIMM_PREFIX):])
-        except Exception:  # noqa: BLE001 - no timm, or an unknown name: reported where the model is built
-            return None
+    is_timm, cfg = _timm_weights_cfg(model, pretrained)
+    if is_timm:
         size = getattr(cfg, "input_size", None)
         return int(size[-1]) if size and len(size) == 3 and size[-1] == size[-2] else None
-    if pretrained is None or not (pretrained == "torchvision" or pretrained.startswith("torchvision:")):
-        return None
-    try:
-        from torchvision.models import get_model_weights
-
-        crop = get_model_weights(pretrained.partition(":")[2] or model).DEFAULT.transforms.keywords.get("crop_size")
-    except Exception:  # noqa: BLE001 - not a torchvision model, or one without weights
-        return None
+    preset = _torchvision_weights_preset(model, pretrained)
+    crop = preset.get("crop_size") if preset is not None else None
     crop = crop[0] if isinstance(crop, (list, tuple)) else crop
     return int(crop) if isinstance(crop, int) else None
 
@@ -257,28 +263,18 @@ def eval_transform_of(model: str, pretrained: str | None = None) -> tuple[float,
     (1.0, 'bicubic', 'squash')
     """
     default = (0.875, "bilinear", "center")
-    name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
-    if name.startswith(TIMM_PREFIX):
-        try:
-            from timm.models import get_pretrained_cfg
-
-            cfg = get_pretrained_cfg(name[len(TIMM_PREFIX):])
-        except Exception:  # noqa: BLE001 - no timm, or an unknown name: reported where the model is built
+    is_timm, cfg = _timm_weights_cfg(model, pretrained)
+    if is_timm:
+        if cfg is None:
             return default
         crop_pct = getattr(cfg, "crop_pct", None)
         interpolation = getattr(cfg, "interpolation", None)
         return (float(crop_pct) if isinstance(crop_pct, (int, float)) and 0 < crop_pct <= 1 else default[0],
                 interpolation if interpolation in ("bilinear", "bicubic") else default[1],
                 "squash" if getattr(cfg, "crop_mode", None) == "squash" else "center")
-    if pretrained is None or not (pretrained == "torchvision" or pretrained.startswith("torchvision:")):
+    keywords = _torchvision_weights_preset(model, pretrained)
+    if keywords is None:
         return default
-    try:
-        from torchvision.models import get_model_weights
-
-        preset = get_model_weights(pretrained.partition(":")[2] or model).DEFAULT.transforms
-    except Exception:  # noqa: BLE001 - not a torchvision model, or one without weights
-        return default
-    keywords = getattr(preset, "keywords", {})
     crop, resize = keywords.get("crop_size", 224), keywords.get("resize_size", 256)  # ImageClassification's defaults
     crop = crop[0] if isinstance(crop, (list, tuple)) else crop
     resize = resize[0] if isinstance(resize, (list, tuple)) else resize
