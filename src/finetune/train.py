@@ -323,6 +323,9 @@ class FeatureBatches:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:  # as the Loader refuses it: another order, another split
+            raise DataError(f"loader seed {self.seed} differs from the checkpoint's {state['seed']}: "
+                            f"resume with --seed {state['seed']}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def __iter__(self):  # type: ignore[no-untyped-def]
@@ -539,6 +542,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
 
     # ---- state that a checkpoint carries
     epoch, step = 0, 0
+    schedule_offset = 0  # step - the schedule's step: batches per epoch changed at a resume (batch size, data, processes)
     best_top1, best_top5, best_epoch = -1.0, 0.0, -1
     history: list[dict[str, Any]] = []
     epoch_loss_sum, epoch_seen = 0.0, 0
@@ -561,6 +565,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         if resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
         step = int(resume_state["step"])
+        schedule_offset = resumed_schedule_offset(resume_state, step, epoch, position, steps_per_epoch)
         best_top1, best_top5 = float(resume_state["best_top1"]), float(resume_state["best_top5"])
         best_epoch = int(resume_state["best_epoch"])
         history = list(resume_state.get("history", []))
@@ -577,6 +582,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         elif resume_state.get("model_ema") is not None:
             warn(f"'{resume_path}' holds EMA weights (trained with --ema): without --ema they are dropped and "
                  "val_* and best.pt measure the raw weights from here on")
+        saved_cache = (resume_state.get("config") or {}).get("cache")
+        if saved_cache not in (None, cfg.cache) and not cfg.cache_features and ddp.main:
+            warn(f"'{resume_path}' was trained with --cache {saved_cache}: with --cache {cfg.cache} training images are "
+                 "decoded at another size before cropping, so the run goes on close to, not bitwise as, it would have")
         # only now that the checkpoint was found to fit (classes, processes, --ema): an earlier checkpoint
         # starts a new line, the newer ones must not mix in
         if cfg.resume != "auto" and ddp.main:
@@ -645,7 +654,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             "model": model, "optimizer": optimizer_state_by_name(optimizer, model),
             **({"model_ema": ema.module, "ema_updates": int(ema.n_averaged)} if ema is not None else {}),
             "scheduler": {"kind": "warmup_cosine", "step": step, "total_steps": total_steps,
-                          "warmup_steps": warmup_steps}, "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                          "warmup_steps": warmup_steps, "steps_per_epoch": steps_per_epoch,
+                          "offset": schedule_offset}, "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "epoch": epoch, "step": step, "global_step": step, "seed": cfg.seed, "batches_in_epoch": batches.position,
             "loader": batches.state_dict(), "rng": rng, "world_size": ddp.world, **({"ranks": ranks} if ranks else {}),
             "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen,
@@ -664,7 +674,11 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         if ddp.main:
             ckpt.save(state, metrics=metrics)
 
-    stopped, audited = False, False
+    stopped, audited = epoch < cfg.epochs and out_of_steps(), False  # --max-steps reached already: nothing to do
+    if resume_state is not None and (epoch > cfg.epochs or (epoch == cfg.epochs and batches.position > 0)):
+        done = f"{epoch} epochs" + (f" and {batches.position} batches" if batches.position else "")
+        warn(f"'{resume_path}' was saved after {done} (step {step}), beyond --epochs {cfg.epochs}: nothing left to "
+             "train (a higher --epochs goes on)")
     last_save_time = time.monotonic()
     def no_progress() -> bool:  # --early-stop: val top-1 has not improved for that many epochs
         return bool(cfg.early_stop) and best_epoch >= 0 and epoch - 1 - best_epoch >= cfg.early_stop
@@ -690,7 +704,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             todo = batches if batches.position < steps_per_epoch else ()
             bar = progress(todo, total=steps_per_epoch - batches.position, desc=f"epoch {epoch + 1}", quiet=quiet)
             for images, labels in bar:
-                set_lr(optimizer, lr_factor(step, total_steps, warmup_steps))
+                set_lr(optimizer, lr_factor(step - schedule_offset, total_steps, warmup_steps))
                 targets, smoothing = labels, cfg.label_smoothing
                 if cfg.mixup or cfg.cutmix:  # soft targets (smoothed already), drawn from (seed, step, rank)
                     images, targets, _ = mix_batch(images, labels, len(classes), mixup=cfg.mixup, cutmix=cfg.cutmix,
@@ -805,6 +819,27 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     ddp.stop()
     return TrainResult(run_dir, best_top1, best_top5, best_epoch, history, stopped_early=stopped,
                        early_stopped=early, rank=ddp.rank)
+
+
+def resumed_schedule_offset(state: dict[str, Any], step: int, epoch: int, position: int, steps_per_epoch: int) -> int:
+    """How many steps a resumed run's learning-rate schedule lags its step count: the checkpoint's own
+    offset, or, when an epoch has another number of batches now (another ``--batch-size``, data or
+    number of processes, at an epoch's end), the one that puts the schedule at the same epoch.
+
+    >>> sched = {"total_steps": 8, "steps_per_epoch": 4}
+    >>> resumed_schedule_offset({"scheduler": sched}, step=4, epoch=1, position=0, steps_per_epoch=4)
+    0
+    >>> resumed_schedule_offset({"scheduler": sched}, step=4, epoch=1, position=0, steps_per_epoch=2)  # batch 4 -> 8
+    2
+    """
+    sched = state.get("scheduler") or {}
+    saved = sched.get("steps_per_epoch")
+    if saved is None:  # (checkpoints from before it was saved: total over the epochs the run had)
+        epochs = int((state.get("config") or {}).get("epochs") or 0)
+        saved = int(sched.get("total_steps", 0)) // epochs if epochs else steps_per_epoch
+    if int(saved) == steps_per_epoch:
+        return int(sched.get("offset", 0))
+    return step - (epoch * steps_per_epoch + position)
 
 
 def check_resume_fits(state: dict[str, Any], cfg: TrainConfig, train_images: int, path: str) -> None:
