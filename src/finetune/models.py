@@ -206,7 +206,9 @@ def normalization(model: str, pretrained: str | None = None) -> tuple[tuple[floa
 
     timm weights carry theirs (``timm:vit_base_patch16_224.augreg_in21k``: 0.5 / 0.5; CLIP
     models: OpenAI's); the timm source named by ``pretrained`` wins over the model's default
-    tag. Everything else (torchvision weights, files, training from scratch): ImageNet's.
+    tag. torchvision's default weights with ``--pretrained torchvision``: their preset's own
+    (ImageNet's, except ``efficientnet_v2_l``: 0.5 / 0.5). Everything else (files, training from
+    scratch): ImageNet's.
 
     >>> normalization("resnet18")
     ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -214,7 +216,15 @@ def normalization(model: str, pretrained: str | None = None) -> tuple[tuple[floa
     ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     >>> normalization("timm:resnet50", pretrained="timm:vit_base_patch16_clip_224.openai")[0][0]
     0.48145466
+    >>> normalization("efficientnet_v2_l", "torchvision"), normalization("efficientnet_v2_l")[0]
+    (((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), (0.485, 0.456, 0.406))
     """
+    preset = _torchvision_weights_preset(model, pretrained)
+    if preset is not None:
+        mean, std = preset.get("mean", IMAGENET_MEAN_STD[0]), preset.get("std", IMAGENET_MEAN_STD[1])
+        if len(mean) == 3 and len(std) == 3:
+            return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        return IMAGENET_MEAN_STD
     _, cfg = _timm_weights_cfg(model, pretrained)
     if cfg is None or cfg.mean is None or cfg.std is None or len(cfg.mean) != 3:
         return IMAGENET_MEAN_STD

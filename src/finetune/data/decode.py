@@ -62,6 +62,7 @@ from finetune.data.transforms import (
     dct_reduction,
     draft_size,
     eval_resize_box,
+    eval_resize_side,
 )
 
 BoxFor = Callable[[int, int], CropBox]
@@ -421,14 +422,45 @@ def eval_image(img: Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT, *,
     img = load_rgb(img)
     sx, sy = img.size[0] / full[0], img.size[1] / full[1]
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[interpolation]
+    whole = _eval_resized_size(*full, size, crop_pct, crop_mode)
+    if whole is not None:
+        # resize the whole image, as torchvision's Resize does: PIL picks its own pass order for
+        # that (columns first for some shapes: portrait images, squashed ones), which rows first on
+        # the centre box cannot follow (up to ~19 levels off timm's at hard edges)
+        new_w, new_h = whole
+        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))  # CenterCrop's
+        out = img.resize(whole, resample).crop((left, top, left + size, top + size))
+        return torch.from_numpy(np.array(out, dtype=np.uint8))
     out = resize_box_rows_first(img, size, (left * sx, top * sy, right * sx, bottom * sy), resample)
     return torch.from_numpy(np.array(out, dtype=np.uint8))
 
 
+def _eval_resized_size(width: int, height: int, size: int, crop_pct: float, crop_mode: str) -> tuple[int, int] | None:
+    """The (width, height) torchvision's eval ``Resize`` gives a ``width`` x ``height`` image, when
+    eval resizes the whole image (then crops): a squashed image or a portrait one (where PIL may
+    resize columns first), unless that is over 4 times the crop's pixels; else None (the centre
+    box alone is resized, rows first, as PIL does for landscape images).
+
+    >>> _eval_resized_size(300, 400, 224, 0.875, "center"), _eval_resized_size(400, 300, 224, 0.875, "center")
+    ((256, 341), None)
+    >>> _eval_resized_size(400, 300, 224, 1.0, "squash"), _eval_resized_size(20, 1000, 224, 0.875, "center")
+    ((224, 224), None)
+    """
+    side = eval_resize_side(size, crop_pct)
+    if crop_mode == "squash":
+        new = (side, side)
+    elif height > width:
+        new = (side, int(side * height / width))
+    else:
+        return None
+    return new if new[0] * new[1] <= 4 * size * size else None
+
+
 def resize_box_rows_first(img: Image.Image, size: int, box: tuple[float, float, float, float],
                           resample: int) -> Image.Image:
-    """``img.resize((size, size), resample, box=box)`` computed in the order a resize of the whole
-    image takes: along rows first (on the band of rows the second pass reads), then along columns.
+    """``img.resize((size, size), resample, box=box)`` computed in the order PIL's resize of a whole
+    landscape image takes: along rows first (on the band of rows the second pass reads), then along
+    columns (portrait and squashed images: :func:`eval_image` resizes them whole).
 
     PIL picks the cheaper order for a box, and the two orders round (and clip bicubic's
     overshoot) differently: up to 13 levels apart at hard edges. In this order the result is
