@@ -3,7 +3,9 @@
 Order and augmentation are functions of ``(seed, epoch, position)`` only, so
 ``state_dict()``/``load_state_dict()`` resume in the middle of an epoch with
 the same batches that an uninterrupted run would see, whatever the number of
-workers, the decode mode or the cache.
+workers or the prefetch mode. The cache is not among them: ``cache="ram"``
+decodes training images at ``default_cache_side(img_size)`` before cropping,
+so its pixels differ slightly from ``cache=None`` (same images, same order).
 
 Where the time goes and what is done about it (measurements in BENCHMARKS.md):
 
