@@ -201,15 +201,19 @@ def test_resume_from_an_earlier_checkpoint_sets_the_newer_ones_aside(colour_data
     numbered = sorted((out / "checkpoints").glob("ckpt-*.pt"))
     assert len(numbered) == 3
     earliest = numbered[0]
-    again = run_here("train", "--resume", str(earliest), "--out", str(out), "--max-steps", "1", "-q")
+    at = torch.load(earliest, weights_only=True)["step"]
+    # --max-steps already reached: nothing trains, and last.pt is the checkpoint resumed from
+    again = run_here("train", "--resume", str(earliest), "--out", str(out), "--max-steps", str(at), "-q")
     assert again.returncode == 0, again.stderr
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == at
     assert "moved to" in again.stderr and "nothing deleted" in again.stderr
     aside = list((out / "checkpoints").glob("superseded-*"))
     assert len(aside) == 1
     assert sorted(p.name for p in aside[0].glob("ckpt-*.pt")) == [p.name for p in numbered[1:]]  # kept, not deleted
     # what --resume auto now sees is the new line only: the earliest checkpoint and what followed it
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert state["step"] == torch.load(earliest, weights_only=True)["step"] + 1
+    assert run_here("train", "--resume", "auto", "--out", str(out), "--max-steps", str(at + 1), "-q").returncode == 0
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == at + 1
+    assert len(list((out / "checkpoints").glob("superseded-*"))) == 1
 
 
 def test_model_too_big_for_the_image_size_is_a_one_line_error(colour_data: Path, tmp_path: Path) -> None:

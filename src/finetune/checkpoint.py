@@ -1139,8 +1139,8 @@ class Checkpointer:
         >>> folder = ckpt.set_aside_after(1)
         >>> sorted(p.name for p in folder.iterdir() if p.suffix == ".pt")
         ['ckpt-e0000-s00000002.pt', 'ckpt-e0000-s00000003.pt', 'last.pt']
-        >>> ckpt.load()["step"]
-        1
+        >>> ckpt.load()["step"], torch.load(ckpt.directory / "last.pt", weights_only=True)["step"]
+        (1, 1)
         """
         self._join()
         newer = [n for n in self._names() if _numbered_key(n)[0] > step]  # type: ignore[index]
@@ -1169,6 +1169,9 @@ class Checkpointer:
                     st = path.stat()
                     if (st.st_dev, st.st_ino) in moved:
                         os.replace(path, folder / link)
+            remaining = self._names()
+            if remaining and not (self.directory / LAST).exists():  # last.pt: the checkpoint resumed from
+                _link_atomic(self.directory / remaining[-1], self.directory / LAST)
             _fsync_dir(folder)
             _fsync_dir(self.directory)
         except OSError as e:
