@@ -87,6 +87,15 @@ def run_here(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
+def error_line(res: subprocess.CompletedProcess) -> str:
+    """The one ``finetune: error:`` line of a failed command (exit status 2, no traceback)."""
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("finetune: error:")]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``finetune`` command (same interpreter) and capture its output."""
     full_env = {**os.environ, **(env or {})}

@@ -20,18 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, run_here, write_colour_folder
+from conftest import error_line, run_cli, run_here, write_colour_folder
 
 SQ = ["--model", "squeezenet1_1", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--seed", "0", "-q"]
 
-
-def _error_line(res: subprocess.CompletedProcess) -> str:
-    """The one ``finetune: error:`` line of a failed command (and nothing else: no traceback)."""
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("finetune: error:")]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
 
 
 def _ok(res: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -87,19 +79,19 @@ def test_csv_relative_paths_from_another_cwd_then_run_and_data_moved(tmp_path: P
     state = torch.load(best, weights_only=True, map_location="cpu")
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
 
-    line = _error_line(run_cli("eval", "--checkpoint", str(best)))  # its data is gone: say how to give it
+    line = error_line(run_cli("eval", "--checkpoint", str(best)))  # its data is gone: say how to give it
     assert "--data" in line and "labels.csv" in line
     out = json.loads(_ok(run_cli("eval", "--checkpoint", str(best), "--data", str(data2 / "labels.csv"), "--json")).stdout)
     assert out["images"] == 4 and set(out["per_class"]) == {"blue", "red"}
     preds = json.loads(_ok(run_cli("predict", "--checkpoint", str(best), str(data2 / "val"), "--json")).stdout)
     assert len(preds) == 4 and all(p["top"][0]["class"] in ("blue", "red") for p in preds)
 
-    line = _error_line(run_cli("cam", str(moved)))  # no images given, and the run's data is gone
+    line = error_line(run_cli("cam", str(moved)))  # no images given, and the run's data is gone
     assert "labels.csv" in line
     _ok(run_cli("cam", str(moved), str(data2 / "val" / "red"), "--limit", "2"))
     assert len(list((moved / "cam" / "gradcam").glob("*.png"))) == 2  # in the run directory where it is now
 
-    _error_line(run_cli("train", "--out", str(moved), "--resume", "auto", "--epochs", "2", "-q"))
+    error_line(run_cli("train", "--out", str(moved), "--resume", "auto", "--epochs", "2", "-q"))
     _ok(run_cli("train", "--out", str(moved), "--resume", "auto", "--epochs", "2", "--data", str(data2 / "labels.csv"), "-q"))
     assert [r["epoch"] for r in _metrics(moved)] == [0, 1]
     assert str(data2 / "labels.csv") in (moved / "config.yaml").read_text()  # the next resume needs no --data
@@ -189,7 +181,7 @@ def test_mid_epoch_resume_with_another_batch_size_is_refused(colours: Path, tmp_
     run = tmp_path / "run"
     _interrupted_run(colours, run)
     for other in ("8", "2"):
-        line = _error_line(run_here("train", "--out", str(run), "--resume", "auto", "--batch-size", other, "-q"))
+        line = error_line(run_here("train", "--out", str(run), "--resume", "auto", "--batch-size", other, "-q"))
         assert "--batch-size 4" in line
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 2  # nothing written
     _ok(run_here("train", "--out", str(run), "--resume", "auto", "--max-steps", "4", "-q"))  # the epoch ends
@@ -225,7 +217,7 @@ def test_sigint_then_resume_with_changed_flags(colours: Path, tmp_path: Path) ->
 
     for flags, says in ((["--model", "resnet18"], "squeezenet1_1"), (["--seed", "3"], "--seed 0"),
                         (["--ema", "0.9"], "without --ema")):
-        line = _error_line(run_cli("train", "--out", str(run), "--resume", "auto", *flags, "-q"))
+        line = error_line(run_cli("train", "--out", str(run), "--resume", "auto", *flags, "-q"))
         assert says in line, line
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == step  # refused: nothing written
     _ok(run_cli("train", "--out", str(run), "--resume", "auto", "--lr", "0.01", "--epochs", "1", "-q"))
@@ -304,8 +296,8 @@ def test_predict_cam_eval_on_a_folder_of_odd_files(sq_run: Path, tmp_path: Path)
     assert sorted(Path(r["file"]).name for r in records) == sorted(readable)
     assert all(name in res.stderr for name in bad)
     assert len(list((tmp_path / "cam").glob("*.png"))) == len(readable)
-    assert "fake.jpg" in _error_line(run_here("cam", ckpt, str(tmp_path / "odd" / "fake.jpg"), "--out", str(tmp_path / "c2")))
-    assert "fake.jpg" in _error_line(run_here("predict", "--checkpoint", ckpt, str(tmp_path / "odd" / "fake.jpg")))
+    assert "fake.jpg" in error_line(run_here("cam", ckpt, str(tmp_path / "odd" / "fake.jpg"), "--out", str(tmp_path / "c2")))
+    assert "fake.jpg" in error_line(run_here("predict", "--checkpoint", ckpt, str(tmp_path / "odd" / "fake.jpg")))
 
     test_set = tmp_path / "test"
     shutil.copytree(tmp_path / "odd", test_set / "red")
@@ -339,8 +331,8 @@ def test_library_parts_in_a_hand_written_loop_then_cli_eval(sq_run: Path, colour
         ckpt.save({"model": model, "optimizer": optimizer, "epoch": 0, "step": len(loader), "rng": capture_rng_state(),
                    "arch": "squeezenet1_1", "classes": list(loader.classes), "img_size": 32})
     path = tmp_path / "mine" / "checkpoints" / "last.pt"
-    assert "--data" in _error_line(run_here("eval", "--checkpoint", str(path)))
-    assert "images to explain" in _error_line(run_here("cam", str(tmp_path / "mine")))
+    assert "--data" in error_line(run_here("eval", "--checkpoint", str(path)))
+    assert "images to explain" in error_line(run_here("cam", str(tmp_path / "mine")))
     out = json.loads(_ok(run_here("eval", "--checkpoint", str(path), "--data", str(colours), "--json")).stdout)
     assert out["images"] == 4 and set(out["per_class"]) == {"blue", "red"}
     preds = json.loads(_ok(run_here("predict", "--checkpoint", str(path), str(colours / "val"), "--json")).stdout)
@@ -422,7 +414,7 @@ def test_convert_half_then_pretrained_and_predict(sq_run: Path, colours: Path, t
     half = tmp_path / "half.pt"
     _ok(run_here("convert", "--half", str(sq_run / "checkpoints" / "best.pt"), str(half)))
     assert all(v.dtype == torch.float16 for v in torch.load(half, weights_only=True).values() if v.is_floating_point())
-    assert "--pretrained" in _error_line(run_here("predict", "--checkpoint", str(half), str(colours / "val")))
+    assert "--pretrained" in error_line(run_here("predict", "--checkpoint", str(half), str(colours / "val")))
     run = tmp_path / "run"
     res = _ok(run_here("train", "--data", str(colours), "--pretrained", str(half), "--epochs", "1", "--max-steps", "1",
                       "--out", str(run), *SQ))

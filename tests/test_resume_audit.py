@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_here, write_colour_folder
+from conftest import error_line, run_here, write_colour_folder
 from finetune.checkpoint import Checkpointer
 
 BASE = ["--model", "squeezenet1_1", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--seed", "0",
@@ -40,13 +40,6 @@ def _ok(res: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert "Traceback" not in res.stderr, res.stderr
     return res
 
-
-def _error_line(res: subprocess.CompletedProcess) -> str:
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("finetune: error:")]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
 
 
 def _start(colours: Path, run: Path, stop: int | None, *extra: str) -> None:
@@ -138,7 +131,7 @@ def test_mid_epoch_refusals_name_what_to_do_and_write_nothing(colours, tmp_path,
     run = tmp_path / "run"
     _start(colours, run, MID)
     before = (run / "config.yaml").read_text()
-    line = _error_line(_resume(run, *flags))
+    line = error_line(_resume(run, *flags))
     assert says in line and "end of an epoch" in line, line
     assert _last_step(run) == MID and (run / "config.yaml").read_text() == before
 
@@ -146,9 +139,9 @@ def test_mid_epoch_refusals_name_what_to_do_and_write_nothing(colours, tmp_path,
 def test_always_refused_seed_and_model(colours, tmp_path):
     run = tmp_path / "run"
     _start(colours, run, BOUNDARY)
-    assert "--seed 0" in _error_line(_resume(run, "--seed", "1"))
-    assert "--model squeezenet1_1" in _error_line(_resume(run, "--model", "resnet18"))
-    assert "without --ema" in _error_line(_resume(run, "--ema", "0.9"))
+    assert "--seed 0" in error_line(_resume(run, "--seed", "1"))
+    assert "--model squeezenet1_1" in error_line(_resume(run, "--model", "resnet18"))
+    assert "without --ema" in error_line(_resume(run, "--ema", "0.9"))
     assert _last_step(run) == BOUNDARY
 
 
@@ -157,7 +150,7 @@ def test_seed_changed_is_refused_with_cache_features_too(colours, tmp_path):
     Loader's does: another --seed (another order, another flat-folder split) was accepted silently."""
     run = tmp_path / "run"
     _start(colours, run, MID, "--linear-probe", "--cache-features")
-    line = _error_line(_resume(run, "--seed", "1"))
+    line = error_line(_resume(run, "--seed", "1"))
     assert "--seed 0" in line, line
     assert _last_step(run) == MID
 
@@ -168,7 +161,7 @@ def test_at_an_epoch_boundary_batch_size_and_cache_features_are_accepted(colours
     _start(colours, run, BOUNDARY, "--linear-probe")
     _ok(_resume(run, "--cache-features", "--batch-size", "8", "--max-steps", "5"))  # one step of epoch 2
     assert "cache-features: true" in (run / "config.yaml").read_text()
-    assert "--batch-size 8" in _error_line(_resume(run, "--batch-size", "4"))  # now mid-epoch
+    assert "--batch-size 8" in error_line(_resume(run, "--batch-size", "4"))  # now mid-epoch
     _ok(_resume(run))
     assert _last_step(run) == 6
 
@@ -225,7 +218,7 @@ def test_data_with_more_images_is_refused_mid_epoch_and_accepted_at_the_boundary
     run = tmp_path / "run"
     _start(colours, run, MID, "--data", str(data))
     shutil.copy(data / "train" / "red" / "red_000.jpg", data / "train" / "red" / "red_999.jpg")
-    line = _error_line(_resume(run))
+    line = error_line(_resume(run))
     assert "16 training images" in line and "17" in line, line
     (data / "train" / "red" / "red_999.jpg").unlink()
     _ok(_resume(run, "--max-steps", "4"))
@@ -320,7 +313,7 @@ def test_one_process_to_two_and_back(colours, tmp_path):
     _ok(_resume(run, "--max-steps", "4"))  # the end of epoch 1
     _ok(_torchrun("--out", str(run), "--resume", "auto", "-q", "--max-steps", "5"))  # 1 of epoch 2's 2 steps
     assert _last_step(run) == 5
-    assert "2 processes" in _error_line(_resume(run))
+    assert "2 processes" in error_line(_resume(run))
     _ok(_torchrun("--out", str(run), "--resume", "auto", "-q", "--max-steps", "6"))  # the end of epoch 2
     _ok(_resume(run))  # one process again: epoch 3, 4 steps
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
