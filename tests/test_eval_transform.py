@@ -125,14 +125,13 @@ def test_squash_mode_equals_timms_squash_transform(files: list[Path], crop_pct: 
         batch, _ = next(iter(loader))
     for k, f in enumerate(files):
         assert _diff(batch[k], _reference(f, size, crop_pct, "bicubic", "squash")) <= 2.01, f.name
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.data import create_transform
 
     transform = create_transform(input_size=(3, size, size), crop_pct=crop_pct, crop_mode="squash",
                                  interpolation="bicubic", mean=MEAN, std=STD, is_training=False)
     for k, f in enumerate(files):
         assert _diff(batch[k], transform(Image.open(f).convert("RGB"))) <= 2.01, f.name
-    assert timm.__version__
 
 
 def test_bicubic_is_not_bilinear(files: list[Path]) -> None:

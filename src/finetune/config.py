@@ -130,15 +130,16 @@ class TrainConfig:
         shapes = self.data == "shapes"
         sgd = self.optimizer == "sgd"
         lr = (0.01 if sgd else 5e-4) if self.pretrained else (0.1 if sgd else 3e-3)
+        weights_eval = self._eval_transform()  # (crop_pct, interpolation, crop_mode) of the pretrained weights
         return dataclasses.replace(
             self,
             # absolute: `finetune eval` reads the checkpoint's config from wherever it is run
             data=self.data if shapes or not os.path.exists(self.data) else os.path.abspath(self.data),
             img_size=self.img_size if self.img_size is not None else (32 if shapes else self._pretrained_size() or 224),
             crop_scale=self.crop_scale if self.crop_scale is not None else ((0.7, 1.0) if shapes else (0.08, 1.0)),
-            crop_pct=self.crop_pct if self.crop_pct is not None else self._eval_transform()[0],
-            interpolation=self.interpolation if self.interpolation is not None else self._eval_transform()[1],
-            crop_mode=self.crop_mode if self.crop_mode is not None else self._eval_transform()[2],
+            crop_pct=self.crop_pct if self.crop_pct is not None else weights_eval[0],
+            interpolation=self.interpolation if self.interpolation is not None else weights_eval[1],
+            crop_mode=self.crop_mode if self.crop_mode is not None else weights_eval[2],
             lr=self.lr if self.lr is not None else lr,
             weight_decay=self.weight_decay if self.weight_decay is not None else (5e-4 if sgd else 0.05),
             # the built-in dataset fits in memory many times over: decode it once (the demo trained at

@@ -468,8 +468,8 @@ def resize_box_rows_first(img: Image.Image, size: int, box: tuple[float, float, 
 
     >>> import numpy as np, torchvision.transforms as T
     >>> from finetune.data.transforms import eval_resize_box
-    >>> img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (151, 97, 3), dtype=np.uint8))
-    >>> ours = np.array(resize_box_rows_first(img, 64, eval_resize_box(97, 151, 64, 0.95), Image.BICUBIC))
+    >>> img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (97, 151, 3), dtype=np.uint8))  # landscape
+    >>> ours = np.array(resize_box_rows_first(img, 64, eval_resize_box(151, 97, 64, 0.95), Image.BICUBIC))
     >>> theirs = np.array(T.CenterCrop(64)(T.Resize(67, interpolation=T.InterpolationMode.BICUBIC)(img)))
     >>> int(np.abs(ours.astype(int) - theirs).max()) <= 1
     True
