@@ -189,15 +189,15 @@ def _timm_weights_cfg(model: str, pretrained: str | None) -> tuple[bool, Any]:
 
 
 def _torchvision_weights_preset(model: str, pretrained: str | None) -> dict[str, Any] | None:
-    """The keywords of the eval preset (crop_size, resize_size, interpolation) of torchvision's
-    default weights for ``--pretrained torchvision`` (or ``torchvision:ARCH``); None otherwise."""
+    """The keywords of the eval preset (crop_size, resize_size, interpolation) of the torchvision
+    weights ``--pretrained torchvision[:ARCH|:TAG|:ARCH.TAG]`` names; None otherwise."""
     if pretrained is None or not (pretrained == "torchvision" or pretrained.startswith("torchvision:")):
         return None
-    try:
-        from torchvision.models import get_model_weights
+    from finetune.weights.sources import torchvision_weights
 
-        return dict(getattr(get_model_weights(pretrained.partition(":")[2] or model).DEFAULT.transforms, "keywords", {}))
-    except Exception:  # noqa: BLE001 - not a torchvision model, or one without weights
+    try:
+        return dict(getattr(torchvision_weights(pretrained, model).transforms, "keywords", {}))
+    except Exception:  # noqa: BLE001 - not a torchvision model, or unknown weights: reported where they load
         return None
 
 

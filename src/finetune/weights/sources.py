@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from finetune.errors import WeightsError
 
@@ -59,11 +60,7 @@ def resolve(source: str, arch: str | None) -> Path:
     finetune.errors.WeightsError: pretrained weights 'resnet18-f37072fd.pth' are not cached and downloads are off (...): download https://download.pytorch.org/models/resnet18-f37072fd.pth and put it in .../hub/checkpoints/
     """
     if source == "torchvision" or source.startswith("torchvision:"):
-        name = source.partition(":")[2] or arch
-        if not name:
-            raise WeightsError("'torchvision' weights need the architecture: pass arch='resnet18' "
-                               "(or use a model built by finetune.create_model)")
-        return torchvision_file(name)
+        return torchvision_file(source, arch)
     return timm_file(source.partition(":")[2])
 
 
@@ -82,30 +79,91 @@ def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def torchvision_file(arch: str) -> Path:
-    """The cached file of torchvision's default weights for ``arch``.
+def torchvision_weights(source: str, arch: str | None = None) -> Any:
+    """The torchvision weights entry (a ``WeightsEnum`` member) that ``source`` names.
+
+    ``torchvision`` is ``arch``'s default weights; after ``torchvision:`` come an architecture
+    (``torchvision:resnet50``: its default), a weights tag of ``arch`` (``torchvision:IMAGENET1K_V1``),
+    both (``torchvision:resnet50.IMAGENET1K_V1``) or torchvision's own spelling
+    (``torchvision:ResNet50_Weights.IMAGENET1K_V1``, as ``resnet50(weights=...)`` takes it).
+
+    >>> torchvision_weights("torchvision", "resnet50")
+    ResNet50_Weights.IMAGENET1K_V2
+    >>> torchvision_weights("torchvision:IMAGENET1K_V1", "resnet50"), torchvision_weights("torchvision:resnet18.DEFAULT")
+    (ResNet50_Weights.IMAGENET1K_V1, ResNet18_Weights.IMAGENET1K_V1)
+    >>> torchvision_weights("torchvision:ResNet50_Weights.IMAGENET1K_V1")
+    ResNet50_Weights.IMAGENET1K_V1
+    >>> torchvision_weights("torchvision:IMAGENET1K_V3", "resnet50")
+    Traceback (most recent call last):
+    finetune.errors.WeightsError: torchvision has no weights 'IMAGENET1K_V3' for resnet50: it has IMAGENET1K_V1, IMAGENET1K_V2 (the default)
+    """
+    from torchvision.models import get_weight
+
+    spec = source.partition(":")[2]
+    left, dot, tag = spec.rpartition(".")
+    if dot and left.endswith("_Weights"):  # torchvision's own ResNet50_Weights.IMAGENET1K_V1
+        try:
+            return get_weight(spec)
+        except (KeyError, ValueError, AttributeError):
+            raise WeightsError(f"torchvision has no weights '{spec}': write them as torchvision does "
+                               "(ResNet50_Weights.IMAGENET1K_V1) or as ARCH.TAG (resnet50.IMAGENET1K_V1)") from None
+    if dot:
+        name = left
+    elif spec and not spec.isupper():  # torchvision:ARCH (torchvision's tags are upper case)
+        name, tag = spec, "DEFAULT"
+    else:  # torchvision or torchvision:TAG (of arch)
+        name, tag = arch, spec or "DEFAULT"
+    if not name:
+        raise WeightsError("'torchvision' weights need the architecture: pass arch='resnet18' "
+                           "(or use a model built by finetune.create_model)")
+    enum = _weights_enum(name)
+    if enum is None:
+        raise WeightsError(f"torchvision has no pretrained weights for '{name}'")
+    if tag not in enum.__members__:
+        tags = [t for t in enum.__members__ if t != "DEFAULT"]
+        listed = ", ".join(t + (" (the default)" if enum[t] == enum.DEFAULT else "") for t in tags)
+        raise WeightsError(f"torchvision has no weights '{tag}' for {name}: it has {listed}")
+    return enum[tag]
+
+
+def _weights_enum(arch: str) -> Any:
+    """torchvision's weights enum of ``arch`` (``ResNet50_Weights``), or None."""
+    from torchvision.models import get_model_weights
+
+    try:
+        return get_model_weights(arch)
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+def torchvision_file(source: str, arch: str | None = None) -> Path:
+    """The cached file of the torchvision weights ``source`` names (see :func:`torchvision_weights`),
+    downloaded when allowed; offline, the error also names the weights of ``arch`` that are cached.
 
     >>> import os
     >>> from unittest import mock
     >>> with mock.patch.dict(os.environ, {"FINETUNE_OFFLINE": "1"}):
     ...     try:
-    ...         torchvision_file("not_a_model")
+    ...         torchvision_file("torchvision", "not_a_model")
     ...     except WeightsError as e:
     ...         print(str(e)[:40])
     torchvision has no pretrained weights fo
     """
-    from torchvision.models import get_model_weights
-
-    try:
-        weights = get_model_weights(arch).DEFAULT
-    except (ValueError, KeyError, AttributeError):
-        raise WeightsError(f"torchvision has no pretrained weights for '{arch}'") from None
+    weights = torchvision_weights(source, arch)
     url = weights.url
     folder = torch_hub_checkpoints()
     path = folder / url.rsplit("/", 1)[-1]
     if path.is_file():
         return path
-    _download(url, path)
+    try:
+        _download(url, path)
+    except WeightsError as e:
+        others = [w for w in type(weights) if w != weights and (folder / w.url.rsplit("/", 1)[-1]).is_file()]
+        if not others:
+            raise
+        name = f"{type(weights).__name__}.{others[0].name}"
+        raise WeightsError(f"{e}; or use the cached {others[0].url.rsplit('/', 1)[-1]}: "
+                           f"--pretrained torchvision:{name}") from None
     return path
 
 
