@@ -107,3 +107,14 @@ def test_train_with_named_weights_records_them_and_their_eval_transform(colour_d
                    "--img-size", "32", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "bad"), "-q")
     assert res.returncode == 2
     assert "no weights 'IMAGENET1K_V3' for regnet_y_400mf" in error_line(res)
+
+
+def test_models_lists_each_weights_tag_the_way_pretrained_takes_it() -> None:
+    cache_weights("IMAGENET1K_V1", seed=3)
+    res = run_here("models", f"{ARCH}.*")
+    assert res.returncode == 0, res.stderr
+    rows = [line.split() for line in res.stdout.splitlines()[1:]]
+    assert [(r[0], r[4]) for r in rows] == [(f"{ARCH}.IMAGENET1K_V1", "yes"), (f"{ARCH}.IMAGENET1K_V2", "-")]
+    res = run_here("models", f"{ARCH}.*", "--cached")
+    assert [line.split()[0] for line in res.stdout.splitlines()[1:]] == [f"{ARCH}.IMAGENET1K_V1"]
+    assert torchvision_weights("torchvision:" + rows[0][0]).url.endswith(rows[0][5])  # the name is a valid source

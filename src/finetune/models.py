@@ -513,14 +513,18 @@ def model_table(pattern: str = "*", *, include_timm: bool = False) -> list[Model
     """Architectures matching the glob ``pattern``, with the ImageNet parameters, top-1/top-5
     accuracy and cache status of their default pretrained weights (``finetune models``).
 
-    torchvision's figures come from its weights' metadata; timm's pretrained tags
-    (``timm:NAME.TAG``) are listed with their cache status only (timm ships no accuracies).
+    torchvision's figures come from its weights' metadata; a pattern with a dot lists each of
+    torchvision's weights as ``NAME.TAG`` (what ``--pretrained torchvision:NAME.TAG`` takes), as
+    timm's pretrained tags (``timm:NAME.TAG``) are listed, with their cache status only (timm
+    ships no accuracies).
 
     >>> row = model_table("resnet50")[0]
     >>> row.name, row.params, row.top1, row.top5, row.weights
     ('resnet50', 25557032, 80.858, 95.434, 'resnet50-11ad3fa6.pth')
     >>> [r.name for r in model_table("convnext_*")]
     ['convnext_base', 'convnext_large', 'convnext_small', 'convnext_tiny']
+    >>> [(r.name, r.top1) for r in model_table("resnet50.*")]
+    [('resnet50.IMAGENET1K_V1', 76.13), ('resnet50.IMAGENET1K_V2', 80.858)]
     """
     from torchvision.models import get_model_weights
 
@@ -531,17 +535,20 @@ def model_table(pattern: str = "*", *, include_timm: bool = False) -> list[Model
     hub = torch_hub_checkpoints()
     if not pattern.startswith(TIMM_PREFIX):
         for name in torchvision_models():
-            if not fnmatch.fnmatchcase(name, pattern):
-                continue
             try:
-                weights = get_model_weights(name).DEFAULT
+                enum = get_model_weights(name)
             except (ValueError, KeyError, AttributeError):  # an architecture without weights
-                rows.append(ModelInfo(name, None, None, None, None, False))
+                if fnmatch.fnmatchcase(name, pattern):
+                    rows.append(ModelInfo(name, None, None, None, None, False))
                 continue
-            acc = weights.meta.get("_metrics", {}).get("ImageNet-1K", {})
-            file = weights.url.rsplit("/", 1)[-1]
-            rows.append(ModelInfo(name, weights.meta.get("num_params"), acc.get("acc@1"), acc.get("acc@5"),
-                                  file, (hub / file).is_file()))
+            tagged = [(f"{name}.{w.name}", w) for w in enum] if "." in pattern else [(name, enum.DEFAULT)]
+            for row_name, weights in tagged:
+                if not fnmatch.fnmatchcase(row_name, pattern):
+                    continue
+                acc = weights.meta.get("_metrics", {}).get("ImageNet-1K", {})
+                file = weights.url.rsplit("/", 1)[-1]
+                rows.append(ModelInfo(row_name, weights.meta.get("num_params"), acc.get("acc@1"), acc.get("acc@5"),
+                                      file, (hub / file).is_file()))
     if include_timm or pattern.startswith(TIMM_PREFIX):
         try:
             import timm
