@@ -275,8 +275,8 @@ def _layout(obj: dict[str, Any], source: str) -> tuple[str, StateDict, StateDict
         return "torchvision references", _need(obj, "model", source), _maybe(obj.get("model_ema")), opt
     if "model" in obj and "opt" in obj and set(obj) <= {"model", "opt"}:
         return "fastai Learner.save", _need(obj, "model", source), None, opt
-    if _is_flat(obj):
-        return "state_dict", dict(obj), None, None
+    if (flat := flat_tensors(obj)) is not None:
+        return "state_dict", flat, None, None
     ema = next((e for k in EMA_KEYS if (e := _maybe(obj.get(k))) is not None), None)
     for key in NESTED_KEYS:
         sd = _maybe(obj.get(key))
@@ -294,7 +294,50 @@ def _layout(obj: dict[str, Any], source: str) -> tuple[str, StateDict, StateDict
 
 
 def _is_flat(obj: Mapping[str, Any]) -> bool:
-    return bool(obj) and all(isinstance(v, Tensor) for v in obj.values()) and all(isinstance(k, str) for k in obj)
+    return flat_tensors(obj) is not None
+
+
+#: the entry a quantized ``Linear`` (``torch.ao.nn.quantized``) keeps its weight and bias in
+PACKED = "_packed_params._packed_params"
+
+
+def flat_tensors(obj: Mapping[str, Any]) -> StateDict | None:
+    """``obj`` as a flat state dict when it is one, else None.
+
+    A quantized model's state dict (``torch.ao.quantization.convert``) is one too: a quantized
+    ``Linear`` keeps ``P._packed_params.dtype`` (a ``torch.dtype``) and ``P._packed_params._packed_params``
+    (a ``(weight, bias)`` tuple); they become ``P.weight`` and ``P.bias``, the float layer's names
+    (as a quantized ``Conv2d`` keeps them), so that the model is inspected, converted and loaded
+    like any other. Such a file converted is no longer loadable into the quantized module itself.
+
+    >>> import torch
+    >>> w = torch.quantize_per_tensor(torch.ones(2, 3), 0.5, 0, torch.qint8)
+    >>> sd = flat_tensors({"fc.scale": torch.tensor(1.0), "fc._packed_params.dtype": torch.qint8,
+    ...                    "fc._packed_params._packed_params": (w, torch.zeros(2))})
+    >>> {k: str(v.dtype) for k, v in sd.items()}
+    {'fc.scale': 'torch.float32', 'fc.weight': 'torch.qint8', 'fc.bias': 'torch.float32'}
+    >>> print(flat_tensors({"w": torch.ones(1), "epoch": 3}))
+    None
+    """
+    if not obj or not all(isinstance(k, str) for k in obj):
+        return None
+    if all(isinstance(v, Tensor) for v in obj.values()):
+        return dict(obj)
+    out: StateDict = {}
+    for k, v in obj.items():
+        if isinstance(v, Tensor):
+            out[k] = v
+        elif k.endswith("_packed_params.dtype") and isinstance(v, torch.dtype):
+            continue
+        elif (k.endswith(PACKED) and isinstance(v, tuple | list) and len(v) == 2 and isinstance(v[0], Tensor)
+              and (v[1] is None or isinstance(v[1], Tensor))):
+            layer = k[: -len(PACKED)]
+            out[layer + "weight"] = v[0]
+            if v[1] is not None:
+                out[layer + "bias"] = v[1]
+        else:
+            return None
+    return out
 
 
 def _maybe(value: Any) -> StateDict | None:
@@ -303,8 +346,8 @@ def _maybe(value: Any) -> StateDict | None:
         return _module_state(value)
     if not isinstance(value, Mapping):
         return None
-    if _is_flat(value):
-        return dict(value)
+    if (flat := flat_tensors(value)) is not None:
+        return flat
     for key in NESTED_KEYS:
         if key in value and (sd := _maybe(value[key])) is not None:
             return sd
@@ -747,6 +790,8 @@ def _zip_unpickle(path: Path, allowed: Mapping[str, Any], resolve: Any) -> Any:
                 raise CheckpointError(f"{path}: unknown record type {typename!r}")
             if isinstance(storage_type, torch.dtype):
                 dtype = storage_type
+            elif storage_type is torch.UntypedStorage:  # _rebuild_tensor_v3 gives the dtype itself
+                dtype = torch.uint8
             else:  # a legacy storage class (torch.FloatStorage): its .dtype warns that TypedStorage is deprecated
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
@@ -769,6 +814,9 @@ def _tensor_globals() -> dict[str, Any]:
 
     return {"collections.OrderedDict": collections.OrderedDict,
             "torch._utils._rebuild_tensor_v2": _utils._rebuild_tensor_v2,
+            # float8, uint16 and other dtypes without a legacy storage class: torch.save writes these
+            "torch._utils._rebuild_tensor_v3": _utils._rebuild_tensor_v3,
+            "torch.storage.UntypedStorage": torch.UntypedStorage,  # their storages' record type
             "torch._utils._rebuild_parameter": _utils._rebuild_parameter}
 
 
@@ -779,7 +827,21 @@ def _torch_name(module: str, name: str) -> Any:
     obj = getattr(torch, name, None)
     if name.endswith("Storage") and isinstance(obj, type) or name == "Size" or isinstance(obj, torch.dtype):
         return obj
-    return None
+    return storage_dtype(name)
+
+
+def storage_dtype(name: str) -> torch.dtype | None:
+    """The dtype of a storage that has no legacy class in ``torch`` (``Float8_e4m3fnStorage``,
+    ``UInt16Storage``: TorchScript archives name the storages of newer dtypes so), else None.
+
+    >>> storage_dtype("Float8_e4m3fnStorage"), storage_dtype("UInt16Storage"), storage_dtype("os")
+    (torch.float8_e4m3fn, torch.uint16, None)
+    """
+    if not name.endswith("Storage"):
+        return None
+    wanted = name.removesuffix("Storage").lower()
+    dtype = getattr(torch, wanted, None)
+    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 def read_zip_restricted(path: Path) -> Any:
@@ -841,8 +903,8 @@ def _script_tensors(path: Path) -> StateDict:
     def resolve(module: str, name: str) -> Any:
         if module.startswith("__torch__"):
             return type(name, (_ScriptObject,), {})
-        if module == "torch" and name.endswith("Storage") and hasattr(torch, name):
-            return getattr(torch, name)
+        if module == "torch" and name.endswith("Storage"):
+            return getattr(torch, name, None) or storage_dtype(name)
         return None
 
     root = _zip_unpickle(path, allowed, resolve)

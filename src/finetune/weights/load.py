@@ -553,11 +553,51 @@ def load_weights(
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise WeightsError(f"{ck.source}: strict loading failed: {len(report.missing)} missing, "
                            f"{len(report.unexpected)} unexpected, {len(report.mismatched)} mismatched\n{report}")
+    to_load = match_dtypes(to_load, model_sd, report, ck.source)
     with torch.no_grad():
         result = model.load_state_dict(to_load, strict=False)
     if result.unexpected_keys:  # pragma: no cover - the mapping only produces model keys
         raise WeightsError(f"internal error: unexpected keys {result.unexpected_keys[:3]}")
     return report
+
+
+def match_dtypes(to_load: Mapping[str, Tensor], model_sd: Mapping[str, Tensor], report: LoadReport,
+                 source: str) -> dict[str, Tensor]:
+    """The file's tensors made fit for the model's own: values are cast to the model's dtype
+    (by ``load_state_dict``'s copy) and each cast is listed in ``report.notes`` (a float16 file
+    in a float32 model, a float32 file in a bfloat16 one); quantized tensors (a quantized
+    model's file) are dequantized and sparse ones made dense, noted too. A complex tensor for a
+    real one is an error: the cast would drop the imaginary part.
+
+    >>> report = LoadReport()
+    >>> out = match_dtypes({"w": torch.ones(2, dtype=torch.float16)}, {"w": torch.zeros(2)}, report, "f.pt")
+    >>> print(report.notes[0])
+    1 tensor cast from float16 to the model's float32: w
+    """
+    out: dict[str, Tensor] = {}
+    changes: dict[str, list[str]] = {}
+    for key, tensor in to_load.items():
+        target = model_sd[key]
+        if tensor.is_quantized and not target.is_quantized:
+            changes.setdefault(f"dequantized from {_dtype(tensor)}", []).append(key)
+            tensor = tensor.dequantize()
+        if tensor.layout != torch.strided and target.layout == torch.strided:
+            changes.setdefault(f"made dense from {str(tensor.layout).removeprefix('torch.')}", []).append(key)
+            tensor = tensor.to_dense()
+        if tensor.is_complex() and not target.is_complex():
+            raise WeightsError(f"{source}: '{key}' is {_dtype(tensor)} in the file but {_dtype(target)} in the "
+                               "model: loading it would drop the imaginary part; exclude it (--exclude) "
+                               "or load it into a complex model")
+        if tensor.dtype != target.dtype and not target.is_quantized:
+            changes.setdefault(f"cast from {_dtype(tensor)} to the model's {_dtype(target)}", []).append(key)
+        out[key] = tensor
+    for how, keys in changes.items():
+        report.notes.append(_clip(f"{len(keys)} tensor{'s' if len(keys) != 1 else ''} {how}: {', '.join(keys)}"))
+    return out
+
+
+def _dtype(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
 
 def _read_source(model: torch.nn.Module, source: Any, *, trust: bool, arch: str | None) -> Checkpoint:

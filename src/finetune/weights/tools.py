@@ -90,8 +90,25 @@ def totals(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     {'tensors': 1, 'numel': 250000, 'mb': 1.0}
     """
     numel = sum(v.numel() for v in sd.values())
-    size = sum(v.numel() * v.element_size() for v in sd.values())
+    size = sum(tensor_bytes(v) for v in sd.values())
     return {"tensors": len(sd), "numel": numel, "mb": round(size / 1e6, 3)}
+
+
+def tensor_bytes(t: Tensor) -> int:
+    """The bytes that ``t``'s own values take: its elements, not the storage it may be a view of;
+    for a sparse tensor, its stored values and indices (not the dense size).
+
+    >>> big = torch.zeros(1000, 1000)
+    >>> tensor_bytes(big[:2]), tensor_bytes(torch.eye(1000).to_sparse())
+    (8000, 20000)
+    """
+    if t.layout == torch.sparse_coo:
+        return tensor_bytes(_stored_values(t)) + tensor_bytes(t._indices())
+    if t.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        compressed, plain = ((t.crow_indices(), t.col_indices()) if t.layout in (torch.sparse_csr, torch.sparse_bsr)
+                             else (t.ccol_indices(), t.row_indices()))
+        return tensor_bytes(t.values()) + tensor_bytes(compressed) + tensor_bytes(plain)
+    return t.numel() * t.element_size()
 
 
 def optimizer_summary(opt: Any) -> dict[str, Any] | None:
@@ -179,7 +196,20 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     LightningModule attribute that holds the network (:func:`lightning_attribute`; the
     small buffers of its other attributes, such as a loss's class weights, are left out
     so that the file loads into the bare network); any other value is a literal
-    prefix to strip (``"none"`` keeps names). ``half`` stores floating tensors as float16.
+    prefix to strip (``"none"`` keeps names).
+
+    ``half`` stores float32 and float64 tensors as float16; tensors of 16 bits or fewer
+    (bfloat16, float8) keep their dtype (bfloat16 to float16 would turn values beyond 65504
+    into inf, and the file is no smaller), and so do integer, bool, complex and quantized
+    ones (buffers such as ``num_batches_tracked`` and masks). A float32 tensor with finite
+    values beyond float16's range is an error that names it, not a file of infs.
+
+    Each tensor is written with its own values only: a view of a larger storage (a slice, a
+    transposed weight) becomes a tensor of its own, so the file is not the size of the
+    storage; tied weights (one tensor under two names) are written twice to ``.safetensors``,
+    which refuses shared memory, and once to ``.pt``. Sparse and quantized tensors are
+    written to ``.pt`` as they are; ``.safetensors`` cannot hold them: an error names the
+    tensor.
 
     >>> import torch, tempfile, os
     >>> d = tempfile.mkdtemp(); torch.save({"state_dict": {"module.w": torch.ones(2)}, "best_acc1": 1}, f"{d}/a.pt")
@@ -198,8 +228,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     sd = dict(ck.ema if ema and ck.ema is not None else ck.weights)
     sd = _strip(sd, strip_prefix, ck)
     if half:
-        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+        sd = {k: half_precision(k, v) for k, v in sd.items()}
+    sd = {k: _plain(v) for k, v in sd.items()}
+    if dst.suffix == ".safetensors":
+        _check_safetensors_can_hold(sd, ck.source)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     if dst.suffix == ".safetensors":
@@ -208,7 +240,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
         sd = _unshare(sd)
         save_file(sd, str(tmp), metadata={"format": "pt", "source_format": ck.format})
     else:
-        torch.save(sd, tmp)
+        torch.save(_compact(sd), tmp)
     os.replace(tmp, dst)
     return dst
 
@@ -259,6 +291,64 @@ def lightning_attribute(sd: Mapping[str, Tensor]) -> str | None:
     if len(with_weights) != 1 or any(layer_like[a] for a in heavy if a != with_weights[0]):
         return None
     return with_weights[0]
+
+
+#: dtypes that ``convert(half=True)`` stores as float16
+HALVED = (torch.float32, torch.float64)
+
+
+def half_precision(name: str, t: Tensor) -> Tensor:
+    """``t`` as float16 when it is float32 or float64 (see :func:`convert`), else as it is.
+
+    >>> half_precision("w", torch.ones(2)).dtype, half_precision("n", torch.tensor(3)).dtype
+    (torch.float16, torch.int64)
+    >>> half_precision("b", torch.ones(2, dtype=torch.bfloat16)).dtype
+    torch.bfloat16
+    >>> half_precision("big", torch.tensor([1.0, 1e6]))
+    Traceback (most recent call last):
+    finetune.errors.WeightsError: 'big' has values up to 1e+06, beyond float16's range (65504): convert without --half (half=False)
+    """
+    if t.dtype not in HALVED:
+        return t
+    values = _stored_values(t)
+    finite = values[torch.isfinite(values)].abs()
+    largest = float(finite.max()) if finite.numel() else 0.0
+    if largest > torch.finfo(torch.float16).max:
+        raise WeightsError(f"'{name}' has values up to {largest:.3g}, beyond float16's range (65504): "
+                           "convert without --half (half=False)")
+    return t.half()
+
+
+def _stored_values(t: Tensor) -> Tensor:
+    """The values a tensor stores: itself, or a sparse tensor's non-zero values."""
+    if t.layout == torch.sparse_coo:
+        return t._values()
+    return t.values() if t.layout != torch.strided else t
+
+
+def _plain(t: Tensor) -> Tensor:
+    """A detached CPU tensor, contiguous where its layout has strides (sparse ones have none)."""
+    t = t.detach().cpu()
+    return t.contiguous() if t.layout == torch.strided else t
+
+
+def _check_safetensors_can_hold(sd: StateDict, source: str) -> None:
+    for k, v in sd.items():
+        if v.layout != torch.strided:
+            kind = str(v.layout).removeprefix("torch.").replace("_", " ")
+            raise WeightsError(f"{source}: '{k}' is a {kind} tensor, which .safetensors cannot store: "
+                               "write a .pt file instead")
+        if v.is_quantized:
+            raise WeightsError(f"{source}: '{k}' is a quantized tensor ({str(v.dtype).removeprefix('torch.')}), "
+                               "which .safetensors cannot store: write a .pt file instead")
+
+
+def _compact(sd: StateDict) -> StateDict:
+    """Copies of the tensors that are views of a larger storage, so that ``torch.save`` writes
+    their values and not the whole storage; tensors that are the whole storage (tied weights
+    too) stay shared."""
+    return {k: v.clone() if v.layout == torch.strided and not v.is_quantized and v.numel()
+            and v.untyped_storage().nbytes() != v.numel() * v.element_size() else v for k, v in sd.items()}
 
 
 def _unshare(sd: StateDict) -> StateDict:
