@@ -557,19 +557,22 @@ def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], p
     """A copy of ``obj`` that ``torch.load(weights_only=True)`` accepts: tensors via ``on_tensor``."""
     if isinstance(obj, torch.Tensor):
         return on_tensor(obj, path)
-    if type(obj) in _SCALARS or isinstance(obj, _TORCH_VALUES):
+    if type(obj) in _SCALARS and type(obj) is not bytes or isinstance(obj, _TORCH_VALUES):
         return obj
+    where = "".join(f"[{k!r}]" for k in path)
+    if isinstance(obj, bytes | bytearray):  # pickled as _codecs.encode, which torch < 2.5 refuses
+        raise CheckpointError(f"cannot save state{where}: a {type(obj).__qualname__} does not load with "
+                              "torch.load(weights_only=True) on torch 2.4; store it as a str or a uint8 tensor")
     if isinstance(obj, Mapping):
         return {k: _plain(v, on_tensor, (*path, k)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_plain(v, on_tensor, (*path, i)) for i, v in enumerate(obj)]
     if isinstance(obj, tuple):
         return tuple(_plain(v, on_tensor, (*path, i)) for i, v in enumerate(obj))
-    if isinstance(obj, np.generic):
-        return obj.item()
+    if isinstance(obj, np.generic):  # its Python value: bytes and complex are refused like Python's own
+        return _plain(obj.item(), on_tensor, path)
     if isinstance(obj, PurePath):
         return str(obj)
-    where = "".join(f"[{k!r}]" for k in path)
     raise CheckpointError(f"cannot save state{where}: a {type(obj).__qualname__} does not load with "
                           "torch.load(weights_only=True); store it as a dict, list, str, number or tensor")
 
