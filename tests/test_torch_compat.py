@@ -123,3 +123,32 @@ def test_checkpointer_keeps_every_value_it_accepts_loadable_on_torch_2_4(tmp_pat
     for i, raw in enumerate((b"\x00raw", bytearray(b"raw"), np.bytes_(b"raw"))):
         with pytest.raises(CheckpointError, match=r"\['extra'\]: a byte.* torch 2.4"):
             Checkpointer(tmp_path / f"b{i}").save({**state, "extra": raw})
+
+
+def _batch_is_kept(normalize_module) -> bool:
+    """Normalise two batches while holding the first: is the first still its own values?"""
+    norm = normalize_module.Normalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), channels_last=False)
+    first = norm(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), nchw=True)
+    norm(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8), nchw=True)
+    return first.unique().tolist() == [-2.0]
+
+
+def test_a_batch_still_held_is_not_overwritten_by_the_next() -> None:
+    """The Normalizer recycles an output buffer only when nothing else holds its storage, read off
+    ``torch._C._storage_Use_Count``, which counts the temporary storage object on recent torch but
+    not on 2.4: there a held batch read as free and the next batch was written over it (a loader's
+    batches came out as copies of the one after). Checked as installed and with 2.4's counting."""
+    import importlib
+
+    from finetune.data import normalize
+
+    assert _batch_is_kept(normalize)
+    real = torch._C._storage_Use_Count
+    offset = real(torch.empty(1).untyped_storage()._cdata) - 1  # 0 on torch 2.4, 1 later
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch._C, "_storage_Use_Count", lambda cdata: real(cdata) - offset)  # 2.4's counting
+        try:
+            assert _batch_is_kept(importlib.reload(normalize))
+        finally:
+            mp.undo()
+            importlib.reload(normalize)

@@ -25,12 +25,23 @@ from collections.abc import Iterator
 import torch
 
 
-def _storage_users(t: torch.Tensor) -> int:
-    """How many tensors share ``t``'s storage (+1 for the temporary storage object)."""
+def _use_count(t: torch.Tensor) -> int:
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 
 
 _CAN_RECYCLE = hasattr(torch._C, "_storage_Use_Count")
+#: what the count adds for the temporary storage object: 1 on recent torch, 0 on torch 2.4
+#: (measured, not assumed: a buffer in use read as free there, and batches were overwritten)
+_TEMPORARY_REFS = _use_count(torch.empty(1)) - 1 if _CAN_RECYCLE else 0
+
+
+def _storage_users(t: torch.Tensor) -> int:
+    """How many tensors share ``t``'s storage.
+
+    >>> a = torch.empty(2); _storage_users(a), [_storage_users(a) for v in [a.view(1, 2)]]
+    (1, [2])
+    """
+    return _use_count(t) - _TEMPORARY_REFS
 
 
 @contextlib.contextmanager
@@ -89,14 +100,14 @@ class Normalizer:
 
     def _buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
         for buf in self._pool:
-            if tuple(buf.shape) == shape and _storage_users(buf) <= 2:
+            if tuple(buf.shape) == shape and _storage_users(buf) == 1:
                 return buf
         buf = torch.empty(shape, dtype=torch.float32, device=self.device)
         if len(self._pool) < self.pool_size:
             self._pool.append(buf)
         elif self.pool_size:  # replace a buffer of another shape (e.g. the last, short batch)
             for i, old in enumerate(self._pool):
-                if tuple(old.shape) != shape and _storage_users(old) <= 2:
+                if tuple(old.shape) != shape and _storage_users(old) == 1:
                     self._pool[i] = buf
                     break
         return buf
