@@ -769,8 +769,11 @@ def test_dict_items_and_tensor_training_crops() -> None:
     import torchvision.transforms.v2.functional as F
 
     whole = F.normalize(F.to_dtype(F.resize(square, [S, S], antialias=True), torch.float32, scale=True), MEAN, STD)
-    flips = [pixel_diff(x[k], whole.flip(-1)) <= 1.0 for k in range(8)]
-    assert all(pixel_diff(x[k], whole) <= 1.0 or flips[k] for k in range(8)) and 0 < sum(flips) < 8
+    # one level, plus the normalisation's float rounding: torchvision 0.19's uint8 resize is one level
+    # off its float resize in places (0.29's is not; ours matches the float one on both)
+    level = 1.0 + 1e-3
+    flips = [pixel_diff(x[k], whole.flip(-1)) <= level for k in range(8)]
+    assert all(pixel_diff(x[k], whole) <= level or flips[k] for k in range(8)) and 0 < sum(flips) < 8
 
 
 def _crash_on(path: str, *args, **kwargs):
