@@ -152,3 +152,22 @@ def test_a_batch_still_held_is_not_overwritten_by_the_next() -> None:
         finally:
             mp.undo()
             importlib.reload(normalize)
+
+
+def test_a_4_4_0_jpeg_is_decoded_by_pil_whatever_torchvision_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision 0.19's libjpeg-turbo upsamples 4:4:0 chroma by repeating rows (up to 55 levels
+    off PIL's on this file); the train decoder leaves such files to PIL on every version."""
+    import torchvision.io
+
+    from finetune.data.decode import decode_crop
+    from finetune.data.transforms import CropBox
+
+    path = Path(__file__).parent / "fixtures" / "other_tools_images" / "opencv" / "sampling_440.jpg"
+    calls: list[int] = []
+    real = torchvision.io.decode_jpeg
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **k: calls.append(1) or real(*a, **k))
+    whole = decode_crop(str(path), lambda w, h: CropBox(0, 0, h, w), 10**6, dct=False)
+    from PIL import Image
+
+    ref = torch.from_numpy(np.array(Image.open(path).convert("RGB")))
+    assert torch.equal(whole, ref) and calls == []

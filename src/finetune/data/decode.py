@@ -107,6 +107,23 @@ def read_file(path: str) -> torch.Tensor:
     return data
 
 
+def chroma_halved_vertically_only(img: Image.Image) -> bool:
+    """True for a JPEG whose luma is sampled more finely down than across (4:4:0, "h1v2").
+
+    libjpeg-turbo before 2.1 (the one in torchvision 0.19's wheels) upsamples such chroma by
+    repeating rows, up to ~55 levels off PIL's smooth upsampling at colour edges; these
+    (rare) files are decoded by PIL, the reference, whatever torchvision is installed.
+
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGB", (16, 16)).save(buf, "JPEG", subsampling="4:2:2")
+    >>> chroma_halved_vertically_only(Image.open(buf))          # 4:2:2 halves it across only
+    False
+    """
+    layers = getattr(img, "layer", None) or []
+    return bool(layers) and layers[0][2] > layers[0][1]  # (id, h, v, table) of the first component
+
+
 def is_complete_jpeg(data: np.ndarray) -> bool:
     """Starts with SOI and ends with EOI (``FFD9``, allowing trailing padding bytes).
 
@@ -355,7 +372,7 @@ def decode_crop(path: str, box_for: BoxFor, out_side: int, *, data: torch.Tensor
         reduce = dct_reduction(min(box.width, box.height), out_side) if dct else 1
         if reduce > 1:
             img.draft("RGB", draft_size(*full, reduce))
-        elif img.mode in ("RGB", "L") and is_complete_jpeg(data.numpy()):
+        elif img.mode in ("RGB", "L") and not chroma_halved_vertically_only(img) and is_complete_jpeg(data.numpy()):
             try:
                 chw = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
             except RuntimeError:
