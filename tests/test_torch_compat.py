@@ -171,3 +171,25 @@ def test_a_4_4_0_jpeg_is_decoded_by_pil_whatever_torchvision_is_installed(monkey
 
     ref = torch.from_numpy(np.array(Image.open(path).convert("RGB")))
     assert torch.equal(whole, ref) and calls == []
+
+
+def test_the_device_decode_path_leaves_a_4_4_0_jpeg_to_the_cpu_decoder(tmp_path: Path) -> None:
+    """decode="gpu" sends plain JPEGs' bytes to the device (nvjpeg, or torchvision's CPU decoder
+    when there is no GPU); a 4:4:0 one is decoded on CPU by PIL like the others' ``ready`` images."""
+    import shutil
+
+    from finetune.data.loader import BatchSpec, Loader
+    from finetune.data.samples import find_splits
+
+    fixtures = Path(__file__).parent / "fixtures" / "other_tools_images" / "opencv"
+    for split in ("train", "val"):
+        for cls, name in (("a", "sampling_440.jpg"), ("b", "sampling_422.jpg")):
+            (tmp_path / split / cls).mkdir(parents=True)
+            shutil.copy(fixtures / name, tmp_path / split / cls / name)
+    train, _ = find_splits(str(tmp_path))
+    loader = Loader(train, train=True, img_size=16, batch_size=2, workers=0, device="cpu", seed=0, drop_last=False,
+                    channels_last=False, mean=(0.5,) * 3, std=(0.5,) * 3, crop_scale=(0.5, 1.0), decode="gpu")
+    batch = loader.dataset.__getitems__(BatchSpec(epoch=0, start=0, indices=np.arange(len(train))))
+    names = [Path(train.path(i)).name for i in range(len(train))]
+    assert dict(zip(names, batch.is_jpeg.tolist(), strict=True)) == {"sampling_440.jpg": False,
+                                                                       "sampling_422.jpg": True}

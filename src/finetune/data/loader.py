@@ -55,6 +55,7 @@ from finetune.data.decode import (
     BadFile,
     bad_reason,
     check_file,
+    chroma_halved_vertically_only,
     decode_capped,
     decode_crop,
     decode_eval,
@@ -595,7 +596,8 @@ class _BatchDataset(Dataset):
                 box = self._box_for(rng)(*header.size)
                 flip = bool(rng is not None and rng.random() < 0.5)
                 seed = int(rng.integers(2**62)) if rng is not None and self.augment else -1
-                jpeg = header.format == "JPEG" and header.mode in ("RGB", "L") and is_complete_jpeg(data.numpy())
+                jpeg = (header.format == "JPEG" and header.mode in ("RGB", "L") and is_complete_jpeg(data.numpy())
+                        and not chroma_halved_vertically_only(header))  # 4:4:0: PIL's pixels, see there
                 if jpeg:
                     ready = None
                 elif not self.train:  # the CPU eval transform exactly
