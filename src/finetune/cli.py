@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from finetune.config import int_at_least, positive_float, workers_value
+from finetune.config import int_at_least, non_empty, positive_float, worker_count, workers_value
 from finetune.errors import FinetuneError, describe_os_error
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -62,14 +62,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     """The settings of a training run (``train``, and ``lr-find``, which sets a run up the same way)."""
-    p.add_argument("--config", metavar="FILE.yaml", help="read settings from YAML (keys = long flag names); flags override it")
-    p.add_argument("--data", help="ImageFolder root (train/ and val/), flat class folders, a CSV, or 'shapes' (default)")
+    p.add_argument("--config", type=non_empty, metavar="FILE.yaml", help="read settings from YAML (keys = long flag names); flags override it")
+    p.add_argument("--data", type=non_empty, help="ImageFolder root (train/ and val/), flat class folders, a CSV, or 'shapes' (default)")
     p.add_argument("--val-split", type=float, help="fraction held out for validation when the data has no val/ folder (0.1)")
-    p.add_argument("--model", help="torchvision model name (resnet18, convnext_tiny, …) or timm:NAME")
-    p.add_argument("--pretrained", metavar="SOURCE", help="weights to start from: a file, 'torchvision', or timm:NAME")
+    p.add_argument("--model", type=non_empty, help="torchvision model name (resnet18, convnext_tiny, …) or timm:NAME")
+    p.add_argument("--pretrained", type=non_empty, metavar="SOURCE", help="weights to start from: a file, 'torchvision', or timm:NAME")
     p.add_argument("--dropout", type=float, metavar="P", help="dropout before the classifier (the architecture's default)")
     p.add_argument("--drop-path", type=float, metavar="P", help="stochastic depth rate (convnext, efficientnet, swin, timm models)")
-    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="glob patterns of weight names not to load (e.g. 'fc.*')")
+    p.add_argument("--exclude", type=non_empty, nargs="+", metavar="PATTERN", help="glob patterns of weight names not to load (e.g. 'fc.*')")
     p.add_argument("--shape-mismatch", choices=["skip", "error", "adapt"], help="what to do with tensors of another shape (skip)")
     p.add_argument("--trust", action="store_true", default=None, help="allow checkpoints that run code when loaded (pickled modules)")
     p.add_argument("--epochs", type=int)
@@ -112,22 +112,22 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     p.add_argument("--seed", type=int)
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<model>-<data>-<time>)")
-    p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest checkpoint in --out, or from a file")
+    p.add_argument("--out", type=non_empty, metavar="RUN_DIR", help="run directory (default: runs/<model>-<data>-<time>)")
+    p.add_argument("--resume", type=non_empty, metavar="auto|PATH", help="continue from the newest checkpoint in --out, or from a file")
     p.add_argument("--keep-last", type=int, help="how many recent checkpoints to keep (3)")
     p.add_argument("--save-every-steps", type=int, metavar="N", help="also checkpoint every N optimizer steps")
     p.add_argument("--save-every-minutes", type=float, metavar="M", help="also checkpoint every M minutes")
     p.add_argument("--async-save", action=argparse.BooleanOptionalAction, default=None, help="write checkpoints in a background thread (default: on with CUDA)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (for tests and smoke runs)")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None, help="write TensorBoard events to RUN_DIR/tb")
-    p.add_argument("--freeze", nargs="+", metavar="PATTERN", help="freeze parameters/modules matching these globs (layer1, '*.bn*')")
-    p.add_argument("--train-only", nargs="+", metavar="PATTERN", help="freeze everything except these")
+    p.add_argument("--freeze", type=non_empty, nargs="+", metavar="PATTERN", help="freeze parameters/modules matching these globs (layer1, '*.bn*')")
+    p.add_argument("--train-only", type=non_empty, nargs="+", metavar="PATTERN", help="freeze everything except these")
     p.add_argument("--linear-probe", action="store_true", default=None, help="train only the classifier head")
     p.add_argument("--cache-features", action="store_true", default=None, help="with --linear-probe: compute backbone features once")
     p.add_argument("--bn", choices=["frozen", "eval", "train"], help="BatchNorm in frozen parts: frozen (default), eval, train")
-    p.add_argument("--lr-mult", nargs="+", metavar="PATTERN=X", help="learning-rate multipliers, e.g. layer4=0.1")
+    p.add_argument("--lr-mult", type=non_empty, nargs="+", metavar="PATTERN=X", help="learning-rate multipliers, e.g. layer4=0.1")
     p.add_argument("--layer-decay", type=float, metavar="X", help="multiply the lr by X per block away from the head")
-    p.add_argument("--unfreeze", nargs="+", metavar="PATTERN@EPOCH", help="make PATTERN trainable from EPOCH (counted from 1)")
+    p.add_argument("--unfreeze", type=non_empty, nargs="+", metavar="PATTERN@EPOCH", help="make PATTERN trainable from EPOCH (counted from 1)")
 
 
 def _add_lr_find(sub: argparse._SubParsersAction) -> None:
@@ -173,8 +173,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval / predict
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5, loss and per-class accuracy of a checkpoint")
-    p.add_argument("--checkpoint", required=True, metavar="CK")
-    p.add_argument("--data", help="folder to evaluate (default: the val split of the checkpoint's dataset)")
+    p.add_argument("--checkpoint", type=non_empty, required=True, metavar="CK")
+    p.add_argument("--data", type=non_empty, help="folder to evaluate (default: the val split of the checkpoint's dataset)")
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--workers", type=workers_value, default="0", help="decoding worker processes, or 'auto' (0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -199,8 +199,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="class names and probabilities for images")
-    p.add_argument("--checkpoint", required=True, metavar="CK")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--checkpoint", type=non_empty, required=True, metavar="CK")
+    p.add_argument("inputs", type=non_empty, nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int_at_least(1), default=5)
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -225,7 +225,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- data
 def _add_make_shapes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-shapes", help="write the built-in shapes dataset as JPEG folders")
-    p.add_argument("dir")
+    p.add_argument("dir", type=non_empty)
     p.add_argument("--per-class", type=int_at_least(1), default=None, help="training images per class")
     p.add_argument("--size", type=int_at_least(16), default=None, help="image side in pixels")
     p.add_argument("--seed", type=int_at_least(0), default=0)
@@ -245,8 +245,8 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- weights
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="what a checkpoint holds: format, metadata, tensors, optimizer state")
-    p.add_argument("path", metavar="PATH", help="checkpoint file or folder (any format finetune reads)")
-    p.add_argument("--model", metavar="ARCH", help="also show the load report against this architecture")
+    p.add_argument("path", type=non_empty, metavar="PATH", help="checkpoint file or folder (any format finetune reads)")
+    p.add_argument("--model", type=non_empty, metavar="ARCH", help="also show the load report against this architecture")
     p.add_argument("--optimizer", action="store_true", help="summarise the optimizer state")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--trust", action="store_true", help="allow files that run code when loaded (pickled modules)")
@@ -266,11 +266,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="write a checkpoint's clean weights as .safetensors or .pt")
-    p.add_argument("src", metavar="SRC", help="checkpoint file or folder (any format finetune reads)")
-    p.add_argument("dst", metavar="DST", help="output file: .safetensors, or .pt/.pth/.bin for torch.save")
+    p.add_argument("src", type=non_empty, metavar="SRC", help="checkpoint file or folder (any format finetune reads)")
+    p.add_argument("dst", type=non_empty, metavar="DST", help="output file: .safetensors, or .pt/.pth/.bin for torch.save")
     p.add_argument("--ema", action="store_true", help="write the EMA weights instead of the raw ones")
     p.add_argument("--half", action="store_true", help="store floating-point tensors as float16")
-    p.add_argument("--strip-prefix", default="auto", metavar="auto|PREFIX",
+    p.add_argument("--strip-prefix", type=non_empty, default="auto", metavar="auto|PREFIX",
                    help="wrapper prefixes to remove: auto (default), a literal PREFIX, or none")
     p.add_argument("--trust", action="store_true", help="allow files that run code when loaded (pickled modules)")
     p.set_defaults(handler=_cmd_convert)
@@ -290,12 +290,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- bench-data
 def _add_bench_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-data", help="measure the input pipeline against plain DataLoader and DataLoaderX here")
-    p.add_argument("--data", required=True, help="ImageFolder root (class sub-folders; a train/ sub-folder is used if present) or 'shapes'")
+    p.add_argument("--data", type=non_empty, required=True, help="ImageFolder root (class sub-folders; a train/ sub-folder is used if present) or 'shapes'")
     p.add_argument("--img-size", type=int_at_least(16), default=224)
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--seconds", type=positive_float, default=3.0, help="seconds per measurement (3)")
     p.add_argument("--repeats", type=int_at_least(1), default=1, help="rounds over all pipelines; each keeps its best (1)")
-    p.add_argument("--workers", type=int_at_least(0), nargs="+", metavar="N", help="worker counts to try (default 0..max(4, cores))")
+    p.add_argument("--workers", type=worker_count, nargs="+", metavar="N", help="worker counts to try (default 0..max(4, cores))")
     p.add_argument("--no-cache", action="store_true", help="skip the cache='ram' rows")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_cmd_bench_data)
@@ -347,7 +347,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _add_summary(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="output shape and parameters of every layer for an input size")
-    p.add_argument("model", metavar="MODEL", help="torchvision name or timm:NAME")
+    p.add_argument("model", type=non_empty, metavar="MODEL", help="torchvision name or timm:NAME")
     p.add_argument("--img-size", type=int_at_least(1), default=224)
     p.add_argument("--num-classes", type=int_at_least(1), default=1000)
     p.add_argument("--depth", type=int_at_least(1), default=2, help="levels of nested modules to show (2)")
@@ -375,15 +375,15 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _add_cam(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cam", help="class activation maps (Grad-CAM and family) of a checkpoint's predictions")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run directory (its best.pt) or a checkpoint file")
-    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR",
+    p.add_argument("checkpoint", type=non_empty, metavar="CHECKPOINT", help="a run directory (its best.pt) or a checkpoint file")
+    p.add_argument("inputs", type=non_empty, nargs="*", metavar="IMAGE_OR_DIR",
                    help="images to explain (default: images of the run's validation split)")
-    p.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, xgradcam, layercam, hirescam, "
+    p.add_argument("--method", type=non_empty, default="gradcam", help="gradcam (default), gradcam++, xgradcam, layercam, hirescam, "
                    "eigengradcam, cam (no backward; global-average-pool + Linear heads), eigencam (no gradient), "
                    "scorecam, ablationcam (no gradient; one forward per channel and image: slow)")
-    p.add_argument("--layer", metavar="NAME", help="feature layer (default: found by probing the model)")
-    p.add_argument("--target", metavar="CLASS", help="explain this class instead of each prediction")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/cam/METHOD)")
+    p.add_argument("--layer", type=non_empty, metavar="NAME", help="feature layer (default: found by probing the model)")
+    p.add_argument("--target", type=non_empty, metavar="CLASS", help="explain this class instead of each prediction")
+    p.add_argument("--out", type=non_empty, metavar="DIR", help="output folder (default: RUN/cam/METHOD)")
     p.add_argument("--limit", type=int_at_least(1), default=32, help="at most this many images (32)")
     p.add_argument("--alpha", type=positive_float, default=0.5, help="weight of the heat map in the overlay (0.5)")
     p.add_argument("--batch-size", type=int_at_least(1), default=16)

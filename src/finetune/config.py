@@ -230,7 +230,7 @@ class TrainConfig:
             (self.layer_decay is None or 0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {self.layer_decay}"),
             (0 < self.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.drop_path is None or 0 <= self.drop_path < 1, f"--drop-path must be in [0, 1), got {self.drop_path}"),
@@ -246,9 +246,19 @@ class TrainConfig:
              f"--save-every-minutes must be positive, got {self.save_every_minutes}"),
             (str(self.workers) == "auto" or (str(self.workers).isascii() and str(self.workers).isdigit()),
              f"--workers must be 'auto' or a number of processes (0 or more), got {self.workers!r}"),
-            (self.data != "", "--data must not be empty: give an image folder, a CSV file, or 'shapes'"),
-            (self.model != "", "--model must not be empty: give a torchvision model name or timm:NAME"),
-            (self.out != "", "--out must not be empty: give a run directory"),
+            (self.data.strip() != "", "--data must not be empty: give an image folder, a CSV file, or 'shapes'"),
+            (self.model.strip() != "", "--model must not be empty: give a torchvision model name or timm:NAME"),
+            (self.out is None or self.out.strip() != "", "--out must not be empty: give a run directory"),
+            (self.pretrained is None or self.pretrained.strip() != "",
+             "--pretrained must not be empty: give a weights file, 'torchvision' or timm:NAME, or leave it out"),
+            (self.resume is None or self.resume.strip() != "",
+             "--resume must not be empty: give 'auto' or a checkpoint file, or leave it out"),
+            (all(p.strip() for p in self.exclude), f"--exclude patterns must not be empty, got {self.exclude}"),
+            (not self.exclude or self.pretrained is not None,
+             "--exclude names weights not to load from --pretrained, and there is no --pretrained: "
+             "give --pretrained SOURCE, or drop --exclude"),
+            (not (str(self.workers).isascii() and str(self.workers).isdigit()) or int(self.workers) <= max_workers(),
+             f"--workers {self.workers} is more than {max_workers()} (8 per CPU core here): give fewer, or 'auto'"),
             (self.resume != "auto" or self.out is not None,
              "--resume auto needs --out RUN_DIR: the run directory to continue"),
             (not (self.linear_probe and self.train_only),
@@ -659,12 +669,58 @@ def positive_float(text: str) -> float:
     return value
 
 
+MAX_SEED = 2**32 - 1  # numpy's and most libraries' seed range; torch overflows on larger ones
+
+
+def max_workers() -> int:
+    """The most decoding worker processes a run may ask for: 8 per CPU core (at least 16).
+
+    Each worker is a process with its own copy of the pipeline: a mistyped ``--workers 99999999``
+    would fork until the machine runs out of memory.
+
+    >>> max_workers() >= 16
+    True
+    """
+    return max(16, 8 * (os.cpu_count() or 1))
+
+
 def workers_value(text: str) -> str:
-    """An argparse ``type=`` for ``--workers``: 'auto' or a number of processes (0 or more).
+    """An argparse ``type=`` for ``--workers``: 'auto' or a number of processes (0 up to :func:`max_workers`).
 
     >>> workers_value("2"), workers_value("auto")
     ('2', 'auto')
+    >>> workers_value("99999999")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: 99999999 is more than ... (8 per CPU core here): give fewer, or 'auto'
     """
     if text != "auto" and not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"must be 'auto' or a number of processes (0 or more), got {text!r}")
+    if text != "auto" and int(text) > max_workers():
+        raise argparse.ArgumentTypeError(f"{text} is more than {max_workers()} (8 per CPU core here): give fewer, or 'auto'")
+    return text
+
+
+def worker_count(text: str) -> int:
+    """An argparse ``type=``: a number of worker processes, 0 up to :func:`max_workers`.
+
+    >>> worker_count("4")
+    4
+    """
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"must be a number of processes (0 or more), got {text!r}")
+    return int(workers_value(text))
+
+
+def non_empty(text: str) -> str:
+    """An argparse ``type=`` for paths, names and patterns: any text but an empty (or blank) one,
+    which would otherwise mean the current folder, or nothing at all, without a word.
+
+    >>> non_empty("runs/a")
+    'runs/a'
+    >>> non_empty(" ")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must not be empty: give a value, or leave the option out
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty: give a value, or leave the option out")
     return text
