@@ -8,6 +8,7 @@ otherwise. Every round trip compares the loaded model's outputs with the source'
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import pathlib
 import pickle
@@ -241,7 +242,9 @@ def w_dcp(net, d: Path) -> Path:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save({"model": net.state_dict(), "step": 10}, checkpoint_id=str(d / "dcp"), no_dist=True)
+        # torch 2.4's dcp.save has no no_dist: without a process group it saves as one process anyway
+        no_dist = {"no_dist": True} if "no_dist" in inspect.signature(dcp.save).parameters else {}
+        dcp.save({"model": net.state_dict(), "step": 10}, checkpoint_id=str(d / "dcp"), **no_dist)
     return d / "dcp"
 
 
