@@ -89,3 +89,17 @@ def test_empty_values_in_the_real_command(tmp_path: Path) -> None:
     res = run_cli("train", "--resume", "", "--out", str(tmp_path / "run"), *TINY, env={"CWD": str(tmp_path)})
     assert "--resume" in error_line(res)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_does_not_write_over_an_existing_file_without_force(tmp_path: Path) -> None:
+    """`finetune convert best.pt run/checkpoints/last.pt` replaced the checkpoint without a word."""
+    import torch
+
+    src, dst = tmp_path / "w.pt", tmp_path / "precious.pt"
+    torch.save({"fc.weight": torch.ones(2, 2)}, src)
+    dst.write_bytes(b"a checkpoint to keep")
+    line = error_line(run_here("convert", str(src), str(dst)))
+    assert "already exists" in line and "--force" in line
+    assert dst.read_bytes() == b"a checkpoint to keep"
+    assert run_here("convert", str(src), str(dst), "--force", "-q").returncode == 0
+    assert set(torch.load(dst, weights_only=True)) == {"fc.weight"}

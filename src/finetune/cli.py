@@ -273,12 +273,18 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strip-prefix", type=non_empty, default="auto", metavar="auto|PREFIX",
                    help="wrapper prefixes to remove: auto (default), a literal PREFIX, or none")
     p.add_argument("--trust", action="store_true", help="allow files that run code when loaded (pickled modules)")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists (default: refuse)")
     p.set_defaults(handler=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from finetune.errors import ConfigError
     from finetune.weights import convert, read_state_dict
 
+    same = os.path.exists(args.src) and os.path.exists(args.dst) and os.path.samefile(args.src, args.dst)
+    if os.path.lexists(args.dst) and not args.force and not same:  # its own source: convert() says so itself
+        # a checkpoint written over by mistake is lost (and last.pt is a hard link to the newest numbered one)
+        raise ConfigError(f"'{args.dst}' already exists: give another DST, or --force to replace it")
     out = convert(args.src, args.dst, ema=args.ema, half=args.half, strip_prefix=args.strip_prefix, trust=args.trust)
     if not args.quiet:
         sd = read_state_dict(out)
