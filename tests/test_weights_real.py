@@ -33,6 +33,19 @@ maker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(maker)
 
 REF = load_file(str(REAL / "reference.safetensors"))
+#: torch >= 2.5 has the public torch.distributed.tensor that FSDP2 files pickle; 2.4 cannot read them
+HAS_DTENSOR = hasattr(importlib.import_module("torch.distributed.tensor"), "DTensor")
+#: torch >= 2.5 takes an allowlist for its weights_only loader; on 2.4 finetune reads pickles itself
+TORCH_SAFE_GLOBALS = hasattr(torch.serialization, "safe_globals")
+
+
+def refused_without_dtensor(name: str) -> bool:
+    """On torch 2.4 an FSDP2 file is a one-line error that names the torch it needs: check it."""
+    if HAS_DTENSOR or not name.startswith("fsdp2"):
+        return False
+    with pytest.raises(CheckpointError, match=r"FSDP2 DTensors .*needs torch >= 2.5"):
+        read_state_dict(REAL / CASES[name][0] if name in CASES else REAL / name)
+    return True
 TINY_KEYS = set(maker.Tiny().state_dict())
 
 #: fixture -> (file or folder, format the reader names, LightningModule attribute or "")
@@ -99,6 +112,8 @@ def test_every_fixture_has_a_case_and_a_reference():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_read_and_load_real_file(name):
+    if refused_without_dtensor(name):
+        return
     file, fmt, attr = CASES[name]
     path = REAL / file
     ck = read_checkpoint(path)
@@ -137,6 +152,8 @@ def test_ema_weights_of_real_files(name):
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_convert_real_file(name, suffix, tmp_path):
+    if refused_without_dtensor(name):
+        return
     path = REAL / CASES[name][0]
     for ema in (False, True) if name in EMA_CASES else (False,):
         dst = convert(path, tmp_path / f"{name}{'-ema' if ema else ''}{suffix}", ema=ema)
@@ -162,6 +179,8 @@ def test_lightning_weight_averaging_layout():
 
 def test_a_shard_of_an_fsdp2_dtensor_is_an_error():
     """torch.save of an FSDP2 model on 2 ranks holds half of each tensor: say so, do not load half."""
+    if refused_without_dtensor("fsdp2_rank0_of_2.pt"):
+        return
     with pytest.raises(CheckpointError, match=r"one rank's shard of a DTensor .*full_state_dict"):
         read_state_dict(REAL / "fsdp2_rank0_of_2.pt")
 
@@ -175,8 +194,11 @@ def test_legacy_file_with_pickle_protocol_4(tmp_path):
     path = tmp_path / "p4.pth"
     torch.save({"state_dict": model.state_dict()}, path, _use_new_zipfile_serialization=False, pickle_protocol=4)
     assert sniff(path) == "pickle"
-    with pytest.raises(UnsafeCheckpointError, match="--trust"):
-        read_state_dict(path)
+    if TORCH_SAFE_GLOBALS:
+        with pytest.raises(UnsafeCheckpointError, match="--trust"):
+            read_state_dict(path)
+    else:  # torch 2.4: finetune's own restricted unpickler reads protocol 4 safely
+        assert read_state_dict(path).keys() == model.state_dict().keys()
     fresh = maker.fresh(99)
     load_weights(fresh, path, trust=True, strict=True)
     assert torch.equal(output(fresh), output(model))
@@ -291,6 +313,8 @@ def test_inspect_numpy2_metadata_and_timm_args(capsys):
 @pytest.mark.parametrize("name", ["accelerate_state_bin", "dcp_gloo", "torchscript_scripted", "lightning_swa",
                                   "compiled", "fsdp2_dtensor_state_dict"])
 def test_inspect_text_and_json_of_folders_and_archives(name, capsys):
+    if refused_without_dtensor(name):
+        return
     path = REAL / CASES[name][0]
     code, out, err = run_cli(["inspect", str(path)], capsys)
     assert code == 0 and not err

@@ -3,6 +3,7 @@ with the values that were saved (or one clear error naming the tensor)."""
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
@@ -236,6 +237,10 @@ def test_pickle_protocol_5_with_float8_and_uint16(tmp_path):
     by the reader of protocol 4/5 pickles."""
     sd = {"f8": torch.randn(3).to(torch.float8_e5m2), "u16": torch.tensor([1, 60000], dtype=torch.uint16),
           "bf16": torch.randn(2).bfloat16(), "view": torch.arange(10.0)[3:5]}
+    try:
+        torch.save(sd["u16"], io.BytesIO())
+    except KeyError:  # torch 2.4 cannot save uint16 tensors at all
+        del sd["u16"]
     torch.save(sd, tmp_path / "p5.pt", pickle_protocol=5)
     back = read_state_dict(tmp_path / "p5.pt")
     assert all(same(v, back[k]) for k, v in sd.items())

@@ -278,17 +278,14 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from finetune.errors import ConfigError
     from finetune.weights import convert, read_state_dict
+    from finetune.weights.tools import tensor_bytes
 
-    same = os.path.exists(args.src) and os.path.exists(args.dst) and os.path.samefile(args.src, args.dst)
-    if os.path.lexists(args.dst) and not args.force and not same:  # its own source: convert() says so itself
-        # a checkpoint written over by mistake is lost (and last.pt is a hard link to the newest numbered one)
-        raise ConfigError(f"'{args.dst}' already exists: give another DST, or --force to replace it")
-    out = convert(args.src, args.dst, ema=args.ema, half=args.half, strip_prefix=args.strip_prefix, trust=args.trust)
+    out = convert(args.src, args.dst, ema=args.ema, half=args.half, strip_prefix=args.strip_prefix, trust=args.trust,
+                  overwrite=args.force)
     if not args.quiet:
         sd = read_state_dict(out)
-        mb = sum(v.numel() * v.element_size() for v in sd.values()) / 1e6
+        mb = sum(tensor_bytes(v) for v in sd.values()) / 1e6  # a sparse tensor: what it stores, not its dense size
         print(f"wrote {out}: {len(sd)} tensors, {mb:.2f} MB")
     return 0
 

@@ -189,8 +189,11 @@ def _num_classes(ck: Checkpoint) -> int | None:
 
 # --------------------------------------------------------------------------- convert
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bool = False, half: bool = False,
-            strip_prefix: str = "auto", trust: bool = False) -> Path:
+            strip_prefix: str = "auto", trust: bool = False, overwrite: bool = True) -> Path:
     """Write the clean weights of any checkpoint as ``.safetensors`` or ``.pt`` (by ``dst``'s suffix).
+
+    ``overwrite=False`` refuses a ``dst`` that exists (what ``finetune convert`` does without
+    ``--force``: a checkpoint written over by mistake is lost). ``dst`` is never ``src`` itself.
 
     ``strip_prefix="auto"`` removes wrapper prefixes and, for Lightning files, the
     LightningModule attribute that holds the network (:func:`lightning_attribute`; the
@@ -222,6 +225,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
         raise WeightsError(f"{dst}: the output name must end in .safetensors, .pt, .pth or .bin")
     if dst.exists() and Path(src).exists() and os.path.samefile(src, dst):
         raise WeightsError(f"{dst} is the file being converted: give another output name (the original is kept)")
+    if not overwrite and os.path.lexists(dst):
+        raise WeightsError(f"'{dst}' already exists: give another DST, or --force to replace it")
     ck = read_checkpoint(src, trust=trust)
     if ema and ck.ema is None:
         raise WeightsError(f"{ck.source}: --ema given but the file has no EMA weights")

@@ -367,6 +367,8 @@ def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = Fa
         except Exception as e:  # noqa: BLE001 - anything wrong in a trusted file is still a bad file
             raise CheckpointError(f"{name}: cannot read ({_short(e)})") from e
     warn_if_unsafe_torch()
+    if getattr(torch.serialization, "safe_globals", None) is None:
+        return _restricted_torch_load(f, name=name)
     try:
         with _safe_globals_context(class_keys), warnings.catch_warnings(), \
                 _quiet_logger("torch.distributed.device_mesh"):
@@ -393,6 +395,49 @@ def torch_load(f: str | pathlib.Path | IO[bytes], *, name: str, trust: bool = Fa
         raise CheckpointError(f"{name}: not a readable checkpoint, corrupt or truncated ({_short(e)})") from None
     except (EOFError, RuntimeError, ValueError, OSError, KeyError, AttributeError, TypeError,
             IndexError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{name}: not a readable checkpoint, corrupt or truncated ({_short(e)})") from None
+
+
+def _restricted_torch_load(f: IO[bytes], *, name: str) -> Any:
+    """torch < 2.5 (no ``safe_globals``: the allowlist's aliased names and stand-ins cannot be
+    given to its weights_only unpickler, which CVE-2025-32434 makes unsafe anyway): ``torch.load``
+    through :class:`RestrictedUnpickler`, which resolves torch's own allowlist, ours and the
+    stand-ins of :data:`CLASS_KEY_MODULES` and :data:`RECORDED_MODULES`, and nothing else."""
+    import codecs
+    import types
+
+    from torch import _weights_only_unpickler as wou
+
+    allowed = {**wou._get_allowed_globals(), **wou._get_user_allowed_globals()}
+    # what torch >= 2.6 allows besides (protocol-2 bytes, sets, complex numbers)
+    allowed |= {"_codecs.encode": codecs.encode, "builtins.set": set, "builtins.bytearray": bytearray,
+                "builtins.complex": complex}
+    for g in allowlist():
+        obj, key = g if isinstance(g, tuple) else (g, f"{g.__module__}.{g.__qualname__}")
+        allowed[key] = obj
+
+    def stand_in(module: str, qualname: str) -> Any:
+        full = f"{module}.{qualname}"
+        return class_stand_in(full) if full.startswith(CLASS_KEY_MODULES + RECORDED_MODULES) else None
+
+    class Unpickler(RestrictedUnpickler):
+        def __init__(self, file: IO[bytes], *, encoding: str = "ASCII", **_: Any) -> None:
+            super().__init__(file, allowed, fallback=stand_in, name=name, encoding=encoding)
+
+    restricted = types.ModuleType("finetune_restricted_pickle")
+    restricted.Unpickler = Unpickler  # type: ignore[attr-defined]
+    restricted.load = lambda file, **kw: Unpickler(file, **kw).load()  # type: ignore[attr-defined]
+    restricted.__dict__.update({k: getattr(pickle, k) for k in ("UnpicklingError", "HIGHEST_PROTOCOL")})
+    try:
+        with _quiet_logger("torch.distributed.device_mesh"):
+            return torch.load(f, map_location="cpu", weights_only=False, pickle_module=restricted)
+    except UnsafeCheckpointError as e:
+        if "torch.distributed.tensor." in str(e):  # a public module since torch 2.5
+            raise CheckpointError(f"{name}: holds FSDP2 DTensors (torch.distributed.tensor), which torch "
+                                  f"{torch.__version__} cannot read: needs torch >= 2.5") from None
+        raise
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError, KeyError, AttributeError,
+            TypeError, IndexError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise CheckpointError(f"{name}: not a readable checkpoint, corrupt or truncated ({_short(e)})") from None
 
 
