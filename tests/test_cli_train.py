@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, run_here
+from conftest import error_line, run_cli, run_here
 
 TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--seed", "0", "--optimizer", "adamw",
         "--lr", "0.002", "--warmup-epochs", "0", "-q"]
@@ -59,6 +59,22 @@ def test_eval_json_matches_training_metrics(trained_run: Path) -> None:
     assert all(0.0 <= v <= 1.0 for v in out["per_class"].values())
     best = max(json.loads(line)["val_top1"] for line in (trained_run / "metrics.jsonl").read_text().splitlines())
     assert out["top1"] == pytest.approx(best)
+
+
+def test_eval_and_predict_take_a_run_directory(trained_run: Path, colour_data: Path, tmp_path: Path) -> None:
+    """A run directory means its best checkpoint, as `finetune cam RUN` takes it."""
+    by_file = run_here("eval", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), "--json", "--device", "cpu")
+    by_dir = run_here("eval", "--checkpoint", str(trained_run), "--json", "--device", "cpu")
+    assert by_dir.returncode == 0, by_dir.stderr
+    assert json.loads(by_dir.stdout) == json.loads(by_file.stdout)
+    red = str(sorted((colour_data / "val" / "red").glob("*.jpg"))[0])
+    res = run_here("predict", "--checkpoint", str(trained_run), red, "--json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)[0]["top"][0]["class"] == "red"
+    (tmp_path / "empty").mkdir()
+    res = run_here("eval", "--checkpoint", str(tmp_path / "empty"))
+    assert res.returncode == 2
+    assert "is a folder without checkpoints/best.pt or last.pt" in error_line(res)
 
 
 def test_predict_names_the_classes(trained_run: Path, colour_data: Path) -> None:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.data.transforms import EVAL_CROP_PCT, eval_resize_box
-from finetune.errors import CheckpointError, ConfigError, DataError, ModelError
+from finetune.errors import ConfigError, DataError, ModelError
 from finetune.models import head_names, logits_of, modes_kept
 
 METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam",
@@ -830,12 +830,11 @@ class CamReport:
 
 def _run_dir_checkpoint(checkpoint: str | Path) -> tuple[Path, Path]:
     """(checkpoint file, run directory) of a checkpoint file or a run directory."""
+    from finetune.train import run_checkpoint
+
     path = Path(checkpoint)
     if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt", path / "best.pt"):
-            if candidate.is_file():
-                return candidate, path
-        raise CheckpointError(f"'{path}' holds no checkpoints/best.pt: give a run directory or a checkpoint file")
+        return run_checkpoint(path), path
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return path, run_dir
 

@@ -173,7 +173,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval / predict
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5, loss and per-class accuracy of a checkpoint")
-    p.add_argument("--checkpoint", type=non_empty, required=True, metavar="CK")
+    p.add_argument("--checkpoint", type=non_empty, required=True, metavar="CK",
+                   help="a checkpoint file, best.safetensors, or a run directory (its best.pt)")
     p.add_argument("--data", type=non_empty, help="folder to evaluate (default: the val split of the checkpoint's dataset)")
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--workers", type=workers_value, default="0", help="decoding worker processes, or 'auto' (0)")
@@ -199,7 +200,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="class names and probabilities for images")
-    p.add_argument("--checkpoint", type=non_empty, required=True, metavar="CK")
+    p.add_argument("--checkpoint", type=non_empty, required=True, metavar="CK",
+                   help="a checkpoint file, best.safetensors, or a run directory (its best.pt)")
     p.add_argument("inputs", type=non_empty, nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int_at_least(1), default=5)
     p.add_argument("--batch-size", type=int_at_least(1), default=64)

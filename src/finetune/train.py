@@ -1195,9 +1195,30 @@ def read_deployment_file(path: Path) -> dict[str, Any] | None:
     return state
 
 
+def run_checkpoint(path: str | Path) -> Path:
+    """The checkpoint a path names: a file as it is; a run directory's ``checkpoints/best.pt``
+    (else its ``last.pt``, for a run stopped before its first validation).
+
+    >>> import tempfile, pathlib
+    >>> run = pathlib.Path(tempfile.mkdtemp()); (run / "checkpoints").mkdir()
+    >>> _ = (run / "checkpoints" / "last.pt").write_bytes(b"")
+    >>> run_checkpoint(run).name, run_checkpoint(run / "checkpoints" / "last.pt").name
+    ('last.pt', 'last.pt')
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt", path / "best.pt"):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"'{path}' is a folder without checkpoints/best.pt or last.pt: "
+                          "give a run directory or a checkpoint file")
+
+
 def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a finetune checkpoint describes and load its weights (the EMA weights
-    of a run trained with ``--ema``, which its metrics and best checkpoint are about).
+    """Rebuild the model a finetune checkpoint (or a run directory's best one: :func:`run_checkpoint`)
+    describes and load its weights (the EMA weights of a run trained with ``--ema``, which its
+    metrics and best checkpoint are about).
 
     >>> import tempfile, torch
     >>> from finetune import Checkpointer, create_model
@@ -1208,7 +1229,8 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
     >>> model.finetune_arch, state["classes"], model.training
     ('squeezenet1_1', ['cat', 'dog'], False)
     """
-    state = read_deployment_file(Path(path)) or Checkpointer.read(path)
+    path = run_checkpoint(path)
+    state = read_deployment_file(path) or Checkpointer.read(path)
     if "arch" not in state or "classes" not in state or "model" not in state:
         raise CheckpointError(f"'{path}' is not a finetune training checkpoint (no arch/classes/model): "
                               "use `finetune inspect` to see what it holds")
