@@ -332,6 +332,11 @@ def test_gpu_cache_and_gpu_decode_need_cuda(samples: Samples) -> None:
         build_loader(samples, train=True, img_size=SIZE, workers=0, cache="gpu", **quiet)
 
 
+def test_cuda_prefetch_on_a_cpu_device_is_refused_not_ignored(samples: Samples) -> None:
+    with pytest.raises(DataError, match="prefetch='cuda' needs device='cuda': use prefetch='thread' or 'none'"):
+        build_loader(samples, train=True, img_size=SIZE, workers=0, device="cpu", prefetch="cuda", **quiet)
+
+
 # --------------------------------------------------------------------------- GPU code paths, run on CPU
 def _loader(samples: Samples, **kw) -> Loader:
     args = dict(train=True, img_size=SIZE, batch_size=8, workers=0, device="cpu", seed=0, drop_last=True,

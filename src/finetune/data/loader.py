@@ -1355,6 +1355,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
         raise DataError("decode='gpu' needs device='cuda' and image files")
     if cache == "gpu" and dev.type != "cuda":
         raise DataError("cache='gpu' needs device='cuda': use cache='ram'")
+    if prefetch == "cuda" and dev.type != "cuda":
+        raise DataError("prefetch='cuda' needs device='cuda': use prefetch='thread' or 'none'")
     if strict:
         if samples is None:
             raise DataError("strict data checking needs image files")
