@@ -103,3 +103,11 @@ def test_convert_does_not_write_over_an_existing_file_without_force(tmp_path: Pa
     assert dst.read_bytes() == b"a checkpoint to keep"
     assert run_here("convert", str(src), str(dst), "--force", "-q").returncode == 0
     assert set(torch.load(dst, weights_only=True)) == {"fc.weight"}
+
+
+def test_freezing_everything_is_one_error_line_not_a_warning_too(tmp_path: Path) -> None:
+    """`--freeze '*'` printed a warning about the frozen head before the 'nothing to train' error."""
+    res = run_here("train", "--data", "shapes", "--out", str(tmp_path / "run"), *TINY, "--freeze", "*")
+    assert res.returncode == 2
+    assert [line for line in res.stderr.splitlines() if line.startswith("finetune:")] == [error_line(res)]
+    assert "nothing to train" in error_line(res)

@@ -1094,6 +1094,8 @@ def warn_frozen_new_head(model: nn.Module, loaded: list[str]) -> None:
     >>> err.getvalue().strip()
     "finetune: warning: the head 'fc' is frozen but was not loaded from pretrained weights: it keeps its random values; train it (--train-only ... fc) or do not freeze it"
     """
+    if not any(p.requires_grad for p in model.parameters()):
+        return  # nothing trains at all: that is the error param_groups gives, alone
     for head in head_names(model):
         params = [(f"{head}.{n}", p) for n, p in model.get_submodule(head).named_parameters()]
         if params and not any(p.requires_grad for _, p in params) and not all(n in loaded for n, _ in params):
