@@ -143,9 +143,9 @@ def make_photo_folder(root: str | Path, *, count: int, width: int, height: int, 
         folder.mkdir(parents=True, exist_ok=True)
         jobs.append((folder / f"img_{i:05d}.jpg", width, height, seed, i, quality))
     if processes > 1:
-        import multiprocessing as mp
+        from finetune.data.pools import process_pool
 
-        with mp.Pool(processes) as pool:
+        with process_pool(processes) as pool:
             pool.map(_write_photo, jobs, chunksize=4)
     else:
         for job in jobs:

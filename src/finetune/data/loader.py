@@ -1155,14 +1155,6 @@ def read_jpeg_cpu(data: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- bad files
-def _pool_worker_signals() -> None:
-    """A pool worker dies of the SIGTERM that ``Pool.terminate`` (the end of its ``with`` block) sends,
-    and leaves Ctrl-C to the main process. Forked inside ``train()``, it would inherit GracefulExit's
-    handler, which lets a forked process outlive its first signal: the pool's join then waited forever."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def scan_bad_files(samples: Samples, workers: int = 0) -> list[BadFile]:
     """Decode every file completely; return those that fail (unreadable, truncated, not images).
 
@@ -1172,10 +1164,9 @@ def scan_bad_files(samples: Samples, workers: int = 0) -> list[BadFile]:
     """
     paths = [samples.path(i) for i in range(len(samples))]
     if workers > 1 and len(paths) > 64:
-        import multiprocessing as mp
+        from finetune.data.pools import process_pool
 
-        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(
-                workers, initializer=_pool_worker_signals) as pool:
+        with process_pool(workers) as pool:  # its workers end with the block, also inside train()
             reasons = pool.map(check_file, paths, chunksize=32)
     else:
         reasons = [check_file(p) for p in paths]

@@ -345,11 +345,12 @@ def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | 
     workers = min(len(jobs), os.cpu_count() or 1)
     try:
         if workers > 1 and per_class * len(CLASSES) >= 400:  # one process per core; each class has its own RNG
-            import multiprocessing
+            from finetune.data.pools import process_pool
 
             # (a Pool, not a ProcessPoolExecutor: leaving the block on Ctrl-C/SIGTERM terminates the
-            # workers at once instead of waiting for the classes they are drawing)
-            with multiprocessing.get_context().Pool(workers) as pool:
+            # workers at once instead of waiting for the classes they are drawing; inside train(),
+            # whose SIGTERM handler a forked worker would inherit and outlive the pool's end with)
+            with process_pool(workers) as pool:
                 parts = pool.map(_draw_class, jobs, chunksize=1)
         else:
             parts = [_draw_class(job) for job in jobs]
