@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import run_here
 from finetune.errors import CheckpointError, FinetuneError, UnsafeCheckpointError, WeightsError
 from finetune.weights import LoadReport, convert, inspect_checkpoint, load_weights, read_state_dict
 from finetune.weights import unpickle as unpickle_mod
@@ -720,6 +721,12 @@ def test_old_torch_warns(monkeypatch, tmp_path, src):
     monkeypatch.setattr(unpickle_mod, "_CVE_WARNED", False)
     with pytest.warns(UserWarning, match="CVE-2025-32434"):
         read_state_dict(w_plain(src, tmp_path))
+
+    monkeypatch.setattr(unpickle_mod, "_CVE_WARNED", False)  # the command line: one finetune warning line
+    res = run_here("inspect", str(tmp_path / "plain.pt"))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.startswith("finetune: warning: torch ") and res.stderr.count("\n") == 1, res.stderr
+    assert "CVE-2025-32434" in res.stderr
 
 
 # --------------------------------------------------------------------------- bad input

@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 
 from finetune.config import int_at_least, non_empty, positive_float, worker_count, workers_value
@@ -481,6 +482,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     debug = args.debug or os.environ.get("FINETUNE_DEBUG") == "1"
+    with warnings.catch_warnings():  # finetune's own warnings as one `finetune: warning:` line each
+        warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+        return _run(args, debug)
+
+
+def _show_warning(default: Callable[..., None], message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: object = None, line: str | None = None) -> None:
+    """Print a warning raised in finetune's own code as one ``finetune: warning:`` line (process 0
+    only under torchrun, as :func:`finetune.train.warn`); other libraries' warnings as Python does."""
+    if not os.path.abspath(filename).startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep):
+        default(message, category, filename, lineno, file, line)
+    elif os.environ.get("RANK", "0") in ("", "0"):
+        print(f"finetune: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
+    """The command's handler, its errors mapped to one line and exit status 2."""
     # SIGTERM outside `train()` (which, from its start, finishes the step, saves and exits 0) ends like Ctrl-C: one line, exit 2
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, functools.partial(_raise_interrupt, os.getpid())) if in_main_thread else None
