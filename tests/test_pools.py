@@ -33,12 +33,12 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_busy_workers_end_with_the_block() -> None:
-    """Workers still drawing (sleeping 600 s here) when the block ends are stopped at once."""
+    """Workers still drawing (sleeping 120 s here) when the block ends are stopped at once."""
     res = run("""
 from finetune.data.pools import process_pool
 start = time.monotonic()
 with process_pool(2) as pool:
-    pool.map_async(time.sleep, [600, 600], chunksize=1)
+    pool.map_async(time.sleep, [120, 120], chunksize=1)
     time.sleep(1)
 print(round(time.monotonic() - start))
 """)
