@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # elsewhere override, e.g. `make TORCH_SPEC= demo` to let pyproject's ranges decide.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-min lint bench clean
 
 $(BIN)/finetune: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ demo: $(BIN)/finetune
 
 test: $(BIN)/finetune
 	$(BIN)/python -m pytest -q
+
+# the declared minimum (pyproject: torch>=2.4, torchvision>=0.19) in a venv of its own; not run by CI
+# (it installs torch 2.4.1 with its CUDA libraries): run it when code touches torch APIs
+MIN_VENV := .venv-min
+MIN_SPEC ?= torch==2.4.1 torchvision==0.19.1
+test-min:
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	printf '%s\n' $(MIN_SPEC) > $(MIN_VENV)/constraints.txt
+	$(MIN_VENV)/bin/pip install $(MIN_SPEC)
+	$(MIN_VENV)/bin/pip install -c $(MIN_VENV)/constraints.txt -e '.[dev]'
+	$(MIN_VENV)/bin/python -m pytest -q
 
 lint: $(BIN)/finetune
 	$(BIN)/ruff check src tests benchmarks
