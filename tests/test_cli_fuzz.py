@@ -111,3 +111,15 @@ def test_freezing_everything_is_one_error_line_not_a_warning_too(tmp_path: Path)
     assert res.returncode == 2
     assert [line for line in res.stderr.splitlines() if line.startswith("finetune:")] == [error_line(res)]
     assert "nothing to train" in error_line(res)
+
+
+def test_lr_mult_of_frozen_parameters_only_is_a_warning(colour_data: Path, tmp_path: Path) -> None:
+    """`--linear-probe --lr-mult layer1=2` ran without a word: the multiplier applied to nothing."""
+    common = ["train", "--data", str(colour_data), *TINY, "--linear-probe", "--lr-mult", "layer1=2", "--epochs", "2"]
+    res = run_here(*common, "--out", str(tmp_path / "a"))
+    assert res.returncode == 0, res.stderr
+    assert ("finetune: warning: --lr-mult layer1=2 changes nothing: every parameter it names is frozen "
+            "(unfreeze them, e.g. --unfreeze layer1@EPOCH, or drop it)") in res.stderr.splitlines()
+    res = run_here(*common, "--unfreeze", "layer1.*@2", "--out", str(tmp_path / "b"))  # it applies from epoch 2
+    assert res.returncode == 0, res.stderr
+    assert "--lr-mult" not in res.stderr

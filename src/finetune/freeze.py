@@ -815,6 +815,28 @@ def param_groups(
     return _build_groups(root, names, lr, lr_mult, layer_decay, weight_decay, no_decay)
 
 
+def frozen_only_patterns(model: nn.Module, patterns: Iterable[str], unfrozen_later: Sequence[str] = ()) -> list[str]:
+    """The patterns (of ``lr_mult``) that name only frozen parameters, none of which the
+    ``unfrozen_later`` patterns (``--unfreeze``) will make trainable: their multiplier changes
+    nothing (``--lr-mult layer1=2`` with ``--linear-probe``).
+
+    >>> import torchvision
+    >>> m = torchvision.models.resnet18(num_classes=2)
+    >>> _ = freeze_all_but(m, "fc")
+    >>> frozen_only_patterns(m, ["layer1", "fc", "layer4.1.*", "layer3.*"], unfrozen_later=["layer3"])
+    ['layer1', 'layer4.1.*']
+    """
+    root = unwrap(model)
+    params = _named_params(root)
+    later = set(_select(root, list(unfrozen_later)).params) if unfrozen_later else set()
+    out = []
+    for pattern in patterns:
+        named = _select(root, [pattern]).params
+        if not any(params[n].requires_grad or n in later for n in named):
+            out.append(pattern)
+    return out
+
+
 def add_param_group_for(
     optimizer: torch.optim.Optimizer,
     model: nn.Module,

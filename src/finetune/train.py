@@ -518,6 +518,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         bn_train_mode,
         extract_features,
         format_findings,
+        frozen_only_patterns,
         param_groups,
         split_head,
         trainable_table,
@@ -525,6 +526,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
 
     optimizer = make_optimizer(param_groups(model, cfg.lr, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)
+    later = [pattern for pattern, _ in parse_unfreeze(cfg.unfreeze, cfg.epochs)]
+    for pattern in frozen_only_patterns(model, cfg.lr_mult, unfrozen_later=later):
+        warn(f"--lr-mult {pattern}={cfg.lr_mult[pattern]:g} changes nothing: every parameter it names is frozen "
+             f"(unfreeze them, e.g. --unfreeze {pattern}@EPOCH, or drop it)")
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     batches: Loader | FeatureBatches = train_loader
     if cfg.cache_features:  # the backbone runs once; epochs train the head on its features
