@@ -396,3 +396,27 @@ def test_torchrun_on_the_built_in_shapes_generated_on_first_use(tmp_path: Path) 
         capture_output=True, text=True, env={**env(), "FINETUNE_CACHE": str(tmp_path / "cache")}, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+
+
+def test_tensors_that_do_not_resample_to_another_image_size_name_the_size_that_keeps_them(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """MLP-Mixer's token-mixing layers are sized by the number of patches: at --img-size 112 the
+    224 weights do not fit them. The warning said they keep random values, not what to do."""
+    pytest.importorskip("timm")
+    from finetune.models import create_model
+    from finetune.train import check_pretrained_fit
+    from finetune.weights import LoadReport
+
+    model = create_model("timm:mixer_s16_224", 3, img_size=112)
+    names = [n for n in model.state_dict() if not n.startswith("head.")]
+    token_mixing = [n for n in names if ".mlp_tokens." in n]
+    report = LoadReport(source="timm:mixer_s16_224", loaded=[n for n in names if n not in token_mixing],
+                        mismatched=[(n, (1,), (2,)) for n in token_mixing])
+    cfg = TrainConfig(model="timm:mixer_s16_224", pretrained="timm:mixer_s16_224", img_size=112)
+    check_pretrained_fit(model, report, cfg)
+    err = capsys.readouterr().err
+    assert f"{len(token_mixing)} tensors outside the head keep their random values" in err
+    assert "the weights were made for 224x224 images and these do not resample to 112: --img-size 224 keeps them" in err
+    check_pretrained_fit(model, report, TrainConfig(model="timm:mixer_s16_224", pretrained="timm:mixer_s16_224",
+                                                    img_size=224))
+    assert "--img-size" not in capsys.readouterr().err

@@ -61,6 +61,7 @@ from finetune.models import (
     head_names,
     logits_of,
     normalization,
+    pretrained_input_size,
 )
 
 
@@ -967,9 +968,13 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
                            f"it looks like weights of another architecture; `finetune inspect {report.source} "
                            f"--model {cfg.model}` shows what matches")
     if missing or mismatched:
+        made_for = pretrained_input_size(cfg.model, cfg.pretrained) if mismatched else None
+        size_hint = (f"; the weights were made for {made_for}x{made_for} images and these do not resample to "
+                     f"{cfg.img_size}: --img-size {made_for} keeps them"
+                     if made_for is not None and cfg.img_size is not None and made_for != cfg.img_size else "")
         warn(f"{len(missing) + len(mismatched)} tensors outside the head keep their random values "
              f"({len(missing)} missing from '{report.source}', {len(mismatched)} of another shape, e.g. "
-             f"{(missing + mismatched)[0]}); run without -q to see the load report")
+             f"{(missing + mismatched)[0]}){size_hint}; run without -q to see the load report")
 
 
 def eval_crop(path: str | Path, size: int, crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear",
