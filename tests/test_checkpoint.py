@@ -829,6 +829,7 @@ def _trainer(run: str, epochs: int, conn) -> None:
         epoch, batch, step = state["epoch"], state["batches_in_epoch"], state["step"]
         restore_rng_state(state["rng"])
     conn.send(step)
+    began = time.monotonic()
     while epoch < epochs:
         order = np.random.RandomState(100 + epoch).permutation(64)  # the sampler's seed for this epoch
         while batch < 8:
@@ -852,6 +853,7 @@ def _trainer(run: str, epochs: int, conn) -> None:
     final = {"model": clean_state_dict(model), "momentum": [opt.state[p]["momentum_buffer"] for p in model.parameters()]}
     torch.save(final, run + "/final.tmp")
     os.replace(run + "/final.tmp", run + "/final.pt")
+    Path(run, "seconds.txt").write_text(f"{time.monotonic() - began}")  # this (last) part's training time
 
 
 def run_trainer(run: Path, epochs: int, kill_after: float | None = None) -> tuple[bool, int]:
@@ -894,12 +896,16 @@ def check_after_kill(run: Path, previous_step: int) -> int:
 
 
 def kill_and_resume(tmp_path: Path, kills: int, epochs: int, seed: int) -> None:
+    """Kill the trainer ``kills`` times at random moments, each within ``1 / (2 * kills)`` of the time
+    a whole run takes here (measured), so that the kills fall all over the run however fast or
+    slow this machine is (a fixed 0-0.1 s let a fast machine finish after 2 kills)."""
     rng = random.Random(seed)
     assert run_trainer(tmp_path / "reference", epochs)[0]
+    window = float((tmp_path / "reference" / "seconds.txt").read_text()) / (2 * kills)
     reference = torch.load(tmp_path / "reference" / "final.pt", weights_only=True)
     run, step, killed = tmp_path / "killed", 0, 0
     while killed < kills:
-        finished, start = run_trainer(run, epochs, kill_after=rng.uniform(0.0, 0.1))
+        finished, start = run_trainer(run, epochs, kill_after=rng.uniform(0.0, window))
         assert start >= step
         if finished:
             break
