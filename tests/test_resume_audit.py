@@ -183,6 +183,17 @@ def test_epochs_lowered_to_the_current_epoch_ends_the_run_without_training(colou
     assert "epochs: 1" in (run / "config.yaml").read_text()
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_left_to_train(colours, tmp_path):
+    """It said "resumed at epoch 3" of a 2-epoch run, then nothing."""
+    run = tmp_path / "run"
+    _start(colours, run, None)
+    res = _ok(run_here("train", "--out", str(run), "--resume", "auto"))
+    said = res.stdout + res.stderr
+    assert "the run had finished its 2 epochs (step 8): nothing left to train (a higher --epochs goes on)" in said
+    assert "resumed at epoch" not in said
+    assert _last_step(run) == 2 * BOUNDARY
+
+
 def test_epochs_lowered_below_a_mid_epoch_checkpoint(colours, tmp_path):
     """Stopped in epoch 2, resumed with --epochs 1: that epoch is not part of the run any more."""
     run = tmp_path / "run"

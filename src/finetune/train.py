@@ -634,7 +634,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     if ddp.main:
         (run_dir / "trainable.json").write_text(json.dumps(table.to_dict(), indent=1))
     log.info(str(table))
-    if resume_state is not None:
+    if resume_state is not None and epoch == cfg.epochs and batches.position == 0:
+        log.info(f"the run had finished its {epoch} epoch{'s' if epoch != 1 else ''} (step {step}): nothing left to "
+                 "train (a higher --epochs goes on)")
+    elif resume_state is not None:
         log.info(f"resumed at epoch {epoch + 1}, step {step} (batch {batches.position} of {steps_per_epoch})")
 
     # losses stay on the device until the next step is queued: reading a loss right after its step
