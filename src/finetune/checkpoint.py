@@ -549,7 +549,7 @@ def restore(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.opti
 
 
 # --------------------------------------------------------------------------- what may go into a file
-_SCALARS = (bool, int, float, str, bytes, type(None))
+_SCALARS = (bool, int, float, str, type(None))  # not bytes: torch 2.4 cannot load them
 _TORCH_VALUES = (torch.dtype, torch.device, torch.Size)
 
 
@@ -557,11 +557,10 @@ def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], p
     """A copy of ``obj`` that ``torch.load(weights_only=True)`` accepts: tensors via ``on_tensor``."""
     if isinstance(obj, torch.Tensor):
         return on_tensor(obj, path)
-    if type(obj) in _SCALARS and type(obj) is not bytes or isinstance(obj, _TORCH_VALUES):
+    if type(obj) in _SCALARS or isinstance(obj, _TORCH_VALUES):
         return obj
-    where = "".join(f"[{k!r}]" for k in path)
     if isinstance(obj, bytes | bytearray):  # pickled as _codecs.encode, which torch < 2.5 refuses
-        raise CheckpointError(f"cannot save state{where}: a {type(obj).__qualname__} does not load with "
+        raise CheckpointError(f"cannot save state{_where(path)}: a {type(obj).__qualname__} does not load with "
                               "torch.load(weights_only=True) on torch 2.4; store it as a str or a uint8 tensor")
     if isinstance(obj, Mapping):
         return {k: _plain(v, on_tensor, (*path, k)) for k, v in obj.items()}
@@ -573,8 +572,13 @@ def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], p
         return _plain(obj.item(), on_tensor, path)
     if isinstance(obj, PurePath):
         return str(obj)
-    raise CheckpointError(f"cannot save state{where}: a {type(obj).__qualname__} does not load with "
+    raise CheckpointError(f"cannot save state{_where(path)}: a {type(obj).__qualname__} does not load with "
                           "torch.load(weights_only=True); store it as a dict, list, str, number or tensor")
+
+
+def _where(path: tuple) -> str:
+    """``["optimizer"]["state"][0]``: where in the state a value sits."""
+    return "".join(f"[{k!r}]" for k in path)
 
 
 def _without_wrapper_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:

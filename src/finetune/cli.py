@@ -67,7 +67,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=non_empty, help="ImageFolder root (train/ and val/), flat class folders, a CSV, or 'shapes' (default)")
     p.add_argument("--val-split", type=float, help="fraction held out for validation when the data has no val/ folder (0.1)")
     p.add_argument("--model", type=non_empty, help="torchvision model name (resnet18, convnext_tiny, …) or timm:NAME")
-    p.add_argument("--pretrained", type=non_empty, metavar="SOURCE", help="weights to start from: a file, 'torchvision', or timm:NAME")
+    p.add_argument("--pretrained", type=non_empty, metavar="SOURCE", help="weights to start from: a file, 'torchvision' (the default weights), torchvision:TAG (e.g. IMAGENET1K_V1), or timm:NAME")
     p.add_argument("--dropout", type=float, metavar="P", help="dropout before the classifier (the architecture's default)")
     p.add_argument("--drop-path", type=float, metavar="P", help="stochastic depth rate (convnext, efficientnet, swin, timm models)")
     p.add_argument("--exclude", type=non_empty, nargs="+", metavar="PATTERN", help="glob patterns of weight names not to load (e.g. 'fc.*')")
