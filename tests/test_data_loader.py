@@ -25,7 +25,7 @@ from finetune.data.transforms import (
     crop_resize_flip_float,
     resize_hwc,
 )
-from finetune.errors import DataError
+from finetune.errors import ConfigError, DataError
 
 SIZE = 32
 SIZES = [(96, 72), (64, 80), (120, 90), (200, 150)]
@@ -279,8 +279,10 @@ class _CrashingDataset:
         return Image.new("RGB", (20, 20), (i * 10, 0, 0)), 0
 
 
-def test_worker_crash_is_an_error_naming_the_item() -> None:
-    loader = build_loader(_CrashingDataset(), train=False, img_size=8, batch_size=4, workers=1, **quiet)
+@pytest.mark.parametrize("start_method", [None, "forkserver"])
+def test_worker_crash_is_an_error_naming_the_item(start_method: str | None) -> None:
+    loader = build_loader(_CrashingDataset(), train=False, img_size=8, batch_size=4, workers=1,
+                          start_method=start_method, **quiet)
     with pytest.raises(DataError, match="dataset item 5"):
         for _ in loader:
             pass
@@ -594,6 +596,41 @@ def test_buffer_pool_reuses_only_buffers_given_back() -> None:
     held = [pool.take((2, 3)) for _ in range(POOL_SLOTS)]
     assert held[-1][1] == (-1, -1)  # every slot in use: a fresh buffer, never one still being read
     assert len({t.data_ptr() for t, _ in held} | {b.data_ptr(), c.data_ptr()}) == len(held) + 2  # none twice
+
+
+# --------------------------------------------------------------------------- how workers start
+@pytest.mark.parametrize(("start_method", "cache"), [("forkserver", "ram"), ("spawn", None)])
+def test_workers_that_do_not_fork_this_process_give_the_same_batches(samples: Samples, start_method: str,
+                                                                     cache: str | None) -> None:
+    """Workers from a fork server or spawned (not a copy of this process) see its shared memory:
+    the batch buffers it gives back, the RAM cache they fill, the slots that name a crash."""
+    ref = build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=0, cache=cache, **quiet)
+    loader = build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=2, cache=cache,
+                          start_method=start_method, **quiet)
+    assert loader._dataloader.multiprocessing_context.get_start_method() == start_method
+    for epoch in (0, 1):
+        ref.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        assert same(batches(loader), batches(ref))
+        assert int(loader._pool.flags.sum()) == 0  # every buffer given back, seen by the workers
+    if cache == "ram":  # filled by the workers in epoch 0, read by this process
+        assert all(loader.store.filled(i) for i in range(len(samples)))
+    assert sorted(loader._slots[:, 0].tolist()) == sorted(w.pid for w in loader._dataloader._iterator._workers)
+    loader.close()
+
+
+def test_a_shard_of_several_processes_starts_its_workers_from_a_fork_server(samples: Samples) -> None:
+    """A torchrun process must not fork itself (its collective threads can hang the child: CPython
+    gh-112275), so a sharded loader's workers come from a fork server; one process keeps the default."""
+    alone = build_loader(samples, train=False, img_size=SIZE, batch_size=4, workers=1, **quiet)
+    assert alone.start_method is None and alone._dataloader.multiprocessing_context is None
+    shard = build_loader(samples, train=False, img_size=SIZE, batch_size=4, workers=1, shard=(1, 2), **quiet)
+    assert shard._dataloader.multiprocessing_context.get_start_method() == "forkserver"
+    in_process = build_loader(samples, train=False, img_size=SIZE, batch_size=4, workers=0, shard=(1, 2), **quiet)
+    assert same(batches(shard), batches(in_process))
+    shard.close()
+    with pytest.raises(ConfigError, match="start_method must be one of"):
+        build_loader(samples, train=False, workers=1, start_method="thread", **quiet)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

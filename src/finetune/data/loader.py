@@ -33,6 +33,7 @@ Where the time goes and what is done about it (measurements in BENCHMARKS.md):
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import queue
 import random
@@ -753,7 +754,7 @@ class Loader:
                  cache_max_bytes: int | None = None, dataset: Any = None,
                  log: Callable[[str], None] | None = None, dct_scaling: bool | None = None, shuffle: bool | None = None,
                  shard: tuple[int, int] = (0, 1), crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear",
-                 crop_mode: str = "center"):
+                 crop_mode: str = "center", start_method: str | None = None):
         num = len(samples) if samples is not None else len(dataset)
         if num == 0:
             raise DataError("no samples to load")
@@ -772,6 +773,7 @@ class Loader:
         self.channels_last = channels_last
         self.decode = decode
         self.augment = augment
+        self.start_method = start_method or worker_start_method(self.world)
         self.epoch = 0
         self.start_position = 0
         self.position = 0
@@ -809,6 +811,7 @@ class Loader:
             # RNG would shift dropout & co. between an uninterrupted and a resumed run
             generator=torch.Generator().manual_seed(seed),
             worker_init_fn=_outlive_one_signal,
+            multiprocessing_context=_worker_context(self.start_method) if workers > 0 else None,
         )
         # stops the workers when the loader goes, even from inside a garbage cycle of the
         # caller's objects: the registry keeps the DataLoader and its queues alive until then
@@ -853,7 +856,8 @@ class Loader:
             return
         capped = _CappedDataset(self.dataset)
         dl = DataLoader(torch.utils.data.Subset(capped, todo), batch_size=None, num_workers=self.workers,
-                        prefetch_factor=16 if self.workers else None, generator=torch.Generator().manual_seed(self.seed))
+                        prefetch_factor=16 if self.workers else None, generator=torch.Generator().manual_seed(self.seed),
+                        multiprocessing_context=_worker_context(self.start_method) if self.workers else None)
         for index, image, reason in dl:
             if image is None:
                 store.mark_bad(index)
@@ -1115,6 +1119,35 @@ class Loader:
         self.start_position = self.position
 
 
+def worker_start_method(world: int) -> str | None:
+    """How data workers start: "forkserver" in one of ``world`` > 1 training processes, else
+    None (the platform's default: "fork" on Linux before Python 3.14, "forkserver" from 3.14).
+
+    A torchrun process runs its collective backend's threads, and those call into Python: a
+    fork taken while one of them holds the interpreter's thread-list lock leaves the child
+    hung before it runs a line (CPython gh-112275, Python 3.8 to 3.11; seen here as a two-process
+    test whose validation worker never started, one run in four). A fork server is a process
+    of one thread: the workers it forks start cleanly, with this module already imported.
+
+    >>> worker_start_method(1) is None, worker_start_method(2)
+    (True, 'forkserver')
+    """
+    return "forkserver" if world > 1 else None
+
+
+def _worker_context(method: str | None) -> Any:
+    """The multiprocessing context for ``method`` (None: the default one)."""
+    if method is None:
+        return None
+    if method == "forkserver":  # the server imports torch and this module once, not each worker
+        from multiprocessing import forkserver
+
+        preload = list(getattr(forkserver._forkserver, "_preload_modules", ["__main__"]))
+        if __name__ not in preload:  # (adds to what others asked for; no effect once it runs)
+            forkserver.set_forkserver_preload([*preload, __name__])
+    return multiprocessing.get_context(method)
+
+
 def _outlive_one_signal(_worker_id: int) -> None:
     """In a data worker: ignore the first SIGTERM / SIGINT. A scheduler's preemption (SIGTERM to
     the whole process group) or Ctrl-C reaches the workers too; torch's own worker handler
@@ -1262,7 +1295,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                  probe_seconds: float = 1.0, log: Callable[[str], None] | None = None,
                  dct_scaling: bool | None = None, shuffle: bool | None = None,
                  shard: tuple[int, int] | None = None, crop_pct: float = EVAL_CROP_PCT,
-                 interpolation: str = "bilinear", crop_mode: str = "center") -> Loader:
+                 interpolation: str = "bilinear", crop_mode: str = "center",
+                 start_method: str | None = None) -> Loader:
     """Build a loader over ``source`` (Samples, an ImageFolder root, a CSV, 'shapes', or a dataset object).
 
     A path gives all its images, except a split one (a folder with ``train/`` and ``val/``, a CSV
@@ -1303,7 +1337,10 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
     * ``shard``: ``(rank, world)`` when ``world`` processes train together (torchrun): this
       process gets every ``world``-th sample of each epoch's order (training pads the order so
       that all get as many batches; evaluation counts each sample once), with the
-      augmentation the sample would get in one process.
+      augmentation the sample would get in one process;
+    * ``start_method``: how worker processes start ("fork", "forkserver", "spawn"); default:
+      :func:`worker_start_method` ("forkserver" for a shard of several processes: forking a
+      process whose collective threads call into Python can hang the worker).
 
     >>> from finetune.data.samples import Samples
     >>> build_loader(Samples.from_lists(["x.jpg"], [0], ["a"]), train=False, workers=0).batch_size
@@ -1336,6 +1373,9 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
         raise ConfigError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
     if augment is not None and augment not in AUGMENTS:
         raise DataError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+    if start_method is not None and start_method not in multiprocessing.get_all_start_methods():
+        raise ConfigError(f"start_method must be one of {tuple(multiprocessing.get_all_start_methods())} here, "
+                          f"got {start_method!r}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -1362,7 +1402,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
                   drop_last=drop_last, channels_last=channels_last, mean=mean, std=std, crop_scale=crop_scale,
                   augment=augment, prefetch=prefetch, cache_side=cache_side, cache_max_bytes=cache_max_bytes,
                   dataset=obj, log=say, dct_scaling=dct_scaling, shuffle=shuffle, shard=(rank, world),
-                  crop_pct=float(crop_pct), interpolation=interpolation, crop_mode=crop_mode)
+                  crop_pct=float(crop_pct), interpolation=interpolation, crop_mode=crop_mode,
+                  start_method=start_method)
     probe_result = None
     if workers == "auto":
         workers, decode, probe_result = _auto(samples, obj, decode, probe_seconds, common)
