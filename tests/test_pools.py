@@ -56,3 +56,88 @@ print(len(scan_bad_files(scan_folder(root / "train"), workers=2)))
 """, str(tmp_path / "shapes"))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "0"
+
+
+def test_a_torchrun_process_takes_its_pool_workers_from_a_fork_server(tmp_path: Path) -> None:
+    """Two real torchrun processes (gloo): their pools do not fork them (a fork of a process whose
+    collective threads call into Python can hang the child: CPython gh-112275), and still end
+    with their block; one process alone keeps forking."""
+    script = tmp_path / "pools.py"
+    script.write_text(PRELUDE + """
+import torch.distributed as dist
+from finetune.data.pools import process_pool
+
+def main():
+    alone = process_pool(1)
+    print("alone", alone._ctx.get_start_method()); alone.terminate()
+    dist.init_process_group("gloo")
+    start = time.monotonic()
+    with process_pool(2) as pool:
+        print(dist.get_rank(), pool._ctx.get_start_method(), pool.map(abs, [-1, -2, 3]))
+        pool.map_async(time.sleep, [120, 120], chunksize=1)
+        time.sleep(1)
+    print(dist.get_rank(), "ended", time.monotonic() - start < 30)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":  # (the fork server imports this script, as spawn does)
+    main()
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              str(script)], capture_output=True, text=True, timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a torchrun process's pool hung")
+    assert res.returncode == 0, res.stderr
+    lines = sorted(res.stdout.splitlines())
+    assert lines == ["0 ended True", "0 forkserver [1, 2, 3]", "1 ended True", "1 forkserver [1, 2, 3]",
+                     "alone fork", "alone fork"], res.stdout
+
+
+UNGUARDED = """
+import sys, tempfile
+from finetune import TrainConfig, build_loader, make_shapes
+from finetune.errors import FinetuneError
+from finetune.train import train
+try:   # in the script's own process: data that is not there
+    train(TrainConfig(data=sys.argv[1], model="squeezenet1_1", device="cpu", workers="0"), quiet=True)
+except FinetuneError as e:  # (and in the spawned worker, which imports this script: what to do)
+    print(f"train: {type(e).__name__}: {e}")
+loader = build_loader(make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=16), train=False,
+                      img_size=16, batch_size=4, workers=1, start_method="spawn")
+try:
+    next(iter(loader))
+except FinetuneError as e:
+    print("loader:", e)
+"""
+
+
+def test_a_script_that_trains_at_import_time_gets_a_clear_error_in_its_workers(tmp_path: Path) -> None:
+    """A worker that is not a fork (spawn; the fork server of a torchrun process) imports the
+    script being run: train() there says what to do instead of training again (or, under
+    torchrun, waiting forever for the other processes), and the loader says why its worker died."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "missing")], capture_output=True, text=True,
+                         timeout=120)
+    assert "train: DataError" in res.stdout, res.stdout + res.stderr
+    assert "train: ConfigError: train() was called while a worker process imported the script" in res.stdout
+    assert "loader: a data worker died before it made a batch" in res.stdout
+    assert "workers started by spawn import the script being run first" in res.stdout
+
+
+def test_a_pool_ended_at_once_ends_its_workers_too() -> None:
+    """Ended right after it started (an error in its ``with`` block), before its workers ran their
+    setup: they still die of the SIGTERM, which reached them with the parent's handler before."""
+    res = run("""
+import finetune.data.pools as pools
+setup = pools._worker_signals
+def slow_setup():                 # a busy machine: the worker is slow to reach its setup
+    time.sleep(1)
+    setup()
+pools._worker_signals = slow_setup
+start = time.monotonic()
+pools.process_pool(2).terminate()
+print(round(time.monotonic() - start))
+""")
+    assert res.returncode == 0 and int(res.stdout) < 30, res.stderr

@@ -393,6 +393,21 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
 
 
 # --------------------------------------------------------------------------- the loop
+def check_not_importing_main() -> None:
+    """Raise :class:`ConfigError` in a worker process that is importing the user's script (a
+    spawned process, or the fork server that starts a torchrun process's data workers): a script
+    that trains at import time would train again there, and under torchrun wait forever.
+
+    >>> check_not_importing_main()   # (this process is not importing a parent's script)
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ConfigError("train() was called while a worker process imported the script that calls it (data "
+                          "workers of a torchrun process start from a fork server, which imports the main script "
+                          "as spawn does): put the script's code under `if __name__ == \"__main__\":`")
+
+
 def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     """Fine-tune ``cfg.model`` on ``cfg.data``; write everything into the run directory.
 
@@ -410,6 +425,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     >>> result.stopped_early, [r["epoch"] for r in result.history]
     (False, [0, 1])
     """
+    check_not_importing_main()
     # SIGTERM/SIGINT from here on (a preemption during data or model setup included) finish the current
     # step, save and return; outside train() the CLI turns them into "interrupted" (exit 2)
     with GracefulExit() as stop:

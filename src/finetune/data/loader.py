@@ -67,6 +67,7 @@ from finetune.data.decode import (
     read_file,
 )
 from finetune.data.normalize import Normalizer, intra_op_threads
+from finetune.data.pools import worker_context, worker_start_method
 from finetune.data.samples import Samples, find_splits
 from finetune.data.transforms import (
     AUGMENTS,
@@ -811,7 +812,7 @@ class Loader:
             # RNG would shift dropout & co. between an uninterrupted and a resumed run
             generator=torch.Generator().manual_seed(seed),
             worker_init_fn=_outlive_one_signal,
-            multiprocessing_context=_worker_context(self.start_method) if workers > 0 else None,
+            multiprocessing_context=worker_context(self.start_method) if workers > 0 else None,
         )
         # stops the workers when the loader goes, even from inside a garbage cycle of the
         # caller's objects: the registry keeps the DataLoader and its queues alive until then
@@ -857,7 +858,7 @@ class Loader:
         capped = _CappedDataset(self.dataset)
         dl = DataLoader(torch.utils.data.Subset(capped, todo), batch_size=None, num_workers=self.workers,
                         prefetch_factor=16 if self.workers else None, generator=torch.Generator().manual_seed(self.seed),
-                        multiprocessing_context=_worker_context(self.start_method) if self.workers else None)
+                        multiprocessing_context=worker_context(self.start_method) if self.workers else None)
         for index, image, reason in dl:
             if image is None:
                 store.mark_bad(index)
@@ -1042,6 +1043,14 @@ class Loader:
     def _crash_error(self, error: RuntimeError) -> DataError:
         found = re.search(r"pid(?:\(s\))?\s+([\d,\s]+)", str(error))
         pids = {int(p) for p in re.findall(r"\d+", found.group(1))} if found else set()
+        started = {int(pid) for pid, _idx in self._slots.tolist()}  # workers that began a batch
+        if pids and not pids & started:
+            method = self.start_method or multiprocessing.get_context().get_start_method()
+            if method != "fork":  # spawn / fork server: the worker imported the main script first
+                return DataError(f"a data worker died before it made a batch ({error}); workers started by "
+                                 f"{method} import the script being run first: is its code under "
+                                 "`if __name__ == \"__main__\":`? (the worker's own error is above)")
+            return DataError(f"a data worker died before it made a batch ({error}); use --workers 0 to see why")
         rows = [(int(pid), int(idx)) for pid, idx in self._slots.tolist() if idx >= 0]
         hit = [idx for pid, idx in rows if pid in pids] or [idx for _pid, idx in rows]
         names = ", ".join(f"'{self._name(i)}'" for i in hit) or "an unknown file"
@@ -1117,35 +1126,6 @@ class Loader:
             if close is not None:
                 close()
         self.start_position = self.position
-
-
-def worker_start_method(world: int) -> str | None:
-    """How data workers start: "forkserver" in one of ``world`` > 1 training processes, else
-    None (the platform's default: "fork" on Linux before Python 3.14, "forkserver" from 3.14).
-
-    A torchrun process runs its collective backend's threads, and those call into Python: a
-    fork taken while one of them holds the interpreter's thread-list lock leaves the child
-    hung before it runs a line (CPython gh-112275, Python 3.8 to 3.11; seen here as a two-process
-    test whose validation worker never started, one run in four). A fork server is a process
-    of one thread: the workers it forks start cleanly, with this module already imported.
-
-    >>> worker_start_method(1) is None, worker_start_method(2)
-    (True, 'forkserver')
-    """
-    return "forkserver" if world > 1 else None
-
-
-def _worker_context(method: str | None) -> Any:
-    """The multiprocessing context for ``method`` (None: the default one)."""
-    if method is None:
-        return None
-    if method == "forkserver":  # the server imports torch and this module once, not each worker
-        from multiprocessing import forkserver
-
-        preload = list(getattr(forkserver._forkserver, "_preload_modules", ["__main__"]))
-        if __name__ not in preload:  # (adds to what others asked for; no effect once it runs)
-            forkserver.set_forkserver_preload([*preload, __name__])
-    return multiprocessing.get_context(method)
 
 
 def _outlive_one_signal(_worker_id: int) -> None:
@@ -1339,7 +1319,7 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
       that all get as many batches; evaluation counts each sample once), with the
       augmentation the sample would get in one process;
     * ``start_method``: how worker processes start ("fork", "forkserver", "spawn"); default:
-      :func:`worker_start_method` ("forkserver" for a shard of several processes: forking a
+      :func:`finetune.data.pools.worker_start_method` ("forkserver" for a shard of several processes: forking a
       process whose collective threads call into Python can hang the worker).
 
     >>> from finetune.data.samples import Samples
