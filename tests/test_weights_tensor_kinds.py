@@ -175,6 +175,23 @@ def test_quantized_model_state_dict(tmp_path):
     assert any("dequantized from qint8" in n for n in report.notes)
 
 
+def test_half_keeps_quantization_scales(tmp_path):
+    """convert --half halved a quantized model's scales (float16 rounds a scale of 1e-6 by 1%,
+    moving every dequantized value); other float tensors are halved as before."""
+    _, quantized = quantized_model()
+    sd = quantized.state_dict()
+    sd["0.scale"] = torch.tensor([1.37e-6])  # a small input scale, as for inputs in a small range
+    torch.save(sd, tmp_path / "q.pt")
+    back = torch.load(convert(tmp_path / "q.pt", tmp_path / "half.pt", half=True), weights_only=True)
+    for name in ("0.scale", "1.scale", "4.scale"):
+        assert back[name].dtype == torch.float32 and torch.equal(back[name], sd[name]), name
+    assert back["1.bias"].dtype == torch.float16  # (a float bias of a quantized conv: halved)
+    assert same(back["1.weight"], sd["1.weight"])
+    reloaded = quantized_model()[1]
+    reloaded.load_state_dict(back)
+    assert reloaded[0].scale == sd["0.scale"]
+
+
 def test_quantized_tensors_to_safetensors_is_one_clear_line(tmp_path):
     """It was 'unexpected KeyError: torch.qint8'."""
     qt = torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +204,11 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     ``half`` stores float32 and float64 tensors as float16; tensors of 16 bits or fewer
     (bfloat16, float8) keep their dtype (bfloat16 to float16 would turn values beyond 65504
     into inf, and the file is no smaller), and so do integer, bool, complex and quantized
-    ones (buffers such as ``num_batches_tracked`` and masks). A float32 tensor with finite
-    values beyond float16's range is an error that names it, not a file of infs.
+    ones (buffers such as ``num_batches_tracked`` and masks), and quantization scales (a
+    ``scale`` next to a ``zero_point``: a quantized model's or a QAT observer's), which
+    float16 would round (below 6e-5 to a few bits) and so move every dequantized value. A
+    float32 tensor with finite values beyond float16's range is an error that names it, not a
+    file of infs.
 
     Each tensor is written with its own values only: a view of a larger storage (a slice, a
     transposed weight) becomes a tensor of its own, so the file is not the size of the
@@ -233,7 +236,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     sd = dict(ck.ema if ema and ck.ema is not None else ck.weights)
     sd = _strip(sd, strip_prefix, ck)
     if half:
-        sd = {k: half_precision(k, v) for k, v in sd.items()}
+        kept = quantization_scales(sd)
+        sd = {k: v if k in kept else half_precision(k, v) for k, v in sd.items()}
     sd = {k: _plain(v) for k, v in sd.items()}
     if dst.suffix == ".safetensors":
         _check_safetensors_can_hold(sd, ck.source)
@@ -296,6 +300,17 @@ def lightning_attribute(sd: Mapping[str, Tensor]) -> str | None:
     if len(with_weights) != 1 or any(layer_like[a] for a in heavy if a != with_weights[0]):
         return None
     return with_weights[0]
+
+
+def quantization_scales(names: Iterable[str]) -> set[str]:
+    """The names of quantization scales among ``names``: a ``scale`` that has a ``zero_point``
+    beside it (quantized modules, QuantStubs, fake-quant observers).
+
+    >>> sorted(quantization_scales(["fc.scale", "fc.zero_point", "norm.scale", "q.scale", "q.zero_point"]))
+    ['fc.scale', 'q.scale']
+    """
+    names = set(names)
+    return {n for n in names if n.rpartition(".")[2] == "scale" and n[: -len("scale")] + "zero_point" in names}
 
 
 #: dtypes that ``convert(half=True)`` stores as float16
