@@ -46,7 +46,7 @@ from finetune.data.decode import check_file, decode_capped, decode_crop
 from finetune.data.loader import build_loader, scan_bad_files
 from finetune.data.samples import SKIP_DIRS, is_image_name, read_csv, scan_folder
 from finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CropBox, resize_hwc
-from finetune.errors import DataError
+from finetune.errors import DataError, DataWarning
 
 S = 32  # output side: Resize(36) + CenterCrop(32)
 TOL = 3  # levels of 255 between the loader and the reference, per pixel
@@ -196,6 +196,18 @@ GOOD: dict[str, Writer] = {
 }
 if features.check("avif"):  # Pillow built with libavif (the wheels are)
     GOOD[f"{PNG_CLASS}/photo.avif"] = lambda p: Image.fromarray(_rgb(47)).save(p, quality=90)
+# other kinds Pillow reads (torchvision's ImageFolder skips them)
+if features.check("jpg_2000"):
+    GOOD[f"{PNG_CLASS}/photo.jp2"] = lambda p: Image.fromarray(_rgb(50)).save(p)
+    GOOD[f"{PNG_CLASS}/codestream.J2K"] = lambda p: Image.fromarray(_rgb(51)).save(p)
+GOOD[f"{PNG_CLASS}/netpbm.pnm"] = lambda p: Image.fromarray(_rgb(52)).save(p)
+GOOD[f"{PNG_CLASS}/bilevel.pbm"] = lambda p: Image.fromarray(_rgb(53)).convert("1").save(p)
+GOOD[f"{PNG_CLASS}/targa.tga"] = lambda p: Image.fromarray(_rgb(54)).save(p)
+GOOD[f"{PNG_CLASS}/windows.dib"] = lambda p: Image.fromarray(_rgb(55)).save(p)
+GOOD[f"{PNG_CLASS}/animated.apng"] = lambda p: Image.fromarray(_rgb(56)).save(
+    p, format="PNG", save_all=True, append_images=[Image.fromarray(_rgb(57))])
+if "QOI" in Image.SAVE:
+    GOOD[f"{PNG_CLASS}/quite_ok.qoi"] = lambda p: Image.fromarray(_rgb(58)).save(p)
 BAD: dict[str, Callable[[], bytes]] = {
     f"{JPEG_CLASS}/zero_bytes.jpg": lambda: b"",
     f"{JPEG_CLASS}/truncated_mid_scan.jpg": lambda: _jpeg_bytes(42)[:900],
@@ -313,6 +325,35 @@ def test_empty_class_folder_is_a_clear_error(tmp_path: Path) -> None:
         build_loader(str(tmp_path), train=True, img_size=S, batch_size=2, workers=0, **quiet)
     # a split scanned with the training split's classes may lack some of them
     assert scan_folder(tmp_path, classes=("a", "b", "empty class")).class_counts() == {"a": 1, "b": 1, "empty class": 0}
+
+
+def test_images_of_kinds_not_read_are_counted_and_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """iPhone .heic photos or camera raw files among the JPEGs were left out without a word."""
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+        for i in range(2):
+            _jpeg(data / name / f"x{i}.jpg", _rgb(i))
+    (data / "a" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (data / "a" / "IMG_0002.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (data / "b" / "raw.DNG").write_bytes(b"II*\x00")
+    (data / "b" / "._raw.DNG").write_bytes(b"")  # (AppleDouble: not counted)
+    with pytest.warns(DataWarning, match=r"skipped 3 images of kinds finetune does not read \(\.heic: 2, \.dng: 1\)"):
+        assert len(scan_folder(data)) == 4
+    from finetune.cli import main
+
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--val-split", "0.5", *TINY]) == 0
+    assert "finetune: warning: " in capsys.readouterr().err.split("skipped 3 images")[0].splitlines()[-1]
+    with pytest.warns(DataWarning, match=r"skipped 2 images of kinds"):  # predict's folders too
+        from finetune.train import _expand_inputs
+
+        assert [p.name for p in _expand_inputs([str(data / "a")])] == ["x0.jpg", "x1.jpg"]
+    (data / "c").mkdir()  # a class of such images only: the error says what the folders hold
+    (data / "c" / "IMG_0003.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with pytest.raises(DataError, match=r"'c' .* no images .*; '.*' holds 4 images of kinds finetune does not read"):
+        scan_folder(data)
+    with pytest.raises(DataError, match=r"no images found in .*; it holds 1 image of kinds"):
+        _expand_inputs([str(data / "c")])
 
 
 # --------------------------------------------------------------------------- decoding

@@ -50,6 +50,11 @@ class DataError(FinetuneError):
     """
 
 
+class DataWarning(UserWarning):
+    """Data that is used, with a part left out the user should know about (images of kinds
+    that are not read). The command prints it as one ``finetune: warning:`` line."""
+
+
 class ModelError(FinetuneError):
     """An architecture name is unknown or a model cannot be built.
 

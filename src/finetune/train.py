@@ -50,7 +50,7 @@ from finetune.data.normalize import Normalizer
 from finetune.data.samples import Samples, eval_samples, find_splits
 from finetune.data.transforms import EVAL_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_resize_side
 from finetune.distributed import Distributed
-from finetune.errors import CheckpointError, ConfigError, DataError, FinetuneError
+from finetune.errors import CheckpointError, ConfigError, DataError, DataWarning, FinetuneError
 from finetune.logging import RunLog, progress
 from finetune.mixing import mix_batch
 from finetune.models import (
@@ -1397,15 +1397,23 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
 
 def _found_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
     """Each image file of ``inputs`` with whether it was found in a folder (True) or named (False)."""
-    from finetune.data.samples import is_image_file
+    import warnings
+    from collections import Counter
+
+    from finetune.data.samples import UNREAD_IMAGE_EXTENSIONS, describe_unread, is_image_file
 
     files: list[tuple[Path, bool]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            every = [f for f in p.rglob("*") if f.is_file()]
+            found = sorted(f for f in every if is_image_file(f))
+            unread = describe_unread(Counter(e for f in every if (e := f.suffix.lower()) in UNREAD_IMAGE_EXTENSIONS
+                                             and not f.name.startswith(".")))
             if not found:
-                raise DataError(f"no images found in '{p}'")
+                raise DataError(f"no images found in '{p}'" + (f"; it holds {unread}" if unread else ""))
+            if unread:
+                warnings.warn(DataWarning(f"'{p}': skipped {unread}"), stacklevel=2)
             files += [(f, True) for f in found]
         elif p.is_file():
             files.append((p, False))

@@ -21,17 +21,25 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from finetune.errors import DataError
+from finetune.errors import DataError, DataWarning
 
-# torchvision's list, plus GIF (first frame) and the JPEG spellings Windows and browsers use
+# torchvision's list, plus GIF and APNG (first frame), the JPEG spellings Windows and browsers
+# use, and other kinds Pillow reads
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
-                  ".gif", ".jfif", ".jpe", ".avif")
+                  ".gif", ".jfif", ".jpe", ".avif", ".apng", ".jp2", ".j2k", ".jpx", ".pnm", ".pbm", ".tga",
+                  ".qoi", ".dib")
+# images that Pillow does not read (phone photos, camera raw, vector, HDR, layered): not samples,
+# but counted and named (a folder of iPhone .heic photos would otherwise train on what is left)
+UNREAD_IMAGE_EXTENSIONS = (".heic", ".heif", ".hif", ".jxl", ".svg", ".exr", ".hdr", ".psd", ".dng", ".cr2",
+                           ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw")
 VAL_DIR_NAMES = ("val", "valid", "validation")
 TRAIN_SPLIT_NAMES = ("train", "training")  # a CSV's split column (any case); other values (test, …) are not used
 SPLIT_NAMES = (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES, "test", "testing")
@@ -122,7 +130,7 @@ def _class_dirs(root: Path) -> list[Path]:
         raise _unreadable(root, e) from None
 
 
-def image_files(folder: str | Path) -> list[str]:
+def image_files(folder: str | Path, unread: Counter[str] | None = None) -> list[str]:
     """The image files under ``folder``, in torchvision ImageFolder's order: folder by folder
     (``sorted(os.walk(folder, followlinks=True))``), files sorted within each.
 
@@ -130,7 +138,8 @@ def image_files(folder: str | Path) -> list[str]:
     loop) and keep their own names; a link whose target is missing is kept, to be reported as
     a bad file. Hidden files and folders and :data:`SKIP_DIRS` are skipped. A folder that cannot
     be read is a :class:`DataError` naming it (os.walk, and so torchvision, would skip it and
-    silently lose its images).
+    silently lose its images). ``unread`` counts, by extension, the images of kinds that are
+    not read (:data:`UNREAD_IMAGE_EXTENSIONS`: ``.heic``, camera raw…).
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -164,6 +173,10 @@ def image_files(folder: str | Path) -> list[str]:
                             subdirs.append(entry.path)
                     elif is_image_name(entry.name) and (entry.is_file() or entry.is_symlink()):
                         names.append(entry.name)
+                    elif unread is not None and not entry.name.startswith("."):
+                        ext = os.path.splitext(entry.name)[1].lower()
+                        if ext in UNREAD_IMAGE_EXTENSIONS:
+                            unread[ext] += 1
         except OSError as e:
             if e.errno == errno.ENOENT:  # removed meanwhile
                 continue
@@ -172,6 +185,20 @@ def image_files(folder: str | Path) -> list[str]:
         stack += sorted(subdirs, reverse=True)  # visited in sorted order: which of two links to one folder counts is fixed
     found.sort(key=lambda item: item[0])
     return [os.path.join(directory, name) for directory, names in found for name in names]
+
+
+def describe_unread(unread: Counter[str]) -> str:
+    """What :func:`image_files` counted in ``unread``, and what to do ("" for nothing).
+
+    >>> describe_unread(Counter({".heic": 3, ".dng": 1}))
+    '4 images of kinds finetune does not read (.heic: 3, .dng: 1): convert them to JPEG or PNG to use them'
+    """
+    total = sum(unread.values())
+    if not total:
+        return ""
+    kinds = ", ".join(f"{ext}: {n}" for ext, n in unread.most_common())
+    return (f"{total} image{'s' if total > 1 else ''} of kinds finetune does not read ({kinds}): "
+            "convert them to JPEG or PNG to use them")
 
 
 def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Samples:
@@ -214,26 +241,31 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
     paths: list[str] = []
     labels: list[int] = []
     empty: list[str] = []
+    unread: Counter[str] = Counter()
     for label, name in enumerate(classes):
         folder = root / name
         if not folder.is_dir():
             continue
-        files = image_files(folder)
+        files = image_files(folder, unread)
         if not files:
             empty.append(name)
         paths += files
         labels += [label] * len(files)
+    not_read = describe_unread(unread)
     if not paths:
         loose = [n for n in os.listdir(root) if is_image_name(n)]  # (root was listed above: readable)
         where = (f"'{root}' holds {len(loose)} images but no class sub-folders: put each class's images "
                  f"in its own folder (root/<class>/<image>)" if loose else
                  f"no images found in '{root}': expected class sub-folders holding "
                  f"{', '.join(IMG_EXTENSIONS[:3])}… files (root/<class>/<image>)")
-        raise DataError(where)
+        raise DataError(where + (f"; it holds {not_read}" if unread else ""))
     if empty and not fixed:
         raise DataError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(repr(e) for e in empty)} in '{root}' "
                         f"hold{'' if len(empty) > 1 else 's'} no images ({', '.join(IMG_EXTENSIONS)}): add images "
-                        f"or remove the folder{'s' if len(empty) > 1 else ''}")
+                        f"or remove the folder{'s' if len(empty) > 1 else ''}"
+                        + (f"; '{root}' holds {not_read}" if unread else ""))
+    if unread:
+        warnings.warn(DataWarning(f"'{root}': skipped {not_read}"), stacklevel=2)
     return Samples.from_lists(paths, labels, classes)
 
 
