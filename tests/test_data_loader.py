@@ -4,8 +4,11 @@ bad files, caches, the probe, and the GPU paths' logic (run on CPU here; on CUDA
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -599,7 +602,7 @@ def test_buffer_pool_reuses_only_buffers_given_back() -> None:
 
 
 # --------------------------------------------------------------------------- how workers start
-@pytest.mark.parametrize(("start_method", "cache"), [("forkserver", "ram"), ("spawn", None)])
+@pytest.mark.parametrize(("start_method", "cache"), [("spawn", "ram"), ("forkserver", None)])
 def test_workers_that_do_not_fork_this_process_give_the_same_batches(samples: Samples, start_method: str,
                                                                      cache: str | None) -> None:
     """Workers from a fork server or spawned (not a copy of this process) see its shared memory:
@@ -619,18 +622,40 @@ def test_workers_that_do_not_fork_this_process_give_the_same_batches(samples: Sa
     loader.close()
 
 
-def test_a_shard_of_several_processes_starts_its_workers_from_a_fork_server(samples: Samples) -> None:
+def test_a_shard_of_several_processes_spawns_its_workers(samples: Samples) -> None:
     """A torchrun process must not fork itself (its collective threads can hang the child: CPython
-    gh-112275), so a sharded loader's workers come from a fork server; one process keeps the default."""
+    gh-112275), so a sharded loader's workers are spawned; one process keeps the default."""
     alone = build_loader(samples, train=False, img_size=SIZE, batch_size=4, workers=1, **quiet)
-    assert alone.start_method is None and alone._dataloader.multiprocessing_context is None
+    assert alone._dataloader.multiprocessing_context.get_start_method() == "fork"
     shard = build_loader(samples, train=False, img_size=SIZE, batch_size=4, workers=1, shard=(1, 2), **quiet)
-    assert shard._dataloader.multiprocessing_context.get_start_method() == "forkserver"
+    assert shard._dataloader.multiprocessing_context.get_start_method() == "spawn"
     in_process = build_loader(samples, train=False, img_size=SIZE, batch_size=4, workers=0, shard=(1, 2), **quiet)
     assert same(batches(shard), batches(in_process))
     shard.close()
     with pytest.raises(ConfigError, match="start_method must be one of"):
         build_loader(samples, train=False, workers=1, start_method="thread", **quiet)
+
+
+def test_a_sigterm_while_spawned_workers_start_is_outlived(samples: Samples) -> None:
+    """A preemption's SIGTERM reaches the workers too, and the step they serve must finish: a
+    spawned worker spends its first second importing torch, where the signal killed it."""
+    loader = build_loader(samples, train=False, img_size=SIZE, batch_size=4, workers=2, start_method="spawn", **quiet)
+    signalled: list[int] = []
+
+    def signal_them_as_they_start() -> None:
+        deadline = time.monotonic() + 60
+        while loader._dataloader._iterator is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        for w in loader._dataloader._iterator._workers:
+            os.kill(w.pid, signal.SIGTERM)
+            signalled.append(w.pid)
+
+    thread = threading.Thread(target=signal_them_as_they_start)
+    thread.start()
+    got = batches(loader)
+    thread.join()
+    assert len(signalled) == 2 and sum(len(labels) for _, labels in got) == len(samples)
+    loader.close()
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +155,31 @@ def test_torchrun_environment_is_checked() -> None:
     for env in ({"WORLD_SIZE": "2", "RANK": "2"}, {"WORLD_SIZE": "two"}, {"WORLD_SIZE": "0"}):
         with pytest.raises(ConfigError):
             Distributed.from_env(env)
+
+
+def test_sigterm_to_torchrun_finishes_the_step_in_both_processes_and_saves(tmp_path: Path) -> None:
+    """A preemption: torchrun gets SIGTERM and passes it to each process's whole process group,
+    their (spawned) data workers included. Both processes finish the same step, process 0 saves
+    and says how to resume; no worker dies under the step."""
+    data = make_shapes(tmp_path / "shapes", per_class=40, val_per_class=2, size=32)  # 20 steps an epoch
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("FINETUNE_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "finetune", "train", *common(data, out, "--batch-size", "8", "--workers", "1",
+                                                                "--epochs", "20", "--save-every-steps", "1")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((out / "checkpoints").glob("ckpt-*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stopped = re.search(r"finetune: stopped at epoch (\d+) step (\d+); resume with: torchrun --nproc_per_node 2 ", err)
+    assert stopped, err
+    assert "finetune: error" not in err and "DataLoader worker" not in err, err
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == int(stopped.group(2)) and state["world_size"] == 2 and len(state["ranks"]) == 2

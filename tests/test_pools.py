@@ -58,7 +58,7 @@ print(len(scan_bad_files(scan_folder(root / "train"), workers=2)))
     assert res.stdout.strip() == "0"
 
 
-def test_a_torchrun_process_takes_its_pool_workers_from_a_fork_server(tmp_path: Path) -> None:
+def test_a_torchrun_process_spawns_its_pool_workers(tmp_path: Path) -> None:
     """Two real torchrun processes (gloo): their pools do not fork them (a fork of a process whose
     collective threads call into Python can hang the child: CPython gh-112275), and still end
     with their block; one process alone keeps forking."""
@@ -79,7 +79,7 @@ def main():
     print(dist.get_rank(), "ended", time.monotonic() - start < 30)
     dist.destroy_process_group()
 
-if __name__ == "__main__":  # (the fork server imports this script, as spawn does)
+if __name__ == "__main__":  # (a spawned worker imports this script)
     main()
 """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -90,7 +90,7 @@ if __name__ == "__main__":  # (the fork server imports this script, as spawn doe
         pytest.fail("a torchrun process's pool hung")
     assert res.returncode == 0, res.stderr
     lines = sorted(res.stdout.splitlines())
-    assert lines == ["0 ended True", "0 forkserver [1, 2, 3]", "1 ended True", "1 forkserver [1, 2, 3]",
+    assert lines == ["0 ended True", "0 spawn [1, 2, 3]", "1 ended True", "1 spawn [1, 2, 3]",
                      "alone fork", "alone fork"], res.stdout
 
 
@@ -113,7 +113,7 @@ except FinetuneError as e:
 
 
 def test_a_script_that_trains_at_import_time_gets_a_clear_error_in_its_workers(tmp_path: Path) -> None:
-    """A worker that is not a fork (spawn; the fork server of a torchrun process) imports the
+    """A worker that is not a fork (spawned, as a torchrun process's are) imports the
     script being run: train() there says what to do instead of training again (or, under
     torchrun, waiting forever for the other processes), and the loader says why its worker died."""
     script = tmp_path / "unguarded.py"

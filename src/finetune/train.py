@@ -395,7 +395,7 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
 # --------------------------------------------------------------------------- the loop
 def check_not_importing_main() -> None:
     """Raise :class:`ConfigError` in a worker process that is importing the user's script (a
-    spawned process, or the fork server that starts a torchrun process's data workers): a script
+    spawned process, as a torchrun process's data workers are, or a fork server's): a script
     that trains at import time would train again there, and under torchrun wait forever.
 
     >>> check_not_importing_main()   # (this process is not importing a parent's script)
@@ -404,8 +404,8 @@ def check_not_importing_main() -> None:
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise ConfigError("train() was called while a worker process imported the script that calls it (data "
-                          "workers of a torchrun process start from a fork server, which imports the main script "
-                          "as spawn does): put the script's code under `if __name__ == \"__main__\":`")
+                          "workers of a torchrun process are spawned, and a spawned process imports the main "
+                          "script first): put the script's code under `if __name__ == \"__main__\":`")
 
 
 def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:

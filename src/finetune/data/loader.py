@@ -67,7 +67,7 @@ from finetune.data.decode import (
     read_file,
 )
 from finetune.data.normalize import Normalizer, intra_op_threads
-from finetune.data.pools import worker_context, worker_start_method
+from finetune.data.pools import sigterm_blocked, worker_context, worker_start_method
 from finetune.data.samples import Samples, find_splits
 from finetune.data.transforms import (
     AUGMENTS,
@@ -859,7 +859,9 @@ class Loader:
         dl = DataLoader(torch.utils.data.Subset(capped, todo), batch_size=None, num_workers=self.workers,
                         prefetch_factor=16 if self.workers else None, generator=torch.Generator().manual_seed(self.seed),
                         multiprocessing_context=worker_context(self.start_method) if self.workers else None)
-        for index, image, reason in dl:
+        with sigterm_blocked(self.start_method):
+            decoded = iter(dl)
+        for index, image, reason in decoded:
             if image is None:
                 store.mark_bad(index)
                 self.bad_files.setdefault(int(index), reason)
@@ -1045,7 +1047,7 @@ class Loader:
         pids = {int(p) for p in re.findall(r"\d+", found.group(1))} if found else set()
         started = {int(pid) for pid, _idx in self._slots.tolist()}  # workers that began a batch
         if pids and not pids & started:
-            method = self.start_method or multiprocessing.get_context().get_start_method()
+            method = self.start_method or multiprocessing.get_all_start_methods()[0]
             if method != "fork":  # spawn / fork server: the worker imported the main script first
                 return DataError(f"a data worker died before it made a batch ({error}); workers started by "
                                  f"{method} import the script being run first: is its code under "
@@ -1062,7 +1064,9 @@ class Loader:
             self._fill_device_store()
             yield from _BatchSampler(self)
             return
-        yield from self._dataloader
+        with sigterm_blocked(self.start_method):  # (the workers start here, the first time)
+            batches = iter(self._dataloader)
+        yield from batches
 
     def _cuda_prefetched(self, raw: Iterator[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Make the next batches on a side stream, in a background thread, while this one computes.
@@ -1141,6 +1145,7 @@ def _outlive_one_signal(_worker_id: int) -> None:
 
     signal.signal(signal.SIGTERM, once)
     signal.signal(signal.SIGINT, once)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # (blocked from the start: sigterm_blocked)
 
 
 def _stop_workers(dataloader: DataLoader) -> None:
@@ -1319,8 +1324,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
       that all get as many batches; evaluation counts each sample once), with the
       augmentation the sample would get in one process;
     * ``start_method``: how worker processes start ("fork", "forkserver", "spawn"); default:
-      :func:`finetune.data.pools.worker_start_method` ("forkserver" for a shard of several processes: forking a
-      process whose collective threads call into Python can hang the worker).
+      :func:`finetune.data.pools.worker_start_method` ("spawn" for a shard of several processes:
+      forking a process whose collective threads call into Python can hang the worker).
 
     >>> from finetune.data.samples import Samples
     >>> build_loader(Samples.from_lists(["x.jpg"], [0], ["a"]), train=False, workers=0).batch_size
