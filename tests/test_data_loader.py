@@ -282,7 +282,7 @@ class _CrashingDataset:
         return Image.new("RGB", (20, 20), (i * 10, 0, 0)), 0
 
 
-@pytest.mark.parametrize("start_method", [None, "forkserver"])
+@pytest.mark.parametrize("start_method", [None, "spawn"])
 def test_worker_crash_is_an_error_naming_the_item(start_method: str | None) -> None:
     loader = build_loader(_CrashingDataset(), train=False, img_size=8, batch_size=4, workers=1,
                           start_method=start_method, **quiet)
@@ -602,10 +602,10 @@ def test_buffer_pool_reuses_only_buffers_given_back() -> None:
 
 
 # --------------------------------------------------------------------------- how workers start
-@pytest.mark.parametrize(("start_method", "cache"), [("spawn", "ram"), ("forkserver", None)])
+@pytest.mark.parametrize(("start_method", "cache"), [("spawn", "ram")])
 def test_workers_that_do_not_fork_this_process_give_the_same_batches(samples: Samples, start_method: str,
                                                                      cache: str | None) -> None:
-    """Workers from a fork server or spawned (not a copy of this process) see its shared memory:
+    """Spawned workers (not a copy of this process, as under torchrun) see its shared memory:
     the batch buffers it gives back, the RAM cache they fill, the slots that name a crash."""
     ref = build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=0, cache=cache, **quiet)
     loader = build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=2, cache=cache,
