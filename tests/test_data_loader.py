@@ -292,6 +292,24 @@ def test_worker_crash_is_an_error_naming_the_item(start_method: str | None) -> N
     loader.close()
 
 
+class _KilledDataset(_CrashingDataset):
+    """Item 5 gets SIGKILL, as from the out-of-memory killer."""
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        if i == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(i)
+
+
+def test_a_worker_killed_by_sigkill_is_not_blamed_on_the_file() -> None:
+    loader = build_loader(_KilledDataset(), train=False, img_size=8, batch_size=4, workers=1, **quiet)
+    with pytest.raises(DataError, match=r"was killed \(SIGKILL, what the out-of-memory killer sends\) while "
+                                        r"decoding 'dataset item 5' .*: if memory is short, use fewer --workers"):
+        for _ in loader:
+            pass
+    loader.close()
+
+
 def test_samples_are_numpy_arrays_not_python_lists(samples: Samples) -> None:
     loader = build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=0, **quiet)
     assert isinstance(loader.dataset.samples.paths, np.ndarray) and loader.dataset.samples.paths.dtype.kind == "U"

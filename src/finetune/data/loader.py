@@ -1055,7 +1055,15 @@ class Loader:
             return DataError(f"a data worker died before it made a batch ({error}); use --workers 0 to see why")
         rows = [(int(pid), int(idx)) for pid, idx in self._slots.tolist() if idx >= 0]
         hit = [idx for pid, idx in rows if pid in pids] or [idx for _pid, idx in rows]
-        names = ", ".join(f"'{self._name(i)}'" for i in hit) or "an unknown file"
+        names = ", ".join(f"'{self._name(i)}'" for i in hit)
+        causes = [str(e) for e in (error, error.__cause__, error.__context__) if e is not None]  # (torch chains them)
+        workers = getattr(getattr(self._dataloader, "_iterator", None), "_workers", [])
+        killed = any(w.pid in pids and w.exitcode == -signal.SIGKILL for w in workers)
+        if killed or any("killed by signal: Killed" in c for c in causes):  # not a decoder's crash: most likely memory
+            return DataError(f"a data worker was killed (SIGKILL, what the out-of-memory killer sends){' while decoding ' + names if names else ''} "
+                             f"({error}): if memory is short, use fewer --workers or a smaller --batch-size")
+        if not names:
+            return DataError(f"a data worker died between files ({error}); use --workers 0 to see why")
         return DataError(f"a data worker crashed while decoding {names} ({error}); "
                          f"check or remove that file, or use --workers 0 to see the crash directly")
 
