@@ -67,7 +67,12 @@ from finetune.data.decode import (
     read_file,
 )
 from finetune.data.normalize import Normalizer, intra_op_threads
-from finetune.data.pools import sigterm_blocked, worker_context, worker_start_method
+from finetune.data.pools import (
+    sigterm_blocked,
+    unblock_sigterm,
+    worker_context,
+    worker_start_method,
+)
 from finetune.data.samples import Samples, find_splits
 from finetune.data.transforms import (
     AUGMENTS,
@@ -1153,7 +1158,7 @@ def _outlive_one_signal(_worker_id: int) -> None:
 
     signal.signal(signal.SIGTERM, once)
     signal.signal(signal.SIGINT, once)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # (blocked from the start: sigterm_blocked)
+    unblock_sigterm()  # (blocked from its start: sigterm_blocked)
 
 
 def _stop_workers(dataloader: DataLoader) -> None:

@@ -71,6 +71,9 @@ def sigterm_blocked(method: str | None) -> Iterator[None]:
     >>> signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     False
     """
+    if not hasattr(signal, "pthread_sigmask"):  # (Windows: no signal masks, no SIGTERM from outside)
+        yield
+        return
     if (method or multiprocessing.get_all_start_methods()[0]) != "fork":
         from multiprocessing import resource_tracker
 
@@ -86,7 +89,18 @@ def _worker_signals() -> None:
     """In a pool worker: SIGTERM ends it (its default), Ctrl-C is the main process's to handle."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # (blocked from the start: sigterm_blocked)
+    unblock_sigterm()
+
+
+def unblock_sigterm() -> None:
+    """In a worker started in :func:`sigterm_blocked`, once its own SIGTERM handling is in place.
+
+    >>> with sigterm_blocked("fork"):
+    ...     unblock_sigterm(); signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    False
+    """
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def process_pool(workers: int) -> Pool:
