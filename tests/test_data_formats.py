@@ -356,6 +356,18 @@ def test_images_of_kinds_not_read_are_counted_and_named(tmp_path: Path, capsys: 
         _expand_inputs([str(data / "c")])
 
 
+def test_predict_folders_skip_what_dataset_folders_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jupyter's .ipynb_checkpoints copies (and __MACOSX, hidden folders) were predicted too."""
+    from finetune.train import _expand_inputs
+
+    imgs = tmp_path / "imgs"
+    for rel in ("a.jpg", "sub/b.jpg", ".ipynb_checkpoints/a-checkpoint.jpg", "__MACOSX/c.jpg", "._d.jpg"):
+        (imgs / rel).parent.mkdir(parents=True, exist_ok=True)
+        _jpeg(imgs / rel, _rgb(1))
+    monkeypatch.chdir(tmp_path)
+    assert _expand_inputs(["imgs"]) == [Path("imgs/a.jpg"), Path("imgs/sub/b.jpg")]  # as the folder was spelled
+
+
 # --------------------------------------------------------------------------- decoding
 @pytest.mark.parametrize("rel", sorted(GOOD_NAMES))
 def test_every_good_file_decodes_like_the_reference(root: Path, rel: str) -> None:

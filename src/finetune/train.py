@@ -1396,20 +1396,22 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _found_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
-    """Each image file of ``inputs`` with whether it was found in a folder (True) or named (False)."""
+    """Each image file of ``inputs`` with whether it was found in a folder (True) or named (False).
+    Folders are searched as the dataset's are (:func:`finetune.data.samples.image_files`: hidden
+    folders such as ``.ipynb_checkpoints`` and OS droppings are not images)."""
     import warnings
     from collections import Counter
 
-    from finetune.data.samples import UNREAD_IMAGE_EXTENSIONS, describe_unread, is_image_file
+    from finetune.data.samples import describe_unread, image_files
 
     files: list[tuple[Path, bool]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            every = [f for f in p.rglob("*") if f.is_file()]
-            found = sorted(f for f in every if is_image_file(f))
-            unread = describe_unread(Counter(e for f in every if (e := f.suffix.lower()) in UNREAD_IMAGE_EXTENSIONS
-                                             and not f.name.startswith(".")))
+            counted: Counter[str] = Counter()
+            top = os.path.abspath(p)  # (paths as the user spelled the folder)
+            found = [p / os.path.relpath(f, top) for f in image_files(p, counted)]
+            unread = describe_unread(counted)
             if not found:
                 raise DataError(f"no images found in '{p}'" + (f"; it holds {unread}" if unread else ""))
             if unread:
