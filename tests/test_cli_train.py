@@ -290,3 +290,19 @@ def test_sigterm_outside_the_training_loop_is_a_one_line_error(tmp_path: Path) -
     assert proc.returncode == 2, err
     assert err.strip().splitlines()[-1] == "finetune: error: interrupted" and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no half-written dataset, no temporary folder left
+
+
+def test_resume_with_flags_that_change_the_run_says_what_changed(colour_data: Path, tmp_path: Path) -> None:
+    """`--resume auto --lr 0.5` continued with the new value without a word; settings of how the run
+    executes (workers, device, ...) are not changes of the run."""
+    out = tmp_path / "run"
+    args = ["--data", str(colour_data), "--epochs", "3", "--out", str(out), "--freeze", "layer1", "layer2", *TINY]
+    assert run_here("train", *args, "--max-steps", "1").returncode == 0
+    plain = run_here("train", "--out", str(out), "--resume", "auto", "--max-steps", "2", "--workers", "1")
+    assert plain.returncode == 0, plain.stderr
+    [line] = [line for line in plain.stdout.splitlines() if line.startswith("resumed at")]
+    assert "changed" not in line  # the run's own settings, lists included, and another --workers
+    changed = run_here("train", "--out", str(out), "--resume", "auto", "--lr", "0.5", "--epochs", "4")
+    assert changed.returncode == 0, changed.stderr
+    [line] = [line for line in changed.stdout.splitlines() if line.startswith("resumed at")]
+    assert line.endswith("; settings changed from the run's: epochs 3 -> 4, lr 0.002 -> 0.5"), line

@@ -654,7 +654,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         log.info(f"the run had finished its {epoch} epoch{'s' if epoch != 1 else ''} (step {step}): nothing left to "
                  "train (a higher --epochs goes on)")
     elif resume_state is not None:
-        log.info(f"resumed at epoch {epoch + 1}, step {step} (batch {batches.position} of {steps_per_epoch})")
+        changed = changed_settings(resume_state.get("config") or {}, cfg.to_dict())
+        log.info(f"resumed at epoch {epoch + 1}, step {step} (batch {batches.position} of {steps_per_epoch})"
+                 + (f"; settings changed from the run's: {changed}" if changed else ""))
 
     # losses stay on the device until the next step is queued: reading a loss right after its step
     # would make the host wait for the GPU every step (settled in order, so the sums are unchanged)
@@ -865,6 +867,23 @@ def resumed_schedule_offset(state: dict[str, Any], step: int, epoch: int, positi
     if int(saved) == steps_per_epoch:
         return int(sched.get("offset", 0))
     return step - (epoch * steps_per_epoch + position)
+
+
+#: settings that say how a run is executed, not what it trains (a resume may change them freely)
+EXECUTION_SETTINGS = frozenset({"workers", "decode", "cache", "prefetch", "device", "out", "resume", "max_steps",
+                                "keep_last", "save_every_steps", "save_every_minutes", "async_save", "tensorboard",
+                                "compile", "strict_data", "trust"})
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """The training settings of ``now`` that differ from the checkpoint's ``saved`` ones, as
+    ``name old -> new`` ("" if none): a resume with flags that change the run says so.
+
+    >>> changed_settings({"lr": 0.001, "workers": 2, "epochs": 5}, {"lr": 0.5, "workers": 0, "epochs": 8})
+    'lr 0.001 -> 0.5, epochs 5 -> 8'
+    """
+    return ", ".join(f"{k} {saved[k]} -> {v}" for k, v in now.items()
+                     if k in saved and k not in EXECUTION_SETTINGS and saved[k] != v)
 
 
 def check_resume_fits(state: dict[str, Any], cfg: TrainConfig, train_images: int, path: str) -> None:
