@@ -1050,8 +1050,12 @@ class Loader:
     def _crash_error(self, error: RuntimeError) -> DataError:
         found = re.search(r"pid(?:\(s\))?\s+([\d,\s]+)", str(error))
         pids = {int(p) for p in re.findall(r"\d+", found.group(1))} if found else set()
+        causes = [str(e) for e in (error, error.__cause__, error.__context__) if e is not None]  # (torch chains them)
+        workers = getattr(getattr(self._dataloader, "_iterator", None), "_workers", [])
+        killed = (any(w.pid in pids and w.exitcode == -signal.SIGKILL for w in workers)
+                  or any("killed by signal: Killed" in c for c in causes))  # not a decoder's crash: most likely memory
         started = {int(pid) for pid, _idx in self._slots.tolist()}  # workers that began a batch
-        if pids and not pids & started:
+        if pids and not pids & started and not killed:
             method = self.start_method or multiprocessing.get_all_start_methods()[0]
             if method != "fork":  # spawn / fork server: the worker imported the main script first
                 return DataError(f"a data worker died before it made a batch ({error}); workers started by "
@@ -1059,14 +1063,12 @@ class Loader:
                                  "`if __name__ == \"__main__\":`? (the worker's own error is above)")
             return DataError(f"a data worker died before it made a batch ({error}); use --workers 0 to see why")
         rows = [(int(pid), int(idx)) for pid, idx in self._slots.tolist() if idx >= 0]
-        hit = [idx for pid, idx in rows if pid in pids] or [idx for _pid, idx in rows]
-        names = ", ".join(f"'{self._name(i)}'" for i in hit)
-        causes = [str(e) for e in (error, error.__cause__, error.__context__) if e is not None]  # (torch chains them)
-        workers = getattr(getattr(self._dataloader, "_iterator", None), "_workers", [])
-        killed = any(w.pid in pids and w.exitcode == -signal.SIGKILL for w in workers)
-        if killed or any("killed by signal: Killed" in c for c in causes):  # not a decoder's crash: most likely memory
-            return DataError(f"a data worker was killed (SIGKILL, what the out-of-memory killer sends){' while decoding ' + names if names else ''} "
+        own = [idx for pid, idx in rows if pid in pids]
+        if killed:
+            during = " while decoding " + ", ".join(f"'{self._name(i)}'" for i in own) if own else ""
+            return DataError(f"a data worker was killed (SIGKILL, what the out-of-memory killer sends){during} "
                              f"({error}): if memory is short, use fewer --workers or a smaller --batch-size")
+        names = ", ".join(f"'{self._name(i)}'" for i in own or [idx for _pid, idx in rows])
         if not names:
             return DataError(f"a data worker died between files ({error}); use --workers 0 to see why")
         return DataError(f"a data worker crashed while decoding {names} ({error}); "
