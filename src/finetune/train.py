@@ -402,6 +402,7 @@ def check_not_importing_main() -> None:
     """
     import multiprocessing
 
+    # (multiprocessing's own flag for "bootstrapping a child"; its spawn check reads the same one)
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise ConfigError("train() was called while a worker process imported the script that calls it (data "
                           "workers of a torchrun process are spawned, and a spawned process imports the main "

@@ -1054,15 +1054,15 @@ class Loader:
         workers = getattr(getattr(self._dataloader, "_iterator", None), "_workers", [])
         killed = (any(w.pid in pids and w.exitcode == -signal.SIGKILL for w in workers)
                   or any("killed by signal: Killed" in c for c in causes))  # not a decoder's crash: most likely memory
-        started = {int(pid) for pid, _idx in self._slots.tolist()}  # workers that began a batch
-        if pids and not pids & started and not killed:
+        slots = [(int(pid), int(idx)) for pid, idx in self._slots.tolist()]  # (pid, item) of each worker
+        if pids and not pids & {pid for pid, _idx in slots} and not killed:  # it never began a batch
             method = self.start_method or multiprocessing.get_all_start_methods()[0]
             if method != "fork":  # spawn / fork server: the worker imported the main script first
                 return DataError(f"a data worker died before it made a batch ({error}); workers started by "
                                  f"{method} import the script being run first: is its code under "
                                  "`if __name__ == \"__main__\":`? (the worker's own error is above)")
             return DataError(f"a data worker died before it made a batch ({error}); use --workers 0 to see why")
-        rows = [(int(pid), int(idx)) for pid, idx in self._slots.tolist() if idx >= 0]
+        rows = [(pid, idx) for pid, idx in slots if idx >= 0]
         own = [idx for pid, idx in rows if pid in pids]
         if killed:
             during = " while decoding " + ", ".join(f"'{self._name(i)}'" for i in own) if own else ""

@@ -258,13 +258,13 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
                  f"in its own folder (root/<class>/<image>)" if loose else
                  f"no images found in '{root}': expected class sub-folders holding "
                  f"{', '.join(IMG_EXTENSIONS[:3])}… files (root/<class>/<image>)")
-        raise DataError(where + (f"; it holds {not_read}" if unread else ""))
+        raise DataError(where + (f"; it holds {not_read}" if not_read else ""))
     if empty and not fixed:
         raise DataError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(repr(e) for e in empty)} in '{root}' "
                         f"hold{'' if len(empty) > 1 else 's'} no images ({', '.join(IMG_EXTENSIONS)}): add images "
                         f"or remove the folder{'s' if len(empty) > 1 else ''}"
-                        + (f"; '{root}' holds {not_read}" if unread else ""))
-    if unread:
+                        + (f"; '{root}' holds {not_read}" if not_read else ""))
+    if not_read:
         warnings.warn(DataWarning(f"'{root}': skipped {not_read}"), stacklevel=2)
     return Samples.from_lists(paths, labels, classes)
 
