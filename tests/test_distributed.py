@@ -128,6 +128,25 @@ def test_two_processes_train_what_one_process_trains_with_twice_the_batch(ddp_da
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
 
 
+def test_sync_bn_two_processes_take_the_step_one_process_takes_with_twice_the_batch(ddp_data: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Full fine-tuning (every BatchNorm in training mode): with --sync-bn, two processes with batch 8
+    normalise over all 16 images, so their step equals one process's step with batch 16 (weights and
+    running statistics; without it BatchNorm biases differ by ~2x their size, see test_sync_bn.py).
+    One step: training this tiny set from scratch is chaotic enough that one process with 1 or 2
+    threads drifts apart by 20% within three steps."""
+    step = ["--optimizer", "sgd", "--lr", "0.01", "--warmup-epochs", "0", "--max-steps", "1"]
+    one = one_process(*common(ddp_data, tmp_path / "one", *step, "--batch-size", "16"))
+    assert one.returncode == 0, one.stderr
+    two = torchrun(*common(ddp_data, tmp_path / "two", *step, "--batch-size", "8", "--sync-bn"))
+    assert two.returncode == 0, two.stderr
+    assert "--sync-bn: 20 BatchNorm layers take their statistics over the 2 processes' batches" in two.stdout
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert a.keys() == b.keys()  # the checkpoint of a synchronised model is the plain model's
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
 def test_two_processes_resume_exactly_after_stops_in_the_middle_of_epochs(ddp_data: Path, tmp_path: Path) -> None:
     args = ("--batch-size", "8", "--workers", "1")
     full = torchrun(*common(ddp_data, tmp_path / "full", *args))

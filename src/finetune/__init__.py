@@ -60,6 +60,7 @@ _LAZY: dict[str, str] = {
     "trainable_table": "finetune.freeze",
     "param_groups": "finetune.freeze",
     "audit": "finetune.freeze",
+    "convert_sync_batchnorm": "finetune.sync_bn",
     "build_loader": "finetune.data",
     "make_shapes": "finetune.data",
 }

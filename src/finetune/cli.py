@@ -126,6 +126,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--linear-probe", action="store_true", default=None, help="train only the classifier head")
     p.add_argument("--cache-features", action="store_true", default=None, help="with --linear-probe: compute backbone features once")
     p.add_argument("--bn", choices=["frozen", "eval", "train"], help="BatchNorm in frozen parts: frozen (default), eval, train")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun: BatchNorm statistics over all processes' batches (SyncBatchNorm)")
     p.add_argument("--lr-mult", type=non_empty, nargs="+", metavar="PATTERN=X", help="learning-rate multipliers, e.g. layer4=0.1")
     p.add_argument("--layer-decay", type=float, metavar="X", help="multiply the lr by X per block away from the head")
     p.add_argument("--unfreeze", type=non_empty, nargs="+", metavar="PATTERN@EPOCH", help="make PATTERN trainable from EPOCH (counted from 1)")

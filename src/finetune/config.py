@@ -76,6 +76,7 @@ class TrainConfig:
     linear_probe: bool = False
     cache_features: bool = False
     bn: str = "frozen"
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over every process's batch (finetune.sync_bn)
     lr_mult: dict[str, float] = field(default_factory=dict)
     layer_decay: float | None = None
     unfreeze: list[str] = field(default_factory=list)  # PATTERN@EPOCH, epochs counted from 1

@@ -530,6 +530,15 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     # ---- model and what trains (a resumed run's weights come from its checkpoint, below)
     model = build_model(cfg, len(classes), device, pretrained=resume_state is None, quiet=quiet)
     check_input_size(model, cfg.img_size)  # (on the device: one forward of two images, before any step)
+    if cfg.sync_bn and ddp.enabled:  # in place: freezing marks, parameters and state-dict keys stay as they are
+        from finetune.sync_bn import convert_sync_batchnorm
+
+        synced = convert_sync_batchnorm(model)
+        if not quiet:
+            print(f"--sync-bn: {len(synced)} BatchNorm layers take their statistics over the {ddp.world} processes' "
+                  "batches" if synced else "--sync-bn: the model has no BatchNorm layer (nothing to synchronise)")
+    elif cfg.sync_bn and not quiet:
+        print("--sync-bn: one process, its BatchNorm statistics already cover the whole batch")
     ema = make_ema(model, cfg.ema) if cfg.ema else None
     from finetune.freeze import (
         audit,
