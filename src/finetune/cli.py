@@ -87,6 +87,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep an exponential moving average of the weights (e.g. 0.999); it is what val_* and "
                         "the best checkpoint measure, and what eval/predict use")
     p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' total norm (off)")
+    p.add_argument("--grad-accum", type=int, metavar="N",
+                   help="batches per optimizer step (gradient accumulation): the effective batch is N x --batch-size")
     p.add_argument("--early-stop", type=int, metavar="EPOCHS",
                    help="stop when val top-1 has not improved for this many epochs (off)")
     p.add_argument("--img-size", type=int, help="training/eval resolution (shapes: 32; otherwise the pretrained weights' own size, else 224)")

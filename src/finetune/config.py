@@ -92,6 +92,7 @@ class TrainConfig:
     cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (0: off); with both, one of them per batch
     ema: float | None = None  # keep an exponential moving average of the weights with this decay (0.999)
     clip_grad: float | None = None  # clip the gradients' total norm to this (after unscaling fp16)
+    grad_accum: int = 1  # batches per optimizer step (gradient accumulation): effective batch grad_accum x batch_size
     early_stop: int | None = None  # stop when val top-1 has not improved for this many epochs
     max_steps: int | None = None
     # speed
@@ -240,6 +241,7 @@ class TrainConfig:
              "--cache-features trains the head on fixed features: --mixup/--cutmix cannot mix them; drop one of them"),
             (self.ema is None or 0 < self.ema < 1, f"--ema must be a decay in (0, 1) such as 0.999, got {self.ema}"),
             (self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}"),
+            (self.grad_accum >= 1, f"--grad-accum must be at least 1 (batches per optimizer step), got {self.grad_accum}"),
             (self.early_stop is None or self.early_stop >= 1, f"--early-stop must be at least 1 epoch, got {self.early_stop}"),
             (self.save_every_steps is None or self.save_every_steps >= 1,
              f"--save-every-steps must be at least 1, got {self.save_every_steps}"),

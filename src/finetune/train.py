@@ -568,7 +568,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             features, labels_ = extract_features(backbone, feature_loader)
         batches = FeatureBatches(features.float(), labels_, cfg.batch_size, cfg.seed, shard=(ddp.rank, ddp.world))
-    steps_per_epoch = len(batches)
+    batches_per_epoch = len(batches)
+    steps_per_epoch = -(-batches_per_epoch // cfg.grad_accum)  # optimizer steps (--grad-accum batches each)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -597,7 +598,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         if resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
         step = int(resume_state["step"])
-        schedule_offset = resumed_schedule_offset(resume_state, step, epoch, position, steps_per_epoch)
+        schedule_offset = resumed_schedule_offset(resume_state, step, epoch, -(-position // cfg.grad_accum),
+                                                  steps_per_epoch)
         best_top1, best_top5 = float(resume_state["best_top1"]), float(resume_state["best_top5"])
         best_epoch = int(resume_state["best_epoch"])
         history = list(resume_state.get("history", []))
@@ -631,6 +633,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         return torch.compile(net) if cfg.compile else net
 
     forward_model = wrapped()
+    wrapped_steps = 0  # optimizer steps taken through this wrapper (DDP's static graph: the first one syncs every batch)
 
     # ---- the run directory (written by process 0 alone)
     if ddp.main:
@@ -643,6 +646,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     log.info(f"{cfg.model}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), {len(classes)} classes, "
              f"{len(train_samples)} train / {len(val_samples)} val images, {device}"
              + (f" x {ddp.world} processes (batch {cfg.batch_size} each)" if ddp.enabled else "")
+             + (f", {cfg.grad_accum} batches per optimizer step (effective batch "
+                f"{cfg.grad_accum * cfg.batch_size * ddp.world})" if cfg.grad_accum > 1 else "")
              + (f", {amp}".replace("torch.", " autocast ") if amp else "")
              + ("" if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD)
                 else f", inputs normalised with the weights' mean {tuple(mean)} / std {tuple(std)}")
@@ -665,7 +670,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                  "train (a higher --epochs goes on)")
     elif resume_state is not None:
         changed = changed_settings(resume_state.get("config") or {}, cfg.to_dict())
-        log.info(f"resumed at epoch {epoch + 1}, step {step} (batch {batches.position} of {steps_per_epoch})"
+        log.info(f"resumed at epoch {epoch + 1}, step {step} (batch {batches.position} of {batches_per_epoch})"
                  + (f"; settings changed from the run's: {changed}" if changed else ""))
 
     # losses stay on the device until the next step is queued: reading a loss right after its step
@@ -703,6 +708,23 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation, "crop_mode": cfg.crop_mode,
         }
 
+    def optimizer_step() -> None:
+        """Clip, audit (once), step the optimizer on the accumulated gradients, update the EMA."""
+        nonlocal step, audited
+        if cfg.clip_grad:  # on the true gradients: fp16's scale comes off first
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad)
+        if not audited:  # the classic silent bugs, checked once on real gradients
+            audited = True
+            findings = audit(model, optimizer)
+            for line in format_findings(findings).splitlines():  # one "finetune: warning:" line each
+                warn(line.removeprefix("warning: "))
+        scaler.step(optimizer)
+        scaler.update()
+        if ema is not None:
+            ema.update_parameters(model)
+        step += 1
+
     def out_of_steps() -> bool:
         return cfg.max_steps is not None and step >= cfg.max_steps
 
@@ -731,44 +753,51 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                 batches.set_epoch(epoch)
                 unfrozen = unfreeze_at(model, optimizer, cfg, epoch)
                 if unfrozen:
-                    forward_model = wrapped()  # DDP watches the parameters that train: wrap again
+                    forward_model, wrapped_steps = wrapped(), 0  # DDP watches the parameters that train: wrap again
                     log.info(f"epoch {epoch + 1}: unfroze {len(unfrozen)} parameter tensors\n{trainable_table(model)}")
             model.train()
             bn_train_mode(model)
             t0, images_done = time.perf_counter(), 0
             # resumed from a step checkpoint taken after the epoch's last batch: only its evaluation is left
             # (iterating a finished Loader would start the epoch over)
-            todo = batches if batches.position < steps_per_epoch else ()
-            bar = progress(todo, total=steps_per_epoch - batches.position, desc=f"epoch {epoch + 1}", quiet=quiet)
+            todo = batches if batches.position < batches_per_epoch else ()
+            bar = progress(todo, total=batches_per_epoch - batches.position, desc=f"epoch {epoch + 1}", quiet=quiet)
+            # an optimizer step takes the batches at positions [group_start, group_end) of the epoch
+            # (--grad-accum of them; fewer at the epoch's end); None: no step under way
+            group_start, group_end = 0, None
             for images, labels in bar:
-                set_lr(optimizer, lr_factor(step - schedule_offset, total_steps, warmup_steps))
+                if group_end is not None and batches.position - 1 >= group_end:  # its last batch was all bad files
+                    optimizer_step()
+                    group_end = None
+                if group_end is None:
+                    group_start = batches.position - 1
+                    group_end = min(group_start + cfg.grad_accum, batches_per_epoch)
+                    set_lr(optimizer, lr_factor(step - schedule_offset, total_steps, warmup_steps))
+                    optimizer.zero_grad(set_to_none=True)
+                group = group_end - group_start
+                last = batches.position >= group_end
                 targets, smoothing = labels, cfg.label_smoothing
-                if cfg.mixup or cfg.cutmix:  # soft targets (smoothed already), drawn from (seed, step, rank)
+                if cfg.mixup or cfg.cutmix:  # soft targets (smoothed already), drawn from (seed, batch, rank)
                     images, targets, _ = mix_batch(images, labels, len(classes), mixup=cfg.mixup, cutmix=cfg.cutmix,
-                                                   seed=cfg.seed, step=step, rank=ddp.rank,
-                                                   label_smoothing=cfg.label_smoothing)
+                                                   seed=cfg.seed, step=step * cfg.grad_accum + batches.position - 1
+                                                   - group_start, rank=ddp.rank, label_smoothing=cfg.label_smoothing)
                     images, smoothing = images.contiguous(memory_format=memory_format), 0.0
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits = logits_of(forward_model(images))
-                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.clip_grad:  # on the true gradients: fp16's scale comes off first
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad)
-                if not audited:  # the classic silent bugs, checked once on real gradients
-                    audited = True
-                    findings = audit(model, optimizer)
-                    for line in format_findings(findings).splitlines():  # one "finetune: warning:" line each
-                        warn(line.removeprefix("warning: "))
-                scaler.step(optimizer)
-                scaler.update()
-                if ema is not None:
-                    ema.update_parameters(model)
-                step += 1
-                pending.append((loss.detach(), len(labels), step))
+                # DDP averages the gradients once per optimizer step, after its last batch (from its second
+                # step on: a static graph is recorded in the first, which no_sync would break)
+                no_sync = None if last or not wrapped_steps else getattr(forward_model, "no_sync", None)
+                with no_sync() if no_sync is not None else contextlib.nullcontext():
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        logits = logits_of(forward_model(images))
+                        loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
+                    scaler.scale(loss / group if group > 1 else loss).backward()
+                pending.append((loss.detach(), len(labels), step + 1))
                 settle(keep=1)
                 images_done += len(labels)
+                if not last:
+                    continue
+                group_end = None
+                optimizer_step()
+                wrapped_steps += 1
                 due = bool(cfg.save_every_minutes) and time.monotonic() - last_save_time >= 60 * cfg.save_every_minutes
                 if ddp.enabled:  # the processes stop and save at the same step (signals and clocks differ)
                     stop_flag, due_flag = ddp.sum([float(stop.stop_requested), float(due)])
@@ -780,7 +809,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                 if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or due:
                     save()
                     last_save_time = time.monotonic()
-            if batches.position < steps_per_epoch:  # interrupted in the middle of the epoch
+            if group_end is not None:  # the epoch's last batches were all bad files
+                optimizer_step()
+            if batches.position < batches_per_epoch:  # interrupted in the middle of the epoch
                 save()
                 stopped = True
                 break
