@@ -41,3 +41,16 @@ def test_cli_lr_find_json_and_errors(colour_data: Path) -> None:
     assert len(out["lrs"]) == len(out["losses"]) <= 8 and out["suggested"] == out["lr_min"] > 0
     bad = run_cli("lr-find", "--data", str(colour_data), "--num-steps", "1")
     assert bad.returncode == 2 and bad.stderr.startswith("finetune: error:") and "Traceback" not in bad.stderr
+
+
+def test_grad_accum_sweeps_what_the_larger_batch_sweeps(colour_data: Path) -> None:
+    """Set up like the run: with --grad-accum 2 and batch 8 each step sees the images (and takes the
+    update) of one batch of 16, so the losses along the sweep are the same (a linear probe: no
+    BatchNorm batch statistics); without it they are not."""
+    common = dict(data=str(colour_data), img_size=32, workers="0", device="cpu", optimizer="sgd", linear_probe=True)
+    big = lr_find(TrainConfig(batch_size=16, **common), start_lr=1e-3, end_lr=1.0, num_steps=5, quiet=True)
+    accum = lr_find(TrainConfig(batch_size=8, grad_accum=2, **common), start_lr=1e-3, end_lr=1.0, num_steps=5,
+                    quiet=True)
+    small = lr_find(TrainConfig(batch_size=8, **common), start_lr=1e-3, end_lr=1.0, num_steps=5, quiet=True)
+    assert accum.raw_losses == pytest.approx(big.raw_losses, abs=1e-5)
+    assert small.raw_losses != pytest.approx(big.raw_losses, abs=1e-3)

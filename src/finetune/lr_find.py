@@ -3,8 +3,8 @@ run's model for a few steps while the learning rate grows exponentially, and rea
 learning rate off the loss curve.
 
 The run is set up exactly as ``finetune train`` would set it up (data, augmentation, model,
-pretrained weights, freezing, per-group learning-rate multipliers, optimizer); nothing is
-written. The loss is smoothed (exponential moving average, debiased) and the test stops when
+pretrained weights, freezing, per-group learning-rate multipliers, optimizer, gradient clipping,
+``--grad-accum`` batches per step); nothing is written. The loss is smoothed (exponential moving average, debiased) and the test stops when
 it exceeds four times its minimum. Two readings, as fastai gives them: ``lr_min`` (a tenth of
 the learning rate at the lowest loss) and ``lr_steep`` (where the loss falls fastest); the
 suggestion is ``lr_min``, the more robust of the two.
@@ -154,28 +154,34 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     epoch = 0
     try:
         for step in bar:
-            batch = next(batches, None)
-            if batch is None:
-                loader.set_epoch(epoch)
-                epoch += 1
-                batches = iter(loader)
-                batch = next(batches)
-            images, labels = batch
             lr = start_lr * ratio ** (step / (num_steps - 1))
             set_lr(optimizer, lr)
-            targets, smoothing = labels, cfg.label_smoothing
-            if cfg.mixup or cfg.cutmix:  # the loss train sees: mixed batches, soft targets
-                images, targets, _ = mix_batch(images, labels, len(classes), mixup=cfg.mixup, cutmix=cfg.cutmix,
-                                               seed=cfg.seed, step=step, label_smoothing=cfg.label_smoothing)
-                memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-                images, smoothing = images.contiguous(memory_format=memory_format), 0.0
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = F.cross_entropy(logits_of(model(images)).float(), targets, label_smoothing=smoothing)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            value = 0.0  # the step's loss: the mean over its --grad-accum batches
+            for micro in range(cfg.grad_accum):
+                batch = next(batches, None)
+                if batch is None:
+                    loader.set_epoch(epoch)
+                    epoch += 1
+                    batches = iter(loader)
+                    batch = next(batches)
+                images, labels = batch
+                targets, smoothing = labels, cfg.label_smoothing
+                if cfg.mixup or cfg.cutmix:  # the loss train sees: mixed batches, soft targets
+                    images, targets, _ = mix_batch(images, labels, len(classes), mixup=cfg.mixup, cutmix=cfg.cutmix,
+                                                   seed=cfg.seed, step=step * cfg.grad_accum + micro,
+                                                   label_smoothing=cfg.label_smoothing)
+                    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+                    images, smoothing = images.contiguous(memory_format=memory_format), 0.0
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss = F.cross_entropy(logits_of(model(images)).float(), targets, label_smoothing=smoothing)
+                scaler.scale(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
+                value += loss.item() / cfg.grad_accum
+            if cfg.clip_grad:  # as train clips: on the true gradients
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
-            value = loss.item()
             if not math.isfinite(value):
                 stopped = f"the loss became {value} at lr {lr:.2e}"
                 break
