@@ -77,6 +77,30 @@ def test_eval_and_predict_take_a_run_directory(trained_run: Path, colour_data: P
     assert "is a folder without checkpoints/best.pt or last.pt" in error_line(res)
 
 
+def test_eval_confusion_matrix_and_a_folder_without_some_classes(trained_run: Path, colour_data: Path,
+                                                                   tmp_path: Path) -> None:
+    """--json adds the confusion matrix (rows: true class) and the most confused pairs; a folder with
+    images of one class only scores that class and says the other has none (it used to crash)."""
+    res = run_here("eval", "--checkpoint", str(trained_run), "--json", "--device", "cpu")
+    out = json.loads(res.stdout)
+    matrix = out["confusion"]
+    assert [sum(row) for row in matrix] == [out["per_class_images"][c] for c in ("blue", "red")]
+    assert [matrix[i][i] / sum(matrix[i]) for i in range(2)] == [out["per_class"][c] for c in ("blue", "red")]
+    off = [{"true": t, "predicted": p, "images": matrix[i][j]} for i, t in enumerate(("blue", "red"))
+           for j, p in enumerate(("blue", "red")) if i != j and matrix[i][j]]
+    assert sorted(out["most_confused"], key=str) == sorted(off, key=str)
+    only_red = tmp_path / "only-red" / "val" / "red"
+    only_red.mkdir(parents=True)
+    for image in sorted((colour_data / "val" / "red").glob("*.jpg"))[:3]:
+        (only_red / image.name).write_bytes(image.read_bytes())
+    res = run_here("eval", "--checkpoint", str(trained_run), "--data", str(tmp_path / "only-red"), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert "(3 images)" in res.stdout and "(no images)" in res.stdout.splitlines()[1]  # blue
+    js = json.loads(run_here("eval", "--checkpoint", str(trained_run), "--data", str(tmp_path / "only-red"),
+                             "--device", "cpu", "--json").stdout)
+    assert js["per_class"]["blue"] is None and js["per_class_images"] == {"blue": 0, "red": 3}
+
+
 def test_predict_names_the_classes(trained_run: Path, colour_data: Path) -> None:
     red = sorted((colour_data / "val" / "red").glob("*.jpg"))[0]
     res = run_here("predict", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), str(red),

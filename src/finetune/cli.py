@@ -199,7 +199,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"top-1 {res['top1']:.2%}  top-{res['topk']} {res['top5']:.2%}  loss {res['loss']:.4f}  ({res['images']} images)")
     width = max(len(c) for c in res["per_class"])
     for name, acc in res["per_class"].items():
-        print(f"  {name:<{width}}  {acc:.2%}")
+        count = res["per_class_images"][name]
+        print(f"  {name:<{width}}  {acc:8.2%}  ({round(acc * count)}/{count})" if acc is not None
+              else f"  {name:<{width}}  {'-':>8}  (no images)")
+    if res.get("most_confused"):
+        print("most confused (true -> predicted: images):")
+        for pair in res["most_confused"][:10]:
+            print(f"  {pair['true']} -> {pair['predicted']}: {pair['images']}")
     return 0
 
 

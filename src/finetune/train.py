@@ -343,12 +343,15 @@ class FeatureBatches:
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None, quiet: bool = True,
-             ddp: Distributed | None = None) -> dict[str, Any]:
+             ddp: Distributed | None = None, confusion: bool = False) -> dict[str, Any]:
     """Loss, top-1, top-k (k = min(5, classes)) and per-class accuracy over ``loader``.
 
-    Accuracies are fractions in [0, 1]. With ``ddp`` (several processes, each with its shard
-    of the data) the counts are summed over the processes first: every process returns the
-    whole split's numbers.
+    Accuracies are fractions in [0, 1] (``per_class``: None for a class without images; its
+    image counts in ``per_class_images``). With ``confusion``, also ``confusion`` (rows: true
+    class, columns: predicted, in class order; image counts) and ``most_confused`` (the
+    off-diagonal pairs, most images first, as fastai's ``most_confused``). With ``ddp`` (several
+    processes, each with its shard of the data) the counts are summed over the processes
+    first: every process returns the whole split's numbers.
 
     >>> import tempfile, torch
     >>> from finetune import build_loader, evaluate, make_shapes
@@ -359,6 +362,10 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
     ...     m = evaluate(model, loader)
     >>> m["images"], m["topk"], len(m["per_class"]), 0 <= m["top1"] <= m["top5"] <= 1
     (8, 5, 8, True)
+    >>> with build_loader(val, train=False, img_size=32, batch_size=4, workers="0") as loader:
+    ...     m = evaluate(model, loader, confusion=True)
+    >>> sum(map(sum, m["confusion"])), sum(row[i] for i, row in enumerate(m["confusion"])) == round(8 * m["top1"])
+    (8, True)
     """
     model.eval()
     classes = loader.classes
@@ -367,6 +374,7 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
     correct1 = correctk = 0
     per_class_correct = torch.zeros(len(classes), dtype=torch.int64)
     per_class_total = torch.zeros(len(classes), dtype=torch.int64)
+    matrix = torch.zeros(len(classes) ** 2 if confusion else 0, dtype=torch.int64)  # true * C + predicted
     device = loader.device
     for images, labels in progress(loader, total=len(loader), desc="eval", quiet=quiet):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -379,17 +387,29 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
         correctk += int((topk == labels[:, None]).any(dim=1).sum())
         per_class_total += torch.bincount(labels.cpu(), minlength=len(classes))
         per_class_correct += torch.bincount(labels[hit1].cpu(), minlength=len(classes))
+        if confusion:
+            matrix += torch.bincount((labels * len(classes) + topk[:, 0]).cpu(), minlength=len(classes) ** 2)
         n += len(labels)
     if ddp is not None and ddp.enabled:
         sums = ddp.sum([loss_sum, n, correct1, correctk, *per_class_correct.tolist(), *per_class_total.tolist()])
         loss_sum, n, correct1, correctk = sums[0], round(sums[1]), round(sums[2]), round(sums[3])
         c = len(classes)
         per_class_correct = torch.tensor([round(v) for v in sums[4:4 + c]], dtype=torch.int64)
-        per_class_total = torch.tensor([round(v) for v in sums[4 + c:]], dtype=torch.int64)
+        per_class_total = torch.tensor([round(v) for v in sums[4 + c:4 + 2 * c]], dtype=torch.int64)
+        if confusion:
+            matrix = torch.tensor(ddp.sum(matrix.tolist()), dtype=torch.float64).round().to(torch.int64)
     per_class = {c: (int(per_class_correct[i]) / int(per_class_total[i]) if per_class_total[i] else None)
                  for i, c in enumerate(classes)}
-    return {"loss": loss_sum / max(n, 1), "top1": correct1 / max(n, 1), "top5": correctk / max(n, 1),
-            "topk": k, "per_class": per_class, "images": n}
+    result = {"loss": loss_sum / max(n, 1), "top1": correct1 / max(n, 1), "top5": correctk / max(n, 1),
+              "topk": k, "per_class": per_class, "images": n,
+              "per_class_images": {c: int(per_class_total[i]) for i, c in enumerate(classes)}}
+    if confusion:
+        rows = matrix.view(len(classes), len(classes)).tolist()
+        result["confusion"] = rows
+        pairs = [(count, t, p) for t, row in enumerate(rows) for p, count in enumerate(row) if t != p and count]
+        result["most_confused"] = [{"true": classes[t], "predicted": classes[p], "images": count}
+                                   for count, t, p in sorted(pairs, key=lambda x: (-x[0], x[1], x[2]))]
+    return result
 
 
 # --------------------------------------------------------------------------- the loop
@@ -1384,7 +1404,7 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
                           crop_mode=crop_mode,
                           batch_size=batch_size, workers=workers, device=dev,
                           mean=tuple(state.get("mean", IMAGENET_MEAN)), std=tuple(state.get("std", IMAGENET_STD)))
-    result = evaluate(model, loader, quiet=quiet)
+    result = evaluate(model, loader, quiet=quiet, confusion=True)
     bad = loader.bad_file_list()
     if bad:  # not scored: say so, a score over fewer images than the data has is not the data's score
         warn(f"skipped {len(bad)} unreadable image(s) of {len(samples)}, not scored (e.g. '{bad[0].path}': "
