@@ -87,6 +87,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep an exponential moving average of the weights (e.g. 0.999); it is what val_* and "
                         "the best checkpoint measure, and what eval/predict use")
     p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' total norm (off)")
+    p.add_argument("--class-weights", choices=["none", "balanced"],
+                   help="balanced: the training loss weighs each class by n / (classes x its images), so rare "
+                        "classes count as much as common ones (none: default)")
     p.add_argument("--grad-accum", type=int, metavar="N",
                    help="batches per optimizer step (gradient accumulation): the effective batch is N x --batch-size")
     p.add_argument("--early-stop", type=int, metavar="EPOCHS",

@@ -88,6 +88,7 @@ class TrainConfig:
     weight_decay: float | None = None  # adamw: 0.05, sgd: 5e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    class_weights: str = "none"  # none | balanced: the training loss weighs class c by n / (classes x count_c)
     mixup: float = 0.0  # Beta(alpha, alpha) of Mixup (0: off)
     cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix (0: off); with both, one of them per batch
     ema: float | None = None  # keep an exponential moving average of the weights with this decay (0.999)
@@ -213,6 +214,8 @@ class TrainConfig:
             (self.amp in ("auto", "off", "bf16", "fp16"), f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
             (self.shape_mismatch in ("skip", "error", "adapt"), f"--shape-mismatch must be skip, error or adapt, got {self.shape_mismatch!r}"),
             (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.class_weights in ("none", "balanced"),
+             f"--class-weights must be none or balanced, got {self.class_weights!r}"),
             (self.keep_last >= 1, f"--keep-last must be at least 1, got {self.keep_last}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (self.crop_scale is None or 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,

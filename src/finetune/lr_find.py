@@ -4,7 +4,7 @@ learning rate off the loss curve.
 
 The run is set up exactly as ``finetune train`` would set it up (data, augmentation, model,
 pretrained weights, freezing, per-group learning-rate multipliers, optimizer, gradient clipping,
-``--grad-accum`` batches per step); nothing is written. The loss is smoothed (exponential moving average, debiased) and the test stops when
+``--grad-accum`` batches per step, ``--class-weights``); nothing is written. The loss is smoothed (exponential moving average, debiased) and the test stops when
 it exceeds four times its minimum. Two readings, as fastai gives them: ``lr_min`` (a tenth of
 the learning rate at the lowest loss) and ``lr_steep`` (where the loss falls fastest); the
 suggestion is ``lr_min``, the more robust of the two.
@@ -115,6 +115,7 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     from finetune.train import (
         build_model,
         build_train_loader,
+        class_weights,
         make_optimizer,
         resolve_amp,
         resolve_data,
@@ -142,6 +143,8 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     optimizer = make_optimizer(param_groups(model, 1.0, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    loss_weight = class_weights(train_samples.labels, classes, cfg.class_weights)
+    loss_weight = loss_weight.to(device) if loss_weight is not None else None
     ratio = end_lr / start_lr
     lrs: list[float] = []
     smoothed: list[float] = []
@@ -174,7 +177,8 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
                     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
                     images, smoothing = images.contiguous(memory_format=memory_format), 0.0
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss = F.cross_entropy(logits_of(model(images)).float(), targets, label_smoothing=smoothing)
+                    loss = F.cross_entropy(logits_of(model(images)).float(), targets, weight=loss_weight,
+                                           label_smoothing=smoothing)
                 scaler.scale(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
                 value += loss.item() / cfg.grad_accum
             if cfg.clip_grad:  # as train clips: on the true gradients

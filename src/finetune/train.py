@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -202,6 +203,31 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     """
     for group in optimizer.param_groups:
         group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+
+
+def class_weights(labels: Any, classes: Sequence[str], kind: str) -> torch.Tensor | None:
+    """Per-class weights of the training loss (``--class-weights``): None for ``"none"``; for
+    ``"balanced"``, ``n / (classes x count_c)`` (scikit-learn's "balanced"), so that every class
+    weighs in the loss as if each had the same number of images (all 1.0 when they have).
+
+    >>> [round(w, 4) for w in class_weights([0, 0, 0, 1], ("cat", "dog"), "balanced").tolist()]
+    [0.6667, 2.0]
+    >>> class_weights([0, 1], ("cat", "dog"), "balanced").tolist(), class_weights([0, 1], ("cat", "dog"), "none")
+    ([1.0, 1.0], None)
+    >>> class_weights([0, 0], ("cat", "dog"), "balanced")
+    Traceback (most recent call last):
+    finetune.errors.DataError: --class-weights balanced: class 'dog' has no training images (a weight of n / 0): drop the class or use --class-weights none
+    """
+    if kind == "none":
+        return None
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.int64), minlength=len(classes))
+    empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
+    if empty:
+        raise DataError(f"--class-weights {kind}: class{'es' if len(empty) > 1 else ''} "
+                        f"{', '.join(repr(c) for c in empty[:5])}{' …' if len(empty) > 5 else ''} "
+                        f"{'have' if len(empty) > 1 else 'has'} no training images (a weight of n / 0): drop "
+                        f"the class or use --class-weights none")
+    return (int(counts.sum()) / (len(classes) * counts.double())).float()
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -578,6 +604,14 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         warn(f"--lr-mult {pattern}={cfg.lr_mult[pattern]:g} changes nothing: every parameter it names is frozen "
              f"(unfreeze them, e.g. --unfreeze {pattern}@EPOCH, or drop it)")
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    loss_weight = class_weights(train_samples.labels, classes, cfg.class_weights)
+    if loss_weight is not None:
+        if not quiet:
+            print(f"--class-weights {cfg.class_weights}: the training loss weighs "
+                  + ", ".join(f"{c} {w:.3g}" for c, w in list(zip(classes, loss_weight.tolist(), strict=True))[:8])
+                  + (f", … ({len(classes)} classes, {loss_weight.min():.3g} to {loss_weight.max():.3g})"
+                     if len(classes) > 8 else ""))
+        loss_weight = loss_weight.to(device)
     batches: Loader | FeatureBatches = train_loader
     if cfg.cache_features:  # the backbone runs once; epochs train the head on its features
         if not quiet:
@@ -808,7 +842,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                 with no_sync() if no_sync is not None else contextlib.nullcontext():
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                         logits = logits_of(forward_model(images))
-                        loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
+                        loss = F.cross_entropy(logits.float(), targets, weight=loss_weight,
+                                               label_smoothing=smoothing)
                     scaler.scale(loss / group if group > 1 else loss).backward()
                 pending.append((loss.detach(), len(labels), step + 1))
                 settle(keep=1)
