@@ -101,6 +101,33 @@ def test_eval_confusion_matrix_and_a_folder_without_some_classes(trained_run: Pa
     assert js["per_class"]["blue"] is None and js["per_class_images"] == {"blue": 0, "red": 3}
 
 
+def test_tta_averages_each_image_with_its_mirror_image(trained_run: Path, colour_data: Path, tmp_path: Path) -> None:
+    """predict --tta gives the mean of the image's and the mirrored file's probabilities; eval --tta
+    says it was used and scores with those averages."""
+    from PIL import Image
+
+    source = Image.open(sorted((colour_data / "val" / "red").glob("*.jpg"))[0]).convert("RGB")
+    source.save(tmp_path / "a.png")
+    source.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "b.png")
+
+    def probs(*args: str) -> dict[str, float]:
+        res = run_here("predict", "--checkpoint", str(trained_run), *args, "--json", "--device", "cpu")
+        assert res.returncode == 0, res.stderr
+        return {t["class"]: t["prob"] for t in json.loads(res.stdout)[0]["top"]}
+
+    a, b, tta = probs(str(tmp_path / "a.png")), probs(str(tmp_path / "b.png")), probs(str(tmp_path / "a.png"), "--tta")
+    assert a != b  # (the mirror image is another input for the model)
+    for c in a:
+        assert tta[c] == pytest.approx((a[c] + b[c]) / 2, abs=1e-4)
+    res = run_here("eval", "--checkpoint", str(trained_run), "--json", "--tta", "--device", "cpu")
+    out, plain = json.loads(res.stdout), json.loads(run_here("eval", "--checkpoint", str(trained_run), "--json",
+                                                             "--device", "cpu").stdout)
+    assert out["tta"] == "hflip" and "tta" not in plain and out["images"] == plain["images"]
+    assert out["loss"] != plain["loss"] and 0 <= out["top1"] <= 1
+    text = run_here("eval", "--checkpoint", str(trained_run), "--tta", "--device", "cpu").stdout
+    assert "each averaged with its mirror image)" in text.splitlines()[0]
+
+
 def test_predict_names_the_classes(trained_run: Path, colour_data: Path) -> None:
     red = sorted((colour_data / "val" / "red").glob("*.jpg"))[0]
     res = run_here("predict", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), str(red),

@@ -187,6 +187,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--workers", type=workers_value, default="0", help="decoding worker processes, or 'auto' (0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--tta", action="store_true",
+                   help="average each image's prediction with its mirror image's (test-time augmentation)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_cmd_eval)
 
@@ -195,11 +197,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from finetune.train import evaluate_checkpoint
 
     res = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size,
-                              workers=args.workers, device=args.device, quiet=args.quiet or args.json)
+                              workers=args.workers, device=args.device, quiet=args.quiet or args.json, tta=args.tta)
     if args.json:
         _print_json(res)
         return 0
-    print(f"top-1 {res['top1']:.2%}  top-{res['topk']} {res['top5']:.2%}  loss {res['loss']:.4f}  ({res['images']} images)")
+    print(f"top-1 {res['top1']:.2%}  top-{res['topk']} {res['top5']:.2%}  loss {res['loss']:.4f}  ({res['images']} images"
+          + (", each averaged with its mirror image)" if res.get("tta") else ")"))
     width = max(len(c) for c in res["per_class"])
     for name, acc in res["per_class"].items():
         count = res["per_class_images"][name]
@@ -218,6 +221,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="a checkpoint file, best.safetensors, or a run directory (its best.pt)")
     p.add_argument("inputs", type=non_empty, nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--topk", type=int_at_least(1), default=5)
+    p.add_argument("--tta", action="store_true", help="average with the mirror image's prediction (test-time augmentation)")
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true")
@@ -228,7 +232,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from finetune.train import predict_files
 
     preds = predict_files(args.checkpoint, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                          device=args.device)
+                          device=args.device, tta=args.tta)
     if args.json:
         _print_json(preds)
         return 0

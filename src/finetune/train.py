@@ -367,9 +367,27 @@ class FeatureBatches:
 
 
 # --------------------------------------------------------------------------- evaluation
+def class_probabilities(model: nn.Module, images: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
+    """Softmax probabilities (float32) of ``model`` on a batch; with ``tta`` (test-time
+    augmentation), the mean of each image's and its mirror image's (the horizontal flip that
+    training augments with), as fastai's ``tta`` averages predictions.
+
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 2, bias=False))
+    >>> with torch.no_grad():
+    ...     _ = net[1].weight.copy_(torch.tensor([[4.0, 0.0], [0.0, 4.0]]))
+    >>> x = torch.tensor([[[[1.0, 0.0]]]])          # one 1x2 image; its mirror is [0, 1]
+    >>> class_probabilities(net, x).argmax().item(), class_probabilities(net, x, tta=True).tolist()
+    (0, [[0.5, 0.5]])
+    """
+    probs = logits_of(model(images)).float().softmax(dim=1)
+    if tta:
+        probs = (probs + logits_of(model(images.flip(-1))).float().softmax(dim=1)) / 2
+    return probs
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None, quiet: bool = True,
-             ddp: Distributed | None = None, confusion: bool = False) -> dict[str, Any]:
+             ddp: Distributed | None = None, confusion: bool = False, tta: bool = False) -> dict[str, Any]:
     """Loss, top-1, top-k (k = min(5, classes)) and per-class accuracy over ``loader``.
 
     Accuracies are fractions in [0, 1] (``per_class``: None for a class without images; its
@@ -377,7 +395,9 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
     class, columns: predicted, in class order; image counts) and ``most_confused`` (the
     off-diagonal pairs, most images first, as fastai's ``most_confused``). With ``ddp`` (several
     processes, each with its shard of the data) the counts are summed over the processes
-    first: every process returns the whole split's numbers.
+    first: every process returns the whole split's numbers. With ``tta`` the predictions are the
+    mean probabilities of each image and its mirror image (:func:`class_probabilities`), the loss
+    their negative log-likelihood.
 
     >>> import tempfile, torch
     >>> from finetune import build_loader, evaluate, make_shapes
@@ -404,9 +424,15 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
     device = loader.device
     for images, labels in progress(loader, total=len(loader), desc="eval", quiet=quiet):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = logits_of(model(images))
+            if tta:
+                logits = class_probabilities(model, images, tta=True)  # (probabilities: ranked the same way)
+            else:
+                logits = logits_of(model(images))
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        if tta:
+            loss_sum += F.nll_loss(logits.clamp_min(1e-30).log(), labels, reduction="sum").item()
+        else:
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         topk = logits.topk(k, dim=1).indices
         hit1 = topk[:, 0] == labels
         correct1 += int(hit1.sum())
@@ -1398,8 +1424,8 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
 
 
 def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size: int = 64, workers: str = "0",
-                        device: str = "auto", quiet: bool = True) -> dict[str, Any]:
-    """Evaluate a checkpoint on its dataset's val split, or on ``data``.
+                        device: str = "auto", quiet: bool = True, tta: bool = False) -> dict[str, Any]:
+    """Evaluate a checkpoint on its dataset's val split, or on ``data`` (see :func:`evaluate`).
 
     >>> import tempfile
     >>> from finetune import Checkpointer, create_model, make_shapes
@@ -1439,7 +1465,9 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
                           crop_mode=crop_mode,
                           batch_size=batch_size, workers=workers, device=dev,
                           mean=tuple(state.get("mean", IMAGENET_MEAN)), std=tuple(state.get("std", IMAGENET_STD)))
-    result = evaluate(model, loader, quiet=quiet, confusion=True)
+    result = evaluate(model, loader, quiet=quiet, confusion=True, tta=tta)
+    if tta:
+        result["tta"] = "hflip"
     bad = loader.bad_file_list()
     if bad:  # not scored: say so, a score over fewer images than the data has is not the data's score
         warn(f"skipped {len(bad)} unreadable image(s) of {len(samples)}, not scored (e.g. '{bad[0].path}': "
@@ -1541,8 +1569,9 @@ def _found_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
 
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, batch_size: int = 64,
-                  device: str = "auto") -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file (directories are searched recursively).
+                  device: str = "auto", tta: bool = False) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file (directories are searched recursively);
+    with ``tta``, the mean of the image's and its mirror image's (:func:`class_probabilities`).
 
     >>> import os, tempfile
     >>> from PIL import Image
@@ -1583,7 +1612,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
         if not chunk:
             continue
         batch = normalizer(torch.stack(crops).to(dev))
-        probs = logits_of(model(batch)).float().softmax(dim=1)
+        probs = class_probabilities(model, batch, tta=tta)
         top = probs.topk(k, dim=1)
         for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
             out.append({"path": str(f), "top": [{"class": classes[i], "index": i, "prob": v}
