@@ -995,6 +995,7 @@ class Checkpointer:
         self._pending: _Pending | None = None
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._atexit_registered = False
+        self._warned_metric = False
         self._remove_stale_temp_files()
 
     def __repr__(self) -> str:
@@ -1313,6 +1314,10 @@ class Checkpointer:
         payload.update(format=FORMAT, format_version=FORMAT_VERSION, versions=dict(_versions()),
                        saved_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
         plain_metrics = _plain_metrics(metrics)
+        if plain_metrics and self.best_metric not in plain_metrics and not self._warned_metric:
+            self._warned_metric = True  # e.g. best_metric='val_acc' with metrics={'val_top1': ...}: no best.pt ever
+            warnings.warn(f"metrics have no {self.best_metric!r} (only {', '.join(map(repr, plain_metrics))}): "
+                          f"best.pt is not updated; pass best_metric= one of them", CheckpointWarning, stacklevel=2)
         if not self.async_save:
             self._commit(name, payload, plain_metrics)
             return self.directory / name

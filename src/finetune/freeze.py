@@ -157,22 +157,30 @@ def _unmatched(pattern: str, root: nn.Module, what: str = "parameter or module")
 
 
 def _select(root: nn.Module, patterns: Sequence[str]) -> _Selection:
-    """Parameters and modules that ``patterns`` name; raise ConfigError for a pattern that matches nothing."""
+    """Parameters and modules that ``patterns`` name; raise ConfigError for a pattern that matches nothing.
+
+    A tied parameter or a module registered under two names answers to each of its names;
+    the selection holds its first name (the one ``named_parameters()`` gives).
+    """
     params = _named_params(root)
-    module_names = [n for n, _ in root.named_modules() if n]
+    every_param = list(root.named_parameters(remove_duplicate=False))
+    every_module = [(n, m) for n, m in root.named_modules(remove_duplicate=False) if n]
+    first_name = {id(m): n for n, m in root.named_modules()}
     matched_modules: set[str] = set()
-    matched_params: set[str] = set()
+    matched_ids: set[int] = set()
     for raw in patterns:
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"a freeze pattern must be a non-empty string, got {raw!r}")
         pattern = _strip_pattern(raw)
-        mods = {n for n in module_names if fnmatch.fnmatchcase(n, pattern)}
-        pars = {n for n in params if fnmatch.fnmatchcase(n, pattern)}
+        mods = {n for n, _ in every_module if fnmatch.fnmatchcase(n, pattern)}
+        pars = {id(p) for n, p in every_param if fnmatch.fnmatchcase(n, pattern)}
         if not mods and not pars:
             raise _unmatched(pattern, root)
         matched_modules |= mods
-        matched_params |= pars
-    selected = tuple(n for n in params if n in matched_params or _under(_owner(n), matched_modules))
+        matched_ids |= pars
+    matched_ids |= {id(p) for n, p in every_param if _under(_owner(n), matched_modules)}
+    matched_modules |= {first_name[id(m)] for n, m in every_module if n in matched_modules}
+    selected = tuple(n for n, p in params.items() if id(p) in matched_ids)
     return _Selection(selected, frozenset(matched_modules))
 
 

@@ -471,6 +471,9 @@ def load_weights(
     if shape_mismatch not in ("skip", "error", "adapt"):
         raise WeightsError(f"shape_mismatch must be 'skip', 'error' or 'adapt', not {shape_mismatch!r}")
     exclude = list(exclude or ())
+    if class_map and shape_mismatch != "adapt":
+        raise WeightsError(f"class_map copies classifier rows under shape_mismatch='adapt' only, not "
+                           f"{shape_mismatch!r}: pass shape_mismatch='adapt'")
     ck = _read_source(model, source, trust=trust, arch=arch)
     use_ema = bool(ema and ck.ema is not None)
     file_sd = ck.ema if use_ema and ck.ema is not None else ck.weights
@@ -508,7 +511,8 @@ def load_weights(
             continue
         done.add(name)
         model_shape, file_shape = model_shapes[name], tuple(tensor.shape)
-        if file_shape == model_shape:
+        remap = bool(class_map) and classifier is not None and name.rpartition(".")[0] == classifier
+        if file_shape == model_shape and not (remap and file_shape):  # class_map reorders a same-size head too
             to_load[clean_to_key[name]] = tensor
             report.loaded.append(name)
             continue
@@ -542,9 +546,17 @@ def load_weights(
     report.excluded += model_excluded
     report._excluded_in_model = sum(1 for n in report.excluded if n in model_shapes)
     report.missing = [c for c in model_shapes if c not in done and c not in model_excluded]
+    _count_tied(report, _tied_names(model_sd, model_clean))
 
-    if not any(model_shapes[n] for n in report.loaded) and not report.adapted:  # at most num_batches_tracked
+    shaped = any(model_shapes.values())  # a model of 0-d tensors only (a temperature) has no other evidence
+    if not report.adapted and not any(model_shapes[n] for n in report.loaded) and (shaped or not report.loaded):
+        # at most num_batches_tracked
         raise WeightsError(_nothing_matched(ck, file_sd, model_shapes, report))
+    seen_names = {*file_sd, *renamed.values(), *(prefix_map(v) for v in renamed.values()), *model_shapes}
+    idle = [p for p in (*exclude, *(include or ())) if not any(matches(n, [p]) for n in seen_names)]
+    if idle:  # a typo (or a wrapper's 'module.') would otherwise load what was meant to be left out
+        report.notes.append(_clip(f"pattern{'s' if len(idle) != 1 else ''} {', '.join(map(repr, idle))} matched no "
+                                  f"tensor name (model names look like {next(iter(model_shapes), '')!r})"))
     if shape_mismatch == "error" and report.mismatched:
         n, a, b = report.mismatched[0]
         raise WeightsError(f"{ck.source}: {len(report.mismatched)} tensors have another shape than the model's, "
@@ -559,6 +571,30 @@ def load_weights(
     if result.unexpected_keys:  # pragma: no cover - the mapping only produces model keys
         raise WeightsError(f"internal error: unexpected keys {result.unexpected_keys[:3]}")
     return report
+
+
+def _tied_names(model_sd: Mapping[str, Tensor], model_clean: Mapping[str, str]) -> dict[str, list[str]]:
+    """For each model tensor that is also registered under other names (tied weights: one
+    parameter, several keys in ``state_dict()``), those other clean names."""
+    by_memory: dict[tuple[Any, ...], list[str]] = {}
+    for key, t in model_sd.items():
+        if t.numel() == 0 or t.layout != torch.strided or t.is_quantized or t.device.type == "meta":
+            continue
+        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        by_memory.setdefault(ident, []).append(model_clean[key])
+    return {n: [a for a in names if a != n] for names in by_memory.values() if len(names) > 1 for n in names}
+
+
+def _count_tied(report: LoadReport, tied: Mapping[str, list[str]]) -> None:
+    """A missing name whose tensor is tied to a loaded one was loaded through it (files written by
+    ``safetensors.torch.save_model`` or ``save_pretrained`` keep one name of a tied weight)."""
+    got = set(report.loaded) | {n for n, _ in report.adapted}
+    via = {c: next(a for a in tied[c] if a in got) for c in report.missing if any(a in got for a in tied.get(c, ()))}
+    if via:
+        report.missing = [c for c in report.missing if c not in via]
+        report.loaded += list(via)
+        report.notes.append(_clip(f"{len(via)} tied tensor{'s' if len(via) != 1 else ''} loaded through the "
+                                  "tensor shared with: " + ", ".join(f"{c} = {a}" for c, a in via.items())))
 
 
 def match_dtypes(to_load: Mapping[str, Tensor], model_sd: Mapping[str, Tensor], report: LoadReport,
@@ -623,7 +659,7 @@ def _adapt(name: str, tensor: Tensor, model_tensor: Tensor, first_conv: str | No
     if name == first_conv and differ == [1]:
         how = "summed" if ms[1] == 1 else "repeated and rescaled"
         return adapt_input_channels(tensor, ms[1]), f"input channels {fs[1]} -> {ms[1]}, {how}"
-    if class_map and classifier is not None and name.rpartition(".")[0] == classifier and differ == [0]:
+    if class_map and classifier is not None and name.rpartition(".")[0] == classifier and differ in ([0], []):
         return select_rows(tensor, model_tensor, class_map, name), f"{len(class_map)} of {fs[0]} rows by class_map"
     return None
 

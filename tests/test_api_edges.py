@@ -1,0 +1,110 @@
+"""Edges of the Python API found by an adversarial pass: class_map, tied weights, idle patterns,
+0-d models, a Checkpointer metric that never comes, freezing through a second name."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from finetune import ConfigError, freeze, freeze_all_but, load_weights, param_groups
+from finetune.checkpoint import Checkpointer, CheckpointWarning
+from finetune.errors import WeightsError
+
+
+class Tied(nn.Module):
+    """A language-model-style head tied to its embedding (one parameter, two names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.mid = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mid(self.emb(idx)))
+
+
+def test_class_map_reorders_a_head_of_the_same_size_and_needs_adapt() -> None:
+    torch.manual_seed(0)
+    src, dst = nn.Linear(4, 3), nn.Linear(4, 3)
+    report = load_weights(dst, src.state_dict(), shape_mismatch="adapt", class_map={0: 2, 1: 1, 2: 0})
+    assert torch.equal(dst.weight, src.weight[[2, 1, 0]]) and torch.equal(dst.bias, src.bias[[2, 1, 0]])
+    assert {name for name, _ in report.adapted} == {"weight", "bias"}
+    with pytest.raises(WeightsError, match="class_map .* shape_mismatch='adapt' only"):
+        load_weights(nn.Linear(4, 3), src.state_dict(), class_map={0: 2})
+
+
+def test_a_tied_weight_saved_once_counts_as_loaded(tmp_path: Path) -> None:
+    from safetensors.torch import save_model
+
+    torch.manual_seed(0)
+    source = Tied()
+    save_model(source, str(tmp_path / "model.safetensors"))  # keeps one name of the tied pair
+    target = Tied()
+    report = load_weights(target, tmp_path / "model.safetensors", strict=True)
+    assert report.ok and not report.missing
+    assert any("tied tensor loaded through the tensor shared with" in n for n in report.notes)
+    idx = torch.tensor([1, 2, 3])
+    assert torch.equal(target(idx), source(idx))
+
+
+def test_an_exclude_pattern_that_matches_nothing_is_noted() -> None:
+    import torchvision
+
+    src = torchvision.models.resnet18(num_classes=3).state_dict()
+    report = load_weights(torchvision.models.resnet18(num_classes=3), src, exclude=["fc.weigth"])
+    assert "fc.weight" in report.loaded
+    assert any("'fc.weigth' matched no tensor name" in n for n in report.notes)
+    quiet = load_weights(torchvision.models.resnet18(num_classes=3), src, exclude=["fc.*"])
+    assert not any("matched no tensor" in n for n in quiet.notes)
+
+
+def test_a_model_of_zero_dimensional_tensors_loads() -> None:
+    class Temperature(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t = nn.Parameter(torch.tensor(1.0))
+
+    report = load_weights(Temperature(), {"t": torch.tensor(2.5)})
+    assert report.loaded == ["t"]
+    with pytest.raises(WeightsError):
+        load_weights(Temperature(), {"other": torch.tensor(2.5)})
+
+
+def test_checkpointer_says_when_its_best_metric_never_comes(tmp_path: Path) -> None:
+    ck = Checkpointer(tmp_path, best_metric="val_acc")
+    with pytest.warns(CheckpointWarning, match="metrics have no 'val_acc'"):
+        ck.save({"epoch": 0, "step": 1}, metrics={"val_top1": 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per Checkpointer
+        ck.save({"epoch": 0, "step": 2}, metrics={"val_top1": 0.6})
+    assert ck.best() is None
+
+
+def test_freezing_answers_to_every_name_of_a_tied_parameter_or_aliased_module() -> None:
+    m = Tied()
+    assert freeze(m, "head") == ["emb.weight"] and not m.emb.weight.requires_grad
+    m = Tied()
+    freeze_all_but(m, "head")
+    assert m.head.weight.requires_grad and not m.mid.weight.requires_grad
+    m = Tied()
+    assert freeze(m, "head.weight") == ["emb.weight"]
+
+    class Alias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Linear(2, 2)
+            self.features = self.backbone
+            self.fc = nn.Linear(2, 1)
+
+    m = Alias()
+    assert sorted(freeze(m, "features")) == ["backbone.bias", "backbone.weight"]
+    groups = param_groups(Alias(), 0.1, lr_mult={"features": 0.5})
+    assert {g["lr"] for g in groups if any(p is not None for p in g["params"])} == {0.05, 0.1}
+    with pytest.raises(ConfigError, match="matches no"):
+        freeze(Alias(), "featurez")
