@@ -1304,7 +1304,8 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
 
     Training loaders shuffle (seeded by ``seed`` and the epoch), apply
     RandomResizedCrop(``crop_scale``) + horizontal flip (+ ``augment``:
-    'trivialaugment' or 'randaugment') and drop the last partial batch; eval
+    'trivialaugment' or 'randaugment') and drop the last partial batch (``drop_last``; not when
+    there are fewer images than one batch: that one partial batch is the epoch); eval
     loaders keep file order and apply resize(img_size/``crop_pct``, ``interpolation``) + center
     crop (torchvision's defaults 0.875 and "bilinear"; a timm model's or a torchvision weight's own
     values: :func:`finetune.models.eval_transform_of`; ``crop_mode="squash"`` resizes both sides,

@@ -152,6 +152,17 @@ def align(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int =
     >>> align({"fc.weight": (2, 3)}, {"backbone.fc.weight": (2, 3), "head.w": (1,)})
     PrefixMap(strip='', add='backbone.')
     """
+    return aligned(source, target, depth)[0]
+
+
+def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int = 3) -> list[PrefixMap]:
+    """:func:`align`'s mapping first, then any other that fits exactly as many tensors from other
+    keys of the file (a distillation checkpoint's ``student.`` and ``teacher.``: the choice is a guess).
+
+    >>> shapes = {"student.fc.weight": (2, 3), "teacher.fc.weight": (2, 3)}
+    >>> [str(m) for m in aligned(shapes, {"fc.weight": (2, 3)})]
+    ["strip 'student.'", "strip 'teacher.'"]
+    """
     by_suffix: dict[str, set[str]] = {}
     for t in target:
         for p in _prefixes(t, depth):
@@ -172,7 +183,19 @@ def align(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int =
         # a renaming that matches names but no shape is a coincidence (e.g. 'fc.' -> 'stem.')
         return shaped, len(hit) if shaped or m == PrefixMap() else -1, len(same), -len(m.strip) - len(m.add)
 
-    return max(candidates, key=score)
+    scores = {m: score(m) for m in candidates}
+    best = max(candidates, key=lambda m: scores[m])
+
+    def used(m: PrefixMap) -> set[str]:  # the file's keys a mapping loads
+        return {s for s in source if m(s) in target}
+
+    ties: dict[frozenset[str], PrefixMap] = {}
+    for m in sorted(candidates, key=lambda m: scores[m], reverse=True):  # (the simplest of equivalent maps first)
+        # as many tensors, mostly from other keys (not the same keys with a few swapped)
+        if (m != best and scores[best][0] > 0 and scores[m][:3] == scores[best][:3]
+                and len(used(m) & used(best)) < len(used(best)) / 2):
+            ties.setdefault(frozenset(used(m)), m)
+    return [best, *ties.values()]
 
 
 def _prefixes(name: str, depth: int) -> list[str]:
@@ -488,7 +511,10 @@ def load_weights(
     model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
 
     renamed = apply_renames(file_sd, rename)
-    prefix_map = align({renamed[k]: tuple(v.shape) for k, v in file_sd.items()}, model_shapes)
+    prefix_map, *equally_good = aligned({renamed[k]: tuple(v.shape) for k, v in file_sd.items()}, model_shapes)
+    if equally_good and not rename:
+        report.notes.append(f"other keys of the file fit as well: {', '.join(str(m) for m in equally_good[:3])} "
+                            f"(loaded: {prefix_map}; rename={{regex: replacement}} chooses another)")
     report.mapping = _describe_mapping(ck.unwrapped, model_wrappers, prefix_map, rename)
 
     first_conv, classifier = _first_conv(model_shapes), _classifier_prefix(model_shapes)
