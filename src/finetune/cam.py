@@ -921,16 +921,17 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
         else:
             root = Path(data) if Path(data).is_dir() else Path(data).parent
         boxes = read_boxes(root)
-    files = files[:limit]
     out_dir = Path(out) if out is not None else run_dir / "cam" / method
     out_dir.mkdir(parents=True, exist_ok=True)
     normalizer = Normalizer(tuple(state.get("mean", IMAGENET_MEAN)), tuple(state.get("std", IMAGENET_STD)), dev,
                             channels_last=False)
     records: list[dict[str, Any]] = []
     scored: list[Localisation] = []  # one per image with a box
-    for start in range(0, len(files), batch_size):
+    pending, tried = iter(files), 0  # `limit` readable images: an unreadable one found in a folder is replaced
+    while len(records) < limit:
         chunk, crops = [], []
-        for f in files[start:start + batch_size]:
+        for f in pending:
+            tried += 1
             try:
                 crops.append(eval_crop(f, size, crop_pct, interpolation, crop_mode))
             except DataError as e:
@@ -939,8 +940,10 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                 warn(f"skipping {e}")  # as predict does: one unreadable image does not stop the others
                 continue
             chunk.append(f)
+            if len(chunk) == min(batch_size, limit - len(records)):
+                break
         if not chunk:
-            continue
+            break
         batch = normalizer(torch.stack(crops).to(dev))
         result = class_activation_maps(model, batch, method=method, layer=layer,
                                        classes=None if target_index is None else [target_index])
@@ -963,7 +966,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                 scored.append(scores)
             records.append(record)
     if files and not records:
-        raise DataError(f"none of the {len(files)} images to explain can be read")
+        raise DataError(f"none of the {tried} images to explain can be read")
     loc = (Localisation(len(scored), *(float(np.mean([getattr(x, k) for x in scored])) for k in ("pointing", "energy", "iou")))
            if scored else None)
     with (out_dir / "cam.jsonl").open("w") as fh:

@@ -357,10 +357,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from finetune.errors import ConfigError
     from finetune.models import format_model_table, model_table
 
-    rows = [r for r in model_table(args.pattern, include_timm=args.timm) if r.cached or not args.cached]
-    if not rows:
-        raise ConfigError(f"no model matches '{args.pattern}'" + (" with cached weights" if args.cached else "")
-                          + ": `finetune models` lists them all")
+    matching = model_table(args.pattern, include_timm=args.timm)
+    if not matching:
+        raise ConfigError(f"no model matches '{args.pattern}': `finetune models` lists them all")
+    rows = [r for r in matching if r.cached or not args.cached]
+    if not rows:  # (an answer, not an error: a script asking what is cached gets [] and exit 0)
+        if args.json:
+            _print_json([])
+        else:
+            print(f"none of the {len(matching)} models matching '{args.pattern}' has cached weights")
+        return 0
     if args.json:
         _print_json([asdict(r) for r in rows])
         return 0

@@ -61,9 +61,12 @@ class LRFindResult:
         1.00e-02  1.5000
         1.00e-01  3.0000
         suggested lr 1.00e-03 (lowest loss / 10); steepest descent at 1.00e-02
+        >>> print(r.table(rows=12).splitlines()[-2])    # fewer points than rows: every one, the last too
+        1.00e-01  3.0000
         """
         n = len(self.lrs)
-        picks = sorted({round(i * (n - 1) / max(rows - 1, 1)) for i in range(min(rows, n))}) if n else []
+        m = min(rows, n)  # (spread over the points there are: a short curve is shown whole, its last point too)
+        picks = sorted({round(i * (n - 1) / max(m - 1, 1)) for i in range(m)}) if n else []
         lines = ["lr          loss"] + [f"{self.lrs[i]:.2e}  {self.losses[i]:.4f}" for i in picks]
         lines.append(f"suggested lr {self.lr_min:.2e} (lowest loss / 10); steepest descent at {self.lr_steep:.2e}"
                      + (f"; stopped early: {self.stopped}" if self.stopped else ""))

@@ -626,6 +626,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     optimizer = make_optimizer(param_groups(model, cfg.lr, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)
     later = [pattern for pattern, _ in parse_unfreeze(cfg.unfreeze, cfg.epochs)]
+    if not later and all(g["lr"] == 0 for g in optimizer.param_groups if g["params"]):
+        # (--lr 0 is refused; so is a set of --lr-mult that leaves every trainable parameter at 0)
+        raise ConfigError("--lr-mult sets the learning rate of every trainable parameter to 0: nothing would train "
+                          "(freeze with --freeze instead, or give some of them a multiplier above 0)")
     for pattern in frozen_only_patterns(model, cfg.lr_mult, unfrozen_later=later):
         warn(f"--lr-mult {pattern}={cfg.lr_mult[pattern]:g} changes nothing: every parameter it names is frozen "
              f"(unfreeze them, e.g. --unfreeze {pattern}@EPOCH, or drop it)")

@@ -312,15 +312,20 @@ def decode_rate_one_core(paths: list[str], seconds: float) -> float:
     >>> decode_rate_one_core([str(p) for p in root.rglob("*.jpg")], seconds=0.01) > 0
     True
     """
-    from finetune.data.decode import check_file, read_file
+    from finetune.data.decode import DECODE_ERRORS, bad_reason, check_file, read_file
 
     def decode(p: str) -> None:
-        if p.lower().endswith((".jpg", ".jpeg")):
-            import torchvision.io
+        try:
+            if p.lower().endswith((".jpg", ".jpeg")):
+                import torchvision.io
 
-            torchvision.io.decode_jpeg(read_file(p), mode=torchvision.io.ImageReadMode.RGB)
-        else:
-            check_file(p)
+                torchvision.io.decode_jpeg(read_file(p), mode=torchvision.io.ImageReadMode.RGB)
+                return
+            reason = check_file(p)
+        except DECODE_ERRORS as e:
+            reason = bad_reason(e)
+        if reason is not None:
+            raise unreadable(p, reason)
 
     with _threads(1):
         for p in paths[:3]:
@@ -330,6 +335,14 @@ def decode_rate_one_core(paths: list[str], seconds: float) -> float:
             decode(paths[n % len(paths)])
             n += 1
     return n / (time.perf_counter() - start)
+
+
+def unreadable(path: str, reason: str) -> Exception:
+    """The error for a file bench-data cannot decode: the torchvision baseline stops on it too."""
+    from finetune.errors import DataError
+
+    return DataError(f"'{path}': {reason}: bench-data needs a folder whose images all decode (torchvision's "
+                     "ImageFolder baseline cannot skip a bad file): remove it, or benchmark a copy without it")
 
 
 class _threads:
@@ -420,6 +433,7 @@ def run_bench(data: str | Path, *, img_size: int = 224, batch_size: int = 64, se
     """
     import math
 
+    from finetune.data.decode import DECODE_ERRORS
     from finetune.data.samples import scan_folder
     from finetune.errors import ConfigError
 
@@ -469,7 +483,10 @@ def run_bench(data: str | Path, *, img_size: int = 224, batch_size: int = 64, se
         per_core = max(per_core, decode_rate_one_core(paths, min(seconds, 2.0)))
         say(f"round {r + 1}/{repeats}: decode-only {per_core:.0f} img/s on one core")
         for i, (pipeline, settings, _note, fn) in enumerate(configs):
-            rate = fn()
+            try:
+                rate = fn()
+            except DECODE_ERRORS as e:  # a bad file beyond the ones decode_rate_one_core read
+                raise unreadable(str(data), " ".join(str(e).split())[-300:]) from e
             best[i] = max(best.get(i, 0.0), rate)
             say(f"  {pipeline:<36} {settings:<16} {rate:8.0f} img/s")
     rows = [Row(p, s, best[i], n) for i, (p, s, n, _fn) in enumerate(configs)]

@@ -138,14 +138,17 @@ def optimizer_summary(opt: Any) -> dict[str, Any] | None:
                     numel += v.numel()
                     nbytes += v.numel() * v.element_size()
     groups = []
-    for g in opt.get("param_groups") or opt.get("hypers") or []:
+    for g in opt.get("param_groups") or opt.get("hypers") or opt.get("groups") or []:
         if isinstance(g, Mapping):
+            if isinstance(g.get("hparams"), Mapping):  # finetune's own: {"name", "params": [names], "hparams"}
+                g = {"name": g.get("name"), **g["hparams"], "params": g.get("params") or []}
             row = {k: jsonable(v) for k, v in g.items() if k != "params"}
             row = {k: v for k, v in row.items() if isinstance(v, bool | int | float | str | type(None) | list)}
             if "params" in g:  # fastai's hypers have none
                 row["params"] = len(g["params"])
             groups.append(row)
-    return {"param_groups": groups, "states": len(state), "state_keys": sorted(keys),
+    kind = {"optimizer": opt["optimizer"]} if isinstance(opt.get("optimizer"), str) else {}
+    return {**kind, "param_groups": groups, "states": len(state), "state_keys": sorted(keys),
             "state_numel": numel, "state_mb": round(nbytes / 1e6, 3)}
 
 
