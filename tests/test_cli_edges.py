@@ -70,3 +70,18 @@ def test_models_cached_with_nothing_cached_is_an_empty_answer(tmp_path: Path, mo
     text = run_here("models", "resnet1*", "--cached")
     assert text.returncode == 0 and "has cached weights" in text.stdout
     assert "no model matches 'resnetz'" in error_line(run_here("models", "resnetz", "--cached"))
+
+
+def test_a_second_cam_run_into_the_same_folder_leaves_only_its_own_overlays(run: Path, colour_data: Path,
+                                                                             tmp_path: Path) -> None:
+    images = sorted((colour_data / "val" / "red").glob("*.jpg"))[:3]
+    out = tmp_path / "cam"
+    mine = out / "notes.png"
+    out.mkdir()
+    mine.write_bytes(b"the user's own file")
+    assert run_here("cam", str(run), *map(str, images), "--out", str(out), "--device", "cpu").returncode == 0
+    assert len(list(out.glob("0*.png"))) == 3
+    assert run_here("cam", str(run), str(images[2]), "--out", str(out), "--device", "cpu").returncode == 0
+    listed = [json.loads(line)["overlay"] for line in (out / "cam.jsonl").read_text().splitlines()]
+    assert sorted(p.name for p in out.glob("0*.png")) == listed and len(listed) == 1
+    assert mine.read_bytes() == b"the user's own file"

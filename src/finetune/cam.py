@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -969,12 +970,36 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
         raise DataError(f"none of the {tried} images to explain can be read")
     loc = (Localisation(len(scored), *(float(np.mean([getattr(x, k) for x in scored])) for k in ("pointing", "energy", "iou")))
            if scored else None)
+    _remove_previous_overlays(out_dir, {r["overlay"] for r in records})
     with (out_dir / "cam.jsonl").open("w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     summary = {"checkpoint": str(ckpt_path), "method": method, "layer": records[0]["layer"] if records else layer,
                "images": len(records), "localisation": asdict(loc) if loc is not None else None}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return CamReport(out_dir, records, loc)
+
+
+def _remove_previous_overlays(out_dir: Path, keep: set[str]) -> None:
+    """Remove the overlays an earlier run into ``out_dir`` wrote (those its ``cam.jsonl`` lists) that
+    this run did not overwrite, so the folder shows what its ``cam.jsonl`` says; nothing else is touched.
+
+    >>> import json, tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "0000_a_cat.png").write_bytes(b""), (d / "mine.png").write_bytes(b"")
+    >>> _ = (d / "cam.jsonl").write_text(json.dumps({"overlay": "0000_a_cat.png"}) + "\\n")
+    >>> _remove_previous_overlays(d, {"0000_b_dog.png"}); sorted(p.name for p in d.iterdir())
+    ['cam.jsonl', 'mine.png']
+    """
+    try:
+        lines = (out_dir / "cam.jsonl").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return
+    for line in lines:
+        try:
+            name = json.loads(line).get("overlay")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(name, str) and name not in keep and re.fullmatch(r"\d{4}_[\w.-]*\.png", name):
+            (out_dir / name).unlink(missing_ok=True)
 
 
 def _safe(text: str) -> str:
