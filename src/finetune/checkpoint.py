@@ -440,6 +440,14 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Mod
     current = {n for group_names in names for n in group_names}
     report.unexpected = [n for n in saved_shapes if n not in current]
     optimizer.load_state_dict({"state": new_state, "param_groups": new_groups})
+    # checkpoints store contiguous tensors: give the state its parameter's memory format again
+    # (torch's fused AdamW reads param and state as one flat layout; channels_last params would get
+    # another element's moments)
+    for p, st in optimizer.state.items():
+        for key, value in st.items():
+            if (isinstance(value, torch.Tensor) and value.shape == p.shape and value.dim() > 1
+                    and value.stride() != p.stride()):
+                st[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
     return report
 
 

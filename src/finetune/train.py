@@ -647,6 +647,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         if not quiet:
             print(f"--cache-features: the backbone runs once over the {len(train_samples)} training images with the "
                   "eval transform (no train-time augmentation); the head trains on those features")
+        if resume_state is not None:  # the backbone of the checkpoint, not the fresh model's random one
+            load_model_state(model, resume_state["model"])
         backbone, head = split_head(model)
         feature_loader = build_loader(train_samples, train=False, **{**loader_kw, "shard": None})
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
