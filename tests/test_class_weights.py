@@ -68,3 +68,24 @@ def test_bad_class_weights_are_one_error_line(balanced: Path, tmp_path: Path) ->
     res = run_here("train", "--config", str(tmp_path / "run.yaml"), "--data", str(balanced), "--out",
                    str(tmp_path / "y"))
     assert error_line(res) == "finetune: error: --class-weights must be none or balanced, got 'inverse'"
+
+
+def test_weighted_loss_is_a_mean_over_images_so_accumulated_batches_train_what_one_batch_trains(
+        imbalanced: Path, tmp_path: Path) -> None:
+    """PyTorch's weighted "mean" divides a batch by its own sum of weights: two batches of 8 would
+    not add up to one of 16. The loss is the mean of the weighted per-image losses instead."""
+    common = [*TINY, "--linear-probe", "--class-weights", "balanced", "--no-augment"]
+    common[common.index("--batch-size") + 1] = "5"  # 10 images: one batch of 10, or two of 5
+    one = run_here("train", "--data", str(imbalanced), "--out", str(tmp_path / "one"), *common)
+    assert one.returncode == 0, one.stderr
+    common[common.index("--batch-size") + 1] = "10"
+    big = run_here("train", "--data", str(imbalanced), "--out", str(tmp_path / "big"), *common)
+    assert big.returncode == 0, big.stderr
+    common[common.index("--batch-size") + 1] = "5"
+    accum = run_here("train", "--data", str(imbalanced), "--out", str(tmp_path / "accum"), *common,
+                     "--grad-accum", "2")
+    assert accum.returncode == 0, accum.stderr
+    a, b = weights(tmp_path / "big"), weights(tmp_path / "accum")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    assert not torch.allclose(weights(tmp_path / "one")["fc.weight"], a["fc.weight"], atol=1e-4)

@@ -181,7 +181,8 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
                     images, smoothing = images.contiguous(memory_format=memory_format), 0.0
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss = F.cross_entropy(logits_of(model(images)).float(), targets, weight=loss_weight,
-                                           label_smoothing=smoothing)
+                                           label_smoothing=smoothing,  # (weighted: the mean over images, as train)
+                                           reduction="mean" if loss_weight is None else "none").mean()
                 scaler.scale(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
                 value += loss.item() / cfg.grad_accum
             if cfg.clip_grad:  # as train clips: on the true gradients

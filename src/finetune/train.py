@@ -684,8 +684,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         if resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
         step = int(resume_state["step"])
-        schedule_offset = resumed_schedule_offset(resume_state, step, epoch, -(-position // cfg.grad_accum),
-                                                  steps_per_epoch)
+        # (the epoch's steps done, counted from its end: its remaining batches make the steps left, so the
+        # schedule reaches the epoch's end with it, also when --grad-accum changed in the middle of it)
+        steps_done = steps_per_epoch - -(-(batches_per_epoch - min(position, batches_per_epoch)) // cfg.grad_accum)
+        schedule_offset = resumed_schedule_offset(resume_state, step, epoch, steps_done, steps_per_epoch)
         best_top1, best_top5 = float(resume_state["best_top1"]), float(resume_state["best_top5"])
         best_epoch = int(resume_state["best_epoch"])
         history = list(resume_state.get("history", []))
@@ -719,7 +721,6 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         return torch.compile(net) if cfg.compile else net
 
     forward_model = wrapped()
-    wrapped_steps = 0  # optimizer steps taken through this wrapper (DDP's static graph: the first one syncs every batch)
 
     # ---- the run directory (written by process 0 alone)
     if ddp.main:
@@ -839,7 +840,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                 batches.set_epoch(epoch)
                 unfrozen = unfreeze_at(model, optimizer, cfg, epoch)
                 if unfrozen:
-                    forward_model, wrapped_steps = wrapped(), 0  # DDP watches the parameters that train: wrap again
+                    forward_model = wrapped()  # DDP watches the parameters that train: wrap again
                     log.info(f"epoch {epoch + 1}: unfroze {len(unfrozen)} parameter tensors\n{trainable_table(model)}")
             model.train()
             bn_train_mode(model)
@@ -868,15 +869,19 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                                                    seed=cfg.seed, step=step * cfg.grad_accum + batches.position - 1
                                                    - group_start, rank=ddp.rank, label_smoothing=cfg.label_smoothing)
                     images, smoothing = images.contiguous(memory_format=memory_format), 0.0
-                # DDP averages the gradients once per optimizer step, after its last batch (from its second
-                # step on: a static graph is recorded in the first, which no_sync would break)
-                no_sync = None if last or not wrapped_steps else getattr(forward_model, "no_sync", None)
-                with no_sync() if no_sync is not None else contextlib.nullcontext():
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        logits = logits_of(forward_model(images))
-                        loss = F.cross_entropy(logits.float(), targets, weight=loss_weight,
-                                               label_smoothing=smoothing)
-                    scaler.scale(loss / group if group > 1 else loss).backward()
+                # (under torchrun DDP averages each batch's gradients, also between a step's batches: its
+                # no_sync would save those all-reduces, but a static graph cannot take it in the first
+                # step after wrapping, and a resumed run would then add up in another order than the
+                # uninterrupted one: no longer bitwise the same run)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = logits_of(forward_model(images))
+                    # (weighted: the mean over the batch's images, not over its weights, as PyTorch's
+                    # "mean" does for class indices: a step of --grad-accum batches, or of several
+                    # processes, then trains what one batch of all their images trains)
+                    loss = F.cross_entropy(logits.float(), targets, weight=loss_weight,
+                                           label_smoothing=smoothing,
+                                           reduction="mean" if loss_weight is None else "none").mean()
+                scaler.scale(loss / group if group > 1 else loss).backward()
                 pending.append((loss.detach(), len(labels), step + 1))
                 settle(keep=1)
                 images_done += len(labels)
@@ -884,7 +889,6 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                     continue
                 group_end = None
                 optimizer_step()
-                wrapped_steps += 1
                 due = bool(cfg.save_every_minutes) and time.monotonic() - last_save_time >= 60 * cfg.save_every_minutes
                 if ddp.enabled:  # the processes stop and save at the same step (signals and clocks differ)
                     stop_flag, due_flag = ddp.sum([float(stop.stop_requested), float(due)])
