@@ -166,6 +166,22 @@ def test_two_processes_resume_exactly_after_stops_in_the_middle_of_epochs(ddp_da
     assert metrics(tmp_path / "full") == metrics(cut)
 
 
+def test_a_batch_of_unreadable_files_in_one_process_is_skipped_by_both(ddp_data: Path, tmp_path: Path) -> None:
+    """Batch 1 per process and one unreadable image: that process's batch is empty. Both processes
+    skip the step together (it used to be a collective mismatch: one process ran a backward less)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(ddp_data, data)
+    (data / "train" / "circle" / "zz_bad.jpg").write_text("not an image")  # 49 images: 25 steps per process
+    run = tmp_path / "run"
+    res = torchrun("--data", str(data), "--model", "resnet18", "--img-size", "32", "--epochs", "1", "--workers", "0",
+                   "--device", "cpu", "--batch-size", "1", "--linear-probe", "--out", str(run), timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "zz_bad.jpg" in (run / "bad_files.txt").read_text()
+    assert [m["step"] for m in metrics(run)] == [24]
+
+
 def test_torchrun_environment_is_checked() -> None:
     from finetune import ConfigError
     from finetune.distributed import Distributed

@@ -423,6 +423,8 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
     matrix = torch.zeros(len(classes) ** 2 if confusion else 0, dtype=torch.int64)  # true * C + predicted
     device = loader.device
     for images, labels in progress(loader, total=len(loader), desc="eval", quiet=quiet):
+        if len(labels) == 0:  # (a shard's batch of unreadable files only: nothing to score)
+            continue
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if tta:
                 logits = class_probabilities(model, images, tta=True)  # (probabilities: ranked the same way)
@@ -853,6 +855,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             # (--grad-accum of them; fewer at the epoch's end); None: no step under way
             group_start, group_end = 0, None
             for images, labels in bar:
+                if ddp.enabled and ddp.any(len(labels) == 0):  # a process's batch was all unreadable files:
+                    continue  # every process skips it (one backward less in one of them would desync DDP)
                 if group_end is not None and batches.position - 1 >= group_end:  # its last batch was all bad files
                     optimizer_step()
                     group_end = None

@@ -1133,7 +1133,9 @@ class Loader:
                 except StopIteration:
                     break
                 self.position += 1
-                if len(labels) == 0:  # every image of the batch was unreadable
+                # every image of the batch was unreadable: skipped, except in a shard of several processes,
+                # whose batches must stay in step (the training loop skips it in all of them together)
+                if len(labels) == 0 and self.world == 1:
                     continue
                 yield images, labels
         except RuntimeError as e:
