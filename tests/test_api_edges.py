@@ -125,3 +125,38 @@ def test_a_distillation_file_with_two_equally_fitting_copies_says_so() -> None:
     assert torch.equal(model.conv1.weight, teacher["conv1.weight"]) and not any("fit as well" in n for n in chosen.notes)
     single = load_weights(torchvision.models.resnet18(num_classes=3), {f"module.{k}": v for k, v in sd.items()})
     assert not any("fit as well" in n for n in single.notes)
+
+
+def test_cam_layer_of_a_small_swin_is_a_feature_map_not_an_attention_matrix() -> None:
+    """timm's Swin at 32 px: its windows' softmax attention (N x heads x 4 x 4) looks like a map."""
+    pytest.importorskip("timm")
+    from finetune import create_model, find_cam_layer
+
+    model = create_model("timm:swin_tiny_patch4_window7_224", num_classes=2, img_size=32).eval()
+    layer = find_cam_layer(model, torch.randn(1, 3, 32, 32))
+    assert "attn" not in layer.name, layer.name
+
+
+def test_googlenet_aux_heads_are_frozen_not_reported_as_untrained(colour_data: Path, tmp_path: Path) -> None:
+    """The loss takes the main logits only: the aux heads would sit in the optimizer and never train
+    (the audit used to warn about 14 parameters the user could do nothing about)."""
+    import json
+
+    from conftest import run_here
+
+    res = run_here("train", "--data", str(colour_data), "--model", "googlenet", "--img-size", "32", "--batch-size", "8",
+                   "--workers", "0", "--epochs", "1", "--max-steps", "1", "--device", "cpu", "--out", str(tmp_path / "g"))
+    assert res.returncode == 0, res.stderr
+    assert "no_grad_after_backward" not in res.stderr
+    table = {row["block"]: row for row in json.loads((tmp_path / "g" / "trainable.json").read_text())["rows"]}
+    assert table["aux1"]["trainable"] == 0 and table["fc"]["trainable"] > 0
+
+
+def test_a_fixed_size_model_is_told_its_size_not_or_more() -> None:
+    pytest.importorskip("timm")
+    from finetune import create_model
+    from finetune.errors import ModelError
+    from finetune.models import check_input_size
+
+    with pytest.raises(ModelError, match=r"use --img-size 224, the size it was designed for"):
+        check_input_size(create_model("timm:efficientformer_l1", num_classes=2, img_size=32), 32)

@@ -212,10 +212,11 @@ def test_no_augment_trains_on_the_eval_transform_in_the_seeded_order(data, init,
 # --------------------------------------------------------------------------- the audit
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torchvision: GoogLeNet init
 def test_audit_findings_after_the_first_backward_are_printed_as_warnings(data, tmp_path, capsys):
-    """GoogLeNet's auxiliary classifiers get no gradient (only the main logits enter the loss)."""
+    """GoogLeNet's auxiliary classifiers get no gradient (only the main logits enter the loss): they are
+    frozen, unless --train-only asks to train one, which the audit then says gets no gradient."""
     _, err = run(["train", "-q", "--data", str(data), "--model", "googlenet", "--img-size", "32", "--batch-size", "8",
-                  "--workers", "0", "--epochs", "1", "--max-steps", "1", "--seed", "5", "--out", str(tmp_path / "g")],
-                 capsys)
+                  "--workers", "0", "--epochs", "1", "--max-steps", "1", "--seed", "5", "--out", str(tmp_path / "g"),
+                  "--train-only", "aux1", "fc"], capsys)
     lines = [line for line in err.splitlines() if line.startswith("finetune: warning: ")]
     assert any(line.startswith("finetune: warning: no_grad_after_backward:") and "aux1." in line for line in lines), err
     assert "warning: warning" not in err

@@ -109,6 +109,8 @@ def spatial_layout(t: object, input_hw: tuple[int, int], channels: int | None = 
         return 2 <= stride <= 64 and abs(h - in_h / stride) < 1
 
     if t.ndim == 4:
+        if _is_attention(t):  # softmax rows (N x heads x queries x keys), not a map: Swin's windows look square
+            return None
         if is_map(t.shape[2], t.shape[3]) and (channels is None or t.shape[1] != t.shape[3] or t.shape[1] == channels):
             return Layout("nchw", t.shape[2], t.shape[3])
         if (channels is None or t.shape[3] == channels) and is_map(t.shape[1], t.shape[2]):
@@ -122,6 +124,17 @@ def spatial_layout(t: object, input_hw: tuple[int, int], channels: int | None = 
             if w > 0 and n % w == 0 and is_map(n // w, w):
                 return Layout("tokens", n // w, w, prefix)
     return None
+
+
+def _is_attention(t: torch.Tensor) -> bool:
+    """True for attention probabilities: non-negative rows over the last dimension that sum to 1.
+
+    >>> _is_attention(torch.zeros(1, 3, 4, 4).softmax(-1)), _is_attention(torch.ones(1, 3, 4, 4))
+    (True, False)
+    """
+    with torch.no_grad():
+        t = t.detach().float()
+        return t.shape[-1] > 1 and bool((t >= 0).all()) and bool(torch.allclose(t.sum(-1), torch.ones(()), atol=1e-3))
 
 
 def _first_tensor(output: object) -> object:

@@ -314,7 +314,7 @@ def check_input_size(model: nn.Module, img_size: int) -> None:
     larger = next((s for s in _LARGER_SIZES if s > img_size and _input_size_problem(model, s) is None), None)
     hint = f"use --img-size {larger} or more" if larger is not None else "use a larger --img-size"
     native = _built_for_size(name)
-    if larger is None and native is not None and native != img_size:  # a model built for the size it is given
+    if native is not None and native != img_size and larger in (None, native):  # fixed size: 'or more' fails too
         hint = f"use --img-size {native}, the size it was designed for"
     raise ModelError(f"{name} cannot take {img_size}x{img_size} images ({reason}): {hint}")
 

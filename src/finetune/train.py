@@ -256,7 +256,8 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.opti
 
 
 def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
-    """--linear-probe / --train-only / --freeze, and the frozen parts of --unfreeze, then the BN policy.
+    """--linear-probe / --train-only / --freeze, and the frozen parts of --unfreeze, then the BN policy;
+    auxiliary heads (which the loss does not use) are frozen unless --train-only names them.
 
     >>> import torch
     >>> from finetune import TrainConfig
@@ -272,6 +273,9 @@ def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
     """
     from finetune.freeze import freeze, freeze_all_but, set_bn_policy
 
+    if aux_head_names(model):  # GoogLeNet / Inception v3: the loss takes the main logits only (logits_of), so their
+        freeze(model, *aux_head_names(model))  # aux heads would sit in the optimizer, never trained (--train-only may
+        # still name them: the audit then says they get no gradient)
     if cfg.linear_probe:  # every head the output comes from (timm's distilled DeiT has two)
         freeze_all_but(model, *head_names(model))
     if cfg.train_only:
