@@ -64,19 +64,23 @@ def test_a_torchrun_process_spawns_its_pool_workers(tmp_path: Path) -> None:
     with their block; one process alone keeps forking."""
     script = tmp_path / "pools.py"
     script.write_text(PRELUDE + """
+import os
 import torch.distributed as dist
 from finetune.data.pools import process_pool
 
+def say(*parts):  # one write(2) per line: the two processes share the pipe (print's pieces interleaved)
+    os.write(1, (" ".join(map(str, parts)) + "\\n").encode())
+
 def main():
     alone = process_pool(1)
-    print("alone", alone._ctx.get_start_method()); alone.terminate()
+    say("alone", alone._ctx.get_start_method()); alone.terminate()
     dist.init_process_group("gloo")
     start = time.monotonic()
     with process_pool(2) as pool:
-        print(dist.get_rank(), pool._ctx.get_start_method(), pool.map(abs, [-1, -2, 3]))
+        say(dist.get_rank(), pool._ctx.get_start_method(), pool.map(abs, [-1, -2, 3]))
         pool.map_async(time.sleep, [120, 120], chunksize=1)
         time.sleep(1)
-    print(dist.get_rank(), "ended", time.monotonic() - start < 30)
+    say(dist.get_rank(), "ended", time.monotonic() - start < 30)
     dist.destroy_process_group()
 
 if __name__ == "__main__":  # (a spawned worker imports this script)
