@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import error_line, run_cli, run_here, write_colour_folder
+from conftest import error_line, run_here, write_colour_folder
 
 TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "1",
         "--optimizer", "sgd", "--lr", "0.01", "--warmup-epochs", "0", "--device", "cpu"]
@@ -16,6 +16,11 @@ TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--worke
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    """The same thread count in every run of a comparison."""
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +40,10 @@ def imbalanced(balanced: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_balanced_weights_leave_a_balanced_set_as_it_was(balanced: Path, tmp_path: Path) -> None:
     """Every class has 8 images: every weight is exactly 1 and the run trains what it trains without them."""
-    env = {"OMP_NUM_THREADS": "1"}
-    plain = run_cli("train", "--data", str(balanced), "--out", str(tmp_path / "plain"), *TINY, env=env)
+    plain = run_here("train", "--data", str(balanced), "--out", str(tmp_path / "plain"), *TINY)
     assert plain.returncode == 0, plain.stderr
-    res = run_cli("train", "--data", str(balanced), "--out", str(tmp_path / "w"), "--class-weights", "balanced",
-                  *TINY, env=env)
+    res = run_here("train", "--data", str(balanced), "--out", str(tmp_path / "w"), "--class-weights", "balanced",
+                   *TINY)
     assert res.returncode == 0, res.stderr
     assert "--class-weights balanced: the training loss weighs blue 1, red 1" in res.stdout
     a, b = weights(tmp_path / "plain"), weights(tmp_path / "w")

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import error_line, run_cli
+from conftest import error_line, run_here
 from finetune import make_shapes
 from test_distributed import torchrun
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    """Bitwise comparisons need the same thread count in every run (in this process: run_here)."""
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def train(*a: str):
-    res = run_cli("train", *a, env=ONE_THREAD)
+    res = run_here("train", *a)
     assert res.returncode == 0, res.stderr
     return res
 
@@ -108,7 +111,7 @@ def test_two_processes_accumulating_train_what_one_process_trains(data: Path, tm
 
 
 def test_bad_grad_accum_is_one_error_line(data: Path, tmp_path: Path) -> None:
-    res = run_cli("train", *args(data, tmp_path / "bad", "--grad-accum", "0"))
+    res = run_here("train", *args(data, tmp_path / "bad", "--grad-accum", "0"))
     assert res.returncode == 2
     assert error_line(res) == "finetune: error: --grad-accum must be at least 1 (batches per optimizer step), got 0"
 
