@@ -157,8 +157,12 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
+class _CANNOT:  # (marker: a layer that computes its own BatchNorm forward cannot be converted)
+    pass
+
+
 def _sync_class(layer: _BatchNorm, cuda: bool) -> type | None:
-    """The class ``layer`` becomes (None: it already synchronises; ConfigError: it cannot)."""
+    """The class ``layer`` becomes (None: it already synchronises; ``_CANNOT``: it cannot)."""
     if isinstance(layer, (SyncBatchNorm, nn.SyncBatchNorm)):
         return None
     norm_act = sys.modules.get("timm.layers.norm_act")
@@ -166,7 +170,7 @@ def _sync_class(layer: _BatchNorm, cuda: bool) -> type | None:
         return norm_act.SyncBatchNormAct if cuda else SyncBatchNormAct
     if type(layer).forward is _BatchNorm.forward:  # BatchNorm1d/2d/3d and subclasses that keep their forward
         return nn.SyncBatchNorm if cuda else SyncBatchNorm
-    return ConfigError  # (this layer computes its own forward)
+    return _CANNOT
 
 
 def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> list[str]:
@@ -194,7 +198,7 @@ def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> list[
     layers = [(name, layer, _sync_class(layer, cuda)) for name, layer in model.named_modules()
               if isinstance(layer, _BatchNorm)]
     for name, layer, target in layers:  # (all checked before any is changed)
-        if target is ConfigError:
+        if target is _CANNOT:
             raise ConfigError(f"--sync-bn cannot synchronise '{name}' ({type(layer).__name__} computes its own "
                               "BatchNorm forward): train without --sync-bn, or make it a torch.nn.BatchNorm2d")
     for _, layer, target in layers:

@@ -190,11 +190,13 @@ def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int
         return {s for s in source if m(s) in target}
 
     ties: dict[frozenset[str], PrefixMap] = {}
+    best_used = used(best)
     for m in sorted(candidates, key=lambda m: scores[m], reverse=True):  # (the simplest of equivalent maps first)
-        # as many tensors, mostly from other keys (not the same keys with a few swapped)
-        if (m != best and scores[best][0] > 0 and scores[m][:3] == scores[best][:3]
-                and len(used(m) & used(best)) < len(used(best)) / 2):
-            ties.setdefault(frozenset(used(m)), m)
+        if m == best or scores[best][0] == 0 or scores[m][:3] != scores[best][:3]:
+            continue
+        m_used = used(m)  # as many tensors, mostly from other keys (not the same keys with a few swapped)
+        if len(m_used & best_used) < len(best_used) / 2:
+            ties.setdefault(frozenset(m_used), m)
     return [best, *ties.values()]
 
 
