@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import error_line, run_cli, run_here
+from conftest import error_line, run_cli, run_here, write_colour_folder
 
 TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "1",
         "--device", "cpu", "-q"]
@@ -85,3 +85,51 @@ def test_a_second_cam_run_into_the_same_folder_leaves_only_its_own_overlays(run:
     listed = [json.loads(line)["overlay"] for line in (out / "cam.jsonl").read_text().splitlines()]
     assert sorted(p.name for p in out.glob("0*.png")) == listed and len(listed) == 1
     assert mine.read_bytes() == b"the user's own file"
+
+
+def test_options_may_come_between_a_commands_positional_arguments(run: Path, colour_data: Path) -> None:
+    red, blue = sorted((colour_data / "val" / "red").iterdir())[0], sorted((colour_data / "val" / "blue").iterdir())[0]
+    res = run_here("predict", "--checkpoint", str(run), str(red), "--topk", "1", str(blue), "--json")
+    assert res.returncode == 0, res.stderr
+    records = json.loads(res.stdout)
+    assert [Path(r["path"]).name for r in records] == [red.name, blue.name]
+    assert all(len(r["top"]) == 1 for r in records)
+
+
+def test_momentum_given_with_adamw_is_refused_not_ignored(colour_data: Path, tmp_path: Path) -> None:
+    line = error_line(run_here("train", "--data", str(colour_data), "--out", str(tmp_path / "r"), "--momentum", "0.5",
+                               *TINY))
+    assert "--momentum applies to --optimizer sgd only" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_fewer_images_than_a_batch_say_so_and_cached_features_take_that_one_batch_too(tmp_path: Path) -> None:
+    data = write_colour_folder(tmp_path / "few", per_class=3, size=32)  # 6 training images, batch 8
+    runs = {}
+    for name, extra in (("images", []), ("features", ["--cache-features"])):
+        res = run_here("train", "--data", str(data), "--out", str(tmp_path / name), "--linear-probe", "--no-augment", *extra,
+                       *TINY)
+        assert res.returncode == 0, res.stderr
+        assert "the training split has 6 images, fewer than --batch-size 8: every epoch is one small batch" in res.stderr
+        # no --pretrained: the frozen backbone is random, which a linear probe rarely means
+        assert "frozen tensors (11,176,512 values, e.g. 'conv1.weight') were not loaded" in res.stderr
+        runs[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
+    assert runs["features"]["step"] == runs["images"]["step"] == 1  # was 0 steps with cached features: nothing trained
+    assert runs["features"]["train_loss"] == pytest.approx(runs["images"]["train_loss"], rel=1e-5)
+
+
+def test_a_frozen_backbone_loaded_from_pretrained_weights_gives_no_random_warning(colour_data: Path,
+                                                                                   tmp_path: Path) -> None:
+    import torch
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    res = run_here("train", "--data", str(colour_data), "--out", str(tmp_path / "r"), "--pretrained", str(weights),
+                   "--linear-probe", "--max-steps", "1", *TINY)
+    assert res.returncode == 0, res.stderr
+    assert "not loaded from pretrained weights" not in res.stderr
+    res = run_here("train", "--data", str(colour_data), "--out", str(tmp_path / "r2"), "--pretrained", str(weights),
+                   "--exclude", "layer1.0.conv1.*", "--freeze", "layer1", "--max-steps", "1", *TINY)
+    assert res.returncode == 0, res.stderr
+    assert "1 frozen tensor (36,864 values, e.g. 'layer1.0.conv1.weight') was not loaded" in res.stderr

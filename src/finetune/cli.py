@@ -30,6 +30,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise SystemExit(_fail(f"{message} (see '{self.prog} --help')"))
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        """A command's options may come between its positional arguments
+        (``finetune predict --checkpoint run a.jpg -q b.jpg``): parsed as ``parse_intermixed_args``
+        does, which cannot parse the top level's sub-commands (so that level parses as argparse does)."""
+        if getattr(self, "_intermixing", False) or any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 

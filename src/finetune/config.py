@@ -587,6 +587,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if flag is not None:
             values[name] = flag
     cfg = TrainConfig.from_dict(values, source=str(base) if base else "command line")
+    if getattr(args, "momentum", None) is not None and cfg.optimizer != "sgd":
+        # a saved config.yaml holds the default momentum whatever the optimizer; a flag given is meant
+        raise ConfigError(f"--momentum applies to --optimizer sgd only; {cfg.optimizer}'s moments are its betas "
+                          "(0.9, 0.999): leave --momentum out, or add --optimizer sgd")
     check_run_dir(cfg)
     return cfg
 

@@ -345,6 +345,8 @@ class FeatureBatches:
         self.epoch = self.position = 0
 
     def __len__(self) -> int:
+        if 0 < len(self.labels) < self.batch_size:  # as the image loader: fewer images than a batch are one batch
+            return 1
         return -(-len(self.labels) // self.world) // self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
@@ -604,6 +606,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                             f"{ddp.world} processes: fewer than one batch of {cfg.batch_size} each (--batch-size is "
                             "per process): lower --batch-size or start fewer processes")
         raise DataError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
+    if len(train_samples) < cfg.batch_size * ddp.world and resume_state is None:
+        warn(f"the training split has {len(train_samples)} images, fewer than --batch-size {cfg.batch_size}"
+             f"{' x ' + str(ddp.world) + ' processes' if ddp.enabled else ''}: every epoch is one small batch "
+             "(one optimizer step); a lower --batch-size gives more steps per epoch")
 
     # ---- model and what trains (a resumed run's weights come from its checkpoint, below)
     model = build_model(cfg, len(classes), device, pretrained=resume_state is None, quiet=quiet)
@@ -1109,6 +1115,7 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pre
     apply_freezing(model, cfg)
     if pretrained:  # (a resumed run's head comes from its checkpoint)
         warn_frozen_new_head(model, loaded)
+        warn_frozen_random(model, loaded)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -1289,6 +1296,36 @@ def warn_frozen_new_head(model: nn.Module, loaded: list[str]) -> None:
         if params and not any(p.requires_grad for _, p in params) and not all(n in loaded for n, _ in params):
             warn(f"the head '{head}' is frozen but was not loaded from pretrained weights: it keeps its random values; "
                  f"train it (--train-only ... {head}) or do not freeze it")
+
+
+def warn_frozen_random(model: nn.Module, loaded: list[str]) -> None:
+    """Warn when frozen parameters of the backbone were not loaded from pretrained weights
+    (``--linear-probe`` or ``--freeze`` without ``--pretrained``, or a frozen layer whose weights
+    were excluded or skipped): they keep their random initial values for the whole run.
+    Heads are :func:`warn_frozen_new_head`'s; auxiliary heads, unused by the loss, do not count.
+
+    >>> import contextlib, io
+    >>> m = create_model("resnet18", num_classes=2); _ = m.conv1.requires_grad_(False)
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     warn_frozen_random(m, loaded=[])
+    >>> err.getvalue().strip()
+    "finetune: warning: 1 frozen tensor (9,408 values, e.g. 'conv1.weight') was not loaded from pretrained weights: it keeps its random initial values for the whole run; give --pretrained, or do not freeze it"
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     warn_frozen_random(m, loaded=["conv1.weight"])
+    >>> err.getvalue()
+    ''
+    """
+    if not any(p.requires_grad for p in model.parameters()):
+        return  # nothing trains at all: that is the error param_groups gives, alone
+    skip, done = tuple(f"{h}." for h in (*head_names(model), *aux_head_names(model))), set(loaded)
+    random = [(n, p) for n, p in model.named_parameters() if not p.requires_grad and n not in done
+              and not n.startswith(skip)]
+    if random:
+        one = len(random) == 1
+        values = sum(p.numel() for _, p in random)
+        warn(f"{len(random)} frozen tensor{'' if one else 's'} ({values:,} values, e.g. '{random[0][0]}') "
+             f"{'was' if one else 'were'} not loaded from pretrained weights: {'it keeps its' if one else 'they keep their'} "
+             f"random initial values for the whole run; give --pretrained, or do not freeze {'it' if one else 'them'}")
 
 
 def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
