@@ -1247,12 +1247,18 @@ def path_samples(source: str | Path, train: bool, seed: int = 0) -> Samples:
     >>> len(path_samples(root, train=False)), len(path_samples(root, train=True))
     (3, 3)
     """
-    from finetune.data.samples import TRAIN_SPLIT_NAMES, VAL_DIR_NAMES, read_csv, scan_folder
+    from finetune.data.samples import (
+        TRAIN_SPLIT_NAMES,
+        VAL_DIR_NAMES,
+        read_csv,
+        scan_folder,
+        split_dir,
+    )
 
     path = Path(source)
     split_source = False
     if path.is_dir():
-        split_source = (path / "train").is_dir() or any((path / n).is_dir() for n in VAL_DIR_NAMES)
+        split_source = split_dir(path, (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES)) is not None
     elif path.is_file() and path.suffix.lower() == ".csv":
         samples, split = read_csv(path)
         if split is None or not np.isin(split, (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES)).any():

@@ -42,7 +42,8 @@ UNREAD_IMAGE_EXTENSIONS = (".heic", ".heif", ".hif", ".jxl", ".svg", ".exr", ".h
                            ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw")
 VAL_DIR_NAMES = ("val", "valid", "validation")
 TRAIN_SPLIT_NAMES = ("train", "training")  # a CSV's split column (any case); other values (test, …) are not used
-SPLIT_NAMES = (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES, "test", "testing")
+TEST_SPLIT_NAMES = ("test", "testing")
+SPLIT_NAMES = (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES, *TEST_SPLIT_NAMES)
 # folders that tools leave in datasets and that never hold samples (hidden ones, starting
 # with '.', are skipped too): macOS zip resource forks, Synology NAS thumbnails, Windows drives
 SKIP_DIRS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"})
@@ -121,6 +122,27 @@ def _unreadable(folder: str | Path, e: OSError) -> DataError:
     why = (e.strerror or str(e)).lower()
     return DataError(f"cannot read the folder '{folder}' ({why}): fix its permissions (e.g. chmod a+rx) "
                      f"or move it out of the dataset")
+
+
+def split_dir(root: str | Path, names: Sequence[str]) -> Path | None:
+    """The sub-folder of ``root`` named one of ``names`` in any case (``Train/``, ``VAL/``,
+    ``Validation/``), the earlier name first and the exact spelling before other cases; None if none.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / "Train").mkdir(); (d / "Validation").mkdir()
+    >>> split_dir(d, TRAIN_SPLIT_NAMES).name, split_dir(d, VAL_DIR_NAMES).name, split_dir(d, ("test",))
+    ('Train', 'Validation', None)
+    """
+    root = Path(root)
+    try:
+        children = [p for p in sorted(root.iterdir()) if p.is_dir()]
+    except OSError:
+        return None
+    for name in names:
+        match = [p for p in children if p.name.lower() == name]
+        if match:
+            return next((p for p in match if p.name == name), match[0])
+    return None
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -270,8 +292,13 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
 
 
 PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "file_name", "fname", "image",
-                "image_path", "image_file", "image_name", "img", "img_path")
-LABEL_COLUMNS = ("label", "class", "class_name", "classname", "category", "target", "label_name", "y")
+                "image_path", "image_file", "image_name", "img", "img_path",
+                "paths", "filepaths", "files", "filenames", "images", "image_id", "image_filename", "img_name")
+LABEL_COLUMNS = ("label", "class", "class_name", "classname", "category", "target", "label_name", "y",
+                 "labels", "classes", "class_label", "category_name")
+# a boolean column that marks validation rows (fastai's ColSplitter reads 'is_valid')
+VALID_FLAG_COLUMNS = ("is_valid", "is_val", "is_validation", "valid")
+_TRUE, _FALSE = ("true", "1", "yes", "y", "t"), ("false", "0", "no", "n", "f")
 
 
 def _header(row: list[str]) -> list[str] | None:
@@ -289,15 +316,36 @@ def _header(row: list[str]) -> list[str] | None:
     return out
 
 
+def _split_like(header: list[str], rows: list[list[str]], skip: tuple[int, ...]) -> np.ndarray | None:
+    """The split of each row from a column not named 'split' that holds one: all its values are split
+    names ('data set', 'subset', 'fold' … of train/valid/test), or it is a true/false ``is_valid``."""
+    for k, name in enumerate(header):
+        if k in skip:
+            continue
+        values = np.asarray([r[k].strip().lower() if k < len(r) else "" for r in rows])
+        if name.strip().lower().replace(" ", "_") in VALID_FLAG_COLUMNS and np.isin(values, _TRUE + _FALSE).all():
+            return np.where(np.isin(values, _TRUE), "val", "train")
+        if np.isin(values, SPLIT_NAMES).all() and np.isin(values, TRAIN_SPLIT_NAMES).any():
+            return values
+    return None
+
+
 def _class_order(names: Sequence[str]) -> list[str]:
     """Sorted class names; integers in numeric order (``'2' < '10'``).
 
-    >>> _class_order(["10", "2", "1"]), _class_order(["b", "a", "10"])
-    (['1', '2', '10'], ['10', 'a', 'b'])
+    >>> _class_order(["10", "2", "1"]), _class_order(["b", "a", "10"]), _class_order(["³", "²", "+-1"])
+    (['1', '2', '10'], ['10', 'a', 'b'], ['+-1', '²', '³'])
     """
     unique = set(names)
-    if all(n.lstrip("+-").isdigit() for n in unique):
-        return sorted(unique, key=lambda n: (int(n), n))
+
+    def number(n: str) -> int | None:
+        try:  # (str.isdigit() is true of '²', which int() refuses)
+            return int(n)
+        except ValueError:
+            return None
+
+    if all(number(n) is not None for n in unique):
+        return sorted(unique, key=lambda n: (number(n), n))
     return sorted(unique)
 
 
@@ -383,10 +431,33 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
         paths.append(os.path.abspath(p))
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
-        raise DataError(f"CSV file '{path}' lists {len(missing)} files that do not exist, e.g. '{missing[0]}'")
+        hint = (f": its first line {delimiter.join(rows[0])!r} was read as data; if it names the columns, "
+                f"call them path,label[,split]" if positional and missing[0] == paths[0] else "")
+        raise DataError(f"CSV file '{path}' lists {len(missing)} files that do not exist, e.g. '{missing[0]}'"
+                        + hint)
     split = np.asarray([r[isplit].strip().lower() for r in rows]) if isplit is not None else None
     if split is not None and positional and not np.isin(split, SPLIT_NAMES).all():
         split = None
+    if split is None and not positional:  # a split column by another name ('data set', 'subset', 'is_valid')
+        split = _split_like(header, rows, (ip, il))
+    # a file listed twice: with two labels (a multi-label CSV) it would be trained as both; with the same
+    # label, the held-out split could put one copy in training and the other in validation
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    for k, p in enumerate(paths):
+        j = first.setdefault(os.path.realpath(p), k)
+        if j == k:
+            keep.append(k)
+        elif names[j] != names[k] or (split is not None and split[j] != split[k]):
+            what = (f"labels {names[j]!r} and {names[k]!r}" if names[j] != names[k] else
+                    f"splits {split[j]!r} and {split[k]!r}")  # type: ignore[index]
+            raise DataError(f"CSV file '{path}' lists '{rows[k][ip].strip()}' twice, with {what}: give each "
+                            "image one row (finetune trains one class per image)")
+    if len(keep) < len(paths):
+        warnings.warn(DataWarning(f"'{path}' lists {len(paths) - len(keep)} images twice (the same file, same "
+                                  f"label); each is read once"), stacklevel=2)
+        paths, names = [paths[k] for k in keep], [names[k] for k in keep]
+        split = split[keep] if split is not None else None
     return Samples.from_lists(paths, [index[n] for n in names], classes), split
 
 
@@ -469,6 +540,11 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
         if split is not None:
             train_mask = np.isin(split, TRAIN_SPLIT_NAMES)
             val_mask = np.isin(split, VAL_DIR_NAMES)
+            other = Counter(split[~np.isin(split, SPLIT_NAMES)].tolist())
+            if other and train_mask.any():  # ('test' rows are left out by design; 'dev' or '' by a slip)
+                shown = ", ".join(f"{v!r}: {n}" for v, n in other.most_common(5))
+                warnings.warn(DataWarning(f"'{data}': {sum(other.values())} rows are used neither for training nor "
+                                          f"for validation (split {shown}): mark them train or val"), stacklevel=2)
             if not train_mask.any():
                 found = ", ".join(repr(v) for v in sorted(set(split.tolist()))[:10])
                 raise DataError(f"'{data}' has a split column but no rows with split 'train' (found {found}): "
@@ -486,13 +562,18 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
                                     "the model could never predict it; add training rows for it or drop it")
                 return train, val
         return stratified_split(check_classes(samples, data), val_split, seed)
-    train_dir = data / "train"
-    val_dir = next((data / n for n in VAL_DIR_NAMES if (data / n).is_dir()), None)
-    if train_dir.is_dir() and val_dir is not None:
+    train_dir = split_dir(data, TRAIN_SPLIT_NAMES)  # train/, Train/, training/
+    val_dir = split_dir(data, VAL_DIR_NAMES)
+    if train_dir is not None and val_dir is not None:
         train = check_classes(scan_folder(train_dir), train_dir)
         return train, scan_folder(val_dir, classes=train.classes)
-    if train_dir.is_dir():
+    if train_dir is not None:
         return stratified_split(check_classes(scan_folder(train_dir), train_dir), val_split, seed)
+    splits = [d.name for d in _class_dirs(data) if d.name.lower() in SPLIT_NAMES] if data.is_dir() else []
+    if splits:  # (read as class folders, 'val' and 'test' would be trained as classes)
+        raise DataError(f"'{data}' has folders {splits} named like data splits but no train/ folder: put the "
+                        f"training images in '{data / 'train'}' (one folder per class), or give the folder of "
+                        f"class folders itself as --data")
     return stratified_split(check_classes(scan_folder(data), data), val_split, seed)
 
 
@@ -533,8 +614,10 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
 
     * the data the checkpoint was trained on (``trained_on``, the same path): its validation
       split, exactly as training held it out (``val_split``, ``seed``), never its training images;
-    * a CSV: its ``val`` rows when it has a split column with some, else every row;
-    * a folder with ``val/`` (``valid/``, ``validation/``): that folder;
+    * a CSV: its ``val`` rows when it has a split column with some, else its ``test`` rows, else
+      every row but ``train`` ones (every row when all are ``train``);
+    * a folder with ``val/`` (``valid/``, ``validation/``, any case): that folder; else its ``test/``
+      (``testing/``); a folder with only ``train/`` is refused (those are training images);
     * any other folder of class sub-folders: all its images (a test set).
 
     A class that ``classes`` lacks is a :class:`DataError` (:func:`relabel`); ``'shapes'`` is the
@@ -570,10 +653,18 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
         if path.suffix.lower() != ".csv":
             raise DataError(f"'{data}' is a file but not a .csv: give an image folder or a CSV of path,label")
         samples, split = read_csv(path)
-        if split is not None and np.isin(split, VAL_DIR_NAMES).any():
-            samples = samples.subset(np.flatnonzero(np.isin(split, VAL_DIR_NAMES)))
+        if split is not None:
+            for keep in (np.isin(split, VAL_DIR_NAMES), np.isin(split, TEST_SPLIT_NAMES),
+                         ~np.isin(split, TRAIN_SPLIT_NAMES)):
+                if keep.any():  # (a score over training rows is not a score)
+                    samples = samples.subset(np.flatnonzero(keep))
+                    break
         return relabel(samples, classes, data)
-    folder = next((path / n for n in VAL_DIR_NAMES if (path / n).is_dir()), path)
+    folder = split_dir(path, VAL_DIR_NAMES) or split_dir(path, TEST_SPLIT_NAMES)
+    if folder is None and split_dir(path, TRAIN_SPLIT_NAMES) is not None:
+        raise DataError(f"'{data}' has a {split_dir(path, TRAIN_SPLIT_NAMES).name}/ folder but no val/ or test/ "
+                        f"folder to evaluate: give the folder of test images (class sub-folders) as --data")
+    folder = folder or path
     # every class folder, the checkpoint's first: an empty one is allowed here (nothing to score), and one
     # with images that the checkpoint lacks is refused by relabel
     extra = sorted({d.name for d in _class_dirs(folder)} - set(classes))
