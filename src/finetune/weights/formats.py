@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import os
+import re
 import struct
 import warnings
 import zipfile
@@ -60,6 +61,8 @@ INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 #: how a legacy (non-zip) torch.save file starts: protocol 2, then the magic number 0x1950a86a20f9469cfc6c
 LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".tar")
+#: the weights description of a model in a ``torch.export.save`` archive (``.pt2``)
+PT2_WEIGHTS_RE = re.compile(r"(^|/)data/weights/([^/]+)_weights_config\.json$")
 
 
 @dataclass
@@ -117,6 +120,9 @@ def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Any], *, trust
                                metadata=_safetensors_metadata(path))
     if kind == "index":
         return interpret(_read_sharded(path, trust=trust), source=name, container="sharded")
+    if kind == "pt2":
+        return interpret(_read_pt2(path, trust=trust), source=name, container="torch.export archive (.pt2)",
+                         fmt="torch.export")
     if kind == "torchscript":
         return interpret(_read_torchscript(path, trust=trust), source=name, container="TorchScript archive",
                          fmt="TorchScript")
@@ -184,6 +190,8 @@ def _sniff_zip(path: Path) -> str:
         return "truncated or corrupt zip archive (was the save interrupted?)"
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return "torchscript"
+    if any(n.endswith("/archive_format") for n in names) and any(PT2_WEIGHTS_RE.search(n) for n in names):
+        return "pt2"
     if any(n.endswith("data.pkl") for n in names):
         return "torch zip"
     return "a zip archive that is not a PyTorch checkpoint"
@@ -592,6 +600,8 @@ def _read_folder(path: Path, *, trust: bool) -> Checkpoint:
     if find_tag_folder(path) is not None:  # DeepSpeed: 'latest' + the tag folder, or the tag folder
         return read_deepspeed(path, trust=trust)
     files = {p.name: p for p in path.iterdir()}
+    if "snapshots" in files and files["snapshots"].is_dir() and ("refs" in files or "blobs" in files):
+        return _with_folder_note(read_checkpoint(hf_cache_snapshot(path), trust=trust), name)
     accelerate = any(n in files for n in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "scaler.pt"))
     fmt = "accelerate save_state" if accelerate else "weights folder"
     ck: Checkpoint | None = None
@@ -662,11 +672,56 @@ def folder_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         return {}
     out = {f"config.{k}": config[k] for k in CONFIG_KEYS if k in config}
+    labels = _id2label_list(config.get("id2label"))
+    if labels is not None:  # one list, as timm's label_names, not one row per class (200 of ImageNet's 1000)
+        out["config.id2label"] = labels
     pretrained = config.get("pretrained_cfg")
     if isinstance(pretrained, dict):
         out.update({f"config.{k}": pretrained[k] for k in ("input_size", "crop_pct", "interpolation", "crop_mode",
                                                            "mean", "std") if k in pretrained})
     return {k: jsonable(v) for k, v in out.items()}
+
+
+def hf_cache_snapshot(repo: Path) -> Path:
+    """The snapshot folder of a Hugging Face hub cache repository folder
+    (``$HF_HUB_CACHE/models--ORG--NAME``): the one ``refs/main`` names, else the only one.
+
+    >>> import tempfile
+    >>> repo = Path(tempfile.mkdtemp()) / "models--org--net"
+    >>> (repo / "snapshots" / "abc123").mkdir(parents=True); (repo / "refs").mkdir()
+    >>> _ = (repo / "refs" / "main").write_text("abc123")
+    >>> hf_cache_snapshot(repo).name
+    'abc123'
+    """
+    snapshots = sorted(p for p in (repo / "snapshots").iterdir() if p.is_dir())
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        commit = ref.read_text(errors="replace").strip()
+        if (repo / "snapshots" / commit).is_dir():
+            return repo / "snapshots" / commit
+    if len(snapshots) == 1:
+        return snapshots[0]
+    shown = ", ".join(p.name for p in snapshots[:4]) or "none"
+    raise CheckpointError(f"{repo}: a Hugging Face cache folder whose refs/main names no snapshot; give one of its "
+                          f"snapshots/ folders ({shown})")
+
+
+def _id2label_list(id2label: Any) -> list[Any] | None:
+    """transformers' ``id2label`` (``{"0": "cat", "1": "dog"}``) as the list of names by class index,
+    when its keys are exactly 0..n-1; else None.
+
+    >>> _id2label_list({"1": "dog", "0": "cat"}), _id2label_list({"a": 1})
+    (['cat', 'dog'], None)
+    """
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        index = {int(k): v for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return None
+    if sorted(index) != list(range(len(index))):
+        return None
+    return [index[i] for i in range(len(index))]
 
 
 def _with_folder_note(ck: Checkpoint, folder: str) -> Checkpoint:
@@ -745,6 +800,71 @@ def _allowlist_map() -> dict[str, Any]:
     for g in allowlist():
         obj, name = g if isinstance(g, tuple) else (g, f"{g.__module__}.{g.__qualname__}")
         out[name] = obj
+    return out
+
+
+# --------------------------------------------------------------------------- torch.export (.pt2)
+#: torch.export's serialized ``ScalarType`` numbers (``torch._export.serde.schema``)
+PT2_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32", 8: "float64",
+              9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
+              29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz",
+              33: "float8_e8m0fnu", 34: "uint32", 35: "uint64"}
+
+
+def _read_pt2(path: Path, *, trust: bool) -> StateDict:
+    """The parameters and buffers of a ``torch.export.save`` archive, read from its JSON weights
+    description and raw tensor records; nothing of the program is loaded or run. A weight stored
+    pickled (a tensor subclass) needs ``trust`` (torch.export.load unpickles it with weights_only=False).
+
+    (torch < 2.6 wrote another layout, a pickled ``serialized_state_dict.pt``: not read.)
+
+    >>> import pathlib, tempfile, torch
+    >>> m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).eval()
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.pt2"
+    >>> torch.export.save(torch.export.export(m, (torch.randn(2, 3),)), str(path))
+    >>> sd = _read_pt2(path, trust=False)  # doctest: +SKIP
+    >>> sorted(sd) == sorted(m.state_dict()) and all(torch.equal(sd[k], v) for k, v in m.state_dict().items())  # doctest: +SKIP
+    True
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            configs = {m.group(2): n for n in zf.namelist() if (m := PT2_WEIGHTS_RE.search(n))}
+            model = "model" if "model" in configs else sorted(configs)[0]
+            config_name = configs[model]
+            base = config_name.rpartition("/")[0] + "/"
+            config = json.loads(zf.read(config_name))["config"]
+            records: dict[str, Tensor] = {}
+            out: StateDict = {}
+            for fqn, meta in config.items():
+                if meta.get("use_pickle"):
+                    if not trust:
+                        raise UnsafeCheckpointError(
+                            f"{path}: torch.export archive stores '{fqn}' pickled (a tensor subclass): loading it "
+                            "could run code stored in the file; if you trust where the file comes from, pass --trust "
+                            "(trust=True)")
+                    out[fqn] = torch.load(io.BytesIO(zf.read(base + meta["path_name"])), map_location="cpu",
+                                          weights_only=False)
+                    continue
+                tm = meta["tensor_meta"]
+                dtype = getattr(torch, PT2_DTYPES.get(tm["dtype"], ""), None)
+                if not isinstance(dtype, torch.dtype):
+                    raise CheckpointError(f"{path}: '{fqn}' has a dtype this torch does not know ({tm['dtype']})")
+                sizes = [d["as_int"] for d in tm["sizes"]]
+                strides = [d["as_int"] for d in tm["strides"]]
+                offset = tm["storage_offset"]["as_int"]
+                if meta["path_name"] not in records:  # weights that alias one another share a record
+                    raw = bytearray(zf.read(base + meta["path_name"]))
+                    records[meta["path_name"]] = torch.frombuffer(raw, dtype=torch.uint8) if raw \
+                        else torch.empty(0, dtype=torch.uint8)
+                record = records[meta["path_name"]]
+                out[fqn] = (torch.as_strided(record.view(dtype), sizes, strides, offset) if record.numel()
+                            else torch.zeros(sizes, dtype=dtype))  # torch.export writes no bytes for empty tensors
+    except WeightsError:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, IndexError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"{path}: corrupt torch.export archive ({type(e).__name__}: {e})") from None
+    if not out:
+        raise CheckpointError(f"{path}: torch.export archive holds no weights")
     return out
 
 

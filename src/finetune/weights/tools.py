@@ -164,28 +164,55 @@ def _report_against(ck: Checkpoint, arch: str) -> dict[str, Any]:
 
 
 def _build_model(arch: str, ck: Checkpoint) -> torch.nn.Module:
-    """An untrained model of ``arch`` (timm:NAME or torchvision), sized from the file's classifier."""
-    try:
-        from finetune.models import create_model  # the project's model factory when present
+    """An untrained model of ``arch`` (timm:NAME or torchvision), sized from the file's classifier:
+    the rows of the file's tensor named as the model's head weight (a safetensors file keeps its
+    tensors sorted by name, so the last 2-d weight of the file is not necessarily the head)."""
+    model = _new_model(arch, None)
+    wanted = _num_classes(ck, model)
+    if wanted is None or wanted == _head_rows(model):
+        return model
+    return _new_model(arch, wanted)
 
-        return create_model(arch, num_classes=_num_classes(ck), pretrained=False)  # type: ignore[call-arg]
-    except ImportError:
-        pass
-    except TypeError:
-        pass
+
+def _new_model(arch: str, num_classes: int | None) -> torch.nn.Module:
     if arch.startswith("timm:"):
         import timm
 
-        return timm.create_model(arch[5:], pretrained=False, num_classes=_num_classes(ck) or 1000)
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        return timm.create_model(arch[5:], pretrained=False, **kwargs)
     import torchvision
 
     try:
-        return torchvision.models.get_model(arch, weights=None, num_classes=_num_classes(ck) or 1000)
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
     except ValueError as e:
         raise WeightsError(f"unknown architecture '{arch}': {e}") from None
 
 
-def _num_classes(ck: Checkpoint) -> int | None:
+def _head_weight(model: torch.nn.Module) -> str | None:
+    try:
+        from finetune.models import head_names
+
+        head = head_names(model)[0]
+    except Exception:  # noqa: BLE001 - no recognisable head: size the model from the file's last weight
+        return None
+    return f"{head}.weight"
+
+
+def _head_rows(model: torch.nn.Module) -> int | None:
+    name = _head_weight(model)
+    t = model.state_dict().get(name) if name else None
+    return int(t.shape[0]) if t is not None and t.dim() >= 2 else None
+
+
+def _num_classes(ck: Checkpoint, model: torch.nn.Module | None = None) -> int | None:
+    """The number of classes of the file's classifier: its tensor named as ``model``'s head weight
+    (also under a prefix, ``timm_model.fc.weight``), else the last 2-d weight of the file."""
+    name = _head_weight(model) if model is not None else None
+    if name is not None:
+        found = [v for k, v in ck.weights.items() if (k == name or k.endswith("." + name)) and v.dim() >= 2]
+        if found:
+            return int(found[0].shape[0])
     last = [v for k, v in ck.weights.items() if k.endswith("weight") and v.dim() >= 2]
     return int(last[-1].shape[0]) if last else None
 
@@ -236,6 +263,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     ck = read_checkpoint(src, trust=trust)
     if ema and ck.ema is None:
         raise WeightsError(f"{ck.source}: --ema given but the file has no EMA weights")
+    for note in ck.notes:  # what the file holds that is not written (a second model of an accelerate folder)
+        if note.startswith("read the first model only"):
+            warnings.warn(f"{ck.source}: {note} (not written to {dst})", stacklevel=2)
     sd = dict(ck.ema if ema and ck.ema is not None else ck.weights)
     sd = _strip(sd, strip_prefix, ck)
     if half:
