@@ -81,3 +81,23 @@ def test_torch_export_archive_weights_are_read_without_running_it(tmp_path: Path
                    "--img-size", "32", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--epochs", "1",
                    "--out", str(tmp_path / "run"), "-q")
     assert res.returncode == 0, res.stderr
+
+
+def test_a_timm_hub_folders_pretrained_cfg_sets_the_runs_input(colour_data: Path, tmp_path: Path) -> None:
+    import timm
+    import yaml
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    save_file(timm.create_model("resnet18", num_classes=3).state_dict(), folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 3, "pretrained_cfg": {
+        "input_size": [3, 48, 48], "crop_pct": 1.0, "interpolation": "bilinear", "crop_mode": "center",
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
+    out = tmp_path / "run"
+    res = run_here("train", "--data", str(colour_data), "--model", "timm:resnet18", "--pretrained", str(folder),
+                   "--max-steps", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--out", str(out), "-q")
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert (cfg["img-size"], cfg["crop-pct"], cfg["interpolation"]) == (48, 1.0, "bilinear")
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert (tuple(state["mean"]), tuple(state["std"])) == ((0.5,) * 3, (0.25,) * 3)

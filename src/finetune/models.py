@@ -176,7 +176,11 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 def _timm_weights_cfg(model: str, pretrained: str | None) -> tuple[bool, Any]:
     """(whether the weights are timm's, their ``pretrained_cfg`` or None when timm or the name is
-    unknown): the timm source named by ``pretrained`` wins over a timm model's default tag."""
+    unknown): the ``pretrained_cfg`` of a weights folder's ``config.json`` (timm's hub format) or
+    the timm source named by ``pretrained`` win over a timm model's default tag."""
+    folder_cfg = folder_pretrained_cfg(pretrained)
+    if folder_cfg is not None:
+        return True, folder_cfg
     name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
     if not name.startswith(TIMM_PREFIX):
         return False, None
@@ -186,6 +190,48 @@ def _timm_weights_cfg(model: str, pretrained: str | None) -> tuple[bool, Any]:
         return True, get_pretrained_cfg(name[len(TIMM_PREFIX):])
     except Exception:  # noqa: BLE001 - no timm, or an unknown name: reported where the model is built
         return True, None
+
+
+def folder_pretrained_cfg(pretrained: str | None) -> Any:
+    """timm's ``pretrained_cfg`` (input size, crop, interpolation, mean, std) that a local weights
+    folder carries in its ``config.json`` (timm's ``save_for_hf`` / ``push_to_hub`` layout; for a
+    weights file, the ``config.json`` beside it; for a Hugging Face cache repository folder, its
+    snapshot's), as attributes; None for anything else. Plain JSON is read, nothing else.
+
+    >>> import json, pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "pretrained_cfg": {
+    ...     "input_size": [3, 160, 160], "crop_pct": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    >>> cfg = folder_pretrained_cfg(str(folder))
+    >>> cfg.input_size, cfg.crop_pct, cfg.mean, cfg.interpolation
+    ([3, 160, 160], 1.0, [0.5, 0.5, 0.5], None)
+    >>> folder_pretrained_cfg("timm:resnet18") is None
+    True
+    """
+    import json
+    import types
+    from pathlib import Path
+
+    if not pretrained or pretrained == "torchvision" or pretrained.startswith(("torchvision:", TIMM_PREFIX)):
+        return None
+    path = Path(pretrained)
+    folder = path if path.is_dir() else path.parent
+    if (folder / "snapshots").is_dir():  # $HF_HUB_CACHE/models--ORG--NAME
+        from finetune.weights.formats import hf_cache_snapshot
+
+        try:
+            folder = hf_cache_snapshot(folder)
+        except Exception:  # noqa: BLE001 - no usable snapshot: reading the weights says so
+            return None
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    cfg = config.get("pretrained_cfg") if isinstance(config, dict) else None
+    if not isinstance(cfg, dict):
+        return None
+    keys = ("input_size", "crop_pct", "interpolation", "crop_mode", "mean", "std", "fixed_input_size")
+    return types.SimpleNamespace(**{k: cfg.get(k) for k in keys})
 
 
 def _torchvision_weights_preset(model: str, pretrained: str | None) -> dict[str, Any] | None:
