@@ -101,3 +101,13 @@ def test_a_timm_hub_folders_pretrained_cfg_sets_the_runs_input(colour_data: Path
     assert (cfg["img-size"], cfg["crop-pct"], cfg["interpolation"]) == (48, 1.0, "bilinear")
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert (tuple(state["mean"]), tuple(state["std"])) == ((0.5,) * 3, (0.25,) * 3)
+    # a run from that run's checkpoint takes the input its weights were trained with, not timm's defaults
+    again = tmp_path / "again"
+    res = run_here("train", "--data", str(colour_data), "--model", "timm:resnet18", "--pretrained",
+                   str(out / "checkpoints" / "last.pt"), "--max-steps", "1", "--batch-size", "8", "--workers", "0",
+                   "--device", "cpu", "--out", str(again), "-q")
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load((again / "config.yaml").read_text())
+    assert (cfg["img-size"], cfg["crop-pct"], cfg["interpolation"]) == (48, 1.0, "bilinear")
+    state = torch.load(again / "checkpoints" / "last.pt", weights_only=True)
+    assert (tuple(state["mean"]), tuple(state["std"])) == ((0.5,) * 3, (0.25,) * 3)

@@ -196,7 +196,8 @@ def folder_pretrained_cfg(pretrained: str | None) -> Any:
     """timm's ``pretrained_cfg`` (input size, crop, interpolation, mean, std) that a local weights
     folder carries in its ``config.json`` (timm's ``save_for_hf`` / ``push_to_hub`` layout; for a
     weights file, the ``config.json`` beside it; for a Hugging Face cache repository folder, its
-    snapshot's), as attributes; None for anything else. Plain JSON is read, nothing else.
+    snapshot's), or that a finetune checkpoint records (a run continued from another run's
+    weights takes its input as they were trained), as attributes; None for anything else.
 
     >>> import json, pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -209,12 +210,15 @@ def folder_pretrained_cfg(pretrained: str | None) -> Any:
     True
     """
     import json
-    import types
     from pathlib import Path
 
     if not pretrained or pretrained == "torchvision" or pretrained.startswith(("torchvision:", TIMM_PREFIX)):
         return None
     path = Path(pretrained)
+    if path.is_file() and path.suffix.lower() in (".pt", ".pth", ".ckpt", ".tar"):
+        own = _finetune_checkpoint_cfg(str(path.resolve()), path.stat().st_mtime_ns)
+        if own is not None:  # a finetune run's checkpoint: the input its weights were trained with
+            return own
     folder = path if path.is_dir() else path.parent
     if (folder / "snapshots").is_dir():  # $HF_HUB_CACHE/models--ORG--NAME
         from finetune.weights.formats import hf_cache_snapshot
@@ -232,6 +236,23 @@ def folder_pretrained_cfg(pretrained: str | None) -> Any:
         return None
     keys = ("input_size", "crop_pct", "interpolation", "crop_mode", "mean", "std", "fixed_input_size")
     return types.SimpleNamespace(**{k: cfg.get(k) for k in keys})
+
+
+@functools.lru_cache(maxsize=4)
+def _finetune_checkpoint_cfg(path: str, mtime_ns: int) -> Any:
+    """The input settings (size, crop, interpolation, mean, std) a finetune checkpoint records; None
+    for any other file (read safely, as the weights are; cached: the run reads the file again)."""
+    from finetune.weights import read_checkpoint
+
+    try:
+        meta = read_checkpoint(path).metadata
+    except Exception:  # noqa: BLE001 - not readable here: loading the weights says why
+        return None
+    if meta.get("format") != "finetune-checkpoint" or not isinstance(meta.get("img_size"), int):
+        return None
+    return types.SimpleNamespace(input_size=[3, meta["img_size"], meta["img_size"]], crop_pct=meta.get("crop_pct"),
+                                 interpolation=meta.get("interpolation"), crop_mode=meta.get("crop_mode"),
+                                 mean=meta.get("mean"), std=meta.get("std"), fixed_input_size=None)
 
 
 def _torchvision_weights_preset(model: str, pretrained: str | None) -> dict[str, Any] | None:
