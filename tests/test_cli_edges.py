@@ -133,3 +133,16 @@ def test_a_frozen_backbone_loaded_from_pretrained_weights_gives_no_random_warnin
                    "--exclude", "layer1.0.conv1.*", "--freeze", "layer1", "--max-steps", "1", *TINY)
     assert res.returncode == 0, res.stderr
     assert "1 frozen tensor (36,864 values, e.g. 'layer1.0.conv1.weight') was not loaded" in res.stderr
+
+
+def test_layers_that_unfreeze_later_are_not_warned_about(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from finetune import TrainConfig
+    from finetune.train import build_model
+
+    cfg = TrainConfig(model="resnet18", freeze=["layer1"], unfreeze=["layer1@2"], epochs=2).resolved()
+    build_model(cfg, 2, torch.device("cpu"))
+    assert "not loaded from pretrained weights" not in capsys.readouterr().err
+    build_model(TrainConfig(model="resnet18", freeze=["layer1"], epochs=2).resolved(), 2, torch.device("cpu"))
+    assert "12 frozen tensors" in capsys.readouterr().err

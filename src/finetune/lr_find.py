@@ -20,6 +20,7 @@ suggestion is ``lr_min``, the more robust of the two.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.config import TrainConfig
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, DataError
 
 
 @dataclass
@@ -124,6 +125,7 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
         resolve_data,
         resolve_device,
         set_lr,
+        unfreeze_at,
     )
 
     cfg.validate()
@@ -145,6 +147,8 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     # base lr 1: each group's lr is its multiplier (--lr-mult, --layer-decay), scaled by the sweep
     optimizer = make_optimizer(param_groups(model, 1.0, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)
+    # --unfreeze PATTERN@1 trains PATTERN from the run's first step: here too (later epochs are not reached)
+    unfreeze_at(model, optimizer, dataclasses.replace(cfg, lr=1.0), epoch=0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     loss_weight = class_weights(train_samples.labels, classes, cfg.class_weights)
     loss_weight = loss_weight.to(device) if loss_weight is not None else None
@@ -170,7 +174,12 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
                     loader.set_epoch(epoch)
                     epoch += 1
                     batches = iter(loader)
-                    batch = next(batches)
+                    batch = next(batches, None)
+                    if batch is None:  # every batch of the epoch was unreadable files (skipped by the loader)
+                        bad = loader.bad_file_list()
+                        raise DataError(f"none of the {len(train_samples)} training images can be read"
+                                        + (f" (e.g. '{bad[0].path}': {bad[0].reason})" if bad else "")
+                                        + ": nothing to train on")
                 images, labels = batch
                 targets, smoothing = labels, cfg.label_smoothing
                 if cfg.mixup or cfg.cutmix:  # the loss train sees: mixed batches, soft targets

@@ -255,19 +255,22 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.opti
         return make()
 
 
-def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
+def apply_freezing(model: nn.Module, cfg: TrainConfig) -> list[str]:
     """--linear-probe / --train-only / --freeze, and the frozen parts of --unfreeze, then the BN policy;
     auxiliary heads (which the loss does not use) are frozen unless --train-only names them.
+    Returns the names of the parameters that --unfreeze makes trainable later.
 
     >>> import torch
     >>> from finetune import TrainConfig
     >>> from finetune.train import apply_freezing
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 3))
     >>> apply_freezing(net, TrainConfig(linear_probe=True))
+    []
     >>> [n for n, p in net.named_parameters() if p.requires_grad]
     ['2.weight', '2.bias']
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 3))
     >>> apply_freezing(net, TrainConfig(freeze=["0"], unfreeze=["1@3"]))
+    ['1.weight', '1.bias']
     >>> [n for n, p in net.named_parameters() if p.requires_grad]
     ['2.weight', '2.bias']
     """
@@ -282,9 +285,9 @@ def apply_freezing(model: nn.Module, cfg: TrainConfig) -> None:
         freeze_all_but(model, *cfg.train_only)
     if cfg.freeze:
         freeze(model, *cfg.freeze)
-    for pattern, _ in parse_unfreeze(cfg.unfreeze, cfg.epochs):
-        freeze(model, pattern)
+    later = [name for pattern, _ in parse_unfreeze(cfg.unfreeze, cfg.epochs) for name in freeze(model, pattern)]
     set_bn_policy(model, cfg.bn)
+    return later
 
 
 def unfreeze_at(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> list[str]:
@@ -295,7 +298,7 @@ def unfreeze_at(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainCo
     >>> from finetune.train import apply_freezing, make_optimizer, unfreeze_at
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 3))
     >>> cfg = TrainConfig(epochs=3, lr=0.1, weight_decay=0.0, unfreeze=["0@2"])
-    >>> apply_freezing(net, cfg)
+    >>> _ = apply_freezing(net, cfg)
     >>> opt = make_optimizer(param_groups(net, cfg.lr), cfg)
     >>> unfreeze_at(net, opt, cfg, epoch=0), unfreeze_at(net, opt, cfg, epoch=1)
     ([], ['0.weight', '0.bias'])
@@ -513,6 +516,13 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
         try:
             return _train(cfg, quiet=quiet, stop=stop)
         except ValueError as e:
+            if "Expected more than 1 value per channel when training" in str(e) and cfg.batch_size > 1:
+                # (a batch of one image with a larger --batch-size: unreadable files skipped from it, or a
+                # training split of one image)
+                raise DataError(f"a training batch had one image (--batch-size {cfg.batch_size}: the others were "
+                                f"unreadable files, or the split has one image), and {cfg.model}'s BatchNorm cannot "
+                                f"train on one image ({str(e).splitlines()[0]}): remove or fix the unreadable "
+                                "images (--strict-data lists them all), or add images") from None
             if "Expected more than 1 value per channel when training" in str(e):  # bad input, not a bug
                 raise ConfigError(f"--batch-size {cfg.batch_size} is too small for {cfg.model}'s BatchNorm in training "
                                   f"({str(e).splitlines()[0]}): use a larger --batch-size (per process under "
@@ -668,6 +678,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         batches = FeatureBatches(features.float(), labels_, cfg.batch_size, cfg.seed, shard=(ddp.rank, ddp.world))
     batches_per_epoch = len(batches)
     steps_per_epoch = -(-batches_per_epoch // cfg.grad_accum)  # optimizer steps (--grad-accum batches each)
+    if cfg.grad_accum > batches_per_epoch and resume_state is None:
+        warn(f"--grad-accum {cfg.grad_accum} is more than the {batches_per_epoch} batches of an epoch: every epoch is "
+             f"one optimizer step of {batches_per_epoch} batches")
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -841,6 +854,27 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     def no_progress() -> bool:  # --early-stop: val top-1 has not improved for that many epochs
         return bool(cfg.early_stop) and best_epoch >= 0 and epoch - 1 - best_epoch >= cfg.early_stop
 
+    def after_step(pending_batch: bool = False) -> bool:
+        """After an optimizer step: True to stop (a signal, --max-steps); else a checkpoint if one is due.
+        ``pending_batch``: the loader has handed over a batch that the step did not train."""
+        nonlocal last_save_time
+        due = bool(cfg.save_every_minutes) and time.monotonic() - last_save_time >= 60 * cfg.save_every_minutes
+        if ddp.enabled:  # the processes stop and save at the same step (signals and clocks differ)
+            stop_flag, due_flag = ddp.sum([float(stop.stop_requested), float(due)])
+            stop_now, due = stop_flag > 0, due_flag > 0
+        else:
+            stop_now = stop.stop_requested
+        if stop_now or out_of_steps():
+            return True
+        if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or due:
+            batches.position -= pending_batch
+            try:
+                save()
+            finally:
+                batches.position += pending_batch
+            last_save_time = time.monotonic()
+        return False
+
     early = False
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     with ckpt:
@@ -860,6 +894,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             # resumed from a step checkpoint taken after the epoch's last batch: only its evaluation is left
             # (iterating a finished Loader would start the epoch over)
             todo = batches if batches.position < batches_per_epoch else ()
+            whole_epoch = batches.position == 0  # (a resumed epoch's remainder says nothing about the others)
             bar = progress(todo, total=batches_per_epoch - batches.position, desc=f"epoch {epoch + 1}", quiet=quiet)
             # an optimizer step takes the batches at positions [group_start, group_end) of the epoch
             # (--grad-accum of them; fewer at the epoch's end); None: no step under way
@@ -870,6 +905,11 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                 if group_end is not None and batches.position - 1 >= group_end:  # its last batch was all bad files
                     optimizer_step()
                     group_end = None
+                    # (the batch in hand opens the next step and is not trained yet: a checkpoint taken
+                    # here records the position before it, so that a resume trains it)
+                    if after_step(pending_batch=True):
+                        batches.position -= 1
+                        break
                 if group_end is None:
                     group_start = batches.position - 1
                     group_end = min(group_start + cfg.grad_accum, batches_per_epoch)
@@ -903,17 +943,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
                     continue
                 group_end = None
                 optimizer_step()
-                due = bool(cfg.save_every_minutes) and time.monotonic() - last_save_time >= 60 * cfg.save_every_minutes
-                if ddp.enabled:  # the processes stop and save at the same step (signals and clocks differ)
-                    stop_flag, due_flag = ddp.sum([float(stop.stop_requested), float(due)])
-                    stop_now, due = stop_flag > 0, due_flag > 0
-                else:
-                    stop_now = stop.stop_requested
-                if stop_now or out_of_steps():
+                if after_step():
                     break
-                if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or due:
-                    save()
-                    last_save_time = time.monotonic()
             if group_end is not None:  # the epoch's last batches were all bad files
                 optimizer_step()
             if batches.position < batches_per_epoch:  # interrupted in the middle of the epoch
@@ -931,6 +962,16 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
             # with --ema the EMA weights are the run's result (as in timm): val_* and the best checkpoint
             metrics = evaluate(ema.module, val_loader, amp=amp, quiet=quiet, ddp=ddp) if ema is not None else raw
             loss_sum_all, seen_all, images_done = ddp.sum([epoch_loss_sum, epoch_seen, images_done])
+            if whole_epoch and images_done == 0 and not cfg.cache_features:  # every training image unreadable
+                bad = train_loader.bad_file_list()
+                raise DataError(f"none of the {len(train_samples)} training images can be read"
+                                + (f" (e.g. '{bad[0].path}': {bad[0].reason})" if bad else "")
+                                + ": nothing was trained (use --strict-data to list them all)")
+            if raw["images"] == 0 and len(val_samples):  # a top-1 of 0% over no images would choose best.pt
+                bad = val_loader.bad_file_list()
+                raise DataError(f"none of the {len(val_samples)} validation images can be read"
+                                + (f" (e.g. '{bad[0].path}': {bad[0].reason})" if bad else "")
+                                + ": nothing to score the run on (use --strict-data to list them all)")
             record = {"epoch": epoch, "step": step, "train_loss": loss_sum_all / max(seen_all, 1),
                       "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
                       "topk": metrics["topk"], "lr": optimizer.param_groups[0]["lr"],
@@ -1112,10 +1153,10 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pre
             print(report)
         check_pretrained_fit(model, report, cfg)
         loaded = report.loaded
-    apply_freezing(model, cfg)
+    later = apply_freezing(model, cfg)
     if pretrained:  # (a resumed run's head comes from its checkpoint)
         warn_frozen_new_head(model, loaded)
-        warn_frozen_random(model, loaded)
+        warn_frozen_random(model, [*loaded, *later])  # (--unfreeze's train later)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -1524,6 +1565,9 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     if tta:
         result["tta"] = "hflip"
     bad = loader.bad_file_list()
+    if result["images"] == 0:  # a top-1 of 0% over no images is no score (predict refuses the same input)
+        raise DataError(f"none of the {len(samples)} images of '{data}' can be read"
+                        + (f" (e.g. '{bad[0].path}': {bad[0].reason})" if bad else "") + ": nothing to score")
     if bad:  # not scored: say so, a score over fewer images than the data has is not the data's score
         warn(f"skipped {len(bad)} unreadable image(s) of {len(samples)}, not scored (e.g. '{bad[0].path}': "
              f"{bad[0].reason})")
