@@ -357,3 +357,6 @@ def test_resume_with_flags_that_change_the_run_says_what_changed(colour_data: Pa
     assert changed.returncode == 0, changed.stderr
     [line] = [line for line in changed.stdout.splitlines() if line.startswith("resumed at")]
     assert line.endswith("; settings changed from the run's: epochs 3 -> 4, lr 0.002 -> 0.5"), line
+    # and the run goes on with it (the optimizer's groups were restored with the checkpoint's settings)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert {g["hparams"]["base_lr"] for g in state["optimizer"]["groups"]} == {0.5}

@@ -163,6 +163,16 @@ def _add_lr_find(sub: argparse._SubParsersAction) -> None:
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from finetune.config import config_from_args
 
+    # the flags of a run's directory and length mean nothing to the range test (it writes nothing and takes
+    # --num-steps steps): say so rather than take them in silence
+    # (--out RUN --resume auto|PATH with a config.yaml there does mean something: the run's settings)
+    reads_run = bool(args.resume and args.out and os.path.isfile(os.path.join(args.out, "config.yaml")))
+    ignored = [f"--{name.replace('_', '-')}" for name in ("out", "resume", "tensorboard", "keep_last", "save_every_steps",
+                                                        "save_every_minutes", "async_save", "max_steps", "early_stop")
+               if getattr(args, name, None) not in (None, False) and not (reads_run and name in ("out", "resume"))]
+    if ignored:
+        print(f"finetune: warning: lr-find writes no run directory and takes --num-steps steps: {', '.join(ignored)} "
+              "ignored", file=sys.stderr, flush=True)
     cfg = config_from_args(args)
     from finetune.lr_find import lr_find
 
@@ -302,8 +312,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", type=non_empty, metavar="DST", help="output file: .safetensors, or .pt/.pth/.bin for torch.save")
     p.add_argument("--ema", action="store_true", help="write the EMA weights instead of the raw ones")
     p.add_argument("--half", action="store_true", help="store floating-point tensors as float16")
-    p.add_argument("--strip-prefix", type=non_empty, default="auto", metavar="auto|PREFIX",
-                   help="wrapper prefixes to remove: auto (default), a literal PREFIX, or none")
+    p.add_argument("--strip-prefix", type=non_empty, default="auto", metavar="auto|PREFIX|none",
+                   help="auto (default): also remove a Lightning file's network attribute; a literal PREFIX to "
+                        "remove; none: nothing more (wrapper prefixes module./_orig_mod. are always removed)")
     p.add_argument("--trust", action="store_true", help="allow files that run code when loaded (pickled modules)")
     p.add_argument("--force", action="store_true", help="replace DST if it exists (default: refuse)")
     p.set_defaults(handler=_cmd_convert)

@@ -137,7 +137,9 @@ class TrainConfig:
         return dataclasses.replace(
             self,
             # absolute: `finetune eval` reads the checkpoint's config from wherever it is run
-            data=self.data if shapes or not os.path.exists(self.data) else os.path.abspath(self.data),
+            # (a YAML file's '~/photos' is not expanded by any shell)
+            data=self.data if shapes or not os.path.exists(os.path.expanduser(self.data))
+            else os.path.abspath(os.path.expanduser(self.data)),
             img_size=self.img_size if self.img_size is not None else (32 if shapes else self._pretrained_size() or 224),
             crop_scale=self.crop_scale if self.crop_scale is not None else ((0.7, 1.0) if shapes else (0.08, 1.0)),
             crop_pct=self.crop_pct if self.crop_pct is not None else weights_eval[0],

@@ -12,6 +12,7 @@ graph, Grad-CAM overlays, feature maps), progress bars.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -32,10 +33,21 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w") as f:
         for r in records:
-            f.write(json.dumps(r) + "\n")
+            f.write(json_line(r))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One record as a line of standard JSON: a non-finite number (a diverged run's loss) is ``null``,
+    not Python's ``NaN`` / ``Infinity``, which JSON does not have (``JSON.parse``, strict parsers reject it).
+
+    >>> json_line({"epoch": 0, "val_loss": float("nan"), "train_loss": float("inf"), "lr": 0.1})
+    '{"epoch": 0, "val_loss": null, "train_loss": null, "lr": 0.1}\\n'
+    """
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
@@ -84,7 +96,8 @@ class RunLog:
     '{"epoch": 0}\\n'
     """
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool, quiet: bool, epochs: int = 0, write: bool = True):
+    def __init__(self, run_dir: Path, *, tensorboard: bool, quiet: bool, epochs: int = 0, write: bool = True,
+                 purge_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.quiet = quiet
         self.epochs = epochs
@@ -93,7 +106,9 @@ class RunLog:
         if tensorboard and write:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+            # purge_step: TensorBoard hides the events of earlier invocations at steps >= it (a resume from an
+            # earlier checkpoint, or a kill between an epoch's events and its checkpoint, logs those steps again)
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge_step)
 
     def rewrite(self, history: list[dict[str, Any]]) -> None:
         """Make metrics.jsonl hold exactly ``history`` (used on resume)."""
@@ -103,7 +118,7 @@ class RunLog:
     def epoch(self, record: dict[str, Any]) -> None:
         if self.write:
             with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json_line(record))
         if not self.quiet:
             print(format_epoch(record, self.epochs), flush=True)
         if self._tb is not None:

@@ -157,8 +157,51 @@ def resolve_data(data: str, val_split: float, seed: int) -> tuple[Samples, Sampl
     if data == "shapes":
         from finetune.data.shapes import shapes_root
 
+        if Path("shapes").is_dir():  # e.g. `finetune make-shapes shapes` here, then `--data shapes`
+            warn("--data shapes is the built-in dataset, not the folder 'shapes' here: "
+                 "give --data ./shapes to train on that folder")
         return find_splits(shapes_root(), val_split=val_split, seed=seed)
     return find_splits(data, val_split=val_split, seed=seed)
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
+    """Hold an exclusive ``flock`` on the run directory while a run writes it: a second ``finetune train``
+    with the same ``--out`` is refused instead of mixing its checkpoints, metrics and TensorBoard events
+    into the first one's. Nothing is written for it; the kernel drops the lock when the process dies
+    (kill -9 too).
+
+    >>> import pathlib, tempfile
+    >>> from finetune.train import hold_run_dir
+    >>> run = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> with hold_run_dir(run):
+    ...     with hold_run_dir(run): pass  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: --out '...run' is in use by another finetune process: wait for it to end, or give another --out
+    >>> run.exists()      # made for the run and left empty: removed again
+    False
+    """
+    try:
+        import fcntl
+    except ImportError:  # (not POSIX: no lock)
+        yield
+        return
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"--out '{run_dir}' is in use by another finetune process: wait for it to end, or "
+                              "give another --out") from None
+        try:
+            yield
+        finally:
+            if created and not any(run_dir.iterdir()):  # nothing written (setup failed): leave no empty run
+                run_dir.rmdir()
+    finally:
+        os.close(fd)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -512,9 +555,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     check_not_importing_main()
     # SIGTERM/SIGINT from here on (a preemption during data or model setup included) finish the current
     # step, save and return; outside train() the CLI turns them into "interrupted" (exit 2)
-    with GracefulExit() as stop:
+    with GracefulExit() as stop, contextlib.ExitStack() as hold:
         try:
-            return _train(cfg, quiet=quiet, stop=stop)
+            return _train(cfg, quiet=quiet, stop=stop, hold=hold)
         except ValueError as e:
             if "Expected more than 1 value per channel when training" in str(e) and cfg.batch_size > 1:
                 # (a batch of one image with a larger --batch-size: unreadable files skipped from it, or a
@@ -537,7 +580,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
             raise
 
 
-def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
+def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextlib.ExitStack) -> TrainResult:
     cfg.validate()
     ddp = Distributed.from_env()  # several processes under torchrun (one process otherwise)
     check_run_dir(cfg)  # (library callers too: a run with checkpoints is continued, never overwritten)
@@ -549,6 +592,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
     if device.type == "cuda":  # fixed batch shapes: let cuDNN pick its fastest kernels once
         torch.backends.cudnn.benchmark = True
     run_dir = Path(ddp.gather(str(cfg.out) if cfg.out else str(default_run_dir(cfg)))[0])
+    if ddp.main:  # one run at a time in a run directory; checked again now that no other process can write it
+        hold.enter_context(hold_run_dir(run_dir))
+        check_run_dir(dataclasses.replace(cfg, out=str(run_dir)))
     ckpt = Checkpointer(run_dir, keep_last=cfg.keep_last, best_metric="val_top1", mode="max",
                         async_save=cfg.async_save if cfg.async_save is not None else device.type == "cuda")
 
@@ -703,7 +749,14 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         for e in range(epoch + (1 if position > 0 else 0)):  # replay the unfreezing done before the checkpoint
             unfreeze_at(model, optimizer, cfg, e)
         load_model_state(model, resume_state["model"])
+        # the groups' settings come from this invocation's flags (--lr, --weight-decay, --momentum,
+        # --lr-mult, --layer-decay), not the checkpoint's: "flags given with --resume change the run"
+        # (unchanged flags give the saved values, so a plain resume stays exact)
+        fresh = [{k: g[k] for k in ("base_lr", "lr_mult", "weight_decay", "momentum", "nesterov") if k in g}
+                 for g in optimizer.param_groups]
         opt_report = load_optimizer_state_by_name(optimizer, model, resume_state["optimizer"])
+        for group, settings in zip(optimizer.param_groups, fresh, strict=True):
+            group.update(settings)
         if not getattr(opt_report, "exact", True):
             warn(f"optimizer state restored by name with differences: {opt_report}")
         if resume_state.get("scaler"):
@@ -752,7 +805,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "classes.json").write_text(json.dumps(classes, indent=1))
-    log = RunLog(run_dir, tensorboard=cfg.tensorboard, quiet=quiet, epochs=cfg.epochs, write=ddp.main)
+    # (TensorBoard's step of an epoch is epoch + 1: what an earlier invocation logged from this epoch on is replaced)
+    log = RunLog(run_dir, tensorboard=cfg.tensorboard, quiet=quiet, epochs=cfg.epochs, write=ddp.main,
+                 purge_step=epoch + 1)
     log.rewrite(history)
     total, trainable = count_parameters(model)
     log.info(f"{cfg.model}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), {len(classes)} classes, "
@@ -1188,9 +1243,14 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
     mismatched = [n for n, _, _ in report.mismatched if not n.startswith(heads)]
     wanted = sum(v for n, v in sizes.items() if n not in report.excluded)
     loaded = sum(v for n, v in sizes.items() if n in got)
-    if wanted and loaded < 0.5 * wanted:
+    # another architecture of the same family (resnet50's file into resnet18): names and some shapes
+    # coincide, so half the values may "load", but the file's own layers are mostly left over and the
+    # backbone has tensors of another shape
+    foreign = bool(mismatched) and len(report.unexpected) > len(got)
+    if wanted and (loaded < 0.5 * wanted or foreign):
         raise WeightsError(f"only {loaded / wanted:.0%} of the weights of {cfg.model} outside its head came from "
-                           f"'{report.source}' ({len(missing)} tensors missing, {len(mismatched)} of another shape): "
+                           f"'{report.source}' ({len(missing)} tensors missing, {len(mismatched)} of another shape"
+                           + (f", {len(report.unexpected)} of the file's tensors unused" if foreign else "") + "): "
                            f"it looks like weights of another architecture; `finetune inspect {report.source} "
                            f"--model {cfg.model}` shows what matches")
     if missing or mismatched:

@@ -1278,7 +1278,7 @@ def _resolve_source(source: Any, train: bool, seed: int) -> tuple[Samples | None
             from finetune.data.shapes import shapes_root
 
             source = shapes_root()
-        return path_samples(source, train, seed), None
+        return path_samples(Path(source).expanduser(), train, seed), None
     items = getattr(source, "samples", None)  # torchvision ImageFolder / DatasetFolder
     classes = getattr(source, "classes", None)
     if isinstance(items, list) and classes is not None and items and isinstance(items[0], tuple):

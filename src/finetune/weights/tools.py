@@ -229,7 +229,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     LightningModule attribute that holds the network (:func:`lightning_attribute`; the
     small buffers of its other attributes, such as a loss's class weights, are left out
     so that the file loads into the bare network); any other value is a literal
-    prefix to strip (``"none"`` keeps names).
+    prefix to strip (``"none"`` keeps the LightningModule attribute). Wrapper prefixes
+    (``module.``, ``_orig_mod.``) are always removed, whatever ``strip_prefix`` says.
 
     ``half`` stores float32 and float64 tensors as float16; tensors of 16 bits or fewer
     (bfloat16, float8) keep their dtype (bfloat16 to float16 would turn values beyond 65504
@@ -297,6 +298,8 @@ def _strip(sd: StateDict, prefix: str, ck: Checkpoint) -> StateDict:
         p = attr + "."
         return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
     p = prefix if prefix.endswith(".") else prefix + "."
+    if p in ck.unwrapped and not any(k.startswith(p) for k in sd):
+        return sd  # a wrapper prefix (module., _orig_mod.): the reader removed it already
     if not any(k.startswith(p) for k in sd):
         raise WeightsError(f"{ck.source}: no key starts with '{p}' (keys look like '{next(iter(sd), '')}')")
     return {(k[len(p):] if k.startswith(p) else k): v for k, v in sd.items()}
