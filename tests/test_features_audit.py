@@ -4,6 +4,7 @@ found a bug, except the kill -9 of every process (slow), which guards the exact 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -291,16 +292,22 @@ def test_tensorboard_cam_and_feature_maps_show_the_ema_weights(data: Path, tmp_p
 
 def test_lr_find_checks_pretrained_weights_as_train_does(data: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """resnet50's file for a resnet18: train warns that 23 backbone tensors keep random values; lr-find
-    said nothing and measured a half-random backbone."""
+    """A file that leaves two backbone tensors of a resnet18 random: train warns; lr-find said nothing and
+    measured a partly random backbone. resnet50's file for a resnet18: train refuses it, lr-find too."""
+    from finetune.errors import WeightsError
     from finetune.lr_find import lr_find
     from finetune.models import create_model
 
-    torch.save(create_model("resnet50", num_classes=10).state_dict(), tmp_path / "r50.pt")
+    weights = create_model("resnet18", num_classes=10).state_dict()
+    del weights["layer4.1.conv2.weight"], weights["layer4.1.bn2.weight"]
+    torch.save(weights, tmp_path / "r18.pt")
     cfg = TrainConfig(data=str(data), model="resnet18", img_size=32, batch_size=16, workers="0", device="cpu",
-                      pretrained=str(tmp_path / "r50.pt"))
+                      pretrained=str(tmp_path / "r18.pt"))
     lr_find(cfg, num_steps=2, quiet=True)
     assert "keep their random values" in capsys.readouterr().err
+    torch.save(create_model("resnet50", num_classes=10).state_dict(), tmp_path / "r50.pt")
+    with pytest.raises(WeightsError, match="it looks like weights of another architecture"):
+        lr_find(dataclasses.replace(cfg, pretrained=str(tmp_path / "r50.pt")), num_steps=2, quiet=True)
 
 
 # --------------------------------------------------------------------------- --resume PATH with a checkpoint that does not fit
