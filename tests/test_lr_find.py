@@ -54,3 +54,9 @@ def test_grad_accum_sweeps_what_the_larger_batch_sweeps(colour_data: Path) -> No
     small = lr_find(TrainConfig(batch_size=8, **common), start_lr=1e-3, end_lr=1.0, num_steps=5, quiet=True)
     assert accum.raw_losses == pytest.approx(big.raw_losses, abs=1e-5)
     assert small.raw_losses != pytest.approx(big.raw_losses, abs=1e-3)
+
+
+def test_a_test_that_ran_all_its_steps_did_not_stop_early(colour_data: Path) -> None:
+    cfg = TrainConfig(data=str(colour_data), img_size=32, batch_size=8, workers="0", device="cpu")
+    result = lr_find(cfg, start_lr=0.01, end_lr=1.0, num_steps=2, quiet=True)  # (the loss explodes at the last step)
+    assert len(result.lrs) == 2 and result.stopped == ""

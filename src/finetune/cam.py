@@ -358,8 +358,9 @@ def _maps(model: nn.Module, images: torch.Tensor, method: str, layer: str | None
     hw = (images.shape[-2], images.shape[-1])
     chosen = _chosen_layer(model, images, layer)
     if method == "cam" and not chosen.gap_linear:
-        raise ConfigError(f"method 'cam' needs a global-average-pool + Linear head on layer '{chosen.name}'; "
-                          "this model's head is something else: use gradcam")
+        raise ConfigError(f"method 'cam' needs the layer that feeds a global-average-pool + Linear head, and "
+                          f"'{chosen.name}' does not (at a small image size the last stage's maps may be too small "
+                          "to be chosen): give --layer NAME, a larger --img-size, or use gradcam")
     needs_grad = method not in GRADIENT_FREE
     captured: list[torch.Tensor] = []
 
@@ -936,51 +937,57 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
             root = Path(data) if Path(data).is_dir() else Path(data).parent
         boxes = read_boxes(root)
     out_dir = Path(out) if out is not None else run_dir / "cam" / method
+    made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    normalizer = Normalizer(tuple(state.get("mean", IMAGENET_MEAN)), tuple(state.get("std", IMAGENET_STD)), dev,
-                            channels_last=False)
-    records: list[dict[str, Any]] = []
-    scored: list[Localisation] = []  # one per image with a box
-    pending, tried = iter(files), 0  # `limit` readable images: an unreadable one found in a folder is replaced
-    while len(records) < limit:
-        chunk, crops = [], []
-        for f in pending:
-            tried += 1
-            try:
-                crops.append(eval_crop(f, size, crop_pct, interpolation, crop_mode))
-            except DataError as e:
-                if f in named:
-                    raise
-                warn(f"skipping {e}")  # as predict does: one unreadable image does not stop the others
-                continue
-            chunk.append(f)
-            if len(chunk) == min(batch_size, limit - len(records)):
+    try:  # a failure before the first overlay (a method that does not fit the model) leaves no empty folder
+        normalizer = Normalizer(tuple(state.get("mean", IMAGENET_MEAN)), tuple(state.get("std", IMAGENET_STD)), dev,
+                                channels_last=False)
+        records: list[dict[str, Any]] = []
+        scored: list[Localisation] = []  # one per image with a box
+        pending, tried = iter(files), 0  # `limit` readable images: an unreadable one found in a folder is replaced
+        while len(records) < limit:
+            chunk, crops = [], []
+            for f in pending:
+                tried += 1
+                try:
+                    crops.append(eval_crop(f, size, crop_pct, interpolation, crop_mode))
+                except DataError as e:
+                    if f in named:
+                        raise
+                    warn(f"skipping {e}")  # as predict does: one unreadable image does not stop the others
+                    continue
+                chunk.append(f)
+                if len(chunk) == min(batch_size, limit - len(records)):
+                    break
+            if not chunk:
                 break
-        if not chunk:
-            break
-        batch = normalizer(torch.stack(crops).to(dev))
-        result = class_activation_maps(model, batch, method=method, layer=layer,
-                                       classes=None if target_index is None else [target_index])
-        maps = result.maps.cpu()
-        for k, f in enumerate(chunk):
-            n = len(records)
-            cls = int(result.classes[k])
-            name = f"{n:04d}_{_safe(f.stem)}_{_safe(classes[cls])}.png"
-            Image.fromarray(overlay(crops[k], maps[k], alpha)).save(out_dir / name)
-            record: dict[str, Any] = {"file": str(f), "overlay": name, "class": classes[cls],
-                                      "prob": round(float(result.probs[k]), 6), "layer": result.layer}
-            if str(f) in truth:
-                record["true_class"] = classes[truth[str(f)]]
-            box = boxes.get(str(f.resolve()))
-            if box is not None:
-                with Image.open(f) as im:  # (the header only: the box is in the source image's pixels)
-                    crop_box = box_in_crop(box, im.size, size, crop_pct, crop_mode)
-                scores = localisation(maps[k:k + 1], torch.tensor([crop_box]))
-                record.update(pointing=bool(scores.pointing), energy=round(scores.energy, 6), iou=round(scores.iou, 6))
-                scored.append(scores)
-            records.append(record)
-    if files and not records:
-        raise DataError(f"none of the {tried} images to explain can be read")
+            batch = normalizer(torch.stack(crops).to(dev))
+            result = class_activation_maps(model, batch, method=method, layer=layer,
+                                           classes=None if target_index is None else [target_index])
+            maps = result.maps.cpu()
+            for k, f in enumerate(chunk):
+                n = len(records)
+                cls = int(result.classes[k])
+                name = f"{n:04d}_{_safe(f.stem)}_{_safe(classes[cls])}.png"
+                Image.fromarray(overlay(crops[k], maps[k], alpha)).save(out_dir / name)
+                record: dict[str, Any] = {"file": str(f), "overlay": name, "class": classes[cls],
+                                          "prob": round(float(result.probs[k]), 6), "layer": result.layer}
+                if str(f) in truth:
+                    record["true_class"] = classes[truth[str(f)]]
+                box = boxes.get(str(f.resolve()))
+                if box is not None:
+                    with Image.open(f) as im:  # (the header only: the box is in the source image's pixels)
+                        crop_box = box_in_crop(box, im.size, size, crop_pct, crop_mode)
+                    scores = localisation(maps[k:k + 1], torch.tensor([crop_box]))
+                    record.update(pointing=bool(scores.pointing), energy=round(scores.energy, 6), iou=round(scores.iou, 6))
+                    scored.append(scores)
+                records.append(record)
+        if files and not records:
+            raise DataError(f"none of the {tried} images to explain can be read")
+    except BaseException:
+        if made and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     loc = (Localisation(len(scored), *(float(np.mean([getattr(x, k) for x in scored])) for k in ("pointing", "energy", "iou")))
            if scored else None)
     _remove_previous_overlays(out_dir, {r["overlay"] for r in records})

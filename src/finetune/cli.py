@@ -453,7 +453,8 @@ def _cmd_cam(args: argparse.Namespace) -> int:
         _print_json(report.records)
         return 0
     layer = report.records[0]["layer"] if report.records else args.layer
-    print(f"{args.method} from layer '{layer}': {len(report.records)} overlays in {report.out_dir}")
+    n = len(report.records)
+    print(f"{args.method} from layer '{layer}': {n} overlay{'' if n == 1 else 's'} in {report.out_dir}")
     loc = report.localisation
     if loc is not None:
         print(f"localisation on {loc.images} images with boxes: pointing game {loc.pointing:.1%}, "

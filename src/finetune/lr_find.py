@@ -208,7 +208,7 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
             smoothed.append(debiased)
             raw.append(value)
             best = min(best, debiased)
-            if step > 0 and debiased > 4 * best:
+            if 0 < step < num_steps - 1 and debiased > 4 * best:  # (at the last step the test ends anyway)
                 stopped = f"the loss exceeded 4x its minimum at lr {lr:.2e}"
                 break
     except ValueError as e:
