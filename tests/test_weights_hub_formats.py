@@ -67,7 +67,7 @@ def test_convert_says_which_models_of_an_accelerate_folder_it_leaves_out(tmp_pat
     assert "finetune: warning:" in res.stderr and "model_1.safetensors" in res.stderr
 
 
-def test_torch_export_archive_weights_are_read_without_running_it(tmp_path: Path) -> None:
+def test_torch_export_archive_weights_are_read_without_running_it(colour_data: Path, tmp_path: Path) -> None:
     model = torchvision.models.resnet18(num_classes=5).eval()
     path = tmp_path / "r18.pt2"
     torch.export.save(torch.export.export(model, (torch.randn(1, 3, 32, 32),)), str(path))
@@ -77,7 +77,7 @@ def test_torch_export_archive_weights_are_read_without_running_it(tmp_path: Path
     expected = model.state_dict()
     assert sorted(weights) == sorted(expected)
     assert all(torch.equal(weights[k], v) for k, v in expected.items())
-    res = run_here("train", "--data", "shapes", "--pretrained", str(path), "--exclude", "fc.*", "--max-steps", "1",
+    res = run_here("train", "--data", str(colour_data), "--pretrained", str(path), "--exclude", "fc.*", "--max-steps", "1",
                    "--img-size", "32", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--epochs", "1",
                    "--out", str(tmp_path / "run"), "-q")
     assert res.returncode == 0, res.stderr
@@ -102,12 +102,10 @@ def test_a_timm_hub_folders_pretrained_cfg_sets_the_runs_input(colour_data: Path
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert (tuple(state["mean"]), tuple(state["std"])) == ((0.5,) * 3, (0.25,) * 3)
     # a run from that run's checkpoint takes the input its weights were trained with, not timm's defaults
-    again = tmp_path / "again"
-    res = run_here("train", "--data", str(colour_data), "--model", "timm:resnet18", "--pretrained",
-                   str(out / "checkpoints" / "last.pt"), "--max-steps", "1", "--batch-size", "8", "--workers", "0",
-                   "--device", "cpu", "--out", str(again), "-q")
-    assert res.returncode == 0, res.stderr
-    cfg = yaml.safe_load((again / "config.yaml").read_text())
-    assert (cfg["img-size"], cfg["crop-pct"], cfg["interpolation"]) == (48, 1.0, "bilinear")
-    state = torch.load(again / "checkpoints" / "last.pt", weights_only=True)
-    assert (tuple(state["mean"]), tuple(state["std"])) == ((0.5,) * 3, (0.25,) * 3)
+    from finetune import TrainConfig
+    from finetune.models import normalization
+
+    checkpoint = str(out / "checkpoints" / "last.pt")
+    again = TrainConfig(data=str(colour_data), model="timm:resnet18", pretrained=checkpoint).resolved()
+    assert (again.img_size, again.crop_pct, again.interpolation) == (48, 1.0, "bilinear")
+    assert normalization("timm:resnet18", checkpoint) == ((0.5,) * 3, (0.25,) * 3)
