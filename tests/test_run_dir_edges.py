@@ -103,3 +103,32 @@ def test_data_shapes_with_a_shapes_folder_here_says_which_it_means(tmp_path: Pat
     (tmp_path / "shapes").mkdir()
     resolve_data("shapes", 0.1, 0)
     assert "give --data ./shapes to train on that folder" in capsys.readouterr().err
+
+
+def test_the_lock_is_free_at_once_after_a_kill_9_that_leaves_forked_workers(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from finetune.train import hold_run_dir
+
+    script = f"""
+import multiprocessing, os, pathlib, signal, sys, time
+from finetune.train import hold_run_dir
+with hold_run_dir(pathlib.Path({str(tmp_path / 'run')!r})):
+    (pathlib.Path({str(tmp_path / 'run')!r}) / "x").write_text("")
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))  # as a DataLoader worker
+    worker.start()
+    print(worker.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    orphan = int(proc.stdout.readline())  # (the orphan keeps the pipe open: wait for the process, not the pipe)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    try:
+        with hold_run_dir(tmp_path / "run"):  # was: "in use by another finetune process" until the worker ended
+            pass
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+        proc.stdout.close()

@@ -189,6 +189,9 @@ def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir, os.O_RDONLY)
+    held = [fd]  # a flock belongs to the open file: forked children (DataLoader workers) share it, and would
+    # hold it after a kill -9 of this process until they notice and exit: they drop their copy at once
+    os.register_at_fork(after_in_child=lambda: held and os.close(held.pop()))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -201,6 +204,7 @@ def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
             if created and not any(run_dir.iterdir()):  # nothing written (setup failed): leave no empty run
                 run_dir.rmdir()
     finally:
+        held.clear()
         os.close(fd)
 
 
