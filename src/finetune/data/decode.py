@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import struct
 import warnings
 import zlib
@@ -64,12 +65,15 @@ from finetune.data.transforms import (
     eval_resize_box,
     eval_resize_side,
 )
+from finetune.errors import DataWarning
 
 BoxFor = Callable[[int, int], CropBox]
 # torchvision 0.29 warns that torchvision.io decoding moves to torchcodec; it still works and is the
 # fastest CPU JPEG decoder here. Silence only that message.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
+# PIL's own warning names no file and comes again from each crop of the image: warn_if_huge says it once, by name
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # what PIL and torchvision raise for unreadable, truncated or non-image files
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, EOFError, struct.error, zlib.error,
                  Image.DecompressionBombError)
@@ -79,6 +83,17 @@ _CORRUPT_ERRORS = (TypeError, IndexError, KeyError, ZeroDivisionError, MemoryErr
 # PIL formats that are JPEG streams (MPO: phones' multi-picture JPEGs, frame 0 is the photo)
 JPEG_FORMATS = ("JPEG", "MPO")
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def warn_if_huge(img: Image.Image, path: str) -> None:
+    """A :class:`DataWarning` naming ``path`` when the image is over PIL's decompression-bomb warning
+    limit (``Image.MAX_IMAGE_PIXELS``; twice that is an error): it decodes, but slowly and with much memory."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = img.width * img.height
+    if limit is not None and pixels > limit:
+        warnings.warn(DataWarning(f"'{path}' is {img.width}x{img.height} ({pixels / 1e6:.0f} megapixels, over PIL's "
+                                  f"decompression-bomb limit of {limit / 1e6:.0f}): it is decoded whole, slowly and "
+                                  "with GiBs of memory; downscale it if that is not meant"), stacklevel=2)
 
 
 def read_file(path: str) -> torch.Tensor:
@@ -169,6 +184,8 @@ def open_image(source: str | io.BytesIO) -> Image.Image:
     try:
         return Image.open(source)
     except Image.UnidentifiedImageError:
+        if isinstance(source, str) and os.path.getsize(source) == 0:  # (what read_file says, on the training path)
+            raise OSError("empty file (0 bytes)") from None
         what = None
         with contextlib.suppress(*DECODE_ERRORS):
             if isinstance(source, str):
@@ -366,6 +383,7 @@ def decode_crop(path: str, box_for: BoxFor, out_side: int, *, data: torch.Tensor
     if data is None:
         data = read_file(path)
     img = open_header(data)
+    warn_if_huge(img, path)
     full = img.size
     box = box_for(*full)
     if img.format in JPEG_FORMATS:
@@ -403,17 +421,18 @@ def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: b
     >>> ours.shape, int((ours.permute(2, 0, 1).int() - theirs.int()).abs().max()) <= 2
     (torch.Size([32, 32, 3]), True)
     """
-    img = open_image(path)
-    full = img.size
-    left, top, right, bottom = eval_resize_box(*full, size, crop_pct, crop_mode)
-    if img.format in JPEG_FORMATS:
-        reduce = dct_reduction(int(min(right - left, bottom - top)), size) if dct else 1
-        if reduce > 1:
-            img.draft("RGB", draft_size(*full, reduce))
-    elif img.format == "PNG":
-        with open(path, "rb") as f:
-            _check_png(f.read())
-    return eval_image(img, size, crop_pct, full=full, interpolation=interpolation, crop_mode=crop_mode)
+    with open_image(path) as img:  # (closed also on a bad file: PIL keeps multi-frame files open)
+        warn_if_huge(img, path)
+        full = img.size
+        left, top, right, bottom = eval_resize_box(*full, size, crop_pct, crop_mode)
+        if img.format in JPEG_FORMATS:
+            reduce = dct_reduction(int(min(right - left, bottom - top)), size) if dct else 1
+            if reduce > 1:
+                img.draft("RGB", draft_size(*full, reduce))
+        elif img.format == "PNG":
+            with open(path, "rb") as f:
+                _check_png(f.read())
+        return eval_image(img, size, crop_pct, full=full, interpolation=interpolation, crop_mode=crop_mode)
 
 
 def eval_image(img: Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT, *,
@@ -570,6 +589,9 @@ def bad_reason(error: BaseException) -> str:
     if isinstance(error, Image.UnidentifiedImageError):
         return "not an image (cannot identify image file)"
     text = " ".join(str(error).split())
+    if isinstance(error, Image.DecompressionBombError):  # (PIL's guard, not a broken file: say how to pass it)
+        text += (" (PIL's decompression-bomb guard: downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS "
+                 "where finetune is used from Python)")
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

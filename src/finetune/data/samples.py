@@ -35,7 +35,7 @@ from finetune.errors import DataError, DataWarning
 # use, and other kinds Pillow reads
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
                   ".gif", ".jfif", ".jpe", ".avif", ".apng", ".jp2", ".j2k", ".jpx", ".pnm", ".pbm", ".tga",
-                  ".qoi", ".dib")
+                  ".qoi", ".dib", ".mpo")  # (.mpo: multi-picture JPEGs of 3D cameras; the first picture is read)
 # images that Pillow does not read (phone photos, camera raw, vector, HDR, layered): not samples,
 # but counted and named (a folder of iPhone .heic photos would otherwise train on what is left)
 UNREAD_IMAGE_EXTENSIONS = (".heic", ".heif", ".hif", ".jxl", ".svg", ".exr", ".hdr", ".psd", ".dng", ".cr2",
