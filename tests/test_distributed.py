@@ -182,6 +182,19 @@ def test_a_batch_of_unreadable_files_in_one_process_is_skipped_by_both(ddp_data:
     assert [m["step"] for m in metrics(run)] == [24]
 
 
+def test_a_run_directory_in_use_stops_every_process_with_its_reason(ddp_data: Path, tmp_path: Path) -> None:
+    """Process 0 was refused the run directory; process 1 then said another process "stopped or lost
+    its connection" and that the run should be continued with --resume auto."""
+    from finetune.train import hold_run_dir
+
+    run = tmp_path / "run"
+    with hold_run_dir(run):  # what a running `finetune train --out run` holds
+        res = torchrun(*common(ddp_data, run), timeout=240)
+    assert res.returncode != 0
+    assert "is in use by another finetune process" in res.stderr, res.stderr[-2000:]
+    assert "lost its connection" not in res.stderr, res.stderr[-2000:]
+
+
 def test_torchrun_environment_is_checked() -> None:
     from finetune import ConfigError
     from finetune.distributed import Distributed

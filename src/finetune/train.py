@@ -596,9 +596,16 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
     if device.type == "cuda":  # fixed batch shapes: let cuDNN pick its fastest kernels once
         torch.backends.cudnn.benchmark = True
     run_dir = Path(ddp.gather(str(cfg.out) if cfg.out else str(default_run_dir(cfg)))[0])
-    if ddp.main:  # one run at a time in a run directory; checked again now that no other process can write it
-        hold.enter_context(hold_run_dir(run_dir))
-        check_run_dir(dataclasses.replace(cfg, out=str(run_dir)))
+    refused = ""  # one run at a time in a run directory; checked again now that no other process can write it
+    if ddp.main:
+        try:
+            hold.enter_context(hold_run_dir(run_dir))
+            check_run_dir(dataclasses.replace(cfg, out=str(run_dir)))
+        except ConfigError as e:
+            refused = str(e)
+    refused = ddp.gather(refused)[0]  # (every process stops with process 0's reason, not "another process stopped")
+    if refused:
+        raise ConfigError(refused)
     ckpt = Checkpointer(run_dir, keep_last=cfg.keep_last, best_metric="val_top1", mode="max",
                         async_save=cfg.async_save if cfg.async_save is not None else device.type == "cuda")
 
