@@ -445,7 +445,7 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     first: dict[str, int] = {}
     keep: list[int] = []
     for k, p in enumerate(paths):
-        j = first.setdefault(os.path.realpath(p), k)
+        j = first.setdefault(p, k)  # (absolute, normalised: no stat per row)
         if j == k:
             keep.append(k)
         elif names[j] != names[k] or (split is not None and split[j] != split[k]):
