@@ -178,9 +178,9 @@ def _timm_weights_cfg(model: str, pretrained: str | None) -> tuple[bool, Any]:
     """(whether the weights are timm's, their ``pretrained_cfg`` or None when timm or the name is
     unknown): the ``pretrained_cfg`` of a weights folder's ``config.json`` (timm's hub format) or
     the timm source named by ``pretrained`` win over a timm model's default tag."""
-    folder_cfg = folder_pretrained_cfg(pretrained)
-    if folder_cfg is not None:
-        return True, folder_cfg
+    local_cfg = local_pretrained_cfg(pretrained)
+    if local_cfg is not None:
+        return True, local_cfg
     name = pretrained if pretrained and pretrained.startswith(TIMM_PREFIX) else model
     if not name.startswith(TIMM_PREFIX):
         return False, None
@@ -192,7 +192,7 @@ def _timm_weights_cfg(model: str, pretrained: str | None) -> tuple[bool, Any]:
         return True, None
 
 
-def folder_pretrained_cfg(pretrained: str | None) -> Any:
+def local_pretrained_cfg(pretrained: str | None) -> Any:
     """timm's ``pretrained_cfg`` (input size, crop, interpolation, mean, std) that a local weights
     folder carries in its ``config.json`` (timm's ``save_for_hf`` / ``push_to_hub`` layout; for a
     weights file, the ``config.json`` beside it; for a Hugging Face cache repository folder, its
@@ -203,10 +203,10 @@ def folder_pretrained_cfg(pretrained: str | None) -> Any:
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "pretrained_cfg": {
     ...     "input_size": [3, 160, 160], "crop_pct": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
-    >>> cfg = folder_pretrained_cfg(str(folder))
+    >>> cfg = local_pretrained_cfg(str(folder))
     >>> cfg.input_size, cfg.crop_pct, cfg.mean, cfg.interpolation
     ([3, 160, 160], 1.0, [0.5, 0.5, 0.5], None)
-    >>> folder_pretrained_cfg("timm:resnet18") is None
+    >>> local_pretrained_cfg("timm:resnet18") is None
     True
     """
     import json

@@ -189,9 +189,7 @@ def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir, os.O_RDONLY)
-    held = [fd]  # a flock belongs to the open file: forked children (DataLoader workers) share it, and would
-    # hold it after a kill -9 of this process until they notice and exit: they drop their copy at once
-    os.register_at_fork(after_in_child=lambda: held and os.close(held.pop()))
+    _LOCK_FDS.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -204,8 +202,24 @@ def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
             if created and not any(run_dir.iterdir()):  # nothing written (setup failed): leave no empty run
                 run_dir.rmdir()
     finally:
-        held.clear()
+        _LOCK_FDS.discard(fd)
         os.close(fd)
+
+
+#: the run-directory locks this process holds. A flock belongs to the open file: forked children
+#: (DataLoader workers) share it and would hold it after a kill -9 of this process until they notice
+#: and exit, so they close their copies at once (closing a copy does not unlock the parent's)
+_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    while _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(_LOCK_FDS.pop())
+
+
+if hasattr(os, "register_at_fork"):  # (POSIX)
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
