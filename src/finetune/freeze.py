@@ -24,7 +24,8 @@ In frozen parts under ``frozen`` and ``eval``, dropout and drop-path layers
 ``DropBlock2d``) are off as well: a frozen backbone computes the same features in
 ``train()`` as in ``eval()``, so a live linear probe sees what a cached one does.
 A dropout layer is in a frozen part when every parameter registered before it
-is frozen (its input comes from frozen layers only): with a linear probe that is
+is frozen (its input comes from frozen layers only; one registered before any
+parameter, such as an input dropout, goes with the layer after it): with a linear probe that is
 every dropout, including one right before the head, so training the head on
 cached features is the same computation.
 
@@ -189,8 +190,15 @@ def _select_all(root: nn.Module) -> _Selection:
 
 
 # --------------------------------------------------------------------------- freezing
-def _bn_layers(root: nn.Module) -> list[tuple[str, _BatchNorm]]:
-    return [(n, m) for n, m in root.named_modules() if isinstance(m, _BatchNorm)]
+def _is_bn(module: nn.Module) -> bool:
+    """BatchNorm, or an InstanceNorm with running statistics (which it updates in train mode and uses in eval mode)."""
+    return isinstance(module, _BatchNorm) or (
+        isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats
+    )
+
+
+def _bn_layers(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in root.named_modules() if _is_bn(m)]
 
 
 _STOCHASTIC_NAMES = frozenset({"DropPath", "StochasticDepth", "DropBlock2d"})  # timm, torchvision
@@ -201,14 +209,58 @@ def _stochastic_layers(root: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     parameter is registered before it (registration order stands for the forward order,
     as in :func:`freeze_until`), so its input comes from frozen layers only. BatchNorm
     affine parameters that train under the ``eval`` policy do not count."""
-    out = []
-    trainable_before = False
+    out: list[tuple[str, nn.Module, bool]] = []
+    pending: list[tuple[str, nn.Module]] = []  # before any parameter (input dropout): as the layer it feeds
+    trainable_before, seen = False, False
     for name, module in root.named_modules():
         if isinstance(module, nn.modules.dropout._DropoutNd) or type(module).__name__ in _STOCHASTIC_NAMES:
-            out.append((name, module, not trainable_before))
-        if not getattr(module, _FROZEN_PART_ATTR, False):
-            trainable_before = trainable_before or any(p.requires_grad for p in module.parameters(recurse=False))
-    return out
+            if seen:
+                out.append((name, module, not trainable_before))
+            else:
+                pending.append((name, module))
+        own = list(module.parameters(recurse=False))
+        if own:
+            trains = not getattr(module, _FROZEN_PART_ATTR, False) and any(p.requires_grad for p in own)
+            if not seen:
+                out.extend((n, m, not trains) for n, m in pending)
+                pending, seen = [], True
+            trainable_before = trainable_before or trains
+    return out + [(n, m, False) for n, m in pending]
+
+
+_DROP_RATE_ATTR = "_finetune_drop_rate"  # a timm model's own drop_rate, while its head's input is frozen
+
+
+def _set_head_dropout(root: nn.Module, policy: str) -> None:
+    """timm models that drop out before the classifier with ``F.dropout(x, self.drop_rate)`` (ResNet,
+    EfficientNet, MobileNetV3 ...) have no dropout layer to switch off: while every parameter
+    registered before the classifier is frozen (a linear probe), their ``drop_rate`` is 0, as a
+    dropout layer there would be off; it comes back when a part before the head is unfrozen."""
+    get_classifier = getattr(root, "get_classifier", None)
+    rate = getattr(root, "drop_rate", None)
+    if not callable(get_classifier) or isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        return
+    try:
+        head = get_classifier()
+    except Exception:  # noqa: BLE001 - not timm's API after all
+        return
+    if not isinstance(head, nn.Module):
+        return
+    head_params = {id(p) for p in head.parameters()}
+    frozen_input = True
+    for module in root.modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in head_params]
+        if own and not getattr(module, _FROZEN_PART_ATTR, False) and any(p.requires_grad for p in own):
+            frozen_input = False
+            break
+    stashed = getattr(root, _DROP_RATE_ATTR, None)
+    if frozen_input and policy != "train" and rate:
+        if stashed is None:
+            setattr(root, _DROP_RATE_ATTR, rate)
+        root.drop_rate = 0.0
+    elif not (frozen_input and policy != "train") and stashed is not None:
+        root.drop_rate = stashed
+        delattr(root, _DROP_RATE_ATTR)
 
 
 def _bn_covered(name: str, bn: nn.Module, params: set[str], modules: Callable[[str], bool]) -> bool:
@@ -281,7 +333,7 @@ def _set_trainable(model: nn.Module, patterns: tuple[str, ...], *, trainable: bo
     chosen = set(sel.params)
     _mark_bn(root, lambda n, bn: _bn_covered(n, bn, chosen, sel.covers_module), not trainable)
     apply_bn_policy(root)
-    return list(sel.params)
+    return [n for n in sel.params if params[n].requires_grad == trainable]  # (eval policy: BN affine stays trainable)
 
 
 def freeze_all_but(model: nn.Module, *patterns: str) -> list[str]:
@@ -396,6 +448,8 @@ def apply_bn_policy(model: nn.Module) -> dict[str, str]:
     policy = bn_policy(root)
     modes: dict[str, str] = {}
     for name, bn in _bn_layers(root):
+        if getattr(bn, _MODE_ATTR, "train") == "frozen" and any(p.requires_grad for p in bn.parameters(recurse=False)):
+            setattr(bn, _FROZEN_PART_ATTR, False)  # made trainable since the policy froze it (by hand, or unfreeze(..., "bn.weight"))
         frozen_part = _in_frozen_part(bn)
         mode = policy if frozen_part else "train"
         if frozen_part:
@@ -409,6 +463,7 @@ def apply_bn_policy(model: nn.Module) -> dict[str, str]:
         modes[name] = mode
     for _name, layer, frozen_part in _stochastic_layers(root):  # dropout & co. (not in the returned modes)
         _set_layer_mode(layer, "frozen" if frozen_part and policy != "train" else "train", root.training)
+    _set_head_dropout(root, policy)
     return modes
 
 
@@ -565,7 +620,7 @@ def trainable_table(model: nn.Module) -> TrainableTable:
     for name, child in root.named_children():
         params = [p for p in child.parameters() if id(p) not in seen]
         seen.update(id(p) for p in params)
-        bns = [m for m in child.modules() if isinstance(m, _BatchNorm)]
+        bns = [m for m in child.modules() if _is_bn(m)]
         if not params and not bns:
             continue
         total = sum(p.numel() for p in params)
@@ -996,7 +1051,8 @@ def audit(model: nn.Module, optimizer: torch.optim.Optimizer, *, after_backward:
             ))
         with_grad = [(n, p.grad) for n, p in trainable.items() if p.grad is not None]
         if with_grad:
-            finite = torch.stack([torch.isfinite(g).all() for _, g in with_grad]).tolist()  # one sync
+            dense = [g.coalesce().values() if g.is_sparse else g for _, g in with_grad]  # nn.Embedding(sparse=True)
+            finite = torch.stack([torch.isfinite(g).all() for g in dense]).tolist()  # one sync
             bad = [n for (n, _), ok in zip(with_grad, finite, strict=True) if not ok]
             if bad:
                 findings.append(Finding(
