@@ -571,7 +571,7 @@ def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], p
         raise CheckpointError(f"cannot save state{_where(path)}: a {type(obj).__qualname__} does not load with "
                               "torch.load(weights_only=True) on torch 2.4; store it as a str or a uint8 tensor")
     if isinstance(obj, Mapping):
-        return {k: _plain(v, on_tensor, (*path, k)) for k, v in obj.items()}
+        return {_plain_key(k, path): _plain(v, on_tensor, (*path, k)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_plain(v, on_tensor, (*path, i)) for i, v in enumerate(obj)]
     if isinstance(obj, tuple):
@@ -582,6 +582,24 @@ def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], p
         return str(obj)
     raise CheckpointError(f"cannot save state{_where(path)}: a {type(obj).__qualname__} does not load with "
                           "torch.load(weights_only=True); store it as a dict, list, str, number or tensor")
+
+
+def _plain_key(key: Any, path: tuple) -> Any:
+    """A dict key that ``torch.load(weights_only=True)`` accepts (a numpy scalar becomes its Python value).
+
+    >>> _plain_key(np.int64(3), ()), _plain_key(("a", np.float32(0.5)), ())
+    (3, ('a', 0.5))
+    """
+    if type(key) in _SCALARS or isinstance(key, _TORCH_VALUES):
+        return key
+    if isinstance(key, np.generic) and type(key.item()) in _SCALARS:
+        return key.item()
+    if isinstance(key, PurePath):
+        return str(key)
+    if isinstance(key, tuple):
+        return tuple(_plain_key(k, path) for k in key)
+    raise CheckpointError(f"cannot save state{_where(path)}: its key {key!r}, a {type(key).__qualname__}, does not "
+                          "load with torch.load(weights_only=True); use str, int, float or bool keys")
 
 
 def _where(path: tuple) -> str:
@@ -1138,6 +1156,11 @@ class Checkpointer:
                 return path
             self.skipped.append((path, reason))
             warnings.warn(f"skipping checkpoint '{path}': {reason}", CheckpointWarning, stacklevel=2)
+        # a save of the same epoch and step again, killed between replacing the file and writing its
+        # manifest, leaves no complete numbered file; last.pt still holds the one it replaced
+        last = self.directory / LAST
+        if self.skipped and last.exists() and self.verify(last) is None:
+            return last
         return None
 
     def set_aside_after(self, step: int) -> Path | None:
@@ -1312,7 +1335,8 @@ class Checkpointer:
             # would stay latest() and be resumed from, so they are moved aside (nothing is deleted)
             folder = self.set_aside_after(prepared["step"])
             warnings.warn(f"saving step {prepared['step']} in '{self.directory}', which holds checkpoints of later "
-                          f"steps: those were moved to '{folder}'", CheckpointWarning, stacklevel=2)
+                          f"steps: those were moved to '{folder}' ('step' counts the run's optimizer steps: it never goes "
+                          "down within a run, a per-epoch counter does)", CheckpointWarning, stacklevel=2)
         self._best_state()
         if self.async_save:
             payload, ready = self._snapshot_async(prepared)

@@ -1120,7 +1120,10 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # every pass is the whole epoch (as a DataLoader's: ``next(iter(loader))`` then ``list(loader)``
         # gives every batch), except the first after load_state_dict, which continues where it says
-        if not (self._resume and self.position < len(self)):
+        if self._resume and self.position >= len(self):  # saved after the epoch's last batch: nothing is left
+            self._resume = False
+            return
+        if not self._resume:
             self.position = 0
         self._resume = False
         self.start_position = self.position
