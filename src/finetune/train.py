@@ -144,6 +144,29 @@ def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def audit_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
+               unscaled: bool = False) -> list[Any] | None:
+    """:func:`finetune.audit` of one step's gradients, taken off fp16's loss scale first (``unscaled``:
+    already done); None when the scaled gradients overflowed: the scaler skips that step (and lowers
+    its scale), so it says nothing of the model: audit the next step instead.
+
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1); opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
+    >>> scaler.scale(model(torch.full((1, 2), 1e20)).sum()).backward()  # gradients overflow to inf
+    >>> print(audit_step(model, opt, scaler))
+    None
+    """
+    from finetune.freeze import audit
+
+    if scaler.is_enabled() and not unscaled:
+        scaler.unscale_(optimizer)  # (scaler.step does not unscale again)
+    findings = audit(model, optimizer)
+    if scaler.is_enabled() and any(f.kind == "nonfinite_grad" for f in findings):
+        return None
+    return findings
+
+
 def resolve_data(data: str, val_split: float, seed: int) -> tuple[Samples, Samples]:
     """(train, val) samples of ``--data``: the built-in ``shapes`` (generated once) or a path.
 
@@ -706,7 +729,6 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
         print("--sync-bn: one process, its BatchNorm statistics already cover the whole batch")
     ema = make_ema(model, cfg.ema) if cfg.ema else None
     from finetune.freeze import (
-        audit,
         bn_train_mode,
         extract_features,
         format_findings,
@@ -907,9 +929,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad)
         if not audited:  # the classic silent bugs, checked once on real gradients
-            audited = True
-            findings = audit(model, optimizer)
-            for line in format_findings(findings).splitlines():  # one "finetune: warning:" line each
+            findings = audit_step(model, optimizer, scaler, unscaled=bool(cfg.clip_grad))
+            audited = findings is not None
+            for line in format_findings(findings or []).splitlines():  # one "finetune: warning:" line each
                 warn(line.removeprefix("warning: "))
         scaler.step(optimizer)
         scaler.update()
