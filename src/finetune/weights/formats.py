@@ -286,6 +286,10 @@ def _layout(obj: dict[str, Any], source: str) -> tuple[str, StateDict, StateDict
     if (flat := flat_tensors(obj)) is not None:
         return "state_dict", flat, None, None
     ema = next((e for k in EMA_KEYS if (e := _maybe(obj.get(k))) is not None), None)
+    teacher = _maybe(obj.get("teacher"))
+    if teacher is not None and _maybe(obj.get("student")) is not None:
+        # DINO / iBOT / EsViT: the teacher (the students' average) is the network they evaluate and release
+        return "teacher/student self-distillation (the teacher's weights)", teacher, ema, opt
     for key in NESTED_KEYS:
         sd = _maybe(obj.get(key))
         if sd is not None:

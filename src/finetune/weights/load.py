@@ -89,7 +89,9 @@ class LoadReport:
         head = [f"weights: {self.source}", f"  format   {self.format}", f"  mapping  {self.mapping}"]
         if self.ema_available:
             head.append("  ema      " + ("EMA weights loaded" if self.ema_used
-                                         else "the file also has EMA weights (not used; pass ema=True / --ema)"))
+                                         else "the file also has EMA weights, not used: load_weights(ema=True) "
+                                              "loads them; `finetune convert FILE OUT.safetensors --ema` writes "
+                                              "them for --pretrained OUT.safetensors"))
         rows = [
             ("loaded", len(self.loaded), ""),
             ("adapted", len(self.adapted), ", ".join(f"{n} ({h})" for n, h in self.adapted)),
@@ -144,6 +146,59 @@ class PrefixMap:
         return f"'{self.strip}' -> '{self.add}'"
 
 
+@dataclass(frozen=True)
+class ChildIndexMap:
+    """Keys of the model's children in an ``nn.Sequential`` (``Sequential(*model.children())``:
+    fastai's ``vision_learner`` body, lightly's ``backbone``): ``strip``, then a child's index,
+    becomes the name of the model's child of that index (children without weights count too).
+
+    >>> from finetune.weights.load import ChildIndexMap
+    >>> m = ChildIndexMap(strip="0.", children=("conv1", "bn1", "relu", "maxpool", "layer1"))
+    >>> m("0.4.0.conv1.weight"), m("0.1.bias"), m("1.8.weight"), str(m)
+    ('layer1.0.conv1.weight', 'bn1.bias', '1.8.weight', "'0.N.' -> the model's N-th child (conv1, bn1, …)")
+    """
+
+    strip: str = ""
+    children: tuple[str, ...] = ()
+    add: str = ""
+
+    def __call__(self, name: str) -> str:
+        if not name.startswith(self.strip):
+            return name
+        index, dot, rest = name[len(self.strip):].partition(".")
+        if not dot or not index.isdigit() or int(index) >= len(self.children):
+            return name
+        return f"{self.children[int(index)]}.{rest}"
+
+    def __str__(self) -> str:
+        return f"'{self.strip}N.' -> the model's N-th child ({', '.join(self.children[:2])}, …)"
+
+
+def child_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """The names of ``model``'s children in order, inside DDP/DataParallel/compile wrappers.
+
+    >>> child_names(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
+    ('0', '1')
+    """
+    while True:
+        kids = list(model.named_children())
+        if len(kids) == 1 and kids[0][0] in ("module", "_orig_mod"):
+            model = kids[0][1]
+            continue
+        return tuple(n for n, _ in kids)
+
+
+def _index_prefixes(source: Mapping[str, Shape], depth: int) -> list[str]:
+    """Prefixes of the file's keys that are followed by at least two distinct child indices."""
+    indices: dict[str, set[str]] = {}
+    for s in source:
+        for q in _prefixes(s, depth):
+            head = s[len(q):].partition(".")[0]
+            if head.isdigit():
+                indices.setdefault(q, set()).add(head)
+    return sorted((q for q, i in indices.items() if len(i) >= 2), key=lambda q: -len(indices[q]))[:4]
+
+
 def align(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int = 3) -> PrefixMap:
     """The prefix mapping under which the most source keys find a target key of the same shape.
 
@@ -155,13 +210,18 @@ def align(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int =
     return aligned(source, target, depth)[0]
 
 
-def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int = 3) -> list[PrefixMap]:
+def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int = 3,
+            children: Sequence[str] = ()) -> list[PrefixMap | ChildIndexMap]:
     """:func:`align`'s mapping first, then any other that fits exactly as many tensors from other
-    keys of the file (a distillation checkpoint's ``student.`` and ``teacher.``: the choice is a guess).
+    keys of the file (a distillation checkpoint's ``student.`` and ``teacher.``: the teacher is
+    preferred, as DINO-style self-distillation evaluates and releases it; otherwise the choice is a guess).
 
     >>> shapes = {"student.fc.weight": (2, 3), "teacher.fc.weight": (2, 3)}
     >>> [str(m) for m in aligned(shapes, {"fc.weight": (2, 3)})]
-    ["strip 'student.'", "strip 'teacher.'"]
+    ["strip 'teacher.'", "strip 'student.'"]
+
+    With the model's ``children`` (:func:`child_names`), the keys of a ``Sequential`` of them
+    (``0.4.0.conv1.weight`` for ``layer1.0.conv1.weight``) are matched by index too.
     """
     by_suffix: dict[str, set[str]] = {}
     for t in target:
@@ -172,24 +232,30 @@ def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int
         for q in _prefixes(s, depth):
             for p in by_suffix.get(s[len(q):], ()):
                 support[(q, p)] += 1
-    candidates = [PrefixMap()] + [PrefixMap(q, p) for (q, p), _ in support.most_common(12)]
+    candidates: list[PrefixMap | ChildIndexMap] = [PrefixMap()] + [PrefixMap(q, p) for (q, p), _ in
+                                                                   support.most_common(12)]
+    if len(children) >= 2:
+        candidates += [ChildIndexMap(q, tuple(children)) for q in _index_prefixes(source, depth)]
 
-    def score(m: PrefixMap) -> tuple[int, int, int, int]:
+    def score(m: PrefixMap | ChildIndexMap) -> tuple[int, int, int, int, int]:
         names = {m(s): shape for s, shape in source.items()}
         hit = [n for n in names if n in target]
         same = [n for n in hit if tuple(target[n]) == tuple(names[n])]
         # 0-d tensors (BatchNorm's num_batches_tracked) fit any BatchNorm: no evidence for a mapping
         shaped = sum(1 for n in same if len(names[n]) > 0)
+        # of equally fitting copies, a self-distillation teacher rather than its student
+        teacher = "teacher" in m.strip.split(".")
         # a renaming that matches names but no shape is a coincidence (e.g. 'fc.' -> 'stem.')
-        return shaped, len(hit) if shaped or m == PrefixMap() else -1, len(same), -len(m.strip) - len(m.add)
+        return (shaped, len(hit) if shaped or m == PrefixMap() else -1, len(same), teacher,
+                -len(m.strip) - len(m.add))
 
     scores = {m: score(m) for m in candidates}
     best = max(candidates, key=lambda m: scores[m])
 
-    def used(m: PrefixMap) -> set[str]:  # the file's keys a mapping loads
+    def used(m: PrefixMap | ChildIndexMap) -> set[str]:  # the file's keys a mapping loads
         return {s for s in source if m(s) in target}
 
-    ties: dict[frozenset[str], PrefixMap] = {}
+    ties: dict[frozenset[str], PrefixMap | ChildIndexMap] = {}
     best_used = used(best)
     for m in sorted(candidates, key=lambda m: scores[m], reverse=True):  # (the simplest of equivalent maps first)
         if m == best or scores[best][0] == 0 or scores[m][:3] != scores[best][:3]:
@@ -513,7 +579,8 @@ def load_weights(
     model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
 
     renamed = apply_renames(file_sd, rename)
-    prefix_map, *equally_good = aligned({renamed[k]: tuple(v.shape) for k, v in file_sd.items()}, model_shapes)
+    prefix_map, *equally_good = aligned({renamed[k]: tuple(v.shape) for k, v in file_sd.items()}, model_shapes,
+                                        children=child_names(model))
     if equally_good and not rename:
         report.notes.append(f"other keys of the file fit as well: {', '.join(str(m) for m in equally_good[:3])} "
                             f"(loaded: {prefix_map}; rename={{regex: replacement}} chooses another)")
@@ -692,7 +759,7 @@ def _adapt(name: str, tensor: Tensor, model_tensor: Tensor, first_conv: str | No
     return None
 
 
-def _describe_mapping(file_wrappers: list[str], model_wrappers: list[str], prefix_map: PrefixMap,
+def _describe_mapping(file_wrappers: list[str], model_wrappers: list[str], prefix_map: PrefixMap | ChildIndexMap,
                       rename: Mapping[str, str] | None) -> str:
     parts = []
     if file_wrappers:

@@ -476,6 +476,7 @@ def format_inspect(info: Mapping[str, Any], *, max_rows: int | None = None) -> s
                     lines.append(f"  {kind}: " + _short(", ".join(r[kind])))
             for m in r["mismatched"]:
                 lines.append(f"  mismatched: {m['name']} file {_shape(m['file_shape'])}, model {_shape(m['model_shape'])}")
+            lines += [f"  note: {n}" for n in r.get("notes") or []]
     return "\n".join(lines)
 
 
