@@ -747,6 +747,7 @@ def bad_inputs(d: Path, src: nn.Module) -> dict[str, tuple[Path, str]]:
 
     with zipfile.ZipFile(d / "other.zip", "w") as zf:
         zf.writestr("a.txt", "hello")
+    np.savez(d / "bit.npz", **{"resnet/root_block/standardized_conv2d/kernel": np.zeros((7, 7, 3, 64), np.float32)})
     return {
         "truncated zip": (d / "truncated.pt", "truncated or corrupt"),
         "truncated legacy": (d / "truncated_legacy.pth", "corrupt or truncated"),
@@ -756,6 +757,7 @@ def bad_inputs(d: Path, src: nn.Module) -> dict[str, tuple[Path, str]]:
         "text": (d / "notes.txt", "text file"),
         "folder": (d / "nothing", "holds no model weights"),
         "other zip": (d / "other.zip", "not a PyTorch checkpoint"),
+        "jax npz": (d / "bit.npz", "NumPy .npz archive (JAX/Flax weights)"),
         "missing": (d / "missing.pt", "no such file"),
     }
 

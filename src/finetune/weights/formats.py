@@ -194,6 +194,10 @@ def _sniff_zip(path: Path) -> str:
         return "pt2"
     if any(n.endswith("data.pkl") for n in names):
         return "torch zip"
+    if names and all(n.endswith(".npy") for n in names):  # BiT's / big_vision's ViT .npz
+        return ("a NumPy .npz archive (JAX/Flax weights), not a PyTorch checkpoint: its names need a model-specific "
+                "conversion; timm converts BiT/ViT .npz files (timm.create_model(NAME, pretrained=True, "
+                "pretrained_cfg_overlay={'file': PATH}), then save its state_dict() as .safetensors)")
     return "a zip archive that is not a PyTorch checkpoint"
 
 
