@@ -174,9 +174,10 @@ class CamLayer:
     gap_linear: bool
 
 
-def find_cam_layer(model: nn.Module, images: torch.Tensor) -> CamLayer:
+def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = None) -> CamLayer:
     """Probe ``model`` on ``images`` (one forward and backward with every layer's output
-    kept) and return the last layer whose spatial output reaches the top class score.
+    kept) and return the last layer whose spatial output reaches the top class score
+    (``only``: probe that one layer, to know whether it feeds a global-average-pool + Linear head).
 
     >>> from finetune import create_model
     >>> find_cam_layer(create_model("resnet18", num_classes=2).eval(), torch.randn(1, 3, 64, 64)).name
@@ -201,7 +202,7 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor) -> CamLayer:
         return hook
 
     hooks = [m.register_forward_hook(keep(n)) for n, m in model.named_modules()
-             if n and not any(n == h or n.startswith(h + ".") for h in heads)]
+             if n and (only is None or n == only) and not any(n == h or n.startswith(h + ".") for h in heads)]
     head_inputs: list[torch.Tensor] = []
     if heads:  # the probe scores the head's input (a fixed random projection): an untrained head may be all zeros
         hooks.append(model.get_submodule(heads[0]).register_forward_pre_hook(
@@ -274,13 +275,26 @@ def _weights(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def _eigen_projection(a: torch.Tensor) -> torch.Tensor:
     """Projection of each position's features on their first principal component (N x h x w),
-    signed so that it correlates positively with the features' sum."""
+    signed so that it correlates positively with the features' sum; where that sum does not
+    vary over the positions (a LayerNorm's output: a ViT's or Swin's tokens), so that its
+    largest value is positive (the sign would otherwise follow rounding noise).
+
+    >>> t = torch.nn.functional.layer_norm(torch.randn(1, 5, 16, 8), (8,)).permute(0, 3, 1, 2)
+    >>> p, q = _eigen_projection(t), _eigen_projection(t * (1 + 1e-6))
+    >>> bool(torch.allclose(p, q, atol=1e-4)), float(p.amax()) > 0
+    (True, True)
+    """
     n, c, h, w = a.shape
     x = a.reshape(n, c, h * w).transpose(1, 2)  # N x positions x C
     x = x - x.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     proj = x @ vh[:, 0, :, None]  # N x positions x 1
-    sign = torch.sign((proj[..., 0] * a.reshape(n, c, h * w).sum(1)).sum(1, keepdim=True))
+    total = a.reshape(n, c, h * w).sum(1)
+    total = total - total.mean(1, keepdim=True)
+    sign = torch.sign((proj[..., 0] * total).sum(1, keepdim=True))
+    flat = total.norm(dim=1, keepdim=True) <= 1e-4 * x.flatten(1).norm(dim=1, keepdim=True)
+    peak = torch.sign(proj[..., 0].gather(1, proj[..., 0].abs().argmax(1, keepdim=True)))
+    sign = torch.where(flat | (sign == 0), peak, sign)
     return (proj[..., 0] * torch.where(sign == 0, torch.ones_like(sign), sign)).reshape(n, h, w)
 
 
@@ -316,7 +330,9 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str
 
     * ``eigencam``, ``eigengradcam``: the principal component's sign is arbitrary (it differs
       between SVD implementations); it is chosen here so the projection correlates positively
-      with the channels' sum (of the features, or of features x gradients).
+      with the channels' sum (of the features, or of features x gradients); where that sum is
+      the same at every position (a LayerNorm's output, as a ViT's or Swin's default layer can
+      be), so that the largest value is positive.
     * ``scorecam`` follows the paper's Algorithm 1 as pytorch-grad-cam does (weights: softmax
       over the channels of the class *logit* of each masked input, masks upsampled with
       ``align_corners=True``; a baseline score would cancel in the softmax); the authors'
@@ -447,7 +463,11 @@ def _named_layer(model: nn.Module, images: torch.Tensor, layer: str) -> CamLayer
         shape = tuple(seen[-1].shape) if seen and isinstance(seen[-1], torch.Tensor) else None
         raise ConfigError(f"layer '{layer}' does not output a spatial map (its output: {shape}); "
                           "choose a convolutional stage or a transformer block")
-    return CamLayer(layer, layout, gap_linear=False)
+    try:  # method 'cam' applies when this layer feeds a global-average-pool + Linear head, named or found
+        gap = find_cam_layer(model, images, only=layer).gap_linear
+    except ModelError:
+        gap = False
+    return CamLayer(layer, layout, gap_linear=gap)
 
 
 def _targets(logits: torch.Tensor, classes: Sequence[int] | torch.Tensor | None) -> torch.Tensor:

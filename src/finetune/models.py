@@ -750,26 +750,27 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     if img_size < 1 or depth < 1 or batch_size < 1 or channels < 1:
         raise ModelError("layer_summary needs img_size, depth, channels and batch_size of at least 1")
     name_of = {id(m): n for n, m in model.named_modules() if n}
-    rows: dict[str, LayerRow] = {}
-    stack: list[tuple[str, nn.Module, tuple[int, ...] | str | None]] = []
+    rows: dict[int, LayerRow] = {}  # by the order the calls began: a module called twice (a shared pool) has two rows
+    stack: list[tuple[str, nn.Module, tuple[int, ...] | str | None, int]] = []
+    started: list[str] = []
     hooks = []
 
     def before(module: nn.Module, args: tuple[object, ...]) -> None:
         name = name_of.get(id(module))
         if name is not None:
-            stack.append((name, module, _shape_of(args[0]) if args else None))
+            stack.append((name, module, _shape_of(args[0]) if args else None, len(started)))
+            started.append(name)
 
     def after(module: nn.Module, args: tuple[object, ...], output: object) -> None:
         name = name_of.get(id(module))
         if name is None:
             return
-        stack.pop()
+        _, _, _, start = stack.pop()
         level = name.count(".") + 1
         if level <= depth:
             params = list(module.parameters())
-            rows.setdefault(name, LayerRow(name, type(module).__name__, _describe(module), level, _shape_of(output),
-                                           sum(p.numel() for p in params),
-                                           sum(p.numel() for p in params if p.requires_grad)))
+            rows[start] = LayerRow(name, type(module).__name__, _describe(module), level, _shape_of(output),
+                                   sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
 
     for module in model.modules():
         if id(module) in name_of:
@@ -789,7 +790,7 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     except Exception as e:  # noqa: BLE001 - any failure of the forward is what the summary reports
         message = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         if stack:
-            failed_at, module, given = stack[-1]
+            failed_at, module, given, _ = stack[-1]
             given_text = given if isinstance(given, str) or given is None else "x".join(map(str, given))
             error = f"{_describe(module)} got input of shape {given_text}: {message}"
         else:
@@ -797,6 +798,5 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     finally:
         for h in hooks:
             h.remove()
-    order = {n: i for i, n in enumerate(name_of.values())}
-    return LayerSummary(arch, shape, sorted(rows.values(), key=lambda r: order[r.name]), output,
+    return LayerSummary(arch, shape, [rows[k] for k in sorted(rows)], output,
                         sum(p.numel() for p in model.parameters()), error, failed_at)
