@@ -39,3 +39,41 @@ def test_method_cam_takes_the_gap_layer_by_name() -> None:
     named = class_activation_maps(model, x, method="cam", layer="layer4")
     assert named.layer == "layer4"
     assert torch.allclose(named.maps, class_activation_maps(model, x, method="gradcam", layer="layer4").maps, atol=1e-4)
+
+
+def _folder_with_boxes(tmp_path, rows: str):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (100, 40), (200, 30, 30)).save(tmp_path / "imgs" / "wide.png")
+    Image.new("RGB", (40, 40), (30, 200, 30)).save(tmp_path / "imgs" / "square.png")
+    (tmp_path / "imgs" / "boxes.csv").write_text("path,x0,y0,x1,y1\n" + rows)
+    return tmp_path / "imgs"
+
+
+def test_a_box_the_eval_crop_cuts_away_is_not_scored_as_a_miss(tmp_path) -> None:
+    import json
+
+    from finetune import Checkpointer
+    from finetune.cam import explain
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    Checkpointer(run).save({"model": create_model("resnet18", num_classes=2), "arch": "resnet18",
+                            "classes": ["a", "b"], "img_size": 32, "epoch": 0, "step": 0})
+    imgs = _folder_with_boxes(tmp_path, "wide.png,2,4,30,36\nsquare.png,10,10,30,30\n")  # wide: left of the centre crop
+    report = explain(run, [str(imgs)], device="cpu", out=tmp_path / "out")
+    by_file = {json.loads(line)["file"].rpartition("/")[2]: json.loads(line)
+               for line in (tmp_path / "out" / "cam.jsonl").read_text().splitlines()}
+    assert by_file["wide.png"]["box"] == "outside the crop" and "pointing" not in by_file["wide.png"]
+    assert "pointing" in by_file["square.png"]
+    assert report.localisation.images == 1
+
+
+def test_inverted_boxes_are_refused_with_what_the_columns_mean(tmp_path) -> None:
+    from finetune.cam import read_boxes
+    from finetune.errors import DataError
+
+    imgs = _folder_with_boxes(tmp_path, "wide.png,20,4,10,30\n")  # COCO's x, y, w, h under x0,y0,x1,y1
+    with pytest.raises(DataError, match="x1 <= x0 or y1 <= y0.*COCO"):
+        read_boxes(imgs)

@@ -4,7 +4,8 @@
 
 * ``cam`` (Zhou et al. 2016): the head's weights times the last feature map, no backward
   at all; only for models whose head is global average pooling + Linear (ResNet,
-  EfficientNet, DenseNet, …), checked numerically, not by name;
+  EfficientNet, ConvNeXt, …; not DenseNet, whose ReLU sits between its last map and the pool),
+  checked numerically, not by name;
 * ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``: weights from the
   gradient of the class score, computed only from the output back to the feature layer
   (``torch.autograd.grad`` on that one tensor: the backbone keeps no graph, no parameter
@@ -836,6 +837,10 @@ def read_boxes(root: str | Path) -> dict[str, tuple[float, float, float, float]]
                 out[str((Path(root) / row["path"]).resolve())] = box
             except (KeyError, TypeError, ValueError):
                 raise DataError(f"'{path}' needs columns path,x0,y0,x1,y1 with numbers (row: {row})") from None
+            if not (box[2] > box[0] and box[3] > box[1]):
+                raise DataError(f"'{path}': the box of '{row['path']}' has x1 <= x0 or y1 <= y0 ({row['x0']}, "
+                                f"{row['y0']}, {row['x1']}, {row['y1']}): columns x0,y0,x1,y1 are two corners "
+                                "(COCO's x,y,width,height needs x1 = x + width, y1 = y + height)")
     return out
 
 
@@ -998,9 +1003,13 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                 if box is not None:
                     with Image.open(f) as im:  # (the header only: the box is in the source image's pixels)
                         crop_box = box_in_crop(box, im.size, size, crop_pct, crop_mode)
-                    scores = localisation(maps[k:k + 1], torch.tensor([crop_box]))
-                    record.update(pointing=bool(scores.pointing), energy=round(scores.energy, 6), iou=round(scores.iou, 6))
-                    scored.append(scores)
+                    if min(crop_box[2], size) <= max(crop_box[0], 0) or min(crop_box[3], size) <= max(crop_box[1], 0):
+                        record["box"] = "outside the crop"  # the model never saw the object: not scored
+                    else:
+                        scores = localisation(maps[k:k + 1], torch.tensor([crop_box]))
+                        record.update(pointing=bool(scores.pointing), energy=round(scores.energy, 6),
+                                      iou=round(scores.iou, 6))
+                        scored.append(scores)
                 records.append(record)
         if files and not records:
             raise DataError(f"none of the {tried} images to explain can be read")
