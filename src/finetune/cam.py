@@ -4,7 +4,7 @@
 
 * ``cam`` (Zhou et al. 2016): the head's weights times the last feature map, no backward
   at all; only for models whose head is global average pooling + Linear (ResNet,
-  EfficientNet, ConvNeXt, …; not DenseNet, whose ReLU sits between its last map and the pool),
+  EfficientNet, MobileNetV2, RegNet, …; not DenseNet, whose ReLU sits between its last map and the pool),
   checked numerically, not by name;
 * ``gradcam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``: weights from the
   gradient of the class score, computed only from the output back to the feature layer
