@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -83,3 +84,14 @@ def test_inspect_text_shows_the_load_reports_notes() -> None:
     info = {"source": "byol.pt", "format": "state_dict", "container": "torch zip", "totals": {"tensors": 0, "numel": 0, "mb": 0.0},
             "tensors": [], "load_report": _report_against(read_checkpoint(both), "resnet18")}
     assert "other keys of the file fit as well: strip 'target_encoder.net.'" in format_inspect(info)
+
+
+def test_distilled_deit_position_embedding_loads_into_a_plain_deit() -> None:
+    timm = pytest.importorskip("timm")
+    kw = {"img_size": 64, "depth": 1, "num_classes": 3}
+    distilled = timm.create_model("deit_tiny_distilled_patch16_224", **kw)
+    plain = timm.create_model("deit_tiny_patch16_224", **kw)
+    report = load_weights(plain, distilled.state_dict())
+    assert [name for name, _ in report.adapted] == ["pos_embed"] and not report.mismatched, report
+    file_pos = distilled.pos_embed.detach()
+    assert torch.equal(plain.pos_embed.detach(), torch.cat([file_pos[:, :1], file_pos[:, 2:]], 1))

@@ -289,13 +289,22 @@ def adapt_input_channels(weight: Tensor, channels: int) -> Tensor:
     return weight.repeat(1, reps, *([1] * (weight.dim() - 2)))[:, :channels] * (old / channels)
 
 
-def _grid_split(tokens_a: int, tokens_b: int) -> tuple[int, int, int] | None:
-    """``(prefix tokens, grid side a, grid side b)`` for two token counts that are square grids
-    after the same number of class/distillation/register tokens (0-8), or None."""
+def _grid_split(tokens_a: int, tokens_b: int) -> tuple[int, int, int, int] | None:
+    """``(prefix tokens of a, of b, grid side a, grid side b)`` for two token counts that are square
+    grids after the same number of class/distillation/register tokens (0-8), or else after more
+    of them in ``a`` (a distilled DeiT's class + distillation tokens into a ViT with a class token
+    only: ``a``'s first ones are kept); None otherwise."""
+    def side(tokens: int, prefix: int) -> int:
+        g = math.isqrt(max(tokens - prefix, 0))
+        return g if g > 0 and g * g == tokens - prefix else 0
+
     for prefix in range(0, 9):
-        a, b = math.isqrt(max(tokens_a - prefix, 0)), math.isqrt(max(tokens_b - prefix, 0))
-        if a > 0 and b > 0 and a * a == tokens_a - prefix and b * b == tokens_b - prefix:
-            return prefix, a, b
+        if side(tokens_a, prefix) and side(tokens_b, prefix):
+            return prefix, prefix, side(tokens_a, prefix), side(tokens_b, prefix)
+    for drop in range(1, 9):
+        for prefix_b in range(0, 9 - drop):
+            if side(tokens_a, prefix_b + drop) and side(tokens_b, prefix_b):
+                return prefix_b + drop, prefix_b, side(tokens_a, prefix_b + drop), side(tokens_b, prefix_b)
     return None
 
 
@@ -353,18 +362,30 @@ def resample_pos_embed(tensor: Tensor, tokens: int) -> tuple[Tensor, str]:
     >>> out, how = resample_pos_embed(t, 1 + 24 * 24)
     >>> tuple(out.shape), how, torch.equal(out[:, 0], t[:, 0])
     ((1, 577, 8), 'position grid 14x14 -> 24x24 (bicubic), 1 prefix token kept', True)
+    >>> distilled = torch.randn(1, 2 + 14 * 14, 8)  # DeiT's class and distillation tokens
+    >>> out, how = resample_pos_embed(distilled, 1 + 14 * 14)
+    >>> how, torch.equal(out, torch.cat([distilled[:, :1], distilled[:, 2:]], 1))
+    ("1 prefix token kept, 1 dropped (a distillation token's)", True)
     """
     split = _grid_split(tensor.shape[1], tokens)
     if tensor.dim() != 3 or tensor.shape[0] != 1 or split is None:
         raise WeightsError(f"cannot resample a position embedding of shape {_fmt(tuple(tensor.shape))} "
                            f"to {tokens} tokens: not [1, prefix + grid*grid, dim]")
-    prefix, old, new = split
+    prefix, keep, old, new = split
     dim = tensor.shape[2]
-    grid = tensor[:, prefix:].float().reshape(1, old, old, dim).permute(0, 3, 1, 2)
-    grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False, antialias=True)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(tensor.dtype)
-    tokens_kept = f", {prefix} prefix token{'s' if prefix != 1 else ''} kept" if prefix else ""
-    return torch.cat([tensor[:, :prefix], grid], dim=1), f"position grid {old}x{old} -> {new}x{new} (bicubic){tokens_kept}"
+    grid = tensor[:, prefix:]
+    how = []
+    if new != old:
+        grid = grid.float().reshape(1, old, old, dim).permute(0, 3, 1, 2)
+        grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False,
+                                               antialias=True)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(tensor.dtype)
+        how.append(f"position grid {old}x{old} -> {new}x{new} (bicubic)")
+    if keep:
+        how.append(f"{keep} prefix token{'s' if keep != 1 else ''} kept")
+    if keep != prefix:
+        how.append(f"{prefix - keep} dropped (a distillation token's)")
+    return torch.cat([tensor[:, :keep], grid], dim=1), ", ".join(how)
 
 
 def is_rel_pos_table(name: str) -> bool:
