@@ -48,7 +48,7 @@ from finetune.config import TrainConfig, check_run_dir, parse_unfreeze, save_con
 from finetune.data.decode import DECODE_ERRORS, bad_reason, decode_eval
 from finetune.data.loader import Loader, build_loader
 from finetune.data.normalize import Normalizer
-from finetune.data.samples import Samples, eval_samples, find_splits
+from finetune.data.samples import Samples, eval_samples, find_splits, split_is_drawn
 from finetune.data.transforms import EVAL_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_resize_side
 from finetune.distributed import Distributed
 from finetune.errors import CheckpointError, ConfigError, DataError, DataWarning, FinetuneError
@@ -1504,6 +1504,8 @@ def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
 #: what ``best.safetensors`` carries besides the weights (JSON in its metadata): enough for
 #: ``predict``, ``eval --data`` and ``cam`` to rebuild the model and its eval transform
 DEPLOYMENT_KEYS = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+#: the settings that say which images were the validation split (in the metadata's ``config``)
+DATA_KEYS = ("data", "val_split", "seed")
 
 
 def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
@@ -1525,6 +1527,12 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     meta = {"arch": str(state["arch"]), "classes": json.dumps(list(state["classes"])),
             "img_size": str(state.get("img_size", "")), "format": "finetune-weights",
             **{k: json.dumps(state[k]) for k in DEPLOYMENT_KEYS if state.get(k) is not None}}
+    # the data it was trained on and how it was split: `eval --data` on that data scores its validation split
+    # (as with best.pt), not the training images with it
+    cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
+    if "data" in cfg:
+        meta["config"] = json.dumps({k: cfg[k] for k in DATA_KEYS if k in cfg})
+    meta.update({k: str(int(state[k])) for k in ("train_images", "val_images") if state.get(k) is not None})
     tmp = run_dir / ".best.safetensors.tmp"
     weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema: the EMA weights are the result
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
@@ -1564,6 +1572,9 @@ def read_deployment_file(path: Path) -> dict[str, Any] | None:
         if meta.get("img_size"):
             state["img_size"] = int(meta["img_size"])
         state.update({k: json.loads(meta[k]) for k in DEPLOYMENT_KEYS if k in meta})
+        if "config" in meta:
+            state["config"] = dict(json.loads(meta["config"]))
+        state.update({k: int(meta[k]) for k in ("train_images", "val_images") if k in meta})
     except (OSError, SafetensorError, KeyError, ValueError) as e:
         raise CheckpointError(f"'{path}': cannot read it as a finetune best.safetensors ({e}): "
                               "`finetune inspect` shows what it holds") from None
@@ -1660,6 +1671,8 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
              f"was trained on ('{trained_on}', not found from here): scoring its validation split, as training held "
              "it out (not its training images)")
         trained_on = data
+    if (changed := changed_training_data(data, state, trained_on, **split)) is not None:
+        warn(changed)
     # labelled by class name with the checkpoint's classes: a dataset that changed since training (a class
     # added, removed or renamed) is refused or scored by name, never with shifted indices
     samples = eval_samples(data, classes, trained_on=trained_on, **split)
@@ -1668,7 +1681,11 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
                           crop_mode=crop_mode,
                           batch_size=batch_size, workers=workers, device=dev,
                           mean=tuple(state.get("mean", IMAGENET_MEAN)), std=tuple(state.get("std", IMAGENET_STD)))
-    result = evaluate(model, loader, quiet=quiet, confusion=True, tta=tta)
+    # the precision the run validated in (its --amp on this device: bf16 on CUDA by default), so that the
+    # numbers are metrics.jsonl's val_* for the same data and checkpoint
+    amp_name = str(cfg.get("amp") or "auto")
+    amp = None if amp_name == "fp16" and dev.type != "cuda" else resolve_amp(amp_name, dev)
+    result = evaluate(model, loader, amp=amp, quiet=quiet, confusion=True, tta=tta)
     if tta:
         result["tta"] = "hflip"
     bad = loader.bad_file_list()
@@ -1709,6 +1726,46 @@ def moved_training_data(data: str, state: dict[str, Any], trained_on: str, *, va
         return False
     return ((len(train_samples), len(val_samples)) == (state["train_images"], state["val_images"])
             and list(train_samples.classes) == list(state["classes"]))
+
+
+def changed_training_data(data: str, state: dict[str, Any], trained_on: str, *, val_split: float,
+                          seed: int) -> str | None:
+    """A warning when ``data`` is the checkpoint's own training data (the same path) but no longer splits
+    into the training and validation images the checkpoint was trained with (images were added, removed
+    or renamed since): the validation split drawn now is not the one training held out, and a flat folder's
+    (or a CSV's without val rows) may hold images the model was trained on. None when nothing changed.
+
+    >>> import pathlib, tempfile
+    >>> from PIL import Image
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for c in ("cat", "dog"):
+    ...     (root / c).mkdir()
+    ...     for i in range(10):
+    ...         Image.new("RGB", (8, 8)).save(root / c / f"{i}.jpg")
+    >>> state = {"classes": ["cat", "dog"], "train_images": 16, "val_images": 4}
+    >>> changed_training_data(str(root), state, str(root), val_split=0.2, seed=0) is None
+    True
+    >>> Image.new("RGB", (8, 8)).save(root / "cat" / "new.jpg")
+    >>> changed_training_data(str(root), state, str(root), val_split=0.2, seed=0)[:40]
+    'the data this checkpoint was trained on,'
+    """
+    if (trained_on == "shapes" or "train_images" not in state or "val_images" not in state
+            or not Path(data).exists() or not Path(trained_on).exists()
+            or os.path.realpath(data) != os.path.realpath(trained_on)):
+        return None
+    try:
+        if not split_is_drawn(data):  # train/ + val/ folders, val rows: the validation images are given
+            return None
+        train_samples, val_samples = resolve_data(data, val_split, seed)
+    except DataError:
+        return None  # (eval_samples says what is wrong with it)
+    then = (int(state["train_images"]), int(state["val_images"]))
+    if (len(train_samples), len(val_samples)) == then:
+        return None
+    return (f"the data this checkpoint was trained on, '{data}', has changed since: it splits into "
+            f"{len(train_samples)} + {len(val_samples)} training + validation images, training had {then[0]} + "
+            f"{then[1]}; the validation split scored now is not the one training held out (it may hold images the "
+            "model was trained on): evaluate on a separate test folder for a clean score")
 
 
 def eval_transform_of_checkpoint(state: dict[str, Any]) -> tuple[int, float, str, str]:

@@ -577,6 +577,25 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
     return stratified_split(check_classes(scan_folder(data), data), val_split, seed)
 
 
+def split_is_drawn(data: str | Path) -> bool:
+    """Whether :func:`find_splits` draws the validation split from ``data`` (``val_split``, ``seed``):
+    a flat folder, a ``train/`` folder alone, a CSV without ``val`` rows; not a folder with
+    ``train/`` and ``val/`` or a CSV with ``val`` rows (their validation images are given).
+
+    >>> import pathlib, tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "train").mkdir(); split_is_drawn(root)
+    True
+    >>> (root / "val").mkdir(); split_is_drawn(root)
+    False
+    """
+    path = Path(data)
+    if path.is_file():
+        _, split = read_csv(path)
+        return split is None or not np.isin(split, VAL_DIR_NAMES).any()
+    return not (split_dir(path, TRAIN_SPLIT_NAMES) is not None and split_dir(path, VAL_DIR_NAMES) is not None)
+
+
 def relabel(samples: Samples, classes: Sequence[str], where: str | Path) -> Samples:
     """``samples`` with labels indexing ``classes`` (a checkpoint's), matched by class name.
 
@@ -615,7 +634,7 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
     * the data the checkpoint was trained on (``trained_on``, the same path): its validation
       split, exactly as training held it out (``val_split``, ``seed``), never its training images;
     * a CSV: its ``val`` rows when it has a split column with some, else its ``test`` rows, else
-      every row but ``train`` ones (every row when all are ``train``);
+      every row but ``train`` ones (one whose rows are all ``train`` is refused);
     * a folder with ``val/`` (``valid/``, ``validation/``, any case): that folder; else its ``test/``
       (``testing/``); a folder with only ``train/`` is refused (those are training images);
     * any other folder of class sub-folders: all its images (a test set).
@@ -653,6 +672,9 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
         if path.suffix.lower() != ".csv":
             raise DataError(f"'{data}' is a file but not a .csv: give an image folder or a CSV of path,label")
         samples, split = read_csv(path)
+        if split is not None and np.isin(split, TRAIN_SPLIT_NAMES).all():
+            raise DataError(f"every row of '{data}' has split 'train': those are training images, not a score; "
+                            "give a CSV of val or test rows (or one without a split column)")
         if split is not None:
             for keep in (np.isin(split, VAL_DIR_NAMES), np.isin(split, TEST_SPLIT_NAMES),
                          ~np.isin(split, TRAIN_SPLIT_NAMES)):
