@@ -153,3 +153,24 @@ def test_cam_method_that_does_not_fit_says_what_to_do_and_leaves_no_empty_folder
     line = error_line(run_here("cam", str(run), "--method", "cam", "--limit", "2", "--out", str(out)))
     assert "give --layer NAME, a larger --img-size, or use gradcam" in line  # resnet18's layer4 is 1x1 at 32 px
     assert not out.exists()
+
+
+def test_json_output_is_standard_json_when_the_weights_give_nan(tmp_path):
+    import json
+
+    import torch
+    from PIL import Image
+
+    from finetune import Checkpointer, create_model
+
+    model = create_model("squeezenet1_1", num_classes=2)
+    with torch.no_grad():
+        model.classifier[1].bias.fill_(float("nan"))  # an edited file: training itself stops on a NaN loss
+    path = Checkpointer(tmp_path / "run").save({"model": model, "arch": "squeezenet1_1", "classes": ["a", "b"],
+                                                "img_size": 32, "epoch": 0, "step": 0})
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "red.jpg")
+    res = run_here("predict", "--checkpoint", str(path), str(tmp_path / "red.jpg"), "--json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert out[0]["top"][0]["prob"] is None
+    assert "not finite" in res.stderr

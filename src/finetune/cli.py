@@ -63,7 +63,9 @@ def _fail(message: str) -> int:
 
 
 def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+    from finetune.logging import json_safe
+
+    print(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False))
 
 
 # --------------------------------------------------------------------------- train

@@ -46,8 +46,22 @@ def json_line(record: dict[str, Any]) -> str:
     >>> json_line({"epoch": 0, "val_loss": float("nan"), "train_loss": float("inf"), "lr": 0.1})
     '{"epoch": 0, "val_loss": null, "train_loss": null, "lr": 0.1}\\n'
     """
-    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-    return json.dumps(clean, allow_nan=False) + "\n"
+    return json.dumps(json_safe(record), allow_nan=False) + "\n"
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (at any depth of dicts, lists, tuples) as None, for standard JSON.
+
+    >>> json_safe({"loss": float("nan"), "top": [{"prob": float("inf")}, {"prob": 0.5}]})
+    {'loss': None, 'top': [{'prob': None}, {'prob': 0.5}]}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:

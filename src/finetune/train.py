@@ -1861,6 +1861,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
     k = max(1, min(topk, len(classes)))
     out: list[dict[str, Any]] = []
     found = _found_inputs(inputs)
+    nonfinite_warned = False
     for start in range(0, len(found), batch_size):
         chunk, crops = [], []
         for f, in_folder in found[start:start + batch_size]:
@@ -1876,6 +1877,10 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
             continue
         batch = normalizer(torch.stack(crops).to(dev))
         probs = class_probabilities(model, batch, tta=tta)
+        if not bool(torch.isfinite(probs).all()) and not nonfinite_warned:
+            nonfinite_warned = True
+            warn(f"the model's outputs are not finite (NaN/inf) for '{chunk[0]}' and maybe others: the checkpoint's "
+                 "weights hold NaN or inf values (check it with `finetune inspect`); its ranking means nothing")
         top = probs.topk(k, dim=1)
         for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
             out.append({"path": str(f), "top": [{"class": classes[i], "index": i, "prob": v}
