@@ -174,3 +174,13 @@ def test_json_output_is_standard_json_when_the_weights_give_nan(tmp_path):
     out = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert out[0]["top"][0]["prob"] is None
     assert "not finite" in res.stderr
+
+
+def test_a_checkpoints_manifest_given_as_the_checkpoint_says_so(tmp_path):
+    from finetune import Checkpointer, create_model
+
+    path = Checkpointer(tmp_path / "run").save({"model": create_model("squeezenet1_1", num_classes=2),
+                                                "arch": "squeezenet1_1", "classes": ["a", "b"], "img_size": 32,
+                                                "epoch": 0, "step": 3})
+    res = run_here("eval", "--checkpoint", str(path.with_suffix(".json")), "--device", "cpu")
+    assert res.returncode == 2 and "is the manifest of the checkpoint" in error_line(res)

@@ -1592,6 +1592,9 @@ def run_checkpoint(path: str | Path) -> Path:
     ('last.pt', 'last.pt')
     """
     path = Path(path)
+    if path.suffix == ".json" and path.with_suffix(".pt").is_file():  # a checkpoint's manifest, beside it
+        raise CheckpointError(f"'{path}' is the manifest of the checkpoint '{path.with_suffix('.pt')}' (its size "
+                              "and checksum), not a checkpoint: give the .pt file")
     if not path.is_dir():
         return path
     for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt", path / "best.pt"):
