@@ -386,6 +386,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not matching:
         raise ConfigError(f"no model matches '{args.pattern}': `finetune models` lists them all")
     rows = [r for r in matching if r.cached or not args.cached]
+    if args.cached and "." not in args.pattern and not args.pattern.startswith("timm:"):
+        # another of torchvision's weights than the default may be the cached one (resnet50.IMAGENET1K_V1)
+        shown = {r.weights for r in rows}
+        rows += [r for r in model_table(args.pattern + ".*") if r.cached and r.weights not in shown]
     if not rows:  # (an answer, not an error: a script asking what is cached gets [] and exit 0)
         if args.json:
             _print_json([])

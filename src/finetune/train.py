@@ -1294,6 +1294,16 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
     # coincide, so half the values may "load", but the file's own layers are mostly left over and the
     # backbone has tensors of another shape
     foreign = bool(mismatched) and len(report.unexpected) > len(got)
+    if report.unexpected and not foreign and _named_own_weights(cfg.model, cfg.pretrained):
+        # torchvision's / timm's file of this very architecture has exactly its tensors: extra ones mean the cache
+        # holds something else under that name (resnet34's file fits resnet18's names and shapes)
+        message = (f"'{report.source}' holds {len(report.unexpected)} tensors that {cfg.model} does not have (e.g. "
+                   f"{report.unexpected[0]}): it is not --pretrained {cfg.pretrained}'s file but another "
+                   "architecture's under its name; delete it and put the right file there")
+        if cfg.pretrained.startswith("timm:"):  # (timm may filter a file's keys as it loads: say it, do not refuse)
+            warn(message)
+        else:
+            raise WeightsError(message)
     if wanted and (loaded < 0.5 * wanted or foreign):
         raise WeightsError(f"only {loaded / wanted:.0%} of the weights of {cfg.model} outside its head came from "
                            f"'{report.source}' ({len(missing)} tensors missing, {len(mismatched)} of another shape"
@@ -1308,6 +1318,30 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
         warn(f"{len(missing) + len(mismatched)} tensors outside the head keep their random values "
              f"({len(missing)} missing from '{report.source}', {len(mismatched)} of another shape, e.g. "
              f"{(missing + mismatched)[0]}){size_hint}; run without -q to see the load report")
+
+
+def _named_own_weights(model: str, pretrained: str | None) -> bool:
+    """True when ``pretrained`` names torchvision's or timm's weights of ``model``'s own architecture
+    (``torchvision``, ``torchvision:IMAGENET1K_V1`` for a torchvision model; ``timm:resnet18.a1_in1k`` for
+    ``timm:resnet18``), whose files hold exactly the model's tensors.
+
+    >>> _named_own_weights("resnet18", "torchvision"), _named_own_weights("resnet18", "torchvision:resnet34")
+    (True, False)
+    >>> _named_own_weights("timm:resnet18", "timm:resnet18.a1_in1k"), _named_own_weights("resnet18", "timm:resnet18")
+    (True, False)
+    """
+    if not pretrained:
+        return False
+    if pretrained.startswith("timm:"):
+        return model.startswith("timm:") and pretrained[5:].split(".")[0] == model[5:].split(".")[0]
+    if (pretrained != "torchvision" and not pretrained.startswith("torchvision:")) or model.startswith("timm:"):
+        return False
+    from finetune.weights.sources import _weights_enum, torchvision_weights
+
+    try:
+        return type(torchvision_weights(pretrained, model)) is _weights_enum(model)
+    except FinetuneError:
+        return False
 
 
 def eval_crop(path: str | Path, size: int, crop_pct: float = EVAL_CROP_PCT, interpolation: str = "bilinear",

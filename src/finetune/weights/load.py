@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -600,6 +601,10 @@ def load_weights(
     model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
 
     renamed = apply_renames(file_sd, rename)
+    renamed, legacy = legacy_densenet_names(renamed, model_shapes)
+    if legacy:
+        report.notes.append(f"{legacy} tensor names of torchvision's old DenseNet layout ('norm.1' for 'norm1', "
+                            "as torchvision renames them)")
     prefix_map, *equally_good = aligned({renamed[k]: tuple(v.shape) for k, v in file_sd.items()}, model_shapes,
                                         children=child_names(model))
     if equally_good and not rename:
@@ -662,6 +667,7 @@ def load_weights(
     report.excluded += model_excluded
     report._excluded_in_model = sum(1 for n in report.excluded if n in model_shapes)
     report.missing = [c for c in model_shapes if c not in done and c not in model_excluded]
+    _old_bn_counters(report)
     _count_tied(report, _tied_names(model_sd, model_clean))
 
     shaped = any(model_shapes.values())  # a model of 0-d tensors only (a temperature) has no other evidence
@@ -699,6 +705,18 @@ def _tied_names(model_sd: Mapping[str, Tensor], model_clean: Mapping[str, str]) 
         ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
         by_memory.setdefault(ident, []).append(model_clean[key])
     return {n: [a for a in names if a != n] for names in by_memory.values() if len(names) > 1 for n in names}
+
+
+def _old_bn_counters(report: LoadReport) -> None:
+    """BatchNorm's ``num_batches_tracked`` missing from a file saved before torch 0.4.1 had it (torchvision's
+    DenseNet, VGG-BN, Inception files, ...) is not missing weights: the layer keeps its own counter, as torch's
+    ``load_state_dict`` does (it is only read with ``momentum=None``)."""
+    got = {*report.loaded, *(n for n, _ in report.adapted)}
+    old = [c for c in report.missing if c.endswith("num_batches_tracked") and c.rpartition(".")[0] + ".running_mean" in got]
+    if old:
+        report.missing = [c for c in report.missing if c not in set(old)]
+        report.notes.append(f"{len(old)} BatchNorm num_batches_tracked counter{'s' if len(old) != 1 else ''} not in the "
+                            "file (saved before torch had them): the model keeps its own, as torch's load_state_dict does")
 
 
 def _count_tied(report: LoadReport, tied: Mapping[str, list[str]]) -> None:
@@ -759,6 +777,24 @@ def _read_source(model: torch.nn.Module, source: Any, *, trust: bool, arch: str 
             raise WeightsError(f"'torchvision' weights do not exist for timm model {arch}: use --pretrained {arch}")
         return read_checkpoint(sources.resolve(source, arch), trust=trust)
     return read_checkpoint(source, trust=trust)
+
+
+# torchvision's DenseNet files (densenet121-a639ec97.pth, ...) predate module names without dots: their
+# 'denselayer1.norm.1.weight' is today's 'denselayer1.norm1.weight' (torchvision's densenet._load_state_dict)
+_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
+
+
+def legacy_densenet_names(renamed: Mapping[str, str], model_shapes: Mapping[str, Shape]) -> tuple[dict[str, str], int]:
+    """``renamed`` with torchvision's old DenseNet names (``denselayer1.norm.1.weight``) written as
+    today's (``denselayer1.norm1.weight``), and how many were, when the model has no old-style names.
+
+    >>> legacy_densenet_names({"k": "features.denseblock1.denselayer1.conv.2.weight"}, {"x": (1,)})
+    ({'k': 'features.denseblock1.denselayer1.conv2.weight'}, 1)
+    """
+    if any(_DENSENET_LEGACY.match(n) for n in model_shapes):
+        return dict(renamed), 0
+    out = {k: _DENSENET_LEGACY.sub(r"\1\2", v) for k, v in renamed.items()}
+    return out, sum(1 for k in out if out[k] != renamed[k])
 
 
 def _resamplable(name: str, file_shape: Shape, model_shape: Shape) -> bool:

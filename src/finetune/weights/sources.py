@@ -167,16 +167,25 @@ def torchvision_file(source: str, arch: str | None = None) -> Path:
     return path
 
 
+DOWNLOAD_TIMEOUT_S = 30.0  # a silent connection (a firewall that drops packets, a stuck proxy) fails after this
+
+
 def _download(url: str, path: Path) -> None:
     if offline():
         raise _missing(path, url, "downloads are off (FINETUNE_OFFLINE/HF_HUB_OFFLINE)")
+    import socket
+
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torch.hub's urlopen has no timeout: it would wait for ever
     try:
         torch.hub.download_url_to_file(url, str(path), progress=False)
     except Exception as e:  # noqa: BLE001 - any network failure means: offline
         raise _missing(path, url, f"download failed: {type(e).__name__}: {e}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _missing(path: Path, url: str, why: str) -> WeightsError:
@@ -185,7 +194,8 @@ def _missing(path: Path, url: str, why: str) -> WeightsError:
 
 
 def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache folder (``HF_HUB_CACHE``, ``HF_HOME/hub`` or ``~/.cache/huggingface/hub``).
+    """The Hugging Face hub cache folder (``HF_HUB_CACHE``, its old name ``HUGGINGFACE_HUB_CACHE``, ``HF_HOME/hub``
+    or ``~/.cache/huggingface/hub``), as huggingface_hub resolves it.
 
     >>> import os
     >>> from unittest import mock
@@ -193,9 +203,13 @@ def hf_hub_cache() -> Path:
     >>> with mock.patch.dict(os.environ, {"HF_HUB_CACHE": "", "HF_HOME": "/data/hf"}):
     ...     hf_hub_cache()
     PosixPath('/data/hf/hub')
+    >>> with mock.patch.dict(os.environ, {"HF_HUB_CACHE": "", "HUGGINGFACE_HUB_CACHE": "/data/old", "HF_HOME": "/data/hf"}):
+    ...     hf_hub_cache()
+    PosixPath('/data/old')
     """
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # (huggingface_hub still reads the old name)
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
     home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
     return Path(home).expanduser() / "hub"
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from finetune.errors import WeightsError
+from finetune.weights import sources
 from finetune.weights.formats import Checkpoint, jsonable, read_checkpoint
 
 StateDict = dict[str, Tensor]
@@ -57,6 +58,8 @@ def inspect_checkpoint(source: str | os.PathLike[str], *, model: str | None = No
     >>> info["format"], info["totals"]["numel"]
     ('state_dict', 4)
     """
+    if sources.is_named(source):  # torchvision / timm:NAME: the file in the local cache, as --pretrained reads it
+        source = sources.resolve(str(source), model)
     ck = read_checkpoint(source, trust=trust)
     info: dict[str, Any] = {
         "source": ck.source, "format": ck.format, "container": ck.container,
