@@ -1708,11 +1708,11 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
              f"was trained on ('{trained_on}', not found from here): scoring its validation split, as training held "
              "it out (not its training images)")
         trained_on = data
-    if (changed := changed_training_data(data, state, trained_on, **split)) is not None:
-        warn(changed)
     # labelled by class name with the checkpoint's classes: a dataset that changed since training (a class
     # added, removed or renamed) is refused or scored by name, never with shifted indices
     samples = eval_samples(data, classes, trained_on=trained_on, **split)
+    if (changed := changed_training_data(data, state, trained_on, **split)) is not None:  # (after its errors)
+        warn(changed)
     size, crop_pct, interpolation, crop_mode = eval_transform_of_checkpoint(state)
     loader = build_loader(samples, train=False, img_size=size, crop_pct=crop_pct, interpolation=interpolation,
                           crop_mode=crop_mode,

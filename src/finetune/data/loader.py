@@ -33,6 +33,7 @@ Where the time goes and what is done about it (measurements in BENCHMARKS.md):
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import queue
@@ -359,6 +360,7 @@ def object_image(image: Any, where: str = "dataset item") -> Any:
 
     if isinstance(image, Image.Image):
         return to_rgb(image)
+    given = tuple(getattr(image, "shape", ()))  # (what the message names: the layout the dataset gave)
     if isinstance(image, np.ndarray):
         if image.ndim == 3:
             image = np.moveaxis(image, 2, 0)
@@ -369,7 +371,7 @@ def object_image(image: Any, where: str = "dataset item") -> Any:
     if x.ndim == 2:
         x = x.unsqueeze(0)
     if x.ndim != 3 or x.shape[0] not in (1, 3, 4) or x.shape[1] == 0 or x.shape[2] == 0:
-        raise DataError(f"{where} holds an image of shape {tuple(image.shape)}: expected CHW with 1, 3 or 4 channels "
+        raise DataError(f"{where} holds an image of shape {given}: expected CHW with 1, 3 or 4 channels "
                         f"(a tensor) or HWC (a numpy array)")
     if x.dtype.is_floating_point:
         lo, hi = float(x.min()), float(x.max())
@@ -448,6 +450,7 @@ class _BatchDataset(Dataset):
         self.store = store
         self.cache_side = cache_side
         self.slots = slots  # int64 [workers, 2]: pid and sample index in progress, for crash reports
+        self.classes = dataset_classes(obj) if obj is not None else ()  # (a dataset object's labels are checked)
 
     def __len__(self) -> int:
         return len(self.samples) if self.samples is not None else len(self.obj)
@@ -465,8 +468,18 @@ class _BatchDataset(Dataset):
 
     def _object_image(self, index: int) -> tuple[Any, int]:
         """Item ``index`` of the dataset object: an RGB PIL image or a uint8 CHW tensor (3 channels),
-        and its label. See :func:`object_image` for what an item may hold."""
-        item = self.obj[index]
+        and its label. See :func:`object_image` for what an item may hold.
+
+        An OSError of the dataset (a file it cannot read) skips the item, as a bad file; any other
+        error of its ``__getitem__`` (a bug in its code or its transform) is a :class:`DataError`:
+        skipping it would silently drop every item it fails on."""
+        try:
+            item = self.obj[index]
+        except OSError:
+            raise
+        except Exception as e:
+            raise DataError(f"dataset item {index}: {type(self.obj).__name__}.__getitem__ raised "
+                            f"{type(e).__name__}: {e}") from e
         if isinstance(item, dict):  # (Hugging Face datasets: {"image": PIL image, "label": int})
             image = next((item[k] for k in IMAGE_KEYS if k in item), None)
             label = next((item[k] for k in LABEL_KEYS if k in item), None)
@@ -478,10 +491,17 @@ class _BatchDataset(Dataset):
         else:
             raise DataError(f"dataset item {index} is a {type(item).__name__}: expected an (image, label) pair")
         try:
-            label = int(label)
-        except (TypeError, ValueError):
+            value = label.item() if isinstance(label, (torch.Tensor, np.ndarray)) else label
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            label = int(value)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
             raise DataError(f"dataset item {index}'s label is a {type(label).__name__} ({label!r}): "
                             "expected a class index (int)") from None
+        classes = self.classes
+        if label < 0 or (classes and label >= len(classes)):
+            within = f"0 to {len(classes) - 1} ({len(classes)} classes)" if classes else "0 or more"
+            raise DataError(f"dataset item {index}'s label is {label}: expected a class index, {within}")
         return object_image(image, f"dataset item {index}"), label
 
     def _label(self, index: int) -> int:
@@ -551,9 +571,12 @@ class _BatchDataset(Dataset):
         # busy machine its threads wait for each other (measured 50x slower): one thread
         # here (DataLoader workers already run with one)
         with intra_op_threads(1):
-            if self.decode == "gpu":
-                return self._jpeg_batch(spec)
-            return self._cpu_batch(spec)
+            try:
+                if self.decode == "gpu":
+                    return self._jpeg_batch(spec)
+                return self._cpu_batch(spec)
+            except DataError as e:  # sent as it is: a worker's exception would reach the caller
+                return _Raised(e)   # as "Caught DataError in DataLoader worker process 0" + a traceback
 
     def _cpu_batch(self, spec: BatchSpec) -> RawBatch:
         slot = self._slot()
@@ -796,8 +819,8 @@ class Loader:
         if self.cache is not None:
             self.store = self._plan_store(self.cache, cache_max_bytes)
         self._normalizer = Normalizer(mean, std, self.device, channels_last)
-        self._slots = cache_mod._shared_uint8(max(workers, 1) * 16).view(torch.int64).view(max(workers, 1), 2)
-        self._slots.fill_(-1)
+        self._pid = os.getpid()  # the process whose workers these are (see _leave_parents_workers)
+        self._slots = _new_slots(workers)
         self._pool = BufferPool(workers)
         self.dataset = _BatchDataset(
             samples=samples, obj=dataset, train=train, img_size=img_size, crop_scale=crop_scale, seed=seed,
@@ -822,6 +845,18 @@ class Loader:
         # stops the workers when the loader goes, even from inside a garbage cycle of the
         # caller's objects: the registry keeps the DataLoader and its queues alive until then
         weakref.finalize(self, _stop_workers, self._dataloader)
+
+    def _leave_parents_workers(self) -> None:
+        """In a fork of the process that started the workers (``os.fork``, a fork-context Pool): the
+        workers, their shared batch buffers and crash slots are still in use by that process. This
+        copy leaves them alone (stopping them from here would hang the parent's next pass: their
+        stop event is shared) and starts its own on its next pass."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        _stop_workers(self._dataloader)  # (forgets the parent's workers without signalling them)
+        self._slots = self.dataset.slots = _new_slots(self.workers)
+        self._pool = self.dataset.pool = BufferPool(self.workers)
 
     # -- cache planning
     def _plan_store(self, mode: str, max_bytes: int | None) -> cache_mod.ImageStore | None:
@@ -909,6 +944,7 @@ class Loader:
     def close(self) -> None:
         """Stop the worker processes now (they also stop when the loader is garbage collected,
         or at the end of a ``with build_loader(...) as loader:`` block)."""
+        self._leave_parents_workers()
         _stop_workers(self._dataloader)
 
     # -- bad files
@@ -956,7 +992,9 @@ class Loader:
                 self.bad_files[index] = reason
 
     # -- making batches on the device
-    def _finish(self, raw: RawBatch | JpegBatch | BatchSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    def _finish(self, raw: RawBatch | JpegBatch | BatchSpec | _Raised) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(raw, _Raised):
+            raise raw.error
         if isinstance(raw, BatchSpec):
             return self._finish_device_store(raw)
         self._note_bad(raw.bad)
@@ -1079,8 +1117,10 @@ class Loader:
             self._fill_device_store()
             yield from _BatchSampler(self)
             return
+        self._leave_parents_workers()
         with sigterm_blocked(self.start_method):  # (the workers start here, the first time)
             batches = iter(self._dataloader)
+        batches._finetune_pid = os.getpid()  # type: ignore[attr-defined]  # (whose workers: _stop_workers)
         yield from batches
 
     def _cuda_prefetched(self, raw: Iterator[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -1168,10 +1208,19 @@ def _outlive_one_signal(_worker_id: int) -> None:
     unblock_sigterm()  # (blocked from its start: sigterm_blocked)
 
 
+def _new_slots(workers: int) -> torch.Tensor:
+    """int64 [workers, 2] in shared memory: each worker's pid and the sample it is decoding (-1: none)."""
+    slots = cache_mod._shared_uint8(max(workers, 1) * 16).view(torch.int64).view(max(workers, 1), 2)
+    return slots.fill_(-1)
+
+
 def _stop_workers(dataloader: DataLoader) -> None:
     it = getattr(dataloader, "_iterator", None)
     if it is not None and hasattr(it, "_shutdown_workers"):
-        it._shutdown_workers()
+        if getattr(it, "_finetune_pid", os.getpid()) == os.getpid():
+            it._shutdown_workers()
+        else:  # a fork of the process that started them: theirs to stop (their stop event is shared)
+            it._shutdown = True
     dataloader._iterator = None
 
 
@@ -1282,13 +1331,70 @@ def _resolve_source(source: Any, train: bool, seed: int) -> tuple[Samples | None
 
             source = shapes_root()
         return path_samples(Path(source).expanduser(), train, seed), None
-    items = getattr(source, "samples", None)  # torchvision ImageFolder / DatasetFolder
-    classes = getattr(source, "classes", None)
-    if isinstance(items, list) and classes is not None and items and isinstance(items[0], tuple):
-        return Samples.from_lists([p for p, _ in items], [int(y) for _, y in items], classes), None
+    folder = image_folder_samples(source)
+    if folder is not None:
+        return folder, None
+    if isinstance(source, torch.utils.data.IterableDataset):
+        raise DataError(f"cannot load from a {type(source).__name__}: an IterableDataset has no items by index; "
+                        "give a map-style dataset (__getitem__ and __len__), a folder or a CSV")
     if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
         return None, source
     raise DataError(f"cannot load from a {type(source).__name__}: give a folder, a CSV, 'shapes', Samples or a dataset")
+
+
+def image_folder_samples(source: Any) -> Samples | None:
+    """The files of a torchvision ``ImageFolder`` that the loader may read itself (its own decoder
+    and transforms instead of the dataset's ``transform``), or None: only where the dataset's
+    items are those files' images with their folder's label: torchvision's default loader, no
+    ``target_transform``, DatasetFolder's own ``__getitem__``. Any other dataset (a custom
+    ``loader`` such as ``np.load``, remapped labels) is read item by item, as it defines them.
+
+    >>> import tempfile, numpy as np, torchvision
+    >>> from PIL import Image
+    >>> d = tempfile.mkdtemp(); os.mkdir(f"{d}/a"); Image.new("RGB", (8, 8)).save(f"{d}/a/0.png")
+    >>> len(image_folder_samples(torchvision.datasets.ImageFolder(d)))
+    1
+    >>> image_folder_samples(torchvision.datasets.ImageFolder(d, target_transform=lambda y: y + 1)) is None
+    True
+    """
+    from torchvision.datasets import DatasetFolder
+    from torchvision.datasets.folder import default_loader, pil_loader
+
+    if not isinstance(source, DatasetFolder) or type(source).__getitem__ is not DatasetFolder.__getitem__:
+        return None
+    if source.loader not in (default_loader, pil_loader) or source.target_transform is not None:
+        return None
+    items = source.samples
+    if not items or not all(isinstance(p, (str, os.PathLike)) for p, _ in items):
+        return None
+    return Samples.from_lists([os.fspath(p) for p, _ in items], [int(y) for _, y in items], source.classes)
+
+
+def channel_values(name: str, values: Any) -> tuple[float, float, float]:
+    """``mean`` or ``std`` of :func:`build_loader` as three numbers on the 0-1 scale of
+    ``ToTensor()``'s images (one number: the same for every channel, as torchvision's ``Normalize``).
+
+    >>> channel_values("std", [0.5]), channel_values("mean", torch.tensor([0.25, 0.5, 0.75]))
+    ((0.5, 0.5, 0.5), (0.25, 0.5, 0.75))
+    >>> channel_values("mean", (123.675, 116.28, 103.53))
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: mean must be 3 numbers from 0 to 1 (the 0-1 scale of ToTensor()'s images; ImageNet's: (0.485, 0.456, 0.406)), got (123.675, 116.28, 103.53): values on the 0-255 scale are divided by 255
+    """
+    try:
+        given = values.tolist() if isinstance(values, (torch.Tensor, np.ndarray)) else values
+        numbers = tuple(float(v) for v in (given if isinstance(given, (list, tuple)) else [given]))
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) == 1:
+        numbers = numbers * 3
+    low_ok = (lambda v: v >= 0) if name == "mean" else (lambda v: v > 0)
+    if len(numbers) == 3 and all(math.isfinite(v) and low_ok(v) and v <= 1 for v in numbers):
+        return numbers  # type: ignore[return-value]
+    imagenet = IMAGENET_MEAN if name == "mean" else IMAGENET_STD
+    hint = ": values on the 0-255 scale are divided by 255" if any(v > 1 for v in numbers) else ""
+    lowest = "from 0 to 1" if name == "mean" else "above 0, at most 1"
+    raise ConfigError(f"{name} must be 3 numbers {lowest} (the 0-1 scale of ToTensor()'s images; ImageNet's: "
+                      f"{imagenet}), got {values!r}{hint}")
 
 
 def _probe_key(samples: Samples | None, num: int, **kw: Any) -> tuple:
@@ -1394,6 +1500,12 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
         raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(dev)!r}: CUDA is not available here; use device='cpu'")
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError):  # (mps without MPS, a CUDA index past the last GPU, ...)
+        raise ConfigError(f"device {str(dev)!r} is not available here (torch cannot make a tensor on it); "
+                          "use device='cpu'") from None
+    mean, std = channel_values("mean", mean), channel_values("std", std)
     if decode == "gpu" and (dev.type != "cuda" or samples is None):
         raise DataError("decode='gpu' needs device='cuda' and image files")
     if cache == "gpu" and dev.type != "cuda":
