@@ -65,7 +65,7 @@ def write_colour_folder(root: Path, *, per_class: int = 12, size: int = 40, seed
 
 @pytest.fixture(scope="session")
 def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_colour_folder(tmp_path_factory.mktemp("colours"), per_class=48)
+    return write_colour_folder(tmp_path_factory.mktemp("colours"), per_class=32)
 
 
 def run_here(*args: str) -> subprocess.CompletedProcess:

@@ -353,7 +353,8 @@ def test_resume_with_flags_that_change_the_run_says_what_changed(colour_data: Pa
     assert plain.returncode == 0, plain.stderr
     [line] = [line for line in plain.stdout.splitlines() if line.startswith("resumed at")]
     assert "changed" not in line  # the run's own settings, lists included, and another --workers
-    changed = run_here("train", "--out", str(out), "--resume", "auto", "--lr", "0.5", "--epochs", "4")
+    changed = run_here("train", "--out", str(out), "--resume", "auto", "--lr", "0.5", "--epochs", "4",
+                       "--max-steps", "3")
     assert changed.returncode == 0, changed.stderr
     [line] = [line for line in changed.stdout.splitlines() if line.startswith("resumed at")]
     assert line.endswith("; settings changed from the run's: epochs 3 -> 4, lr 0.002 -> 0.5"), line

@@ -147,6 +147,7 @@ def test_sync_bn_two_processes_take_the_step_one_process_takes_with_twice_the_ba
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow  # (about 40 s on 2 cores: run with -m slow)
 def test_two_processes_resume_exactly_after_stops_in_the_middle_of_epochs(ddp_data: Path, tmp_path: Path) -> None:
     args = ("--batch-size", "8", "--workers", "1")
     full = torchrun(*common(ddp_data, tmp_path / "full", *args))
