@@ -1691,6 +1691,7 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     """
     dev = resolve_device(device)
     model, state = load_checkpoint_model(path, dev)
+    moved = False
     cfg = state.get("config", {})
     classes = list(state["classes"])
     trained_on = str(cfg.get("data", "shapes"))
@@ -1703,7 +1704,7 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
             raise DataError(f"the data this checkpoint was trained on, '{trained_on}', is not found from here "
                             f"({Path.cwd()}): give --data PATH (a folder or CSV to evaluate)")
         data = trained_on
-    elif moved_training_data(data, state, trained_on, **split):
+    elif moved := moved_training_data(data, state, trained_on, **split):
         warn(f"'{data}' holds the {state['train_images']} + {state['val_images']} images of the data this checkpoint "
              f"was trained on ('{trained_on}', not found from here): scoring its validation split, as training held "
              "it out (not its training images)")
@@ -1711,8 +1712,8 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     # labelled by class name with the checkpoint's classes: a dataset that changed since training (a class
     # added, removed or renamed) is refused or scored by name, never with shifted indices
     samples = eval_samples(data, classes, trained_on=trained_on, **split)
-    if (changed := changed_training_data(data, state, trained_on, **split)) is not None:  # (after its errors)
-        warn(changed)
+    if not moved and (changed := changed_training_data(data, state, trained_on, **split)) is not None:
+        warn(changed)  # (after eval_samples' errors; a moved copy was just found to split as training did)
     size, crop_pct, interpolation, crop_mode = eval_transform_of_checkpoint(state)
     loader = build_loader(samples, train=False, img_size=size, crop_pct=crop_pct, interpolation=interpolation,
                           crop_mode=crop_mode,
@@ -1757,12 +1758,18 @@ def moved_training_data(data: str, state: dict[str, Any], trained_on: str, *, va
     """
     if trained_on == "shapes" or Path(trained_on).exists() or "train_images" not in state or "val_images" not in state:
         return False
+    now = _split_counts(data, val_split, seed)
+    return now is not None and now == (int(state["train_images"]), int(state["val_images"]), list(state["classes"]))
+
+
+def _split_counts(data: str, val_split: float, seed: int) -> tuple[int, int, list[str]] | None:
+    """(training images, validation images, classes) of ``data`` split as training splits it; None when it
+    does not read as training data (eval_samples then says what is wrong with it)."""
     try:
         train_samples, val_samples = resolve_data(data, val_split, seed)
     except DataError:
-        return False
-    return ((len(train_samples), len(val_samples)) == (state["train_images"], state["val_images"])
-            and list(train_samples.classes) == list(state["classes"]))
+        return None
+    return len(train_samples), len(val_samples), list(train_samples.classes)
 
 
 def changed_training_data(data: str, state: dict[str, Any], trained_on: str, *, val_split: float,
@@ -1793,14 +1800,13 @@ def changed_training_data(data: str, state: dict[str, Any], trained_on: str, *, 
     try:
         if not split_is_drawn(data):  # train/ + val/ folders, val rows: the validation images are given
             return None
-        train_samples, val_samples = resolve_data(data, val_split, seed)
     except DataError:
-        return None  # (eval_samples says what is wrong with it)
-    then = (int(state["train_images"]), int(state["val_images"]))
-    if (len(train_samples), len(val_samples)) == then:
+        return None
+    now, then = _split_counts(data, val_split, seed), (int(state["train_images"]), int(state["val_images"]))
+    if now is None or now[:2] == then:
         return None
     return (f"the data this checkpoint was trained on, '{data}', has changed since: it splits into "
-            f"{len(train_samples)} + {len(val_samples)} training + validation images, training had {then[0]} + "
+            f"{now[0]} + {now[1]} training + validation images, training had {then[0]} + "
             f"{then[1]}; the validation split scored now is not the one training held out (it may hold images the "
             "model was trained on): evaluate on a separate test folder for a clean score")
 
