@@ -561,9 +561,27 @@ _SCALARS = (bool, int, float, str, type(None))  # not bytes: torch 2.4 cannot lo
 _TORCH_VALUES = (torch.dtype, torch.device, torch.Size)
 
 
+def _check_tensor(t: torch.Tensor, path: tuple) -> None:
+    """Refuse a tensor that cannot be copied into a checkpoint (a meta tensor has no data; sparse ones no storage).
+
+    >>> _check_tensor(torch.empty(2, device="meta"), ("model", "weight"))
+    Traceback (most recent call last):
+    finetune.errors.CheckpointError: cannot save state['model']['weight']: a meta tensor holds no values ...
+    """
+    if t.is_meta:
+        raise CheckpointError(f"cannot save state{_where(path)}: a meta tensor holds no values (a model built on "
+                              "device='meta' and never filled): give it storage first, e.g. "
+                              "model.to_empty(device='cpu') and load its weights")
+    if t.layout != torch.strided:
+        raise CheckpointError(f"cannot save state{_where(path)}: a {str(t.layout).removeprefix('torch.')} tensor "
+                              "(e.g. the momentum of a sparse nn.Embedding's gradients) is not saved; store it "
+                              "dense (t.to_dense()) or as its indices and values")
+
+
 def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], path: tuple = ()) -> Any:
     """A copy of ``obj`` that ``torch.load(weights_only=True)`` accepts: tensors via ``on_tensor``."""
     if isinstance(obj, torch.Tensor):
+        _check_tensor(obj, path)
         return on_tensor(obj, path)
     if type(obj) in _SCALARS or isinstance(obj, _TORCH_VALUES):
         return obj
@@ -1017,6 +1035,7 @@ class Checkpointer:
         """(path, reason) of each checkpoint the last :meth:`latest` call passed over."""
         self._best: tuple[float | None, str | None] | None = None  # (value, numbered file), loaded lazily
         self._best_seen: str | None = None  # the newest numbered file when _best was read: newer ones re-read it
+        self._other_best: tuple[Any, Any, Any] | None = None  # (metric, mode, value) of a best by another metric
         self._verified: dict[str, tuple[tuple, str | None]] = {}
         self._pending: _Pending | None = None
         self._buffers: dict[tuple, torch.Tensor] = {}
@@ -1259,7 +1278,7 @@ class Checkpointer:
         names = self._names()
         newest = names[-1] if names else None
         if self._best is None or newest != self._best_seen:
-            self._best, self._best_seen = (None, None), newest
+            self._best, self._best_seen, self._other_best = (None, None), newest, None
             for name in reversed(names):
                 path = self.directory / name
                 if self.verify(path) is not None:
@@ -1270,6 +1289,8 @@ class Checkpointer:
                     continue
                 if m.get("best_metric") == self.best_metric and m.get("mode") == self.mode:
                     self._best = (m.get("best_value"), m.get("best_file"))
+                elif m.get("best_value") is not None:
+                    self._other_best = (m.get("best_metric"), m.get("mode"), m.get("best_value"))
                 break
         return self._best
 
@@ -1326,6 +1347,12 @@ class Checkpointer:
         if state is None:
             raise CheckpointError("save() needs the state to write: save({'model': ..., 'epoch': ..., 'step': ...})")
         self._raise_pending()
+        self._best_state()
+        if self._other_best is not None:  # its best.pt would be replaced and its best checkpoint pruned
+            metric, mode, value = self._other_best
+            raise CheckpointError(f"'{self.directory}' keeps its best checkpoint by {metric!r} ({mode}, best {value}), "
+                                  f"this Checkpointer by {self.best_metric!r} ({self.mode}): pass best_metric={metric!r}, "
+                                  f"mode={mode!r}, or save into another run directory")
         prepared = _prepare(state)
         name = f"ckpt-e{prepared['epoch']:04d}-s{prepared['step']:08d}.pt"
         if any(_numbered_key(n)[0] > prepared["step"] and self.verify(self.directory / n) is None  # type: ignore[index]
