@@ -1500,6 +1500,9 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
         raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(dev)!r}: CUDA is not available here; use device='cpu'")
+    if dev.type == "meta":  # torch makes tensors there, without values: every batch would be an empty shell
+        raise ConfigError("device 'meta' holds no values (batches there would have shapes but no pixels): give the "
+                          "device the model trains on once its weights are real, e.g. device='cpu' or 'cuda'")
     try:
         torch.empty(0, device=dev)
     except (RuntimeError, AssertionError):  # (mps without MPS, a CUDA index past the last GPU, ...)
