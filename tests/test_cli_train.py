@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import error_line, run_cli, run_here
 
@@ -353,11 +354,17 @@ def test_resume_with_flags_that_change_the_run_says_what_changed(colour_data: Pa
     assert plain.returncode == 0, plain.stderr
     [line] = [line for line in plain.stdout.splitlines() if line.startswith("resumed at")]
     assert "changed" not in line  # the run's own settings, lists included, and another --workers
+    assert not list(out.glob("config.*.yaml"))  # (nothing changed: no earlier config kept)
+    first = (out / "config.yaml").read_text()
     changed = run_here("train", "--out", str(out), "--resume", "auto", "--lr", "0.5", "--epochs", "4",
                        "--max-steps", "3")
     assert changed.returncode == 0, changed.stderr
     [line] = [line for line in changed.stdout.splitlines() if line.startswith("resumed at")]
     assert line.endswith("; settings changed from the run's: epochs 3 -> 4, lr 0.002 -> 0.5"), line
+    # the settings that trained the first steps stay on record, headed by where they stopped
+    kept = (out / "config.1.yaml").read_text()
+    assert kept == f"# the settings of this run until the resume at step 2 changed epochs 3 -> 4, lr 0.002 -> 0.5\n{first}"
+    assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 0.5
     # and the run goes on with it (the optimizer's groups were restored with the checkpoint's settings)
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert {g["hparams"]["base_lr"] for g in state["optimizer"]["groups"]} == {0.5}

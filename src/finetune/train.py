@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -312,6 +313,41 @@ def class_weights(labels: Any, classes: Sequence[str], kind: str) -> torch.Tenso
                         f"{'have' if len(empty) > 1 else 'has'} no training images (a weight of n / 0): drop "
                         f"the class or use --class-weights none")
     return (int(counts.sum()) / (len(classes) * counts.double())).float()
+
+
+def readable_labels(samples: Samples, kind: str) -> Any:
+    """The training labels that ``--class-weights`` counts: those of images whose header reads (the
+    loader skips the others, so they must not weigh in n / count_c). A class whose every image is
+    unreadable is an error (it would get a weight and train on nothing). A file whose header reads
+    but whose data is damaged is still counted (only decoding it all would tell: ``--strict-data``).
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from finetune.data.samples import Samples
+    >>> d = tempfile.mkdtemp(); Image.new("RGB", (8, 8)).save(f"{d}/a.jpg"); _ = open(f"{d}/b.jpg", "wb").write(b"no")
+    >>> readable_labels(Samples.from_lists([f"{d}/a.jpg", f"{d}/b.jpg", f"{d}/a.jpg"], [0, 1, 1], ["cat", "dog"]),
+    ...                 "balanced").tolist()
+    [0, 1]
+    """
+    import numpy as np
+
+    from finetune.data.decode import image_size
+
+    labels = np.asarray(samples.labels, dtype=np.int64)
+    keep = np.ones(len(labels), dtype=bool)
+    example: dict[int, tuple[str, str]] = {}
+    for i in range(len(samples)):
+        try:
+            image_size(samples.path(i))
+        except DECODE_ERRORS as e:
+            keep[i] = False
+            example.setdefault(int(labels[i]), (samples.path(i), bad_reason(e)))
+    for c, (path, reason) in example.items():
+        if not keep[labels == c].any():
+            raise DataError(f"--class-weights {kind}: no training image of class {samples.classes[c]!r} can be read "
+                            f"({int((labels == c).sum())} of them, e.g. '{path}': {reason}): fix or remove them, "
+                            "or use --class-weights none")
+    return labels[keep]
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -749,7 +785,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
         warn(f"--lr-mult {pattern}={cfg.lr_mult[pattern]:g} changes nothing: every parameter it names is frozen "
              f"(unfreeze them, e.g. --unfreeze {pattern}@EPOCH, or drop it)")
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    loss_weight = class_weights(train_samples.labels, classes, cfg.class_weights)
+    loss_weight = class_weights(readable_labels(train_samples, cfg.class_weights) if cfg.class_weights != "none"
+                                else train_samples.labels, classes, cfg.class_weights)
     if loss_weight is not None:
         if not quiet:
             print(f"--class-weights {cfg.class_weights}: the training loss weighs "
@@ -850,6 +887,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
     # ---- the run directory (written by process 0 alone)
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_state is not None:
+            keep_earlier_config(run_dir / "config.yaml", cfg, int(resume_state["step"]))
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "classes.json").write_text(json.dumps(classes, indent=1))
     # (TensorBoard's step of an epoch is epoch + 1: what an earlier invocation logged from this epoch on is replaced)
@@ -1173,6 +1212,40 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:
     """
     return ", ".join(f"{k} {saved[k]} -> {v}" for k, v in now.items()
                      if k in saved and k not in EXECUTION_SETTINGS and saved[k] != v)
+
+
+def keep_earlier_config(path: Path, cfg: TrainConfig, step: int) -> Path | None:
+    """Before a resume writes ``config.yaml`` with changed training settings: the run's earlier one is kept
+    as ``config.N.yaml`` (N = 1, 2, … in order), headed by the step the resume started from and what changed,
+    so that the settings that trained the first epochs stay on record. Returns its path (None: nothing changed).
+
+    >>> import pathlib, tempfile
+    >>> from finetune.config import TrainConfig, save_config
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "config.yaml"; save_config(TrainConfig(lr=0.01, workers=2), path)
+    >>> keep_earlier_config(path, TrainConfig(lr=0.01, workers=0), step=4) is None   # how it runs: not kept
+    True
+    >>> kept = keep_earlier_config(path, TrainConfig(lr=0.05, workers=2), step=4)
+    >>> kept.name, kept.read_text().splitlines()[0]
+    ('config.1.yaml', '# the settings of this run until the resume at step 4 changed lr 0.01 -> 0.05')
+    """
+    from finetune.config import load_config
+
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    try:
+        changed = changed_settings(load_config(path).to_dict(), cfg.to_dict())
+    except FinetuneError:  # (edited into something that does not load: kept as it is)
+        changed = "settings that do not load"
+    if not changed:
+        return None
+    n = 1 + max((int(m.group(1)) for p in path.parent.glob("config.*.yaml")
+                 if (m := re.fullmatch(r"config\.(\d+)\.yaml", p.name))), default=0)
+    kept = path.with_name(f"config.{n}.yaml")
+    tmp = kept.with_name(f".{kept.name}.tmp")
+    tmp.write_text(f"# the settings of this run until the resume at step {step} changed {changed}\n{text}")
+    os.replace(tmp, kept)
+    return kept
 
 
 def check_resume_fits(state: dict[str, Any], cfg: TrainConfig, train_images: int, path: str) -> None:
