@@ -241,14 +241,17 @@ def local_pretrained_cfg(pretrained: str | None) -> Any:
 @functools.lru_cache(maxsize=4)
 def _finetune_checkpoint_cfg(path: str, mtime_ns: int) -> Any:
     """The input settings (size, crop, interpolation, mean, std) a finetune checkpoint records; None
-    for any other file (read safely, as the weights are; cached: the run reads the file again)."""
-    from finetune.weights import read_checkpoint
+    for any other file (read safely, as the weights are, but not their tensors: a large file is read
+    once, when its weights load; cached: the run asks several times)."""
+    from pathlib import Path
 
-    try:
-        meta = read_checkpoint(path).metadata
+    from finetune.weights.formats import peek_torch_zip, sniff
+
+    try:  # (finetune writes torch zips)
+        meta = peek_torch_zip(Path(path)) if sniff(Path(path)) == "torch zip" else None
     except Exception:  # noqa: BLE001 - not readable here: loading the weights says why
         return None
-    if meta.get("format") != "finetune-checkpoint" or not isinstance(meta.get("img_size"), int):
+    if not isinstance(meta, dict) or meta.get("format") != "finetune-checkpoint" or not isinstance(meta.get("img_size"), int):
         return None
     return types.SimpleNamespace(input_size=[3, meta["img_size"], meta["img_size"]], crop_pct=meta.get("crop_pct"),
                                  interpolation=meta.get("interpolation"), crop_mode=meta.get("crop_mode"),
