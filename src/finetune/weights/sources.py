@@ -13,6 +13,7 @@ the error names the file, its URL and the folder to put it in.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,8 +190,35 @@ def _download(url: str, path: Path) -> None:
 
 
 def _missing(path: Path, url: str, why: str) -> WeightsError:
-    return WeightsError(f"pretrained weights '{path.name}' are not cached and {why}: download {url} "
-                        f"and put it in {path.parent}/")
+    return WeightsError(f"pretrained weights '{path.name}' are not cached{_interrupted(path)} and {why}: "
+                        f"download {url} and put it in {path.parent}/")
+
+
+def _interrupted(path: Path) -> str:
+    """``' (an interrupted download left …)'`` when one left its partial file beside where ``path``
+    goes: torch.hub's ``NAME.HEX.partial`` (a killed download; it starts again from scratch) or
+    huggingface_hub's ``blobs/ETAG.incomplete`` (resumed by the next download); else ``''``.
+
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "resnet18-f37072fd.pth.0123abcd.partial").write_bytes(b"0" * 2**20)
+    >>> _interrupted(folder / "resnet18-f37072fd.pth")  # doctest: +ELLIPSIS
+    ' (an interrupted download left .../resnet18-f37072fd.pth.0123abcd.partial, 1.0 MB: delete it and download again)'
+    """
+    import glob
+
+    try:
+        left = [(p, "delete it and download again") for p in path.parent.glob(glob.escape(path.name) + ".*.partial")]
+        if path.parent.parent.name == "snapshots":  # $HF_HUB_CACHE/models--ORG--NAME/snapshots/REVISION/FILE
+            left += [(p, "the next download resumes it, or delete it")
+                     for p in (path.parent.parent.parent / "blobs").glob("*.incomplete")]
+        sized = [(p.stat().st_size, str(p), how) for p, how in left if p.is_file()]
+    except OSError:
+        return ""
+    if not sized:
+        return ""
+    size, name, how = max(sized)
+    return f" (an interrupted download left {name}, {size / 2**20:.1f} MB: {how})"
 
 
 def hf_hub_cache() -> Path:
@@ -317,15 +345,49 @@ def _timm_locations(name: str) -> tuple[str, str]:
 
 
 def _hf_cached(repo: str, files: tuple[str, ...]) -> Path | None:
-    root = hf_hub_cache() / f"models--{repo.replace('/', '--')}"
+    """The first of ``files`` in the snapshot of ``repo`` that ``refs/main`` names; without one
+    (a cache copied without ``refs/``, or main's snapshot without the file), in the most recently
+    downloaded snapshot that has one (:func:`snapshot_note` says which was taken)."""
+    found = _hf_snapshot_files(hf_hub_cache() / f"models--{repo.replace('/', '--')}", files)
+    return found[0] if found else None
+
+
+def _hf_snapshot_files(root: Path, files: tuple[str, ...]) -> list[Path]:
+    """Per snapshot of a hub cache repository folder, its first of ``files``: refs/main's first,
+    then the newest first (a snapshot's files are links to blobs/ written as they downloaded)."""
     snapshots = root / "snapshots"
     if not snapshots.is_dir():
+        return []
+    ref = root / "refs" / "main"
+    main = ref.read_text(errors="replace").strip() if ref.is_file() else ""
+    found = [f for snap in snapshots.iterdir() if snap.is_dir()
+             if (f := next((snap / n for n in files if (snap / n).is_file()), None)) is not None]
+    return sorted(found, key=lambda f: (f.parent.name != main, -f.stat().st_mtime, f.parent.name))
+
+
+def snapshot_note(path: Path) -> str | None:
+    """What to say about a file of a Hugging Face hub cache repository whose ``refs/main`` names
+    no snapshot with it, when other snapshots have one too: which snapshot was taken, and why.
+
+    >>> import pathlib, tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp()) / "models--timm--resnet18.a1_in1k"
+    >>> for snap in ("0a1b", "f9e8"):
+    ...     (root / "snapshots" / snap).mkdir(parents=True); (root / "snapshots" / snap / "model.safetensors").touch()
+    >>> print(snapshot_note(root / "snapshots" / "f9e8" / "model.safetensors"))  # doctest: +ELLIPSIS
+    2 snapshots of timm/resnet18.a1_in1k have model.safetensors and refs/main names neither: took the newest download, f9e8 (...); give another as --pretrained .../snapshots/REVISION/model.safetensors
+    """
+    snap = path.parent
+    root = snap.parent.parent
+    if snap.parent.name != "snapshots" or not root.name.startswith("models--"):
         return None
     ref = root / "refs" / "main"
-    order = [snapshots / ref.read_text().strip()] if ref.is_file() else []
-    order += sorted(p for p in snapshots.iterdir() if p.is_dir())
-    for snap in order:
-        for f in files:
-            if (snap / f).is_file():
-                return snap / f
-    return None
+    if ref.is_file() and ref.read_text(errors="replace").strip() == snap.name:
+        return None
+    others = [f for f in _hf_snapshot_files(root, (path.name,)) if f.parent != snap]
+    if not others:
+        return None
+    repo = root.name.removeprefix("models--").replace("--", "/")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+    return (f"{len(others) + 1} snapshots of {repo} have {path.name} and refs/main names "
+            f"{'neither' if len(others) == 1 else 'none of them'}: took the newest download, {snap.name} ({when}); "
+            f"give another as --pretrained {snap.parent}/REVISION/{path.name}")
