@@ -35,7 +35,8 @@ class LoadReport:
     """What :func:`load_weights` did, tensor by tensor.
 
     ``mismatched`` holds ``(name, file shape, model shape)``; ``adapted`` holds
-    ``(name, how)``. ``ok`` is True when nothing is missing except what was excluded.
+    ``(name, how)``. ``ok`` is True when every model tensor came from the file except the
+    excluded ones and a classifier head of another shape (the file's for other classes).
 
     >>> import torch
     >>> from finetune import load_weights
@@ -72,8 +73,21 @@ class LoadReport:
 
     @property
     def ok(self) -> bool:
-        """True when every model tensor was loaded, adapted, excluded or kept on a shape mismatch."""
-        return not self.missing
+        """True when every model tensor was loaded, adapted or excluded, or is in the model's
+        classifier head and kept on a shape mismatch (a head for other classes than the file's).
+
+        >>> LoadReport(mismatched=[("fc.weight", (1000, 8), (3, 8))], _heads=("fc",)).ok
+        True
+        >>> LoadReport(mismatched=[("conv1.weight", (8, 3, 7, 7), (8, 1, 7, 7))], _heads=("fc",)).ok
+        False
+        """
+        return not self.missing and not self.mismatched_outside_head
+
+    @property
+    def mismatched_outside_head(self) -> list[str]:
+        """The names in ``mismatched`` outside the model's classifier head: tensors that keep the
+        model's own (random) values although the file has them."""
+        return [n for n, _, _ in self.mismatched if not any(n == h or n.startswith(h + ".") for h in self._heads)]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (shapes as lists)."""
@@ -103,11 +117,14 @@ class LoadReport:
             ("excluded", len(self.excluded), ", ".join(self.excluded)),
         ]
         lines = [f"  {name:<10} {n:>5}  {_clip(detail)}".rstrip() for name, n, detail in rows if n or name == "loaded"]
-        verdict = "ok" if self.ok else "INCOMPLETE: the model keeps its own values for the missing tensors"
+        kept = " and ".join(w for w, n in (("the missing tensors", self.missing),
+                                           ("those of another shape outside its head", self.mismatched_outside_head)) if n)
+        verdict = "ok" if self.ok else f"INCOMPLETE: the model keeps its own values for {kept}"
         lines.append(f"  {len(self.loaded) + len(self.adapted)}/{total} model tensors from the file: {verdict}")
         return "\n".join(head + lines + [f"  note     {n}" for n in self.notes])
 
     _excluded_in_model: int = field(default=0, repr=False)
+    _heads: tuple[str, ...] = field(default=(), repr=False)  # the model's classifier heads (clean names)
 
 
 def _fmt(shape: Shape) -> str:
@@ -189,6 +206,28 @@ def child_names(model: torch.nn.Module) -> tuple[str, ...]:
         return tuple(n for n, _ in kids)
 
 
+def head_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """The names of ``model``'s classifier heads (:func:`finetune.models.head_names`, auxiliary heads
+    too), inside DDP/DataParallel/compile wrappers; () when it has none.
+
+    >>> head_prefixes(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2)))
+    ('2',)
+    """
+    from finetune.errors import ModelError
+    from finetune.models import aux_head_names, head_names
+
+    while True:
+        kids = list(model.named_children())
+        if len(kids) == 1 and kids[0][0] in ("module", "_orig_mod"):
+            model = kids[0][1]
+            continue
+        break
+    try:
+        return tuple(head_names(model) + aux_head_names(model))
+    except ModelError:
+        return ()
+
+
 def _index_prefixes(source: Mapping[str, Shape], depth: int) -> list[str]:
     """Prefixes of the file's keys that are followed by at least two distinct child indices."""
     indices: dict[str, set[str]] = {}
@@ -265,6 +304,44 @@ def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int
         if len(m_used & best_used) < len(best_used) / 2:
             ties.setdefault(frozenset(m_used), m)
     return [best, *ties.values()]
+
+
+def leftover_map(source: Mapping[str, Shape], target: Mapping[str, Shape], classifier: str | None,
+                 depth: int = 3) -> PrefixMap | None:
+    """A second prefix mapping, from the file's keys that the first mapping gave no model tensor
+    (``source``, as it named them) to the model tensors it gave none (``target``): an OpenMMLab
+    (MMPretrain) classifier's ``head.fc.`` beside its ``backbone.``. It keeps a module's name
+    (``head.fc.weight`` -> ``fc.weight``, not ``head.weight`` -> ``fc.weight``), and every tensor
+    it maps must have the model's shape, except the ``classifier``'s, which may be sized for
+    other classes (then only its first dimension differs); None when no renaming fits.
+
+    >>> leftover_map({"head.fc.weight": (1000, 8), "head.fc.bias": (1000,)}, {"fc.weight": (10, 8), "fc.bias": (10,)}, "fc")
+    PrefixMap(strip='head.', add='')
+    >>> print(leftover_map({"head.fc.weight": (1000, 8)}, {"fc.weight": (1000, 4)}, "fc"))
+    None
+    """
+    if not source or not target:
+        return None
+    by_suffix: dict[str, set[str]] = {}
+    for t in target:
+        for p in _prefixes(t, depth):
+            if "." in t[len(p):]:  # (a module's name and more: 'weight' alone is no evidence)
+                by_suffix.setdefault(t[len(p):], set()).add(p)
+    candidates = {PrefixMap(q, p) for s in source for q in _prefixes(s, depth)
+                  for p in by_suffix.get(s[len(q):], ()) if q or p}
+
+    def fits(s: str, n: str) -> bool:
+        a, b = source[s], target[n]
+        return a == b or (n.rpartition(".")[0] == classifier and len(a) == len(b) > 0 and a[1:] == b[1:])
+
+    def score(m: PrefixMap) -> tuple[int, int, int] | None:
+        pairs = [(s, m(s)) for s in source if m(s) in target]
+        if not pairs or not all(fits(s, n) for s, n in pairs) or len({n for _, n in pairs}) != len(pairs):
+            return None
+        return sum(1 for s, n in pairs if source[s] == target[n] and source[s]), len(pairs), -len(m.strip) - len(m.add)
+
+    scored = [(sc, m) for m in candidates if (sc := score(m)) is not None]
+    return max(scored, key=lambda x: (x[0], str(x[1])))[1] if scored else None
 
 
 def _prefixes(name: str, depth: int) -> list[str]:
@@ -591,7 +668,7 @@ def load_weights(
     use_ema = bool(ema and ck.ema is not None)
     file_sd = ck.ema if use_ema and ck.ema is not None else ck.weights
     report = LoadReport(source=ck.source, format=ck.description, ema_available=ck.ema is not None,
-                        ema_used=use_ema, notes=list(ck.notes))
+                        ema_used=use_ema, notes=list(ck.notes), _heads=head_prefixes(model))
     if ema and ck.ema is None:
         report.notes.append("ema=True but the file has no EMA weights: loaded the raw weights")
 
@@ -610,9 +687,15 @@ def load_weights(
     if equally_good and not rename:
         report.notes.append(f"other keys of the file fit as well: {', '.join(str(m) for m in equally_good[:3])} "
                             f"(loaded: {prefix_map}; rename={{regex: replacement}} chooses another)")
-    report.mapping = _describe_mapping(ck.unwrapped, model_wrappers, prefix_map, rename)
-
     first_conv, classifier = _first_conv(model_shapes), _classifier_prefix(model_shapes)
+    names = {key: prefix_map(renamed[key]) for key in file_sd}
+    hit = set(names.values())
+    then = leftover_map({n: tuple(file_sd[k].shape) for k, n in names.items() if n not in model_shapes},
+                        {c: s for c, s in model_shapes.items() if c not in hit}, classifier)
+    if then is not None:  # (an OpenMMLab classifier's 'head.fc.' after its 'backbone.')
+        names = {k: then(n) if n not in model_shapes else n for k, n in names.items()}
+    report.mapping = _describe_mapping(ck.unwrapped, model_wrappers, prefix_map, rename, then)
+
     to_load: dict[str, Tensor] = {}
     done: set[str] = set()
 
@@ -622,7 +705,7 @@ def load_weights(
         return include is not None and not any(matches(n, include) for n in names)
 
     for key, tensor in file_sd.items():
-        name = prefix_map(renamed[key])
+        name = names[key]
         if excluded(key, renamed[key], name):
             report.excluded.append(name if name in model_shapes else key)
             done.add(name)
@@ -674,7 +757,7 @@ def load_weights(
     if not report.adapted and not any(model_shapes[n] for n in report.loaded) and (shaped or not report.loaded):
         # at most num_batches_tracked
         raise WeightsError(_nothing_matched(ck, file_sd, model_shapes, report))
-    seen_names = {*file_sd, *renamed.values(), *(prefix_map(v) for v in renamed.values()), *model_shapes}
+    seen_names = {*file_sd, *renamed.values(), *(prefix_map(v) for v in renamed.values()), *names.values(), *model_shapes}
     idle = [p for p in (*exclude, *(include or ())) if not any(matches(n, [p]) for n in seen_names)]
     if idle:  # a typo (or a wrapper's 'module.') would otherwise load what was meant to be left out
         report.notes.append(_clip(f"pattern{'s' if len(idle) != 1 else ''} {', '.join(map(repr, idle))} matched no "
@@ -775,7 +858,11 @@ def _read_source(model: torch.nn.Module, source: Any, *, trust: bool, arch: str 
         arch = arch or getattr(model, "finetune_arch", None) or getattr(model, "model_name", None)
         if isinstance(arch, str) and arch.startswith("timm:") and source == "torchvision":
             raise WeightsError(f"'torchvision' weights do not exist for timm model {arch}: use --pretrained {arch}")
-        return read_checkpoint(sources.resolve(source, arch), trust=trust)
+        path = sources.resolve(source, arch)
+        ck = read_checkpoint(path, trust=trust)
+        note = sources.snapshot_note(path)
+        ck.notes += [note] if note else []
+        return ck
     return read_checkpoint(source, trust=trust)
 
 
@@ -817,7 +904,7 @@ def _adapt(name: str, tensor: Tensor, model_tensor: Tensor, first_conv: str | No
 
 
 def _describe_mapping(file_wrappers: list[str], model_wrappers: list[str], prefix_map: PrefixMap | ChildIndexMap,
-                      rename: Mapping[str, str] | None) -> str:
+                      rename: Mapping[str, str] | None, then: PrefixMap | None = None) -> str:
     parts = []
     if file_wrappers:
         parts.append("file wrappers removed: " + ", ".join(f"'{w}'" for w in file_wrappers))
@@ -825,7 +912,7 @@ def _describe_mapping(file_wrappers: list[str], model_wrappers: list[str], prefi
         parts.append("model wrappers: " + ", ".join(f"'{w}'" for w in model_wrappers))
     if rename:
         parts.append("renamed: " + ", ".join(f"{k!r} -> {v!r}" for k, v in rename.items()))
-    parts.append(f"prefix: {prefix_map}")
+    parts.append(f"prefix: {prefix_map}" + (f", then {then} for the keys it leaves out" if then is not None else ""))
     return "; ".join(parts)
 
 
