@@ -253,17 +253,27 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from finetune.errors import UnreadableImagesError
     from finetune.train import predict_files
 
-    preds = predict_files(args.checkpoint, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                          device=args.device, tta=args.tta)
+    try:
+        preds, unreadable = predict_files(args.checkpoint, args.inputs, topk=args.topk, batch_size=args.batch_size,
+                                          device=args.device, tta=args.tta), None
+    except UnreadableImagesError as e:  # the readable images' predictions still print; the error line counts the rest
+        preds, unreadable = e.predictions, e
     if args.json:
         _print_json(preds)
+    else:
+        for item in preds:
+            top = "  ".join(f"{p['class']} {p['prob']:.3f}" for p in item["top"])
+            print(f"{item['path']}: {top}")
+    if unreadable is None:
         return 0
-    for item in preds:
-        top = "  ".join(f"{p['class']} {p['prob']:.3f}" for p in item["top"])
-        print(f"{item['path']}: {top}")
-    return 0
+    sys.stdout.flush()
+    if len(unreadable.unreadable) > 1:
+        for message in unreadable.unreadable:
+            print(f"finetune: {' '.join(_CONTROL.sub(' ', message).split())}", file=sys.stderr)
+    return _fail(str(unreadable))
 
 
 # --------------------------------------------------------------------------- data

@@ -50,6 +50,28 @@ class DataError(FinetuneError):
     """
 
 
+class UnreadableImagesError(DataError):
+    """Image files named to ``predict`` that cannot be read: raised once every other image is predicted,
+    with their predictions in ``predictions`` (what :func:`finetune.predict` returns) and one
+    ``cannot read image …`` message per unreadable file in ``unreadable``.
+
+    >>> e = UnreadableImagesError(["cannot read image 'b.jpg': not an image"], [{"path": "a.jpg", "top": []}])
+    >>> print(e); len(e.predictions), isinstance(e, DataError)
+    cannot read image 'b.jpg': not an image; 1 other image was predicted
+    (1, True)
+    >>> print(UnreadableImagesError(["cannot read image 'b.jpg': x", "cannot read image 'c.jpg': y"], named=5))
+    2 of the 5 image files named cannot be read (the first: cannot read image 'b.jpg': x)
+    """
+
+    def __init__(self, unreadable: list[str], predictions: list | None = None, *, named: int | None = None) -> None:
+        self.unreadable, self.predictions = list(unreadable), list(predictions or [])
+        n, done = len(self.unreadable), len(self.predictions)
+        of = f"{n} of the {named} image files named" if named is not None else f"{n} of the image files named"
+        head = self.unreadable[0] if n == 1 else f"{of} cannot be read (the first: {self.unreadable[0]})"
+        tail = f"; {done} other image{' was' if done == 1 else 's were'} predicted" if done else ""
+        super().__init__(head + tail)
+
+
 class DataWarning(UserWarning):
     """Data that is used, with a part left out the user should know about (images of kinds
     that are not read). The command prints it as one ``finetune: warning:`` line."""
