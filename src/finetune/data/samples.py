@@ -659,10 +659,10 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
         from finetune.data.shapes import shapes_root
 
         data = shapes_root()
-    if trained_on is not None and str(trained_on) == "shapes":
-        from finetune.data.shapes import shapes_root
+    if trained_on is not None and str(trained_on) == "shapes":  # (what `data` is compared with: not generated)
+        from finetune.data.shapes import ShapesSpec, cache_dir
 
-        trained_on = shapes_root()
+        trained_on = cache_dir() / ShapesSpec().key()
     path = Path(data)
     if not path.exists():
         raise DataError(f"data path '{data}' does not exist: give an image folder or a CSV file")
