@@ -175,10 +175,16 @@ class CamLayer:
     gap_linear: bool
 
 
+# pools to a fixed size (VGG's and AlexNet's `avgpool`, to 7x7 / 6x6 whatever the image size): their map holds no
+# more than their input's, and upsamples it for small images (a 1x1 map copied to 7x7 is flat: a map of rounding noise)
+_FIXED_SIZE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
 def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = None) -> CamLayer:
     """Probe ``model`` on ``images`` (one forward and backward with every layer's output
-    kept) and return the last layer whose spatial output reaches the top class score
-    (``only``: probe that one layer, to know whether it feeds a global-average-pool + Linear head).
+    kept) and return the last layer whose spatial output reaches the top class score, adaptive
+    pools to a fixed size left out (``only``: probe that one layer, to know whether it feeds a
+    global-average-pool + Linear head).
 
     >>> from finetune import create_model
     >>> find_cam_layer(create_model("resnet18", num_classes=2).eval(), torch.randn(1, 3, 64, 64)).name
@@ -203,7 +209,8 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
         return hook
 
     hooks = [m.register_forward_hook(keep(n)) for n, m in model.named_modules()
-             if n and (only is None or n == only) and not any(n == h or n.startswith(h + ".") for h in heads)]
+             if n and (n == only if only is not None else not isinstance(m, _FIXED_SIZE_POOLS))
+             and not any(n == h or n.startswith(h + ".") for h in heads)]
     head_inputs: list[torch.Tensor] = []
     if heads:  # the probe scores the head's input (a fixed random projection): an untrained head may be all zeros
         hooks.append(model.get_submodule(heads[0]).register_forward_pre_hook(
@@ -910,6 +917,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
         _found_inputs,
         eval_crop,
         eval_transform_of_checkpoint,
+        forward_failures_named,
         load_checkpoint_model,
         resolve_data,
         resolve_device,
@@ -987,8 +995,9 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
             if not chunk:
                 break
             batch = normalizer(torch.stack(crops).to(dev))
-            result = class_activation_maps(model, batch, method=method, layer=layer,
-                                           classes=None if target_index is None else [target_index])
+            with forward_failures_named(model, state, ckpt_path):
+                result = class_activation_maps(model, batch, method=method, layer=layer,
+                                               classes=None if target_index is None else [target_index])
             maps = result.maps.cpu()
             for k, f in enumerate(chunk):
                 n = len(records)
