@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +52,14 @@ from finetune.data.normalize import Normalizer
 from finetune.data.samples import Samples, eval_samples, find_splits, split_is_drawn
 from finetune.data.transforms import EVAL_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_resize_side
 from finetune.distributed import Distributed
-from finetune.errors import CheckpointError, ConfigError, DataError, DataWarning, FinetuneError
+from finetune.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DataWarning,
+    FinetuneError,
+    UnreadableImagesError,
+)
 from finetune.logging import RunLog, progress
 from finetune.mixing import mix_batch
 from finetune.models import (
@@ -1747,6 +1754,44 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
     return model.to(device).eval(), state
 
 
+@contextlib.contextmanager
+def forward_failures_named(model: nn.Module, state: dict[str, Any], path: str | Path) -> Iterator[None]:
+    """Run the forwards of a checkpoint's model: one that fails because the model cannot take the image size
+    the checkpoint names (written by other code or edited; ``train`` refuses such sizes) becomes a
+    :class:`CheckpointError` naming the layer (:func:`finetune.models.layer_summary`), not a bare RuntimeError.
+
+    >>> import tempfile
+    >>> from finetune import Checkpointer, create_model
+    >>> path = Checkpointer(tempfile.mkdtemp()).save({"model": create_model("squeezenet1_1", num_classes=2),
+    ...     "arch": "squeezenet1_1", "classes": ["cat", "dog"], "img_size": 8, "epoch": 0, "step": 0})
+    >>> model, state = load_checkpoint_model(path, torch.device("cpu"))
+    >>> with forward_failures_named(model, state, path):  # doctest: +ELLIPSIS
+    ...     model(torch.zeros(1, 3, 8, 8))
+    Traceback (most recent call last):
+    finetune.errors.CheckpointError: '...': its squeezenet1_1 cannot take the 8x8 images it names (img_size 8): it fails in layer 'features.5': ...
+    """
+    from finetune.models import layer_summary
+
+    try:
+        yield
+    except (RuntimeError, AssertionError, ValueError, IndexError) as e:
+        if "out of memory" in str(e) or "can't allocate memory" in str(e):
+            raise
+        try:
+            size = eval_transform_of_checkpoint(state)[0]
+            summary = layer_summary(model, size, depth=1)
+        except Exception:  # noqa: BLE001 - the look for the layer failed too: the failure as it was
+            summary = None
+        if summary is None or summary.ok:  # not the input size: another failure, as it was
+            raise
+        where = ("in its own forward (outside its layers)" if summary.failed_at == "(forward)"
+                 else f"in layer '{summary.failed_at}'")
+        arch = state.get("arch", type(model).__name__)
+        raise CheckpointError(f"'{path}': its {arch} cannot take the {size}x{size} images it names (img_size {size}): "
+                              f"it fails {where}: {summary.error}; the checkpoint was edited or written by other code "
+                              f"(`finetune summary {arch} --img-size N` shows which sizes work)") from e
+
+
 def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size: int = 64, workers: str = "0",
                         device: str = "auto", quiet: bool = True, tta: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint on its dataset's val split, or on ``data`` (see :func:`evaluate`).
@@ -1796,7 +1841,8 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     # numbers are metrics.jsonl's val_* for the same data and checkpoint
     amp_name = str(cfg.get("amp") or "auto")
     amp = None if amp_name == "fp16" and dev.type != "cuda" else resolve_amp(amp_name, dev)
-    result = evaluate(model, loader, amp=amp, quiet=quiet, confusion=True, tta=tta)
+    with forward_failures_named(model, state, path):
+        result = evaluate(model, loader, amp=amp, quiet=quiet, confusion=True, tta=tta)
     if tta:
         result["tta"] = "hflip"
     bad = loader.bad_file_list()
@@ -1951,6 +1997,9 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
                   device: str = "auto", tta: bool = False) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file (directories are searched recursively);
     with ``tta``, the mean of the image's and its mirror image's (:func:`class_probabilities`).
+    An unreadable file found in a folder is skipped with a warning; files named in ``inputs`` that
+    cannot be read raise :class:`~finetune.errors.UnreadableImagesError` (a ``DataError``) once the
+    others are predicted, its ``predictions`` what would have been returned.
 
     >>> import os, tempfile
     >>> from PIL import Image
@@ -1966,6 +2015,12 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
     (['red.jpg', 'blue.jpg'], [2, 2])
     >>> round(sum(t["prob"] for t in out[0]["top"]), 4), sorted(t["class"] for t in out[0]["top"])
     (1.0, ['cat', 'dog'])
+    >>> _ = open(f"{images}/notes.jpg", "w").write("not an image")
+    >>> try:
+    ...     predict_files(path, [f"{images}/red.jpg", f"{images}/notes.jpg"], device="cpu")
+    ... except DataError as e:
+    ...     print(e.unreadable, [os.path.basename(o["path"]) for o in e.predictions])  # doctest: +ELLIPSIS
+    ["cannot read image '.../notes.jpg': not an image ..."] ['red.jpg']
     """
     dev = resolve_device(device)
     model, state = load_checkpoint_model(checkpoint, dev)
@@ -1977,6 +2032,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
     k = max(1, min(topk, len(classes)))
     out: list[dict[str, Any]] = []
     found = _found_inputs(inputs)
+    unreadable: list[str] = []  # the files named that cannot be read: an error once the others are predicted
     nonfinite_warned = False
     for start in range(0, len(found), batch_size):
         chunk, crops = [], []
@@ -1984,15 +2040,17 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
             try:
                 crops.append(eval_crop(f, size, crop_pct, interpolation, crop_mode))
             except DataError as e:
-                if not in_folder:  # a file named on the command line: an error
-                    raise
-                warn(f"skipping {e}")  # an unreadable file found in a folder does not stop the others
+                if not in_folder:  # a file named on the command line: an error, after the others
+                    unreadable.append(str(e))
+                else:
+                    warn(f"skipping {e}")  # an unreadable file found in a folder does not stop the others
                 continue
             chunk.append(f)
         if not chunk:
             continue
         batch = normalizer(torch.stack(crops).to(dev))
-        probs = class_probabilities(model, batch, tta=tta)
+        with forward_failures_named(model, state, checkpoint):
+            probs = class_probabilities(model, batch, tta=tta)
         if not bool(torch.isfinite(probs).all()) and not nonfinite_warned:
             nonfinite_warned = True
             warn(f"the model's outputs are not finite (NaN/inf) for '{chunk[0]}' and maybe others: the checkpoint's "
@@ -2001,6 +2059,8 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
         for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
             out.append({"path": str(f), "top": [{"class": classes[i], "index": i, "prob": v}
                                                 for v, i in zip(values, indices, strict=True)]})
+    if unreadable:
+        raise UnreadableImagesError(unreadable, out, named=sum(not in_folder for _, in_folder in found))
     if not out:
         raise DataError(f"none of the {len(found)} images found can be read")
     return out
