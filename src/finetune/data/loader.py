@@ -930,7 +930,7 @@ class Loader:
         """Continue at ``state``'s position: the next pass starts with the batch an uninterrupted run
         would get next (later passes, as every pass without it, start the epoch from its first batch)."""
         if int(state["seed"]) != self.seed:
-            raise DataError(f"loader seed {self.seed} differs from the checkpoint's {state['seed']}: resume with --seed {state['seed']}")
+            raise DataError(f"loader seed {self.seed} differs from the checkpoint's {state['seed']}: resume with seed={state['seed']} (--seed {state['seed']})")
         self.epoch = int(state["epoch"])
         self.start_position = self.position = int(state["position"])
         self._resume = True
@@ -1099,7 +1099,7 @@ class Loader:
                 return DataError(f"a data worker died before it made a batch ({error}); workers started by "
                                  f"{method} import the script being run first: is its code under "
                                  "`if __name__ == \"__main__\":`? (the worker's own error is above)")
-            return DataError(f"a data worker died before it made a batch ({error}); use --workers 0 to see why")
+            return DataError(f"a data worker died before it made a batch ({error}); use workers=0 (--workers 0) to see why")
         rows = [(pid, idx) for pid, idx in slots if idx >= 0]
         own = [idx for pid, idx in rows if pid in pids]
         if killed:
@@ -1108,9 +1108,9 @@ class Loader:
                              f"({error}): if memory is short, use fewer --workers or a smaller --batch-size")
         names = ", ".join(f"'{self._name(i)}'" for i in own or [idx for _pid, idx in rows])
         if not names:
-            return DataError(f"a data worker died between files ({error}); use --workers 0 to see why")
+            return DataError(f"a data worker died between files ({error}); use workers=0 (--workers 0) to see why")
         return DataError(f"a data worker crashed while decoding {names} ({error}); "
-                         f"check or remove that file, or use --workers 0 to see the crash directly")
+                         f"check or remove that file, or use workers=0 (--workers 0) to see the crash directly")
 
     def _raw_batches(self) -> Iterator[RawBatch | JpegBatch | BatchSpec]:
         if self.cache == "gpu":

@@ -765,8 +765,8 @@ def load_weights(
     if shape_mismatch == "error" and report.mismatched:
         n, a, b = report.mismatched[0]
         raise WeightsError(f"{ck.source}: {len(report.mismatched)} tensors have another shape than the model's, "
-                           f"e.g. {n}: file {_fmt(a)}, model {_fmt(b)}; exclude them (--exclude) or use "
-                           f"shape_mismatch='skip'/'adapt'\n{report}")
+                           f"e.g. {n}: file {_fmt(a)}, model {_fmt(b)}; exclude them (exclude=[...]; --exclude) or use "
+                           f"shape_mismatch='skip'/'adapt' (--shape-mismatch skip/adapt)\n{report}")
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise WeightsError(f"{ck.source}: strict loading failed: {len(report.missing)} missing, "
                            f"{len(report.unexpected)} unexpected, {len(report.mismatched)} mismatched\n{report}")
@@ -839,7 +839,7 @@ def match_dtypes(to_load: Mapping[str, Tensor], model_sd: Mapping[str, Tensor], 
             tensor = tensor.to_dense()
         if tensor.is_complex() and not target.is_complex():
             raise WeightsError(f"{source}: '{key}' is {_dtype(tensor)} in the file but {_dtype(target)} in the "
-                               "model: loading it would drop the imaginary part; exclude it (--exclude) "
+                               "model: loading it would drop the imaginary part; exclude it (exclude=[...]; --exclude) "
                                "or load it into a complex model")
         if tensor.dtype != target.dtype and not target.is_quantized:
             changes.setdefault(f"cast from {_dtype(tensor)} to the model's {_dtype(target)}", []).append(key)
