@@ -66,3 +66,20 @@ def test_predict_library_error_carries_the_other_predictions(setup: tuple[str, P
         predict(ck, [str(root / "good1.jpg"), str(root / "broken.jpg"), str(root / "good2.jpg")], device="cpu")
     assert [Path(o["path"]).name for o in info.value.predictions] == ["good1.jpg", "good2.jpg"]
     assert len(info.value.unreadable) == 1 and "broken.jpg" in info.value.unreadable[0]
+
+
+def test_cam_explains_every_readable_named_file_then_errors(setup: tuple[str, Path], tmp_path: Path) -> None:
+    """`finetune cam` as predict: the other images' overlays are written and reported, then one error line."""
+    ck, root = setup
+    files = [str(root / n) for n in ("good1.jpg", "broken.jpg", "good2.jpg")]
+    rc, out, err = _cli("cam", ck, *files, "--out", str(tmp_path / "cam"), "--json", "--device", "cpu",
+                        "-q")
+    assert rc == 2
+    assert [Path(r["file"]).name for r in json.loads(out)] == ["good1.jpg", "good2.jpg"]
+    assert len(list((tmp_path / "cam").glob("*.png"))) == 2 and (tmp_path / "cam" / "cam.jsonl").is_file()
+    errors = [line for line in err.splitlines() if line.startswith("finetune: error:")]
+    assert len(errors) == 1 and "broken.jpg" in errors[0] and "1 other image was explained" not in errors[0]
+    assert "2 other images were explained" in errors[0] and "Traceback" not in err
+
+    rc, out, err = _cli("cam", ck, files[1], "--out", str(tmp_path / "none"), "--device", "cpu", "-q")
+    assert rc == 2 and "broken.jpg" in err and not (tmp_path / "none").exists()  # nothing explained: no folder

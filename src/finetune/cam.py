@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.data.transforms import EVAL_CROP_PCT, eval_resize_box
-from finetune.errors import ConfigError, DataError, ModelError
+from finetune.errors import ConfigError, DataError, ModelError, UnreadableImagesError
 from finetune.models import head_names, logits_of, modes_kept
 
 METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam",
@@ -978,6 +978,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
         records: list[dict[str, Any]] = []
         scored: list[Localisation] = []  # one per image with a box
         pending, tried = iter(files), 0  # `limit` readable images: an unreadable one found in a folder is replaced
+        unreadable: list[str] = []  # the files named that cannot be read
         while len(records) < limit:
             chunk, crops = [], []
             for f in pending:
@@ -985,9 +986,10 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                 try:
                     crops.append(eval_crop(f, size, crop_pct, interpolation, crop_mode))
                 except DataError as e:
-                    if f in named:
-                        raise
-                    warn(f"skipping {e}")  # as predict does: one unreadable image does not stop the others
+                    if f in named:  # an error once the others are explained (as predict)
+                        unreadable.append(str(e))
+                    else:
+                        warn(f"skipping {e}")  # as predict does: one unreadable image does not stop the others
                     continue
                 chunk.append(f)
                 if len(chunk) == min(batch_size, limit - len(records)):
@@ -1021,6 +1023,8 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                         scored.append(scores)
                 records.append(record)
         if files and not records:
+            if unreadable:
+                raise UnreadableImagesError(unreadable, named=len(named))
             raise DataError(f"none of the {tried} images to explain can be read")
     except BaseException:
         if made and not any(out_dir.iterdir()):
@@ -1034,7 +1038,10 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     summary = {"checkpoint": str(ckpt_path), "method": method, "layer": records[0]["layer"] if records else layer,
                "images": len(records), "localisation": asdict(loc) if loc is not None else None}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return CamReport(out_dir, records, loc)
+    report = CamReport(out_dir, records, loc)
+    if unreadable:
+        raise UnreadableImagesError(unreadable, records, named=len(named), done="explained", result=report)
+    return report
 
 
 def _remove_previous_overlays(out_dir: Path, keep: set[str]) -> None:

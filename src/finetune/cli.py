@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from finetune.config import int_at_least, non_empty, positive_float, worker_count, workers_value
-from finetune.errors import FinetuneError, describe_os_error
+from finetune.errors import FinetuneError, UnreadableImagesError, describe_os_error
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -253,7 +253,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from finetune.errors import UnreadableImagesError
     from finetune.train import predict_files
 
     try:
@@ -267,13 +266,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for item in preds:
             top = "  ".join(f"{p['class']} {p['prob']:.3f}" for p in item["top"])
             print(f"{item['path']}: {top}")
-    if unreadable is None:
-        return 0
+    return 0 if unreadable is None else _unreadable_named(unreadable)
+
+
+def _unreadable_named(error: UnreadableImagesError) -> int:
+    """After the other images' output: each unreadable named file on stderr (when there are several),
+    then the one error line that counts them; exit status 2."""
     sys.stdout.flush()
-    if len(unreadable.unreadable) > 1:
-        for message in unreadable.unreadable:
+    if len(error.unreadable) > 1:
+        for message in error.unreadable:
             print(f"finetune: {' '.join(_CONTROL.sub(' ', message).split())}", file=sys.stderr)
-    return _fail(str(unreadable))
+    return _fail(str(error))
 
 
 # --------------------------------------------------------------------------- data
@@ -463,19 +466,25 @@ def _add_cam(sub: argparse._SubParsersAction) -> None:
 def _cmd_cam(args: argparse.Namespace) -> int:
     from finetune.cam import explain
 
-    report = explain(args.checkpoint, args.inputs or None, method=args.method, layer=args.layer, target=args.target,
-                     out=args.out, limit=args.limit, alpha=args.alpha, batch_size=args.batch_size, device=args.device)
+    try:
+        report, unreadable = explain(args.checkpoint, args.inputs or None, method=args.method, layer=args.layer,
+                                     target=args.target, out=args.out, limit=args.limit, alpha=args.alpha,
+                                     batch_size=args.batch_size, device=args.device), None
+    except UnreadableImagesError as e:  # the other images' overlays are written and reported; then the error
+        if e.result is None:
+            raise
+        report, unreadable = e.result, e
     if args.json:
         _print_json(report.records)
-        return 0
-    layer = report.records[0]["layer"] if report.records else args.layer
-    n = len(report.records)
-    print(f"{args.method} from layer '{layer}': {n} overlay{'' if n == 1 else 's'} in {report.out_dir}")
-    loc = report.localisation
-    if loc is not None:
-        print(f"localisation on {loc.images} images with boxes: pointing game {loc.pointing:.1%}, "
-              f"energy in box {loc.energy:.1%}, IoU {loc.iou:.3f}")
-    return 0
+    else:
+        layer = report.records[0]["layer"] if report.records else args.layer
+        n = len(report.records)
+        print(f"{args.method} from layer '{layer}': {n} overlay{'' if n == 1 else 's'} in {report.out_dir}")
+        loc = report.localisation
+        if loc is not None:
+            print(f"localisation on {loc.images} images with boxes: pointing game {loc.pointing:.1%}, "
+                  f"energy in box {loc.energy:.1%}, IoU {loc.iou:.3f}")
+    return 0 if unreadable is None else _unreadable_named(unreadable)
 
 
 # ----- subcommands of other modules are registered below this line -----

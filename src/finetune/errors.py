@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 
 class FinetuneError(Exception):
@@ -51,9 +52,10 @@ class DataError(FinetuneError):
 
 
 class UnreadableImagesError(DataError):
-    """Image files named to ``predict`` that cannot be read: raised once every other image is predicted,
-    with their predictions in ``predictions`` (what :func:`finetune.predict` returns) and one
-    ``cannot read image …`` message per unreadable file in ``unreadable``.
+    """Image files named to ``predict`` (or ``cam``) that cannot be read: raised once every other image
+    is done, with one ``cannot read image …`` message per unreadable file in ``unreadable``, the
+    other images' predictions in ``predictions`` (what :func:`finetune.predict` returns; ``cam``:
+    its records) and, for ``cam``, its :class:`~finetune.cam.CamReport` in ``result``.
 
     >>> e = UnreadableImagesError(["cannot read image 'b.jpg': not an image"], [{"path": "a.jpg", "top": []}])
     >>> print(e); len(e.predictions), isinstance(e, DataError)
@@ -63,12 +65,13 @@ class UnreadableImagesError(DataError):
     2 of the 5 image files named cannot be read (the first: cannot read image 'b.jpg': x)
     """
 
-    def __init__(self, unreadable: list[str], predictions: list | None = None, *, named: int | None = None) -> None:
-        self.unreadable, self.predictions = list(unreadable), list(predictions or [])
-        n, done = len(self.unreadable), len(self.predictions)
+    def __init__(self, unreadable: list[str], predictions: list | None = None, *, named: int | None = None,
+                 done: str = "predicted", result: Any = None) -> None:
+        self.unreadable, self.predictions, self.result = list(unreadable), list(predictions or []), result
+        n, count = len(self.unreadable), len(self.predictions)
         of = f"{n} of the {named} image files named" if named is not None else f"{n} of the image files named"
         head = self.unreadable[0] if n == 1 else f"{of} cannot be read (the first: {self.unreadable[0]})"
-        tail = f"; {done} other image{' was' if done == 1 else 's were'} predicted" if done else ""
+        tail = f"; {count} other image{' was' if count == 1 else 's were'} {done}" if count else ""
         super().__init__(head + tail)
 
 
