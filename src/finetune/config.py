@@ -234,6 +234,9 @@ class TrainConfig:
              f"--auto-augment must be none, trivialaugment or randaugment, got {self.auto_augment!r}"),
             (self.bn in ("frozen", "eval", "train"), f"--bn must be frozen, eval or train, got {self.bn!r}"),
             (not self.cache_features or self.linear_probe, "--cache-features needs --linear-probe (only the head may train)"),
+            (not (self.cache_features and self.bn != "frozen"),
+             f"--cache-features computes the backbone features once, in eval mode, so --bn {self.bn} (BatchNorm "
+             "layers of the backbone that train) could not change them: drop one of them (--bn frozen is the default)"),
             (self.layer_decay is None or 0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {self.layer_decay}"),
             (0 < self.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
