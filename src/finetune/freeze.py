@@ -147,7 +147,8 @@ def _unmatched(pattern: str, root: nn.Module, what: str = "parameter or module")
     scored = sorted(
         (-difflib.SequenceMatcher(None, key, c).ratio(), i, c) for i, c in enumerate(candidates)
     )  # best first; ties in registration order
-    close = [c for score, _, c in scored[:5] if -score >= 0.5]
+    tail = [c for c in candidates if plain and c.endswith("." + plain)]  # 'fc' -> 'head.fc' (timm's heads)
+    close = list(dict.fromkeys(tail + [c for score, _, c in scored if -score >= 0.5]))[:5]
     blocks = [n for n, _ in root.named_children()]
     hint = f"did you mean: {', '.join(close)}? " if close else ""
     return ConfigError(
