@@ -219,6 +219,10 @@ def local_pretrained_cfg(pretrained: str | None) -> Any:
         own = _finetune_checkpoint_cfg(str(path.resolve()), path.stat().st_mtime_ns)
         if own is not None:  # a finetune run's checkpoint: the input its weights were trained with
             return own
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        own = _finetune_weights_cfg(str(path.resolve()), path.stat().st_mtime_ns)
+        if own is not None:  # a run's best.safetensors: the same settings, in its metadata
+            return own
     folder = path if path.is_dir() else path.parent
     if (folder / "snapshots").is_dir():  # $HF_HUB_CACHE/models--ORG--NAME
         from finetune.weights.formats import hf_cache_snapshot
@@ -256,6 +260,28 @@ def _finetune_checkpoint_cfg(path: str, mtime_ns: int) -> Any:
     return types.SimpleNamespace(input_size=[3, meta["img_size"], meta["img_size"]], crop_pct=meta.get("crop_pct"),
                                  interpolation=meta.get("interpolation"), crop_mode=meta.get("crop_mode"),
                                  mean=meta.get("mean"), std=meta.get("std"), fixed_input_size=None)
+
+
+@functools.lru_cache(maxsize=4)
+def _finetune_weights_cfg(path: str, mtime_ns: int) -> Any:
+    """The input settings (size, crop, interpolation, mean, std) a run's ``best.safetensors`` records in
+    its metadata (:func:`finetune.train.write_deployment_files`); None for any other safetensors file
+    (only the header is read, not the tensors)."""
+    import json
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "finetune-weights" or not str(meta.get("img_size", "")).isdigit():
+            return None
+        extra = {k: json.loads(meta[k]) if k in meta else None
+                 for k in ("crop_pct", "interpolation", "crop_mode", "mean", "std")}
+    except Exception:  # noqa: BLE001 - not readable here: loading the weights says why
+        return None
+    size = int(meta["img_size"])
+    return types.SimpleNamespace(input_size=[3, size, size], fixed_input_size=None, **extra)
 
 
 def _torchvision_weights_preset(model: str, pretrained: str | None) -> dict[str, Any] | None:
