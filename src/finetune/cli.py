@@ -30,6 +30,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise SystemExit(_fail(f"{message} (see '{self.prog} --help')"))
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        """As argparse's, but a flag the command does not know points at that command's --help
+        (argparse reports it from the top level: ``see 'finetune --help'``, which lists no flags)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            raise SystemExit(_fail(f"unrecognized arguments: {' '.join(extra)} (see '{prog} --help')"))
+        return parsed
+
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
         """A command's options may come between its positional arguments
         (``finetune predict --checkpoint run a.jpg -q b.jpg``): parsed as ``parse_intermixed_args``
@@ -87,14 +97,15 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", type=non_empty, nargs="+", metavar="PATTERN", help="glob patterns of weight names not to load (e.g. 'fc.*')")
     p.add_argument("--shape-mismatch", choices=["skip", "error", "adapt"], help="what to do with tensors of another shape (skip)")
     p.add_argument("--trust", action="store_true", default=None, help="allow checkpoints that run code when loaded (pickled modules)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["sgd", "adamw"])
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--epochs", type=int, help="passes over the training data (14)")
+    p.add_argument("--batch-size", type=int, help="images per batch, per process under torchrun (64)")
+    p.add_argument("--lr", type=float, help="peak learning rate (adamw: 3e-3 from scratch, 5e-4 with --pretrained; "
+                   "sgd: 0.1 / 0.01)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], help="(adamw)")
+    p.add_argument("--weight-decay", type=float, help="not on biases and norm layers (adamw: 0.05, sgd: 5e-4)")
+    p.add_argument("--momentum", type=float, help="with --optimizer sgd (0.9)")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay (1)")
+    p.add_argument("--label-smoothing", type=float, help="(0.1)")
     p.add_argument("--mixup", type=float, metavar="ALPHA", help="Mixup of training batches, Beta(ALPHA, ALPHA) (off; 0.2 is common)")
     p.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix of training batches (off; 1.0 is common); with --mixup, one per batch")
     p.add_argument("--ema", type=float, metavar="DECAY",
@@ -127,11 +138,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefetch", choices=["auto", "none", "thread", "cuda"], help="overlap loading with compute")
     p.add_argument("--auto-augment", choices=["none", "trivialaugment", "randaugment"], help="extra training augmentation")
     p.add_argument("--strict-data", action="store_true", default=None, help="stop on unreadable images instead of skipping them")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(auto: cuda when there is one)")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision (auto: bf16 on CUDA, off on CPU)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (off)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed of the split, initialisation and data order (0)")
     p.add_argument("--out", type=non_empty, metavar="RUN_DIR", help="run directory (default: runs/<model>-<data>-<time>)")
     p.add_argument("--resume", type=non_empty, metavar="auto|PATH", help="continue from the newest checkpoint in --out, or from a file")
     p.add_argument("--keep-last", type=int, help="how many recent checkpoints to keep (3)")
@@ -208,9 +220,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=non_empty, required=True, metavar="CK",
                    help="a checkpoint file, best.safetensors, or a run directory (its best.pt)")
     p.add_argument("--data", type=non_empty, help="folder to evaluate (default: the val split of the checkpoint's dataset)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="(64)")
     p.add_argument("--workers", type=workers_value, default="0", help="decoding worker processes, or 'auto' (0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(auto: cuda when there is one)")
     p.add_argument("--tta", action="store_true",
                    help="average each image's prediction with its mirror image's (test-time augmentation)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -243,12 +255,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="class names and probabilities for images")
     p.add_argument("--checkpoint", type=non_empty, required=True, metavar="CK",
                    help="a checkpoint file, best.safetensors, or a run directory (its best.pt)")
-    p.add_argument("inputs", type=non_empty, nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--topk", type=int_at_least(1), default=5)
+    p.add_argument("inputs", type=non_empty, nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument("--topk", type=int_at_least(1), default=5, help="classes per image (5)")
     p.add_argument("--tta", action="store_true", help="average with the mirror image's prediction (test-time augmentation)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=64)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="(64)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(auto: cuda when there is one)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -282,10 +294,12 @@ def _unreadable_named(error: UnreadableImagesError) -> int:
 # --------------------------------------------------------------------------- data
 def _add_make_shapes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-shapes", help="write the built-in shapes dataset as JPEG folders")
-    p.add_argument("dir", type=non_empty)
-    p.add_argument("--per-class", type=int_at_least(1), default=None, help="training images per class")
-    p.add_argument("--size", type=int_at_least(16), default=None, help="image side in pixels")
-    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("dir", type=non_empty, help="folder to write (absent or empty)")
+    p.add_argument("--per-class", type=int_at_least(1), default=None,
+                   help="training images per class (500 and 50 validation ones, as the built-in dataset; "
+                        "given: a sixth of it for validation)")
+    p.add_argument("--size", type=int_at_least(16), default=None, help="image side in pixels (64)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed of the generated images (0)")
     p.set_defaults(handler=_cmd_make_shapes)
 
 
@@ -293,7 +307,9 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
     from finetune.data.shapes import ShapesSpec, make_shapes
 
     spec = ShapesSpec()
+    # without --per-class: the built-in dataset's numbers (`--data shapes`: 500 + 50 per class), not 500 + a sixth
     root = make_shapes(args.dir, per_class=spec.per_class if args.per_class is None else args.per_class,
+                       val_per_class=spec.val_per_class if args.per_class is None else None,
                        size=spec.size if args.size is None else args.size, seed=args.seed)
     print(f"shapes dataset ready in {root}")
     return 0
@@ -352,8 +368,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _add_bench_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-data", help="measure the input pipeline against plain DataLoader and DataLoaderX here")
     p.add_argument("--data", type=non_empty, required=True, help="ImageFolder root (class sub-folders; a train/ sub-folder is used if present) or 'shapes'")
-    p.add_argument("--img-size", type=int_at_least(16), default=224)
-    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--img-size", type=int_at_least(16), default=224, help="(224)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="(64)")
     p.add_argument("--seconds", type=positive_float, default=3.0, help="seconds per measurement (3)")
     p.add_argument("--repeats", type=int_at_least(1), default=1, help="rounds over all pipelines; each keeps its best (1)")
     p.add_argument("--workers", type=worker_count, nargs="+", metavar="N", help="worker counts to try (default 0..max(4, cores))")
@@ -385,7 +401,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="glob on names, e.g. 'resnet*' or 'timm:convnext*'")
     p.add_argument("--timm", action="store_true", help="also list timm's pretrained tags (timm:NAME.TAG)")
     p.add_argument("--cached", action="store_true", help="only weights already in the local cache")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(handler=_cmd_models)
 
 
@@ -419,10 +435,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _add_summary(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="output shape and parameters of every layer for an input size")
     p.add_argument("model", type=non_empty, metavar="MODEL", help="torchvision name or timm:NAME")
-    p.add_argument("--img-size", type=int_at_least(1), default=224)
-    p.add_argument("--num-classes", type=int_at_least(1), default=1000)
+    p.add_argument("--img-size", type=int_at_least(1), default=224, help="(224)")
+    p.add_argument("--num-classes", type=int_at_least(1), default=1000, help="outputs of the head (1000)")
     p.add_argument("--depth", type=int_at_least(1), default=2, help="levels of nested modules to show (2)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_cmd_summary)
 
 
@@ -457,8 +473,8 @@ def _add_cam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=non_empty, metavar="DIR", help="output folder (default: RUN/cam/METHOD)")
     p.add_argument("--limit", type=int_at_least(1), default=32, help="at most this many images (32)")
     p.add_argument("--alpha", type=positive_float, default=0.5, help="weight of the heat map in the overlay (0.5)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=16)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16, help="(16)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(auto: cuda when there is one)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.set_defaults(handler=_cmd_cam)
 
