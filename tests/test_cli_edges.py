@@ -46,7 +46,7 @@ def test_cam_limit_counts_readable_images(run: Path, colour_data: Path, tmp_path
                        "--json")
         assert res.returncode == 0, res.stderr
         assert len([line for line in (out / "cam.jsonl").read_text().splitlines() if line]) == limit
-        assert "skipping" in res.stderr  # the unreadable file is named, not counted
+        assert "(skipped)" in res.stderr  # the unreadable file is named, not counted
 
 
 def test_inspect_optimizer_reads_finetunes_own_groups(run: Path) -> None:

@@ -80,7 +80,7 @@ def test_an_image_listed_twice(tmp_path: Path) -> None:
     images(tmp_path, names)
     rows = "".join(f"{n},{n[0]}\n" for n in names)
     (tmp_path / "same.csv").write_text("path,label\n" + rows + "a0.jpg,a\n")
-    with pytest.warns(UserWarning, match=r"lists 1 images twice"):
+    with pytest.warns(UserWarning, match=r"lists 1 image twice"):
         train, val = find_splits(tmp_path / "same.csv", val_split=0.5)
     assert len(train) + len(val) == 8 and not set(train.paths) & set(val.paths)
     (tmp_path / "two.csv").write_text("path,label\n" + rows + "a0.jpg,b\n")

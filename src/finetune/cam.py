@@ -989,7 +989,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                     if f in named:  # an error once the others are explained (as predict)
                         unreadable.append(str(e))
                     else:
-                        warn(f"skipping {e}")  # as predict does: one unreadable image does not stop the others
+                        warn(f"{e} (skipped)")  # as predict does: one unreadable image does not stop the others
                     continue
                 chunk.append(f)
                 if len(chunk) == min(batch_size, limit - len(records)):

@@ -64,6 +64,8 @@ class LRFindResult:
         suggested lr 1.00e-03 (lowest loss / 10); steepest descent at 1.00e-02
         >>> print(r.table(rows=12).splitlines()[-2])    # fewer points than rows: every one, the last too
         1.00e-01  3.0000
+        >>> print(LRFindResult([1e-3, 1e-2], [1.0, 2.0], lr_min=1e-4, lr_steep=1e-3).table().splitlines()[-1])
+        the loss was lowest at the start of the range (no descent found): the suggestion lies below the range tested; try a lower --start-lr or more --num-steps
         """
         n = len(self.lrs)
         m = min(rows, n)  # (spread over the points there are: a short curve is shown whole, its last point too)
@@ -71,6 +73,9 @@ class LRFindResult:
         lines = ["lr          loss"] + [f"{self.lrs[i]:.2e}  {self.losses[i]:.4f}" for i in picks]
         lines.append(f"suggested lr {self.lr_min:.2e} (lowest loss / 10); steepest descent at {self.lr_steep:.2e}"
                      + (f"; stopped early: {self.stopped}" if self.stopped else ""))
+        if self.lrs and self.lr_min < self.lrs[0]:
+            lines.append("the loss was lowest at the start of the range (no descent found): the suggestion lies below "
+                         "the range tested; try a lower --start-lr or more --num-steps")
         return "\n".join(lines)
 
 

@@ -2043,7 +2043,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
                 if not in_folder:  # a file named on the command line: an error, after the others
                     unreadable.append(str(e))
                 else:
-                    warn(f"skipping {e}")  # an unreadable file found in a folder does not stop the others
+                    warn(f"{e} (skipped)")  # an unreadable file found in a folder does not stop the others
                 continue
             chunk.append(f)
         if not chunk:

@@ -454,8 +454,9 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
             raise DataError(f"CSV file '{path}' lists '{rows[k][ip].strip()}' twice, with {what}: give each "
                             "image one row (finetune trains one class per image)")
     if len(keep) < len(paths):
-        warnings.warn(DataWarning(f"'{path}' lists {len(paths) - len(keep)} images twice (the same file, same "
-                                  f"label); each is read once"), stacklevel=2)
+        twice = len(paths) - len(keep)
+        warnings.warn(DataWarning(f"'{path}' lists {twice} image{'s' if twice != 1 else ''} twice (the same file, "
+                                  f"same label); each is read once"), stacklevel=2)
         paths, names = [paths[k] for k in keep], [names[k] for k in keep]
         split = split[keep] if split is not None else None
     return Samples.from_lists(paths, [index[n] for n in names], classes), split
