@@ -108,7 +108,7 @@ def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Any], *, trust
         return interpret(dict(source), source="<state dict>", container="in memory")
     if isinstance(source, torch.nn.Module):
         return interpret(source, source=f"<{type(source).__name__}>", container="in memory")
-    path = Path(source)
+    path = Path(source).expanduser()  # ('~/x.pth' from Python: the shell expands it only on a command line)
     name = str(path)
     if not path.exists():
         raise CheckpointError(f"{name}: no such file or folder")
