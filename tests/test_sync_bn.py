@@ -4,6 +4,7 @@ processes, and the in-place conversion (torch and timm layers, freezing marks, c
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,21 @@ def _half_batch_step(rank: int, world: int, port: int, sync: bool, out: str) -> 
                     "mean": net[0].running_mean, "var": net[0].running_var,
                     "tracked": net[0].num_batches_tracked}, f"{out}/rank{rank}.pt")
     finally:
+        # torch < 2.8 destroys a gloo group holding the GIL while it joins gloo's worker threads, and a
+        # worker that has just finished the last all_reduce may still need the GIL to free its tensors: a
+        # deadlock (pytorch/pytorch#154976), one run in ~15 on torch 2.4. A pause lets the workers finish.
+        time.sleep(0.1)
         dist.destroy_process_group()
 
 
 def _run(world: int, sync: bool, tmp_path: Path) -> list[dict]:
-    mp.spawn(_half_batch_step, args=(world, _free_port(), sync, str(tmp_path)), nprocs=world, join=True)
+    procs = mp.spawn(_half_batch_step, args=(world, _free_port(), sync, str(tmp_path)), nprocs=world, join=False)
+    deadline = time.monotonic() + 120
+    while not procs.join(timeout=1):  # (a hung process fails the test, rather than holding pytest at its exit)
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail(f"a process of {world} did not finish in 120 s")
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
