@@ -949,6 +949,52 @@ def _looks_like_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
+# --------------------------------------------------------------------------- a run's best.safetensors
+#: what ``best.safetensors`` carries besides the weights (JSON in its metadata): enough for
+#: ``predict``, ``eval --data`` and ``cam`` to rebuild the model and its eval transform
+DEPLOYMENT_KEYS = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+DEPLOYMENT_FORMAT = "finetune-weights"
+
+
+def deployment_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What a run's ``best.safetensors`` records in its header, decoded (``arch``, ``classes``,
+    ``img_size``, the eval settings of :data:`DEPLOYMENT_KEYS`, the data ``config``, ``train_images``
+    and ``val_images`` where present); None for any other file. Only the header is read, not the
+    tensors. A finetune file whose header cannot be decoded is a :class:`CheckpointError`.
+
+    >>> import pathlib, tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "best.safetensors"
+    >>> save_file({"fc.bias": torch.zeros(2)}, str(path), metadata={"format": "finetune-weights", "arch": "resnet18",
+    ...           "classes": '["cat", "dog"]', "img_size": "32", "crop_pct": "0.9"})
+    >>> deployment_metadata(path)
+    {'arch': 'resnet18', 'classes': ['cat', 'dog'], 'img_size': 32, 'crop_pct': 0.9}
+    >>> save_file({"w": torch.zeros(1)}, str(path)); deployment_metadata(path) is None
+    True
+    """
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != DEPLOYMENT_FORMAT:
+            return None
+        decoded: dict[str, Any] = {"arch": meta["arch"], "classes": json.loads(meta["classes"])}
+        if meta.get("img_size"):
+            decoded["img_size"] = int(meta["img_size"])
+        decoded.update({k: json.loads(meta[k]) for k in DEPLOYMENT_KEYS if k in meta})
+        if "config" in meta:
+            decoded["config"] = dict(json.loads(meta["config"]))
+        decoded.update({k: int(meta[k]) for k in ("train_images", "val_images") if k in meta})
+    except (OSError, SafetensorError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"'{path}': cannot read it as a finetune best.safetensors ({e}): "
+                              "`finetune inspect` shows what it holds") from None
+    return decoded
+
+
 # --------------------------------------------------------------------------- the Checkpointer
 def _numbered_key(name: str) -> tuple[int, int] | None:
     m = _NUMBERED.match(name) or _MANIFEST.match(name)

@@ -265,23 +265,19 @@ def _finetune_checkpoint_cfg(path: str, mtime_ns: int) -> Any:
 @functools.lru_cache(maxsize=4)
 def _finetune_weights_cfg(path: str, mtime_ns: int) -> Any:
     """The input settings (size, crop, interpolation, mean, std) a run's ``best.safetensors`` records in
-    its metadata (:func:`finetune.train.write_deployment_files`); None for any other safetensors file
+    its metadata (:func:`finetune.checkpoint.deployment_metadata`); None for any other safetensors file
     (only the header is read, not the tensors)."""
-    import json
+    from finetune.checkpoint import DEPLOYMENT_KEYS, deployment_metadata
 
     try:
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != "finetune-weights" or not str(meta.get("img_size", "")).isdigit():
-            return None
-        extra = {k: json.loads(meta[k]) if k in meta else None
-                 for k in ("crop_pct", "interpolation", "crop_mode", "mean", "std")}
+        meta = deployment_metadata(path)
     except Exception:  # noqa: BLE001 - not readable here: loading the weights says why
         return None
-    size = int(meta["img_size"])
-    return types.SimpleNamespace(input_size=[3, size, size], fixed_input_size=None, **extra)
+    if meta is None or "img_size" not in meta:
+        return None
+    size = meta["img_size"]
+    return types.SimpleNamespace(input_size=[3, size, size], fixed_input_size=None,
+                                 **{k: meta.get(k) for k in DEPLOYMENT_KEYS})
 
 
 def _torchvision_weights_preset(model: str, pretrained: str | None) -> dict[str, Any] | None:

@@ -37,9 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.checkpoint import (
+    DEPLOYMENT_FORMAT,
+    DEPLOYMENT_KEYS,
     Checkpointer,
     GracefulExit,
     capture_rng_state,
+    deployment_metadata,
     load_model_state,
     load_optimizer_state_by_name,
     optimizer_state_by_name,
@@ -1615,9 +1618,6 @@ def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
         warn(f"skipped {len(new)} unreadable image(s), listed in {path} (use --strict-data to stop instead)")
 
 
-#: what ``best.safetensors`` carries besides the weights (JSON in its metadata): enough for
-#: ``predict``, ``eval --data`` and ``cam`` to rebuild the model and its eval transform
-DEPLOYMENT_KEYS = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
 #: the settings that say which images were the validation split (in the metadata's ``config``)
 DATA_KEYS = ("data", "val_split", "seed")
 
@@ -1639,7 +1639,7 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     from safetensors.torch import save_file
 
     meta = {"arch": str(state["arch"]), "classes": json.dumps(list(state["classes"])),
-            "img_size": str(state.get("img_size", "")), "format": "finetune-weights",
+            "img_size": str(state.get("img_size", "")), "format": DEPLOYMENT_FORMAT,
             **{k: json.dumps(state[k]) for k in DEPLOYMENT_KEYS if state.get(k) is not None}}
     # the data it was trained on and how it was split: `eval --data` on that data scores its validation split
     # (as with best.pt), not the training images with it
@@ -1671,25 +1671,15 @@ def read_deployment_file(path: Path) -> dict[str, Any] | None:
     >>> state["arch"], state["classes"], state["img_size"], state["crop_pct"], list(state["model"])
     ('resnet18', ['cat', 'dog'], 32, 0.9, ['fc.bias'])
     """
-    if not path.is_file() or path.suffix != ".safetensors":
+    state = deployment_metadata(path)
+    if state is None:
         return None
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != "finetune-weights":
-            return None
-        state: dict[str, Any] = {"arch": meta["arch"], "classes": json.loads(meta["classes"]),
-                                 "model": load_file(str(path))}
-        if meta.get("img_size"):
-            state["img_size"] = int(meta["img_size"])
-        state.update({k: json.loads(meta[k]) for k in DEPLOYMENT_KEYS if k in meta})
-        if "config" in meta:
-            state["config"] = dict(json.loads(meta["config"]))
-        state.update({k: int(meta[k]) for k in ("train_images", "val_images") if k in meta})
-    except (OSError, SafetensorError, KeyError, ValueError) as e:
+        state["model"] = load_file(str(path))
+    except (OSError, SafetensorError, ValueError) as e:
         raise CheckpointError(f"'{path}': cannot read it as a finetune best.safetensors ({e}): "
                               "`finetune inspect` shows what it holds") from None
     return state
