@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import run_cli
+from conftest import error_line, run_cli, run_here
 from finetune import Checkpointer, create_model
 from finetune.cam import (
     METHODS,
@@ -248,11 +248,15 @@ def test_cam_command(cam_run: Path, tmp_path: Path) -> None:
                   "--method", "gradcam++", "--out", str(tmp_path / "out"), "--device", "cpu")
     assert res.returncode == 0, res.stderr
     assert len(list((tmp_path / "out").glob("*.png"))) == 1 and "gradcam++" in res.stdout
-    bad = run_cli("cam", str(cam_run), "--target", "pentagon", "--device", "cpu")
-    assert bad.returncode == 2 and bad.stderr.startswith("finetune: error: unknown class 'pentagon'")
-    assert "Traceback" not in bad.stderr
-    bad = run_cli("cam", str(tmp_path), "--device", "cpu")
-    assert bad.returncode == 2 and "best.pt" in bad.stderr
+    # the checkpoint as predict and eval take it: `cam --checkpoint RUN IMAGE`
+    res = run_here("cam", "--checkpoint", str(cam_run), str(tmp_path / "red.jpg"), "--out", str(tmp_path / "flag"),
+                   "--device", "cpu", "--json")
+    assert res.returncode == 0, res.stderr
+    assert [Path(r["file"]).name for r in json.loads(res.stdout)] == ["red.jpg"]
+    assert error_line(run_here("cam", "--target", "pentagon")).startswith("finetune: error: cam needs a checkpoint")
+    bad = run_here("cam", str(cam_run), "--target", "pentagon", "--device", "cpu")
+    assert error_line(bad).startswith("finetune: error: unknown class 'pentagon'")
+    assert "best.pt" in error_line(run_here("cam", str(tmp_path), "--device", "cpu"))
 
 
 @pytest.mark.cuda

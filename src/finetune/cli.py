@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from finetune.config import int_at_least, non_empty, positive_float, worker_count, workers_value
-from finetune.errors import FinetuneError, UnreadableImagesError, describe_os_error
+from finetune.errors import ConfigError, FinetuneError, UnreadableImagesError, describe_os_error
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -408,7 +408,6 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 def _cmd_models(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from finetune.errors import ConfigError
     from finetune.models import format_model_table, model_table
 
     matching = model_table(args.pattern, include_timm=args.timm)
@@ -462,9 +461,12 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _add_cam(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cam", help="class activation maps (Grad-CAM and family) of a checkpoint's predictions")
-    p.add_argument("checkpoint", type=non_empty, metavar="CHECKPOINT", help="a run directory (its best.pt) or a checkpoint file")
+    p.add_argument("checkpoint", type=non_empty, nargs="?", metavar="CHECKPOINT",
+                   help="a run directory (its best.pt), a checkpoint file or a best.safetensors")
     p.add_argument("inputs", type=non_empty, nargs="*", metavar="IMAGE_OR_DIR",
                    help="images to explain (default: images of the run's validation split)")
+    p.add_argument("--checkpoint", dest="checkpoint_flag", type=non_empty, metavar="CHECKPOINT",
+                   help="the checkpoint given as predict and eval take it (then every argument is an image or folder)")
     p.add_argument("--method", type=non_empty, default="gradcam", help="gradcam (default), gradcam++, xgradcam, layercam, hirescam, "
                    "eigengradcam, cam (no backward; global-average-pool + Linear heads), eigencam (no gradient), "
                    "scorecam, ablationcam (no gradient; one forward per channel and image: slow)")
@@ -482,8 +484,14 @@ def _add_cam(sub: argparse._SubParsersAction) -> None:
 def _cmd_cam(args: argparse.Namespace) -> int:
     from finetune.cam import explain
 
+    checkpoint, inputs = args.checkpoint, args.inputs
+    if args.checkpoint_flag is not None:  # `cam --checkpoint RUN IMAGE...`, as predict takes it
+        checkpoint, inputs = args.checkpoint_flag, [args.checkpoint, *inputs] if args.checkpoint else inputs
+    if checkpoint is None:
+        raise ConfigError("cam needs a checkpoint: `finetune cam RUN_OR_CHECKPOINT [IMAGE_OR_DIR ...]` "
+                          "(or --checkpoint RUN_OR_CHECKPOINT)")
     try:
-        report, unreadable = explain(args.checkpoint, args.inputs or None, method=args.method, layer=args.layer,
+        report, unreadable = explain(checkpoint, inputs or None, method=args.method, layer=args.layer,
                                      target=args.target, out=args.out, limit=args.limit, alpha=args.alpha,
                                      batch_size=args.batch_size, device=args.device), None
     except UnreadableImagesError as e:  # the other images' overlays are written and reported; then the error
