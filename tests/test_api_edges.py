@@ -160,5 +160,5 @@ def test_a_fixed_size_model_is_told_its_size_not_or_more() -> None:
     from finetune.errors import ModelError
     from finetune.models import check_input_size
 
-    with pytest.raises(ModelError, match=r"use --img-size 224, the size it was designed for"):
+    with pytest.raises(ModelError, match=r"use img_size=224 \(--img-size\), the size it was designed for"):
         check_input_size(create_model("timm:efficientformer_l1", num_classes=2, img_size=32), 32)

@@ -324,9 +324,9 @@ def test_no_download_env_is_respected(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 
 def test_size_errors_name_the_size_the_model_was_designed_for() -> None:
-    with pytest.raises(ModelError, match=r"vit_b_16 cannot be built for 100x100 .* use --img-size 224"):
+    with pytest.raises(ModelError, match=r"vit_b_16 cannot be built for 100x100 .* use img_size=224 \(--img-size\)"):
         create_model("vit_b_16", 3, img_size=100)
-    with pytest.raises(ModelError, match=r"cannot take 40x40 images .* use --img-size 224, the size it was designed"):
+    with pytest.raises(ModelError, match=r"cannot take 40x40 images .* use img_size=224 \(--img-size\), the size it was designed"):
         check_input_size(create_model("timm:levit_128s", 3, img_size=40), 40)
 
 

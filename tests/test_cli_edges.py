@@ -151,7 +151,7 @@ def test_layers_that_unfreeze_later_are_not_warned_about(capsys: pytest.CaptureF
 def test_cam_method_that_does_not_fit_says_what_to_do_and_leaves_no_empty_folder(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "cams"
     line = error_line(run_here("cam", str(run), "--method", "cam", "--limit", "2", "--out", str(out)))
-    assert "give --layer NAME, a larger --img-size, or use gradcam" in line  # resnet18's layer4 is 1x1 at 32 px
+    assert "pass layer=NAME (--layer), larger images (--img-size), or use gradcam" in line  # resnet18's layer4 is 1x1 at 32 px
     assert not out.exists()
 
 

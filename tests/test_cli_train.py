@@ -289,7 +289,7 @@ def test_model_too_big_for_the_image_size_is_a_one_line_error(colour_data: Path,
                   "--out", str(tmp_path / "run"), "-q")
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("finetune: error: alexnet cannot take 32x32 images") and last.endswith("use --img-size 64 or more")
+    assert last.startswith("finetune: error: alexnet cannot take 32x32 images") and last.endswith("use img_size=64 or more (--img-size)")
     assert "Traceback" not in res.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -304,7 +304,7 @@ class _KilledDataset(_CrashingDataset):
 def test_a_worker_killed_by_sigkill_is_not_blamed_on_the_file() -> None:
     loader = build_loader(_KilledDataset(), train=False, img_size=8, batch_size=4, workers=1, **quiet)
     with pytest.raises(DataError, match=r"was killed \(SIGKILL, what the out-of-memory killer sends\) while "
-                                        r"decoding 'dataset item 5' .*: if memory is short, use fewer --workers"):
+                                        r"decoding 'dataset item 5' .*: if memory is short, use fewer workers \(--workers\)"):
         for _ in loader:
             pass
     loader.close()

@@ -82,7 +82,8 @@ def test_named_tag_loads_its_file_and_the_missing_default_points_to_the_cached_o
     message = str(info.value)
     assert "regnet_y_400mf-e6988f5f.pth" in message and "are not cached" in message
     assert message.endswith("or use the cached regnet_y_400mf-c65dace8.pth: "
-                            "--pretrained torchvision:RegNet_Y_400MF_Weights.IMAGENET1K_V1")
+                            "source='torchvision:RegNet_Y_400MF_Weights.IMAGENET1K_V1' "
+                            "(--pretrained torchvision:RegNet_Y_400MF_Weights.IMAGENET1K_V1)")
 
 
 def test_eval_transform_follows_the_named_weights() -> None:

@@ -384,7 +384,7 @@ def _maps(model: nn.Module, images: torch.Tensor, method: str, layer: str | None
     if method == "cam" and not chosen.gap_linear:
         raise ConfigError(f"method 'cam' needs the layer that feeds a global-average-pool + Linear head, and "
                           f"'{chosen.name}' does not (at a small image size the last stage's maps may be too small "
-                          "to be chosen): give --layer NAME, a larger --img-size, or use gradcam")
+                          "to be chosen): pass layer=NAME (--layer), larger images (--img-size), or use gradcam")
     needs_grad = method not in GRADIENT_FREE
     captured: list[torch.Tensor] = []
 
@@ -928,7 +928,8 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     if method not in METHODS:
         raise ConfigError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
     if limit < 1 or batch_size < 1:
-        raise ConfigError("--limit and --batch-size must be at least 1")
+        raise ConfigError(f"limit (--limit) and batch_size (--batch-size) must be at least 1, "
+                          f"got {limit} and {batch_size}")
     ckpt_path, run_dir = _run_dir_checkpoint(checkpoint)
     dev = resolve_device(device)
     model, state = load_checkpoint_model(ckpt_path, dev)

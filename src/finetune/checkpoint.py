@@ -827,7 +827,7 @@ _WRITE_HINTS = {
     errno.EDQUOT: "the disk quota is exceeded: free space",
     errno.EACCES: "permission denied: make the directory writable",
     errno.EPERM: "operation not permitted: make the directory writable",
-    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.EROFS: "the file system is read-only: choose another directory (--out)",
 }
 
 
@@ -843,7 +843,7 @@ def _write_error(what: str, path: Path, err: BaseException) -> CheckpointError:
         earlier = any(_NUMBERED.match(p.name) for p in path.parent.glob("ckpt-*.pt")) if path.parent.is_dir() else False
     except OSError:
         earlier = False
-    then = ("earlier checkpoints in '{0}' are intact; {1}, then resume with --resume auto" if earlier
+    then = ("earlier checkpoints in '{0}' are intact; {1}, then resume from them (--resume auto)" if earlier
             else "no checkpoint of this run was written yet; {1}, then start it again").format(path.parent, hint)
     kind = CheckpointError if isinstance(err, OSError) else CheckpointWriteError
     return kind(f"cannot write {what} '{path}': {why}; {then}")
@@ -1350,7 +1350,8 @@ class Checkpointer:
         if path is None:
             path = self.latest()
             if path is None:
-                raise CheckpointError(f"no complete checkpoint in '{self.directory}': start without --resume")
+                raise CheckpointError(f"no complete checkpoint in '{self.directory}': nothing to resume from "
+                                      "(Checkpointer.latest() is None): start without resuming (no --resume)")
         path = Path(path)
         reason = self.verify(path)
         if reason is not None:

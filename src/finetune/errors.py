@@ -97,7 +97,7 @@ class CheckpointError(FinetuneError):
     >>> from finetune import Checkpointer
     >>> Checkpointer(tempfile.mkdtemp()).load()  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    finetune.errors.CheckpointError: no complete checkpoint in '...checkpoints': start without --resume
+    finetune.errors.CheckpointError: no complete checkpoint in '...checkpoints': nothing to resume from (Checkpointer.latest() is None): start without resuming (no --resume)
     """
 
 

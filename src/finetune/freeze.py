@@ -1152,7 +1152,7 @@ class _HeadInputs(nn.Module):
             return torch.cat(values, 1)  # type: ignore[arg-type]
         raise ConfigError(f"the heads of {type(unwrap(self.body)).__name__} take inputs of different shapes "
                           f"({', '.join('x'.join(map(str, v.shape)) for v in values)}): it cannot be split "  # type: ignore[union-attr]
-                          "into backbone features and a head (train without --cache-features)")
+                          "into backbone features and a head; train without cache_features (--cache-features)")
 
 
 class _MeanOfHeads(nn.Module):

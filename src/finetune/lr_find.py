@@ -108,15 +108,17 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
             beta: float = 0.98, quiet: bool = False) -> LRFindResult:
     """Run the range test for ``cfg`` (see the module's description); nothing is written."""
     if not (0 < start_lr < end_lr) or not all(math.isfinite(v) for v in (start_lr, end_lr)):
-        raise ConfigError(f"--start-lr/--end-lr must be positive with start < end, got {start_lr} / {end_lr}")
+        raise ConfigError(f"start_lr/end_lr (--start-lr/--end-lr) must be positive with start < end, "
+                          f"got {start_lr} / {end_lr}")
     if num_steps < 2:
-        raise ConfigError(f"--num-steps must be at least 2, got {num_steps}")
+        raise ConfigError(f"num_steps (--num-steps) must be at least 2, got {num_steps}")
     world = os.environ.get("WORLD_SIZE", "1")
     if world not in ("", "1"):  # every process would run the whole test and print it
         raise ConfigError(f"lr-find runs in one process, not under torchrun ({world} processes): run finetune lr-find; "
                           "for the batch of N processes of --batch-size B, give --batch-size N*B")
     if cfg.cache_features:
-        raise ConfigError("lr-find trains on images: drop --cache-features (the head trains the same way without it)")
+        raise ConfigError("lr-find trains on images: drop cache_features (--cache-features); the head trains the same "
+                          "way without it")
     from finetune.freeze import bn_train_mode, param_groups
     from finetune.logging import progress
     from finetune.mixing import mix_batch

@@ -83,12 +83,12 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
     0.2
     >>> create_model("resnet18", num_classes=2, drop_path=0.1)
     Traceback (most recent call last):
-    finetune.errors.ModelError: resnet18 has no drop-path (stochastic depth) setting: drop --drop-path
+    finetune.errors.ModelError: resnet18 has no drop-path (stochastic depth) setting: leave out drop_path (--drop-path)
     >>> create_model("vit_b_16", num_classes=2, img_size=64).encoder.pos_embedding.shape
     torch.Size([1, 17, 768])
     >>> create_model("vit_b_16", num_classes=2, img_size=100)
     Traceback (most recent call last):
-    finetune.errors.ModelError: vit_b_16 cannot be built for 100x100 images (Input shape indivisible by patch size!): use --img-size 224, the size it was designed for
+    finetune.errors.ModelError: vit_b_16 cannot be built for 100x100 images (Input shape indivisible by patch size!): use img_size=224 (--img-size), the size it was designed for
     """
     if num_classes < 1:
         raise ModelError(f"num_classes must be at least 1, got {num_classes}")
@@ -116,12 +116,12 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
             if img_size is None or not ("image_size" in kwargs or "input_size" in kwargs):
                 raise
             reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise ModelError(f"{name} cannot be built for {img_size}x{img_size} images ({reason}): use --img-size "
-                             f"{_built_for_size(name)}, the size it was designed for") from None
+            raise ModelError(f"{name} cannot be built for {img_size}x{img_size} images ({reason}): use img_size="
+                             f"{_built_for_size(name)} (--img-size), the size it was designed for") from None
         except TypeError as e:  # a family without that argument
             what = "dropout" if "'dropout'" in str(e) else "drop-path (stochastic depth)"
-            flag = "--dropout" if what == "dropout" else "--drop-path"
-            raise ModelError(f"{name} has no {what} setting: drop {flag}") from None
+            arg = "drop_rate (--dropout)" if what == "dropout" else "drop_path (--drop-path)"
+            raise ModelError(f"{name} has no {what} setting: leave out {arg}") from None
         if isinstance(model, torchvision.models.MNASNet):
             model._load_from_state_dict = types.MethodType(_mnasnet_load_from_state_dict, model)
     model.finetune_arch = name
@@ -168,7 +168,8 @@ def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size:
         bad = next((k for k in ("drop_path_rate", "drop_rate") if k in kwargs and f"'{k}'" in str(e)), None)
         if bad is None:
             raise
-        raise ModelError(f"timm:{name} has no {bad} setting: drop --{'drop-path' if bad == 'drop_path_rate' else 'dropout'}") from None
+        arg = "drop_path (--drop-path)" if bad == "drop_path_rate" else "drop_rate (--dropout)"
+        raise ModelError(f"timm:{name} has no {bad} setting: leave out {arg}") from None
 
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -397,17 +398,17 @@ def check_input_size(model: nn.Module, img_size: int) -> None:
     >>> check_input_size(create_model("inception_v3", num_classes=2), 64)
     Traceback (most recent call last):
     ...
-    finetune.errors.ModelError: inception_v3 cannot take 64x64 images (...): use --img-size 299 or more
+    finetune.errors.ModelError: inception_v3 cannot take 64x64 images (...): use img_size=299 or more (--img-size)
     """
     reason = _input_size_problem(model, img_size)
     if reason is None:
         return
     name = getattr(model, "finetune_arch", type(model).__name__)
     larger = next((s for s in _LARGER_SIZES if s > img_size and _input_size_problem(model, s) is None), None)
-    hint = f"use --img-size {larger} or more" if larger is not None else "use a larger --img-size"
+    hint = f"use img_size={larger} or more (--img-size)" if larger is not None else "use a larger img_size (--img-size)"
     native = _built_for_size(name)
     if native is not None and native != img_size and larger in (None, native):  # fixed size: 'or more' fails too
-        hint = f"use --img-size {native}, the size it was designed for"
+        hint = f"use img_size={native} (--img-size), the size it was designed for"
     raise ModelError(f"{name} cannot take {img_size}x{img_size} images ({reason}): {hint}")
 
 
@@ -467,11 +468,11 @@ def _input_size_problem(model: nn.Module, img_size: int) -> str | None:
             model(torch.zeros(2, 3, img_size, img_size, device=device))
     except torch.cuda.OutOfMemoryError:
         raise ModelError(f"out of GPU memory for one forward of two {img_size}x{img_size} images: "
-                         "use a smaller model or --img-size") from None
+                         "use a smaller model or img_size (--img-size)") from None
     except (RuntimeError, AssertionError, ValueError, IndexError) as e:
         if isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e)):
             raise ModelError(f"out of memory for one forward of two {img_size}x{img_size} images on {device}: "
-                             "use a smaller model or --img-size") from None
+                             "use a smaller model or img_size (--img-size)") from None
         return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     finally:
         with torch.no_grad():

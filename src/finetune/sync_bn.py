@@ -192,15 +192,15 @@ def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> list[
     ...         return super().forward(x) * 2
     >>> convert_sync_batchnorm(torch.nn.Sequential(MyNorm(3)))
     Traceback (most recent call last):
-    finetune.errors.ConfigError: --sync-bn cannot synchronise '0' (MyNorm computes its own BatchNorm forward): train without --sync-bn, or make it a torch.nn.BatchNorm2d
+    finetune.errors.ConfigError: cannot synchronise '0' (MyNorm computes its own BatchNorm forward): make it a torch.nn.BatchNorm2d, or train without sync_bn (--sync-bn)
     """
     cuda = any(t.is_cuda for t in model.parameters()) or any(t.is_cuda for t in model.buffers())
     layers = [(name, layer, _sync_class(layer, cuda)) for name, layer in model.named_modules()
               if isinstance(layer, _BatchNorm)]
     for name, layer, target in layers:  # (all checked before any is changed)
         if target is _CANNOT:
-            raise ConfigError(f"--sync-bn cannot synchronise '{name}' ({type(layer).__name__} computes its own "
-                              "BatchNorm forward): train without --sync-bn, or make it a torch.nn.BatchNorm2d")
+            raise ConfigError(f"cannot synchronise '{name}' ({type(layer).__name__} computes its own BatchNorm "
+                              "forward): make it a torch.nn.BatchNorm2d, or train without sync_bn (--sync-bn)")
     for _, layer, target in layers:
         if target is not None:
             layer.__class__ = target

@@ -1806,11 +1806,11 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     split = dict(val_split=float(cfg.get("val_split", 0.1)), seed=int(cfg.get("seed", 0)))
     if data is None and "data" not in cfg:  # saved by other code (a loop of one's own): not the built-in shapes
         raise DataError(f"'{path}' does not say which data it was trained on (no config with a 'data' in it): "
-                        "give --data PATH (a folder or CSV to evaluate)")
+                        "give data=PATH (--data), a folder or CSV to evaluate")
     if data is None:
         if trained_on != "shapes" and not Path(trained_on).exists():
             raise DataError(f"the data this checkpoint was trained on, '{trained_on}', is not found from here "
-                            f"({Path.cwd()}): give --data PATH (a folder or CSV to evaluate)")
+                            f"({Path.cwd()}): give data=PATH (--data), a folder or CSV to evaluate")
         data = trained_on
     elif moved := moved_training_data(data, state, trained_on, **split):
         warn(f"'{data}' holds the {state['train_images']} + {state['val_images']} images of the data this checkpoint "

@@ -1105,7 +1105,8 @@ class Loader:
         if killed:
             during = " while decoding " + ", ".join(f"'{self._name(i)}'" for i in own) if own else ""
             return DataError(f"a data worker was killed (SIGKILL, what the out-of-memory killer sends){during} "
-                             f"({error}): if memory is short, use fewer --workers or a smaller --batch-size")
+                             f"({error}): if memory is short, use fewer workers (--workers) or a smaller "
+                             "batch_size (--batch-size)")
         names = ", ".join(f"'{self._name(i)}'" for i in own or [idx for _pid, idx in rows])
         if not names:
             return DataError(f"a data worker died between files ({error}); use workers=0 (--workers 0) to see why")
@@ -1273,13 +1274,13 @@ def raise_for_bad_files(*sets: Samples, workers: int = 0) -> None:
     Traceback (most recent call last):
     finetune.errors.DataError: 1 of 1 images cannot be read:
       /nonexistent.jpg: FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent.jpg'
-    fix or remove them, or drop --strict-data to skip them
+    fix or remove them, or drop strict=True (--strict-data) to skip them
     """
     bad = [b for samples in sets for b in scan_bad_files(samples, workers=workers)]
     if bad:
         listing = "\n".join(f"  {b.path}: {b.reason}" for b in bad)
         raise DataError(f"{len(bad)} of {sum(len(s) for s in sets)} images cannot be read:\n{listing}\n"
-                        f"fix or remove them, or drop --strict-data to skip them")
+                        f"fix or remove them, or drop strict=True (--strict-data) to skip them")
 
 
 def path_samples(source: str | Path, train: bool, seed: int = 0) -> Samples:

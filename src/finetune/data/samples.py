@@ -686,7 +686,7 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
     folder = split_dir(path, VAL_DIR_NAMES) or split_dir(path, TEST_SPLIT_NAMES)
     if folder is None and split_dir(path, TRAIN_SPLIT_NAMES) is not None:
         raise DataError(f"'{data}' has a {split_dir(path, TRAIN_SPLIT_NAMES).name}/ folder but no val/ or test/ "
-                        f"folder to evaluate: give the folder of test images (class sub-folders) as --data")
+                        f"folder to evaluate: give the folder of test images (class sub-folders) as data (--data)")
     folder = folder or path
     # every class folder, the checkpoint's first: an empty one is allowed here (nothing to score), and one
     # with images that the checkpoint lacks is refused by relabel

@@ -857,7 +857,8 @@ def _read_source(model: torch.nn.Module, source: Any, *, trust: bool, arch: str 
     if sources.is_named(source):
         arch = arch or getattr(model, "finetune_arch", None) or getattr(model, "model_name", None)
         if isinstance(arch, str) and arch.startswith("timm:") and source == "torchvision":
-            raise WeightsError(f"'torchvision' weights do not exist for timm model {arch}: use --pretrained {arch}")
+            raise WeightsError(f"'torchvision' weights do not exist for timm model {arch}: "
+                               f"use source={arch!r} (--pretrained {arch})")
         path = sources.resolve(source, arch)
         ck = read_checkpoint(path, trust=trust)
         note = sources.snapshot_note(path)

@@ -164,7 +164,7 @@ def torchvision_file(source: str, arch: str | None = None) -> Path:
             raise
         name = f"{type(weights).__name__}.{others[0].name}"
         raise WeightsError(f"{e}; or use the cached {others[0].url.rsplit('/', 1)[-1]}: "
-                           f"--pretrained torchvision:{name}") from None
+                           f"source='torchvision:{name}' (--pretrained torchvision:{name})") from None
     return path
 
 

@@ -263,10 +263,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     if dst.exists() and Path(src).exists() and os.path.samefile(src, dst):
         raise WeightsError(f"{dst} is the file being converted: give another output name (the original is kept)")
     if not overwrite and os.path.lexists(dst):
-        raise WeightsError(f"'{dst}' already exists: give another DST, or --force to replace it")
+        raise WeightsError(f"'{dst}' already exists: give another dst, or overwrite=True (--force) to replace it")
     ck = read_checkpoint(src, trust=trust)
     if ema and ck.ema is None:
-        raise WeightsError(f"{ck.source}: --ema given but the file has no EMA weights")
+        raise WeightsError(f"{ck.source}: ema=True (--ema) given but the file has no EMA weights")
     for note in ck.notes:  # what the file holds that is not written (a second model of an accelerate folder)
         if note.startswith("read the first model only"):
             warnings.warn(f"{ck.source}: {note} (not written to {dst})", stacklevel=2)
