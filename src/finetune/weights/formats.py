@@ -38,6 +38,7 @@ from finetune.weights.deepspeed_zero import (
     read_deepspeed,
 )
 from finetune.weights.keys import unwrap_names
+from finetune.weights.transformers_names import from_transformers
 from finetune.weights.unpickle import (
     RESTRICTED_ONLY,
     PartialStandIn,
@@ -134,13 +135,15 @@ def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Any], *, trust
         return interpret(obj, source=name, container=container)
     if kind == "raw pickle":
         return interpret(_read_raw_pickle(path, trust=trust), source=name, container="plain pickle")
+    if kind == "npz":
+        return interpret(_read_npz(path), source=name, container="NumPy .npz")
     raise CheckpointError(f"{name}: {kind}")
 
 
 def sniff(path: Path) -> str:
     """The container kind from the first bytes, or a reason why it is not a checkpoint.
 
-    Kinds: ``torch zip``, ``torchscript``, ``pickle``, ``safetensors``, ``index``;
+    Kinds: ``torch zip``, ``torchscript``, ``pickle``, ``safetensors``, ``index``, ``npz``;
     anything else is a message (``empty file``, ``a text file, …``).
 
     >>> import pathlib, tempfile, torch
@@ -170,9 +173,36 @@ def sniff(path: Path) -> str:
             obj = None
         if isinstance(obj, dict) and isinstance(obj.get("weight_map"), dict):
             return "index"
+    if (other := _other_framework(head)) is not None:  # (after torch's own kinds: a guess from a few bytes)
+        return other
     if _looks_like_text(path):
         return "a text file, not a checkpoint"
     return "unrecognised format: not a PyTorch, safetensors or TorchScript file (corrupt or truncated?)"
+
+
+#: how to get weights finetune reads out of another framework's model file
+_NOT_TORCH = ("finetune reads PyTorch weights (torch.save, safetensors, TorchScript): load the network's PyTorch "
+              "weights instead, or convert it to PyTorch and save its state_dict()")
+
+
+def _other_framework(head: bytes) -> str | None:
+    """Why a file of another framework (ONNX, Keras / TensorFlow HDF5, TensorFlow Lite) is not a checkpoint,
+    from its first bytes; None for anything else.
+
+    >>> _other_framework(b"\\x08\\x08\\x12\\x07pytorch").split(":")[0]
+    'an ONNX model, not a PyTorch checkpoint'
+    >>> _other_framework(b"\\x89HDF\\r\\n\\x1a\\n").split(":")[0]
+    'an HDF5 file (Keras .h5 / TensorFlow weights), not a PyTorch checkpoint'
+    """
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return f"an HDF5 file (Keras .h5 / TensorFlow weights), not a PyTorch checkpoint: {_NOT_TORCH}"
+    if head[4:8] == b"TFL3":
+        return f"a TensorFlow Lite model, not a PyTorch checkpoint: {_NOT_TORCH}"
+    # ONNX ModelProto: ir_version (field 1, a small varint), then producer_name, domain, graph, ...
+    if len(head) > 3 and head[0] == 0x08 and 1 <= head[1] <= 30 and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42):
+        return (f"an ONNX model, not a PyTorch checkpoint: {_NOT_TORCH} (onnx2torch converts ONNX models; "
+                "then torch.save(model.state_dict(), PATH))")
+    return None
 
 
 def _framed_legacy_magic(head: bytes) -> bool:
@@ -194,6 +224,10 @@ def _sniff_zip(path: Path) -> str:
         return "pt2"
     if any(n.endswith("data.pkl") for n in names):
         return "torch zip"
+    if any(n.endswith("model.weights.h5") for n in names) and "metadata.json" in names:
+        return f"a Keras .keras model archive, not a PyTorch checkpoint: {_NOT_TORCH}"
+    if names and all(n.endswith(".npy") for n in names) and not any("/" in n for n in names):
+        return "npz"  # np.savez of a state dict: torch's names
     if names and all(n.endswith(".npy") for n in names):  # BiT's / big_vision's ViT .npz
         return ("a NumPy .npz archive (JAX/Flax weights), not a PyTorch checkpoint: its names need a model-specific "
                 "conversion; timm converts BiT/ViT .npz files (timm.create_model(NAME, pretrained=True, "
@@ -240,6 +274,11 @@ def interpret(obj: Any, *, source: str, container: str = "in memory", fmt: str |
         ck = Checkpoint(source, container, fmt or "pickled nn.Module", _module_state(obj),
                         metadata={"class": f"{type(obj).__module__}.{type(obj).__qualname__}"})
         return _unwrap(ck)
+    if not isinstance(obj, Mapping) and isinstance(getattr(obj, "model", None), torch.nn.Module):
+        # fastai's learn.export (a pickled Learner, read with trust=True): the network is its .model
+        ck = interpret(obj.model, source=source, container=container, fmt=fmt or f"pickled {type(obj).__name__}")
+        ck.notes.append(f"the weights of its .model ({type(obj.model).__name__})")
+        return ck
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
     obj = dict(obj)
@@ -427,9 +466,13 @@ def _module_state(module: torch.nn.Module) -> StateDict:
 def _unwrap(ck: Checkpoint) -> Checkpoint:
     ck.weights, removed = _unwrap_sd(ck.weights)
     ck.unwrapped = removed
+    ck.weights, renamed = from_transformers(ck.weights)
     if ck.ema is not None:
         ck.ema, ema_removed = _unwrap_sd(ck.ema)
         ck.unwrapped += [r for r in ema_removed if r not in removed]
+        ck.ema, _ = from_transformers(ck.ema)
+    if renamed:
+        ck.notes.append(renamed)
     ck.weights = {k: _cpu(v, ck.source, k) for k, v in ck.weights.items()}
     if ck.ema is not None:
         ck.ema = {k: _cpu(v, ck.source, k) for k, v in ck.ema.items()}
@@ -539,9 +582,32 @@ def _read_raw_pickle(path: Path, *, trust: bool) -> Any:
                 obj = RestrictedUnpickler(f, allowed, name=str(path), encoding="latin1").load()
     except WeightsError:
         raise
+    except ImportError as e:  # (trust=True) a class of the file whose library is not installed here
+        raise CheckpointError(f"{path}: cannot read ({type(e).__name__}: {e}): the pickle needs that library "
+                              "installed") from None
     except Exception as e:  # noqa: BLE001 - any failure of a pickle is a corrupt file
         raise CheckpointError(f"{path}: corrupt or truncated pickle ({type(e).__name__}: {e})") from None
     return _numpy_to_torch(obj)
+
+
+def _read_npz(path: Path) -> StateDict:
+    """The arrays of a ``numpy.savez`` archive (``np.savez(f, **{k: v.numpy() ...})`` of a state dict) as
+    tensors, read with ``allow_pickle=False``: an array of Python objects is refused, nothing runs."""
+    import numpy as np
+
+    out: StateDict = {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for k in npz.files:
+                a = npz[k]
+                if a.dtype.kind not in "fiub":
+                    raise CheckpointError(f"{path}: array '{k}' holds {a.dtype} values, not numbers")
+                out[k] = torch.from_numpy(np.array(a, order="C"))  # (0-d arrays stay 0-d)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if "allow_pickle" in str(e):
+            raise CheckpointError(f"{path}: a .npz archive of pickled Python objects, not of weights") from None
+        raise CheckpointError(f"{path}: corrupt or truncated .npz archive ({e})") from None
+    return out
 
 
 def _numpy_to_torch(obj: Any, depth: int = 0) -> Any:

@@ -1,0 +1,114 @@
+"""Hugging Face transformers' image classifiers under torchvision's / timm's names.
+
+``ResNetForImageClassification`` (``microsoft/resnet-50``), ``ViTForImageClassification``
+(``google/vit-base-patch16-224``) and ``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``)
+are the networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` and timm's ``convnext_*``
+(transformers converted them from there) under other names: ``resnet.embedder.embedder.convolution``
+for ``conv1``, ``classifier.1`` for ``fc``, a ViT's separate ``query`` / ``key`` / ``value`` for timm's
+``qkv``. :func:`from_transformers` renames them (and joins q/k/v), so that such a file loads like
+any other; files of other layouts are returned as they are.
+
+>>> import torch
+>>> sd, note = from_transformers({"resnet.embedder.embedder.convolution.weight": torch.zeros(1),
+...                               "resnet.encoder.stages.1.layers.0.shortcut.normalization.bias": torch.zeros(1),
+...                               "resnet.encoder.stages.3.layers.1.layer.2.convolution.weight": torch.zeros(1),
+...                               "classifier.1.weight": torch.zeros(1)})
+>>> sorted(sd), note
+(['conv1.weight', 'fc.weight', 'layer2.0.downsample.1.bias', 'layer4.1.conv3.weight'], "Hugging Face transformers ResNet names converted to torchvision's / timm's (resnet.embedder.embedder.convolution -> conv1, classifier.1 -> fc, ...)")
+>>> from_transformers({"fc.weight": torch.zeros(1)})[1] is None
+True
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+StateDict = dict[str, Tensor]
+
+_RESNET = [
+    (r"^(?:resnet\.)?embedder\.embedder\.convolution\.", lambda m: "conv1."),
+    (r"^(?:resnet\.)?embedder\.embedder\.normalization\.", lambda m: "bn1."),
+    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0."),
+    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1."),
+    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}."),
+    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}."),
+    (r"^classifier\.1\.", lambda m: "fc."),
+]
+
+_VIT = [
+    (r"^(?:vit\.)?embeddings\.cls_token$", lambda m: "cls_token"),
+    (r"^(?:vit\.)?embeddings\.position_embeddings$", lambda m: "pos_embed"),
+    (r"^(?:vit\.)?embeddings\.patch_embeddings\.projection\.", lambda m: "patch_embed.proj."),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.layernorm_before\.", lambda m: f"blocks.{m[1]}.norm1."),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.layernorm_after\.", lambda m: f"blocks.{m[1]}.norm2."),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.output\.dense\.", lambda m: f"blocks.{m[1]}.attn.proj."),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.intermediate\.dense\.", lambda m: f"blocks.{m[1]}.mlp.fc1."),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.output\.dense\.", lambda m: f"blocks.{m[1]}.mlp.fc2."),
+    (r"^(?:vit\.)?layernorm\.", lambda m: "norm."),
+    (r"^classifier\.", lambda m: "head."),
+]
+_VIT_QKV = re.compile(r"^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
+
+_CONVNEXT = [
+    (r"^(?:convnext\.)?embeddings\.patch_embeddings\.", lambda m: "stem.0."),
+    (r"^(?:convnext\.)?embeddings\.layernorm\.", lambda m: "stem.1."),
+    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.downsampling_layer\.(\d)\.", lambda m: f"stages.{m[1]}.downsample.{m[2]}."),
+    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.", lambda m: f"stages.{m[1]}.blocks.{m[2]}.conv_dw."),
+    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.", lambda m: f"stages.{m[1]}.blocks.{m[2]}.norm."),
+    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv1\.", lambda m: f"stages.{m[1]}.blocks.{m[2]}.mlp.fc1."),
+    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv2\.", lambda m: f"stages.{m[1]}.blocks.{m[2]}.mlp.fc2."),
+    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter$",
+     lambda m: f"stages.{m[1]}.blocks.{m[2]}.gamma"),
+    (r"^(?:convnext\.)?layernorm\.", lambda m: "head.norm."),
+    (r"^classifier\.", lambda m: "head.fc."),
+]
+
+#: (name, a key only that model's files have, its rules, what the note shows, whose names)
+_KINDS = (
+    ("ResNet", re.compile(r"^(resnet\.)?embedder\.embedder\.convolution\.weight$"), _RESNET,
+     "resnet.embedder.embedder.convolution -> conv1, classifier.1 -> fc", "torchvision's / timm's"),
+    ("ViT", re.compile(r"^(vit\.)?embeddings\.patch_embeddings\.projection\.weight$"), _VIT,
+     "vit.encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, classifier -> head", "timm's"),
+    ("ConvNeXt", re.compile(r"^(convnext\.)?embeddings\.patch_embeddings\.weight$"), _CONVNEXT,
+     "convnext.encoder.stages.N.layers.M -> stages.N.blocks.M, classifier -> head.fc", "timm's"),
+)
+
+
+def from_transformers(sd: StateDict) -> tuple[StateDict, str | None]:
+    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT or ConvNeXt
+    (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
+    saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``) are kept as they are."""
+    for kind, marker, rules, shown, whose in _KINDS:
+        if not any(marker.match(k) for k in sd):
+            continue
+        compiled = [(re.compile(rx), fn) for rx, fn in rules]
+        out: StateDict = {}
+        qkv: dict[tuple[str, str], dict[str, tuple[str, Tensor]]] = {}
+        for k, v in sd.items():
+            if kind == "ViT" and (m := _VIT_QKV.match(k)):
+                qkv.setdefault((m[1], m[3]), {})[m[2]] = (k, v)
+                continue
+            out[_rename(k, compiled)] = v
+        for (block, what), parts in qkv.items():
+            if set(parts) != {"query", "key", "value"}:  # not all three: keep the file's names
+                out.update(parts.values())
+                continue
+            out[f"blocks.{block}.attn.qkv.{what}"] = torch.cat([parts[p][1] for p in ("query", "key", "value")])
+        if len(out) != len(sd) - sum(len(p) - 1 for p in qkv.values() if len(p) == 3):
+            return sd, None  # two keys renamed onto one name: not the layout these rules are for
+        return out, f"Hugging Face transformers {kind} names converted to {whose} ({shown}, ...)"
+    return sd, None
+
+
+def _rename(key: str, compiled: list) -> str:
+    for rx, fn in compiled:
+        if (m := rx.match(key)) is not None:
+            return fn(m) + key[m.end():]
+    return key

@@ -1,0 +1,100 @@
+"""Hugging Face transformers' ResNet / ViT / ConvNeXt files load into torchvision's / timm's models."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import finetune
+from finetune.weights import read_checkpoint
+
+
+def _resnet_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision resnet names as transformers' ResNetForImageClassification saves them."""
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^conv1\.", "resnet.embedder.embedder.convolution.", k)
+        k = re.sub(r"^bn1\.", "resnet.embedder.embedder.normalization.", k)
+        k = re.sub(r"^layer(\d)\.(\d+)\.downsample\.0\.",
+                   lambda m: f"resnet.encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.shortcut.convolution.", k)
+        k = re.sub(r"^layer(\d)\.(\d+)\.downsample\.1\.",
+                   lambda m: f"resnet.encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.shortcut.normalization.", k)
+        k = re.sub(r"^layer(\d)\.(\d+)\.conv(\d)\.",
+                   lambda m: f"resnet.encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.layer.{int(m[3]) - 1}.convolution.", k)
+        k = re.sub(r"^layer(\d)\.(\d+)\.bn(\d)\.",
+                   lambda m: f"resnet.encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.layer.{int(m[3]) - 1}.normalization.", k)
+        out[re.sub(r"^fc\.", "classifier.1.", k)] = v
+    return out
+
+
+def _vit_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm vit names as transformers' ViTForImageClassification saves them (q, k, v apart)."""
+    out = {}
+    for k, v in sd.items():
+        if m := re.match(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", k):
+            for name, part in zip(("query", "key", "value"), v.chunk(3), strict=True):
+                out[f"vit.encoder.layer.{m[1]}.attention.attention.{name}.{m[2]}"] = part.clone()
+            continue
+        for rx, repl in ((r"^cls_token$", "vit.embeddings.cls_token"),
+                         (r"^pos_embed$", "vit.embeddings.position_embeddings"),
+                         (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
+                         (r"^blocks\.(\d+)\.norm1\.", r"vit.encoder.layer.\1.layernorm_before."),
+                         (r"^blocks\.(\d+)\.norm2\.", r"vit.encoder.layer.\1.layernorm_after."),
+                         (r"^blocks\.(\d+)\.attn\.proj\.", r"vit.encoder.layer.\1.attention.output.dense."),
+                         (r"^blocks\.(\d+)\.mlp\.fc1\.", r"vit.encoder.layer.\1.intermediate.dense."),
+                         (r"^blocks\.(\d+)\.mlp\.fc2\.", r"vit.encoder.layer.\1.output.dense."),
+                         (r"^norm\.", "vit.layernorm."), (r"^head\.", "classifier.")):
+            k = re.sub(rx, repl, k)
+        out[k] = v
+    return out
+
+
+def _convnext_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm convnext names as transformers' ConvNextForImageClassification saves them."""
+    out = {}
+    for k, v in sd.items():
+        for rx, repl in ((r"^stem\.0\.", "convnext.embeddings.patch_embeddings."),
+                         (r"^stem\.1\.", "convnext.embeddings.layernorm."),
+                         (r"^stages\.(\d+)\.downsample\.(\d)\.", r"convnext.encoder.stages.\1.downsampling_layer.\2."),
+                         (r"^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.", r"convnext.encoder.stages.\1.layers.\2.dwconv."),
+                         (r"^stages\.(\d+)\.blocks\.(\d+)\.norm\.", r"convnext.encoder.stages.\1.layers.\2.layernorm."),
+                         (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", r"convnext.encoder.stages.\1.layers.\2.pwconv1."),
+                         (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", r"convnext.encoder.stages.\1.layers.\2.pwconv2."),
+                         (r"^stages\.(\d+)\.blocks\.(\d+)\.gamma$", r"convnext.encoder.stages.\1.layers.\2.layer_scale_parameter"),
+                         (r"^head\.norm\.", "convnext.layernorm."), (r"^head\.fc\.", "classifier.")):
+            k = re.sub(rx, repl, k)
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize(("arch", "to_hf", "transformers_class"), [
+    ("resnet18", _resnet_to_hf, "ResNetForImageClassification"),
+    ("timm:vit_tiny_patch16_224", _vit_to_hf, "ViTForImageClassification"),
+    ("timm:convnext_atto", _convnext_to_hf, "ConvNextForImageClassification"),
+])
+def test_a_transformers_folder_loads_into_the_same_network(tmp_path: Path, arch: str, to_hf, transformers_class: str) -> None:
+    torch.manual_seed(0)
+    kwargs = {"img_size": 32} if "vit" in arch else {}
+    source = finetune.create_model(arch, num_classes=5, **kwargs).eval()
+    (tmp_path / "hf").mkdir()
+    save_file({k: v.contiguous() for k, v in to_hf(source.state_dict()).items()}, tmp_path / "hf" / "model.safetensors")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"architectures": [transformers_class]}))
+
+    target = finetune.create_model(arch, num_classes=5, **kwargs).eval()
+    report = finetune.load_weights(target, tmp_path / "hf", strict=True)
+    assert report.ok and not report.unexpected, report
+    assert any("Hugging Face transformers" in n for n in report.notes), report.notes
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(source(x), target(x))
+
+
+def test_other_files_keep_their_names() -> None:
+    sd = {"classifier.1.weight": torch.zeros(2, 3), "features.0.weight": torch.zeros(3, 3)}  # (mobilenet)
+    ck = read_checkpoint(sd)
+    assert sorted(ck.weights) == sorted(sd) and not ck.notes
