@@ -98,3 +98,20 @@ def test_other_files_keep_their_names() -> None:
     sd = {"classifier.1.weight": torch.zeros(2, 3), "features.0.weight": torch.zeros(3, 3)}  # (mobilenet)
     ck = read_checkpoint(sd)
     assert sorted(ck.weights) == sorted(sd) and not ck.notes
+
+
+def test_a_transformers_folder_gives_its_image_processor_settings(tmp_path: Path) -> None:
+    """preprocessor_config.json (google/vit-base-patch16-224's): mean/std 0.5, a 224x224 squash resize,
+    bilinear; the run takes its input as the weights were trained (was ImageNet's mean/std, 0.875 crop)."""
+    from finetune.models import eval_transform_of, normalization, pretrained_input_size
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["ViTForImageClassification"]}))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "do_normalize": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "resample": 2, "rescale_factor": 0.00392156862745098, "size": {"height": 224, "width": 224}}))
+    save_file({"classifier.weight": torch.zeros(2, 3)}, tmp_path / "model.safetensors")
+    for source in (str(tmp_path), str(tmp_path / "model.safetensors")):
+        model = "timm:vit_tiny_patch16_224"
+        assert normalization(model, source) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        assert eval_transform_of(model, source) == (1.0, "bilinear", "squash")
+        assert pretrained_input_size(model, source) == 224
