@@ -24,3 +24,16 @@ def test_aux_heads_and_wrapped_models_count_as_heads() -> None:
     model = torchvision.models.googlenet(num_classes=3, aux_logits=True, init_weights=False)
     report = load_weights(torch.nn.DataParallel(model), sd)
     assert {"fc.weight", "aux1.fc2.weight"} <= {n for n, _, _ in report.mismatched} and report.ok, str(report)
+
+
+def test_a_backbone_saved_without_its_head_is_ok_a_missing_stage_is_not() -> None:
+    """A self-supervised / num_classes=0 backbone has no head: the model's new head is what fine-tuning
+    wants (was INCOMPLETE, as if weights were lost); a backbone tensor missing still is INCOMPLETE."""
+    sd = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    report = load_weights(torchvision.models.resnet18(num_classes=10), sd)
+    assert report.ok and report.missing == ["fc.weight", "fc.bias"] and report.missing_outside_head == []
+    assert "no classifier head" in str(report).splitlines()[-1]
+    del sd["layer4.1.bn2.running_var"]
+    report = load_weights(torchvision.models.resnet18(num_classes=10), sd)
+    assert not report.ok and report.missing_outside_head == ["layer4.1.bn2.running_var"]
+    assert "INCOMPLETE" in str(report).splitlines()[-1]

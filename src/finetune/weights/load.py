@@ -36,26 +36,27 @@ class LoadReport:
 
     ``mismatched`` holds ``(name, file shape, model shape)``; ``adapted`` holds
     ``(name, how)``. ``ok`` is True when every model tensor came from the file except the
-    excluded ones and a classifier head of another shape (the file's for other classes).
+    excluded ones and the classifier head, when the file's is of another shape (for other
+    classes) or absent (a backbone saved without its head).
 
     >>> import torch
     >>> from finetune import load_weights
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))
-    >>> report = load_weights(model, {"0.weight": torch.ones(4, 3), "0.bias": torch.zeros(4),
-    ...                               "1.weight": torch.ones(10, 4), "extra": torch.zeros(1)})
+    >>> report = load_weights(model, {"0.weight": torch.ones(4, 3), "1.weight": torch.ones(10, 4),
+    ...                               "1.bias": torch.zeros(10), "extra": torch.zeros(1)})
     >>> report.ok, report.loaded, report.missing, report.unexpected
-    (False, ['0.weight', '0.bias'], ['1.bias'], ['extra'])
+    (False, ['0.weight'], ['0.bias'], ['extra'])
     >>> report.to_dict()["mismatched"]
-    [{'name': '1.weight', 'file_shape': [10, 4], 'model_shape': [5, 4]}]
+    [{'name': '1.weight', 'file_shape': [10, 4], 'model_shape': [5, 4]}, {'name': '1.bias', 'file_shape': [10], 'model_shape': [5]}]
     >>> print(report)
     weights: <state dict>
       format   state_dict (in memory)
       mapping  prefix: identity
-      loaded         2
-      mismatched     1  1.weight (file 10x4, model 5x4)
-      missing        1  1.bias
+      loaded         1
+      mismatched     2  1.weight (file 10x4, model 5x4), 1.bias (file 10, model 5)
+      missing        1  0.bias
       unexpected     1  extra
-      2/4 model tensors from the file: INCOMPLETE: the model keeps its own values for the missing tensors
+      1/4 model tensors from the file: INCOMPLETE: the model keeps its own values for the missing tensors
     """
 
     source: str = ""
@@ -74,20 +75,34 @@ class LoadReport:
     @property
     def ok(self) -> bool:
         """True when every model tensor was loaded, adapted or excluded, or is in the model's
-        classifier head and kept on a shape mismatch (a head for other classes than the file's).
+        classifier head and kept: the file's head is for other classes (another shape) or the file
+        has none (a self-supervised or ``num_classes=0`` backbone). The head is new either way.
 
         >>> LoadReport(mismatched=[("fc.weight", (1000, 8), (3, 8))], _heads=("fc",)).ok
         True
+        >>> LoadReport(missing=["fc.weight", "fc.bias"], _heads=("fc",)).ok
+        True
         >>> LoadReport(mismatched=[("conv1.weight", (8, 3, 7, 7), (8, 1, 7, 7))], _heads=("fc",)).ok
         False
+        >>> LoadReport(missing=["layer4.0.conv1.weight", "fc.bias"], _heads=("fc",)).ok
+        False
         """
-        return not self.missing and not self.mismatched_outside_head
+        return not self.missing_outside_head and not self.mismatched_outside_head
+
+    def _outside_head(self, names: list[str]) -> list[str]:
+        return [n for n in names if not any(n == h or n.startswith(h + ".") for h in self._heads)]
 
     @property
     def mismatched_outside_head(self) -> list[str]:
         """The names in ``mismatched`` outside the model's classifier head: tensors that keep the
         model's own (random) values although the file has them."""
-        return [n for n, _, _ in self.mismatched if not any(n == h or n.startswith(h + ".") for h in self._heads)]
+        return self._outside_head([n for n, _, _ in self.mismatched])
+
+    @property
+    def missing_outside_head(self) -> list[str]:
+        """The names in ``missing`` outside the model's classifier head: tensors the file lacks
+        that keep the model's own (random) values."""
+        return self._outside_head(self.missing)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (shapes as lists)."""
@@ -117,9 +132,11 @@ class LoadReport:
             ("excluded", len(self.excluded), ", ".join(self.excluded)),
         ]
         lines = [f"  {name:<10} {n:>5}  {_clip(detail)}".rstrip() for name, n, detail in rows if n or name == "loaded"]
-        kept = " and ".join(w for w, n in (("the missing tensors", self.missing),
+        kept = " and ".join(w for w, n in (("the missing tensors", self.missing_outside_head),
                                            ("those of another shape outside its head", self.mismatched_outside_head)) if n)
         verdict = "ok" if self.ok else f"INCOMPLETE: the model keeps its own values for {kept}"
+        if self.ok and self.missing:
+            verdict += " (the file has no classifier head: the model's own, new head is kept)"
         lines.append(f"  {len(self.loaded) + len(self.adapted)}/{total} model tensors from the file: {verdict}")
         return "\n".join(head + lines + [f"  note     {n}" for n in self.notes])
 
