@@ -737,7 +737,10 @@ def _depths(root: nn.Module) -> tuple[dict[str, int], dict[int, str]]:
     ``i + 1``, the head last). Other models: the index of the :func:`_units`
     block a parameter is in, named after it. A parameter registered on a block
     that was split (a ViT's class token or position embedding) goes with the
-    block before it (the first block when there is none).
+    block before it (the first block when there is none). Every head the output
+    comes from is at the top (timm's distilled PiT: ``head`` and ``head_dist``
+    alike); auxiliary heads (GoogLeNet's ``aux1`` / ``aux2``, Inception v3's
+    ``AuxLogits``) take no depth of their own, but that of the block before them.
 
     >>> import torchvision
     >>> vit = torchvision.models.VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
@@ -752,8 +755,23 @@ def _depths(root: nn.Module) -> tuple[dict[str, int], dict[int, str]]:
     timm_ids = _timm_layer_ids(root)
     if timm_ids is not None:
         return timm_ids, {d: f"layer_{d}" for d in sorted(set(timm_ids.values()))}
-    units = _units(root)
+    from finetune.errors import ModelError
+    from finetune.models import aux_head_names, head_names
+
+    try:
+        heads = head_names(root)
+    except ModelError:
+        heads = []
+    aux = aux_head_names(root)
+
+    def within(unit: str, names: Sequence[str]) -> bool:
+        return any(unit == n or unit.startswith(n + ".") for n in names)
+
+    units = [u for u in _units(root) if not within(u, aux)]
+    head_units = [u for u in units if within(u, heads)]
+    units = [u for u in units if u not in head_units] + head_units[:1]
     index = {u: i for i, u in enumerate(units)}
+    index.update({u: len(units) - 1 for u in head_units})
     depth: dict[str, int] = {}
     current = 0
     for n in _named_params(root):
