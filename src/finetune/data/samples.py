@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -145,6 +146,16 @@ def split_dir(root: str | Path, names: Sequence[str]) -> Path | None:
     return None
 
 
+def _nfc(name: str) -> str:
+    """``name`` in Unicode's composed form (NFC): macOS (and zips made there) write names decomposed (NFD),
+    so a class folder 'café' copied from a Mac matches the 'café' typed elsewhere.
+
+    >>> _nfc("cafe\\u0301") == "caf\\u00e9"
+    True
+    """
+    return unicodedata.normalize("NFC", name)
+
+
 def _class_dirs(root: Path) -> list[Path]:
     try:
         return sorted(p for p in root.iterdir() if p.is_dir() and not _is_skipped_dir(p.name))
@@ -254,7 +265,9 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
     fixed = classes is not None
     if classes is None:
         classes = found
-    missing = sorted(set(found) - set(classes))
+    by_nfc = {_nfc(n): n for n in found}  # a class matches its folder also when one is NFD (macOS) and one NFC
+    named = {_nfc(c) for c in classes}
+    missing = sorted(n for n in found if n not in classes and _nfc(n) not in named)
     if missing:
         shown = ", ".join(repr(c) for c in list(classes)[:20]) + (", …" if len(classes) > 20 else "")
         raise DataError(f"'{root}' has class folders {missing} that are not among the {len(classes)} classes "
@@ -266,6 +279,8 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
     unread: Counter[str] = Counter()
     for label, name in enumerate(classes):
         folder = root / name
+        if name not in found:
+            folder = root / by_nfc.get(_nfc(name), name)
         if not folder.is_dir():
             continue
         files = image_files(folder, unread)
@@ -383,9 +398,10 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip() and not ln.startswith("#")), "")
     delimiter = "," if "," in first or not ("\t" in first or ";" in first) else ("\t" if "\t" in first else ";")
-    rows = [r for r in csv.reader(lines, delimiter=delimiter)
-            if r and any(c.strip() for c in r) and not r[0].startswith("#")]
     base = path.parent
+    # '#' starts a comment line, unless it starts the name of a file there ('#1.jpg', as scrapers name them)
+    rows = [r for r in csv.reader(lines, delimiter=delimiter) if r and any(c.strip() for c in r)
+            and not (r[0].startswith("#") and not (base / r[0].strip()).is_file())]
     header = _header(rows[0]) if rows else None
     positional = False
     if header is not None:
@@ -690,5 +706,6 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
     folder = folder or path
     # every class folder, the checkpoint's first: an empty one is allowed here (nothing to score), and one
     # with images that the checkpoint lacks is refused by relabel
-    extra = sorted({d.name for d in _class_dirs(folder)} - set(classes))
+    named = {_nfc(c) for c in classes}
+    extra = sorted(d.name for d in _class_dirs(folder) if d.name not in classes and _nfc(d.name) not in named)
     return relabel(scan_folder(folder, classes=[*classes, *extra]), classes, folder)
