@@ -203,8 +203,12 @@ def test_bad_arguments_are_config_errors() -> None:
         class_activation_maps(model, x, method="gradcamm")
     with pytest.raises(ConfigError, match="did you mean layer4"):
         class_activation_maps(model, x, layer="layer44")
-    with pytest.raises(ConfigError, match="spatial map"):
+    with pytest.raises(ConfigError, match="does not output a feature map smaller than the image"):
         class_activation_maps(model, x, layer="fc")
+    # a map at the image's own resolution (stride 1) is not used either: the message says why
+    with pytest.raises(ConfigError, match=r"stride of 2 to 64 \(its output: \(1, 64, 64, 64\), the image: \(64, 64\)\)"):
+        class_activation_maps(nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                            nn.Linear(64, 3)).eval(), x, layer="0")
     with pytest.raises(ConfigError, match="one per image"):
         class_activation_maps(model, x, classes=[5])
     assert class_activation_maps(model, x, layer="layer3").maps.shape == (1, 64, 64)

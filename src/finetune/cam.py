@@ -469,8 +469,9 @@ def _named_layer(model: nn.Module, images: torch.Tensor, layer: str) -> CamLayer
     layout = spatial_layout(seen[-1], (images.shape[-2], images.shape[-1])) if seen else None
     if layout is None:
         shape = tuple(seen[-1].shape) if seen and isinstance(seen[-1], torch.Tensor) else None
-        raise ConfigError(f"layer '{layer}' does not output a spatial map (its output: {shape}); "
-                          "choose a convolutional stage or a transformer block")
+        raise ConfigError(f"layer '{layer}' does not output a feature map smaller than the image by a stride of "
+                          f"2 to 64 (its output: {shape}, the image: {tuple(images.shape[-2:])}); "
+                          "choose a later convolutional stage or a transformer block")
     try:  # method 'cam' applies when this layer feeds a global-average-pool + Linear head, named or found
         gap = find_cam_layer(model, images, only=layer).gap_linear
     except ModelError:
