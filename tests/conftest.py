@@ -14,6 +14,12 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two test processes (pytest-xdist -n 2) on
+    os.environ["OMP_NUM_THREADS"] = "1"     # two cores: one torch thread each (and in their subprocesses)
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
     """A passed test's ``tmp_path`` is removed at its teardown: the run directories the tests write
