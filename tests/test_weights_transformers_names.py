@@ -14,6 +14,39 @@ import finetune
 from finetune.weights import read_checkpoint
 
 
+def _renamed(sd: dict[str, torch.Tensor], rules) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        for rx, repl in rules:
+            k = re.sub(rx, repl, k)
+        out[k] = v
+    return out
+
+
+_VIT_RULES = (
+    (r"^cls_token$", "vit.embeddings.cls_token"),
+    (r"^pos_embed$", "vit.embeddings.position_embeddings"),
+    (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
+    (r"^blocks\.(\d+)\.norm1\.", r"vit.encoder.layer.\1.layernorm_before."),
+    (r"^blocks\.(\d+)\.norm2\.", r"vit.encoder.layer.\1.layernorm_after."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"vit.encoder.layer.\1.attention.output.dense."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"vit.encoder.layer.\1.intermediate.dense."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"vit.encoder.layer.\1.output.dense."),
+    (r"^norm\.", "vit.layernorm."), (r"^head\.", "classifier."),
+)
+_CONVNEXT_RULES = (
+    (r"^stem\.0\.", "convnext.embeddings.patch_embeddings."),
+    (r"^stem\.1\.", "convnext.embeddings.layernorm."),
+    (r"^stages\.(\d+)\.downsample\.(\d)\.", r"convnext.encoder.stages.\1.downsampling_layer.\2."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.", r"convnext.encoder.stages.\1.layers.\2.dwconv."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.norm\.", r"convnext.encoder.stages.\1.layers.\2.layernorm."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", r"convnext.encoder.stages.\1.layers.\2.pwconv1."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", r"convnext.encoder.stages.\1.layers.\2.pwconv2."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.gamma$", r"convnext.encoder.stages.\1.layers.\2.layer_scale_parameter"),
+    (r"^head\.norm\.", "convnext.layernorm."), (r"^head\.fc\.", "classifier."),
+)
+
+
 def _resnet_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """torchvision resnet names as transformers' ResNetForImageClassification saves them."""
     out = {}
@@ -40,36 +73,13 @@ def _vit_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for name, part in zip(("query", "key", "value"), v.chunk(3), strict=True):
                 out[f"vit.encoder.layer.{m[1]}.attention.attention.{name}.{m[2]}"] = part.clone()
             continue
-        for rx, repl in ((r"^cls_token$", "vit.embeddings.cls_token"),
-                         (r"^pos_embed$", "vit.embeddings.position_embeddings"),
-                         (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
-                         (r"^blocks\.(\d+)\.norm1\.", r"vit.encoder.layer.\1.layernorm_before."),
-                         (r"^blocks\.(\d+)\.norm2\.", r"vit.encoder.layer.\1.layernorm_after."),
-                         (r"^blocks\.(\d+)\.attn\.proj\.", r"vit.encoder.layer.\1.attention.output.dense."),
-                         (r"^blocks\.(\d+)\.mlp\.fc1\.", r"vit.encoder.layer.\1.intermediate.dense."),
-                         (r"^blocks\.(\d+)\.mlp\.fc2\.", r"vit.encoder.layer.\1.output.dense."),
-                         (r"^norm\.", "vit.layernorm."), (r"^head\.", "classifier.")):
-            k = re.sub(rx, repl, k)
-        out[k] = v
+        out.update(_renamed({k: v}, _VIT_RULES))
     return out
 
 
 def _convnext_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm convnext names as transformers' ConvNextForImageClassification saves them."""
-    out = {}
-    for k, v in sd.items():
-        for rx, repl in ((r"^stem\.0\.", "convnext.embeddings.patch_embeddings."),
-                         (r"^stem\.1\.", "convnext.embeddings.layernorm."),
-                         (r"^stages\.(\d+)\.downsample\.(\d)\.", r"convnext.encoder.stages.\1.downsampling_layer.\2."),
-                         (r"^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.", r"convnext.encoder.stages.\1.layers.\2.dwconv."),
-                         (r"^stages\.(\d+)\.blocks\.(\d+)\.norm\.", r"convnext.encoder.stages.\1.layers.\2.layernorm."),
-                         (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", r"convnext.encoder.stages.\1.layers.\2.pwconv1."),
-                         (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", r"convnext.encoder.stages.\1.layers.\2.pwconv2."),
-                         (r"^stages\.(\d+)\.blocks\.(\d+)\.gamma$", r"convnext.encoder.stages.\1.layers.\2.layer_scale_parameter"),
-                         (r"^head\.norm\.", "convnext.layernorm."), (r"^head\.fc\.", "classifier.")):
-            k = re.sub(rx, repl, k)
-        out[k] = v
-    return out
+    return _renamed(sd, _CONVNEXT_RULES)
 
 
 @pytest.mark.parametrize(("arch", "to_hf", "transformers_class"), [
