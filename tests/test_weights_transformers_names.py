@@ -125,3 +125,34 @@ def test_a_transformers_folder_gives_its_image_processor_settings(tmp_path: Path
         assert normalization(model, source) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         assert eval_transform_of(model, source) == (1.0, "bilinear", "squash")
         assert pretrained_input_size(model, source) == 224
+
+
+def _module_named_as(sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A module whose state dict has exactly ``sd``'s names and shapes (a stand-in for a transformers model)."""
+    root = torch.nn.Module()
+    for key, value in sd.items():
+        *path, leaf = key.split(".")
+        module = root
+        for part in path:
+            if not hasattr(module, part):
+                module.add_module(part, torch.nn.Module())
+            module = getattr(module, part)
+        module.register_parameter(leaf, torch.nn.Parameter(torch.zeros_like(value, dtype=torch.float32),
+                                                           requires_grad=False))
+    return root
+
+
+def test_a_transformers_model_takes_its_own_names_and_a_nested_file_is_found(tmp_path: Path) -> None:
+    """A model with transformers' names (a transformers model in a user's wrapper) loads the file as it is
+    (renaming it for torchvision would load nothing); a Lightning module's file ('model.resnet.…') renames."""
+    hf = _resnet_to_hf({k: v.float() for k, v in finetune.create_model("resnet18", num_classes=5).state_dict().items()})
+    wrapper = torch.nn.Module()
+    wrapper.add_module("net", _module_named_as(hf))
+    report = finetune.load_weights(wrapper, hf, strict=True)
+    assert report.ok and not any("transformers" in n for n in report.notes)
+    assert torch.equal(wrapper.state_dict()["net.classifier.1.weight"], hf["classifier.1.weight"])
+
+    target = finetune.create_model("resnet18", num_classes=5)
+    report = finetune.load_weights(target, {f"model.{k}": v for k, v in hf.items()}, strict=True)
+    assert report.ok and any("Hugging Face transformers ResNet" in n for n in report.notes)
+    assert torch.equal(target.fc.weight, hf["classifier.1.weight"])

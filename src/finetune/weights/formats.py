@@ -38,7 +38,6 @@ from finetune.weights.deepspeed_zero import (
     read_deepspeed,
 )
 from finetune.weights.keys import unwrap_names
-from finetune.weights.transformers_names import from_transformers
 from finetune.weights.unpickle import (
     RESTRICTED_ONLY,
     PartialStandIn,
@@ -466,13 +465,9 @@ def _module_state(module: torch.nn.Module) -> StateDict:
 def _unwrap(ck: Checkpoint) -> Checkpoint:
     ck.weights, removed = _unwrap_sd(ck.weights)
     ck.unwrapped = removed
-    ck.weights, renamed = from_transformers(ck.weights)
     if ck.ema is not None:
         ck.ema, ema_removed = _unwrap_sd(ck.ema)
         ck.unwrapped += [r for r in ema_removed if r not in removed]
-        ck.ema, _ = from_transformers(ck.ema)
-    if renamed:
-        ck.notes.append(renamed)
     ck.weights = {k: _cpu(v, ck.source, k) for k, v in ck.weights.items()}
     if ck.ema is not None:
         ck.ema = {k: _cpu(v, ck.source, k) for k, v in ck.ema.items()}

@@ -25,6 +25,7 @@ from finetune.errors import WeightsError
 from finetune.weights import sources
 from finetune.weights.formats import Checkpoint, read_checkpoint
 from finetune.weights.keys import apply_renames, matches, unwrap_names
+from finetune.weights.transformers_names import from_transformers
 
 Shape = tuple[int, ...]
 ShapeMismatch = Literal["skip", "error", "adapt"]
@@ -694,6 +695,9 @@ def load_weights(
     clean_to_key = {c: k for k, c in model_clean.items()}
     model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
 
+    file_sd, transformers_note = from_transformers(file_sd, model_shapes)
+    if transformers_note:
+        report.notes.append(transformers_note)
     renamed = apply_renames(file_sd, rename)
     renamed, legacy = legacy_densenet_names(renamed, model_shapes)
     if legacy:

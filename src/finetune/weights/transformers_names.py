@@ -22,6 +22,7 @@ True
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -72,22 +73,42 @@ _CONVNEXT = [
 
 #: (name, a key only that model's files have, its rules, what the note shows, whose names)
 _KINDS = (
-    ("ResNet", re.compile(r"^(resnet\.)?embedder\.embedder\.convolution\.weight$"), _RESNET,
+    ("ResNet", "embedder.embedder.convolution.weight", _RESNET,
      "resnet.embedder.embedder.convolution -> conv1, classifier.1 -> fc", "torchvision's / timm's"),
-    ("ViT", re.compile(r"^(vit\.)?embeddings\.patch_embeddings\.projection\.weight$"), _VIT,
+    ("ViT", "embeddings.patch_embeddings.projection.weight", _VIT,
      "vit.encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, classifier -> head", "timm's"),
-    ("ConvNeXt", re.compile(r"^(convnext\.)?embeddings\.patch_embeddings\.weight$"), _CONVNEXT,
+    ("ConvNeXt", "embeddings.patch_embeddings.weight", _CONVNEXT,
      "convnext.encoder.stages.N.layers.M -> stages.N.blocks.M, classifier -> head.fc", "timm's"),
 )
 
 
-def from_transformers(sd: StateDict) -> tuple[StateDict, str | None]:
+def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[StateDict, str | None]:
     """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT or ConvNeXt
     (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
-    saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``) are kept as they are."""
+    saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``) are kept as they are. A model
+    that has transformers' names itself (``model_names``: a transformers model, or one wrapping it)
+    takes the file as it is.
+
+    A file that nests the transformers model (a Lightning module's ``model.resnet.…``) is read
+    from under its outer prefix.
+
+    >>> sd = {"embedder.embedder.convolution.weight": torch.zeros(1)}
+    >>> list(from_transformers(sd)[0]), list(from_transformers(sd, ["resnet.embedder.embedder.convolution.weight"])[0])
+    (['conv1.weight'], ['embedder.embedder.convolution.weight'])
+    >>> list(from_transformers({"model.resnet.embedder.embedder.convolution.weight": torch.zeros(1),
+    ...                         "model.classifier.1.bias": torch.zeros(1)})[0])
+    ['conv1.weight', 'fc.bias']
+    """
+    model_names = list(model_names)
     for kind, marker, rules, shown, whose in _KINDS:
-        if not any(marker.match(k) for k in sd):
+        name = f"{kind.lower()}."  # ('resnet.' of 'resnet.embedder...', not 'swin.' of HF's Swin)
+        at = next((k[:-len(marker)] for k in sd if k == marker or k.endswith("." + marker)), None)
+        if at is None or not (at in ("", name) or at.endswith("." + name)):
             continue
+        if any(n == marker or n.endswith("." + marker) for n in model_names):
+            return sd, None  # the model's own names
+        outer = at.removesuffix(name)  # ('model.' of 'model.resnet.embedder...')
+        sd = {k[len(outer):] if k.startswith(outer) else k: v for k, v in sd.items()}
         compiled = [(re.compile(rx), fn) for rx, fn in rules]
         out: StateDict = {}
         qkv: dict[tuple[str, str], dict[str, tuple[str, Tensor]]] = {}
