@@ -238,7 +238,9 @@ def test_train_on_the_folder_end_to_end(trained: Path, tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     before, error = err.split("finetune: error: ", 1)
     assert "images cannot be read" in error
-    assert [line for line in before.splitlines() if not line.startswith("tempfile.tif:")] == [  # (libtiff's own)
+    # (libtiff's own lines; the once-per-run warning about tifffile/grey12bit_in_16.tif comes where it comes first)
+    assert [line for line in before.splitlines()
+            if not line.startswith("tempfile.tif:") and "whose values all lie below 4096" not in line] == [
         f"finetune: warning: '{ROOT}': skipped 4 images of kinds finetune does not read (.jxl: 1, .svg: 1, .hdr: 1, "
         ".heic: 1): convert them to JPEG or PNG to use them"]
     assert {rel for rel in UNREADABLE if f"{rel}: " in err} and all(f"{rel}: " not in err for rel in READABLE)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import mmap
 import os
 import struct
 import warnings
@@ -83,6 +84,10 @@ _CORRUPT_ERRORS = (TypeError, IndexError, KeyError, ZeroDivisionError, MemoryErr
 # PIL formats that are JPEG streams (MPO: phones' multi-picture JPEGs, frame 0 is the photo)
 JPEG_FORMATS = ("JPEG", "MPO")
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# PIL raw modes of 16 bits a channel that PIL itself reads as their high byte (RGB, RGBA, grey + alpha)
+_SIXTEEN_BIT_COLOUR = ("RGB;16", "RGBA;16", "LA;16")
+# set once the few-bits warning was given: a shared page, so that forked loader workers give it once between them
+_DARK_WARNED = mmap.mmap(-1, 1)
 
 
 def warn_if_huge(img: Image.Image, path: str) -> None:
@@ -94,6 +99,20 @@ def warn_if_huge(img: Image.Image, path: str) -> None:
         warnings.warn(DataWarning(f"'{path}' is {img.width}x{img.height} ({pixels / 1e6:.0f} megapixels, over PIL's "
                                   f"decompression-bomb limit of {limit / 1e6:.0f}): it is decoded whole, slowly and "
                                   "with GiBs of memory; downscale it if that is not meant"), stacklevel=2)
+
+
+def warn_if_dark(path: str, high_byte: int) -> None:
+    """One :class:`DataWarning` per run (the first file only) when a 16-bit image read as its high byte
+    comes out nearly black (``high_byte``, its brightest value read, under 16: every 16-bit value under
+    4096): 12- or 10-bit data in a 16-bit file, as scientific and medical cameras write it."""
+    if high_byte >= 16 or _DARK_WARNED[0]:
+        return
+    _DARK_WARNED[0] = 1
+    warnings.warn(DataWarning(f"'{path}' is a 16-bit image whose values all lie below 4096 (12- or 10-bit data?): "
+                              f"16-bit images are read by their high byte, so it comes out nearly black (at most "
+                              f"{high_byte} of 255); rescale such files to the full 16-bit range (12-bit data: "
+                              "multiply by 16) or save them as 8-bit (said once, for the first such file)"),
+                  stacklevel=2)
 
 
 def read_file(path: str) -> torch.Tensor:
@@ -291,9 +310,10 @@ def _check_png(data: bytes | memoryview | np.ndarray) -> None:
         raise OSError(reason)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image, path: str | None = None) -> Image.Image:
     """``img.convert("RGB")`` (decoding it), except that 16-bit greyscale keeps its high byte
-    and float greyscale in [0, 1] is scaled to 0..255.
+    and float greyscale in [0, 1] is scaled to 0..255. With ``path``, a 16-bit image that comes out
+    nearly black is named once per run (:func:`warn_if_dark`).
 
     PIL clips ``I;16`` values above 255 to white; here they become ``v >> 8`` unless
     every value fits in 8 bits (then they are kept, equal to PIL's result). PIL truncates
@@ -309,22 +329,32 @@ def to_rgb(img: Image.Image) -> Image.Image:
     >>> np.asarray(to_rgb(floats))[0, :, 0].tolist(), np.asarray(floats.convert("RGB"))[0, :, 0].tolist()
     ([0, 128, 255], [0, 0, 1])
     """
+    args = img.tile[0][3] if path is not None and img.tile else None  # (read before decoding: it forgets the tile)
+    raw = args[0] if isinstance(args, tuple) and args else args  # the raw mode: PNG's alone, TIFF's first
+    wide = isinstance(raw, str) and raw.startswith(_SIXTEEN_BIT_COLOUR)
     if img.mode == "RGB":
         img.load()
+        if wide:
+            warn_if_dark(str(path), max(hi for _lo, hi in img.getextrema()))
         return img
     if img.mode in _SIXTEEN_BIT_GREY:
         values = np.asarray(img).astype(np.int32).clip(0, 65535)
         if values.size and values.max() > 255:
             values >>= 8
+            if path is not None:
+                warn_if_dark(path, int(values.max()))
         return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
     if img.mode == "F":
         floats = np.nan_to_num(np.asarray(img, dtype=np.float64))
         if floats.size and floats.min() >= 0 and floats.max() <= 1:
             return Image.fromarray((floats * 255).round().astype(np.uint8), "L").convert("RGB")
-    return img.convert("RGB")
+    rgb = img.convert("RGB")
+    if wide:  # (16-bit RGBA, grey + alpha)
+        warn_if_dark(str(path), max(hi for _lo, hi in rgb.getextrema()))
+    return rgb
 
 
-def load_rgb(img: Image.Image) -> Image.Image:
+def load_rgb(img: Image.Image, path: str | None = None) -> Image.Image:
     """:func:`to_rgb`; the odd exceptions PIL's decoders raise on some corrupt files become
     ``OSError`` (one of :data:`DECODE_ERRORS`), so the file counts as bad.
 
@@ -336,7 +366,7 @@ def load_rgb(img: Image.Image) -> Image.Image:
     'RGB'
     """
     try:
-        return to_rgb(img)
+        return to_rgb(img, path)
     except _CORRUPT_ERRORS as e:
         raise OSError(f"corrupt image data ({type(e).__name__}: {e})") from e
     except OSError as e:
@@ -347,9 +377,9 @@ def load_rgb(img: Image.Image) -> Image.Image:
         raise OSError(f"{e} ({tiff_description(img.tag_v2)})") from e
 
 
-def _pil_crop(img: Image.Image, full: tuple[int, int], box: CropBox) -> torch.Tensor:
+def _pil_crop(img: Image.Image, full: tuple[int, int], box: CropBox, path: str | None = None) -> torch.Tensor:
     """Crop ``box`` (full-size pixels) out of ``img`` (maybe DCT-reduced), as HWC uint8."""
-    img = load_rgb(img)  # decodes; raises on truncated data
+    img = load_rgb(img, path)  # decodes; raises on truncated data
     sx, sy = img.size[0] / full[0], img.size[1] / full[1]
     left, top = box.left * sx, box.top * sy
     region = (round(left), round(top), max(round(left) + 1, round(left + box.width * sx)),
@@ -400,7 +430,7 @@ def decode_crop(path: str, box_for: BoxFor, out_side: int, *, data: torch.Tensor
                 return hwc[box.top:box.top + box.height, box.left:box.left + box.width]
     elif img.format == "PNG":
         _check_png(data.numpy())
-    return _pil_crop(img, full, box)
+    return _pil_crop(img, full, box, path)
 
 
 def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: bool = True,
@@ -432,12 +462,12 @@ def decode_eval(path: str, size: int, crop_pct: float = EVAL_CROP_PCT, *, dct: b
         elif img.format == "PNG":
             with open(path, "rb") as f:
                 _check_png(f.read())
-        return eval_image(img, size, crop_pct, full=full, interpolation=interpolation, crop_mode=crop_mode)
+        return eval_image(img, size, crop_pct, full=full, interpolation=interpolation, crop_mode=crop_mode, path=path)
 
 
 def eval_image(img: Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT, *,
                full: tuple[int, int] | None = None, interpolation: str = "bilinear",
-               crop_mode: str = "center") -> torch.Tensor:
+               crop_mode: str = "center", path: str | None = None) -> torch.Tensor:
     """torchvision's ``Resize(int(size / crop_pct), interpolation)`` + ``CenterCrop(size)`` of a
     PIL image, after ``convert("RGB")`` (:func:`to_rgb`), as uint8 HWC: the centre region only
     is resized (``interpolation``: "bilinear" or "bicubic", both antialiased as PIL's are;
@@ -455,7 +485,7 @@ def eval_image(img: Image.Image, size: int, crop_pct: float = EVAL_CROP_PCT, *,
     """
     full = full or img.size
     left, top, right, bottom = eval_resize_box(*full, size, crop_pct, crop_mode)
-    img = load_rgb(img)
+    img = load_rgb(img, path)
     sx, sy = img.size[0] / full[0], img.size[1] / full[1]
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[interpolation]
     whole = _eval_resized_size(*full, size, crop_pct, crop_mode)
@@ -606,7 +636,7 @@ def check_file(path: str) -> str | None:
             if img.format == "PNG":
                 with open(path, "rb") as f:
                     _check_png(f.read())
-            load_rgb(img)
+            load_rgb(img, path)
     except DECODE_ERRORS as e:
         return bad_reason(e)
     return None
