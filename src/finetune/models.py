@@ -246,13 +246,20 @@ def local_pretrained_cfg(pretrained: str | None) -> Any:
 #: PIL's resampling filters by number, as transformers' image processors store them
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
+#: transformers' image processors whose ``size`` as a plain number (older files: google/vit-*, facebook/deit-*)
+#: is a square; the others (ConvNeXt's, ResNet's, CLIP's, BiT's) resize the shorter side to it
+_SQUARE_INT_SIZE = frozenset({"ViTImageProcessor", "ViTFeatureExtractor", "DeiTImageProcessor", "DeiTFeatureExtractor",
+                              "BeitImageProcessor", "BeitFeatureExtractor"})
+
 
 def image_processor_cfg(folder: Any) -> Any:
     """The input settings (as timm's ``pretrained_cfg``: input_size, crop_pct, interpolation,
     crop_mode, mean, std) of a Hugging Face transformers folder's ``preprocessor_config.json``: its
     ``image_mean`` / ``image_std``, ``resample``, and ``size`` / ``crop_size`` / ``crop_pct`` (a
     ``{"height", "width"}`` size is a squash resize; ``{"shortest_edge"}`` a resize of the shorter
-    side, then the centre crop); None without one.
+    side, then the centre crop; a plain number, as older files have it, is the side of a square for
+    ViT's / DeiT's / BEiT's processors, the shorter side for the others; ``do_normalize: false`` is a
+    mean of 0 and a std of 1); None without one.
 
     >>> import json, pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -268,6 +275,11 @@ def image_processor_cfg(folder: Any) -> Any:
     >>> cfg = image_processor_cfg(folder)
     >>> cfg.input_size, cfg.crop_pct, cfg.interpolation, cfg.crop_mode, cfg.std
     ([3, 224, 224], 1.0, 'bilinear', 'squash', [0.5, 0.5, 0.5])
+    >>> _ = (folder / "preprocessor_config.json").write_text(json.dumps({  # the same, as the hub has it
+    ...     "feature_extractor_type": "ViTFeatureExtractor", "resample": 2, "size": 224}))
+    >>> cfg = image_processor_cfg(folder)
+    >>> cfg.input_size, cfg.crop_pct, cfg.crop_mode
+    ([3, 224, 224], 1.0, 'squash')
     """
     import json
     from pathlib import Path
@@ -285,6 +297,9 @@ def image_processor_cfg(folder: Any) -> Any:
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
     size, crop = cfg.get("size"), square(cfg.get("crop_size"))
+    kind = str(cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "").removesuffix("Fast")
+    if isinstance(size, int) and kind in _SQUARE_INT_SIZE:  # (transformers reads it as {"height": n, "width": n})
+        size = {"height": size, "width": size}
     shortest = size.get("shortest_edge") if isinstance(size, dict) else size if isinstance(size, int) else None
     side, crop_pct, crop_mode = None, None, None
     if isinstance(size, dict) and "height" in size:  # resized to height x width (squashed), maybe then cropped
@@ -302,6 +317,8 @@ def image_processor_cfg(folder: Any) -> Any:
         else:
             side, crop_pct, crop_mode = shortest, 1.0, "center"
     mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if cfg.get("do_normalize") is False:  # the model takes the 0-1 pixels as they are (the file still lists a mean)
+        mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     three = lambda v: [float(x) for x in v] if isinstance(v, list) and len(v) == 3 else None  # noqa: E731
     return types.SimpleNamespace(input_size=[3, side, side] if side else None, crop_pct=crop_pct,
                                  interpolation=_PIL_RESAMPLE.get(cfg.get("resample")), crop_mode=crop_mode,
