@@ -19,6 +19,7 @@ from torch import Tensor
 from finetune.errors import WeightsError
 from finetune.weights import sources
 from finetune.weights.formats import Checkpoint, jsonable, read_checkpoint
+from finetune.weights.transformers_names import from_transformers
 
 StateDict = dict[str, Tensor]
 
@@ -210,10 +211,12 @@ def _head_rows(model: torch.nn.Module) -> int | None:
 
 def _num_classes(ck: Checkpoint, model: torch.nn.Module | None = None) -> int | None:
     """The number of classes of the file's classifier: its tensor named as ``model``'s head weight
-    (also under a prefix, ``timm_model.fc.weight``), else the last 2-d weight of the file."""
+    (also under a prefix, ``timm_model.fc.weight``; a transformers file's ``classifier.1.weight`` as
+    the ``fc.weight`` it loads into), else the last 2-d weight of the file."""
     name = _head_weight(model) if model is not None else None
     if name is not None:
-        found = [v for k, v in ck.weights.items() if (k == name or k.endswith("." + name)) and v.dim() >= 2]
+        weights = from_transformers(ck.weights, model.state_dict())[0]
+        found = [v for k, v in weights.items() if (k == name or k.endswith("." + name)) and v.dim() >= 2]
         if found:
             return int(found[0].shape[0])
     last = [v for k, v in ck.weights.items() if k.endswith("weight") and v.dim() >= 2]
