@@ -1336,7 +1336,7 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pre
                               trust=cfg.trust)
         if not quiet:
             print(report)
-        check_pretrained_fit(model, report, cfg)
+        check_pretrained_fit(model, report, cfg, quiet=quiet)
         loaded = report.loaded
     later = apply_freezing(model, cfg)
     if pretrained:  # (a resumed run's head comes from its checkpoint)
@@ -1348,14 +1348,15 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pre
     return model
 
 
-def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> None:
+def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig, *, quiet: bool = True) -> None:
     """Refuse pretrained weights that leave most of the backbone's values (counted in numbers,
     not tensors) untouched: another architecture's file that shares names and some shapes
     (resnet50's BatchNorms fit resnet18). Warn when some tensors are missing.
 
     The head does not count: a new head for your classes is expected to keep its own values;
     nor do auxiliary heads (GoogLeNet's ``aux1``/``aux2``, Inception v3's ``AuxLogits``), whose
-    last layer is also sized for your classes.
+    last layer is also sized for your classes. ``quiet``: the load report was not printed (the warning
+    says how to see it).
 
     >>> from finetune.weights import LoadReport
     >>> m = create_model("resnet18", num_classes=2)
@@ -1400,7 +1401,7 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig) -> Non
                      if made_for is not None and cfg.img_size is not None and made_for != cfg.img_size else "")
         warn(f"{len(missing) + len(mismatched)} tensors outside the head keep their random values "
              f"({len(missing)} missing from '{report.source}', {len(mismatched)} of another shape, e.g. "
-             f"{(missing + mismatched)[0]}){size_hint}; run without -q to see the load report")
+             f"{(missing + mismatched)[0]}){size_hint}" + ("; run without -q to see the load report" if quiet else ""))
 
 
 def _named_own_weights(model: str, pretrained: str | None) -> bool:
