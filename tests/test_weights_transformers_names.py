@@ -77,6 +77,13 @@ def _vit_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _deit_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm distilled deit names as transformers' DeiTForImageClassificationWithTeacher saves them."""
+    return _renamed(_vit_to_hf(sd), ((r"^vit\.", "deit."), (r"^classifier\.", "cls_classifier."),
+                                     (r"^head_dist\.", "distillation_classifier."),
+                                     (r"^dist_token$", "deit.embeddings.distillation_token")))
+
+
 def _convnext_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm convnext names as transformers' ConvNextForImageClassification saves them."""
     return _renamed(sd, _CONVNEXT_RULES)
@@ -86,10 +93,11 @@ def _convnext_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ("resnet18", _resnet_to_hf, "ResNetForImageClassification"),
     ("timm:vit_tiny_patch16_224", _vit_to_hf, "ViTForImageClassification"),
     ("timm:convnext_atto", _convnext_to_hf, "ConvNextForImageClassification"),
+    ("timm:deit_tiny_distilled_patch16_224", _deit_to_hf, "DeiTForImageClassificationWithTeacher"),
 ])
 def test_a_transformers_folder_loads_into_the_same_network(tmp_path: Path, arch: str, to_hf, transformers_class: str) -> None:
     torch.manual_seed(0)
-    kwargs = {"img_size": 32} if "vit" in arch else {}
+    kwargs = {"img_size": 32} if "vit" in arch or "deit" in arch else {}
     source = finetune.create_model(arch, num_classes=5, **kwargs).eval()
     (tmp_path / "hf").mkdir()
     save_file({k: v.contiguous() for k, v in to_hf(source.state_dict()).items()}, tmp_path / "hf" / "model.safetensors")

@@ -1,8 +1,9 @@
 """Hugging Face transformers' image classifiers under torchvision's / timm's names.
 
 ``ResNetForImageClassification`` (``microsoft/resnet-50``), ``ViTForImageClassification``
-(``google/vit-base-patch16-224``) and ``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``)
-are the networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` and timm's ``convnext_*``
+(``google/vit-base-patch16-224``), ``DeiTForImageClassification[WithTeacher]`` (``facebook/deit-*``) and
+``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``) are the networks of torchvision's /
+timm's ``resnet*``, timm's ``vit_*`` / ``deit_*`` and timm's ``convnext_*``
 (transformers converted them from there) under other names: ``resnet.embedder.embedder.convolution``
 for ``conv1``, ``classifier.1`` for ``fc``, a ViT's separate ``query`` / ``key`` / ``value`` for timm's
 ``qkv``. :func:`from_transformers` renames them (and joins q/k/v), so that such a file loads like
@@ -44,18 +45,25 @@ _RESNET = [
 ]
 
 _VIT = [
-    (r"^(?:vit\.)?embeddings\.cls_token$", lambda m: "cls_token"),
-    (r"^(?:vit\.)?embeddings\.position_embeddings$", lambda m: "pos_embed"),
-    (r"^(?:vit\.)?embeddings\.patch_embeddings\.projection\.", lambda m: "patch_embed.proj."),
-    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.layernorm_before\.", lambda m: f"blocks.{m[1]}.norm1."),
-    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.layernorm_after\.", lambda m: f"blocks.{m[1]}.norm2."),
-    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.output\.dense\.", lambda m: f"blocks.{m[1]}.attn.proj."),
-    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.intermediate\.dense\.", lambda m: f"blocks.{m[1]}.mlp.fc1."),
-    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.output\.dense\.", lambda m: f"blocks.{m[1]}.mlp.fc2."),
-    (r"^(?:vit\.)?layernorm\.", lambda m: "norm."),
+    (r"^(?:vit\.|deit\.)?embeddings\.cls_token$", lambda m: "cls_token"),
+    (r"^(?:vit\.|deit\.)?embeddings\.position_embeddings$", lambda m: "pos_embed"),
+    (r"^(?:vit\.|deit\.)?embeddings\.patch_embeddings\.projection\.", lambda m: "patch_embed.proj."),
+    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.layernorm_before\.", lambda m: f"blocks.{m[1]}.norm1."),
+    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.layernorm_after\.", lambda m: f"blocks.{m[1]}.norm2."),
+    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.attention\.output\.dense\.", lambda m: f"blocks.{m[1]}.attn.proj."),
+    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.intermediate\.dense\.", lambda m: f"blocks.{m[1]}.mlp.fc1."),
+    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.output\.dense\.", lambda m: f"blocks.{m[1]}.mlp.fc2."),
+    (r"^(?:vit\.|deit\.)?layernorm\.", lambda m: "norm."),
     (r"^classifier\.", lambda m: "head."),
 ]
-_VIT_QKV = re.compile(r"^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
+# DeiT: ViT's names under 'deit.', a distillation token and, distilled, two heads (DeiTForImageClassificationWithTeacher)
+_DEIT = [
+    (r"^(?:deit\.)?embeddings\.distillation_token$", lambda m: "dist_token"),
+    (r"^cls_classifier\.", lambda m: "head."),
+    (r"^distillation_classifier\.", lambda m: "head_dist."),
+    *_VIT,
+]
+_VIT_QKV = re.compile(r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
 
 _CONVNEXT = [
     (r"^(?:convnext\.)?embeddings\.patch_embeddings\.", lambda m: "stem.0."),
@@ -77,6 +85,9 @@ _KINDS = (
      "resnet.embedder.embedder.convolution -> conv1, classifier.1 -> fc", "torchvision's / timm's"),
     ("ViT", "embeddings.patch_embeddings.projection.weight", _VIT,
      "vit.encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, classifier -> head", "timm's"),
+    ("DeiT", "embeddings.patch_embeddings.projection.weight", _DEIT,
+     "deit.encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, distillation_token -> dist_token, "
+     "cls_classifier / distillation_classifier -> head / head_dist", "timm's"),
     ("ConvNeXt", "embeddings.patch_embeddings.weight", _CONVNEXT,
      "convnext.encoder.stages.N.layers.M -> stages.N.blocks.M, classifier -> head.fc", "timm's"),
 )
@@ -113,7 +124,7 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
         out: StateDict = {}
         qkv: dict[tuple[str, str], dict[str, tuple[str, Tensor]]] = {}
         for k, v in sd.items():
-            if kind == "ViT" and (m := _VIT_QKV.match(k)):
+            if kind in ("ViT", "DeiT") and (m := _VIT_QKV.match(k)):
                 qkv.setdefault((m[1], m[3]), {})[m[2]] = (k, v)
                 continue
             out[_rename(k, compiled)] = v
