@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.models import image_processor_cfg
+from finetune.weights.formats import image_processor_cfg
 
 
 @pytest.mark.parametrize(("processor", "expected"), [

@@ -164,3 +164,18 @@ def test_a_transformers_model_takes_its_own_names_and_a_nested_file_is_found(tmp
     report = finetune.load_weights(target, {f"model.{k}": v for k, v in hf.items()}, strict=True)
     assert report.ok and any("Hugging Face transformers ResNet" in n for n in report.notes)
     assert torch.equal(target.fc.weight, hf["classifier.1.weight"])
+
+
+def test_inspect_shows_the_input_settings_of_a_transformers_folder(tmp_path: Path) -> None:
+    """The settings a run takes from preprocessor_config.json are in the folder's metadata (`finetune inspect`)."""
+    from finetune.weights import inspect_checkpoint
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["ResNetForImageClassification"]}))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({  # microsoft/resnet-50's
+        "crop_pct": 0.875, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 3,
+        "size": {"shortest_edge": 224}}))
+    save_file({"classifier.1.weight": torch.zeros(2, 3)}, tmp_path / "model.safetensors")
+    meta = inspect_checkpoint(tmp_path)["metadata"]
+    assert meta["config.architectures"] == ["ResNetForImageClassification"]
+    assert (meta["preprocessor.input_size"], meta["preprocessor.crop_pct"], meta["preprocessor.interpolation"],
+            meta["preprocessor.crop_mode"]) == ([3, 224, 224], 0.875, "bicubic", "center")

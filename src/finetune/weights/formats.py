@@ -18,6 +18,7 @@ import json
 import os
 import re
 import struct
+import types
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -748,7 +749,90 @@ def folder_config(path: Path) -> dict[str, Any]:
     if isinstance(pretrained, dict):
         out.update({f"config.{k}": pretrained[k] for k in ("input_size", "crop_pct", "interpolation", "crop_mode",
                                                            "mean", "std") if k in pretrained})
+    else:  # a transformers folder: the input settings of its image processor, as a run takes them
+        processor = image_processor_cfg(path.parent)
+        if processor is not None:
+            out.update({f"preprocessor.{k}": v for k, v in vars(processor).items() if v is not None})
     return {k: jsonable(v) for k, v in out.items()}
+
+
+#: PIL's resampling filters by number, as transformers' image processors store them
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+#: transformers' image processors whose ``size`` as a plain number (older files: google/vit-*, facebook/deit-*)
+#: is a square; the others (ConvNeXt's, ResNet's, CLIP's, BiT's) resize the shorter side to it
+_SQUARE_INT_SIZE = frozenset({"ViTImageProcessor", "ViTFeatureExtractor", "DeiTImageProcessor", "DeiTFeatureExtractor",
+                              "BeitImageProcessor", "BeitFeatureExtractor"})
+
+
+def image_processor_cfg(folder: Any) -> Any:
+    """The input settings (as timm's ``pretrained_cfg``: input_size, crop_pct, interpolation,
+    crop_mode, mean, std) of a Hugging Face transformers folder's ``preprocessor_config.json``: its
+    ``image_mean`` / ``image_std``, ``resample``, and ``size`` / ``crop_size`` / ``crop_pct`` (a
+    ``{"height", "width"}`` size is a squash resize; ``{"shortest_edge"}`` a resize of the shorter
+    side, then the centre crop; a plain number, as older files have it, is the side of a square for
+    ViT's / DeiT's / BEiT's processors, the shorter side for the others; ``do_normalize: false`` is a
+    mean of 0 and a std of 1); None without one.
+
+    >>> import json, pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "preprocessor_config.json").write_text(json.dumps({  # microsoft/resnet-50's
+    ...     "crop_pct": 0.875, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    ...     "resample": 3, "size": {"shortest_edge": 224}}))
+    >>> cfg = image_processor_cfg(folder)
+    >>> cfg.input_size, cfg.crop_pct, cfg.interpolation, cfg.crop_mode, cfg.mean
+    ([3, 224, 224], 0.875, 'bicubic', 'center', [0.485, 0.456, 0.406])
+    >>> _ = (folder / "preprocessor_config.json").write_text(json.dumps({  # google/vit-base-patch16-224's
+    ...     "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2,
+    ...     "size": {"height": 224, "width": 224}}))
+    >>> cfg = image_processor_cfg(folder)
+    >>> cfg.input_size, cfg.crop_pct, cfg.interpolation, cfg.crop_mode, cfg.std
+    ([3, 224, 224], 1.0, 'bilinear', 'squash', [0.5, 0.5, 0.5])
+    >>> _ = (folder / "preprocessor_config.json").write_text(json.dumps({  # the same, as the hub has it
+    ...     "feature_extractor_type": "ViTFeatureExtractor", "resample": 2, "size": 224}))
+    >>> cfg = image_processor_cfg(folder)
+    >>> cfg.input_size, cfg.crop_pct, cfg.crop_mode
+    ([3, 224, 224], 1.0, 'squash')
+    """
+    try:
+        cfg = json.loads((Path(folder) / "preprocessor_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+
+    def square(value: Any) -> int | None:  # an int, or {"height": n, "width": n}
+        if isinstance(value, dict) and value.get("height") == value.get("width"):
+            value = value.get("height")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    size, crop = cfg.get("size"), square(cfg.get("crop_size"))
+    kind = str(cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "").removesuffix("Fast")
+    if isinstance(size, int) and kind in _SQUARE_INT_SIZE:  # (transformers reads it as {"height": n, "width": n})
+        size = {"height": size, "width": size}
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else size if isinstance(size, int) else None
+    side, crop_pct, crop_mode = None, None, None
+    if isinstance(size, dict) and "height" in size:  # resized to height x width (squashed), maybe then cropped
+        resized = square(size)
+        if resized is not None:
+            side, crop_pct, crop_mode = resized, 1.0, "squash"
+            if cfg.get("do_center_crop") and crop is not None and crop <= resized:
+                side, crop_pct = crop, crop / resized
+    elif isinstance(shortest, int) and shortest > 0:
+        pct = cfg.get("crop_pct")
+        if isinstance(pct, (int, float)) and 0 < pct <= 1:  # ConvNeXt's processor (ResNet's too)
+            side, crop_pct, crop_mode = (shortest, float(pct), "center") if shortest < 384 else (shortest, 1.0, "squash")
+        elif cfg.get("do_center_crop") and crop is not None and crop <= shortest:
+            side, crop_pct, crop_mode = crop, crop / shortest, "center"
+        else:
+            side, crop_pct, crop_mode = shortest, 1.0, "center"
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if cfg.get("do_normalize") is False:  # the model takes the 0-1 pixels as they are (the file still lists a mean)
+        mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    three = lambda v: [float(x) for x in v] if isinstance(v, list) and len(v) == 3 else None  # noqa: E731
+    return types.SimpleNamespace(input_size=[3, side, side] if side else None, crop_pct=crop_pct,
+                                 interpolation=_PIL_RESAMPLE.get(cfg.get("resample")), crop_mode=crop_mode,
+                                 mean=three(mean), std=three(std), fixed_input_size=None)
 
 
 def hf_cache_snapshot(repo: Path) -> Path:
