@@ -30,53 +30,52 @@ from torch import Tensor
 
 StateDict = dict[str, Tensor]
 
+#: (regex, replacement) on the names under the model's own prefix ('resnet.', 'vit.', ...), as re.sub takes them
 _RESNET = [
-    (r"^(?:resnet\.)?embedder\.embedder\.convolution\.", lambda m: "conv1."),
-    (r"^(?:resnet\.)?embedder\.embedder\.normalization\.", lambda m: "bn1."),
-    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
+    (r"^embedder\.embedder\.convolution\.", "conv1."),
+    (r"^embedder\.embedder\.normalization\.", "bn1."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
      lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0."),
-    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
      lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1."),
-    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.",
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.",
      lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}."),
-    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.",
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.",
      lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}."),
-    (r"^classifier\.1\.", lambda m: "fc."),
+    (r"^classifier\.1\.", "fc."),
 ]
-
 _VIT = [
-    (r"^(?:vit\.|deit\.)?embeddings\.cls_token$", lambda m: "cls_token"),
-    (r"^(?:vit\.|deit\.)?embeddings\.position_embeddings$", lambda m: "pos_embed"),
-    (r"^(?:vit\.|deit\.)?embeddings\.patch_embeddings\.projection\.", lambda m: "patch_embed.proj."),
-    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.layernorm_before\.", lambda m: f"blocks.{m[1]}.norm1."),
-    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.layernorm_after\.", lambda m: f"blocks.{m[1]}.norm2."),
-    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.attention\.output\.dense\.", lambda m: f"blocks.{m[1]}.attn.proj."),
-    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.intermediate\.dense\.", lambda m: f"blocks.{m[1]}.mlp.fc1."),
-    (r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.output\.dense\.", lambda m: f"blocks.{m[1]}.mlp.fc2."),
-    (r"^(?:vit\.|deit\.)?layernorm\.", lambda m: "norm."),
-    (r"^classifier\.", lambda m: "head."),
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
 ]
-# DeiT: ViT's names under 'deit.', a distillation token and, distilled, two heads (DeiTForImageClassificationWithTeacher)
+# DeiT: ViT's names, a distillation token and, distilled, two heads (DeiTForImageClassificationWithTeacher)
 _DEIT = [
-    (r"^(?:deit\.)?embeddings\.distillation_token$", lambda m: "dist_token"),
-    (r"^cls_classifier\.", lambda m: "head."),
-    (r"^distillation_classifier\.", lambda m: "head_dist."),
+    (r"^embeddings\.distillation_token$", "dist_token"),
+    (r"^cls_classifier\.", "head."),
+    (r"^distillation_classifier\.", "head_dist."),
     *_VIT,
 ]
-_VIT_QKV = re.compile(r"^(?:vit\.|deit\.)?encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
+_VIT_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
 
 _CONVNEXT = [
-    (r"^(?:convnext\.)?embeddings\.patch_embeddings\.", lambda m: "stem.0."),
-    (r"^(?:convnext\.)?embeddings\.layernorm\.", lambda m: "stem.1."),
-    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.downsampling_layer\.(\d)\.", lambda m: f"stages.{m[1]}.downsample.{m[2]}."),
-    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.", lambda m: f"stages.{m[1]}.blocks.{m[2]}.conv_dw."),
-    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.", lambda m: f"stages.{m[1]}.blocks.{m[2]}.norm."),
-    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv1\.", lambda m: f"stages.{m[1]}.blocks.{m[2]}.mlp.fc1."),
-    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv2\.", lambda m: f"stages.{m[1]}.blocks.{m[2]}.mlp.fc2."),
-    (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter$",
-     lambda m: f"stages.{m[1]}.blocks.{m[2]}.gamma"),
-    (r"^(?:convnext\.)?layernorm\.", lambda m: "head.norm."),
-    (r"^classifier\.", lambda m: "head.fc."),
+    (r"^embeddings\.patch_embeddings\.", "stem.0."),
+    (r"^embeddings\.layernorm\.", "stem.1."),
+    (r"^encoder\.stages\.(\d+)\.downsampling_layer\.(\d)\.", r"stages.\1.downsample.\2."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.", r"stages.\1.blocks.\2.conv_dw."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.", r"stages.\1.blocks.\2.norm."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv1\.", r"stages.\1.blocks.\2.mlp.fc1."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv2\.", r"stages.\1.blocks.\2.mlp.fc2."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter$", r"stages.\1.blocks.\2.gamma"),
+    (r"^layernorm\.", "head.norm."),
+    (r"^classifier\.", "head.fc."),
 ]
 
 #: (name, a key only that model's files have, its rules, what the note shows, whose names)
@@ -94,7 +93,7 @@ _KINDS = (
 
 
 def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[StateDict, str | None]:
-    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT or ConvNeXt
+    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT or ConvNeXt
     (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
     saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``) are kept as they are. A model
     that has transformers' names itself (``model_names``: a transformers model, or one wrapping it)
@@ -118,9 +117,10 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
             continue
         if any(n == marker or n.endswith("." + marker) for n in model_names):
             return sd, None  # the model's own names
-        outer = at.removesuffix(name)  # ('model.' of 'model.resnet.embedder...')
-        sd = {k[len(outer):] if k.startswith(outer) else k: v for k, v in sd.items()}
-        compiled = [(re.compile(rx), fn) for rx, fn in rules]
+        outer = at.removesuffix(name)  # ('model.' of 'model.resnet.embedder...'; the head is beside 'resnet.')
+        sd = {k[len(at):] if k.startswith(at) else k[len(outer):] if k.startswith(outer) else k: v
+              for k, v in sd.items()}
+        compiled = [(re.compile(rx), replacement) for rx, replacement in rules]
         out: StateDict = {}
         qkv: dict[tuple[str, str], dict[str, tuple[str, Tensor]]] = {}
         for k, v in sd.items():
@@ -140,7 +140,8 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
 
 
 def _rename(key: str, compiled: list) -> str:
-    for rx, fn in compiled:
-        if (m := rx.match(key)) is not None:
-            return fn(m) + key[m.end():]
+    for rx, replacement in compiled:
+        renamed, hits = rx.subn(replacement, key, count=1)
+        if hits:
+            return renamed
     return key
