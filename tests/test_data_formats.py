@@ -578,6 +578,15 @@ def test_csv_integer_labels_keep_their_numeric_order(tmp_path: Path) -> None:
     assert samples.classes == tuple(str(i) for i in range(12)) and samples.labels.tolist() == list(range(12))
 
 
+
+def test_csv_float_labels_pandas_wrote_keep_their_numeric_order(tmp_path: Path) -> None:
+    """A label column pandas wrote as floats (0.0, 2.0, 10.0) is ordered as numbers, not as strings."""
+    for i in range(12):
+        _jpeg(tmp_path / f"{i}.jpg", _rgb(i, 16, 16))
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"{i}.jpg,{float(i)}\n" for i in range(12)))
+    samples, _ = read_csv(tmp_path / "labels.csv")
+    assert samples.classes == tuple(f"{float(i)}" for i in range(12)) and samples.labels.tolist() == list(range(12))
+
 # --------------------------------------------------------------------------- the command line
 TINY = ["--model", "resnet18", "--img-size", str(S), "--batch-size", "8", "--workers", "0", "--seed", "0",
         "--epochs", "1", "--warmup-epochs", "0", "-q"]

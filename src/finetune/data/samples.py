@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import math
 import os
 import unicodedata
 import warnings
@@ -346,18 +347,23 @@ def _split_like(header: list[str], rows: list[list[str]], skip: tuple[int, ...])
 
 
 def _class_order(names: Sequence[str]) -> list[str]:
-    """Sorted class names; integers in numeric order (``'2' < '10'``).
+    """Sorted class names; numbers in numeric order (``'2' < '10'``, ``'2.0' < '10.0'``).
+
+    Labels a pandas float column writes (``0.0``, ``10.0``) count as numbers too.
 
     >>> _class_order(["10", "2", "1"]), _class_order(["b", "a", "10"]), _class_order(["³", "²", "+-1"])
     (['1', '2', '10'], ['10', 'a', 'b'], ['+-1', '²', '³'])
+    >>> _class_order(["10.0", "2.0", "0.5"]), _class_order(["nan", "1.0"])
+    (['0.5', '2.0', '10.0'], ['1.0', 'nan'])
     """
     unique = set(names)
 
-    def number(n: str) -> int | None:
-        try:  # (str.isdigit() is true of '²', which int() refuses)
-            return int(n)
+    def number(n: str) -> float | None:
+        try:  # (str.isdigit() is true of '²', which int() and float() refuse)
+            value = float(n)
         except ValueError:
             return None
+        return value if math.isfinite(value) else None
 
     if all(number(n) is not None for n in unique):
         return sorted(unique, key=lambda n: (number(n), n))
