@@ -1,13 +1,14 @@
 """Hugging Face transformers' image classifiers under torchvision's / timm's names.
 
 ``ResNetForImageClassification`` (``microsoft/resnet-50``), ``ViTForImageClassification``
-(``google/vit-base-patch16-224``), ``DeiTForImageClassification[WithTeacher]`` (``facebook/deit-*``) and
-``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``) are the networks of torchvision's /
-timm's ``resnet*``, timm's ``vit_*`` / ``deit_*`` and timm's ``convnext_*``
-(transformers converted them from there) under other names: ``resnet.embedder.embedder.convolution``
-for ``conv1``, ``classifier.1`` for ``fc``, a ViT's separate ``query`` / ``key`` / ``value`` for timm's
-``qkv``. :func:`from_transformers` renames them (and joins q/k/v), so that such a file loads like
-any other; files of other layouts are returned as they are.
+(``google/vit-base-patch16-224``), ``DeiTForImageClassification[WithTeacher]`` (``facebook/deit-*``),
+``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``) and ``SwinForImageClassification``
+(``microsoft/swin-tiny-patch4-window7-224``) are the networks of torchvision's / timm's ``resnet*``, timm's
+``vit_*`` / ``deit_*``, ``convnext_*`` and ``swin_*`` (transformers converted them from there)
+under other names: ``resnet.embedder.embedder.convolution`` for ``conv1``, ``classifier.1`` for ``fc``,
+a ViT's separate ``query`` / ``key`` / ``value`` for timm's ``qkv``, a Swin stage's patch merging at its
+end (timm's at the start of the next stage). :func:`from_transformers` renames them (and joins q/k/v),
+so that such a file loads like any other; files of other layouts are returned as they are.
 
 >>> import torch
 >>> sd, note = from_transformers({"resnet.embedder.embedder.convolution.weight": torch.zeros(1),
@@ -63,7 +64,30 @@ _DEIT = [
     (r"^distillation_classifier\.", "head_dist."),
     *_VIT,
 ]
-_VIT_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
+_SWIN = [
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^embeddings\.norm\.", "patch_embed.norm."),
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_before\.", r"layers.\1.blocks.\2.norm1."),
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_after\.", r"layers.\1.blocks.\2.norm2."),
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.relative_position_bias_table$",
+     r"layers.\1.blocks.\2.attn.relative_position_bias_table"),
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.output\.dense\.", r"layers.\1.blocks.\2.attn.proj."),
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.intermediate\.dense\.", r"layers.\1.blocks.\2.mlp.fc1."),
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.output\.dense\.", r"layers.\1.blocks.\2.mlp.fc2."),
+    # transformers merges patches at the end of stage N (as the original Swin), timm (>= 0.9) at the start of N + 1
+    (r"^encoder\.layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) + 1}.downsample."),
+    (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head.fc."),
+]
+
+#: separate query / key / value (regex, its 'part' group) joined into one qkv tensor (the name, as Match.expand takes it)
+_VIT_QKV = (r"^encoder\.layer\.(\d+)\.attention\.attention\.(?P<part>query|key|value)\.(weight|bias)$",
+            r"blocks.\1.attn.qkv.\3")
+_QKV = {"ViT": _VIT_QKV, "DeiT": _VIT_QKV,
+        "Swin": (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(?P<part>query|key|value)\.(weight|bias)$",
+                 r"layers.\1.blocks.\2.attn.qkv.\4")}
+#: tensors the timm model has no place for: buffers it computes itself
+_DROPPED = {"Swin": r"\.relative_position_index$"}
 
 _CONVNEXT = [
     (r"^embeddings\.patch_embeddings\.", "stem.0."),
@@ -78,8 +102,13 @@ _CONVNEXT = [
     (r"^classifier\.", "head.fc."),
 ]
 
-#: (name, a key only that model's files have, its rules, what the note shows, whose names)
+#: (name, a key only that model's files have, its rules, what the note shows, whose names); Swin comes
+#: before ViT, whose marker its files have too (a file without a prefix tells them apart by the marker only)
 _KINDS = (
+    ("Swin", "encoder.layers.0.blocks.0.attention.self.relative_position_bias_table", _SWIN,
+     "swin.encoder.layers.N.blocks.M -> layers.N.blocks.M, query/key/value -> attn.qkv, "
+     "layers.N.downsample -> layers.N+1.downsample, classifier -> head.fc, relative_position_index dropped "
+     "(timm computes it)", "timm's"),
     ("ResNet", "embedder.embedder.convolution.weight", _RESNET,
      "resnet.embedder.embedder.convolution -> conv1, classifier.1 -> fc", "torchvision's / timm's"),
     ("ViT", "embeddings.patch_embeddings.projection.weight", _VIT,
@@ -93,9 +122,10 @@ _KINDS = (
 
 
 def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[StateDict, str | None]:
-    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT or ConvNeXt
-    (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
-    saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``) are kept as they are. A model
+    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT, ConvNeXt or
+    Swin (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
+    saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``) are kept as they are; tensors timm has
+    no place for (Swin's ``relative_position_index`` buffers) are left out. A model
     that has transformers' names itself (``model_names``: a transformers model, or one wrapping it)
     takes the file as it is.
 
@@ -121,19 +151,23 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
         sd = {k[len(at):] if k.startswith(at) else k[len(outer):] if k.startswith(outer) else k: v
               for k, v in sd.items()}
         compiled = [(re.compile(rx), replacement) for rx, replacement in rules]
+        qkv_rx, qkv_name = _QKV.get(kind, ("$^", ""))
+        dropped = {k for k in sd if kind in _DROPPED and re.search(_DROPPED[kind], k)}
         out: StateDict = {}
-        qkv: dict[tuple[str, str], dict[str, tuple[str, Tensor]]] = {}
+        qkv: dict[str, dict[str, tuple[str, Tensor]]] = {}
         for k, v in sd.items():
-            if kind in ("ViT", "DeiT") and (m := _VIT_QKV.match(k)):
-                qkv.setdefault((m[1], m[3]), {})[m[2]] = (k, v)
+            if k in dropped:
+                continue
+            if m := re.match(qkv_rx, k):
+                qkv.setdefault(m.expand(qkv_name), {})[m["part"]] = (k, v)
                 continue
             out[_rename(k, compiled)] = v
-        for (block, what), parts in qkv.items():
+        for joined, parts in qkv.items():
             if set(parts) != {"query", "key", "value"}:  # not all three: keep the file's names
                 out.update(parts.values())
                 continue
-            out[f"blocks.{block}.attn.qkv.{what}"] = torch.cat([parts[p][1] for p in ("query", "key", "value")])
-        if len(out) != len(sd) - sum(len(p) - 1 for p in qkv.values() if len(p) == 3):
+            out[joined] = torch.cat([parts[p][1] for p in ("query", "key", "value")])
+        if len(out) != len(sd) - len(dropped) - sum(len(p) - 1 for p in qkv.values() if len(p) == 3):
             return sd, None  # two keys renamed onto one name: not the layout these rules are for
         return out, f"Hugging Face transformers {kind} names converted to {whose} ({shown}, ...)"
     return sd, None
