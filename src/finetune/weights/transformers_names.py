@@ -2,9 +2,10 @@
 
 ``ResNetForImageClassification`` (``microsoft/resnet-50``), ``ViTForImageClassification``
 (``google/vit-base-patch16-224``), ``DeiTForImageClassification[WithTeacher]`` (``facebook/deit-*``),
-``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``) and ``SwinForImageClassification``
-(``microsoft/swin-tiny-patch4-window7-224``) are the networks of torchvision's / timm's ``resnet*``, timm's
-``vit_*`` / ``deit_*``, ``convnext_*`` and ``swin_*`` (transformers converted them from there)
+``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``), ``SwinForImageClassification``
+(``microsoft/swin-tiny-patch4-window7-224``) and ``Dinov2Model`` / ``Dinov2ForImageClassification``
+(``facebook/dinov2-small``) are the networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` /
+``deit_*``, ``convnext_*``, ``swin_*`` and ``vit_*_dinov2`` (transformers converted them from there)
 under other names: ``resnet.embedder.embedder.convolution`` for ``conv1``, ``classifier.1`` for ``fc``,
 a ViT's separate ``query`` / ``key`` / ``value`` for timm's ``qkv``, a Swin stage's patch merging at its
 end (timm's at the start of the next stage). :func:`from_transformers` renames them (and joins q/k/v),
@@ -79,15 +80,29 @@ _SWIN = [
     (r"^layernorm\.", "norm."),
     (r"^classifier\.", "head.fc."),
 ]
+# DINOv2 (facebook/dinov2-*: Dinov2Model, saved without a prefix; Dinov2ForImageClassification under 'dinov2.')
+_DINOV2 = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.register_tokens$", "reg_token"),  # (Dinov2WithRegistersModel: facebook/dinov2-with-registers-*)
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.norm([12])\.", r"blocks.\1.norm\2."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
+    (r"^encoder\.layer\.(\d+)\.mlp\.(fc[12])\.", r"blocks.\1.mlp.\2."),
+    (r"^encoder\.layer\.(\d+)\.mlp\.weights_in\.", r"blocks.\1.mlp.fc1."),  # (giant's SwiGLU, packed as timm's)
+    (r"^encoder\.layer\.(\d+)\.mlp\.weights_out\.", r"blocks.\1.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+]  # (Dinov2ForImageClassification's classifier reads [CLS] and the patch mean side by side: no timm head; kept)
 
 #: separate query / key / value (regex, its 'part' group) joined into one qkv tensor (the name, as Match.expand takes it)
 _VIT_QKV = (r"^encoder\.layer\.(\d+)\.attention\.attention\.(?P<part>query|key|value)\.(weight|bias)$",
             r"blocks.\1.attn.qkv.\3")
-_QKV = {"ViT": _VIT_QKV, "DeiT": _VIT_QKV,
+_QKV = {"ViT": _VIT_QKV, "DeiT": _VIT_QKV, "Dinov2": _VIT_QKV,
         "Swin": (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(?P<part>query|key|value)\.(weight|bias)$",
                  r"layers.\1.blocks.\2.attn.qkv.\4")}
-#: tensors the timm model has no place for: buffers it computes itself
-_DROPPED = {"Swin": r"\.relative_position_index$"}
+#: tensors the timm model has no place for: buffers it computes itself, a token of masked-image pre-training only
+_DROPPED = {"Swin": r"\.relative_position_index$", "Dinov2": r"^embeddings\.mask_token$"}
 
 _CONVNEXT = [
     (r"^embeddings\.patch_embeddings\.", "stem.0."),
@@ -102,13 +117,16 @@ _CONVNEXT = [
     (r"^classifier\.", "head.fc."),
 ]
 
-#: (name, a key only that model's files have, its rules, what the note shows, whose names); Swin comes
-#: before ViT, whose marker its files have too (a file without a prefix tells them apart by the marker only)
+#: (name, a key only that model's files have, its rules, what the note shows, whose names); Swin and DINOv2
+#: come before ViT, whose marker their files have too (a file without a prefix tells them apart by the marker only)
 _KINDS = (
     ("Swin", "encoder.layers.0.blocks.0.attention.self.relative_position_bias_table", _SWIN,
      "swin.encoder.layers.N.blocks.M -> layers.N.blocks.M, query/key/value -> attn.qkv, "
      "layers.N.downsample -> layers.N+1.downsample, classifier -> head.fc, relative_position_index dropped "
      "(timm computes it)", "timm's"),
+    ("Dinov2", "encoder.layer.0.layer_scale1.lambda1", _DINOV2,
+     "encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, layer_scale1/2.lambda1 -> ls1/2.gamma, "
+     "mask_token dropped, register_tokens -> reg_token with [CLS]'s position added to cls_token", "timm's"),
     ("ResNet", "embedder.embedder.convolution.weight", _RESNET,
      "resnet.embedder.embedder.convolution -> conv1, classifier.1 -> fc", "torchvision's / timm's"),
     ("ViT", "embeddings.patch_embeddings.projection.weight", _VIT,
@@ -122,10 +140,11 @@ _KINDS = (
 
 
 def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[StateDict, str | None]:
-    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT, ConvNeXt or
-    Swin (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
-    saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``) are kept as they are; tensors timm has
-    no place for (Swin's ``relative_position_index`` buffers) are left out. A model
+    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT, ConvNeXt, Swin
+    or DINOv2 (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
+    saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``, DINOv2's classifier on [CLS] and the
+    patch mean side by side) are kept as they are; tensors timm has no place for (Swin's
+    ``relative_position_index`` buffers, DINOv2's ``mask_token``) are left out. A model
     that has transformers' names itself (``model_names``: a transformers model, or one wrapping it)
     takes the file as it is.
 
@@ -167,6 +186,11 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
                 out.update(parts.values())
                 continue
             out[joined] = torch.cat([parts[p][1] for p in ("query", "key", "value")])
+        if kind == "Dinov2" and {"reg_token", "cls_token", "pos_embed"} <= set(out):
+            # transformers adds a position to [CLS] and none to the registers; timm's *_reg*_dinov2 add none to
+            # either (no_embed_class): [CLS] takes its position now, as timm's own conversion of these files does
+            out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
+            out["pos_embed"] = out["pos_embed"][:, 1:]
         if len(out) != len(sd) - len(dropped) - sum(len(p) - 1 for p in qkv.values() if len(p) == 3):
             return sd, None  # two keys renamed onto one name: not the layout these rules are for
         return out, f"Hugging Face transformers {kind} names converted to {whose} ({shown}, ...)"

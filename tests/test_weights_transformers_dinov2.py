@@ -1,0 +1,97 @@
+"""Hugging Face transformers' DINOv2 files (with registers or without) load into timm's vit_*_dinov2 models."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+
+import finetune
+
+
+def _split_qkv(out: dict[str, torch.Tensor], name: str, qkv: torch.Tensor) -> None:
+    """timm's joined qkv as transformers' query / key / value (``name`` with a '{}' for the part)."""
+    for part, tensor in zip(("query", "key", "value"), qkv.chunk(3), strict=True):
+        out[name.format(part)] = tensor.clone()
+
+
+def _dinov2_to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """timm vit_*_dinov2 as transformers' Dinov2Model saves it (facebook/dinov2-small: no prefix, no head),
+    with the mask_token of its pre-training."""
+    out: dict[str, torch.Tensor] = {"embeddings.mask_token": torch.zeros(1, model.embed_dim)}
+    for k, v in model.state_dict().items():
+        if m := re.match(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", k):
+            _split_qkv(out, f"encoder.layer.{m[1]}.attention.attention.{{}}.{m[2]}", v)
+            continue
+        k = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings"}.get(k, k)
+        k = re.sub(r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection.", k)
+        k = re.sub(r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layer.\1.attention.output.dense.", k)
+        k = re.sub(r"^blocks\.(\d+)\.ls([12])\.gamma$", r"encoder.layer.\1.layer_scale\2.lambda1", k)
+        k = re.sub(r"^blocks\.(\d+)\.", r"encoder.layer.\1.", k)
+        out[re.sub(r"^norm\.", "layernorm.", k)] = v
+    return out
+
+
+def _folder(path: Path, sd: dict[str, torch.Tensor], config: dict) -> Path:
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in sd.items()}, path / "model.safetensors")
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_a_transformers_dinov2_folder_loads_into_timm_dinov2(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    kwargs = {"img_size": 28, "depth": 2}  # (a small vit_small_patch14_dinov2: 2x2 patches, 2 blocks)
+    source = timm.create_model("vit_small_patch14_dinov2", num_classes=0, **kwargs).eval()
+    torch.nn.init.normal_(source.blocks[0].ls1.gamma)  # (not the 1e-5 every layer scale starts at)
+    hf = _dinov2_to_hf(source)
+    config = {"architectures": ["Dinov2Model"], "model_type": "dinov2", "hidden_size": 384, "num_hidden_layers": 2,
+              "num_attention_heads": 6, "patch_size": 14, "image_size": 28, "layerscale_value": 1.0}
+    folder = _folder(tmp_path / "model", hf, config)
+
+    target = timm.create_model("vit_small_patch14_dinov2", num_classes=0, **kwargs).eval()
+    report = finetune.load_weights(target, folder, strict=True)
+    assert report.ok and not report.unexpected and len(report.loaded) == len(target.state_dict()), report
+    assert any("Hugging Face transformers Dinov2" in n for n in report.notes), report.notes
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(source(x), target(x))
+
+    # Dinov2ForImageClassification: the network under 'dinov2.'; its classifier (on [CLS] and the patch mean
+    # side by side, twice the width) has no place in timm's vit: reported, not loaded
+    with_head = {f"dinov2.{k}": v for k, v in hf.items()} | {"classifier.weight": torch.zeros(5, 768),
+                                                            "classifier.bias": torch.zeros(5)}
+    folder = _folder(tmp_path / "classifier", with_head, {**config, "architectures": ["Dinov2ForImageClassification"]})
+    target = timm.create_model("vit_small_patch14_dinov2", num_classes=5, **kwargs).eval()
+    report = finetune.load_weights(target, folder)
+    assert report.ok and sorted(report.unexpected) == ["classifier.bias", "classifier.weight"], report
+    with torch.no_grad():
+        assert torch.equal(source.forward_features(x), target.forward_features(x))
+
+
+def test_a_transformers_dinov2_with_registers_folder_loads_into_timm_reg4_dinov2(tmp_path: Path) -> None:
+    """facebook/dinov2-with-registers-*: transformers gives [CLS] a position (the first of position_embeddings) and
+    the registers none; timm's *_reg4_dinov2 give neither one (no_embed_class): [CLS] takes its position."""
+    torch.manual_seed(0)
+    kwargs = {"img_size": 28, "depth": 2, "num_classes": 0}
+    source = timm.create_model("vit_small_patch14_reg4_dinov2", **kwargs).eval()
+    hf_cls, cls_position = torch.randn(1, 1, 384), torch.randn(1, 1, 384)
+    with torch.no_grad():
+        source.cls_token.copy_(hf_cls + cls_position)
+    hf = _dinov2_to_hf(source)
+    hf["embeddings.register_tokens"] = hf.pop("reg_token")
+    hf["embeddings.position_embeddings"] = torch.cat([cls_position, hf["embeddings.position_embeddings"]], dim=1)
+    hf["embeddings.cls_token"] = hf_cls
+    folder = _folder(tmp_path / "model", hf, {"architectures": ["Dinov2WithRegistersModel"], "num_register_tokens": 4})
+
+    target = timm.create_model("vit_small_patch14_reg4_dinov2", **kwargs).eval()
+    report = finetune.load_weights(target, folder, strict=True)
+    assert report.ok and not report.unexpected and not report.adapted, report
+    assert torch.equal(target.cls_token, source.cls_token) and torch.equal(target.pos_embed, source.pos_embed)
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(source(x), target(x))
