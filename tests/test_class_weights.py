@@ -71,7 +71,7 @@ def test_bad_class_weights_are_one_error_line(balanced: Path, tmp_path: Path) ->
     (tmp_path / "run.yaml").write_text("class_weights: inverse\n")
     res = run_here("train", "--config", str(tmp_path / "run.yaml"), "--data", str(balanced), "--out",
                    str(tmp_path / "y"))
-    assert error_line(res) == "finetune: error: --class-weights must be none or balanced, got 'inverse'"
+    assert error_line(res) == "finetune: error: class_weights (--class-weights) must be none or balanced, got 'inverse'"
 
 
 def test_weighted_loss_is_a_mean_over_images_so_accumulated_batches_train_what_one_batch_trains(

@@ -27,5 +27,5 @@ def test_a_class_without_one_readable_image_is_an_error(tmp_path: Path) -> None:
         image.write_bytes(b"not an image")
     res = run_here("train", "--data", str(data), "--out", str(tmp_path / "w"), "--class-weights", "balanced", *TINY)
     assert res.returncode == 2
-    assert error_line(res).startswith("finetune: error: --class-weights balanced: no training image of class 'blue' "
+    assert error_line(res).startswith("finetune: error: class_weights='balanced' (--class-weights balanced): no training image of class 'blue' "
                                       "can be read (4 of them, e.g. ")

@@ -250,7 +250,7 @@ def test_convert_onto_its_own_source_is_refused(tmp_path: Path) -> None:
 
 def test_fp16_on_cpu_is_refused(colour_data: Path, tmp_path: Path) -> None:
     one_line_error(run_cli("train", "--data", str(colour_data), "--device", "cpu", "--amp", "fp16",
-                           "--out", str(tmp_path / "run"), "--epochs", "1"), "--amp fp16 needs a CUDA device")
+                           "--out", str(tmp_path / "run"), "--epochs", "1"), "(--amp fp16) needs a CUDA device")
 
 
 def test_output_piped_into_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:

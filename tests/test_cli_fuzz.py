@@ -80,7 +80,7 @@ def test_exclude_without_pretrained_weights_is_refused(tmp_path: Path) -> None:
     TrainConfig(pretrained="torchvision", exclude=["fc"]).validate()
     with pytest.raises(ConfigError, match="must not be empty"):
         TrainConfig(pretrained="torchvision", exclude=[" "]).validate()
-    with pytest.raises(ConfigError, match="--resume must not be empty"):
+    with pytest.raises(ConfigError, match=r"resume \(--resume\) must not be empty"):
         TrainConfig(resume="").validate()
 
 

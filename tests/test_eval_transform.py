@@ -237,7 +237,7 @@ def test_a_run_saves_its_eval_transform_and_predict_uses_it(squash_run: tuple[Pa
 
 def test_bad_eval_settings_are_one_line_errors(tmp_path: Path) -> None:
     r = run_cli("train", "--img-size", "32", "--crop-pct", "1.5", "--out", str(tmp_path / "x"))
-    assert r.returncode == 2 and r.stderr.startswith("finetune: error: --crop-pct must be in (0, 1]"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("finetune: error: crop_pct (--crop-pct) must be in (0, 1]"), r.stderr
     r = run_cli("train", "--crop-mode", "border", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "--crop-mode" in r.stderr, r.stderr
 

@@ -344,8 +344,8 @@ def test_resume_keeps_the_runs_eval_settings_and_config_round_trips(tmp_path: Pa
 
 # --------------------------------------------------------------------------- the flags
 @pytest.mark.parametrize(("flags", "says"), [
-    (("--crop-pct", "0"), "--crop-pct must be in (0, 1]"), (("--crop-pct", "-0.5"), "--crop-pct must be in (0, 1]"),
-    (("--crop-pct", "1.01"), "--crop-pct must be in (0, 1]"), (("--crop-pct", "abc"), "--crop-pct"),
+    (("--crop-pct", "0"), "crop_pct (--crop-pct) must be in (0, 1]"), (("--crop-pct", "-0.5"), "crop_pct (--crop-pct) must be in (0, 1]"),
+    (("--crop-pct", "1.01"), "crop_pct (--crop-pct) must be in (0, 1]"), (("--crop-pct", "abc"), "--crop-pct"),
     (("--crop-pct", "nan"), "--crop-pct"), (("--crop-pct", "inf"), "--crop-pct"),
     (("--interpolation", "lanczos"), "--interpolation"), (("--interpolation", "Bicubic"), "--interpolation"),
     (("--crop-mode", "border"), "--crop-mode"), (("--crop-mode", ""), "--crop-mode")])

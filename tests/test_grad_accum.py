@@ -109,7 +109,7 @@ def test_two_processes_accumulating_train_what_one_process_trains(data: Path, tm
 def test_bad_grad_accum_is_one_error_line(data: Path, tmp_path: Path) -> None:
     res = run_here("train", *args(data, tmp_path / "bad", "--grad-accum", "0"))
     assert res.returncode == 2
-    assert error_line(res) == "finetune: error: --grad-accum must be at least 1 (batches per optimizer step), got 0"
+    assert error_line(res) == "finetune: error: grad_accum (--grad-accum) must be at least 1 (batches per optimizer step), got 0"
 
 
 def test_ctrl_c_in_the_middle_of_a_step_finishes_its_batches_then_resume_is_exact(data: Path, tmp_path: Path,

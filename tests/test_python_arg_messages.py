@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import finetune
+from conftest import write_colour_folder
 from finetune import FinetuneError
 
 
@@ -158,6 +159,95 @@ def _eval_train_folder_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     eval_samples(tmp_path, ["a"])
 
 
+def _epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.TrainConfig(epochs=0).validate()
+
+
+def _epochs_in_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "c.yaml").write_text("epochs: 0\n")
+    finetune.load_config(tmp_path / "c.yaml")
+
+
+def _optimizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.TrainConfig(optimizer="adam").validate()
+
+
+def _field_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.TrainConfig(batch_size="16").validate()  # type: ignore[arg-type]
+
+
+def _not_finite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.TrainConfig(lr=float("nan")).validate()
+
+
+def _unfreeze_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.TrainConfig(epochs=3, unfreeze=["layer4@5"]).validate()
+
+
+def _lr_mult_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.TrainConfig.from_dict({"lr_mult": ["fc"]})
+
+
+def _cache_features_bn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.TrainConfig(linear_probe=True, cache_features=True, bn="train").validate()
+
+
+def _no_augment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.TrainConfig(augment=False, auto_augment="randaugment").validate()
+
+
+def _resume_auto_without_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.TrainConfig(resume="auto").validate()
+
+
+def _out_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune.config import check_run_dir
+
+    (tmp_path / "run").touch()
+    check_run_dir(finetune.TrainConfig(out=str(tmp_path / "run")))
+
+
+def _cuda_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    resolve_device("cuda")
+
+
+def _fp16_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune.train import resolve_amp
+
+    resolve_amp("fp16", torch.device("cpu"))
+
+
+def _class_weights_of_an_empty_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune.train import class_weights
+
+    class_weights([0, 0], ("cat", "dog"), "balanced")
+
+
+def _run_dir_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune.train import hold_run_dir
+
+    with hold_run_dir(tmp_path / "run"), hold_run_dir(tmp_path / "run"):
+        pass
+
+
+def _resume_auto_nothing_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    finetune.train(finetune.TrainConfig(resume="auto", out=str(tmp_path / "run")), quiet=True)
+
+
+def _lr_find_batch_of_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_colour_folder(tmp_path / "data", per_class=2, size=32)
+    finetune.lr_find(finetune.TrainConfig(data=str(data), img_size=32, batch_size=1, workers="0"), num_steps=2,
+                     quiet=True)  # resnet18's last BatchNorm sees 1 value per channel
+
+def _val_fraction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune.data.samples import Samples, stratified_split
+
+    stratified_split(Samples.from_lists(["a.jpg", "b.jpg"], [0, 1], ["a", "b"]), 1.5, seed=0)
+
+
 CASES: list[tuple[Callable[[Path, pytest.MonkeyPatch], None], str]] = [
     (_cam_method_needs_layer, "layer=NAME (--layer)"),
     (_explain_limit, "limit (--limit)"),
@@ -179,6 +269,27 @@ CASES: list[tuple[Callable[[Path, pytest.MonkeyPatch], None], str]] = [
     (_lr_cache_features, "cache_features (--cache-features)"),
     (_eval_without_data, "data=PATH (--data)"),
     (_eval_train_folder_only, "as data (--data)"),
+    # TrainConfig.validate (a TrainConfig built in code, or a config.yaml) and the run's own checks
+    (_epochs, "epochs (--epochs) must be at least 1, got 0"),
+    (_epochs_in_config_file, "epochs (--epochs) must be at least 1, got 0"),
+    (_optimizer, "optimizer (--optimizer) must be sgd or adamw, got 'adam'"),
+    (_field_type, "batch_size (--batch-size) must be a whole number, got '16'"),
+    (_not_finite, "lr (--lr) must be a finite number, got nan"),
+    (_unfreeze_epoch, "unfreeze='layer4@5' (--unfreeze layer4@5): epoch 5 is outside 1..3"),
+    (_lr_mult_item, "lr_mult (--lr-mult) takes PATTERN=MULTIPLIER"),
+    (_cache_features_bn, "cache_features (--cache-features) computes the backbone features once, in eval mode, "
+                         "so bn='train' (--bn train) (BatchNorm layers"),
+    (_no_augment, "augment=False (--no-augment) turns training augmentation off, so "
+                  "auto_augment='randaugment' (--auto-augment randaugment) would do nothing"),
+    (_resume_auto_without_out, "resume='auto' (--resume auto) needs out (--out RUN_DIR)"),
+    (_out_is_a_file, "out (--out) '"),
+    (_cuda_missing, "device='cuda' (--device cuda) was asked for"),
+    (_fp16_on_cpu, "amp='fp16' (--amp fp16) needs a CUDA device"),
+    (_class_weights_of_an_empty_class, "class_weights='balanced' (--class-weights balanced): class 'dog'"),
+    (_run_dir_in_use, "out (--out) '"),
+    (_resume_auto_nothing_to_resume, "resume='auto' (--resume auto): nothing to resume"),
+    (_lr_find_batch_of_one, "batch_size=1 (--batch-size 1) is too small for resnet18's BatchNorm"),
+    (_val_fraction, "val_fraction (--val-split) must be between 0 and 1"),
 ]
 
 

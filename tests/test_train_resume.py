@@ -227,7 +227,7 @@ def test_resume_auto_with_nothing_to_resume_is_one_error_line(data, tmp_path, ca
     code = main(cli_args(data, tmp_path / "empty", "--resume", "auto"))
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("finetune: error: --resume auto: nothing to resume"), err
+    assert err.count("\n") == 1 and err.startswith("finetune: error: resume='auto' (--resume auto): nothing to resume"), err
     assert "Traceback" not in err
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, named
 
 
 @dataclass
@@ -194,92 +194,98 @@ class TrainConfig:
         >>> TrainConfig(epochs=3, unfreeze=["layer4@2"]).validate()
         >>> TrainConfig(optimizer="adam").validate()
         Traceback (most recent call last):
-        finetune.errors.ConfigError: --optimizer must be sgd or adamw, got 'adam'
+        finetune.errors.ConfigError: optimizer (--optimizer) must be sgd or adamw, got 'adam'
         >>> TrainConfig(epochs=3, unfreeze=["layer4@5"]).validate()
         Traceback (most recent call last):
-        finetune.errors.ConfigError: --unfreeze layer4@5: epoch 5 is outside 1..3
+        finetune.errors.ConfigError: unfreeze='layer4@5' (--unfreeze layer4@5): epoch 5 is outside 1..3
         """
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name))
         finite = [(name, getattr(self, name)) for name in _FLOAT_FIELDS]
         for name, value in finite:
             if value is not None and not math.isfinite(value):
-                raise ConfigError(f"{_flag(name)} must be a finite number, got {value}")
+                raise ConfigError(f"{named(name)} must be a finite number, got {value}")
         checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.img_size is None or self.img_size >= 16, f"--img-size must be at least 16, got {self.img_size}"),
-            (self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {self.optimizer!r}"),
-            (self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}"),
-            (self.amp in ("auto", "off", "bf16", "fp16"), f"--amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
-            (self.shape_mismatch in ("skip", "error", "adapt"), f"--shape-mismatch must be skip, error or adapt, got {self.shape_mismatch!r}"),
-            (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.epochs >= 1, f"{named('epochs')} must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"{named('batch_size')} must be at least 1, got {self.batch_size}"),
+            (self.lr is None or self.lr > 0, f"{named('lr')} must be positive, got {self.lr}"),
+            (self.img_size is None or self.img_size >= 16, f"{named('img_size')} must be at least 16, got {self.img_size}"),
+            (self.weight_decay is None or self.weight_decay >= 0, f"{named('weight_decay')} must be >= 0, got {self.weight_decay}"),
+            (self.optimizer in ("sgd", "adamw"), f"{named('optimizer')} must be sgd or adamw, got {self.optimizer!r}"),
+            (self.device in ("auto", "cpu", "cuda"), f"{named('device')} must be auto, cpu or cuda, got {self.device!r}"),
+            (self.amp in ("auto", "off", "bf16", "fp16"), f"{named('amp')} must be auto, off, bf16 or fp16, got {self.amp!r}"),
+            (self.shape_mismatch in ("skip", "error", "adapt"), f"{named('shape_mismatch')} must be skip, error or adapt, got {self.shape_mismatch!r}"),
+            (0.0 <= self.label_smoothing < 1.0, f"{named('label_smoothing')} must be in [0, 1), got {self.label_smoothing}"),
             (self.class_weights in ("none", "balanced"),
-             f"--class-weights must be none or balanced, got {self.class_weights!r}"),
-            (self.keep_last >= 1, f"--keep-last must be at least 1, got {self.keep_last}"),
-            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
+             f"{named('class_weights')} must be none or balanced, got {self.class_weights!r}"),
+            (self.keep_last >= 1, f"{named('keep_last')} must be at least 1, got {self.keep_last}"),
+            (self.warmup_epochs >= 0, f"{named('warmup_epochs')} must be >= 0, got {self.warmup_epochs}"),
             (self.crop_scale is None or 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-             f"crop-scale must be 0 < min <= max <= 1, got {self.crop_scale}"),
+             f"{named('crop_scale')} must be 0 < min <= max <= 1, got {self.crop_scale}"),
             (self.crop_pct is None or 0 < self.crop_pct <= 1,
-             f"--crop-pct must be in (0, 1] (the centre crop's share of the resized image, e.g. 0.875), got {self.crop_pct}"),
+             f"{named('crop_pct')} must be in (0, 1] (the centre crop's share of the resized image, e.g. 0.875), got {self.crop_pct}"),
             (self.interpolation in (None, "bilinear", "bicubic"),
-             f"--interpolation must be bilinear or bicubic, got {self.interpolation!r}"),
-            (self.crop_mode in (None, "center", "squash"), f"--crop-mode must be center or squash, got {self.crop_mode!r}"),
-            (self.decode in ("auto", "cpu", "gpu"), f"--decode must be auto, cpu or gpu, got {self.decode!r}"),
-            (self.cache in (None, "none", "ram", "gpu"), f"--cache must be none, ram or gpu, got {self.cache!r}"),
-            (self.prefetch in ("auto", "none", "thread", "cuda"), f"--prefetch must be auto, none, thread or cuda, got {self.prefetch!r}"),
+             f"{named('interpolation')} must be bilinear or bicubic, got {self.interpolation!r}"),
+            (self.crop_mode in (None, "center", "squash"), f"{named('crop_mode')} must be center or squash, got {self.crop_mode!r}"),
+            (self.decode in ("auto", "cpu", "gpu"), f"{named('decode')} must be auto, cpu or gpu, got {self.decode!r}"),
+            (self.cache in (None, "none", "ram", "gpu"), f"{named('cache')} must be none, ram or gpu, got {self.cache!r}"),
+            (self.prefetch in ("auto", "none", "thread", "cuda"), f"{named('prefetch')} must be auto, none, thread or cuda, got {self.prefetch!r}"),
             (self.auto_augment in ("none", "trivialaugment", "randaugment"),
-             f"--auto-augment must be none, trivialaugment or randaugment, got {self.auto_augment!r}"),
-            (self.bn in ("frozen", "eval", "train"), f"--bn must be frozen, eval or train, got {self.bn!r}"),
-            (not self.cache_features or self.linear_probe, "--cache-features needs --linear-probe (only the head may train)"),
+             f"{named('auto_augment')} must be none, trivialaugment or randaugment, got {self.auto_augment!r}"),
+            (self.bn in ("frozen", "eval", "train"), f"{named('bn')} must be frozen, eval or train, got {self.bn!r}"),
+            (not self.cache_features or self.linear_probe,
+             f"{named('cache_features')} needs {named('linear_probe')} (only the head may train)"),
             (not (self.cache_features and self.bn != "frozen"),
-             f"--cache-features computes the backbone features once, in eval mode, so --bn {self.bn} (BatchNorm "
-             "layers of the backbone that train) could not change them: drop one of them (--bn frozen is the default)"),
-            (self.layer_decay is None or 0 < self.layer_decay <= 1, f"--layer-decay must be in (0, 1], got {self.layer_decay}"),
-            (0 < self.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}"),
-            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (0 <= self.seed <= MAX_SEED, f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}"),
-            (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
-            (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (self.drop_path is None or 0 <= self.drop_path < 1, f"--drop-path must be in [0, 1), got {self.drop_path}"),
-            (self.mixup >= 0 and self.cutmix >= 0, f"--mixup/--cutmix must be >= 0, got {self.mixup}/{self.cutmix}"),
+             f"{named('cache_features')} computes the backbone features once, in eval mode, so "
+             f"{named('bn', self.bn)} (BatchNorm layers of the backbone that train) could not change them: drop one "
+             f"of them ({named('bn', 'frozen')} is the default)"),
+            (self.layer_decay is None or 0 < self.layer_decay <= 1, f"{named('layer_decay')} must be in (0, 1], got {self.layer_decay}"),
+            (0 < self.val_split < 1, f"{named('val_split')} must be between 0 and 1 (exclusive), got {self.val_split}"),
+            (0 <= self.momentum < 1, f"{named('momentum')} must be in [0, 1), got {self.momentum}"),
+            (0 <= self.seed <= MAX_SEED, f"{named('seed')} must be a whole number from 0 to {MAX_SEED}, got {self.seed}"),
+            (self.max_steps is None or self.max_steps >= 1, f"{named('max_steps')} must be at least 1, got {self.max_steps}"),
+            (self.dropout is None or 0 <= self.dropout < 1, f"{named('dropout')} must be in [0, 1), got {self.dropout}"),
+            (self.drop_path is None or 0 <= self.drop_path < 1, f"{named('drop_path')} must be in [0, 1), got {self.drop_path}"),
+            (self.mixup >= 0 and self.cutmix >= 0,
+             f"{_MIXUP_CUTMIX} must be >= 0, got {self.mixup}/{self.cutmix}"),
             (not (self.cache_features and (self.mixup or self.cutmix)),
-             "--cache-features trains the head on fixed features: --mixup/--cutmix cannot mix them; drop one of them"),
-            (self.ema is None or 0 < self.ema < 1, f"--ema must be a decay in (0, 1) such as 0.999, got {self.ema}"),
-            (self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive, got {self.clip_grad}"),
-            (self.grad_accum >= 1, f"--grad-accum must be at least 1 (batches per optimizer step), got {self.grad_accum}"),
-            (self.early_stop is None or self.early_stop >= 1, f"--early-stop must be at least 1 epoch, got {self.early_stop}"),
+             f"{named('cache_features')} trains the head on fixed features: {_MIXUP_CUTMIX} cannot mix them; "
+             "drop one of them"),
+            (self.ema is None or 0 < self.ema < 1, f"{named('ema')} must be a decay in (0, 1) such as 0.999, got {self.ema}"),
+            (self.clip_grad is None or self.clip_grad > 0, f"{named('clip_grad')} must be positive, got {self.clip_grad}"),
+            (self.grad_accum >= 1, f"{named('grad_accum')} must be at least 1 (batches per optimizer step), got {self.grad_accum}"),
+            (self.early_stop is None or self.early_stop >= 1, f"{named('early_stop')} must be at least 1 epoch, got {self.early_stop}"),
             (self.save_every_steps is None or self.save_every_steps >= 1,
-             f"--save-every-steps must be at least 1, got {self.save_every_steps}"),
+             f"{named('save_every_steps')} must be at least 1, got {self.save_every_steps}"),
             (self.save_every_minutes is None or self.save_every_minutes > 0,
-             f"--save-every-minutes must be positive, got {self.save_every_minutes}"),
+             f"{named('save_every_minutes')} must be positive, got {self.save_every_minutes}"),
             (str(self.workers) == "auto" or (str(self.workers).isascii() and str(self.workers).isdigit()),
-             f"--workers must be 'auto' or a number of processes (0 or more), got {self.workers!r}"),
-            (self.data.strip() != "", "--data must not be empty: give an image folder, a CSV file, or 'shapes'"),
-            (self.model.strip() != "", "--model must not be empty: give a torchvision model name or timm:NAME"),
-            (self.out is None or self.out.strip() != "", "--out must not be empty: give a run directory"),
+             f"{named('workers')} must be 'auto' or a number of processes (0 or more), got {self.workers!r}"),
+            (self.data.strip() != "", f"{named('data')} must not be empty: give an image folder, a CSV file, or 'shapes'"),
+            (self.model.strip() != "", f"{named('model')} must not be empty: give a torchvision model name or timm:NAME"),
+            (self.out is None or self.out.strip() != "", f"{named('out')} must not be empty: give a run directory"),
             (self.pretrained is None or self.pretrained.strip() != "",
-             "--pretrained must not be empty: give a weights file, 'torchvision' or timm:NAME, or leave it out"),
+             f"{named('pretrained')} must not be empty: give a weights file, 'torchvision' or timm:NAME, or leave it out"),
             (self.resume is None or self.resume.strip() != "",
-             "--resume must not be empty: give 'auto' or a checkpoint file, or leave it out"),
-            (all(p.strip() for p in self.exclude), f"--exclude patterns must not be empty, got {self.exclude}"),
+             f"{named('resume')} must not be empty: give 'auto' or a checkpoint file, or leave it out"),
+            (all(p.strip() for p in self.exclude), f"{named('exclude')} patterns must not be empty, got {self.exclude}"),
             (not self.exclude or self.pretrained is not None,
-             "--exclude names weights not to load from --pretrained, and there is no --pretrained: "
-             "give --pretrained SOURCE, or drop --exclude"),
+             f"{named('exclude')} names weights not to load from {named('pretrained')}, and there is no "
+             f"pretrained: give {named('pretrained', flag='--pretrained SOURCE')}, or drop exclude"),
             (not (str(self.workers).isascii() and str(self.workers).isdigit()) or int(self.workers) <= max_workers(),
-             f"--workers {self.workers} is more than {max_workers()} (8 per CPU core here): give fewer, or 'auto'"),
+             f"{named('workers', self.workers)} is more than {max_workers()} (8 per CPU core here): give fewer, "
+             "or 'auto'"),
             (self.resume != "auto" or self.out is not None,
-             "--resume auto needs --out RUN_DIR: the run directory to continue"),
+             f"{named('resume', 'auto')} needs {named('out', flag='--out RUN_DIR')}: the run directory to continue"),
             (not (self.linear_probe and self.train_only),
-             "--linear-probe trains the head only and --train-only names what trains: give one of them"),
+             f"{named('linear_probe')} trains the head only and {named('train_only')} names what trains: "
+             "give one of them"),
             (not (self.cache_features and self.unfreeze),
-             "--cache-features computes the backbone features once, so --unfreeze could not change them: "
-             "drop one of them"),
+             f"{named('cache_features')} computes the backbone features once, so {named('unfreeze')} could not "
+             "change them: drop one of them"),
             (self.augment or self.auto_augment == "none",
-             f"--no-augment turns training augmentation off, so --auto-augment {self.auto_augment} would do nothing: "
-             "drop one of them"),
+             f"{named('augment', False, flag='--no-augment')} turns training augmentation off, so "
+             f"{named('auto_augment', self.auto_augment)} would do nothing: drop one of them"),
         ]
         for ok, message in checks:
             if not ok:
@@ -289,6 +295,9 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+_MIXUP_CUTMIX = named("mixup/cutmix", flag="--mixup/--cutmix")
 
 
 def _field_kind(name: str) -> tuple[Any, bool]:
@@ -423,7 +432,7 @@ def _check_type(name: str, value: Any) -> None:
         takes = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
                  list: "a list of patterns", dict: "a mapping of pattern to multiplier",
                  tuple: "two numbers (MIN, MAX)"}.get(kind, str(kind))
-        raise ConfigError(f"{_flag(name)} must be {takes}, got {value!r}")
+        raise ConfigError(f"{named(name)} must be {takes}, got {value!r}")
 
 
 def parse_lr_mult(items: list[str]) -> dict[str, float]:
@@ -440,9 +449,10 @@ def parse_lr_mult(items: list[str]) -> dict[str, float]:
         except ValueError:
             pattern = ""
         if not sep or not pattern:
-            raise ConfigError(f"--lr-mult takes PATTERN=MULTIPLIER (e.g. layer4=0.1), got {item!r}")
+            raise ConfigError(f"{named('lr_mult')} takes PATTERN=MULTIPLIER (e.g. layer4=0.1), got {item!r}")
         if pattern in out:
-            raise ConfigError(f"--lr-mult gives '{pattern}' twice ({pattern}={out[pattern]:g} and {item}): give it once")
+            raise ConfigError(f"{named('lr_mult')} gives '{pattern}' twice ({pattern}={out[pattern]:g} and {item}): "
+                              "give it once")
         out[pattern] = number
     return out
 
@@ -457,9 +467,9 @@ def parse_unfreeze(items: list[str], epochs: int) -> list[tuple[str, int]]:
     for item in items:
         pattern, sep, epoch = str(item).rpartition("@")
         if not sep or not pattern or not epoch.isdigit():
-            raise ConfigError(f"--unfreeze takes PATTERN@EPOCH (e.g. layer4@3), got {item!r}")
+            raise ConfigError(f"{named('unfreeze')} takes PATTERN@EPOCH (e.g. layer4@3), got {item!r}")
         if not 1 <= int(epoch) <= epochs:
-            raise ConfigError(f"--unfreeze {item}: epoch {epoch} is outside 1..{epochs}")
+            raise ConfigError(f"{named('unfreeze', item)}: epoch {epoch} is outside 1..{epochs}")
         out.append((pattern, int(epoch)))
     return out
 
@@ -614,20 +624,20 @@ def check_run_dir(cfg: TrainConfig) -> None:
     >>> (run / "checkpoints").mkdir(); _ = (run / "checkpoints" / "last.pt").write_bytes(b"")
     >>> check_run_dir(TrainConfig(out=str(run)))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    finetune.errors.ConfigError: --out '...' already holds a run (checkpoints/last.pt): continue it with --resume auto, or give another --out
+    finetune.errors.ConfigError: out (--out) '...' already holds a run (checkpoints/last.pt): continue it with resume='auto' (--resume auto), or give another out (--out)
     >>> check_run_dir(TrainConfig(out=str(run), resume="auto"))
     """
     if cfg.out is None:
         return
     path = Path(cfg.out)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out '{path}' is a file, not a folder: give a run directory")
+        raise ConfigError(f"{named('out')} '{path}' is a file, not a folder: give a run directory")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise ConfigError(f"--out '{path}': '{parent}' is a file, not a folder: give a run directory")
+        raise ConfigError(f"{named('out')} '{path}': '{parent}' is a file, not a folder: give a run directory")
     data = Path(cfg.data)
     if cfg.data != "shapes" and data.is_dir() and (path.resolve() == data.resolve() or data.resolve() in path.resolve().parents):
-        raise ConfigError(f"--out '{path}' is inside the dataset '{data}': its checkpoints would be read as a class "
+        raise ConfigError(f"{named('out')} '{path}' is inside the dataset '{data}': its checkpoints would be read as a class "
                           "folder; give a run directory outside it")
     if cfg.resume is not None or not path.is_dir():
         return
@@ -638,8 +648,8 @@ def check_run_dir(cfg: TrainConfig) -> None:
         if ckpts.is_dir() else []
     held += [p for p in (path / "best.safetensors",) if p.exists()]
     if held:
-        raise ConfigError(f"--out '{path}' already holds a run ({held[0].relative_to(path)}): continue it with "
-                          "--resume auto, or give another --out")
+        raise ConfigError(f"{named('out')} '{path}' already holds a run ({held[0].relative_to(path)}): continue it "
+                          f"with {named('resume', 'auto')}, or give another {named('out')}")
 
 
 # ----- argparse types for the flags of commands without a config (eval, predict, make-shapes, bench-data)

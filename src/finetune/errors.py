@@ -27,7 +27,7 @@ class FinetuneError(Exception):
     ...     TrainConfig(epochs=0).validate()
     ... except FinetuneError as e:
     ...     print(type(e).__name__, "-", e)
-    ConfigError - --epochs must be at least 1, got 0
+    ConfigError - epochs (--epochs) must be at least 1, got 0
     """
 
 
@@ -125,6 +125,22 @@ class UnsafeCheckpointError(WeightsError):
     >>> list(read_state_dict(path, trust=True))
     ['w']
     """
+
+
+_GIVEN_AS_NAME = object()
+
+
+def named(name: str, value: Any = _GIVEN_AS_NAME, *, flag: str | None = None) -> str:
+    """How a message names a setting: the Python argument (or config.yaml field) first, then the CLI flag,
+    since a Python caller or a config file's editor has no flags. ``value`` is shown with both; ``flag``
+    replaces the one made from the name (``--img-size`` of img_size), with any value it should show.
+
+    >>> named("img_size"), named("bn", "train"), named("augment", False, flag="--no-augment")
+    ('img_size (--img-size)', "bn='train' (--bn train)", 'augment=False (--no-augment)')
+    """
+    if flag is None:
+        flag = "--" + name.replace("_", "-") + ("" if value is _GIVEN_AS_NAME else f" {value}")
+    return f"{name} ({flag})" if value is _GIVEN_AS_NAME else f"{name}={value!r} ({flag})"
 
 
 _OS_HINTS = {

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.config import TrainConfig
-from finetune.errors import ConfigError, DataError
+from finetune.errors import ConfigError, DataError, named
 
 
 @dataclass
@@ -220,8 +220,9 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
                 break
     except ValueError as e:
         if "Expected more than 1 value per channel when training" in str(e):  # bad input, not a bug
-            raise ConfigError(f"--batch-size {cfg.batch_size} is too small for {cfg.model}'s BatchNorm in training "
-                              f"({str(e).splitlines()[0]}): use a larger --batch-size or --img-size") from None
+            raise ConfigError(f"{named('batch_size', cfg.batch_size)} is too small for {cfg.model}'s BatchNorm in "
+                              f"training ({str(e).splitlines()[0]}): use a larger {named('batch_size')} or "
+                              f"{named('img_size')}") from None
         raise
     finally:
         loader.close()

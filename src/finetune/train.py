@@ -62,6 +62,7 @@ from finetune.errors import (
     DataWarning,
     FinetuneError,
     UnreadableImagesError,
+    named,
 )
 from finetune.logging import RunLog, progress
 from finetune.mixing import mix_batch
@@ -129,7 +130,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available: use --device cpu")
+        raise ConfigError(f"{named('device', 'cuda')} was asked for but no CUDA device is available: use "
+                          f"{named('device', 'cpu')}")
     return torch.device(name)
 
 
@@ -144,13 +146,14 @@ def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
     (torch.float16, None)
     >>> resolve_amp("fp16", torch.device("cpu"))
     Traceback (most recent call last):
-    finetune.errors.ConfigError: --amp fp16 needs a CUDA device (on CPU its gradients overflow): use --amp bf16 or off
+    finetune.errors.ConfigError: amp='fp16' (--amp fp16) needs a CUDA device (on CPU its gradients overflow): use amp='bf16' (--amp bf16) or amp='off' (--amp off)
     """
     if name == "off" or (name == "auto" and device.type != "cuda"):
         return None
     if name == "fp16":
         if device.type != "cuda":
-            raise ConfigError("--amp fp16 needs a CUDA device (on CPU its gradients overflow): use --amp bf16 or off")
+            raise ConfigError(f"{named('amp', 'fp16')} needs a CUDA device (on CPU its gradients overflow): use "
+                              f"{named('amp', 'bf16')} or {named('amp', 'off')}")
         return torch.float16
     return torch.bfloat16
 
@@ -211,7 +214,7 @@ def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
     >>> with hold_run_dir(run):
     ...     with hold_run_dir(run): pass  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    finetune.errors.ConfigError: --out '...run' is in use by another finetune process: wait for it to end, or give another --out
+    finetune.errors.ConfigError: out (--out) '...run' is in use by another finetune process: wait for it to end, or give another out (--out)
     >>> run.exists()      # made for the run and left empty: removed again
     False
     """
@@ -228,8 +231,8 @@ def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"--out '{run_dir}' is in use by another finetune process: wait for it to end, or "
-                              "give another --out") from None
+            raise ConfigError(f"{named('out')} '{run_dir}' is in use by another finetune process: wait for it to "
+                              f"end, or give another {named('out')}") from None
         try:
             yield
         finally:
@@ -311,17 +314,17 @@ def class_weights(labels: Any, classes: Sequence[str], kind: str) -> torch.Tenso
     ([1.0, 1.0], None)
     >>> class_weights([0, 0], ("cat", "dog"), "balanced")
     Traceback (most recent call last):
-    finetune.errors.DataError: --class-weights balanced: class 'dog' has no training images (a weight of n / 0): drop the class or use --class-weights none
+    finetune.errors.DataError: class_weights='balanced' (--class-weights balanced): class 'dog' has no training images (a weight of n / 0): drop the class or use class_weights='none' (--class-weights none)
     """
     if kind == "none":
         return None
     counts = torch.bincount(torch.as_tensor(labels, dtype=torch.int64), minlength=len(classes))
     empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
     if empty:
-        raise DataError(f"--class-weights {kind}: class{'es' if len(empty) > 1 else ''} "
+        raise DataError(f"{named('class_weights', kind)}: class{'es' if len(empty) > 1 else ''} "
                         f"{', '.join(repr(c) for c in empty[:5])}{' …' if len(empty) > 5 else ''} "
                         f"{'have' if len(empty) > 1 else 'has'} no training images (a weight of n / 0): drop "
-                        f"the class or use --class-weights none")
+                        f"the class or use {named('class_weights', 'none')}")
     return (int(counts.sum()) / (len(classes) * counts.double())).float()
 
 
@@ -354,9 +357,9 @@ def readable_labels(samples: Samples, kind: str) -> Any:
             example.setdefault(int(labels[i]), (samples.path(i), bad_reason(e)))
     for c, (path, reason) in example.items():
         if not keep[labels == c].any():
-            raise DataError(f"--class-weights {kind}: no training image of class {samples.classes[c]!r} can be read "
-                            f"({int((labels == c).sum())} of them, e.g. '{path}': {reason}): fix or remove them, "
-                            "or use --class-weights none")
+            raise DataError(f"{named('class_weights', kind)}: no training image of class {samples.classes[c]!r} "
+                            f"can be read ({int((labels == c).sum())} of them, e.g. '{path}': {reason}): fix or "
+                            f"remove them, or use {named('class_weights', 'none')}")
     return labels[keep]
 
 
@@ -654,9 +657,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
                                 f"train on one image ({str(e).splitlines()[0]}): remove or fix the unreadable "
                                 "images (--strict-data lists them all), or add images") from None
             if "Expected more than 1 value per channel when training" in str(e):  # bad input, not a bug
-                raise ConfigError(f"--batch-size {cfg.batch_size} is too small for {cfg.model}'s BatchNorm in training "
-                                  f"({str(e).splitlines()[0]}): use a larger --batch-size (per process under "
-                                  "torchrun) or --img-size") from None
+                raise ConfigError(f"{named('batch_size', cfg.batch_size)} is too small for {cfg.model}'s BatchNorm "
+                                  f"in training ({str(e).splitlines()[0]}): use a larger {named('batch_size')}, per "
+                                  f"process under torchrun, or {named('img_size')}") from None
             raise
         except (RuntimeError, OSError) as e:  # under torchrun: a process died (torchrun then stops the others)
             from finetune.distributed import PeerLost, lost_peer
@@ -708,8 +711,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
         else:
             resume_path = Path(cfg.resume)
         if resume_path is None:
-            raise CheckpointError(f"--resume auto: nothing to resume in '{run_dir / 'checkpoints'}': "
-                                  "start without --resume, or give --resume PATH")
+            raise CheckpointError(f"{named('resume', 'auto')}: nothing to resume in '{run_dir / 'checkpoints'}': "
+                                  f"start without {named('resume')}, or give {named('resume', flag='--resume PATH')}")
         resume_state = ckpt.load(resume_path)
         ddp.barrier()  # every process has read it before process 0 moves or writes anything
         if "crop_pct" not in resume_state.get("config", {"crop_pct": None}):
@@ -789,8 +792,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
     later = [pattern for pattern, _ in parse_unfreeze(cfg.unfreeze, cfg.epochs)]
     if not later and all(g["lr"] == 0 for g in optimizer.param_groups if g["params"]):
         # (--lr 0 is refused; so is a set of --lr-mult that leaves every trainable parameter at 0)
-        raise ConfigError("--lr-mult sets the learning rate of every trainable parameter to 0: nothing would train "
-                          "(freeze with --freeze instead, or give some of them a multiplier above 0)")
+        raise ConfigError(f"{named('lr_mult')} sets the learning rate of every trainable parameter to 0: nothing "
+                          f"would train (freeze with {named('freeze')} instead, or give some of them a multiplier "
+                          "above 0)")
     for pattern in frozen_only_patterns(model, cfg.lr_mult, unfrozen_later=later):
         warn(f"--lr-mult {pattern}={cfg.lr_mult[pattern]:g} changes nothing: every parameter it names is frozen "
              f"(unfreeze them, e.g. --unfreeze {pattern}@EPOCH, or drop it)")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.errors import DataError, DataWarning
+from finetune.errors import DataError, DataWarning, named
 
 # torchvision's list, plus GIF and APNG (first frame), the JPEG spellings Windows and browsers
 # use, and other kinds Pillow reads
@@ -496,7 +496,8 @@ def stratified_split(samples: Samples, val_fraction: float, seed: int) -> tuple[
     (16, 4, {'a': 2, 'b': 2})
     """
     if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"--val-split must be between 0 and 1 (exclusive), got {val_fraction}")
+        raise DataError(f"{named('val_fraction', flag='--val-split')} must be between 0 and 1 (exclusive), "
+                        f"got {val_fraction}")
     rng = np.random.default_rng(seed)
     train_idx: list[np.ndarray] = []
     val_idx: list[np.ndarray] = []
