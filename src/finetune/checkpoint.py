@@ -995,6 +995,36 @@ def deployment_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return decoded
 
 
+def input_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The input settings (``img_size`` and :data:`DEPLOYMENT_KEYS`) a safetensors file's header records
+    as a run's ``best.safetensors`` does: that file's, or those ``finetune convert`` carried over from
+    the weights it converted (a timm or transformers folder's); None when it records none, or for any
+    other file. Only the header is read.
+
+    >>> import pathlib, tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "w.safetensors"
+    >>> save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "pt", "img_size": "64", "mean": "[0.5, 0.5, 0.5]"})
+    >>> input_settings(path)
+    {'img_size': 64, 'mean': [0.5, 0.5, 0.5]}
+    >>> save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "pt"}); input_settings(path) is None
+    True
+    """
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        settings: dict[str, Any] = {"img_size": int(meta["img_size"])} if meta.get("img_size") else {}
+        settings.update({k: json.loads(meta[k]) for k in DEPLOYMENT_KEYS if k in meta})
+    except (OSError, SafetensorError, ValueError, TypeError):
+        return None  # (a header that is not finetune's: no settings; loading the weights says what is wrong)
+    return settings or None
+
+
 # --------------------------------------------------------------------------- the Checkpointer
 def _numbered_key(name: str) -> tuple[int, int] | None:
     m = _NUMBERED.match(name) or _MANIFEST.match(name)

@@ -224,14 +224,9 @@ def local_pretrained_cfg(pretrained: str | None) -> Any:
         own = _finetune_weights_cfg(str(path.resolve()), path.stat().st_mtime_ns)
         if own is not None:  # a run's best.safetensors: the same settings, in its metadata
             return own
-    folder = path if path.is_dir() else path.parent
-    if (folder / "snapshots").is_dir():  # $HF_HUB_CACHE/models--ORG--NAME
-        from finetune.weights.formats import hf_cache_snapshot
-
-        try:
-            folder = hf_cache_snapshot(folder)
-        except Exception:  # noqa: BLE001 - no usable snapshot: reading the weights says so
-            return None
+    folder = _weights_folder(path)
+    if folder is None:
+        return None
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -243,6 +238,71 @@ def local_pretrained_cfg(pretrained: str | None) -> Any:
         return image_processor_cfg(folder)
     keys = ("input_size", "crop_pct", "interpolation", "crop_mode", "mean", "std", "fixed_input_size")
     return types.SimpleNamespace(**{k: cfg.get(k) for k in keys})
+
+
+def _weights_folder(path: Any) -> Any:
+    """The folder whose ``config.json`` describes the weights at ``path``: a folder itself, a file's own
+    folder, a Hugging Face cache repository folder's snapshot; None when that snapshot is not clear."""
+    folder = path if path.is_dir() else path.parent
+    if (folder / "snapshots").is_dir():  # $HF_HUB_CACHE/models--ORG--NAME
+        from finetune.weights.formats import hf_cache_snapshot
+
+        try:
+            return hf_cache_snapshot(folder)
+        except Exception:  # noqa: BLE001 - no usable snapshot: reading the weights says so
+            return None
+    return folder
+
+
+#: transformers' ResNet configs (``layer_type``, ``depths``) as the torchvision / timm ``resnet*`` their
+#: weights load into (microsoft/resnet-18 ... -152)
+_TRANSFORMERS_RESNETS = {("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
+                         ("bottleneck", (3, 4, 6, 3)): "resnet50", ("bottleneck", (3, 4, 23, 3)): "resnet101",
+                         ("bottleneck", (3, 8, 36, 3)): "resnet152"}
+
+
+def weights_architecture(pretrained: str | None) -> tuple[str, str | None] | None:
+    """What the ``config.json`` of local weights (a timm hub or transformers folder, the folder of a
+    weights file, a Hugging Face cache snapshot) says their architecture is, and the ``--model`` that
+    builds it where that is plain (timm's: ``timm:`` and its ``architecture``; a transformers ResNet:
+    torchvision's ``resnet*`` of its depths); None when there is no such file or it names none.
+
+    >>> import json, pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.json").write_text(json.dumps({"architecture": "resnet50", "pretrained_cfg": {}}))
+    >>> weights_architecture(str(folder))
+    ('timm architecture resnet50', 'timm:resnet50')
+    >>> _ = (folder / "config.json").write_text(json.dumps({"architectures": ["ResNetForImageClassification"],
+    ...     "model_type": "resnet", "layer_type": "bottleneck", "depths": [3, 4, 6, 3]}))
+    >>> weights_architecture(str(folder / "model.safetensors"))
+    ('ResNetForImageClassification (model_type resnet)', 'resnet50')
+    >>> weights_architecture("torchvision") is None
+    True
+    """
+    import json
+    from pathlib import Path
+
+    if not pretrained or pretrained == "torchvision" or pretrained.startswith(("torchvision:", TIMM_PREFIX)):
+        return None
+    folder = _weights_folder(Path(pretrained).expanduser())
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder is not None else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    if isinstance(config.get("architecture"), str) and config["architecture"]:  # timm's hub format
+        return f"timm architecture {config['architecture']}", TIMM_PREFIX + config["architecture"]
+    names = config.get("architectures")
+    model_type = config.get("model_type")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)) and not isinstance(model_type, str):
+        return None
+    said = ", ".join(names) if isinstance(names, list) and names else f"a {model_type} model"
+    if isinstance(model_type, str) and isinstance(names, list) and names:
+        said += f" (model_type {model_type})"
+    depths = config.get("depths")
+    key = (config.get("layer_type"), tuple(depths) if isinstance(depths, list) else None)
+    return said, _TRANSFORMERS_RESNETS.get(key) if model_type == "resnet" else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -268,18 +328,15 @@ def _finetune_checkpoint_cfg(path: str, mtime_ns: int) -> Any:
 @functools.lru_cache(maxsize=4)
 def _finetune_weights_cfg(path: str, mtime_ns: int) -> Any:
     """The input settings (size, crop, interpolation, mean, std) a run's ``best.safetensors`` records in
-    its metadata (:func:`finetune.checkpoint.deployment_metadata`); None for any other safetensors file
-    (only the header is read, not the tensors)."""
-    from finetune.checkpoint import DEPLOYMENT_KEYS, deployment_metadata
+    its metadata (:func:`finetune.checkpoint.input_settings`), or a file ``finetune convert`` wrote from
+    weights that carry them; None for any other safetensors file (only the header is read, not the tensors)."""
+    from finetune.checkpoint import DEPLOYMENT_KEYS, input_settings
 
-    try:
-        meta = deployment_metadata(path)
-    except Exception:  # noqa: BLE001 - not readable here: loading the weights says why
+    meta = input_settings(path)
+    if meta is None:
         return None
-    if meta is None or "img_size" not in meta:
-        return None
-    size = meta["img_size"]
-    return types.SimpleNamespace(input_size=[3, size, size], fixed_input_size=None,
+    size = meta.get("img_size")
+    return types.SimpleNamespace(input_size=[3, size, size] if size else None, fixed_input_size=None,
                                  **{k: meta.get(k) for k in DEPLOYMENT_KEYS})
 
 

@@ -75,6 +75,7 @@ from finetune.models import (
     logits_of,
     normalization,
     pretrained_input_size,
+    weights_architecture,
 )
 
 
@@ -1396,8 +1397,8 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig, *, qui
         raise WeightsError(f"only {loaded / wanted:.0%} of the weights of {cfg.model} outside its head came from "
                            f"'{report.source}' ({len(missing)} tensors missing, {len(mismatched)} of another shape"
                            + (f", {len(report.unexpected)} of the file's tensors unused" if foreign else "") + "): "
-                           f"it looks like weights of another architecture; `finetune inspect {report.source} "
-                           f"--model {cfg.model}` shows what matches")
+                           f"it looks like weights of another architecture{_named_architecture(cfg)}; "
+                           f"`finetune inspect {report.source} --model {cfg.model}` shows what matches")
     if missing or mismatched:
         made_for = pretrained_input_size(cfg.model, cfg.pretrained) if mismatched else None
         size_hint = (f"; the weights were made for {made_for}x{made_for} images and these do not resample to "
@@ -1406,6 +1407,17 @@ def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig, *, qui
         warn(f"{len(missing) + len(mismatched)} tensors outside the head keep their random values "
              f"({len(missing)} missing from '{report.source}', {len(mismatched)} of another shape, e.g. "
              f"{(missing + mismatched)[0]}){size_hint}" + ("; run without -q to see the load report" if quiet else ""))
+
+
+def _named_architecture(cfg: TrainConfig) -> str:
+    """What the weights' ``config.json`` says they are, and the ``--model`` for them where that is plain
+    (:func:`finetune.models.weights_architecture`), as the refusal of another architecture's file says it;
+    "" when it says nothing."""
+    known = weights_architecture(cfg.pretrained)
+    if known is None:
+        return ""
+    said, model = known
+    return f"; its config.json says {said}" + (f": --model {model} builds that" if model and model != cfg.model else "")
 
 
 def _named_own_weights(model: str, pretrained: str | None) -> bool:

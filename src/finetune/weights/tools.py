@@ -238,6 +238,12 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     prefix to strip (``"none"`` keeps the LightningModule attribute). Wrapper prefixes
     (``module.``, ``_orig_mod.``) are always removed, whatever ``strip_prefix`` says.
 
+    The input settings the weights carry (a timm hub folder's ``pretrained_cfg``, a transformers
+    folder's ``preprocessor_config.json``, a finetune checkpoint's: :func:`input_metadata`) go into a
+    ``.safetensors`` file's metadata as a run's ``best.safetensors`` records them, so ``finetune train
+    --pretrained DST`` takes its input as ``--pretrained SRC`` would; a ``.pt`` file holds the weights
+    only (a warning says what is left out).
+
     ``half`` stores float32 and float64 tensors as float16; tensors of 16 bits or fewer
     (bfloat16, float8) keep their dtype (bfloat16 to float16 would turn values beyond 65504
     into inf, and the file is no smaller), and so do integer, bool, complex and quantized
@@ -281,17 +287,50 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     sd = {k: _plain(v) for k, v in sd.items()}
     if dst.suffix == ".safetensors":
         _check_safetensors_can_hold(sd, ck.source)
+    settings = input_metadata(src)
+    if settings and dst.suffix != ".safetensors":
+        shown = ", ".join(f"{k} {v}" for k, v in settings.items())
+        warnings.warn(f"{ck.source}: its input settings ({shown}) are not written to {dst}, which holds the weights "
+                      "only: convert to .safetensors to keep them", stacklevel=2)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     if dst.suffix == ".safetensors":
         from safetensors.torch import save_file
 
         sd = _unshare(sd)
-        save_file(sd, str(tmp), metadata={"format": "pt", "source_format": ck.format})
+        save_file(sd, str(tmp), metadata={"format": "pt", "source_format": ck.format, **settings})
     else:
         torch.save(_compact(sd), tmp)
     os.replace(tmp, dst)
     return dst
+
+
+def input_metadata(src: str | os.PathLike[str]) -> dict[str, str]:
+    """The input settings the weights at ``src`` were made for, as :func:`finetune.models.local_pretrained_cfg`
+    finds them for ``--pretrained SRC`` (a timm hub folder's ``pretrained_cfg``, a transformers folder's
+    ``preprocessor_config.json``, a finetune checkpoint's own), in the form of a run's ``best.safetensors``
+    metadata: ``img_size`` and the JSON of :data:`finetune.checkpoint.DEPLOYMENT_KEYS`; {} when they name none.
+
+    >>> import json, pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "pretrained_cfg": {
+    ...     "input_size": [3, 160, 160], "crop_pct": 0.95, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5]}}))
+    >>> input_metadata(folder)
+    {'img_size': '160', 'mean': '[0.5, 0.5, 0.5]', 'crop_pct': '0.95', 'interpolation': '"bicubic"'}
+    """
+    import json
+
+    from finetune.checkpoint import DEPLOYMENT_KEYS
+    from finetune.models import local_pretrained_cfg
+
+    cfg = local_pretrained_cfg(str(Path(src).expanduser()))
+    if cfg is None:
+        return {}
+    size = getattr(cfg, "input_size", None)
+    square = isinstance(size, list | tuple) and len(size) == 3 and size[-1] == size[-2] and isinstance(size[-1], int)
+    meta = {"img_size": str(size[-1])} if square else {}
+    meta.update({k: json.dumps(jsonable(getattr(cfg, k))) for k in DEPLOYMENT_KEYS if getattr(cfg, k, None) is not None})
+    return meta
 
 
 def _strip(sd: StateDict, prefix: str, ck: Checkpoint) -> StateDict:
