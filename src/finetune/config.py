@@ -327,6 +327,8 @@ def _coerce(name: str, value: Any, source: str = "config") -> Any:
 
     >>> _coerce("lr", "1e-3"), _coerce("epochs", 3.0), _coerce("freeze", "layer1"), _coerce("workers", 2)
     (0.001, 3, ['layer1'], '2')
+    >>> _coerce("amp", False)  # `amp: off` in YAML (read as false)
+    'off'
     >>> _coerce("epochs", "abc", "c.yaml")
     Traceback (most recent call last):
     finetune.errors.ConfigError: c.yaml: epochs must be a whole number, got 'abc'
@@ -374,6 +376,11 @@ def _coerce(name: str, value: Any, source: str = "config") -> Any:
             return value
         if _is_number(value):  # a folder or run named 2024, workers: 4
             return str(value)
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted off / no / on / yes as false / true
+            if name == "amp" and value is False:  # `amp: off`, as --amp off is written
+                return "off"
+            raise ConfigError(f"{where} must be a single value (text), got {value!r}: YAML reads an unquoted "
+                              f"yes / no / on / off as true / false; quote the word ({name.replace('_', '-')}: 'no')")
         raise bad("a single value (text)")
     if kind is list:
         if isinstance(value, str) or _is_number(value):
@@ -606,8 +613,37 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         # a saved config.yaml holds the default momentum whatever the optimizer; a flag given is meant
         raise ConfigError(f"--momentum applies to --optimizer sgd only; {cfg.optimizer}'s moments are its betas "
                           "(0.9, 0.999): leave --momentum out, or add --optimizer sgd")
+    if getattr(args, "config", None) is not None and cfg.resume is None and cfg.out is not None:
+        check_config_outside_run(Path(args.config), Path(cfg.out))
     check_run_dir(cfg)
     return cfg
+
+
+def check_config_outside_run(config: Path, out: Path) -> None:
+    """Refuse a ``--config`` that is the ``--out`` run directory's own ``config.yaml`` when the run would lose
+    some of it: a run replaces that file with its resolved settings, and a settings file written by hand
+    (comments, some settings only, relative paths) would be gone without a word. A run's own config.yaml
+    (a run stopped before its first save, started again) is exactly what the run writes: it may be reused.
+
+    >>> import pathlib, tempfile
+    >>> run = pathlib.Path(tempfile.mkdtemp()); _ = (run / "config.yaml").write_text("# mine\\nepochs: 3\\n")
+    >>> check_config_outside_run(run / "config.yaml", run)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: --config '...config.yaml' is the config.yaml of --out '...', which the run replaces ...
+    >>> save_config(TrainConfig(epochs=3), run / "config.yaml"); check_config_outside_run(run / "config.yaml", run)
+    """
+    import yaml
+
+    target = out / "config.yaml"
+    if not (config.is_file() and target.is_file() and config.samefile(target)):
+        return
+    text = config.read_text(encoding="utf-8")
+    values = {k.replace("_", "-"): v for k, v in load_config(config).to_dict().items()}
+    if text == yaml.safe_dump(values, sort_keys=False):
+        return  # (what save_config wrote: nothing in it is lost)
+    raise ConfigError(f"--config '{config}' is the config.yaml of --out '{out}', which the run replaces with its "
+                      "resolved settings (the file's comments and layout would be lost): keep your settings file "
+                      f"outside the run directory (e.g. {out.name}.yaml beside it), or give another --out")
 
 
 def check_run_dir(cfg: TrainConfig) -> None:
