@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -711,6 +712,11 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
                 warn(f"skipping checkpoint '{skipped}': {reason}")
         else:
             resume_path = Path(cfg.resume)
+        if resume_path is None and (run_dir / "config.yaml").is_file():  # ("start without --resume" alone would train the defaults)
+            raise CheckpointError(f"{named('resume', 'auto')}: nothing to resume in '{run_dir / 'checkpoints'}' (the run "
+                                  "stopped before its first checkpoint): start it again with its settings: finetune "
+                                  f"train --config {shlex.quote(str(run_dir / 'config.yaml'))} --out "
+                                  f"{shlex.quote(str(run_dir))}")
         if resume_path is None:
             raise CheckpointError(f"{named('resume', 'auto')}: nothing to resume in '{run_dir / 'checkpoints'}': "
                                   f"start without {named('resume')}, or give {named('resume', flag='--resume PATH')}")
@@ -736,7 +742,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
                             + f"): '{cfg.data}' must be the same for all of them (was it changing?)")
     classes = list(train_samples.classes)
     if resume_state is not None and list(resume_state.get("classes", classes)) != classes:
-        raise CheckpointError(f"the checkpoint's classes {resume_state['classes'][:5]}… differ from the data's {classes[:5]}…")
+        raise CheckpointError(f"'{resume_path}' was trained on other classes than the data '{cfg.data}' has "
+                              f"({class_change(resume_state['classes'], classes)}): a run keeps its classes; resume "
+                              "with the data it had, or start a new run from its weights with "
+                              f"--pretrained {resume_path} --out NEW_DIR")
     if resume_state is not None:
         check_resume_fits(resume_state, cfg, len(train_samples), str(resume_path))
     # the pretrained weights' input normalisation (timm's own; else ImageNet's); a resumed run keeps its own
@@ -1261,6 +1270,27 @@ def keep_earlier_config(path: Path, cfg: TrainConfig, step: int) -> Path | None:
     tmp.write_text(f"# the settings of this run until the resume at step {step} changed {changed}\n{text}")
     os.replace(tmp, kept)
     return kept
+
+
+def class_change(saved: Sequence[str], now: Sequence[str]) -> str:
+    """How the data's classes differ from a checkpoint's, by name (a class added at the end of a
+    sorted list, or renamed, must not read as the same list).
+
+    >>> class_change(["cat", "dog"], ["cat", "dog", "fox"])
+    "1 class new in the data: 'fox'"
+    >>> class_change(["cat", "dog", "fox"], ["cat", "dogs", "fox"])
+    "1 class new in the data: 'dogs'; 1 class of the checkpoint missing: 'dog'"
+    >>> class_change(["cat", "dog"], ["dog", "cat"])
+    'the same 2 classes in another order'
+    """
+    def names(items: list[str]) -> str:
+        return ", ".join(repr(c) for c in items[:5]) + (f", … ({len(items)} in all)" if len(items) > 5 else "")
+
+    added = [c for c in now if c not in set(saved)]
+    missing = [c for c in saved if c not in set(now)]
+    parts = [f"{len(found)} class{'es' if len(found) != 1 else ''} {what}: {names(found)}"
+             for found, what in ((added, "new in the data"), (missing, "of the checkpoint missing")) if found]
+    return "; ".join(parts) or f"the same {len(now)} classes in another order"
 
 
 def check_resume_fits(state: dict[str, Any], cfg: TrainConfig, train_images: int, path: str) -> None:
