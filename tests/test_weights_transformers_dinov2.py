@@ -95,3 +95,45 @@ def test_a_transformers_dinov2_with_registers_folder_loads_into_timm_reg4_dinov2
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
         assert torch.equal(source(x), target(x))
+
+
+def test_inspect_sizes_the_model_from_a_dinov2_files_classifier_not_its_last_weight(tmp_path: Path) -> None:
+    """`finetune inspect DINOV2_FOLDER --model timm:vit_small_patch14_dinov2` builds the model with the file's
+    classes: Dinov2ForImageClassification's classifier rows (its 2*hidden-wide weight fits no timm head), and
+    none for a Dinov2Model (was: the rows of the last 2-d weight, a block's mlp.fc2: a 384-class head, then
+    reported missing, for a file that loads completely)."""
+    from finetune.weights import read_checkpoint
+    from finetune.weights.tools import _num_classes
+
+    model = timm.create_model("vit_small_patch14_dinov2", num_classes=0, img_size=28, depth=2)
+    hf = _dinov2_to_hf(model)
+    bare = _folder(tmp_path / "model", hf, {"architectures": ["Dinov2Model"], "model_type": "dinov2"})
+    with_head = {f"dinov2.{k}": v for k, v in hf.items()} | {"classifier.weight": torch.zeros(5, 768),
+                                                            "classifier.bias": torch.zeros(5)}
+    classifier = _folder(tmp_path / "classifier", with_head,
+                         {"architectures": ["Dinov2ForImageClassification"], "model_type": "dinov2"})
+    assert _num_classes(read_checkpoint(bare), model) is None
+    assert _num_classes(read_checkpoint(classifier), model) == 5
+
+
+def test_a_transformers_dinov2_with_registers_classifier_loads_into_timm_reg4_dinov2(tmp_path: Path) -> None:
+    """Dinov2WithRegistersForImageClassification: the network under 'dinov2_with_registers.' (was: not renamed,
+    nothing loaded); its classifier ([CLS] and the patch mean side by side) is reported, not loaded."""
+    torch.manual_seed(0)
+    kwargs = {"img_size": 28, "depth": 2}
+    source = timm.create_model("vit_small_patch14_reg4_dinov2", num_classes=0, **kwargs).eval()
+    hf = _dinov2_to_hf(source)
+    hf["embeddings.register_tokens"] = hf.pop("reg_token")
+    hf["embeddings.position_embeddings"] = torch.cat([torch.zeros(1, 1, 384), hf["embeddings.position_embeddings"]], 1)
+    with_head = {f"dinov2_with_registers.{k}": v for k, v in hf.items()} | {
+        "classifier.weight": torch.zeros(5, 768), "classifier.bias": torch.zeros(5)}
+    folder = _folder(tmp_path / "classifier", with_head, {"architectures": ["Dinov2WithRegistersForImageClassification"],
+                                                         "model_type": "dinov2_with_registers", "num_register_tokens": 4})
+
+    target = timm.create_model("vit_small_patch14_reg4_dinov2", num_classes=5, **kwargs).eval()
+    report = finetune.load_weights(target, folder)
+    assert report.ok and sorted(report.unexpected) == ["classifier.bias", "classifier.weight"], report
+    assert any("Hugging Face transformers Dinov2" in n for n in report.notes), report.notes
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(source.forward_features(x), target.forward_features(x))

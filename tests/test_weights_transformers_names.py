@@ -179,3 +179,50 @@ def test_inspect_shows_the_input_settings_of_a_transformers_folder(tmp_path: Pat
     assert meta["config.architectures"] == ["ResNetForImageClassification"]
     assert (meta["preprocessor.input_size"], meta["preprocessor.crop_pct"], meta["preprocessor.interpolation"],
             meta["preprocessor.crop_mode"]) == ([3, 224, 224], 0.875, "bicubic", "center")
+
+
+def _torchvision_vit_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision vit names as transformers' ViTForImageClassification saves them (q, k, v apart)."""
+    out = {}
+    for k, v in sd.items():
+        if m := re.match(r"encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_(weight|bias)$", k):
+            for name, part in zip(("query", "key", "value"), v.chunk(3), strict=True):
+                out[f"vit.encoder.layer.{m[1]}.attention.attention.{name}.{m[2]}"] = part.clone()
+            continue
+        out.update(_renamed({k: v}, (
+            (r"^class_token$", "vit.embeddings.cls_token"),
+            (r"^encoder\.pos_embedding$", "vit.embeddings.position_embeddings"),
+            (r"^conv_proj\.", "vit.embeddings.patch_embeddings.projection."),
+            (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"vit.encoder.layer.\1.layernorm_before."),
+            (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"vit.encoder.layer.\1.layernorm_after."),
+            (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.",
+             r"vit.encoder.layer.\1.attention.output.dense."),
+            (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.0\.", r"vit.encoder.layer.\1.intermediate.dense."),
+            (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.3\.", r"vit.encoder.layer.\1.output.dense."),
+            (r"^encoder\.ln\.", "vit.layernorm."), (r"^heads\.head\.", "classifier."))))
+    return out
+
+
+def test_a_transformers_vit_folder_loads_into_torchvision_vit(tmp_path: Path) -> None:
+    """google/vit-base-patch16-224 is torchvision's vit_b_16 too: the file takes torchvision's names when the
+    model has them (was: timm's, and a non-strict load put one block's norm1 on encoder.ln, and nothing else)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    kwargs = {"image_size": 32, "patch_size": 16, "num_layers": 2, "num_heads": 2, "hidden_dim": 64, "mlp_dim": 128,
+              "num_classes": 5}  # (a small vit_b_16)
+    source = VisionTransformer(**kwargs).eval()
+    with torch.no_grad():
+        source.class_token.normal_()  # (zeros at first)
+    (tmp_path / "hf").mkdir()
+    save_file({k: v.contiguous() for k, v in _torchvision_vit_to_hf(source.state_dict()).items()},
+              tmp_path / "hf" / "model.safetensors")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"architectures": ["ViTForImageClassification"]}))
+
+    target = VisionTransformer(**kwargs).eval()
+    report = finetune.load_weights(target, tmp_path / "hf", strict=True)
+    assert report.ok and not report.unexpected and len(report.loaded) == len(target.state_dict()), report
+    assert any("Hugging Face transformers ViT names converted to torchvision's" in n for n in report.notes), report.notes
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(source(x), target(x))

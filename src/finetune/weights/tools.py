@@ -212,13 +212,18 @@ def _head_rows(model: torch.nn.Module) -> int | None:
 def _num_classes(ck: Checkpoint, model: torch.nn.Module | None = None) -> int | None:
     """The number of classes of the file's classifier: its tensor named as ``model``'s head weight
     (also under a prefix, ``timm_model.fc.weight``; a transformers file's ``classifier.1.weight`` as
-    the ``fc.weight`` it loads into), else the last 2-d weight of the file."""
+    the ``fc.weight`` it loads into), else the last 2-d weight of the file. A transformers file whose
+    classifier has no place in the model (``Dinov2ForImageClassification``'s, on [CLS] and the patch mean
+    side by side) has the rows of its ``classifier.weight``, one without a classifier (``Dinov2Model``) none."""
     name = _head_weight(model) if model is not None else None
-    if name is not None:
-        weights = from_transformers(ck.weights, model.state_dict())[0]
-        found = [v for k, v in weights.items() if (k == name or k.endswith("." + name)) and v.dim() >= 2]
+    if model is not None:
+        weights, transformers = from_transformers(ck.weights, model.state_dict())
+        found = [v for k, v in weights.items() if name and (k == name or k.endswith("." + name)) and v.dim() >= 2]
         if found:
             return int(found[0].shape[0])
+        if transformers:  # (its last 2-d weight is a block's: dinov2-small's mlp.fc2, 384 rows, is no head)
+            kept = weights.get("classifier.weight")
+            return int(kept.shape[0]) if kept is not None and kept.dim() == 2 else None
     last = [v for k, v in ck.weights.items() if k.endswith("weight") and v.dim() >= 2]
     return int(last[-1].shape[0]) if last else None
 

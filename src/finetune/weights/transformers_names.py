@@ -3,9 +3,10 @@
 ``ResNetForImageClassification`` (``microsoft/resnet-50``), ``ViTForImageClassification``
 (``google/vit-base-patch16-224``), ``DeiTForImageClassification[WithTeacher]`` (``facebook/deit-*``),
 ``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``), ``SwinForImageClassification``
-(``microsoft/swin-tiny-patch4-window7-224``) and ``Dinov2Model`` / ``Dinov2ForImageClassification``
-(``facebook/dinov2-small``) are the networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` /
-``deit_*``, ``convnext_*``, ``swin_*`` and ``vit_*_dinov2`` (transformers converted them from there)
+(``microsoft/swin-tiny-patch4-window7-224``), ``Dinov2Model`` / ``Dinov2ForImageClassification``
+(``facebook/dinov2-small``) and ``BeitForImageClassification`` (``microsoft/beit-base-patch16-224``) are the
+networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` / ``deit_*``, ``convnext_*``, ``swin_*``,
+``vit_*_dinov2`` and ``beit_*`` (transformers converted them from there; a ViT also torchvision's ``vit_*``)
 under other names: ``resnet.embedder.embedder.convolution`` for ``conv1``, ``classifier.1`` for ``fc``,
 a ViT's separate ``query`` / ``key`` / ``value`` for timm's ``qkv``, a Swin stage's patch merging at its
 end (timm's at the start of the next stage). :func:`from_transformers` renames them (and joins q/k/v),
@@ -80,7 +81,8 @@ _SWIN = [
     (r"^layernorm\.", "norm."),
     (r"^classifier\.", "head.fc."),
 ]
-# DINOv2 (facebook/dinov2-*: Dinov2Model, saved without a prefix; Dinov2ForImageClassification under 'dinov2.')
+# DINOv2 (facebook/dinov2-*: Dinov2Model, saved without a prefix; Dinov2ForImageClassification under 'dinov2.',
+# Dinov2WithRegistersForImageClassification under 'dinov2_with_registers.')
 _DINOV2 = [
     (r"^embeddings\.cls_token$", "cls_token"),
     (r"^embeddings\.register_tokens$", "reg_token"),  # (Dinov2WithRegistersModel: facebook/dinov2-with-registers-*)
@@ -95,14 +97,39 @@ _DINOV2 = [
     (r"^layernorm\.", "norm."),
 ]  # (Dinov2ForImageClassification's classifier reads [CLS] and the patch mean side by side: no timm head; kept)
 
+# BEiT (microsoft/beit-*: BeitForImageClassification under 'beit.'): ViT's names, no key bias (q_bias / v_bias apart),
+# layer scale as lambda_1/2, a relative position table per layer (or one shared), the mean-pooled norm as the pooler's
+_BEIT = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.lambda_([12])$", r"blocks.\1.gamma_\2"),
+    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.query\.bias$", r"blocks.\1.attn.q_bias"),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.value\.bias$", r"blocks.\1.attn.v_bias"),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.relative_position_bias\.relative_position_bias_table$",
+     r"blocks.\1.attn.relative_position_bias_table"),
+    (r"^encoder\.relative_position_bias\.relative_position_bias_table$", "rel_pos_bias.relative_position_bias_table"),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+    (r"^pooler\.layernorm\.", "fc_norm."),
+    (r"^classifier\.", "head."),
+]
+
 #: separate query / key / value (regex, its 'part' group) joined into one qkv tensor (the name, as Match.expand takes it)
 _VIT_QKV = (r"^encoder\.layer\.(\d+)\.attention\.attention\.(?P<part>query|key|value)\.(weight|bias)$",
             r"blocks.\1.attn.qkv.\3")
 _QKV = {"ViT": _VIT_QKV, "DeiT": _VIT_QKV, "Dinov2": _VIT_QKV,
+        "Beit": (r"^encoder\.layer\.(\d+)\.attention\.attention\.(?P<part>query|key|value)\.weight$",  # (no key bias)
+                 r"blocks.\1.attn.qkv.weight"),
         "Swin": (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(?P<part>query|key|value)\.(weight|bias)$",
                  r"layers.\1.blocks.\2.attn.qkv.\4")}
 #: tensors the timm model has no place for: buffers it computes itself, a token of masked-image pre-training only
-_DROPPED = {"Swin": r"\.relative_position_index$", "Dinov2": r"^embeddings\.mask_token$"}
+_DROPPED = {"Swin": r"\.relative_position_index$", "Dinov2": r"^embeddings\.mask_token$",
+            "Beit": r"\.relative_position_index$|^embeddings\.mask_token$"}
 
 _CONVNEXT = [
     (r"^embeddings\.patch_embeddings\.", "stem.0."),
@@ -117,7 +144,7 @@ _CONVNEXT = [
     (r"^classifier\.", "head.fc."),
 ]
 
-#: (name, a key only that model's files have, its rules, what the note shows, whose names); Swin and DINOv2
+#: (name, a key only that model's files have, its rules, what the note shows, whose names); Swin, DINOv2 and BEiT
 #: come before ViT, whose marker their files have too (a file without a prefix tells them apart by the marker only)
 _KINDS = (
     ("Swin", "encoder.layers.0.blocks.0.attention.self.relative_position_bias_table", _SWIN,
@@ -127,6 +154,10 @@ _KINDS = (
     ("Dinov2", "encoder.layer.0.layer_scale1.lambda1", _DINOV2,
      "encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, layer_scale1/2.lambda1 -> ls1/2.gamma, "
      "mask_token dropped, register_tokens -> reg_token with [CLS]'s position added to cls_token", "timm's"),
+    ("Beit", "encoder.layer.0.lambda_1", _BEIT,
+     "beit.encoder.layer.N -> blocks.N, query/key/value weights -> attn.qkv, query/value biases -> attn.q_bias/v_bias, "
+     "lambda_1/2 -> gamma_1/2, pooler.layernorm -> fc_norm, classifier -> head, relative_position_index dropped "
+     "(timm computes it)", "timm's"),
     ("ResNet", "embedder.embedder.convolution.weight", _RESNET,
      "resnet.embedder.embedder.convolution -> conv1, classifier.1 -> fc", "torchvision's / timm's"),
     ("ViT", "embeddings.patch_embeddings.projection.weight", _VIT,
@@ -138,13 +169,40 @@ _KINDS = (
      "convnext.encoder.stages.N.layers.M -> stages.N.blocks.M, classifier -> head.fc", "timm's"),
 )
 
+# torchvision's vit_* (conv_proj, encoder.layers.encoder_layer_N, q/k/v joined as self_attention.in_proj_*): what a
+# transformers ViT file is renamed to when the model has torchvision's names (timm's otherwise)
+_VIT_TORCHVISION = [
+    (r"^embeddings\.cls_token$", "class_token"),
+    (r"^embeddings\.position_embeddings$", "encoder.pos_embedding"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "conv_proj."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"encoder.layers.encoder_layer_\1.ln_1."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"encoder.layers.encoder_layer_\1.ln_2."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
+    (r"^layernorm\.", "encoder.ln."),
+    (r"^classifier\.", "heads.head."),
+]
+#: by kind: (a name only torchvision's model has, the rules, the joined q/k/v (as _QKV), what the note shows)
+_TORCHVISION = {
+    "ViT": ("encoder.layers.encoder_layer_0.self_attention.in_proj_weight", _VIT_TORCHVISION,
+            (_VIT_QKV[0], r"encoder.layers.encoder_layer_\1.self_attention.in_proj_\3"),
+            "vit.encoder.layer.N -> encoder.layers.encoder_layer_N, query/key/value -> self_attention.in_proj_*, "
+            "classifier -> heads.head"),
+}
+
+#: the prefixes a model's network is saved under, where not its name in lower case
+_PREFIXES = {"Dinov2": ("dinov2.", "dinov2_with_registers.")}  # (Dinov2WithRegistersForImageClassification's)
+
 
 def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[StateDict, str | None]:
-    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT, ConvNeXt, Swin
-    or DINOv2 (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
+    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT, ConvNeXt, Swin,
+    DINOv2 or BEiT (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
     saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``, DINOv2's classifier on [CLS] and the
-    patch mean side by side) are kept as they are; tensors timm has no place for (Swin's
-    ``relative_position_index`` buffers, DINOv2's ``mask_token``) are left out. A model
+    patch mean side by side) are kept as they are; tensors timm has no place for (Swin's and BEiT's
+    ``relative_position_index`` buffers, DINOv2's and BEiT's ``mask_token``) are left out. A ViT takes
+    torchvision's names when the model (``model_names``) has them (``vit_b_16``: ``conv_proj``,
+    ``encoder.layers.encoder_layer_N``), timm's otherwise. A model
     that has transformers' names itself (``model_names``: a transformers model, or one wrapping it)
     takes the file as it is.
 
@@ -160,17 +218,22 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
     """
     model_names = list(model_names)
     for kind, marker, rules, shown, whose in _KINDS:
-        name = f"{kind.lower()}."  # ('resnet.' of 'resnet.embedder...', not 'swin.' of HF's Swin)
         at = next((k[:-len(marker)] for k in sd if k == marker or k.endswith("." + marker)), None)
-        if at is None or not (at in ("", name) or at.endswith("." + name)):
+        if at is None:
             continue
-        if any(n == marker or n.endswith("." + marker) for n in model_names):
+        name = next((n for n in _PREFIXES.get(kind, (f"{kind.lower()}.",)) if at == n or at.endswith("." + n)), "")
+        if at and not name:  # ('resnet.' of 'resnet.embedder...', not 'swin.' of HF's Swin)
+            continue
+        if _has(model_names, marker):
             return sd, None  # the model's own names
+        qkv_rx, qkv_name = _QKV.get(kind, ("$^", ""))
+        if kind in _TORCHVISION and _has(model_names, _TORCHVISION[kind][0]):  # (torchvision's vit_b_16, ...)
+            _, rules, (qkv_rx, qkv_name), shown = _TORCHVISION[kind]
+            whose = "torchvision's"
         outer = at.removesuffix(name)  # ('model.' of 'model.resnet.embedder...'; the head is beside 'resnet.')
         sd = {k[len(at):] if k.startswith(at) else k[len(outer):] if k.startswith(outer) else k: v
               for k, v in sd.items()}
         compiled = [(re.compile(rx), replacement) for rx, replacement in rules]
-        qkv_rx, qkv_name = _QKV.get(kind, ("$^", ""))
         dropped = {k for k in sd if kind in _DROPPED and re.search(_DROPPED[kind], k)}
         out: StateDict = {}
         qkv: dict[str, dict[str, tuple[str, Tensor]]] = {}
@@ -195,6 +258,11 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
             return sd, None  # two keys renamed onto one name: not the layout these rules are for
         return out, f"Hugging Face transformers {kind} names converted to {whose} ({shown}, ...)"
     return sd, None
+
+
+def _has(names: list[str], name: str) -> bool:
+    """Whether ``names`` has ``name``, as it is or under a prefix."""
+    return any(n == name or n.endswith("." + name) for n in names)
 
 
 def _rename(key: str, compiled: list) -> str:
