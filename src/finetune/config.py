@@ -174,16 +174,7 @@ class TrainConfig:
         Traceback (most recent call last):
         finetune.errors.ConfigError: c.yaml: unknown setting 'epoch'; did you mean epochs?
         """
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        clean: dict[str, Any] = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in known:
-                close = difflib.get_close_matches(name, list(known), n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise ConfigError(f"{source}: unknown setting '{key}'{hint}")
-            clean[name] = _coerce(name, value, source)
-        cfg = cls(**clean)
+        cfg = cls(**settings(values, source))
         cfg.validate()
         return cfg
 
@@ -291,6 +282,25 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         parse_unfreeze(self.unfreeze, self.epochs)
+
+
+def settings(values: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """``values`` (keys may use dashes) as TrainConfig field names and types; unknown keys are an error naming
+    close ones, each value's error names ``source``. Nothing is checked against the other settings.
+
+    >>> settings({"batch-size": "16", "freeze": "layer1"})
+    {'batch_size': 16, 'freeze': ['layer1']}
+    """
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{source}: unknown setting '{key}'{hint}")
+        clean[name] = _coerce(name, value, source)
+    return clean
 
 
 def _flag(name: str) -> str:
@@ -580,6 +590,9 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge defaults, ``--config FILE`` and the flags given (flags win).
 
+    With ``--resume`` and an ``--out`` that holds a run's ``config.yaml``, the run's settings take the
+    defaults' place: a ``--config FILE`` given with it changes the settings it names, as the same flags would.
+
     >>> import argparse, pathlib, tempfile
     >>> from finetune.config import config_from_args
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
@@ -588,35 +601,65 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     >>> cfg.epochs, cfg.batch_size, cfg.lr          # the flag wins; None means "not given"
     (3, 16, None)
     """
-    base = getattr(args, "config", None)
-    resume, out = getattr(args, "resume", None), getattr(args, "out", None)
-    if base is None and resume and out and (Path(out) / "config.yaml").is_file():
-        base = Path(out) / "config.yaml"  # resuming a run: its own settings, unless flags say otherwise
-    elif base is None and resume == "auto" and out and any((Path(out) / "checkpoints").glob("*.pt")):
+    config = getattr(args, "config", None)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    given = settings(_read_yaml(config), str(config)) if config is not None else {}  # the --config file's
+    given.pop("resume", None)
+    resume, out = flags.get("resume"), flags.get("out", given.get("out"))
+    base = Path(out) / "config.yaml" if resume and out is not None else None
+    run: dict[str, Any] = {}
+    if base is not None and base.is_file():
+        # resuming a run: its own settings, unless the flags or --config FILE say otherwise; its --max-steps
+        # was where that invocation stopped, not part of the run
+        run = settings(_read_yaml(base), str(base))
+        run.pop("resume", None)
+        run.pop("max_steps", None)
+    elif config is None and resume == "auto" and out is not None and any((Path(out) / "checkpoints").glob("*.pt")):
         # the defaults are not the run's settings (they would go on with the built-in dataset, say)
         raise ConfigError(f"--resume auto: '{Path(out) / 'config.yaml'}' is missing, so the run's settings are "
                           "unknown: restore it, or give them with --config FILE")
-    values: dict[str, Any] = _read_yaml(base) if base else {}
-    values.pop("resume", None)
-    if base is not None and getattr(args, "config", None) is None:
-        # the run's own config.yaml: --max-steps was where that invocation stopped, not part of the run
-        values.pop("max-steps", None)
-        values.pop("max_steps", None)
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for name in names:
-        flag = getattr(args, name, None)
-        if flag is not None:
-            values[name] = flag
-    cfg = TrainConfig.from_dict(values, source=str(base) if base else "command line")
+    check_config_paths({k: v for k, v in given.items() if k not in flags}, str(config))
+    cfg = TrainConfig.from_dict({**run, **given, **flags},
+                                source=str(config) if config is not None else str(base) if run else "command line")
+    # a saved config.yaml holds the default momentum whatever the optimizer; a flag given is meant (and so is a
+    # --config FILE's that changes a resumed run's)
     if getattr(args, "momentum", None) is not None and cfg.optimizer != "sgd":
-        # a saved config.yaml holds the default momentum whatever the optimizer; a flag given is meant
         raise ConfigError(f"--momentum applies to --optimizer sgd only; {cfg.optimizer}'s moments are its betas "
                           "(0.9, 0.999): leave --momentum out, or add --optimizer sgd")
-    if getattr(args, "config", None) is not None and cfg.resume is None and cfg.out is not None:
-        check_config_outside_run(Path(args.config), Path(cfg.out))
+    if run and given.get("momentum", run.get("momentum")) != run.get("momentum") and cfg.optimizer != "sgd":
+        raise ConfigError(f"{config}: momentum applies to optimizer sgd only; {cfg.optimizer}'s moments are its "
+                          "betas (0.9, 0.999): leave momentum out, or add optimizer: sgd")
+    if config is not None and cfg.resume is None and cfg.out is not None:
+        check_config_outside_run(Path(config), Path(cfg.out))
     check_run_dir(cfg)
     return cfg
+
+
+def check_config_paths(values: dict[str, Any], source: str) -> None:
+    """Refuse a relative ``data`` or ``pretrained`` path read from the config file ``source`` that does not
+    exist: it is taken relative to the current directory (as on the command line), not to the file's folder,
+    and the error from where it is read later would not say so.
+
+    >>> import os
+    >>> check_config_paths({"data": "shapes", "pretrained": "timm:resnet18", "out": "runs/a"}, "c.yaml")
+    >>> check_config_paths({"data": "../no-such-folder"}, "exp/c.yaml")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: exp/c.yaml: data '../no-such-folder' does not exist: a relative path in a config file is taken relative to the current directory (...), not to the file's folder; ...
+    """
+    for name in ("data", "pretrained"):
+        value = values.get(name)
+        if (not isinstance(value, str) or value == "shapes" or value == "torchvision"
+                or value.startswith(("torchvision:", "timm:"))):
+            continue
+        path = Path(value).expanduser()
+        if path.is_absolute() or path.exists():
+            continue
+        beside = Path(source).parent / path
+        hint = (f"from the file's folder it is '{beside.resolve()}': write that" if beside.exists() else
+                "give it relative to the current directory, or as an absolute path")
+        raise ConfigError(f"{source}: {name} '{value}' does not exist: a relative path in a config file is taken "
+                          f"relative to the current directory ({os.getcwd()}), not to the file's folder; {hint}")
 
 
 def check_config_outside_run(config: Path, out: Path) -> None:
