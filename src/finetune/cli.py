@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -19,7 +18,13 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from finetune.config import int_at_least, non_empty, positive_float, worker_count, workers_value
-from finetune.errors import ConfigError, FinetuneError, UnreadableImagesError, describe_os_error
+from finetune.errors import (
+    ConfigError,
+    FinetuneError,
+    UnreadableImagesError,
+    describe_os_error,
+    one_line,
+)
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -53,9 +58,6 @@ class _Parser(argparse.ArgumentParser):
             self._intermixing = False
 
 
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
-
-
 def _fail(message: str) -> int:
     """Print ``message`` as one ``finetune: error:`` line on stderr (newlines and terminal escapes
     folded away) and return the exit status, 2.
@@ -67,9 +69,20 @@ def _fail(message: str) -> int:
     >>> err.getvalue()
     'finetune: error: cannot load: bold detail\\n'
     """
-    line = " ".join(_CONTROL.sub(" ", str(message)).split())
-    print(f"finetune: error: {line}", file=sys.stderr, flush=True)
+    print(f"finetune: error: {one_line(message)}", file=sys.stderr, flush=True)
     return 2
+
+
+def _shown(text: object) -> str:
+    """``text`` for a line of plain output: as it is when every character prints, else quoted with the others
+    escaped, as Python writes a string, so that a file or class name with a newline (or a terminal escape, or
+    a byte that is not UTF-8) stays on its line and shows what it holds (``--json`` gives names exactly).
+
+    >>> _shown("photos/cat 1.jpg"), _shown("été.jpg"), _shown("a\\nb\\x1b[31m.jpg")
+    ('photos/cat 1.jpg', 'été.jpg', "'a\\\\nb\\\\x1b[31m.jpg'")
+    """
+    text = str(text)
+    return text if text.isprintable() else repr(text)
 
 
 def _print_json(obj: object) -> None:
@@ -208,7 +221,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     result = train(cfg, quiet=args.quiet)
     if not args.quiet and result.rank == 0:
-        print(f"run directory: {result.run_dir}")
+        print(f"run directory: {_shown(result.run_dir)}")
         if result.best_epoch >= 0:
             print(f"best val top-1 {result.best_top1:.2%} at epoch {result.best_epoch + 1}")
     return 0
@@ -239,15 +252,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"top-1 {res['top1']:.2%}  top-{res['topk']} {res['top5']:.2%}  loss {res['loss']:.4f}  ({res['images']} images"
           + (", each averaged with its mirror image)" if res.get("tta") else ")"))
-    width = max(len(c) for c in res["per_class"])
+    width = max(len(_shown(c)) for c in res["per_class"])
     for name, acc in res["per_class"].items():
         count = res["per_class_images"][name]
-        print(f"  {name:<{width}}  {acc:8.2%}  ({round(acc * count)}/{count})" if acc is not None
-              else f"  {name:<{width}}  {'-':>8}  (no images)")
+        print(f"  {_shown(name):<{width}}  {acc:8.2%}  ({round(acc * count)}/{count})" if acc is not None
+              else f"  {_shown(name):<{width}}  {'-':>8}  (no images)")
     if res.get("most_confused"):
         print("most confused (true -> predicted: images):")
         for pair in res["most_confused"][:10]:
-            print(f"  {pair['true']} -> {pair['predicted']}: {pair['images']}")
+            print(f"  {_shown(pair['true'])} -> {_shown(pair['predicted'])}: {pair['images']}")
     return 0
 
 
@@ -276,8 +289,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         _print_json(preds)
     else:
         for item in preds:
-            top = "  ".join(f"{p['class']} {p['prob']:.3f}" for p in item["top"])
-            print(f"{item['path']}: {top}")
+            top = "  ".join(f"{_shown(p['class'])} {p['prob']:.3f}" for p in item["top"])
+            print(f"{_shown(item['path'])}: {top}")
     return 0 if unreadable is None else _unreadable_named(unreadable)
 
 
@@ -287,7 +300,7 @@ def _unreadable_named(error: UnreadableImagesError) -> int:
     sys.stdout.flush()
     if len(error.unreadable) > 1:
         for message in error.unreadable:
-            print(f"finetune: {' '.join(_CONTROL.sub(' ', message).split())}", file=sys.stderr)
+            print(f"finetune: {one_line(message)}", file=sys.stderr)
     return _fail(str(error))
 
 
@@ -503,7 +516,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     else:
         layer = report.records[0]["layer"] if report.records else args.layer
         n = len(report.records)
-        print(f"{args.method} from layer '{layer}': {n} overlay{'' if n == 1 else 's'} in {report.out_dir}")
+        print(f"{args.method} from layer '{layer}': {n} overlay{'' if n == 1 else 's'} in {_shown(report.out_dir)}")
         loc = report.localisation
         if loc is not None:
             print(f"localisation on {loc.images} images with boxes: pointing game {loc.pointing:.1%}, "
@@ -590,7 +603,7 @@ def _show_warning(default: Callable[..., None], message: Warning | str, category
     if not os.path.abspath(filename).startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep):
         default(message, category, filename, lineno, file, line)
     elif os.environ.get("RANK", "0") in ("", "0"):
-        print(f"finetune: warning: {message}", file=sys.stderr, flush=True)
+        print(f"finetune: warning: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from typing import Any
 
 
@@ -128,6 +129,17 @@ class UnsafeCheckpointError(WeightsError):
 
 
 _GIVEN_AS_NAME = object()
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def one_line(message: object) -> str:
+    """``message`` as one line for stderr: newlines, other control characters and terminal escapes (of a file
+    name, say) folded into single spaces.
+
+    >>> one_line("skipped 'a\\nb\\x1b[31m.jpg':\\n  not an image")
+    "skipped 'a b .jpg': not an image"
+    """
+    return " ".join(_CONTROL.sub(" ", str(message)).split())
 
 
 def named(name: str, value: Any = _GIVEN_AS_NAME, *, flag: str | None = None) -> str:

@@ -64,6 +64,7 @@ from finetune.errors import (
     FinetuneError,
     UnreadableImagesError,
     named,
+    one_line,
 )
 from finetune.logging import RunLog, progress
 from finetune.mixing import mix_batch
@@ -94,7 +95,7 @@ def warn(message: str) -> None:
     """
     if os.environ.get("RANK", "0") not in ("", "0"):
         return
-    print(f"finetune: warning: {message}", file=sys.stderr, flush=True)
+    print(f"finetune: warning: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass
