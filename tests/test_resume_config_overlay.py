@@ -57,3 +57,18 @@ def test_a_config_given_with_resume_is_checked_as_flags_are(run: Path, tmp_path:
         merged("--out", str(run), "--resume", "auto", "--config", str(partial))
     partial.write_text("momentum: 0.5\noptimizer: sgd\n")
     assert merged("--out", str(run), "--resume", "auto", "--config", str(partial)).momentum == 0.5
+
+
+def test_resume_in_a_config_file_is_not_taken_and_says_so(tmp_path: Path) -> None:
+    """A `resume:` in a --config file is dropped (a run's config.yaml holds `resume: auto` after a resume, and
+    reusing it for a new run must not resume); it used to be dropped without a word."""
+    c = tmp_path / "c.yaml"
+    c.write_text(f"resume: auto\nout: {tmp_path / 'new'}\nepochs: 2\n")
+    with pytest.warns(UserWarning, match=r"resume: auto is not taken from a config file.*--resume auto"):
+        cfg = merged("--config", str(c))
+    assert cfg.resume is None and cfg.epochs == 2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merged("--config", str(c), "--resume", "auto")  # (given as a flag: nothing to say)

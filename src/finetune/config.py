@@ -18,6 +18,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -605,8 +606,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
     given = settings(_read_yaml(config), str(config)) if config is not None else {}  # the --config file's
-    given.pop("resume", None)
+    ignored = given.pop("resume", None)
     resume, out = flags.get("resume"), flags.get("out", given.get("out"))
+    if ignored is not None and resume is None:  # (a run's config.yaml records how it was last started: not a wish)
+        warnings.warn(f"{config}: resume: {ignored} is not taken from a config file (a run's config.yaml records "
+                      f"how it was last started): this starts a new run; to continue one give resume "
+                      f"(--resume {ignored})", stacklevel=2)
     base = Path(out) / "config.yaml" if resume and out is not None else None
     run: dict[str, Any] = {}
     if base is not None and base.is_file():
