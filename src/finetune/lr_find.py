@@ -106,7 +106,16 @@ def readings(lrs: list[float], losses: list[float]) -> tuple[float, float]:
 
 def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
             beta: float = 0.98, quiet: bool = False) -> LRFindResult:
-    """Run the range test for ``cfg`` (see the module's description); nothing is written."""
+    """Run the range test for ``cfg`` (see the module's description); nothing is written.
+
+    >>> import tempfile
+    >>> from finetune import TrainConfig, lr_find, make_shapes
+    >>> data = make_shapes(tempfile.mkdtemp() + "/shapes", per_class=2, size=32)
+    >>> cfg = TrainConfig(data=str(data), model="resnet18", img_size=32, batch_size=4, workers="0", device="cpu")
+    >>> result = lr_find(cfg, num_steps=3, quiet=True)
+    >>> len(result.lrs), result.lrs[0] == 1e-7, result.lr_min > 0
+    (3, True, True)
+    """
     if not (0 < start_lr < end_lr) or not all(math.isfinite(v) for v in (start_lr, end_lr)):
         raise ConfigError(f"start_lr/end_lr (--start-lr/--end-lr) must be positive with start < end, "
                           f"got {start_lr} / {end_lr}")
