@@ -9,7 +9,9 @@ Patterns are :mod:`fnmatch` globs matched against parameter names *and* module
 names (``layer4``, ``layer4.*``, ``*.bn*``, ``fc``); a module match covers all
 its parameters. Wrapped models (DDP, DataParallel, ``torch.compile``) are
 unwrapped first, so names never carry ``module.`` or ``_orig_mod.``, and those
-prefixes are stripped from patterns too.
+prefixes are stripped from patterns too. Freezing and unfreezing through a
+``DistributedDataParallel`` wrapper are refused (DDP fixes what it averages when it
+is built): change the model inside, then wrap it again.
 
 BatchNorm policy (:func:`set_bn_policy`) applies to BatchNorm layers in *frozen
 parts* — layers that a freeze call covered, or whose parameters are all frozen:
@@ -116,6 +118,20 @@ def _strip_pattern(pattern: str) -> str:
             return pattern
 
 
+def _as_given_or_stripped(pattern: str, matches: Callable[[str], bool]) -> str:
+    """``pattern`` itself when it matches, else with one wrapper prefix taken off after another
+    (``module.layer4`` -> ``layer4``) until it does: a model's own child may be called ``module``.
+    The fully stripped pattern when nothing matches."""
+    while not matches(pattern):
+        for prefix in _WRAPPER_NAMES:
+            if pattern.startswith(prefix + "."):
+                pattern = pattern[len(prefix) + 1 :]
+                break
+        else:
+            return pattern
+    return pattern
+
+
 def _named_params(root: nn.Module) -> dict[str, nn.Parameter]:
     return dict(root.named_parameters())
 
@@ -173,7 +189,10 @@ def _select(root: nn.Module, patterns: Sequence[str]) -> _Selection:
     for raw in patterns:
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"a freeze pattern must be a non-empty string, got {raw!r}")
-        pattern = _strip_pattern(raw)
+        def hits(pattern: str) -> bool:
+            return any(fnmatch.fnmatchcase(n, pattern) for n in [*(n for n, _ in every_module), *(n for n, _ in every_param)])
+
+        pattern = _as_given_or_stripped(raw, hits)
         mods = {n for n, _ in every_module if fnmatch.fnmatchcase(n, pattern)}
         pars = {id(p) for n, p in every_param if fnmatch.fnmatchcase(n, pattern)}
         if not mods and not pars:
@@ -325,8 +344,31 @@ def unfreeze(model: nn.Module, *patterns: str) -> list[str]:
     return _set_trainable(model, patterns, trainable=True)
 
 
+def _refuse_ddp(model: nn.Module, call: str) -> None:
+    """Refuse to change what trains through a ``DistributedDataParallel`` wrapper.
+
+    DDP decides when it is built which parameters it averages: a parameter frozen
+    afterwards makes the next step fail (torch's "Expected to have finished reduction
+    in the prior iteration"), and one unfrozen afterwards trains on its own process's
+    gradient only (with ``find_unused_parameters=True``, silently).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner, layer = unwrap(model), model
+    while layer is not inner:
+        if isinstance(layer, DistributedDataParallel):
+            raise ConfigError(
+                f"{call} on a model wrapped in DistributedDataParallel: DDP fixes the parameters it averages "
+                "when it is built, so freezing afterwards fails at the next step and unfreezing leaves the new "
+                f"parameters' gradients unaveraged; {call} the model inside (ddp.module) and wrap it again "
+                "(DistributedDataParallel(ddp.module, ...))"
+            )
+        layer = next(layer.children())
+
+
 def _set_trainable(model: nn.Module, patterns: tuple[str, ...], *, trainable: bool) -> list[str]:
     """(Un)freeze what ``patterns`` name (everything if none) and the BatchNorm layers they cover."""
+    _refuse_ddp(model, "unfreeze" if trainable else "freeze")
     root = unwrap(model)
     sel = _select(root, patterns) if patterns else _select_all(root)
     params = _named_params(root)
@@ -348,6 +390,7 @@ def freeze_all_but(model: nn.Module, *patterns: str) -> list[str]:
     """
     if not patterns:
         raise ConfigError("freeze_all_but needs at least one pattern of what stays trainable (e.g. 'fc')")
+    _refuse_ddp(model, "freeze_all_but")
     root = unwrap(model)
     sel = _select(root, patterns)
     params = _named_params(root)
@@ -374,9 +417,10 @@ def freeze_until(model: nn.Module, module_name: str) -> list[str]:
     >>> freeze_until(m, "2")
     ['0.weight', '0.bias', '1.weight', '1.bias']
     """
+    _refuse_ddp(model, "freeze_until")
     root = unwrap(model)
-    target = _strip_pattern(module_name)
     order = [n for n, _ in root.named_modules()]
+    target = _as_given_or_stripped(module_name, set(order).__contains__)
     if not target or target not in order:
         raise _unmatched(target, root, what="module")
     before = set(order[: order.index(target)])
@@ -949,7 +993,7 @@ def add_param_group_for(
     params = _named_params(root)
     present = {id(p) for g in optimizer.param_groups for p in g["params"]}
     todo: list[str] = []
-    for n in dict.fromkeys(_strip_pattern(n) for n in names):
+    for n in dict.fromkeys(_as_given_or_stripped(n, params.__contains__) for n in names):
         if n not in params:
             raise _unmatched(n, root, what="parameter")
         if not params[n].requires_grad:
