@@ -417,6 +417,10 @@ def _maps(model: nn.Module, images: torch.Tensor, method: str, layer: str | None
             p.requires_grad_(True)
     a = chosen.layout.to_nchw(captured[-1].detach()).float()
     g = chosen.layout.to_nchw(grads).float() if grads is not None else None
+    if g is not None and layer is not None and not bool(g.ne(0).any()):
+        raise ConfigError(f"layer '{layer}' does not reach the class score through its spatial positions (its gradient "
+                          f"there is zero: a class-token ViT's final norm passes only its class token on), so {method} "
+                          "maps of it are empty: choose an earlier layer, or leave layer (--layer) out to find one")
     if method == "cam":
         head = model.get_submodule(head_names(model)[0])
         raw = torch.einsum("nc,nchw->nhw", head.weight.detach().float()[targets], a)
@@ -852,6 +856,27 @@ def read_boxes(root: str | Path) -> dict[str, tuple[float, float, float, float]]
     return out
 
 
+def boxes_roots(inputs: Sequence[str | Path]) -> list[Path]:
+    """The folders whose ``boxes.csv`` covers ``inputs`` (files or folders): for each, the nearest
+    folder at or above it that has one (``DATA/val`` or one of its images: ``DATA``, where
+    ``finetune make-shapes`` writes it, with paths ``val/...``).
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "val" / "a").mkdir(parents=True)
+    >>> _ = (root / "boxes.csv").write_text("path,x0,y0,x1,y1\\n")
+    >>> boxes_roots([root / "val", root / "val" / "a" / "1.jpg"]) == [root.resolve()]
+    True
+    """
+    roots: list[Path] = []
+    for i in inputs:
+        path = Path(i).resolve()
+        start = path if path.is_dir() else path.parent
+        root = next((d for d in (start, *start.parents) if (d / "boxes.csv").is_file()), None)
+        if root is not None and root not in roots:
+            roots.append(root)
+    return roots
+
+
 def box_in_crop(box: tuple[float, float, float, float], image_wh: tuple[int, int], size: int,
                 crop_pct: float = EVAL_CROP_PCT, crop_mode: str = "center") -> tuple[float, ...]:
     """A box in source pixels mapped onto the ``size`` x ``size`` eval crop (Resize(size / crop_pct)
@@ -950,7 +975,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
         files = [f for f, _ in found]
         named = {f for f, in_folder in found if not in_folder}
         boxes = {}
-        for root in {Path(i) for i in inputs if Path(i).is_dir()}:
+        for root in boxes_roots(inputs):
             boxes.update(read_boxes(root))
     else:
         if "data" not in cfg:  # saved by other code (a loop of one's own): not the built-in shapes
