@@ -973,19 +973,13 @@ def deployment_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     True
     """
     path = Path(path)
-    if not path.is_file() or path.suffix != ".safetensors":
-        return None
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != DEPLOYMENT_FORMAT:
+        meta = _header_metadata(path)
+        if meta is None or meta.get("format") != DEPLOYMENT_FORMAT:
             return None
-        decoded: dict[str, Any] = {"arch": meta["arch"], "classes": json.loads(meta["classes"])}
-        if meta.get("img_size"):
-            decoded["img_size"] = int(meta["img_size"])
-        decoded.update({k: json.loads(meta[k]) for k in DEPLOYMENT_KEYS if k in meta})
+        decoded: dict[str, Any] = {"arch": meta["arch"], "classes": json.loads(meta["classes"]), **_settings_of(meta)}
         if "config" in meta:
             decoded["config"] = dict(json.loads(meta["config"]))
         decoded.update({k: int(meta[k]) for k in ("train_images", "val_images") if k in meta})
@@ -1010,19 +1004,32 @@ def input_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     >>> save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "pt"}); input_settings(path) is None
     True
     """
-    path = Path(path)
-    if not path.is_file() or path.suffix != ".safetensors":
-        return None
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        settings: dict[str, Any] = {"img_size": int(meta["img_size"])} if meta.get("img_size") else {}
-        settings.update({k: json.loads(meta[k]) for k in DEPLOYMENT_KEYS if k in meta})
+        meta = _header_metadata(Path(path))
+        settings = _settings_of(meta) if meta is not None else {}
     except (OSError, SafetensorError, ValueError, TypeError):
         return None  # (a header that is not finetune's: no settings; loading the weights says what is wrong)
     return settings or None
+
+
+def _header_metadata(path: Path) -> dict[str, str] | None:
+    """A ``.safetensors`` file's header metadata ({} when it has none); None for any other file (only the
+    header is read; what safetensors raises for a broken file is raised)."""
+    if not path.is_file() or path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def _settings_of(meta: dict[str, str]) -> dict[str, Any]:
+    """The input settings in a header's metadata: ``img_size`` and :data:`DEPLOYMENT_KEYS`, decoded."""
+    settings: dict[str, Any] = {"img_size": int(meta["img_size"])} if meta.get("img_size") else {}
+    settings.update({k: json.loads(meta[k]) for k in DEPLOYMENT_KEYS if k in meta})
+    return settings
 
 
 # --------------------------------------------------------------------------- the Checkpointer

@@ -108,16 +108,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _strip_pattern(pattern: str) -> str:
-    while True:
-        for prefix in _WRAPPER_NAMES:
-            if pattern.startswith(prefix + "."):
-                pattern = pattern[len(prefix) + 1 :]
-                break
-        else:
-            return pattern
-
-
 def _as_given_or_stripped(pattern: str, matches: Callable[[str], bool]) -> str:
     """``pattern`` itself when it matches, else with one wrapper prefix taken off after another
     (``module.layer4`` -> ``layer4``) until it does: a model's own child may be called ``module``.
@@ -832,7 +822,7 @@ def _group_keys(
     """Map each parameter name to (group key, learning-rate multiplier)."""
     by_pattern: list[tuple[str, float, set[str]]] = []
     for pattern, mult in (lr_mult or {}).items():
-        by_pattern.append((_strip_pattern(pattern), float(mult), set(_select(root, [pattern]).params)))
+        by_pattern.append((_as_given_or_stripped(pattern, lambda _: False), float(mult), set(_select(root, [pattern]).params)))
     depth: dict[str, int] = {}
     labels: dict[int, str] = {}
     top = 0
