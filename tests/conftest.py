@@ -108,3 +108,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     full_env.pop("FINETUNE_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "finetune.cli", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=env.get("CWD") if env else None)
+
+
+def split_qkv(out: dict, name: str, qkv) -> None:
+    """timm's joined qkv as transformers' query / key / value (``name`` with a '{}' for the part), into ``out``."""
+    for part, tensor in zip(("query", "key", "value"), qkv.chunk(3), strict=True):
+        out[name.format(part)] = tensor.clone()
+
+
+def transformers_folder(path: Path, sd: dict, config: dict) -> Path:
+    """A folder as transformers' save_pretrained writes it: model.safetensors (``sd``) and config.json."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in sd.items()}, path / "model.safetensors")
+    (path / "config.json").write_text(json.dumps(config))
+    return path

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import save_file
 
 import finetune
-
-
-def _split_qkv(out: dict[str, torch.Tensor], name: str, qkv: torch.Tensor) -> None:
-    """timm's joined qkv as transformers' query / key / value (``name`` with a '{}' for the part)."""
-    for part, tensor in zip(("query", "key", "value"), qkv.chunk(3), strict=True):
-        out[name.format(part)] = tensor.clone()
+from conftest import split_qkv, transformers_folder
 
 
 def _dinov2_to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -25,7 +18,7 @@ def _dinov2_to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {"embeddings.mask_token": torch.zeros(1, model.embed_dim)}
     for k, v in model.state_dict().items():
         if m := re.match(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", k):
-            _split_qkv(out, f"encoder.layer.{m[1]}.attention.attention.{{}}.{m[2]}", v)
+            split_qkv(out, f"encoder.layer.{m[1]}.attention.attention.{{}}.{m[2]}", v)
             continue
         k = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings"}.get(k, k)
         k = re.sub(r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection.", k)
@@ -36,13 +29,6 @@ def _dinov2_to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _folder(path: Path, sd: dict[str, torch.Tensor], config: dict) -> Path:
-    path.mkdir()
-    save_file({k: v.contiguous() for k, v in sd.items()}, path / "model.safetensors")
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 def test_a_transformers_dinov2_folder_loads_into_timm_dinov2(tmp_path: Path) -> None:
     torch.manual_seed(0)
     kwargs = {"img_size": 28, "depth": 2}  # (a small vit_small_patch14_dinov2: 2x2 patches, 2 blocks)
@@ -51,7 +37,7 @@ def test_a_transformers_dinov2_folder_loads_into_timm_dinov2(tmp_path: Path) -> 
     hf = _dinov2_to_hf(source)
     config = {"architectures": ["Dinov2Model"], "model_type": "dinov2", "hidden_size": 384, "num_hidden_layers": 2,
               "num_attention_heads": 6, "patch_size": 14, "image_size": 28, "layerscale_value": 1.0}
-    folder = _folder(tmp_path / "model", hf, config)
+    folder = transformers_folder(tmp_path / "model", hf, config)
 
     target = timm.create_model("vit_small_patch14_dinov2", num_classes=0, **kwargs).eval()
     report = finetune.load_weights(target, folder, strict=True)
@@ -65,7 +51,7 @@ def test_a_transformers_dinov2_folder_loads_into_timm_dinov2(tmp_path: Path) -> 
     # side by side, twice the width) has no place in timm's vit: reported, not loaded
     with_head = {f"dinov2.{k}": v for k, v in hf.items()} | {"classifier.weight": torch.zeros(5, 768),
                                                             "classifier.bias": torch.zeros(5)}
-    folder = _folder(tmp_path / "classifier", with_head, {**config, "architectures": ["Dinov2ForImageClassification"]})
+    folder = transformers_folder(tmp_path / "classifier", with_head, {**config, "architectures": ["Dinov2ForImageClassification"]})
     target = timm.create_model("vit_small_patch14_dinov2", num_classes=5, **kwargs).eval()
     report = finetune.load_weights(target, folder)
     assert report.ok and sorted(report.unexpected) == ["classifier.bias", "classifier.weight"], report
@@ -86,7 +72,7 @@ def test_a_transformers_dinov2_with_registers_folder_loads_into_timm_reg4_dinov2
     hf["embeddings.register_tokens"] = hf.pop("reg_token")
     hf["embeddings.position_embeddings"] = torch.cat([cls_position, hf["embeddings.position_embeddings"]], dim=1)
     hf["embeddings.cls_token"] = hf_cls
-    folder = _folder(tmp_path / "model", hf, {"architectures": ["Dinov2WithRegistersModel"], "num_register_tokens": 4})
+    folder = transformers_folder(tmp_path / "model", hf, {"architectures": ["Dinov2WithRegistersModel"], "num_register_tokens": 4})
 
     target = timm.create_model("vit_small_patch14_reg4_dinov2", **kwargs).eval()
     report = finetune.load_weights(target, folder, strict=True)
@@ -107,10 +93,10 @@ def test_inspect_sizes_the_model_from_a_dinov2_files_classifier_not_its_last_wei
 
     model = timm.create_model("vit_small_patch14_dinov2", num_classes=0, img_size=28, depth=2)
     hf = _dinov2_to_hf(model)
-    bare = _folder(tmp_path / "model", hf, {"architectures": ["Dinov2Model"], "model_type": "dinov2"})
+    bare = transformers_folder(tmp_path / "model", hf, {"architectures": ["Dinov2Model"], "model_type": "dinov2"})
     with_head = {f"dinov2.{k}": v for k, v in hf.items()} | {"classifier.weight": torch.zeros(5, 768),
                                                             "classifier.bias": torch.zeros(5)}
-    classifier = _folder(tmp_path / "classifier", with_head,
+    classifier = transformers_folder(tmp_path / "classifier", with_head,
                          {"architectures": ["Dinov2ForImageClassification"], "model_type": "dinov2"})
     assert _num_classes(read_checkpoint(bare), model) is None
     assert _num_classes(read_checkpoint(classifier), model) == 5
@@ -127,7 +113,7 @@ def test_a_transformers_dinov2_with_registers_classifier_loads_into_timm_reg4_di
     hf["embeddings.position_embeddings"] = torch.cat([torch.zeros(1, 1, 384), hf["embeddings.position_embeddings"]], 1)
     with_head = {f"dinov2_with_registers.{k}": v for k, v in hf.items()} | {
         "classifier.weight": torch.zeros(5, 768), "classifier.bias": torch.zeros(5)}
-    folder = _folder(tmp_path / "classifier", with_head, {"architectures": ["Dinov2WithRegistersForImageClassification"],
+    folder = transformers_folder(tmp_path / "classifier", with_head, {"architectures": ["Dinov2WithRegistersForImageClassification"],
                                                          "model_type": "dinov2_with_registers", "num_register_tokens": 4})
 
     target = timm.create_model("vit_small_patch14_reg4_dinov2", num_classes=5, **kwargs).eval()

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import save_file
 
 import finetune
-
-
-def _split_qkv(out: dict[str, torch.Tensor], name: str, qkv: torch.Tensor) -> None:
-    """timm's joined qkv as transformers' query / key / value (``name`` with a '{}' for the part)."""
-    for part, tensor in zip(("query", "key", "value"), qkv.chunk(3), strict=True):
-        out[name.format(part)] = tensor.clone()
+from conftest import split_qkv, transformers_folder
 
 
 def _swin_to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -26,7 +19,7 @@ def _swin_to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     sd = {**model.state_dict(), **{k: b for k, b in model.named_buffers() if k.endswith("relative_position_index")}}
     for k, v in sd.items():
         if m := re.match(r"layers\.(\d+)\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", k):
-            _split_qkv(out, f"swin.encoder.layers.{m[1]}.blocks.{m[2]}.attention.self.{{}}.{m[3]}", v)
+            split_qkv(out, f"swin.encoder.layers.{m[1]}.blocks.{m[2]}.attention.self.{{}}.{m[3]}", v)
             continue
         k = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"swin.encoder.layers.{int(m[1]) - 1}.downsample.", k)
         k = re.sub(r"^patch_embed\.proj\.", "swin.embeddings.patch_embeddings.projection.", k)
@@ -40,20 +33,13 @@ def _swin_to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _folder(path: Path, sd: dict[str, torch.Tensor], config: dict) -> Path:
-    path.mkdir()
-    save_file({k: v.contiguous() for k, v in sd.items()}, path / "model.safetensors")
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 def test_a_transformers_swin_folder_loads_into_timm_swin(tmp_path: Path) -> None:
     torch.manual_seed(0)
     kwargs = {"num_classes": 5, "img_size": 64, "embed_dim": 24, "depths": (2, 2, 2, 2)}  # (a small swin_tiny)
     source = timm.create_model("swin_tiny_patch4_window7_224", **kwargs).eval()
     hf = _swin_to_hf(source)
     assert "swin.encoder.layers.0.downsample.reduction.weight" in hf and "swin.encoder.layers.3.downsample.norm.weight" not in hf
-    folder = _folder(tmp_path / "hf", hf, {"architectures": ["SwinForImageClassification"], "model_type": "swin",
+    folder = transformers_folder(tmp_path / "hf", hf, {"architectures": ["SwinForImageClassification"], "model_type": "swin",
                                            "embed_dim": 24, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24],
                                            "window_size": 7, "patch_size": 4, "image_size": 64})
 
