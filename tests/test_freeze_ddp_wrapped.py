@@ -54,3 +54,16 @@ def test_freezing_before_wrapping_trains(gloo) -> None:
         opt.step()
     assert torch.equal(before, net[0].weight)
     assert freeze(nn.DataParallel(net), "2") == ["2.weight", "2.bias"]  # other wrappers still fine
+
+
+def test_a_bn_policy_that_changes_what_trains_through_ddp_is_refused(gloo) -> None:
+    from finetune.freeze import bn_policy, set_bn_policy
+
+    net = _net()
+    freeze(net, "0", "1")
+    ddp = nn.parallel.DistributedDataParallel(net)
+    trains = [p.requires_grad for p in ddp.parameters()]
+    set_bn_policy(ddp, "frozen")  # (changes nothing: allowed)
+    with pytest.raises(ConfigError, match=r"set_bn_policy\(model, 'eval'\) on a model wrapped in DistributedDataParallel"):
+        set_bn_policy(ddp, "eval")  # (would make the frozen BatchNorm's affine parameters train)
+    assert [p.requires_grad for p in ddp.parameters()] == trains and bn_policy(ddp) == "frozen"

@@ -350,7 +350,7 @@ def _refuse_ddp(model: nn.Module, call: str) -> None:
             raise ConfigError(
                 f"{call} on a model wrapped in DistributedDataParallel: DDP fixes the parameters it averages "
                 "when it is built, so freezing afterwards fails at the next step and unfreezing leaves the new "
-                f"parameters' gradients unaveraged; {call} the model inside (ddp.module) and wrap it again "
+                "parameters' gradients unaveraged: call it on the model inside (ddp.module) and wrap it again "
                 "(DistributedDataParallel(ddp.module, ...))"
             )
         layer = next(layer.children())
@@ -453,8 +453,20 @@ def set_bn_policy(model: nn.Module, bn: str = "frozen") -> dict[str, str]:
     if bn not in BN_POLICIES:
         raise ConfigError(f"BatchNorm policy must be one of {', '.join(BN_POLICIES)}, got {bn!r}")
     root = unwrap(model)
+    previous = bn_policy(root)
+    trains = {n: p.requires_grad for n, p in root.named_parameters()}
     setattr(root, _POLICY_ATTR, bn)
-    return apply_bn_policy(root)
+    modes = apply_bn_policy(root)
+    if any(p.requires_grad != trains[n] for n, p in root.named_parameters()):
+        try:  # (it changed what trains: not through DDP, which fixed what it averages when it was built)
+            _refuse_ddp(model, f"set_bn_policy(model, {bn!r})")
+        except ConfigError:
+            setattr(root, _POLICY_ATTR, previous)
+            apply_bn_policy(root)
+            for n, p in root.named_parameters():
+                p.requires_grad_(trains[n])
+            raise
+    return modes
 
 
 def bn_policy(model: nn.Module) -> str:
