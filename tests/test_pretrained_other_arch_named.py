@@ -32,6 +32,12 @@ TIMM_RESNET50 = {
         "crop_mode": "center", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 1000,
         "pool_size": [7, 7], "first_conv": "conv1", "classifier": "fc"}}
 
+# facebook/convnext-tiny-224's config.json (the fields that say which network; id2label left out)
+CONVNEXT_TINY = {
+    "architectures": ["ConvNextForImageClassification"], "model_type": "convnext", "depths": [3, 3, 9, 3],
+    "hidden_sizes": [96, 192, 384, 768], "patch_size": 4, "num_stages": 4, "layer_scale_init_value": 1e-6,
+    "hidden_act": "gelu", "num_channels": 3}
+
 
 model_of = functools.cache(lambda name: create_model(name, num_classes=2))
 
@@ -47,9 +53,11 @@ def refusal(pretrained: Path, model: str = "resnet18") -> str:
 
 
 @pytest.mark.parametrize(("config", "said"), [
-    (TRANSFORMERS_RESNET50, "its config.json says ResNetForImageClassification (model_type resnet): "
-                            "--model resnet50 builds that;"),
+    (TRANSFORMERS_RESNET50, ("its config.json says ResNetForImageClassification (model_type resnet): "
+                             "--model resnet50 builds that;")),
     (TIMM_RESNET50, "its config.json says timm architecture resnet50: --model timm:resnet50 builds that;"),
+    (CONVNEXT_TINY, ("its config.json says ConvNextForImageClassification (model_type convnext): "
+                     "--model timm:convnext_tiny builds that;")),
 ])
 def test_the_refusal_names_the_architecture(tmp_path: Path, config: dict, said: str) -> None:
     (tmp_path / "config.json").write_text(json.dumps(config, indent=2))

@@ -74,3 +74,27 @@ def test_a_transformers_beit_folder_loads_into_timm_beit(tmp_path: Path, kwargs:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(source(x), target(x))
+
+
+def test_a_transformers_data2vec_vision_folder_loads_into_timm_beit(tmp_path: Path) -> None:
+    """Data2VecVisionForImageClassification (facebook/data2vec-vision-base-ft1k) is BEiT's network under
+    'data2vec_vision.' (transformers copies its modules from BEiT's): it loads as a BEiT file does."""
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 5, "img_size": 32, "depth": 2, "embed_dim": 64, "num_heads": 2}
+    source = timm.create_model("beit_base_patch16_224", **kwargs).eval()
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            if re.search(r"gamma_|_bias$|relative_position_bias_table", name):
+                p.normal_()
+    hf = {re.sub(r"^beit\.", "data2vec_vision.", k): v.contiguous() for k, v in _beit_to_hf(source).items()}
+    (tmp_path / "hf").mkdir()
+    save_file(hf, tmp_path / "hf" / "model.safetensors")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({
+        "architectures": ["Data2VecVisionForImageClassification"], "model_type": "data2vec-vision"}))
+
+    target = timm.create_model("beit_base_patch16_224", **kwargs).eval()
+    report = finetune.load_weights(target, tmp_path / "hf", strict=True)
+    assert report.ok and not report.unexpected and len(report.loaded) == len(target.state_dict()), report
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(source(x), target(x))

@@ -259,13 +259,25 @@ def _weights_folder(path: Any) -> Any:
 _TRANSFORMERS_RESNETS = {("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
                          ("bottleneck", (3, 4, 6, 3)): "resnet50", ("bottleneck", (3, 4, 23, 3)): "resnet101",
                          ("bottleneck", (3, 8, 36, 3)): "resnet152"}
+#: transformers' ViT / DeiT / BEiT / DINOv2 sizes (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``)
+#: as the size in timm's names (``vit_base_patch16_224``, ``deit_small_distilled_patch16_224``, ``vit_large_patch14_dinov2``)
+_TRANSFORMERS_VIT_SIZES = {(192, 12, 3): "tiny", (384, 12, 6): "small", (768, 12, 12): "base",
+                           (1024, 24, 16): "large", (1280, 32, 16): "huge", (1536, 40, 24): "giant"}
+#: transformers' ConvNeXt (``depths``, ``hidden_sizes``) as timm's ``convnext_*`` (facebook/convnext-tiny-224 ...)
+_TRANSFORMERS_CONVNEXTS = {((3, 3, 9, 3), (96, 192, 384, 768)): "tiny", ((3, 3, 27, 3), (96, 192, 384, 768)): "small",
+                           ((3, 3, 27, 3), (128, 256, 512, 1024)): "base", ((3, 3, 27, 3), (192, 384, 768, 1536)): "large",
+                           ((3, 3, 27, 3), (256, 512, 1024, 2048)): "xlarge"}
+#: transformers' Swin (``embed_dim``, ``depths``, ``num_heads``) as the size in timm's ``swin_*_patch4_window7_224``
+_TRANSFORMERS_SWINS = {(96, (2, 2, 6, 2), (3, 6, 12, 24)): "tiny", (96, (2, 2, 18, 2), (3, 6, 12, 24)): "small",
+                       (128, (2, 2, 18, 2), (4, 8, 16, 32)): "base", (192, (2, 2, 18, 2), (6, 12, 24, 48)): "large"}
 
 
 def weights_architecture(pretrained: str | None) -> tuple[str, str | None] | None:
     """What the ``config.json`` of local weights (a timm hub or transformers folder, the folder of a
     weights file, a Hugging Face cache snapshot) says their architecture is, and the ``--model`` that
     builds it where that is plain (timm's: ``timm:`` and its ``architecture``; a transformers ResNet:
-    torchvision's ``resnet*`` of its depths); None when there is no such file or it names none.
+    torchvision's ``resnet*`` of its depths; a transformers ViT, DeiT, BEiT, DINOv2, ConvNeXt or Swin: the
+    ``timm:`` model of its sizes); None when there is no such file or it names none.
 
     >>> import json, pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -302,7 +314,59 @@ def weights_architecture(pretrained: str | None) -> tuple[str, str | None] | Non
         said += f" (model_type {model_type})"
     depths = config.get("depths")
     key = (config.get("layer_type"), tuple(depths) if isinstance(depths, list) else None)
-    return said, _TRANSFORMERS_RESNETS.get(key) if model_type == "resnet" else None
+    return said, _TRANSFORMERS_RESNETS.get(key) if model_type == "resnet" else _transformers_timm_model(config)
+
+
+def _transformers_timm_model(config: dict) -> str | None:
+    """The ``timm:`` model of a transformers ViT, DeiT, BEiT (or data2vec-vision, BEiT's network), DINOv2, ConvNeXt
+    or Swin ``config.json`` (whose fields transformers writes all of), where they are those of one of timm's
+    models; None otherwise (a field missing, a size or layout timm has no name for, no timm).
+
+    >>> _transformers_timm_model({"model_type": "convnext", "depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768],
+    ...                           "patch_size": 4, "num_stages": 4, "layer_scale_init_value": 1e-6})
+    'timm:convnext_tiny'
+    >>> _transformers_timm_model({"model_type": "convnext", "depths": [3, 3, 9, 3]}) is None
+    True
+    """
+    def field(name: str) -> Any:  # (lists as tuples, to look up)
+        value = config.get(name)
+        return tuple(value) if isinstance(value, list) else value
+
+    kind = config.get("model_type")
+    try:
+        vit = _TRANSFORMERS_VIT_SIZES.get((field("hidden_size"), field("num_hidden_layers"), field("num_attention_heads")))
+        convnext = _TRANSFORMERS_CONVNEXTS.get((field("depths"), field("hidden_sizes")))
+        swin = _TRANSFORMERS_SWINS.get((field("embed_dim"), field("depths"), field("num_heads")))
+    except TypeError:  # (a list of lists, a dict: no such model)
+        return None
+    patch, size = field("patch_size"), field("image_size")
+    mlp_4x = isinstance(field("hidden_size"), int) and field("intermediate_size") == 4 * field("hidden_size")
+    qkv_bias = field("qkv_bias") is not False  # (a file older than the field has them)
+    name = None
+    if kind == "vit" and vit and mlp_4x and qkv_bias:
+        name = f"vit_{vit}_patch{patch}_{size}"
+    elif kind == "deit" and vit and mlp_4x and qkv_bias:  # (transformers' DeiT always has the
+        name = f"deit_{vit}_distilled_patch{patch}_{size}"  # distillation token: timm's distilled DeiT, either head)
+    elif (kind in ("beit", "data2vec-vision") and vit and mlp_4x and field("use_relative_position_bias") is True
+          and field("use_shared_relative_position_bias") is False and field("use_absolute_position_embeddings") is False
+          and field("use_mean_pooling") is True and (field("layer_scale_init_value") or 0) > 0):
+        name = f"beit_{vit}_patch{patch}_{size}"  # (a table per layer, mean pooling, layer scale: as timm's beit_*)
+    elif kind in ("dinov2", "dinov2_with_registers") and vit and patch == 14 and field("mlp_ratio") == 4 \
+            and bool(field("use_swiglu_ffn")) == (vit == "giant"):
+        registers = field("num_register_tokens") if kind == "dinov2_with_registers" else 0
+        name = f"vit_{vit}_patch14_reg{registers}_dinov2" if registers else f"vit_{vit}_patch14_dinov2"
+    elif kind == "convnext" and convnext and patch == 4 and field("num_stages") == 4 \
+            and (field("layer_scale_init_value") or 0) > 0:
+        name = f"convnext_{convnext}"
+    elif kind == "swin" and swin and patch == 4 and field("mlp_ratio") == 4 and field("use_absolute_embeddings") is False:
+        name = f"swin_{swin}_patch4_window{field('window_size')}_{size}"
+    if name is None:
+        return None
+    try:
+        import timm
+    except ImportError:
+        return None
+    return TIMM_PREFIX + name if name in timm.list_models() else None
 
 
 @functools.lru_cache(maxsize=4)

@@ -4,7 +4,8 @@
 (``google/vit-base-patch16-224``), ``DeiTForImageClassification[WithTeacher]`` (``facebook/deit-*``),
 ``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``), ``SwinForImageClassification``
 (``microsoft/swin-tiny-patch4-window7-224``), ``Dinov2Model`` / ``Dinov2ForImageClassification``
-(``facebook/dinov2-small``) and ``BeitForImageClassification`` (``microsoft/beit-base-patch16-224``) are the
+(``facebook/dinov2-small``) and ``BeitForImageClassification`` (``microsoft/beit-base-patch16-224``; also
+``Data2VecVisionForImageClassification``, ``facebook/data2vec-vision-base-ft1k``, BEiT's network) are the
 networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` / ``deit_*``, ``convnext_*``, ``swin_*``,
 ``vit_*_dinov2`` and ``beit_*`` (transformers converted them from there; a ViT also torchvision's ``vit_*``)
 under other names: ``resnet.embedder.embedder.convolution`` for ``conv1``, ``classifier.1`` for ``fc``,
@@ -192,7 +193,8 @@ _TORCHVISION = {
 }
 
 #: the prefixes a model's network is saved under, where not its name in lower case
-_PREFIXES = {"Dinov2": ("dinov2.", "dinov2_with_registers.")}  # (Dinov2WithRegistersForImageClassification's)
+_PREFIXES = {"Dinov2": ("dinov2.", "dinov2_with_registers."),  # (Dinov2WithRegistersForImageClassification's)
+             "Beit": ("beit.", "data2vec_vision.")}  # (Data2VecVisionForImageClassification: BEiT's modules, copied)
 
 
 def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[StateDict, str | None]:
