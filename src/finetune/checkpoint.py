@@ -1025,6 +1025,18 @@ def _header_metadata(path: Path) -> dict[str, str] | None:
         return f.metadata() or {}
 
 
+def settings_metadata(img_size: int | None, settings: Any) -> dict[str, str]:
+    """Input settings as a safetensors header's metadata holds them (what :func:`input_settings` reads back):
+    ``img_size`` as text, the :data:`DEPLOYMENT_KEYS` of the ``settings`` mapping as JSON; None left out.
+
+    >>> settings_metadata(64, {"mean": [0.5, 0.5, 0.5], "crop_pct": None})
+    {'img_size': '64', 'mean': '[0.5, 0.5, 0.5]'}
+    """
+    meta = {"img_size": str(img_size)} if img_size else {}
+    meta.update({k: json.dumps(settings[k]) for k in DEPLOYMENT_KEYS if settings.get(k) is not None})
+    return meta
+
+
 def _settings_of(meta: dict[str, str]) -> dict[str, Any]:
     """The input settings in a header's metadata: ``img_size`` and :data:`DEPLOYMENT_KEYS`, decoded."""
     settings: dict[str, Any] = {"img_size": int(meta["img_size"])} if meta.get("img_size") else {}

@@ -39,7 +39,6 @@ from torch import nn
 
 from finetune.checkpoint import (
     DEPLOYMENT_FORMAT,
-    DEPLOYMENT_KEYS,
     Checkpointer,
     GracefulExit,
     capture_rng_state,
@@ -48,6 +47,7 @@ from finetune.checkpoint import (
     load_optimizer_state_by_name,
     optimizer_state_by_name,
     restore_rng_state,
+    settings_metadata,
 )
 from finetune.config import TrainConfig, check_run_dir, parse_unfreeze, save_config
 from finetune.data.decode import DECODE_ERRORS, bad_reason, decode_eval
@@ -1686,9 +1686,8 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     """
     from safetensors.torch import save_file
 
-    meta = {"arch": str(state["arch"]), "classes": json.dumps(list(state["classes"])),
-            "img_size": str(state.get("img_size", "")), "format": DEPLOYMENT_FORMAT,
-            **{k: json.dumps(state[k]) for k in DEPLOYMENT_KEYS if state.get(k) is not None}}
+    meta = {"arch": str(state["arch"]), "classes": json.dumps(list(state["classes"])), "format": DEPLOYMENT_FORMAT,
+            **settings_metadata(state.get("img_size"), state)}
     # the data it was trained on and how it was split: `eval --data` on that data scores its validation split
     # (as with best.pt), not the training images with it
     cfg = state.get("config") if isinstance(state.get("config"), dict) else {}

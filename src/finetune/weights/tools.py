@@ -323,9 +323,7 @@ def input_metadata(src: str | os.PathLike[str]) -> dict[str, str]:
     >>> input_metadata(folder)
     {'img_size': '160', 'mean': '[0.5, 0.5, 0.5]', 'crop_pct': '0.95', 'interpolation': '"bicubic"'}
     """
-    import json
-
-    from finetune.checkpoint import DEPLOYMENT_KEYS
+    from finetune.checkpoint import DEPLOYMENT_KEYS, settings_metadata
     from finetune.models import local_pretrained_cfg
 
     cfg = local_pretrained_cfg(str(Path(src).expanduser()))
@@ -333,9 +331,7 @@ def input_metadata(src: str | os.PathLike[str]) -> dict[str, str]:
         return {}
     size = getattr(cfg, "input_size", None)
     square = isinstance(size, list | tuple) and len(size) == 3 and size[-1] == size[-2] and isinstance(size[-1], int)
-    meta = {"img_size": str(size[-1])} if square else {}
-    meta.update({k: json.dumps(jsonable(getattr(cfg, k))) for k in DEPLOYMENT_KEYS if getattr(cfg, k, None) is not None})
-    return meta
+    return settings_metadata(size[-1] if square else None, {k: jsonable(getattr(cfg, k, None)) for k in DEPLOYMENT_KEYS})
 
 
 def _strip(sd: StateDict, prefix: str, ck: Checkpoint) -> StateDict:
