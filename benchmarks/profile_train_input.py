@@ -56,23 +56,30 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    it = iter(loader)
+    def endless():  # a folder smaller than 5 + steps batches goes round again (one epoch ran out: StopIteration)
+        epoch = 0
+        while True:
+            loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    it = endless()
     for _ in range(5):  # warm-up: cuDNN's search, the loader's workers
         step(*next(it))
     sync()
-    waits, start = [], time.perf_counter()
+    waits, n, start = [], 0, time.perf_counter()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for _ in range(args.steps):
             t = time.perf_counter()
             x, y = next(it)
             waits.append(time.perf_counter() - t)
+            n += len(x)  # a folder smaller than --batch-size gives smaller batches
             step(x, y)
         sync()
     seconds = time.perf_counter() - start
     loader.close()
-    n = args.steps * args.batch_size
-    print(f"{args.steps} steps of {args.batch_size}: {n / seconds:,.0f} img/s under the profiler; host waited "
+    print(f"{args.steps} steps, {n} images: {n / seconds:,.0f} img/s under the profiler; host waited "
           f"{sum(waits) * 1e3:.0f} ms for batches in all (max {max(waits) * 1e3:.1f} ms)")
     if cuda:
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
