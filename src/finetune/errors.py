@@ -109,8 +109,13 @@ class WeightsError(FinetuneError):
     >>> from finetune import load_weights
     >>> load_weights(torch.nn.Linear(2, 2), {"weight": torch.zeros(3, 2)})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    finetune.errors.WeightsError: <state dict>: 0 tensors loaded: all 1 matching names have other shapes ...
+    finetune.errors.NothingMatchedError: <state dict>: 0 tensors loaded: all 1 matching names have other shapes ...
     """
+
+
+class NothingMatchedError(WeightsError):
+    """Not one tensor of the weights fits the model (no name in common, or every common name of another shape):
+    another architecture's file, as a whole."""
 
 
 class UnsafeCheckpointError(WeightsError):

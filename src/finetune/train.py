@@ -1366,10 +1366,16 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pre
                          drop_path=cfg.drop_path)
     loaded: list[str] = []
     if cfg.pretrained and pretrained:
+        from finetune.errors import NothingMatchedError
         from finetune.weights import load_weights
 
-        report = load_weights(model, cfg.pretrained, exclude=tuple(cfg.exclude), shape_mismatch=cfg.shape_mismatch,
-                              trust=cfg.trust)
+        try:
+            report = load_weights(model, cfg.pretrained, exclude=tuple(cfg.exclude),
+                                  shape_mismatch=cfg.shape_mismatch, trust=cfg.trust)
+        except NothingMatchedError as e:  # (another architecture's file: say which, as check_pretrained_fit does)
+            if not (named := _named_architecture(cfg)):
+                raise
+            raise NothingMatchedError(f"{e}{named}") from None
         if not quiet:
             print(report)
         check_pretrained_fit(model, report, cfg, quiet=quiet)

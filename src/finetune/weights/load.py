@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from finetune.errors import WeightsError
+from finetune.errors import NothingMatchedError, WeightsError
 from finetune.weights import sources
 from finetune.weights.formats import Checkpoint, read_checkpoint
 from finetune.weights.keys import apply_renames, matches, unwrap_names
@@ -777,7 +777,7 @@ def load_weights(
     shaped = any(model_shapes.values())  # a model of 0-d tensors only (a temperature) has no other evidence
     if not report.adapted and not any(model_shapes[n] for n in report.loaded) and (shaped or not report.loaded):
         # at most num_batches_tracked
-        raise WeightsError(_nothing_matched(ck, file_sd, model_shapes, report))
+        raise NothingMatchedError(_nothing_matched(ck, file_sd, model_shapes, report))
     seen_names = {*file_sd, *renamed.values(), *(prefix_map(v) for v in renamed.values()), *names.values(), *model_shapes}
     idle = [p for p in (*exclude, *(include or ())) if not any(matches(n, [p]) for n in seen_names)]
     if idle:  # a typo (or a wrapper's 'module.') would otherwise load what was meant to be left out
