@@ -32,3 +32,11 @@ def test_a_file_that_fits_nothing_names_the_model_its_config_builds(tmp_path: Pa
     with pytest.raises(WeightsError, match=said) as e:
         build_model(cfg, 2, torch.device("cpu"), quiet=True)
     assert "its config.json says ViTForImageClassification (model_type vit): --model timm:vit_base_patch16_224 builds that" in str(e.value)
+
+
+def test_nothing_matched_says_what_renames_them_from_the_command_line_too() -> None:
+    """The CLI has no rename={...}: the message names convert's --strip-prefix beside the Python argument."""
+    from finetune import load_weights
+
+    with pytest.raises(WeightsError, match=r"0 of 1 tensors match.*--strip-prefix PREFIX.*rename=\{regex: replacement\}"):
+        load_weights(torch.nn.Linear(2, 2), {"a.b": torch.zeros(3)})

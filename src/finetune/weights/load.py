@@ -957,4 +957,5 @@ def _nothing_matched(ck: Checkpoint, file_sd: Mapping[str, Tensor], model_shapes
     shown = "; ".join(f"'{a}' ~ '{b}'" for _, a, b in sorted(pairs, reverse=True)[:5]) or "none similar"
     return (f"{ck.source}: 0 of {len(file_sd)} tensors match the model's {len(model_keys)} "
             f"(wrong architecture?); closest file ~ model keys: {shown}; "
-            f"use rename={{regex: replacement}} if only the names differ")
+            "if only the names differ: `finetune convert SRC DST --strip-prefix PREFIX` takes an outer prefix off, "
+            "load_weights(model, SRC, rename={regex: replacement}) renames them in Python")
