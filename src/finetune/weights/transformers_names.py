@@ -217,8 +217,11 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
     >>> list(from_transformers({"model.resnet.embedder.embedder.convolution.weight": torch.zeros(1),
     ...                         "model.classifier.1.bias": torch.zeros(1)})[0])
     ['conv1.weight', 'fc.bias']
+    >>> list(from_transformers({"vit.embeddings.patch_embeddings.projection.weight": torch.zeros(1),
+    ...                         "vit.layernorm.weight": torch.zeros(1), "vit.norm.weight": torch.zeros(1)})[0])
+    ['vit.embeddings.patch_embeddings.projection.weight', 'vit.layernorm.weight', 'vit.norm.weight']
     """
-    model_names = list(model_names)
+    model_names, given = list(model_names), sd
     for kind, marker, rules, shown, whose in _KINDS:
         at = next((k[:-len(marker)] for k in sd if k == marker or k.endswith("." + marker)), None)
         if at is None:
@@ -257,7 +260,7 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
             out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
             out["pos_embed"] = out["pos_embed"][:, 1:]
         if len(out) != len(sd) - len(dropped) - sum(len(p) - 1 for p in qkv.values() if len(p) == 3):
-            return sd, None  # two keys renamed onto one name: not the layout these rules are for
+            return given, None  # two keys renamed onto one name: not the layout these rules are for
         return out, f"Hugging Face transformers {kind} names converted to {whose} ({shown}, ...)"
     return sd, None
 
