@@ -26,6 +26,15 @@ def test_a_number_as_size_is_read_as_transformers_reads_it(tmp_path: Path, proce
     assert (cfg.input_size[1], cfg.crop_pct, cfg.interpolation, cfg.crop_mode) == expected
 
 
+@pytest.mark.parametrize(("model_type", "mode"), [("vit", "squash"), ("beit", "squash"), ("convnext", "center")])
+def test_a_number_as_size_without_a_processor_named_follows_the_model_type(tmp_path: Path, model_type: str,
+                                                                           mode: str) -> None:
+    """A preprocessor_config.json naming no processor: transformers picks it from config.json's model_type
+    (ViT's, BEiT's: a square); it was read as the shorter side whatever the model."""
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": 224, "resample": 2}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    assert image_processor_cfg(tmp_path).crop_mode == mode
+
 def test_do_normalize_false_is_no_normalisation(tmp_path: Path) -> None:
     """A processor that does not normalise still lists image_mean / image_std (transformers writes every
     attribute): the model was trained on the 0-1 pixels (was normalised with the listed mean/std)."""

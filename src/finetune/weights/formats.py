@@ -763,6 +763,18 @@ _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "bo
 #: is a square; the others (ConvNeXt's, ResNet's, CLIP's, BiT's) resize the shorter side to it
 _SQUARE_INT_SIZE = frozenset({"ViTImageProcessor", "ViTFeatureExtractor", "DeiTImageProcessor", "DeiTFeatureExtractor",
                               "BeitImageProcessor", "BeitFeatureExtractor"})
+#: config.json model types whose processor (as transformers' AutoImageProcessor picks it when
+#: preprocessor_config.json names none) is one of those: ViT's, DeiT's, BEiT's
+_SQUARE_INT_SIZE_MODELS = frozenset({"vit", "vit_mae", "vit_msn", "swin", "swinv2", "deit", "beit", "data2vec-vision"})
+
+
+def _model_type(folder: Any) -> str | None:
+    """The ``model_type`` of a transformers folder's ``config.json``; None without one."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) and isinstance(config.get("model_type"), str) else None
 
 
 def image_processor_cfg(folder: Any) -> Any:
@@ -771,7 +783,8 @@ def image_processor_cfg(folder: Any) -> Any:
     ``image_mean`` / ``image_std``, ``resample``, and ``size`` / ``crop_size`` / ``crop_pct`` (a
     ``{"height", "width"}`` size is a squash resize; ``{"shortest_edge"}`` a resize of the shorter
     side, then the centre crop; a plain number, as older files have it, is the side of a square for
-    ViT's / DeiT's / BEiT's processors, the shorter side for the others; ``do_normalize: false`` is a
+    ViT's / DeiT's / BEiT's processors (where the file names none: those of such a ``config.json``
+    ``model_type``, as transformers picks it), the shorter side for the others; ``do_normalize: false`` is a
     mean of 0 and a std of 1); None without one.
 
     >>> import json, pathlib, tempfile
@@ -793,6 +806,10 @@ def image_processor_cfg(folder: Any) -> Any:
     >>> cfg = image_processor_cfg(folder)
     >>> cfg.input_size, cfg.crop_pct, cfg.crop_mode
     ([3, 224, 224], 1.0, 'squash')
+    >>> _ = (folder / "preprocessor_config.json").write_text(json.dumps({"size": 224}))  # no processor named:
+    >>> _ = (folder / "config.json").write_text(json.dumps({"model_type": "vit"}))  # the model type's, as transformers
+    >>> image_processor_cfg(folder).crop_mode
+    'squash'
     """
     try:
         cfg = json.loads((Path(folder) / "preprocessor_config.json").read_text(encoding="utf-8"))
@@ -808,8 +825,8 @@ def image_processor_cfg(folder: Any) -> Any:
 
     size, crop = cfg.get("size"), square(cfg.get("crop_size"))
     kind = str(cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "").removesuffix("Fast")
-    if isinstance(size, int) and kind in _SQUARE_INT_SIZE:  # (transformers reads it as {"height": n, "width": n})
-        size = {"height": size, "width": size}
+    if isinstance(size, int) and (kind in _SQUARE_INT_SIZE or not kind and _model_type(folder) in _SQUARE_INT_SIZE_MODELS):
+        size = {"height": size, "width": size}  # (transformers reads it as {"height": n, "width": n})
     shortest = size.get("shortest_edge") if isinstance(size, dict) else size if isinstance(size, int) else None
     side, crop_pct, crop_mode = None, None, None
     if isinstance(size, dict) and "height" in size:  # resized to height x width (squashed), maybe then cropped
