@@ -652,10 +652,11 @@ def check_config_paths(values: dict[str, Any], source: str) -> None:
     Traceback (most recent call last):
     finetune.errors.ConfigError: exp/c.yaml: data '../no-such-folder' does not exist: a relative path in a config file is taken relative to the current directory (...), not to the file's folder; ...
     """
+    from finetune.weights.sources import is_named
+
     for name in ("data", "pretrained"):
         value = values.get(name)
-        if (not isinstance(value, str) or value == "shapes" or value == "torchvision"
-                or value.startswith(("torchvision:", "timm:"))):
+        if not isinstance(value, str) or value == "shapes" or is_named(value):
             continue
         path = Path(value).expanduser()
         if path.is_absolute() or path.exists():

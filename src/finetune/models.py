@@ -213,7 +213,9 @@ def local_pretrained_cfg(pretrained: str | None) -> Any:
     import json
     from pathlib import Path
 
-    if not pretrained or pretrained == "torchvision" or pretrained.startswith(("torchvision:", TIMM_PREFIX)):
+    from finetune.weights.sources import is_named
+
+    if not pretrained or is_named(pretrained):
         return None
     path = Path(pretrained)
     if path.is_file() and path.suffix.lower() in (".pt", ".pth", ".ckpt", ".tar"):
@@ -294,7 +296,9 @@ def weights_architecture(pretrained: str | None) -> tuple[str, str | None] | Non
     import json
     from pathlib import Path
 
-    if not pretrained or pretrained == "torchvision" or pretrained.startswith(("torchvision:", TIMM_PREFIX)):
+    from finetune.weights.sources import is_named
+
+    if not pretrained or is_named(pretrained):
         return None
     folder = _weights_folder(Path(pretrained).expanduser())
     try:

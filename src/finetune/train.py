@@ -1287,8 +1287,9 @@ def class_change(saved: Sequence[str], now: Sequence[str]) -> str:
     def names(items: list[str]) -> str:
         return ", ".join(repr(c) for c in items[:5]) + (f", … ({len(items)} in all)" if len(items) > 5 else "")
 
-    added = [c for c in now if c not in set(saved)]
-    missing = [c for c in saved if c not in set(now)]
+    saved_set, now_set = set(saved), set(now)
+    added = [c for c in now if c not in saved_set]
+    missing = [c for c in saved if c not in now_set]
     parts = [f"{len(found)} class{'es' if len(found) != 1 else ''} {what}: {names(found)}"
              for found, what in ((added, "new in the data"), (missing, "of the checkpoint missing")) if found]
     return "; ".join(parts) or f"the same {len(now)} classes in another order"
