@@ -2,6 +2,7 @@
 # One call on the GPU machine: CUDA tests, then the GPU benchmarks; logs under $OUT, a short table last.
 #   run(command="bash benchmarks/gpu_check.sh", timeout_s=560)          # everything (~6 min on an H200)
 #   run(command="bash benchmarks/gpu_check.sh cuda-tests bench-train")  # only these steps
+# (cuda-tests: 25 tests, each CUDA `finetune train` test a ~30 s subprocess; 4 at once, ~90 s)
 # Optional steps (named only): ablations (with bench-train), profile (cProfile of finetune train),
 # profile-decode (torch.profiler of a decode="gpu" training loop).
 # The GPU machine has torch/torchvision/timm/tensorboard/pytest but no network: the project
@@ -28,7 +29,7 @@ step() {  # name, timeout seconds, command...  (runs only if named in STEPS)
 if [[ $STEPS == *bench-train* || $STEPS == *bench-data* || $STEPS == *profile* ]]; then  # the 8000-JPEG folder (~20 s)
   $PY -c "import os; from finetune.data.bench import make_photo_folder; make_photo_folder('$DATA', count=8000, width=500, height=375, processes=os.cpu_count())" > /dev/null 2>&1
 fi
-step cuda-tests      150 $PY -m pytest -q -m cuda -p no:cacheprovider -o addopts= tests/test_checkpoint_cuda.py tests/test_data_loader.py tests/test_train_cuda.py tests/test_cam.py tests/test_eval_transform.py
+step cuda-tests      240 $PY -m pytest -q -n 4 --durations=8 -m cuda -p no:cacheprovider -o addopts= tests/test_checkpoint_cuda.py tests/test_data_loader.py tests/test_train_cuda.py tests/test_cam.py tests/test_eval_transform.py
 step bench-ckpt      60  $PY benchmarks/bench_checkpoint.py --device cuda
 step bench-freeze    60  $PY benchmarks/bench_freeze.py --device cuda
 step bench-train     200 $PY benchmarks/bench_train.py --device cuda --images 8000 --epochs 3 $([[ $STEPS == *ablations* ]] && echo --ablations)

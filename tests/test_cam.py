@@ -271,6 +271,8 @@ def test_maps_on_cuda_equal_the_cpu_maps(method: str) -> None:
     model = create_model("resnet18", num_classes=4).eval()
     x = torch.randn(3, 3, 96, 96)
     on_cpu = class_activation_maps(model, x, method=method, classes=[0, 1, 2])
-    on_gpu = class_activation_maps(model.cuda(), x.cuda(), method=method, classes=[0, 1, 2])
+    # full fp32 on the GPU: cuDNN's default TF32 convolutions moved gradient maps by up to 0.0034 (H200)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        on_gpu = class_activation_maps(model.cuda(), x.cuda(), method=method, classes=[0, 1, 2])
     assert on_gpu.maps.is_cuda and on_gpu.layer == on_cpu.layer
-    assert (on_gpu.maps.cpu() - on_cpu.maps).abs().max() < 1e-3  # (TF32/cuDNN kernels differ a little)
+    assert (on_gpu.maps.cpu() - on_cpu.maps).abs().max() < 1e-3  # (cuDNN's and the CPU's kernels differ a little)
