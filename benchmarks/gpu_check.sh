@@ -4,6 +4,7 @@
 #   run(command="bash benchmarks/gpu_check.sh cuda-tests bench-train")  # only these steps
 # (cuda-tests: 25 tests, each CUDA `finetune train` test a ~30 s subprocess; 4 at once, ~90 s)
 # Optional steps (named only): ablations (with bench-train), profile (cProfile of finetune train),
+# profile-frozen (the same, --linear-probe: where a frozen step's 22.8 ms go, BENCHMARKS.md),
 # profile-decode (torch.profiler of a decode="gpu" training loop).
 # The GPU machine has torch/torchvision/timm/tensorboard/pytest but no network: the project
 # runs from src/ (PYTHONPATH) against what is installed there. Generated data stays in /tmp
@@ -35,6 +36,7 @@ step bench-freeze    60  $PY benchmarks/bench_freeze.py --device cuda
 step bench-train     200 $PY benchmarks/bench_train.py --device cuda --images 8000 --epochs 3 $([[ $STEPS == *ablations* ]] && echo --ablations)
 step bench-data-gpu  90  $PY benchmarks/bench_data.py --gpu --seconds 3
 step profile         60  bash -c "$PY -m cProfile -o /tmp/train.prof -m finetune train --data $DATA --model resnet50 --epochs 3 --batch-size 256 --optimizer sgd --device cuda --workers 16 --cache gpu --prefetch none --amp bf16 --channels-last -q --out /tmp/prof-run && $PY -c \"import pstats; s = pstats.Stats('/tmp/train.prof'); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumulative').print_stats(45)\""
+step profile-frozen  60  bash -c "$PY -m cProfile -o /tmp/frozen.prof -m finetune train --data $DATA --model resnet50 --epochs 3 --batch-size 256 --optimizer sgd --device cuda --workers 16 --cache gpu --linear-probe --amp bf16 --channels-last -q --out /tmp/prof-frozen && $PY -c \"import pstats; s = pstats.Stats('/tmp/frozen.prof'); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumulative').print_stats(45)\""
 step profile-decode  90  $PY benchmarks/profile_train_input.py --data $DATA --decode gpu
 echo; cat "$OUT/gpu.txt"; echo
 printf '%s\n' "${rows[@]}"
