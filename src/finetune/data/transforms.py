@@ -274,7 +274,9 @@ def crop_resize_flip_batch(images: torch.Tensor, boxes: torch.Tensor, size: int,
     """
     from torchvision.ops import roi_align
 
-    x = images.float()
+    # NCHW-contiguous in one pass: roi_align makes its input contiguous, and a permuted NHWC store's
+    # .float() keeps the NHWC strides (a second full-size float copy per batch)
+    x = images.to(torch.float32, memory_format=torch.contiguous_format)
     b = boxes.to(device=x.device, dtype=torch.float32)
     top, left, height, width = b.unbind(1)
     rois = torch.stack([torch.arange(len(b), device=x.device, dtype=torch.float32),
