@@ -635,6 +635,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if run and given.get("momentum", run.get("momentum")) != run.get("momentum") and cfg.optimizer != "sgd":
         raise ConfigError(f"{config}: momentum applies to optimizer sgd only; {cfg.optimizer}'s moments are its "
                           "betas (0.9, 0.999): leave momentum out, or add optimizer: sgd")
+    # a new run's --config FILE: a momentum other than the default (which a run's config.yaml holds whatever the
+    # optimizer) is not used by adam/adamw; say so (the file may be another run's, reused with --optimizer adamw)
+    momentum = given.get("momentum")
+    if not run and momentum is not None and momentum != TrainConfig.momentum and cfg.optimizer != "sgd":
+        warnings.warn(f"{config}: momentum {momentum} applies to optimizer sgd only and is not used: "
+                      f"{cfg.optimizer}'s moments are its betas (0.9, 0.999)", stacklevel=2)
     if config is not None and cfg.resume is None and cfg.out is not None:
         check_config_outside_run(Path(config), Path(cfg.out))
     check_run_dir(cfg)
