@@ -321,6 +321,39 @@ def weights_architecture(pretrained: str | None) -> tuple[str, str | None] | Non
     return said, _TRANSFORMERS_RESNETS.get(key) if model_type == "resnet" else _transformers_timm_model(config)
 
 
+def converted_architecture(pretrained: str | None) -> tuple[str, str | None] | None:
+    """What a ``.safetensors`` file written by ``finetune convert`` records of the architecture of the weights it
+    converted (as :func:`weights_architecture` read their ``config.json``): its metadata's ``architecture`` and
+    ``architecture_model``; None for any other file. Only the header is read.
+
+    >>> import pathlib, tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "w.safetensors"
+    >>> save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "pt", "architecture": "timm architecture resnet50",
+    ...                                                      "architecture_model": "timm:resnet50"})
+    >>> converted_architecture(str(path))
+    ('timm architecture resnet50', 'timm:resnet50')
+    >>> save_file({"w": torch.zeros(1)}, str(path)); converted_architecture(str(path)) is None
+    True
+    """
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+
+    from finetune.checkpoint import _header_metadata
+    from finetune.weights.sources import is_named
+
+    if not pretrained or is_named(pretrained):
+        return None
+    try:
+        meta = _header_metadata(Path(pretrained).expanduser())
+    except (OSError, SafetensorError, ValueError):
+        return None  # (a broken file: loading the weights says what is wrong)
+    if not meta or not meta.get("architecture"):
+        return None
+    return meta["architecture"], meta.get("architecture_model") or None
+
+
 def _transformers_timm_model(config: dict) -> str | None:
     """The ``timm:`` model of a transformers ViT, DeiT, BEiT (or data2vec-vision, BEiT's network), DINOv2, ConvNeXt
     or Swin ``config.json`` (whose fields transformers writes all of), where they are those of one of timm's

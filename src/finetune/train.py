@@ -71,6 +71,7 @@ from finetune.mixing import mix_batch
 from finetune.models import (
     aux_head_names,
     check_input_size,
+    converted_architecture,
     count_parameters,
     create_model,
     head_names,
@@ -1451,11 +1452,13 @@ def _named_architecture(cfg: TrainConfig) -> str:
     """What the weights' ``config.json`` says they are, and the ``--model`` for them where that is plain
     (:func:`finetune.models.weights_architecture`), as the refusal of another architecture's file says it;
     "" when it says nothing."""
-    known = weights_architecture(cfg.pretrained)
+    converted = converted_architecture(cfg.pretrained)  # (a file `finetune convert` wrote from such a folder)
+    known = converted or weights_architecture(cfg.pretrained)
     if known is None:
         return ""
     said, model = known
-    return f"; its config.json says {said}" + (f": --model {model} builds that" if model and model != cfg.model else "")
+    where = "its metadata (from the config.json it was converted from) says" if converted else "its config.json says"
+    return f"; {where} {said}" + (f": --model {model} builds that" if model and model != cfg.model else "")
 
 
 def _named_own_weights(model: str, pretrained: str | None) -> bool:
@@ -2038,12 +2041,14 @@ def _found_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
 
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, batch_size: int = 64,
-                  device: str = "auto", tta: bool = False) -> list[dict[str, Any]]:
+                  device: str = "auto", tta: bool = False, unreadable_records: bool = False) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file (directories are searched recursively);
     with ``tta``, the mean of the image's and its mirror image's (:func:`class_probabilities`).
     An unreadable file found in a folder is skipped with a warning; files named in ``inputs`` that
     cannot be read raise :class:`~finetune.errors.UnreadableImagesError` (a ``DataError``) once the
-    others are predicted, its ``predictions`` what would have been returned.
+    others are predicted, its ``predictions`` what would have been returned. With ``unreadable_records``,
+    each image that cannot be read (named or found in a folder) is a record too, in its place: ``{"path",
+    "error"}`` (no ``"top"``), so the output names every image file found.
 
     >>> import os, tempfile
     >>> from PIL import Image
@@ -2080,6 +2085,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
     nonfinite_warned = False
     for start in range(0, len(found), batch_size):
         chunk, crops = [], []
+        slots: list[dict[str, str] | None] = []  # in order: None for a file of chunk, the record of one not read
         for f, in_folder in found[start:start + batch_size]:
             try:
                 crops.append(eval_crop(f, size, crop_pct, interpolation, crop_mode))
@@ -2088,9 +2094,13 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
                     unreadable.append(str(e))
                 else:
                     warn(f"{e} (skipped)")  # an unreadable file found in a folder does not stop the others
+                if unreadable_records:
+                    slots.append({"path": str(f), "error": str(e)})
                 continue
             chunk.append(f)
+            slots.append(None)
         if not chunk:
+            out.extend(slots)
             continue
         batch = normalizer(torch.stack(crops).to(dev))
         with forward_failures_named(model, state, checkpoint):
@@ -2100,12 +2110,13 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
             warn(f"the model's outputs are not finite (NaN/inf) for '{chunk[0]}' and maybe others: the checkpoint's "
                  "weights hold NaN or inf values (check it with `finetune inspect`); its ranking means nothing")
         top = probs.topk(k, dim=1)
-        for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
-            out.append({"path": str(f), "top": [{"class": classes[i], "index": i, "prob": v}
-                                                for v, i in zip(values, indices, strict=True)]})
+        predicted = iter({"path": str(f), "top": [{"class": classes[i], "index": i, "prob": v}
+                                                  for v, i in zip(values, indices, strict=True)]}
+                         for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True))
+        out.extend(next(predicted) if slot is None else slot for slot in slots)
     if unreadable:
         raise UnreadableImagesError(unreadable, out, named=sum(not in_folder for _, in_folder in found))
-    if not out:
+    if not any("top" in o for o in out):
         raise DataError(f"none of the {len(found)} images found can be read")
     return out
 

@@ -246,8 +246,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     The input settings the weights carry (a timm hub folder's ``pretrained_cfg``, a transformers
     folder's ``preprocessor_config.json``, a finetune checkpoint's: :func:`input_metadata`) go into a
     ``.safetensors`` file's metadata as a run's ``best.safetensors`` records them, so ``finetune train
-    --pretrained DST`` takes its input as ``--pretrained SRC`` would; a ``.pt`` file holds the weights
-    only (a warning says what is left out).
+    --pretrained DST`` takes its input as ``--pretrained SRC`` would; so does the architecture their
+    ``config.json`` names (:func:`architecture_metadata`), for the refusal of another ``--model`` to name
+    it; a ``.pt`` file holds the weights only (a warning says what input settings are left out).
 
     ``half`` stores float32 and float64 tensors as float16; tensors of 16 bits or fewer
     (bfloat16, float8) keep their dtype (bfloat16 to float16 would turn values beyond 65504
@@ -293,6 +294,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     if dst.suffix == ".safetensors":
         _check_safetensors_can_hold(sd, ck.source)
     settings = input_metadata(src)
+    if dst.suffix == ".safetensors":  # (what the weights are, for a refusal of another --model to name)
+        settings.update(architecture_metadata(src))
     if settings and dst.suffix != ".safetensors":
         shown = ", ".join(f"{k} {v}" for k, v in settings.items())
         warnings.warn(f"{ck.source}: its input settings ({shown}) are not written to {dst}, which holds the weights "
@@ -332,6 +335,26 @@ def input_metadata(src: str | os.PathLike[str]) -> dict[str, str]:
     size = getattr(cfg, "input_size", None)
     square = isinstance(size, list | tuple) and len(size) == 3 and size[-1] == size[-2] and isinstance(size[-1], int)
     return settings_metadata(size[-1] if square else None, {k: jsonable(getattr(cfg, k, None)) for k in DEPLOYMENT_KEYS})
+
+
+def architecture_metadata(src: str | os.PathLike[str]) -> dict[str, str]:
+    """The architecture the ``config.json`` of the weights at ``src`` names (:func:`finetune.models.weights_architecture`;
+    for a file converted before, what it records), as ``convert`` writes it into a ``.safetensors`` file's metadata:
+    ``architecture`` and ``architecture_model`` (the ``--model`` that builds it, where that is plain); {} when none.
+
+    >>> import json, pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "pretrained_cfg": {}}))
+    >>> architecture_metadata(folder)
+    {'architecture': 'timm architecture resnet18', 'architecture_model': 'timm:resnet18'}
+    """
+    from finetune.models import converted_architecture, weights_architecture
+
+    known = converted_architecture(str(src)) or weights_architecture(str(src))
+    if known is None:
+        return {}
+    said, model = known
+    return {"architecture": said, **({"architecture_model": model} if model else {})}
 
 
 def _strip(sd: StateDict, prefix: str, ck: Checkpoint) -> StateDict:
