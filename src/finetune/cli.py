@@ -274,6 +274,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="(64)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(auto: cuda when there is one)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--list-unreadable", action="store_true",
+                   help="also a record for each image that cannot be read, in its place: with --json "
+                        '{"path": ..., "error": ...} (no "top"), else PATH: error: ...')
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -282,13 +285,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         preds, unreadable = predict_files(args.checkpoint, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                                          device=args.device, tta=args.tta), None
+                                          device=args.device, tta=args.tta,
+                                          unreadable_records=args.list_unreadable), None
     except UnreadableImagesError as e:  # the readable images' predictions still print; the error line counts the rest
         preds, unreadable = e.predictions, e
     if args.json:
         _print_json(preds)
     else:
         for item in preds:
+            if "error" in item:
+                print(f"{_shown(item['path'])}: error: {_shown(item['error'])}")
+                continue
             top = "  ".join(f"{_shown(p['class'])} {p['prob']:.3f}" for p in item["top"])
             print(f"{_shown(item['path'])}: {top}")
     return 0 if unreadable is None else _unreadable_named(unreadable)

@@ -69,7 +69,8 @@ class UnreadableImagesError(DataError):
     def __init__(self, unreadable: list[str], predictions: list | None = None, *, named: int | None = None,
                  done: str = "predicted", result: Any = None) -> None:
         self.unreadable, self.predictions, self.result = list(unreadable), list(predictions or []), result
-        n, count = len(self.unreadable), len(self.predictions)
+        n = len(self.unreadable)  # (predict's records of unreadable images, with "error", are not predictions)
+        count = sum(not (isinstance(p, dict) and "error" in p) for p in self.predictions)
         of = f"{n} of the {named} image files named" if named is not None else f"{n} of the image files named"
         head = self.unreadable[0] if n == 1 else f"{of} cannot be read (the first: {self.unreadable[0]})"
         tail = f"; {count} other image{' was' if count == 1 else 's were'} {done}" if count else ""
