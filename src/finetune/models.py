@@ -273,13 +273,43 @@ _TRANSFORMERS_CONVNEXTS = {((3, 3, 9, 3), (96, 192, 384, 768)): "tiny", ((3, 3, 
 _TRANSFORMERS_SWINS = {(96, (2, 2, 6, 2), (3, 6, 12, 24)): "tiny", (96, (2, 2, 18, 2), (3, 6, 12, 24)): "small",
                        (128, (2, 2, 18, 2), (4, 8, 16, 32)): "base", (192, (2, 2, 18, 2), (6, 12, 24, 48)): "large"}
 
+#: transformers' RegNet (``depths``, ``hidden_sizes``, ``groups_width``) as timm's ``regnetx_*`` / ``regnety_*`` (by its
+#: ``layer_type``) they were converted from (facebook/regnet-x-002 ... -320, regnet-y-002 ... -320, the SEER ones of timm's sizes)
+_TRANSFORMERS_REGNETS = {
+    ("x", (1, 1, 4, 7), (24, 56, 152, 368), 8): "002", ("x", (1, 2, 7, 12), (32, 64, 160, 384), 16): "004",
+    ("x", (1, 3, 5, 7), (48, 96, 240, 528), 24): "006", ("x", (1, 3, 7, 5), (64, 128, 288, 672), 16): "008",
+    ("x", (2, 4, 10, 2), (72, 168, 408, 912), 24): "016", ("x", (2, 6, 15, 2), (96, 192, 432, 1008), 48): "032",
+    ("x", (2, 5, 14, 2), (80, 240, 560, 1360), 40): "040", ("x", (2, 4, 10, 1), (168, 392, 784, 1624), 56): "064",
+    ("x", (2, 5, 15, 1), (80, 240, 720, 1920), 120): "080", ("x", (2, 5, 11, 1), (224, 448, 896, 2240), 112): "120",
+    ("x", (2, 6, 13, 1), (256, 512, 896, 2048), 128): "160", ("x", (2, 7, 13, 1), (336, 672, 1344, 2520), 168): "320",
+    ("y", (1, 1, 4, 7), (24, 56, 152, 368), 8): "002", ("y", (1, 3, 6, 6), (48, 104, 208, 440), 8): "004",
+    ("y", (1, 3, 7, 4), (48, 112, 256, 608), 16): "006", ("y", (1, 3, 8, 2), (64, 128, 320, 768), 16): "008",
+    ("y", (2, 6, 17, 2), (48, 120, 336, 888), 24): "016", ("y", (2, 5, 13, 1), (72, 216, 576, 1512), 24): "032",
+    ("y", (2, 6, 12, 2), (128, 192, 512, 1088), 64): "040", ("y", (2, 7, 14, 2), (144, 288, 576, 1296), 72): "064",
+    ("y", (2, 4, 10, 1), (168, 448, 896, 2016), 56): "080", ("y", (2, 5, 11, 1), (224, 448, 896, 2240), 112): "120",
+    ("y", (2, 4, 11, 1), (224, 448, 1232, 3024), 112): "160", ("y", (2, 5, 12, 1), (232, 696, 1392, 3712), 232): "320",
+    ("y", (2, 5, 12, 1), (328, 984, 1968, 4920), 328): "640", ("y", (2, 7, 17, 1), (528, 1056, 2904, 7392), 264): "1280",
+}
+
+#: transformers' EfficientNet (``width_coefficient``, ``depth_coefficient``, ``hidden_dim``) as timm's ``tf_efficientnet_b*``
+#: (google/efficientnet-b0 ... -b7, from Keras' TF weights: 'same' padding and BatchNorm eps 1e-3, as timm's tf_ models)
+_TRANSFORMERS_EFFICIENTNETS = {(1.0, 1.0, 1280): "b0", (1.0, 1.1, 1280): "b1", (1.1, 1.2, 1408): "b2",
+                               (1.2, 1.4, 1536): "b3", (1.4, 1.8, 1792): "b4", (1.6, 2.2, 2048): "b5",
+                               (1.8, 2.6, 2304): "b6", (2.0, 3.1, 2560): "b7"}
+#: the fields of a transformers EfficientNet config that its b0 ... b7 all have (transformers' defaults)
+_TRANSFORMERS_EFFICIENTNET_BASE = {
+    "num_channels": 3, "depth_divisor": 8, "kernel_sizes": [3, 3, 5, 3, 5, 5, 3], "in_channels": [32, 16, 24, 40, 80, 112, 192],
+    "out_channels": [16, 24, 40, 80, 112, 192, 320], "strides": [1, 2, 2, 2, 1, 2, 1], "num_block_repeats": [1, 2, 2, 3, 3, 4, 1],
+    "expand_ratios": [1, 6, 6, 6, 6, 6, 6], "squeeze_expansion_ratio": 0.25, "hidden_act": "swish", "batch_norm_eps": 1e-3,
+    "pooling_type": "mean"}
+
 
 def weights_architecture(pretrained: str | None) -> tuple[str, str | None] | None:
     """What the ``config.json`` of local weights (a timm hub or transformers folder, the folder of a
     weights file, a Hugging Face cache snapshot) says their architecture is, and the ``--model`` that
     builds it where that is plain (timm's: ``timm:`` and its ``architecture``; a transformers ResNet:
-    torchvision's ``resnet*`` of its depths; a transformers ViT, DeiT, BEiT, DINOv2, ConvNeXt or Swin: the
-    ``timm:`` model of its sizes); None when there is no such file or it names none.
+    torchvision's ``resnet*`` of its depths; a transformers ViT, DeiT, BEiT, DINOv2, ConvNeXt, Swin, RegNet or
+    EfficientNet: the ``timm:`` model of its sizes); None when there is no such file or it names none.
 
     >>> import json, pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -355,8 +385,8 @@ def converted_architecture(pretrained: str | None) -> tuple[str, str | None] | N
 
 
 def _transformers_timm_model(config: dict) -> str | None:
-    """The ``timm:`` model of a transformers ViT, DeiT, BEiT (or data2vec-vision, BEiT's network), DINOv2, ConvNeXt
-    or Swin ``config.json`` (whose fields transformers writes all of), where they are those of one of timm's
+    """The ``timm:`` model of a transformers ViT, DeiT, BEiT (or data2vec-vision, BEiT's network), DINOv2, ConvNeXt,
+    Swin, RegNet or EfficientNet ``config.json`` (whose fields transformers writes all of), where they are those of one of timm's
     models; None otherwise (a field missing, a size or layout timm has no name for, no timm).
 
     >>> _transformers_timm_model({"model_type": "convnext", "depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768],
@@ -374,6 +404,9 @@ def _transformers_timm_model(config: dict) -> str | None:
         vit = _TRANSFORMERS_VIT_SIZES.get((field("hidden_size"), field("num_hidden_layers"), field("num_attention_heads")))
         convnext = _TRANSFORMERS_CONVNEXTS.get((field("depths"), field("hidden_sizes")))
         swin = _TRANSFORMERS_SWINS.get((field("embed_dim"), field("depths"), field("num_heads")))
+        efficientnet = _TRANSFORMERS_EFFICIENTNETS.get((field("width_coefficient"), field("depth_coefficient"),
+                                                        field("hidden_dim")))
+        regnet = _TRANSFORMERS_REGNETS.get((field("layer_type"), field("depths"), field("hidden_sizes"), field("groups_width")))
     except TypeError:  # (a list of lists, a dict: no such model)
         return None
     patch, size = field("patch_size"), field("image_size")
@@ -397,6 +430,11 @@ def _transformers_timm_model(config: dict) -> str | None:
         name = f"convnext_{convnext}"
     elif kind == "swin" and swin and patch == 4 and field("mlp_ratio") == 4 and field("use_absolute_embeddings") is False:
         name = f"swin_{swin}_patch4_window{field('window_size')}_{size}"
+    elif kind == "regnet" and regnet and config.get("embedding_size", 32) == 32 and config.get("hidden_act", "relu") == "relu" \
+            and config.get("downsample_in_first_stage", True) is True and config.get("num_channels", 3) == 3:
+        name = f"regnet{field('layer_type')}_{regnet}"  # (missing: transformers' defaults, timm's regnets' too)
+    elif kind == "efficientnet" and efficientnet and all(config.get(k, v) == v for k, v in _TRANSFORMERS_EFFICIENTNET_BASE.items()):
+        name = f"tf_efficientnet_{efficientnet}"  # (missing: transformers' defaults)
     if name is None:
         return None
     try:

@@ -785,7 +785,8 @@ def image_processor_cfg(folder: Any) -> Any:
     side, then the centre crop; a plain number, as older files have it, is the side of a square for
     ViT's / DeiT's / BEiT's processors (where the file names none: those of such a ``config.json``
     ``model_type``, as transformers picks it), the shorter side for the others; ``do_normalize: false`` is a
-    mean of 0 and a std of 1); None without one.
+    mean of 0 and a std of 1; EfficientNet's ``include_top``, on unless false, divides by ``image_std`` once more);
+    None without one.
 
     >>> import json, pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -847,6 +848,10 @@ def image_processor_cfg(folder: Any) -> Any:
     if cfg.get("do_normalize") is False:  # the model takes the 0-1 pixels as they are (the file still lists a mean)
         mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     three = lambda v: [float(x) for x in v] if isinstance(v, list) and len(v) == 3 else None  # noqa: E731
+    if (kind == "EfficientNetImageProcessor" or not kind and _model_type(folder) == "efficientnet") \
+            and cfg.get("include_top", True) and three(cfg.get("image_std")) and three(std):
+        # (google/efficientnet-*: include_top divides by image_std once more, as Keras' EfficientNet did)
+        std = [a * b for a, b in zip(three(std), three(cfg.get("image_std")), strict=True)]
     return types.SimpleNamespace(input_size=[3, side, side] if side else None, crop_pct=crop_pct,
                                  interpolation=_PIL_RESAMPLE.get(cfg.get("resample")), crop_mode=crop_mode,
                                  mean=three(mean), std=three(std), fixed_input_size=None)

@@ -5,10 +5,11 @@
 ``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``), ``SwinForImageClassification``
 (``microsoft/swin-tiny-patch4-window7-224``), ``Dinov2Model`` / ``Dinov2ForImageClassification``
 (``facebook/dinov2-small``) and ``BeitForImageClassification`` (``microsoft/beit-base-patch16-224``; also
-``Data2VecVisionForImageClassification``, ``facebook/data2vec-vision-base-ft1k``, BEiT's network) are the
-networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` / ``deit_*``, ``convnext_*``, ``swin_*``,
-``vit_*_dinov2`` and ``beit_*`` (transformers converted them from there; a ViT also torchvision's ``vit_*``)
-under other names: ``resnet.embedder.embedder.convolution`` for ``conv1``, ``classifier.1`` for ``fc``,
+``Data2VecVisionForImageClassification``, ``facebook/data2vec-vision-base-ft1k``, BEiT's network) and
+``RegNetForImageClassification`` / ``RegNetModel`` (``facebook/regnet-y-040``), ``EfficientNetForImageClassification``
+(``google/efficientnet-b0``) are the networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` / ``deit_*``,
+``convnext_*``, ``swin_*``, ``vit_*_dinov2``, ``beit_*``, ``regnetx_*`` / ``regnety_*`` and ``tf_efficientnet_b*`` (transformers converted them from there; a ViT
+also torchvision's ``vit_*``) under other names: ``resnet.embedder.embedder.convolution`` for ``conv1``, ``classifier.1`` for ``fc``,
 a ViT's separate ``query`` / ``key`` / ``value`` for timm's ``qkv``, a Swin stage's patch merging at its
 end (timm's at the start of the next stage). :func:`from_transformers` renames them (and joins q/k/v),
 so that such a file loads like any other; files of other layouts are returned as they are.
@@ -48,6 +49,40 @@ _RESNET = [
      lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}."),
     (r"^classifier\.1\.", "fc."),
 ]
+# RegNet (facebook/regnet-*: RegNetForImageClassification under 'regnet.', RegNetModel without a prefix): timm's
+# regnetx_* / regnety_*, which transformers converted from; a Y layer's squeeze-excite is its layer.2 (conv3 its layer.3)
+_REGNET = [
+    (r"^embedder\.embedder\.convolution\.", "stem.conv."),
+    (r"^embedder\.embedder\.normalization\.", "stem.bn."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
+     lambda m: f"s{int(m[1]) + 1}.b{int(m[2]) + 1}.downsample.conv."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
+     lambda m: f"s{int(m[1]) + 1}.b{int(m[2]) + 1}.downsample.bn."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.2\.attention\.([02])\.",
+     lambda m: f"s{int(m[1]) + 1}.b{int(m[2]) + 1}.se.fc{int(m[3]) // 2 + 1}."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.(convolution|normalization)\.",
+     lambda m: f"s{int(m[1]) + 1}.b{int(m[2]) + 1}.conv{min(int(m[3]), 2) + 1}."  # (X: layer.2; Y: layer.3)
+               f"{dict(convolution='conv', normalization='bn')[m[4]]}."),
+    (r"^classifier\.1\.", "head.fc."),
+]
+# EfficientNet (google/efficientnet-b*: EfficientNetForImageClassification under 'efficientnet.'): timm's
+# tf_efficientnet_b* (both the TF original's network); the blocks (numbered through, timm's by stage) by _efficientnet_blocks
+_EFFICIENTNET = [
+    (r"^embeddings\.convolution\.", "conv_stem."),
+    (r"^embeddings\.batchnorm\.", "bn1."),
+    (r"^encoder\.top_conv\.", "conv_head."),
+    (r"^encoder\.top_bn\.", "bn2."),
+]
+#: an EfficientNet block's layers (with its expansion: timm's InvertedResidual; without: DepthwiseSeparableConv)
+_EFFICIENTNET_BLOCK = {
+    True: {"expansion.expand_conv": "conv_pw", "expansion.expand_bn": "bn1", "depthwise_conv.depthwise_conv": "conv_dw",
+           "depthwise_conv.depthwise_norm": "bn2", "squeeze_excite.reduce": "se.conv_reduce",
+           "squeeze_excite.expand": "se.conv_expand", "projection.project_conv": "conv_pwl",
+           "projection.project_bn": "bn3"},
+    False: {"depthwise_conv.depthwise_conv": "conv_dw", "depthwise_conv.depthwise_norm": "bn1",
+            "squeeze_excite.reduce": "se.conv_reduce", "squeeze_excite.expand": "se.conv_expand",
+            "projection.project_conv": "conv_pw", "projection.project_bn": "bn2"},
+}
 _VIT = [
     (r"^embeddings\.cls_token$", "cls_token"),
     (r"^embeddings\.position_embeddings$", "pos_embed"),
@@ -159,6 +194,8 @@ _KINDS = (
      "beit.encoder.layer.N -> blocks.N, query/key/value weights -> attn.qkv, query/value biases -> attn.q_bias/v_bias, "
      "lambda_1/2 -> gamma_1/2, pooler.layernorm -> fc_norm, classifier -> head, relative_position_index dropped "
      "(timm computes it)", "timm's"),
+    ("RegNet", "embedder.embedder.convolution.weight", _REGNET,
+     "regnet.encoder.stages.N.layers.M -> sN+1.bM+1, layer.2.attention -> se, classifier.1 -> head.fc", "timm's"),
     ("ResNet", "embedder.embedder.convolution.weight", _RESNET,
      "resnet.embedder.embedder.convolution -> conv1, classifier.1 -> fc", "torchvision's / timm's"),
     ("ViT", "embeddings.patch_embeddings.projection.weight", _VIT,
@@ -166,6 +203,8 @@ _KINDS = (
     ("DeiT", "embeddings.patch_embeddings.projection.weight", _DEIT,
      "deit.encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, distillation_token -> dist_token, "
      "cls_classifier / distillation_classifier -> head / head_dist", "timm's"),
+    ("EfficientNet", "encoder.top_conv.weight", _EFFICIENTNET,
+     "efficientnet.encoder.blocks.N -> blocks.S.M (by stage), top_conv / top_bn -> conv_head / bn2", "timm's"),
     ("ConvNeXt", "embeddings.patch_embeddings.weight", _CONVNEXT,
      "convnext.encoder.stages.N.layers.M -> stages.N.blocks.M, classifier -> head.fc", "timm's"),
 )
@@ -197,9 +236,14 @@ _PREFIXES = {"Dinov2": ("dinov2.", "dinov2_with_registers."),  # (Dinov2WithRegi
              "Beit": ("beit.", "data2vec_vision.")}  # (Data2VecVisionForImageClassification: BEiT's modules, copied)
 
 
+#: kinds whose marker another kind's files have too: whether a file without a prefix (a ``*Model``'s) is this kind's,
+#: by its marker tensor (RegNet's 3x3 stem, ResNet's 7x7)
+_UNPREFIXED = {"RegNet": lambda stem: stem.ndim == 4 and stem.shape[-1] == 3}
+
+
 def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[StateDict, str | None]:
     """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT, ConvNeXt, Swin,
-    DINOv2 or BEiT (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
+    DINOv2, BEiT, RegNet or EfficientNet (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
     saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``, DINOv2's classifier on [CLS] and the
     patch mean side by side) are kept as they are; tensors timm has no place for (Swin's and BEiT's
     ``relative_position_index`` buffers, DINOv2's and BEiT's ``mask_token``) are left out. A ViT takes
@@ -229,6 +273,8 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
         name = next((n for n in _PREFIXES.get(kind, (f"{kind.lower()}.",)) if at == n or at.endswith("." + n)), "")
         if at and not name:  # ('resnet.' of 'resnet.embedder...', not 'swin.' of HF's Swin)
             continue
+        if not at and kind in _UNPREFIXED and not _UNPREFIXED[kind](sd[marker]):
+            continue  # (a file without a prefix whose marker another kind's files have too)
         if _has(model_names, marker):
             return sd, None  # the model's own names
         qkv_rx, qkv_name = _QKV.get(kind, ("$^", ""))
@@ -238,6 +284,8 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
         outer = at.removesuffix(name)  # ('model.' of 'model.resnet.embedder...'; the head is beside 'resnet.')
         sd = {k[len(at):] if k.startswith(at) else k[len(outer):] if k.startswith(outer) else k: v
               for k, v in sd.items()}
+        if kind == "EfficientNet":
+            sd = _efficientnet_blocks(sd)
         compiled = [(re.compile(rx), replacement) for rx, replacement in rules]
         dropped = {k for k in sd if kind in _DROPPED and re.search(_DROPPED[kind], k)}
         out: StateDict = {}
@@ -263,6 +311,33 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
             return given, None  # two keys renamed onto one name: not the layout these rules are for
         return out, f"Hugging Face transformers {kind} names converted to {whose} ({shown}, ...)"
     return sd, None
+
+
+def _efficientnet_blocks(sd: StateDict) -> StateDict:
+    """``sd`` with a transformers EfficientNet's ``encoder.blocks.N.…`` under timm's ``blocks.S.M.…``: a stage is a
+    run of blocks of one output width (the original's block2a, block2b, …, numbered through by transformers), a
+    block without an ``expansion`` a depthwise-separable one (timm's ``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``).
+
+    >>> z = torch.zeros
+    >>> sorted(_efficientnet_blocks({"encoder.blocks.0.projection.project_conv.weight": z(16, 32, 1, 1),
+    ...                              "encoder.blocks.1.expansion.expand_conv.weight": z(96, 16, 1, 1),
+    ...                              "encoder.blocks.1.projection.project_conv.weight": z(24, 96, 1, 1),
+    ...                              "encoder.blocks.2.projection.project_conv.weight": z(24, 24, 1, 1)}))
+    ['blocks.0.0.conv_pw.weight', 'blocks.1.0.conv_pw.weight', 'blocks.1.0.conv_pwl.weight', 'blocks.1.1.conv_pw.weight']
+    """
+    rx = re.compile(r"^encoder\.blocks\.(\d+)\.(\w+\.\w+)\.(\w+)$")
+    widths = {int(m[1]): v.shape[0] for k, v in sd.items()
+              if (m := rx.match(k)) and m[2] == "projection.project_conv" and v.ndim}
+    at, stage, index, width = {}, -1, 0, None
+    for n in sorted(widths):
+        stage, index = (stage, index + 1) if widths[n] == width else (stage + 1, 0)
+        at[n], width = f"blocks.{stage}.{index}", widths[n]
+    out = {}
+    for k, v in sd.items():
+        m = rx.match(k)
+        layers = _EFFICIENTNET_BLOCK[f"encoder.blocks.{m[1]}.expansion.expand_conv.weight" in sd] if m else {}
+        out[f"{at[int(m[1])]}.{layers[m[2]]}.{m[3]}" if m and int(m[1]) in at and m[2] in layers else k] = v
+    return out
 
 
 def _has(names: list[str], name: str) -> bool:
