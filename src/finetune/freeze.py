@@ -9,7 +9,12 @@ Patterns are :mod:`fnmatch` globs matched against parameter names *and* module
 names (``layer4``, ``layer4.*``, ``*.bn*``, ``fc``); a module match covers all
 its parameters. Wrapped models (DDP, DataParallel, ``torch.compile``) are
 unwrapped first, so names never carry ``module.`` or ``_orig_mod.``, and those
-prefixes are stripped from patterns too. Freezing and unfreezing through a
+prefixes are stripped from patterns too. A module of your own that holds the network
+(a LightningModule's ``self.model``, ``nn.Sequential(Normalize(), net)``) keeps its
+names (``model.layer4.0.conv1.weight``), and a pattern that matches nothing as
+written is tried under the network it holds (``layer4`` -> ``model.layer4``); a
+module holding two networks (``backbone`` and ``head``, a model and its EMA copy)
+needs the full names. Freezing and unfreezing through a
 ``DistributedDataParallel`` wrapper are refused (DDP fixes what it averages when it
 is built): change the model inside, then wrap it again.
 
@@ -122,6 +127,45 @@ def _as_given_or_stripped(pattern: str, matches: Callable[[str], bool]) -> str:
     return pattern
 
 
+def _network_chain(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``root`` and, below it, the network that a user's holder module wraps: while a module has no
+    parameter of its own and exactly one child holds parameters (a LightningModule's ``self.model``,
+    ``nn.Sequential(Normalize(), net)``'s ``1``, a compiled net's ``_orig_mod``), that child; as
+    ``(name, module)`` pairs, outermost first (``("", root)``, ``("model", net)``, ...).
+
+    >>> [n for n, _ in _network_chain(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Sequential(torch.nn.Linear(1, 1))))]
+    ['', '1', '1.0']
+    """
+    chain = [("", root)]
+    while next(chain[-1][1].parameters(recurse=False), None) is None:
+        name, module = chain[-1]
+        holding = [(n, c) for n, c in module.named_children() if next(c.parameters(), None) is not None]
+        if len(holding) != 1:
+            break
+        chain.append((f"{name}.{holding[0][0]}" if name else holding[0][0], holding[0][1]))
+    return chain
+
+
+def _in_network(pattern: str, root: nn.Module, matches: Callable[[str], bool]) -> str:
+    """``pattern`` as written when it matches (or when nothing else does), else the pattern under the
+    outermost module of the network ``root`` holds (``layer4`` -> ``model.layer4`` for a module
+    whose ``self.model`` is the ResNet) where that matches. Only through a single network: a holder
+    of two (``backbone`` and ``head``, a model and its EMA copy) leaves the choice to the user."""
+    if matches(pattern):
+        return pattern
+    for name, _ in _network_chain(root)[1:]:
+        if matches(f"{name}.{pattern}"):
+            return f"{name}.{pattern}"
+    return pattern
+
+
+def _timm_part(root: nn.Module, method: str) -> tuple[str, nn.Module]:
+    """The innermost module of :func:`_network_chain` that has timm's ``method`` (``group_matcher``,
+    ``no_weight_decay``, ``get_classifier``) with its name: a timm model held in a module of the
+    user's keeps its layer ids, its no-weight-decay names and its head dropout; ``("", root)`` if none."""
+    return next(((n, m) for n, m in reversed(_network_chain(root)) if callable(getattr(m, method, None))), ("", root))
+
+
 def _named_params(root: nn.Module) -> dict[str, nn.Parameter]:
     return dict(root.named_parameters())
 
@@ -182,7 +226,7 @@ def _select(root: nn.Module, patterns: Sequence[str]) -> _Selection:
         def hits(pattern: str) -> bool:
             return any(fnmatch.fnmatchcase(n, pattern) for n in [*(n for n, _ in every_module), *(n for n, _ in every_param)])
 
-        pattern = _as_given_or_stripped(raw, hits)
+        pattern = _in_network(_as_given_or_stripped(raw, hits), root, hits)
         mods = {n for n, _ in every_module if fnmatch.fnmatchcase(n, pattern)}
         pars = {id(p) for n, p in every_param if fnmatch.fnmatchcase(n, pattern)}
         if not mods and not pars:
@@ -246,6 +290,7 @@ def _set_head_dropout(root: nn.Module, policy: str) -> None:
     EfficientNet, MobileNetV3 ...) have no dropout layer to switch off: while every parameter
     registered before the classifier is frozen (a linear probe), their ``drop_rate`` is 0, as a
     dropout layer there would be off; it comes back when a part before the head is unfrozen."""
+    root = _timm_part(root, "get_classifier")[1]
     get_classifier = getattr(root, "get_classifier", None)
     rate = getattr(root, "drop_rate", None)
     if not callable(get_classifier) or isinstance(rate, bool) or not isinstance(rate, (int, float)):
@@ -383,6 +428,12 @@ def freeze_all_but(model: nn.Module, *patterns: str) -> list[str]:
     _refuse_ddp(model, "freeze_all_but")
     root = unwrap(model)
     sel = _select(root, patterns)
+    if not sel.params:
+        raise ConfigError(
+            f"freeze_all_but({', '.join(map(repr, patterns))}) names no parameter, only modules without any "
+            f"({', '.join(sorted(sel.modules)[:5])}): it would freeze everything; name what should train "
+            "(the head that replaced an nn.Identity, e.g. 'head' or 'fc')"
+        )
     params = _named_params(root)
     keep = set(sel.params)
     frozen = [n for n in params if n not in keep]
@@ -410,7 +461,8 @@ def freeze_until(model: nn.Module, module_name: str) -> list[str]:
     _refuse_ddp(model, "freeze_until")
     root = unwrap(model)
     order = [n for n, _ in root.named_modules()]
-    target = _as_given_or_stripped(module_name, set(order).__contains__)
+    is_module = set(order).__contains__
+    target = _in_network(_as_given_or_stripped(module_name, is_module), root, is_module)
     if not target or target not in order:
         raise _unmatched(target, root, what="module")
     before = set(order[: order.index(target)])
@@ -641,7 +693,9 @@ def trainable_table(model: nn.Module) -> TrainableTable:
     """Count parameters (elements) per top-level block: total, trainable, frozen, and BatchNorm mode.
 
     Parameters registered on the model itself (a ViT's ``class_token``) get a
-    row each. ``print(table)`` gives a compact aligned printout;
+    row each. A module that holds the network as its one block with parameters
+    (a LightningModule's ``self.model``, ``nn.Sequential(Normalize(), net)``)
+    is looked through: the rows are the network's blocks (``model.layer4``). ``print(table)`` gives a compact aligned printout;
     ``table.to_dict()`` is JSON-ready.
 
     >>> import torchvision
@@ -660,11 +714,21 @@ def trainable_table(model: nn.Module) -> TrainableTable:
     total                11,177,538  1,026      11,176,512
     """
     root = unwrap(model)
+    rows = _table_rows(root)
+    while len(rows) == 1 and rows[0].kind != "Parameter":  # a module of the user's that holds the network
+        inner = _table_rows(root.get_submodule(rows[0].block), rows[0].block + ".")
+        if all(r.kind == "Parameter" for r in inner):  # a single layer (nn.Sequential(nn.Linear(...))): its row
+            break
+        rows = inner
+    return TrainableTable(type(root).__name__, tuple(rows))
+
+
+def _table_rows(module: nn.Module, prefix: str = "") -> list[TableRow]:
     rows: list[TableRow] = []
-    for name, p in root.named_parameters(recurse=False):
-        rows.append(TableRow(name, "Parameter", p.numel(), p.numel() if p.requires_grad else 0, "-"))
-    seen: set[int] = {id(p) for p in root.parameters(recurse=False)}
-    for name, child in root.named_children():
+    for name, p in module.named_parameters(recurse=False):
+        rows.append(TableRow(prefix + name, "Parameter", p.numel(), p.numel() if p.requires_grad else 0, "-"))
+    seen: set[int] = {id(p) for p in module.parameters(recurse=False)}
+    for name, child in module.named_children():
         params = [p for p in child.parameters() if id(p) not in seen]
         seen.update(id(p) for p in params)
         bns = [m for m in child.modules() if _is_bn(m)]
@@ -672,8 +736,8 @@ def trainable_table(model: nn.Module) -> TrainableTable:
             continue
         total = sum(p.numel() for p in params)
         trainable = sum(p.numel() for p in params if p.requires_grad)
-        rows.append(TableRow(name, type(child).__name__, total, trainable, _bn_summary(bns)))
-    return TrainableTable(type(root).__name__, tuple(rows))
+        rows.append(TableRow(prefix + name, type(child).__name__, total, trainable, _bn_summary(bns)))
+    return rows
 
 
 # --------------------------------------------------------------------------- parameter groups
@@ -697,11 +761,12 @@ def _is_no_decay(name: str, param: nn.Parameter, owner: nn.Module, no_decay: Seq
 
 def _model_no_weight_decay(root: nn.Module) -> set[str]:
     """Names (or globs, as timm matches them) that a timm model's ``no_weight_decay()`` lists."""
-    fn = getattr(root, "no_weight_decay", None)  # timm models name their tokens / position embeddings
+    prefix, net = _timm_part(root, "no_weight_decay")
+    fn = getattr(net, "no_weight_decay", None)  # timm models name their tokens / position embeddings
     if not callable(fn):
         return set()
     try:
-        return {str(n) for n in fn()}
+        return {f"{prefix}.{n}" if prefix else str(n) for n in fn()}
     except Exception:  # a model's own helper that fails is not our error to raise
         return set()
 
@@ -720,15 +785,17 @@ def _check_group_args(lr: float, lr_mult: Mapping[str, float] | None, layer_deca
 
 def _timm_layer_ids(root: nn.Module) -> dict[str, int] | None:
     """timm's layer ids (``param_groups_layer_decay``: ``group_matcher(coarse=False)``), or None without one."""
-    matcher = getattr(root, "group_matcher", None)
+    prefix, net = _timm_part(root, "group_matcher")
+    matcher = getattr(net, "group_matcher", None)
     if not callable(matcher):
         return None
     try:
         from timm.models import group_parameters  # a model with a group_matcher comes with timm
 
-        ids = group_parameters(root, matcher(coarse=False), reverse=True)
+        ids = group_parameters(net, matcher(coarse=False), reverse=True)
     except Exception:  # not timm's kind of matcher: use the generic blocks
         return None
+    ids = {f"{prefix}.{n}" if prefix else n: i for n, i in ids.items()}
     names = list(_named_params(root))
     top = max((ids[n] for n in names if n in ids), default=0)
     return {n: ids.get(n, top) for n in names}  # unmatched (the head) last, as timm does
