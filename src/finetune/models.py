@@ -269,7 +269,15 @@ _TRANSFORMERS_VIT_SIZES = {(192, 12, 3): "tiny", (384, 12, 6): "small", (768, 12
 _TRANSFORMERS_CONVNEXTS = {((3, 3, 9, 3), (96, 192, 384, 768)): "tiny", ((3, 3, 27, 3), (96, 192, 384, 768)): "small",
                            ((3, 3, 27, 3), (128, 256, 512, 1024)): "base", ((3, 3, 27, 3), (192, 384, 768, 1536)): "large",
                            ((3, 3, 27, 3), (256, 512, 1024, 2048)): "xlarge"}
-#: transformers' Swin (``embed_dim``, ``depths``, ``num_heads``) as the size in timm's ``swin_*_patch4_window7_224``
+#: transformers' ConvNeXt V2 (``depths``, ``hidden_sizes``) as timm's ``convnextv2_*`` (facebook/convnextv2-atto-1k-224 ...;
+#: timm's atto ... nano take the pointwise Linear weights as 1x1 convs, reshaped as they load)
+_TRANSFORMERS_CONVNEXTV2S = {((2, 2, 6, 2), (40, 80, 160, 320)): "atto", ((2, 2, 6, 2), (48, 96, 192, 384)): "femto",
+                             ((2, 2, 6, 2), (64, 128, 256, 512)): "pico", ((2, 2, 8, 2), (80, 160, 320, 640)): "nano",
+                             ((3, 3, 9, 3), (96, 192, 384, 768)): "tiny", ((3, 3, 27, 3), (96, 192, 384, 768)): "small",
+                             ((3, 3, 27, 3), (128, 256, 512, 1024)): "base", ((3, 3, 27, 3), (192, 384, 768, 1536)): "large",
+                             ((3, 3, 27, 3), (352, 704, 1408, 2816)): "huge"}
+#: transformers' Swin (``embed_dim``, ``depths``, ``num_heads``) as the size in timm's ``swin_*_patch4_window7_224`` (and
+#: Swin V2's in ``swinv2_*_window8_256``)
 _TRANSFORMERS_SWINS = {(96, (2, 2, 6, 2), (3, 6, 12, 24)): "tiny", (96, (2, 2, 18, 2), (3, 6, 12, 24)): "small",
                        (128, (2, 2, 18, 2), (4, 8, 16, 32)): "base", (192, (2, 2, 18, 2), (6, 12, 24, 48)): "large"}
 
@@ -308,8 +316,8 @@ def weights_architecture(pretrained: str | None) -> tuple[str, str | None] | Non
     """What the ``config.json`` of local weights (a timm hub or transformers folder, the folder of a
     weights file, a Hugging Face cache snapshot) says their architecture is, and the ``--model`` that
     builds it where that is plain (timm's: ``timm:`` and its ``architecture``; a transformers ResNet:
-    torchvision's ``resnet*`` of its depths; a transformers ViT, DeiT, BEiT, DINOv2, ConvNeXt, Swin, RegNet or
-    EfficientNet: the ``timm:`` model of its sizes); None when there is no such file or it names none.
+    torchvision's ``resnet*`` of its depths; a transformers ViT, DeiT, BEiT, DINOv2, ConvNeXt or Swin (V1 or V2
+    each), RegNet or EfficientNet: the ``timm:`` model of its sizes); None when there is no such file or it names none.
 
     >>> import json, pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -385,8 +393,8 @@ def converted_architecture(pretrained: str | None) -> tuple[str, str | None] | N
 
 
 def _transformers_timm_model(config: dict) -> str | None:
-    """The ``timm:`` model of a transformers ViT, DeiT, BEiT (or data2vec-vision, BEiT's network), DINOv2, ConvNeXt,
-    Swin, RegNet or EfficientNet ``config.json`` (whose fields transformers writes all of), where they are those of one of timm's
+    """The ``timm:`` model of a transformers ViT, DeiT, BEiT (or data2vec-vision, BEiT's network), DINOv2, ConvNeXt
+    or Swin (V1 or V2 each), RegNet or EfficientNet ``config.json`` (whose fields transformers writes all of), where they are those of one of timm's
     models; None otherwise (a field missing, a size or layout timm has no name for, no timm).
 
     >>> _transformers_timm_model({"model_type": "convnext", "depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768],
@@ -403,6 +411,7 @@ def _transformers_timm_model(config: dict) -> str | None:
     try:
         vit = _TRANSFORMERS_VIT_SIZES.get((field("hidden_size"), field("num_hidden_layers"), field("num_attention_heads")))
         convnext = _TRANSFORMERS_CONVNEXTS.get((field("depths"), field("hidden_sizes")))
+        convnextv2 = _TRANSFORMERS_CONVNEXTV2S.get((field("depths"), field("hidden_sizes")))
         swin = _TRANSFORMERS_SWINS.get((field("embed_dim"), field("depths"), field("num_heads")))
         efficientnet = _TRANSFORMERS_EFFICIENTNETS.get((field("width_coefficient"), field("depth_coefficient"),
                                                         field("hidden_dim")))
@@ -428,8 +437,17 @@ def _transformers_timm_model(config: dict) -> str | None:
     elif kind == "convnext" and convnext and patch == 4 and field("num_stages") == 4 \
             and (field("layer_scale_init_value") or 0) > 0:
         name = f"convnext_{convnext}"
+    elif kind == "convnextv2" and convnextv2 and patch == 4 and field("num_stages") == 4:
+        name = f"convnextv2_{convnextv2}"  # (no layer scale: none to check)
     elif kind == "swin" and swin and patch == 4 and field("mlp_ratio") == 4 and field("use_absolute_embeddings") is False:
         name = f"swin_{swin}_patch4_window{field('window_size')}_{size}"
+    elif kind == "swinv2" and swin and patch == 4 and field("mlp_ratio") == 4 and field("use_absolute_embeddings") is False \
+            and qkv_bias:
+        window, pretrained = field("window_size"), field("pretrained_window_sizes") or (0, 0, 0, 0)
+        if pretrained == (0, 0, 0, 0):
+            name = f"swinv2_{swin}_window{window}_{size}"
+        elif pretrained == (12, 12, 12, 6):  # (fine-tuned from a 192 px, window 12 model: its windows set the position bias)
+            name = f"swinv2_{swin}_window12to{window}_192to{size}"
     elif kind == "regnet" and regnet and config.get("embedding_size", 32) == 32 and config.get("hidden_act", "relu") == "relu" \
             and config.get("downsample_in_first_stage", True) is True and config.get("num_channels", 3) == 3:
         name = f"regnet{field('layer_type')}_{regnet}"  # (missing: transformers' defaults, timm's regnets' too)

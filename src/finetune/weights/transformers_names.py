@@ -2,13 +2,15 @@
 
 ``ResNetForImageClassification`` (``microsoft/resnet-50``), ``ViTForImageClassification``
 (``google/vit-base-patch16-224``), ``DeiTForImageClassification[WithTeacher]`` (``facebook/deit-*``),
-``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``), ``SwinForImageClassification``
-(``microsoft/swin-tiny-patch4-window7-224``), ``Dinov2Model`` / ``Dinov2ForImageClassification``
+``ConvNextForImageClassification`` (``facebook/convnext-tiny-224``), ``ConvNextV2ForImageClassification``
+(``facebook/convnextv2-tiny-1k-224``), ``SwinForImageClassification``
+(``microsoft/swin-tiny-patch4-window7-224``), ``Swinv2ForImageClassification``
+(``microsoft/swinv2-tiny-patch4-window8-256``), ``Dinov2Model`` / ``Dinov2ForImageClassification``
 (``facebook/dinov2-small``) and ``BeitForImageClassification`` (``microsoft/beit-base-patch16-224``; also
 ``Data2VecVisionForImageClassification``, ``facebook/data2vec-vision-base-ft1k``, BEiT's network) and
 ``RegNetForImageClassification`` / ``RegNetModel`` (``facebook/regnet-y-040``), ``EfficientNetForImageClassification``
 (``google/efficientnet-b0``) are the networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` / ``deit_*``,
-``convnext_*``, ``swin_*``, ``vit_*_dinov2``, ``beit_*``, ``regnetx_*`` / ``regnety_*`` and ``tf_efficientnet_b*`` (transformers converted them from there; a ViT
+``convnext_*``, ``convnextv2_*``, ``swin_*``, ``swinv2_*``, ``vit_*_dinov2``, ``beit_*``, ``regnetx_*`` / ``regnety_*`` and ``tf_efficientnet_b*`` (transformers converted them from there; a ViT
 also torchvision's ``vit_*``) under other names: ``resnet.embedder.embedder.convolution`` for ``conv1``, ``classifier.1`` for ``fc``,
 a ViT's separate ``query`` / ``key`` / ``value`` for timm's ``qkv``, a Swin stage's patch merging at its
 end (timm's at the start of the next stage). :func:`from_transformers` renames them (and joins q/k/v),
@@ -28,7 +30,7 @@ True
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -117,6 +119,16 @@ _SWIN = [
     (r"^layernorm\.", "norm."),
     (r"^classifier\.", "head.fc."),
 ]
+# Swin V2 (microsoft/swinv2-*: Swinv2ForImageClassification under 'swinv2.'): Swin's names, the cosine attention's
+# logit_scale, the continuous position bias MLP for the table, no key bias (query / value biases: timm's q_bias / v_bias)
+_SWINV2 = [
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.logit_scale$", r"layers.\1.blocks.\2.attn.logit_scale"),
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.continuous_position_bias_mlp\.",
+     r"layers.\1.blocks.\2.attn.cpb_mlp."),
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.query\.bias$", r"layers.\1.blocks.\2.attn.q_bias"),
+    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.value\.bias$", r"layers.\1.blocks.\2.attn.v_bias"),
+    *_SWIN,
+]
 # DINOv2 (facebook/dinov2-*: Dinov2Model, saved without a prefix; Dinov2ForImageClassification under 'dinov2.',
 # Dinov2WithRegistersForImageClassification under 'dinov2_with_registers.')
 _DINOV2 = [
@@ -162,9 +174,12 @@ _QKV = {"ViT": _VIT_QKV, "DeiT": _VIT_QKV, "Dinov2": _VIT_QKV,
         "Beit": (r"^encoder\.layer\.(\d+)\.attention\.attention\.(?P<part>query|key|value)\.weight$",  # (no key bias)
                  r"blocks.\1.attn.qkv.weight"),
         "Swin": (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(?P<part>query|key|value)\.(weight|bias)$",
-                 r"layers.\1.blocks.\2.attn.qkv.\4")}
+                 r"layers.\1.blocks.\2.attn.qkv.\4"),
+        "Swinv2": (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(?P<part>query|key|value)\.weight$",
+                   r"layers.\1.blocks.\2.attn.qkv.weight")}  # (no key bias)
 #: tensors the timm model has no place for: buffers it computes itself, a token of masked-image pre-training only
 _DROPPED = {"Swin": r"\.relative_position_index$", "Dinov2": r"^embeddings\.mask_token$",
+            "Swinv2": r"\.relative_position_index$|\.relative_coords_table$|^embeddings\.mask_token$",
             "Beit": r"\.relative_position_index$|^embeddings\.mask_token$"}
 
 _CONVNEXT = [
@@ -179,14 +194,24 @@ _CONVNEXT = [
     (r"^layernorm\.", "head.norm."),
     (r"^classifier\.", "head.fc."),
 ]
+# ConvNeXt V2 (facebook/convnextv2-*: ConvNextV2ForImageClassification under 'convnextv2.'): ConvNeXt's names, no layer
+# scale, a GRN after the MLP's activation (its 1x1x1xC weight and bias as timm's C: _fit_convnextv2)
+_CONVNEXTV2 = [
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.grn\.", r"stages.\1.blocks.\2.mlp.grn."),
+    *_CONVNEXT,
+]
 
-#: (name, a key only that model's files have, its rules, what the note shows, whose names); Swin, DINOv2 and BEiT
+#: (name, a key only that model's files have, its rules, what the note shows, whose names); Swin (V1, V2), DINOv2 and BEiT
 #: come before ViT, whose marker their files have too (a file without a prefix tells them apart by the marker only)
 _KINDS = (
     ("Swin", "encoder.layers.0.blocks.0.attention.self.relative_position_bias_table", _SWIN,
      "swin.encoder.layers.N.blocks.M -> layers.N.blocks.M, query/key/value -> attn.qkv, "
      "layers.N.downsample -> layers.N+1.downsample, classifier -> head.fc, relative_position_index dropped "
      "(timm computes it)", "timm's"),
+    ("Swinv2", "encoder.layers.0.blocks.0.attention.self.logit_scale", _SWINV2,
+     "swinv2.encoder.layers.N.blocks.M -> layers.N.blocks.M, query/key/value weights -> attn.qkv, query/value biases "
+     "-> attn.q_bias/v_bias, continuous_position_bias_mlp -> attn.cpb_mlp, layers.N.downsample -> layers.N+1.downsample, "
+     "classifier -> head.fc, relative_coords_table / relative_position_index dropped (timm computes them)", "timm's"),
     ("Dinov2", "encoder.layer.0.layer_scale1.lambda1", _DINOV2,
      "encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, layer_scale1/2.lambda1 -> ls1/2.gamma, "
      "mask_token dropped, register_tokens -> reg_token with [CLS]'s position added to cls_token", "timm's"),
@@ -205,6 +230,9 @@ _KINDS = (
      "cls_classifier / distillation_classifier -> head / head_dist", "timm's"),
     ("EfficientNet", "encoder.top_conv.weight", _EFFICIENTNET,
      "efficientnet.encoder.blocks.N -> blocks.S.M (by stage), top_conv / top_bn -> conv_head / bn2", "timm's"),
+    ("ConvNeXtV2", "encoder.stages.0.layers.0.grn.weight", _CONVNEXTV2,  # (before ConvNeXt: its marker too)
+     "convnextv2.encoder.stages.N.layers.M -> stages.N.blocks.M, grn -> mlp.grn (1x1x1xC -> C), "
+     "classifier -> head.fc", "timm's"),
     ("ConvNeXt", "embeddings.patch_embeddings.weight", _CONVNEXT,
      "convnext.encoder.stages.N.layers.M -> stages.N.blocks.M, classifier -> head.fc", "timm's"),
 )
@@ -242,13 +270,13 @@ _UNPREFIXED = {"RegNet": lambda stem: stem.ndim == 4 and stem.shape[-1] == 3}
 
 
 def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[StateDict, str | None]:
-    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT, ConvNeXt, Swin,
-    DINOv2, BEiT, RegNet or EfficientNet (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
+    """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT, ConvNeXt (V1, V2), Swin
+    (V1, V2), DINOv2, BEiT, RegNet or EfficientNet (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
     saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``, DINOv2's classifier on [CLS] and the
     patch mean side by side) are kept as they are; tensors timm has no place for (Swin's and BEiT's
-    ``relative_position_index`` buffers, DINOv2's and BEiT's ``mask_token``) are left out. A ViT takes
-    torchvision's names when the model (``model_names``) has them (``vit_b_16``: ``conv_proj``,
-    ``encoder.layers.encoder_layer_N``), timm's otherwise. A model
+    ``relative_position_index`` buffers, Swin V2's ``relative_coords_table``, DINOv2's and BEiT's ``mask_token``)
+    are left out. A ViT takes torchvision's names when the model (``model_names``) has them (``vit_b_16``:
+    ``conv_proj``, ``encoder.layers.encoder_layer_N``), timm's otherwise. A model
     that has transformers' names itself (``model_names``: a transformers model, or one wrapping it)
     takes the file as it is.
 
@@ -265,6 +293,7 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
     ...                         "vit.layernorm.weight": torch.zeros(1), "vit.norm.weight": torch.zeros(1)})[0])
     ['vit.embeddings.patch_embeddings.projection.weight', 'vit.layernorm.weight', 'vit.norm.weight']
     """
+    shapes = {n: tuple(getattr(s, "shape", s)) for n, s in model_names.items()} if isinstance(model_names, Mapping) else {}
     model_names, given = list(model_names), sd
     for kind, marker, rules, shown, whose in _KINDS:
         at = next((k[:-len(marker)] for k in sd if k == marker or k.endswith("." + marker)), None)
@@ -307,10 +336,28 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
             # either (no_embed_class): [CLS] takes its position now, as timm's own conversion of these files does
             out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
             out["pos_embed"] = out["pos_embed"][:, 1:]
+        if kind == "ConvNeXtV2":
+            out = _fit_convnextv2(out, shapes)
         if len(out) != len(sd) - len(dropped) - sum(len(p) - 1 for p in qkv.values() if len(p) == 3):
             return given, None  # two keys renamed onto one name: not the layout these rules are for
         return out, f"Hugging Face transformers {kind} names converted to {whose} ({shown}, ...)"
     return sd, None
+
+
+def _fit_convnextv2(sd: StateDict, shapes: dict[str, tuple[int, ...]]) -> StateDict:
+    """``sd`` (ConvNeXt V2's, under timm's names) with its GRN weights and biases (transformers' 1x1x1xC) as timm's C,
+    and its pointwise Linear weights (out x in) as 1x1 convs (out x in x 1 x 1) where the model (``shapes``) has those:
+    timm's ``convnextv2_atto`` ... ``_nano`` (``conv_mlp``), as timm's own conversion of these files does.
+
+    >>> sd = _fit_convnextv2({"stages.0.blocks.0.mlp.grn.weight": torch.zeros(1, 1, 1, 8),
+    ...                       "stages.0.blocks.0.mlp.fc1.weight": torch.zeros(8, 2)}, {"stages.0.blocks.0.mlp.fc1.weight": (8, 2, 1, 1)})
+    >>> [tuple(v.shape) for v in sd.values()]
+    [(8,), (8, 2, 1, 1)]
+    """
+    convs = [n for n, s in shapes.items() if len(s) == 4 and re.search(r"\.mlp\.fc[12]\.weight$", n)]
+    return {k: v.reshape(-1) if re.search(r"\.mlp\.grn\.(weight|bias)$", k) and v.dim() == 4
+            else v[:, :, None, None] if v.dim() == 2 and re.search(r"\.mlp\.fc[12]\.weight$", k) and _has(convs, k)
+            else v for k, v in sd.items()}
 
 
 def _efficientnet_blocks(sd: StateDict) -> StateDict:
