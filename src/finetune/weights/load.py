@@ -25,6 +25,7 @@ from finetune.errors import NothingMatchedError, WeightsError
 from finetune.weights import sources
 from finetune.weights.formats import Checkpoint, read_checkpoint
 from finetune.weights.keys import apply_renames, matches, unwrap_names
+from finetune.weights.open_clip_names import from_open_clip
 from finetune.weights.transformers_names import from_transformers
 
 Shape = tuple[int, ...]
@@ -698,6 +699,10 @@ def load_weights(
     file_sd, transformers_note = from_transformers(file_sd, model_shapes)
     if transformers_note:
         report.notes.append(transformers_note)
+    file_sd, clip_note = from_open_clip(file_sd, model_shapes,
+                                        quick_gelu=any(type(m).__name__ == "QuickGELU" for m in model.modules()))
+    if clip_note:
+        report.notes.append(clip_note)
     renamed = apply_renames(file_sd, rename)
     renamed, legacy = legacy_densenet_names(renamed, model_shapes)
     if legacy:

@@ -19,6 +19,7 @@ from torch import Tensor
 from finetune.errors import WeightsError
 from finetune.weights import sources
 from finetune.weights.formats import Checkpoint, jsonable, read_checkpoint
+from finetune.weights.open_clip_names import from_open_clip
 from finetune.weights.transformers_names import from_transformers
 
 StateDict = dict[str, Tensor]
@@ -218,6 +219,7 @@ def _num_classes(ck: Checkpoint, model: torch.nn.Module | None = None) -> int | 
     name = _head_weight(model) if model is not None else None
     if model is not None:
         weights, transformers = from_transformers(ck.weights, model.state_dict())
+        weights = from_open_clip(weights, model.state_dict())[0]  # (CLIP's visual.proj: the head it is loaded as)
         found = [v for k, v in weights.items() if name and (k == name or k.endswith("." + name)) and v.dim() >= 2]
         if found:
             return int(found[0].shape[0])
