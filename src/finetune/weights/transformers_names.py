@@ -201,6 +201,9 @@ _CONVNEXTV2 = [
     *_CONVNEXT,
 ]
 
+_DEIT_SHOWN = ("deit.encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, distillation_token -> dist_token, "
+               "cls_classifier / distillation_classifier -> head / head_dist")
+
 #: (name, a key only that model's files have, its rules, what the note shows, whose names); Swin (V1, V2), DINOv2 and BEiT
 #: come before ViT, whose marker their files have too (a file without a prefix tells them apart by the marker only)
 _KINDS = (
@@ -223,11 +226,10 @@ _KINDS = (
      "regnet.encoder.stages.N.layers.M -> sN+1.bM+1, layer.2.attention -> se, classifier.1 -> head.fc", "timm's"),
     ("ResNet", "embedder.embedder.convolution.weight", _RESNET,
      "resnet.embedder.embedder.convolution -> conv1, classifier.1 -> fc", "torchvision's / timm's"),
+    ("DeiT", "embeddings.distillation_token", _DEIT, _DEIT_SHOWN, "timm's"),  # (a distilled DeiTModel's: no prefix)
     ("ViT", "embeddings.patch_embeddings.projection.weight", _VIT,
      "vit.encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, classifier -> head", "timm's"),
-    ("DeiT", "embeddings.patch_embeddings.projection.weight", _DEIT,
-     "deit.encoder.layer.N -> blocks.N, query/key/value -> attn.qkv, distillation_token -> dist_token, "
-     "cls_classifier / distillation_classifier -> head / head_dist", "timm's"),
+    ("DeiT", "embeddings.patch_embeddings.projection.weight", _DEIT, _DEIT_SHOWN, "timm's"),
     ("EfficientNet", "encoder.top_conv.weight", _EFFICIENTNET,
      "efficientnet.encoder.blocks.N -> blocks.S.M (by stage), top_conv / top_bn -> conv_head / bn2", "timm's"),
     ("ConvNeXtV2", "encoder.stages.0.layers.0.grn.weight", _CONVNEXTV2,  # (before ConvNeXt: its marker too)
