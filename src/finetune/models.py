@@ -443,10 +443,10 @@ def _transformers_timm_model(config: dict) -> str | None:
         name = f"swin_{swin}_patch4_window{field('window_size')}_{size}"
     elif kind == "swinv2" and swin and patch == 4 and field("mlp_ratio") == 4 and field("use_absolute_embeddings") is False \
             and qkv_bias:
-        window, pretrained = field("window_size"), field("pretrained_window_sizes") or (0, 0, 0, 0)
-        if pretrained == (0, 0, 0, 0):
+        window, trained_windows = field("window_size"), field("pretrained_window_sizes") or (0, 0, 0, 0)
+        if trained_windows == (0, 0, 0, 0):
             name = f"swinv2_{swin}_window{window}_{size}"
-        elif pretrained == (12, 12, 12, 6):  # (fine-tuned from a 192 px, window 12 model: its windows set the position bias)
+        elif trained_windows == (12, 12, 12, 6):  # (fine-tuned from a 192 px, window 12 model: its windows set the position bias)
             name = f"swinv2_{swin}_window12to{window}_192to{size}"
     elif kind == "regnet" and regnet and config.get("embedding_size", 32) == 32 and config.get("hidden_act", "relu") == "relu" \
             and config.get("downsample_in_first_stage", True) is True and config.get("num_channels", 3) == 3:
