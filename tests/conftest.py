@@ -126,3 +126,20 @@ def transformers_folder(path: Path, sd: dict, config: dict) -> Path:
     save_file({k: v.contiguous() for k, v in sd.items()}, path / "model.safetensors")
     (path / "config.json").write_text(json.dumps(config))
     return path
+
+
+def assert_loads_exactly(source, target, folder: Path, kind: str) -> None:
+    """``folder`` (``source``'s tensors under transformers' names) loads into ``target`` strictly with the note of
+    ``kind``: every tensor bitwise, the same logits."""
+    import torch
+
+    import finetune
+
+    report = finetune.load_weights(target, folder, strict=True)
+    assert report.ok and not report.unexpected and len(report.loaded) == len(target.state_dict()), report
+    assert any(f"Hugging Face transformers {kind}" in n for n in report.notes), report.notes
+    for name, t in source.state_dict().items():
+        assert torch.equal(t, target.state_dict()[name]), name
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(source(x), target(x))

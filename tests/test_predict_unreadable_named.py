@@ -5,14 +5,13 @@ The library keeps its return type: the error it raises carries the other files' 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from conftest import run_here
 from finetune import Checkpointer, DataError, create_model
 
 
@@ -30,12 +29,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
-    from finetune.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
-    return rc, out.getvalue(), err.getvalue()
+    res = run_here(*args)
+    return res.returncode, res.stdout, res.stderr
 
 
 def test_predict_prints_every_readable_named_file_then_errors(setup: tuple[str, Path]) -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 import timm
 import torch
 
-import finetune
-from conftest import transformers_folder
+from conftest import assert_loads_exactly, transformers_folder
 from finetune.models import weights_architecture
 
 
@@ -57,14 +56,7 @@ def test_a_transformers_efficientnet_folder_loads_into_timm_tf_efficientnet(tmp_
         "num_block_repeats": [1, 2, 2, 3, 3, 4, 1], "expand_ratios": [1, 6, 6, 6, 6, 6, 6]})
 
     target = timm.create_model("tf_efficientnet_b0", num_classes=5).eval()
-    report = finetune.load_weights(target, folder, strict=True)
-    assert report.ok and not report.unexpected and len(report.loaded) == len(target.state_dict()), report
-    assert any("Hugging Face transformers EfficientNet" in n for n in report.notes), report.notes
-    for name, t in source.state_dict().items():
-        assert torch.equal(t, target.state_dict()[name]), name
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(source(x), target(x))
+    assert_loads_exactly(source, target, folder, "EfficientNet")
     assert weights_architecture(str(folder)) == (
         "EfficientNetForImageClassification (model_type efficientnet)", "timm:tf_efficientnet_b0")
 

@@ -10,7 +10,7 @@ import timm
 import torch
 
 import finetune
-from conftest import transformers_folder
+from conftest import assert_loads_exactly, transformers_folder
 from finetune.models import weights_architecture
 
 
@@ -54,14 +54,7 @@ def test_a_transformers_regnet_folder_loads_into_timm_regnet(tmp_path: Path, arc
     folder = transformers_folder(tmp_path / "hf", _regnet_to_hf(source.state_dict()), config)
 
     target = timm.create_model(arch, num_classes=5).eval()
-    report = finetune.load_weights(target, folder, strict=True)
-    assert report.ok and not report.unexpected and len(report.loaded) == len(target.state_dict()), report
-    assert any("Hugging Face transformers RegNet" in n for n in report.notes), report.notes
-    for name, t in source.state_dict().items():
-        assert torch.equal(t, target.state_dict()[name]), name
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(source(x), target(x))
+    assert_loads_exactly(source, target, folder, "RegNet")
     assert weights_architecture(str(folder)) == (
         "RegNetForImageClassification (model_type regnet)", f"timm:{arch}")
 
