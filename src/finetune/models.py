@@ -173,6 +173,51 @@ def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size:
 
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+OPENAI_CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+def clip_file_mean_std(pretrained: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The ``(mean, std)`` a CLIP weights file (an image tower under ``visual.``) was trained with: the
+    ``preprocess_cfg`` of open_clip's ``open_clip_config.json`` beside it (or in the folder), else OpenAI's for
+    OpenAI's own files (they keep ``input_resolution`` / ``context_length`` / ``vocab_size``); None for anything
+    else (the model's own then: a ``timm:*_clip_*`` model's default tag may be a fine-tune with other values,
+    ``vit_large_patch14_clip_224``'s 0.5 / 0.5). Reads a safetensors header or a pickle, not the tensors.
+
+    >>> clip_file_mean_std("timm:vit_base_patch16_clip_224.openai") is None
+    True
+    """
+    from pathlib import Path
+
+    from finetune.weights.sources import is_named
+
+    if not pretrained or is_named(pretrained):
+        return None
+    path = Path(pretrained)
+    if not path.exists():
+        return None
+    return _clip_file_mean_std(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _clip_file_mean_std(path_str: str, mtime_ns: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    import json
+    from pathlib import Path
+
+    from finetune.weights.formats import peek_names
+
+    path = Path(path_str)
+    try:
+        config = json.loads(((path if path.is_dir() else path.parent) / "open_clip_config.json").read_text("utf-8"))
+        pre = config.get("preprocess_cfg", {})
+        mean, std = pre.get("mean"), pre.get("std")
+        if len(mean) == 3 and len(std) == 3:
+            return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        pass
+    names = peek_names(path) if path.is_file() else set()
+    tower = any(n == "visual.class_embedding" or n.endswith(".visual.class_embedding") for n in names)
+    openai = {"input_resolution", "context_length", "vocab_size"} <= names
+    return OPENAI_CLIP_MEAN_STD if tower and openai else None
 
 
 def _timm_weights_cfg(model: str, pretrained: str | None) -> tuple[bool, Any]:
@@ -534,6 +579,9 @@ def normalization(model: str, pretrained: str | None = None) -> tuple[tuple[floa
         if len(mean) == 3 and len(std) == 3:
             return tuple(float(v) for v in mean), tuple(float(v) for v in std)
         return IMAGENET_MEAN_STD
+    clip = clip_file_mean_std(pretrained)
+    if clip is not None:  # a CLIP file's own (not a timm model's default tag's)
+        return clip
     _, cfg = _timm_weights_cfg(model, pretrained)
     if cfg is None or cfg.mean is None or cfg.std is None or len(cfg.mean) != 3:
         return IMAGENET_MEAN_STD

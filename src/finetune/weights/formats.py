@@ -1126,6 +1126,37 @@ def peek_torch_zip(path: Path) -> Any:
         return _zip_unpickle(path, allowed, _torch_name, data=False)
 
 
+def peek_names(path: Path) -> set[str]:
+    """The tensor names of a weights file, read without its tensors' data (a safetensors header, the
+    pickle of a torch zip or TorchScript archive, tensors on the meta device); empty for anything else.
+
+    >>> import pathlib, tempfile, torch
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.pt"
+    >>> torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 4}, path)
+    >>> sorted(peek_names(path))
+    ['w']
+    """
+    try:
+        kind = sniff(path)
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                return set(f.keys())
+        if kind == "torchscript":
+            return set(_script_tensors(path, data=False))
+        obj = peek_torch_zip(path) if kind == "torch zip" else None
+    except Exception:  # noqa: BLE001 - not readable here: loading the weights says why
+        return set()
+    if not isinstance(obj, Mapping):
+        return set()
+    names = {str(k) for k, v in obj.items() if isinstance(v, Tensor)}
+    for v in obj.values():  # a checkpoint's state dict one level down ('state_dict', 'model', ...)
+        if isinstance(v, Mapping):
+            names |= {str(n) for n, t in v.items() if isinstance(t, Tensor)}
+    return names
+
+
 def _tensor_globals() -> dict[str, Any]:
     import collections
 
@@ -1209,7 +1240,7 @@ def _torch_file(path: Path, *, kind: str, trust: bool) -> Any:
         return read_zip_restricted(path)
 
 
-def _script_tensors(path: Path) -> StateDict:
+def _script_tensors(path: Path, *, data: bool = True) -> StateDict:
     import importlib
 
     jit_pickle = importlib.import_module("torch.jit._pickle")
@@ -1226,7 +1257,7 @@ def _script_tensors(path: Path) -> StateDict:
             return getattr(torch, name, None) or storage_dtype(name)
         return None
 
-    root = _zip_unpickle(path, allowed, resolve)
+    root = _zip_unpickle(path, allowed, resolve, data=data)
     out: StateDict = {}
     _collect(root, "", out, set())
     if not out:
