@@ -197,10 +197,11 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
     width = _feature_width(model)
     hw = (images.shape[-2], images.shape[-1])
     found: list[tuple[str, torch.Tensor, Layout]] = []
+    last: dict[str, object] = {}  # each module's last output: the one a module called twice (a shared activation) gives maps
 
     def keep(name: str):  # noqa: ANN202 - a forward hook
         def hook(_module: nn.Module, _args: object, output: object) -> object:
-            t = _first_tensor(output)
+            t = last[name] = _first_tensor(output)
             layout = spatial_layout(t, hw, width)
             if layout is not None and isinstance(t, torch.Tensor) and t.requires_grad:
                 found.append((name, t, layout))
@@ -219,6 +220,7 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
         with torch.enable_grad():
             probe = images[:2].detach().clone().requires_grad_(True)
             logits = logits_of(model(probe))
+            found = [f for f in found if last[f[0]] is f[1]]  # an earlier call's map is not what the layer's hook captures
             direction = None
             if head_inputs and head_inputs[-1].requires_grad:
                 features = head_inputs[-1].float()
