@@ -616,7 +616,8 @@ def eval_transform_of(model: str, pretrained: str | None = None) -> tuple[float,
 
     timm's ``pretrained_cfg`` for a timm source or a timm model (``timm:convnext_tiny``: 0.875,
     bicubic; ViTs: 0.9), as timm's ``resolve_data_config`` takes them (its rare "border" mode,
-    a resize that keeps the whole image and pads, is taken as "center"); the crop / resize of
+    a resize that keeps the whole image and pads, is taken as "center"; a ``crop_pct`` above 1, a shrink
+    below the crop and a padded border, as 1.0); the crop / resize of
     torchvision's default weights with ``--pretrained torchvision`` (``resnet50``: 224 / 232,
     bilinear; ``efficientnet_b3``: 300 / 320, bicubic); else torchvision's classic
     ``(0.875, "bilinear", "center")``.
@@ -626,8 +627,8 @@ def eval_transform_of(model: str, pretrained: str | None = None) -> tuple[float,
     >>> crop_pct, interpolation, _ = eval_transform_of("efficientnet_b3", "torchvision")
     >>> round(300 / crop_pct), interpolation
     (320, 'bicubic')
-    >>> eval_transform_of("timm:coat_lite_medium_384")
-    (1.0, 'bicubic', 'squash')
+    >>> eval_transform_of("timm:coat_lite_medium_384"), eval_transform_of("timm:volo_d4_448")
+    ((1.0, 'bicubic', 'squash'), (1.0, 'bicubic', 'center'))
     """
     default = (0.875, "bilinear", "center")
     is_timm, cfg = _timm_weights_cfg(model, pretrained)
@@ -636,7 +637,9 @@ def eval_transform_of(model: str, pretrained: str | None = None) -> tuple[float,
             return default
         crop_pct = getattr(cfg, "crop_pct", None)
         interpolation = getattr(cfg, "interpolation", None)
-        return (float(crop_pct) if isinstance(crop_pct, (int, float)) and 0 < crop_pct <= 1 else default[0],
+        # (above 1, VOLO's *_448 / *_512: timm shrinks the image below the crop and pads it; the whole image unpadded
+        # is the nearest of what eval here does)
+        return (min(float(crop_pct), 1.0) if isinstance(crop_pct, (int, float)) and crop_pct > 0 else default[0],
                 interpolation if interpolation in ("bilinear", "bicubic") else default[1],
                 "squash" if getattr(cfg, "crop_mode", None) == "squash" else "center")
     keywords = _torchvision_weights_preset(model, pretrained)
