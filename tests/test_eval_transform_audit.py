@@ -178,11 +178,11 @@ def test_workers_and_the_ram_cache_give_the_same_batch(files: list[Path], where:
 
 
 def test_timm_configs_finetune_takes_otherwise() -> None:
-    """Deliberate differences: crop_pct above 1 (timm pads with black; finetune's range is (0, 1])
-    and "border" mode fall back; a non-square input size is not a default img_size; the floor of
+    """Deliberate differences: crop_pct above 1 (timm shrinks below the crop and pads with black; finetune's
+    range is (0, 1]) is 1.0, the whole image unpadded, and "border" mode falls back; a non-square input size is not a default img_size; the floor of
     size / crop_pct takes the exact value where float error puts timm one pixel lower."""
     assert get_pretrained_cfg("volo_d4_448.sail_in1k").crop_pct == 1.15
-    assert eval_transform_of("timm:volo_d4_448.sail_in1k") == (0.875, "bicubic", "center")
+    assert eval_transform_of("timm:volo_d4_448.sail_in1k") == (1.0, "bicubic", "center")
     border = [n for n in timm.list_pretrained("deepseek_vit*") if get_pretrained_cfg(n).crop_mode == "border"]
     for name in border[:1]:
         assert eval_transform_of("timm:" + name)[2] == "center"
