@@ -128,9 +128,9 @@ def transformers_folder(path: Path, sd: dict, config: dict) -> Path:
     return path
 
 
-def assert_loads_exactly(source, target, folder: Path, kind: str) -> None:
+def assert_loads_exactly(source, target, folder: Path, kind: str, size: int = 32) -> None:
     """``folder`` (``source``'s tensors under transformers' names) loads into ``target`` strictly with the note of
-    ``kind``: every tensor bitwise, the same logits."""
+    ``kind``: every tensor bitwise, the same logits (on ``size`` x ``size`` images)."""
     import torch
 
     import finetune
@@ -140,6 +140,6 @@ def assert_loads_exactly(source, target, folder: Path, kind: str) -> None:
     assert any(f"Hugging Face transformers {kind}" in n for n in report.notes), report.notes
     for name, t in source.state_dict().items():
         assert torch.equal(t, target.state_dict()[name]), name
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert torch.equal(source(x), target(x))

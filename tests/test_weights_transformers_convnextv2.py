@@ -9,8 +9,7 @@ import pytest
 import timm
 import torch
 
-import finetune
-from conftest import transformers_folder
+from conftest import assert_loads_exactly, transformers_folder
 
 # timm -> transformers' ConvNextV2ForImageClassification (facebook/convnextv2-tiny-1k-224), as modeling_convnextv2.py
 # names them: 'convnextv2.' before the network, pwconv1/2 Linear layers, GRN weight / bias of shape 1x1x1xC
@@ -52,11 +51,4 @@ def test_a_transformers_convnextv2_folder_loads_into_timm_convnextv2(tmp_path: P
                                                        "hidden_sizes": [40, 80, 160, 320], "patch_size": 4, "num_stages": 4})
 
     target = timm.create_model("convnextv2_atto", num_classes=5, depths=(1, 1, 1, 1), **kwargs).eval()
-    report = finetune.load_weights(target, folder, strict=True)
-    assert report.ok and not report.unexpected and len(report.loaded) == len(target.state_dict()), report
-    assert any("Hugging Face transformers ConvNeXtV2" in n for n in report.notes), report.notes
-    for k, v in source.state_dict().items():
-        assert torch.equal(target.state_dict()[k], v), k
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(source(x), target(x))
+    assert_loads_exactly(source, target, folder, "ConvNeXtV2")

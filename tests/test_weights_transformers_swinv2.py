@@ -8,8 +8,7 @@ from pathlib import Path
 import timm
 import torch
 
-import finetune
-from conftest import split_qkv, transformers_folder
+from conftest import assert_loads_exactly, split_qkv, transformers_folder
 
 
 def _swinv2_to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -55,11 +54,4 @@ def test_a_transformers_swinv2_folder_loads_into_timm_swinv2(tmp_path: Path) -> 
                                                        "window_size": 4, "patch_size": 4, "image_size": 64})
 
     target = timm.create_model("swinv2_tiny_window8_256", **kwargs).eval()
-    report = finetune.load_weights(target, folder, strict=True)
-    assert report.ok and not report.unexpected and len(report.loaded) == len(target.state_dict()), report
-    assert any("Hugging Face transformers Swinv2" in n for n in report.notes), report.notes
-    for k, v in source.state_dict().items():
-        assert torch.equal(target.state_dict()[k], v), k
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(source(x), target(x))
+    assert_loads_exactly(source, target, folder, "Swinv2", size=64)
