@@ -33,7 +33,7 @@ fi
 step cuda-tests      240 $PY -m pytest -q -n 4 --durations=8 -m cuda -p no:cacheprovider -o addopts= tests/test_checkpoint_cuda.py tests/test_data_loader.py tests/test_train_cuda.py tests/test_cam.py tests/test_eval_transform.py
 step bench-ckpt      60  $PY benchmarks/bench_checkpoint.py --device cuda
 step bench-freeze    60  $PY benchmarks/bench_freeze.py --device cuda
-step bench-train     200 $PY benchmarks/bench_train.py --device cuda --images 8000 --epochs 3 $([[ $STEPS == *ablations* ]] && echo --ablations)
+step bench-train     260 $PY benchmarks/bench_train.py --device cuda --images 8000 --epochs 3 $([[ $STEPS == *ablations* ]] && echo --ablations)
 step bench-data-gpu  90  $PY benchmarks/bench_data.py --gpu --seconds 3
 step profile         60  bash -c "$PY -m cProfile -o /tmp/train.prof -m finetune train --data $DATA --model resnet50 --epochs 3 --batch-size 256 --optimizer sgd --device cuda --workers 16 --cache gpu --prefetch none --amp bf16 --channels-last -q --out /tmp/prof-run && $PY -c \"import pstats; s = pstats.Stats('/tmp/train.prof'); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumulative').print_stats(45)\""
 step profile-frozen  60  bash -c "$PY -m cProfile -o /tmp/frozen.prof -m finetune train --data $DATA --model resnet50 --epochs 3 --batch-size 256 --optimizer sgd --device cuda --workers 16 --cache gpu --linear-probe --amp bf16 --channels-last -q --out /tmp/prof-frozen && $PY -c \"import pstats; s = pstats.Stats('/tmp/frozen.prof'); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumulative').print_stats(45)\""
