@@ -33,6 +33,7 @@ Where the time goes and what is done about it (measurements in BENCHMARKS.md):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -1222,6 +1223,13 @@ def _stop_workers(dataloader: DataLoader) -> None:
             it._shutdown_workers()
         else:  # a fork of the process that started them: theirs to stop (their stop event is shared)
             it._shutdown = True
+            # ... but this copy's registry of worker pids (torch's SIGCHLD check) forgets them: else a
+            # new iterator that happens to get the freed one's id() here fails ("_set_worker_pids
+            # should be called only once"): a forked child's next pass failed now and then
+            from torch.utils.data._utils import signal_handling
+
+            with contextlib.suppress(ValueError):  # (not registered: nothing to forget)
+                signal_handling._remove_worker_pids(id(it))
     dataloader._iterator = None
 
 
