@@ -177,7 +177,7 @@ OPENAI_CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.2613
 
 
 def clip_file_mean_std(pretrained: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The ``(mean, std)`` a CLIP weights file (an image tower under ``visual.``) was trained with: the
+    """The ``(mean, std)`` a CLIP weights file (a ViT's or ResNet's image tower under ``visual.``) was trained with: the
     ``preprocess_cfg`` of open_clip's ``open_clip_config.json`` beside it (or in the folder), else OpenAI's for
     OpenAI's own files (they keep ``input_resolution`` / ``context_length`` / ``vocab_size``); None for anything
     else (the model's own then: a ``timm:*_clip_*`` model's default tag may be a fine-tune with other values,
@@ -215,7 +215,8 @@ def _clip_file_mean_std(path_str: str, mtime_ns: int) -> tuple[tuple[float, ...]
     except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
         pass
     names = peek_names(path) if path.is_file() else set()
-    tower = any(n == "visual.class_embedding" or n.endswith(".visual.class_embedding") for n in names)
+    tower = any(n == f"visual.{m}" or n.endswith(f".visual.{m}") for n in names
+                for m in ("class_embedding", "attnpool.positional_embedding"))  # (a ViT's, a ResNet's)
     openai = {"input_resolution", "context_length", "vocab_size"} <= names
     return OPENAI_CLIP_MEAN_STD if tower and openai else None
 

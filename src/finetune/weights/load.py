@@ -749,6 +749,9 @@ def load_weights(
         fitted = None
         if shape_mismatch != "error" and _resamplable(name, file_shape, model_shape):
             fitted = resample_pos_embed(tensor, model_shape[1])
+        elif shape_mismatch != "error" and len(file_shape) == 2 and _resamplable(name, (1, *file_shape), (1, *model_shape)):
+            out, how = resample_pos_embed(tensor[None], model_shape[0])  # (an attention pool's: timm's resnet*_clip)
+            fitted = out[0], how
         elif shape_mismatch != "error" and is_pos_embed(name) and _map_layout(file_shape, model_shape) is not None:
             fitted = resample_pos_embed_map(tensor, model_shape)
         elif (shape_mismatch != "error" and is_rel_pos_table(name) and len(file_shape) == len(model_shape) == 2
