@@ -327,6 +327,15 @@ _TRANSFORMERS_CONVNEXTV2S = {((2, 2, 6, 2), (40, 80, 160, 320)): "atto", ((2, 2,
 _TRANSFORMERS_SWINS = {(96, (2, 2, 6, 2), (3, 6, 12, 24)): "tiny", (96, (2, 2, 18, 2), (3, 6, 12, 24)): "small",
                        (128, (2, 2, 18, 2), (4, 8, 16, 32)): "base", (192, (2, 2, 18, 2), (6, 12, 24, 48)): "large"}
 
+#: transformers' MobileViT (``hidden_sizes``, ``neck_hidden_sizes``, ``expand_ratio``) as timm's ``mobilevit_*`` (apple/mobilevit-
+#: xx-small, -x-small, -small: both converted from Apple's ml-cvnets)
+_TRANSFORMERS_MOBILEVITS = {((64, 80, 96), (16, 16, 24, 48, 64, 80, 320), 2.0): "xxs",
+                            ((96, 120, 144), (16, 32, 48, 64, 80, 96, 384), 4.0): "xs",
+                            ((144, 192, 240), (16, 32, 64, 96, 128, 160, 640), 4.0): "s"}
+#: what the others of a transformers MobileViT ``config.json`` are for timm's (missing: transformers' defaults)
+_TRANSFORMERS_MOBILEVIT_BASE = {"num_channels": 3, "patch_size": 2, "num_attention_heads": 4, "mlp_ratio": 2.0,
+                                "hidden_act": "silu", "conv_kernel_size": 3, "output_stride": 32, "qkv_bias": True}
+
 #: transformers' RegNet (``depths``, ``hidden_sizes``, ``groups_width``) as timm's ``regnetx_*`` / ``regnety_*`` (by its
 #: ``layer_type``) they were converted from (facebook/regnet-x-002 ... -320, regnet-y-002 ... -320, the SEER ones of timm's sizes)
 _TRANSFORMERS_REGNETS = {
@@ -363,7 +372,7 @@ def weights_architecture(pretrained: str | None) -> tuple[str, str | None] | Non
     weights file, a Hugging Face cache snapshot) says their architecture is, and the ``--model`` that
     builds it where that is plain (timm's: ``timm:`` and its ``architecture``; a transformers ResNet:
     torchvision's ``resnet*`` of its depths; a transformers ViT, DeiT, BEiT, DINOv2, ConvNeXt or Swin (V1 or V2
-    each), RegNet or EfficientNet: the ``timm:`` model of its sizes); None when there is no such file or it names none.
+    each), RegNet, EfficientNet or MobileViT: the ``timm:`` model of its sizes); None when there is no such file or it names none.
 
     >>> import json, pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -440,7 +449,7 @@ def converted_architecture(pretrained: str | None) -> tuple[str, str | None] | N
 
 def _transformers_timm_model(config: dict) -> str | None:
     """The ``timm:`` model of a transformers ViT, DeiT, BEiT (or data2vec-vision, BEiT's network), DINOv2, ConvNeXt
-    or Swin (V1 or V2 each), RegNet or EfficientNet ``config.json`` (whose fields transformers writes all of), where they are those of one of timm's
+    or Swin (V1 or V2 each), RegNet, EfficientNet or MobileViT ``config.json`` (whose fields transformers writes all of), where they are those of one of timm's
     models; None otherwise (a field missing, a size or layout timm has no name for, no timm).
 
     >>> _transformers_timm_model({"model_type": "convnext", "depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768],
@@ -462,6 +471,7 @@ def _transformers_timm_model(config: dict) -> str | None:
         efficientnet = _TRANSFORMERS_EFFICIENTNETS.get((field("width_coefficient"), field("depth_coefficient"),
                                                         field("hidden_dim")))
         regnet = _TRANSFORMERS_REGNETS.get((field("layer_type"), field("depths"), field("hidden_sizes"), field("groups_width")))
+        mobilevit = _TRANSFORMERS_MOBILEVITS.get((field("hidden_sizes"), field("neck_hidden_sizes"), config.get("expand_ratio", 4.0)))
     except TypeError:  # (a list of lists, a dict: no such model)
         return None
     patch, size = field("patch_size"), field("image_size")
@@ -499,6 +509,8 @@ def _transformers_timm_model(config: dict) -> str | None:
         name = f"regnet{field('layer_type')}_{regnet}"  # (missing: transformers' defaults, timm's regnets' too)
     elif kind == "efficientnet" and efficientnet and all(config.get(k, v) == v for k, v in _TRANSFORMERS_EFFICIENTNET_BASE.items()):
         name = f"tf_efficientnet_{efficientnet}"  # (missing: transformers' defaults)
+    elif kind == "mobilevit" and mobilevit and all(config.get(k, v) == v for k, v in _TRANSFORMERS_MOBILEVIT_BASE.items()):
+        name = f"mobilevit_{mobilevit}"
     if name is None:
         return None
     try:

@@ -9,8 +9,10 @@
 (``facebook/dinov2-small``) and ``BeitForImageClassification`` (``microsoft/beit-base-patch16-224``; also
 ``Data2VecVisionForImageClassification``, ``facebook/data2vec-vision-base-ft1k``, BEiT's network) and
 ``RegNetForImageClassification`` / ``RegNetModel`` (``facebook/regnet-y-040``), ``EfficientNetForImageClassification``
-(``google/efficientnet-b0``) are the networks of torchvision's / timm's ``resnet*``, timm's ``vit_*`` / ``deit_*``,
-``convnext_*``, ``convnextv2_*``, ``swin_*``, ``swinv2_*``, ``vit_*_dinov2``, ``beit_*``, ``regnetx_*`` / ``regnety_*`` and ``tf_efficientnet_b*`` (transformers converted them from there; a ViT
+(``google/efficientnet-b0``) and ``MobileViTForImageClassification`` (``apple/mobilevit-small``) are the networks of
+torchvision's / timm's ``resnet*``, timm's ``vit_*`` / ``deit_*``,
+``convnext_*``, ``convnextv2_*``, ``swin_*``, ``swinv2_*``, ``vit_*_dinov2``, ``beit_*``, ``regnetx_*`` / ``regnety_*``, ``tf_efficientnet_b*``
+and ``mobilevit_*`` (transformers converted them from there, or from their originals; a ViT
 also torchvision's ``vit_*``) under other names: ``resnet.embedder.embedder.convolution`` for ``conv1``, ``classifier.1`` for ``fc``,
 a ViT's separate ``query`` / ``key`` / ``value`` for timm's ``qkv``, a Swin stage's patch merging at its
 end (timm's at the start of the next stage). :func:`from_transformers` renames them (and joins q/k/v),
@@ -85,6 +87,31 @@ _EFFICIENTNET_BLOCK = {
             "squeeze_excite.reduce": "se.conv_reduce", "squeeze_excite.expand": "se.conv_expand",
             "projection.project_conv": "conv_pw", "projection.project_bn": "bn2"},
 }
+# MobileViT (apple/mobilevit-*: MobileViTForImageClassification under 'mobilevit.'): timm's mobilevit_xxs / _xs / _s,
+# both converted from Apple's ml-cvnets; a stage's inverted residuals (layer.0-1: layer.M; layer.2-4: downsampling_layer)
+# as timm's stages.N.M bottlenecks, a MobileViT block's layers as stages.N.1's
+_MOBILEVIT_CONVS = {"expand_1x1": "conv1_1x1", "conv_3x3": "conv2_kxk", "reduce_1x1": "conv3_1x1", "conv_kxk": "conv_kxk",
+                    "conv_projection": "conv_proj", "fusion": "conv_fusion"}
+_MOBILEVIT_LAYER = {"convolution": "conv", "normalization": "bn"}
+_MOBILEVIT = [
+    (r"^conv_stem\.(convolution|normalization)\.", lambda m: f"stem.{_MOBILEVIT_LAYER[m[1]]}."),
+    (r"^encoder\.layer\.([01])\.layer\.(\d+)\.(expand_1x1|conv_3x3|reduce_1x1)\.(convolution|normalization)\.",
+     lambda m: f"stages.{m[1]}.{m[2]}.{_MOBILEVIT_CONVS[m[3]]}.{_MOBILEVIT_LAYER[m[4]]}."),
+    (r"^encoder\.layer\.(\d+)\.downsampling_layer\.(expand_1x1|conv_3x3|reduce_1x1)\.(convolution|normalization)\.",
+     lambda m: f"stages.{m[1]}.0.{_MOBILEVIT_CONVS[m[2]]}.{_MOBILEVIT_LAYER[m[3]]}."),
+    (r"^encoder\.layer\.(\d+)\.(conv_kxk|conv_projection|fusion)\.(convolution|normalization)\.",
+     lambda m: f"stages.{m[1]}.1.{_MOBILEVIT_CONVS[m[2]]}.{_MOBILEVIT_LAYER[m[3]]}."),
+    (r"^encoder\.layer\.(\d+)\.conv_1x1\.convolution\.", r"stages.\1.1.conv_1x1."),
+    (r"^encoder\.layer\.(\d+)\.transformer\.layer\.(\d+)\.layernorm_before\.", r"stages.\1.1.transformer.\2.norm1."),
+    (r"^encoder\.layer\.(\d+)\.transformer\.layer\.(\d+)\.layernorm_after\.", r"stages.\1.1.transformer.\2.norm2."),
+    (r"^encoder\.layer\.(\d+)\.transformer\.layer\.(\d+)\.attention\.output\.dense\.",
+     r"stages.\1.1.transformer.\2.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.transformer\.layer\.(\d+)\.intermediate\.dense\.", r"stages.\1.1.transformer.\2.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.transformer\.layer\.(\d+)\.output\.dense\.", r"stages.\1.1.transformer.\2.mlp.fc2."),
+    (r"^encoder\.layer\.(\d+)\.layernorm\.", r"stages.\1.1.norm."),
+    (r"^conv_1x1_exp\.(convolution|normalization)\.", lambda m: f"final_conv.{_MOBILEVIT_LAYER[m[1]]}."),
+    (r"^classifier\.", "head.fc."),
+]
 _VIT = [
     (r"^embeddings\.cls_token$", "cls_token"),
     (r"^embeddings\.position_embeddings$", "pos_embed"),
@@ -176,7 +203,9 @@ _QKV = {"ViT": _VIT_QKV, "DeiT": _VIT_QKV, "Dinov2": _VIT_QKV,
         "Swin": (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(?P<part>query|key|value)\.(weight|bias)$",
                  r"layers.\1.blocks.\2.attn.qkv.\4"),
         "Swinv2": (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(?P<part>query|key|value)\.weight$",
-                   r"layers.\1.blocks.\2.attn.qkv.weight")}  # (no key bias)
+                   r"layers.\1.blocks.\2.attn.qkv.weight"),  # (no key bias)
+        "MobileViT": (r"^encoder\.layer\.(\d+)\.transformer\.layer\.(\d+)\.attention\.attention\."
+                      r"(?P<part>query|key|value)\.(weight|bias)$", r"stages.\1.1.transformer.\2.attn.qkv.\4")}
 #: tensors the timm model has no place for: buffers it computes itself, a token of masked-image pre-training only
 _DROPPED = {"Swin": r"\.relative_position_index$", "Dinov2": r"^embeddings\.mask_token$",
             "Swinv2": r"\.relative_position_index$|\.relative_coords_table$|^embeddings\.mask_token$",
@@ -232,6 +261,10 @@ _KINDS = (
     ("DeiT", "embeddings.patch_embeddings.projection.weight", _DEIT, _DEIT_SHOWN, "timm's"),
     ("EfficientNet", "encoder.top_conv.weight", _EFFICIENTNET,
      "efficientnet.encoder.blocks.N -> blocks.S.M (by stage), top_conv / top_bn -> conv_head / bn2", "timm's"),
+    ("MobileViT", "encoder.layer.2.fusion.convolution.weight", _MOBILEVIT,  # (MobileViT V2's layers have no fusion)
+     "mobilevit.encoder.layer.N -> stages.N, expand_1x1/conv_3x3/reduce_1x1 -> conv1_1x1/conv2_kxk/conv3_1x1, "
+     "transformer.layer.M -> stages.N.1.transformer.M, query/key/value -> attn.qkv, conv_projection / fusion -> "
+     "conv_proj / conv_fusion, conv_1x1_exp -> final_conv, classifier -> head.fc", "timm's"),
     ("ConvNeXtV2", "encoder.stages.0.layers.0.grn.weight", _CONVNEXTV2,  # (before ConvNeXt: its marker too)
      "convnextv2.encoder.stages.N.layers.M -> stages.N.blocks.M, grn -> mlp.grn (1x1x1xC -> C), "
      "classifier -> head.fc", "timm's"),
@@ -273,7 +306,7 @@ _UNPREFIXED = {"RegNet": lambda stem: stem.ndim == 4 and stem.shape[-1] == 3}
 
 def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[StateDict, str | None]:
     """``sd`` under torchvision's / timm's names when it is a transformers ResNet, ViT, DeiT, ConvNeXt (V1, V2), Swin
-    (V1, V2), DINOv2, BEiT, RegNet or EfficientNet (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
+    (V1, V2), DINOv2, BEiT, RegNet, EfficientNet or MobileViT (with its ``*ForImageClassification`` head or without, as ``ResNetModel`` saves it), and a note
     saying so; else ``(sd, None)``. Keys no rule knows (a ``pooler``, DINOv2's classifier on [CLS] and the
     patch mean side by side) are kept as they are; tensors timm has no place for (Swin's and BEiT's
     ``relative_position_index`` buffers, Swin V2's ``relative_coords_table``, DINOv2's and BEiT's ``mask_token``)
@@ -342,7 +375,11 @@ def from_transformers(sd: StateDict, model_names: Iterable[str] = ()) -> tuple[S
             out = _fit_convnextv2(out, shapes)
         if len(out) != len(sd) - len(dropped) - sum(len(p) - 1 for p in qkv.values() if len(p) == 3):
             return given, None  # two keys renamed onto one name: not the layout these rules are for
-        return out, f"Hugging Face transformers {kind} names converted to {whose} ({shown}, ...)"
+        note = f"Hugging Face transformers {kind} names converted to {whose} ({shown}, ...)"
+        if kind == "MobileViT":  # (as Apple's ml-cvnets read them, with OpenCV)
+            note += ("; transformers' MobileViTImageProcessor feeds these weights BGR images (do_flip_channel_order), "
+                     "finetune RGB ones")
+        return out, note
     return sd, None
 
 
