@@ -273,7 +273,8 @@ def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int
             children: Sequence[str] = ()) -> list[PrefixMap | ChildIndexMap]:
     """:func:`align`'s mapping first, then any other that fits exactly as many tensors from other
     keys of the file (a distillation checkpoint's ``student.`` and ``teacher.``: the teacher is
-    preferred, as DINO-style self-distillation evaluates and releases it; otherwise the choice is a guess).
+    preferred, as DINO-style self-distillation evaluates and releases it, and so are MoCo's ``encoder_q.`` /
+    ``base_encoder.`` and BYOL's ``online_encoder.`` (:func:`copy_preference`); otherwise the choice is a guess).
 
     >>> shapes = {"student.fc.weight": (2, 3), "teacher.fc.weight": (2, 3)}
     >>> [str(m) for m in aligned(shapes, {"fc.weight": (2, 3)})]
@@ -302,10 +303,10 @@ def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int
         same = [n for n in hit if tuple(target[n]) == tuple(names[n])]
         # 0-d tensors (BatchNorm's num_batches_tracked) fit any BatchNorm: no evidence for a mapping
         shaped = sum(1 for n in same if len(names[n]) > 0)
-        # of equally fitting copies, a self-distillation teacher rather than its student
-        teacher = "teacher" in m.strip.split(".")
+        # of equally fitting copies, the network the method evaluates and releases (not the file's key order)
+        preferred = copy_preference(m.strip)
         # a renaming that matches names but no shape is a coincidence (e.g. 'fc.' -> 'stem.')
-        return (shaped, len(hit) if shaped or m == PrefixMap() else -1, len(same), teacher,
+        return (shaped, len(hit) if shaped or m == PrefixMap() else -1, len(same), preferred,
                 -len(m.strip) - len(m.add))
 
     scores = {m: score(m) for m in candidates}
@@ -361,6 +362,24 @@ def leftover_map(source: Mapping[str, Shape], target: Mapping[str, Shape], class
 
     scored = [(sc, m) for m in candidates if (sc := score(m)) is not None]
     return max(scored, key=lambda x: (x[0], str(x[1])))[1] if scored else None
+
+
+#: of two copies of a network in one file, the one self-supervised methods evaluate and release (+1) and its
+#: momentum / key / student counterpart (-1): DINO / iBOT's teacher, MoCo v1/v2's encoder_q, MoCo v3's
+#: base_encoder, BYOL's online network
+_PREFERRED_COPIES = {"teacher": 1, "encoder_q": 1, "base_encoder": 1, "online_encoder": 1, "online_network": 1,
+                     "student": -1, "encoder_k": -1, "momentum_encoder": -1, "target_encoder": -1, "target_network": -1}
+
+
+def copy_preference(prefix: str) -> int:
+    """+1 for a prefix naming the copy of a network that its method evaluates (a self-distillation
+    teacher, MoCo's query / base encoder, BYOL's online network), -1 for its momentum / key / student
+    copy, 0 otherwise.
+
+    >>> copy_preference("encoder_q."), copy_preference("encoder_k."), copy_preference("backbone.")
+    (1, -1, 0)
+    """
+    return sum(_PREFERRED_COPIES.get(part, 0) for part in prefix.split("."))
 
 
 def _prefixes(name: str, depth: int) -> list[str]:
