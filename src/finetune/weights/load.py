@@ -727,6 +727,10 @@ def load_weights(
     if legacy:
         report.notes.append(f"{legacy} tensor names of torchvision's old DenseNet layout ('norm.1' for 'norm1', "
                             "as torchvision renames them)")
+    renamed, scales = layer_scale_names(renamed, model_shapes)
+    if scales:
+        report.notes.append(f"{scales} layer scales under DeiT III's names ('gamma_1' / 'gamma_2' for timm's "
+                            "'ls1.gamma' / 'ls2.gamma', as timm renames them)")
     prefix_map, *equally_good = aligned({renamed[k]: tuple(v.shape) for k, v in file_sd.items()}, model_shapes,
                                         children=child_names(model))
     if equally_good and not rename:
@@ -930,6 +934,27 @@ def legacy_densenet_names(renamed: Mapping[str, str], model_shapes: Mapping[str,
     if any(_DENSENET_LEGACY.match(n) for n in model_shapes):
         return dict(renamed), 0
     out = {k: _DENSENET_LEGACY.sub(r"\1\2", v) for k, v in renamed.items()}
+    return out, sum(1 for k in out if out[k] != renamed[k])
+
+
+# DeiT III's files (facebookresearch/deit models_v2.py) keep a block's layer scale as 'blocks.N.gamma_1';
+# timm's ViTs call it 'blocks.N.ls1.gamma' (timm's checkpoint_filter_fn renames it)
+_LAYER_SCALE = re.compile(r"^(.*\.)gamma_([12])$")
+
+
+def layer_scale_names(renamed: Mapping[str, str], model_shapes: Mapping[str, Shape]) -> tuple[dict[str, str], int]:
+    """``renamed`` with a block's layer scale ``gamma_1`` / ``gamma_2`` written as timm's ViT names it,
+    ``ls1.gamma`` / ``ls2.gamma``, when the model has those names and no ``gamma_1`` of its own (timm's BEiT
+    and CaiT keep ``gamma_1``), and how many were renamed.
+
+    >>> layer_scale_names({"k": "blocks.0.gamma_2"}, {"blocks.0.ls1.gamma": (4,), "blocks.0.ls2.gamma": (4,)})
+    ({'k': 'blocks.0.ls2.gamma'}, 1)
+    >>> layer_scale_names({"k": "blocks.0.gamma_2"}, {"blocks.0.gamma_2": (4,)})
+    ({'k': 'blocks.0.gamma_2'}, 0)
+    """
+    if not any(n.endswith(".ls1.gamma") for n in model_shapes) or any(_LAYER_SCALE.match(n) for n in model_shapes):
+        return dict(renamed), 0
+    out = {k: _LAYER_SCALE.sub(r"\1ls\2.gamma", v) for k, v in renamed.items()}
     return out, sum(1 for k in out if out[k] != renamed[k])
 
 
