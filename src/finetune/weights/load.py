@@ -23,6 +23,7 @@ from torch import Tensor
 
 from finetune.errors import NothingMatchedError, WeightsError
 from finetune.weights import sources
+from finetune.weights.dinov2_names import from_dinov2
 from finetune.weights.formats import Checkpoint, read_checkpoint
 from finetune.weights.keys import apply_renames, matches, unwrap_names
 from finetune.weights.open_clip_names import from_open_clip
@@ -722,6 +723,9 @@ def load_weights(
                                         quick_gelu=any(type(m).__name__ == "QuickGELU" for m in model.modules()))
     if clip_note:
         report.notes.append(clip_note)
+    file_sd, dinov2_note = from_dinov2(file_sd, model_shapes)
+    if dinov2_note:
+        report.notes.append(dinov2_note)
     renamed = apply_renames(file_sd, rename)
     renamed, legacy = legacy_densenet_names(renamed, model_shapes)
     if legacy:
