@@ -131,7 +131,7 @@ class LoadReport:
             ("mismatched", len(self.mismatched),
              ", ".join(f"{n} (file {_fmt(a)}, model {_fmt(b)})" for n, a, b in self.mismatched)),
             ("missing", len(self.missing), ", ".join(self.missing)),
-            ("unexpected", len(self.unexpected), ", ".join(self.unexpected)),
+            ("unexpected", len(self.unexpected), _grouped(self.unexpected)),
             ("excluded", len(self.excluded), ", ".join(self.excluded)),
         ]
         lines = [f"  {name:<10} {n:>5}  {_clip(detail)}".rstrip() for name, n, detail in rows if n or name == "loaded"]
@@ -149,6 +149,28 @@ class LoadReport:
 
 def _fmt(shape: Shape) -> str:
     return "x".join(map(str, shape)) or "scalar"
+
+
+def _grouped(names: list[str], limit: int = 6) -> str:
+    """``names``, or for more than ``limit``, how many there are under each name one level below the prefix
+    they all share (a self-supervised file's second copy, its projection head, a queue: what was left out).
+
+    >>> _grouped(["queue", "fc.bias"])
+    'queue, fc.bias'
+    >>> _grouped([f"module.encoder_k.layer{i}.weight" for i in range(8)] + ["module.encoder_q.fc.0.weight", "module.queue"])
+    'module.encoder_k.* (8), module.encoder_q.*, module.queue'
+    """
+    if len(names) <= limit:
+        return ", ".join(names)
+    split = [n.split(".") for n in names]
+    depth = 0
+    while all(len(p) > depth + 1 and p[depth] == split[0][depth] for p in split):
+        depth += 1
+    groups: dict[str, int] = {}
+    for parts in split:
+        key = ".".join(parts[:depth + 1]) + (".*" if len(parts) > depth + 1 else "")
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{k} ({n})" if n > 1 else k for k, n in groups.items())
 
 
 def _clip(text: str, width: int = 110) -> str:
