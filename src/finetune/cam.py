@@ -196,15 +196,27 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
         heads = []
     width = _feature_width(model)
     hw = (images.shape[-2], images.shape[-1])
-    found: list[tuple[str, torch.Tensor, Layout]] = []
+    n = min(2, images.shape[0])  # the probe's batch: windows of a map (N * windows x h x w x C) are no map
+    found: list[tuple[str, torch.Tensor, Layout, bool]] = []  # (.., whether its width is the head's)
     last: dict[str, object] = {}  # each module's last output: the one a module called twice (a shared activation) gives maps
+    # the widths of the maps that a layer turns into a map of another size (or no map: 1x1): a stage's output
+    # (Swin's `layers.2` at 32 px, whose last stage is 1x1), not an attention's qkv nor an MLP's hidden features
+    stage_widths: set[tuple[int, int, int]] = set()
 
     def keep(name: str):  # noqa: ANN202 - a forward hook
-        def hook(_module: nn.Module, _args: object, output: object) -> object:
+        def hook(_module: nn.Module, args: tuple[object, ...], output: object) -> object:
             t = last[name] = _first_tensor(output)
             layout = spatial_layout(t, hw, width)
-            if layout is not None and isinstance(t, torch.Tensor) and t.requires_grad:
-                found.append((name, t, layout))
+            loose = layout if width is None or layout is not None else spatial_layout(t, hw)
+            x = args[0] if args else None
+            if width is not None and isinstance(x, torch.Tensor) and not (isinstance(t, torch.Tensor) and t.shape == x.shape):
+                before = spatial_layout(x, hw)
+                if before is not None and (loose is None or (loose.height, loose.width) != (before.height, before.width)):
+                    stage_widths.add((before.height, before.width, _map_width(x, before)))
+            if loose is None or not isinstance(t, torch.Tensor) or not t.requires_grad or t.shape[0] != n:
+                return None
+            if layout is not None or loose.kind != "nchw":  # NHWC or tokens of another width: kept if a stage's
+                found.append((name, t, loose, layout is not None))
                 return _with_first(output, t.clone())  # an in-place op downstream (DenseNet's ReLU) must not change it
             return None
         return hook
@@ -220,7 +232,8 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
         with torch.enable_grad():
             probe = images[:2].detach().clone().requires_grad_(True)
             logits = logits_of(model(probe))
-            found = [f for f in found if last[f[0]] is f[1]]  # an earlier call's map is not what the layer's hook captures
+            found = [f for f in found if last[f[0]] is f[1]  # an earlier call's map is not what the layer's hook captures
+                     and (f[3] or (f[2].height, f[2].width, _map_width(f[1], f[2])) in stage_widths)]
             direction = None
             if head_inputs and head_inputs[-1].requires_grad:
                 features = head_inputs[-1].float()
@@ -228,20 +241,44 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
                 score = (features * direction.to(features.device)).sum()
             else:
                 score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-            grads = torch.autograd.grad(score, [t for _, t, _ in found], allow_unused=True) if found else []
+            grads = torch.autograd.grad(score, [t for _, t, _, _ in found], allow_unused=True) if found else []
     finally:
         for h in hooks:
             h.remove()
-    for (name, _t, layout), g in reversed(list(zip(found, grads, strict=True))):
+    corner: CamLayer | None = None  # the last one reached only in its top-left quarter, if none is reached beyond
+    for (name, _t, layout, _), g in reversed(list(zip(found, grads, strict=True))):
         if g is None:
             continue
         g = layout.to_nchw(g)
         if float(g.abs().amax()) > 0:
             gap = _is_gap_linear(model, heads, g, direction)
-            return CamLayer(name, layout, gap)
-    names = ", ".join(n for n, _, _ in found[-5:]) or "none"
+            if not _padded(g):
+                return CamLayer(name, layout, gap)
+            corner = corner or CamLayer(name, layout, gap)
+    if corner is not None:  # (an untrained RegNet at 32 px: its residual branches start at zero, its shortcuts are
+        return corner       # 1x1 convs of stride 2: nothing but the top-left position reaches the output)
+    names = ", ".join(f[0] for f in found[-5:]) or "none"
     raise ModelError(f"cannot find a spatial feature layer in {type(model).__name__} for {hw[0]}x{hw[1]} inputs "
                      f"whose gradient reaches the output (candidates: {names}); pass layer=NAME (--layer)")
+
+
+def _padded(grads: torch.Tensor) -> bool:
+    """True if the gradient (N x C x h x w) reaches only the top-left quarter of the map: a smaller map padded
+    on the right and bottom to a window's size (DaViT's window attention at 32 px: its 1x1 map padded to 7x7),
+    a layer :func:`find_cam_layer` passes over for an earlier one whose gradient reaches further.
+
+    >>> g = torch.zeros(1, 4, 7, 7); g[..., :1, :1] = 1.0
+    >>> _padded(g), _padded(torch.ones(1, 4, 7, 7))
+    (True, False)
+    """
+    reached = grads.abs().amax(dim=(0, 1)) > 0
+    h, w = reached.shape
+    return not bool(reached[(h + 1) // 2:].any()) and not bool(reached[:, (w + 1) // 2:].any())
+
+
+def _map_width(t: torch.Tensor, layout: Layout) -> int:
+    """The channels of ``t``, a map laid out as ``layout``."""
+    return t.shape[1] if layout.kind == "nchw" else t.shape[-1]
 
 
 def _is_gap_linear(model: nn.Module, heads: list[str], grads: torch.Tensor, direction: torch.Tensor | None) -> bool:
