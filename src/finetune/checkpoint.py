@@ -983,6 +983,8 @@ def deployment_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         if "config" in meta:
             decoded["config"] = dict(json.loads(meta["config"]))
         decoded.update({k: int(meta[k]) for k in ("train_images", "val_images") if k in meta})
+        if "global_pool" in meta:  # (how the model is built: a timm ViT's pooling)
+            decoded["global_pool"] = meta["global_pool"]
     except (OSError, SafetensorError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"'{path}': cannot read it as a finetune best.safetensors ({e}): "
                               "`finetune inspect` shows what it holds") from None

@@ -107,6 +107,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", type=non_empty, metavar="SOURCE", help="weights to start from: a file, 'torchvision' (the default weights), torchvision:TAG (e.g. IMAGENET1K_V1), or timm:NAME")
     p.add_argument("--dropout", type=float, metavar="P", help="dropout before the classifier (the architecture's default)")
     p.add_argument("--drop-path", type=float, metavar="P", help="stochastic depth rate (convnext, efficientnet, swin, timm models)")
+    p.add_argument("--global-pool", choices=["token", "avg"],
+                   help="a timm ViT's pooling: token (class token, final norm) or avg (patch tokens' mean, then fc_norm) "
+                        "(the --pretrained file's: avg for MAE's fine-tuned ViTs; else the model's own)")
     p.add_argument("--exclude", type=non_empty, nargs="+", metavar="PATTERN", help="glob patterns of weight names not to load (e.g. 'fc.*')")
     p.add_argument("--shape-mismatch", choices=["skip", "error", "adapt"], help="what to do with tensors of another shape (skip)")
     p.add_argument("--trust", action="store_true", default=None, help="allow checkpoints that run code when loaded (pickled modules)")

@@ -68,6 +68,9 @@ class TrainConfig:
     pretrained: str | None = None
     dropout: float | None = None  # dropout before the classifier (None: the architecture's default)
     drop_path: float | None = None  # stochastic depth rate (timm drop_path_rate / torchvision stochastic_depth_prob)
+    # a timm ViT's pooling: token (class token, final norm) | avg (patch-token mean, then fc_norm); None: avg for a
+    # --pretrained file that pools by average (fc_norm, no norm: MAE's fine-tuned ViTs), else the model's own
+    global_pool: str | None = None
     exclude: list[str] = field(default_factory=list)
     shape_mismatch: str = "skip"
     trust: bool = False
@@ -151,12 +154,18 @@ class TrainConfig:
             # the built-in dataset fits in memory many times over: decode it once (the demo trained at
             # 418-491 img/s with it, 399-410 without: BENCHMARKS.md, demo run)
             cache=self.cache if self.cache is not None else ("ram" if shapes else "none"),
+            global_pool=self.global_pool if self.global_pool is not None else self._weights_global_pool(),
         )
 
     def _pretrained_size(self) -> int | None:
         from finetune.models import pretrained_input_size
 
         return pretrained_input_size(self.model, self.pretrained)
+
+    def _weights_global_pool(self) -> str | None:
+        from finetune.models import weights_global_pool
+
+        return weights_global_pool(self.model, self.pretrained)
 
     def _eval_transform(self) -> tuple[float, str, str]:
         from finetune.models import eval_transform_of
@@ -204,6 +213,8 @@ class TrainConfig:
             (self.img_size is None or self.img_size >= 16, f"{named('img_size')} must be at least 16, got {self.img_size}"),
             (self.weight_decay is None or self.weight_decay >= 0, f"{named('weight_decay')} must be >= 0, got {self.weight_decay}"),
             (self.optimizer in ("sgd", "adamw"), f"{named('optimizer')} must be sgd or adamw, got {self.optimizer!r}"),
+            (self.global_pool in (None, "token", "avg"),
+             f"{named('global_pool')} must be token or avg, got {self.global_pool!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"{named('device')} must be auto, cpu or cuda, got {self.device!r}"),
             (self.amp in ("auto", "off", "bf16", "fp16"), f"{named('amp')} must be auto, off, bf16 or fp16, got {self.amp!r}"),
             (self.shape_mismatch in ("skip", "error", "adapt"), f"{named('shape_mismatch')} must be skip, error or adapt, got {self.shape_mismatch!r}"),

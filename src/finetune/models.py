@@ -64,7 +64,8 @@ def _unknown(name: str, candidates: list[str], what: str) -> ModelError:
 
 
 def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
-                 img_size: int | None = None, drop_path: float | None = None) -> nn.Module:
+                 img_size: int | None = None, drop_path: float | None = None,
+                 global_pool: str | None = None) -> nn.Module:
     """Build ``name`` (randomly initialised) with a ``num_classes``-way head.
 
     Pretrained weights are loaded separately by :func:`finetune.load_weights`,
@@ -76,6 +77,9 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
     resamples); other models take any size and ignore it. ``drop_rate``: the dropout before
     the classifier; ``drop_path``: stochastic depth (timm's ``drop_path_rate``, torchvision's
     ``stochastic_depth_prob``); asking either of a family without it is a :class:`ModelError`.
+    ``global_pool``: a timm ViT's pooling, ``"token"`` (the class token after the final ``norm``) or
+    ``"avg"`` (the mean of the patch tokens, then ``fc_norm``; no final ``norm``: MAE's fine-tuned ViTs);
+    None: the model's own.
 
     >>> create_model("mobilenet_v3_small", num_classes=5).classifier[-1].out_features
     5
@@ -84,6 +88,8 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
     >>> create_model("resnet18", num_classes=2, drop_path=0.1)
     Traceback (most recent call last):
     finetune.errors.ModelError: resnet18 has no drop-path (stochastic depth) setting: leave out drop_path (--drop-path)
+    >>> type(create_model("timm:vit_tiny_patch16_224", num_classes=2, img_size=32, global_pool="avg").fc_norm).__name__
+    'LayerNorm'
     >>> create_model("vit_b_16", num_classes=2, img_size=64).encoder.pos_embedding.shape
     torch.Size([1, 17, 768])
     >>> create_model("vit_b_16", num_classes=2, img_size=100)
@@ -92,9 +98,13 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
     """
     if num_classes < 1:
         raise ModelError(f"num_classes must be at least 1, got {num_classes}")
+    if global_pool is not None and global_pool not in GLOBAL_POOLS:
+        raise ModelError(f"global_pool must be {' or '.join(GLOBAL_POOLS)}, got {global_pool!r}")
     if name.startswith(TIMM_PREFIX):
-        model = _create_timm(name[len(TIMM_PREFIX):], num_classes, drop_rate, img_size, drop_path)
+        model = _create_timm(name[len(TIMM_PREFIX):], num_classes, drop_rate, img_size, drop_path, global_pool)
     else:
+        if global_pool is not None:
+            raise ModelError(f"{name} has no global_pool setting (timm's ViTs have): leave out global_pool (--global-pool)")
         if name not in torchvision_models():
             raise _unknown(name, list(torchvision_models()), "torchvision")
         import torchvision
@@ -145,8 +155,12 @@ def _mnasnet_load_from_state_dict(self: nn.Module, state_dict: dict[str, object]
     torchvision.models.MNASNet._load_from_state_dict(self, state_dict, prefix, local_metadata, *args)  # type: ignore[arg-type]
 
 
+#: the poolings ``create_model(global_pool=...)`` builds a timm ViT with, as timm's keywords
+GLOBAL_POOLS = {"token": {"global_pool": "token"}, "avg": {"global_pool": "avg", "fc_norm": True}}
+
+
 def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size: int | None,
-                 drop_path: float | None = None) -> nn.Module:
+                 drop_path: float | None = None, global_pool: str | None = None) -> nn.Module:
     try:
         import timm
         from timm.models import get_pretrained_cfg
@@ -162,14 +176,70 @@ def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size:
     cfg = get_pretrained_cfg(name)
     if img_size is not None and cfg is not None and cfg.fixed_input_size and tuple(cfg.input_size[1:]) != (img_size, img_size):
         kwargs["img_size"] = img_size
+    pool_failure = None
+    if global_pool is not None:
+        try:
+            return timm.create_model(name, pretrained=False, **kwargs, **GLOBAL_POOLS[global_pool])
+        except (TypeError, AssertionError, ValueError) as e:  # (the model without it says whether it was the pooling)
+            pool_failure = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     try:
-        return timm.create_model(name, pretrained=False, **kwargs)
+        model = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as e:
         bad = next((k for k in ("drop_path_rate", "drop_rate") if k in kwargs and f"'{k}'" in str(e)), None)
         if bad is None:
             raise
         arg = "drop_path (--drop-path)" if bad == "drop_path_rate" else "drop_rate (--dropout)"
         raise ModelError(f"timm:{name} has no {bad} setting: leave out {arg}") from None
+    if pool_failure is not None:
+        raise ModelError(f"timm:{name} cannot be built with global_pool={global_pool!r} ({pool_failure}): leave out "
+                         "global_pool (--global-pool)")
+    return model
+
+
+def weights_global_pool(model: str, pretrained: str | None) -> str | None:
+    """``"avg"`` when ``pretrained`` is a weights file that pools by average (``fc_norm.*`` and no final
+    ``norm.*``: MAE's fine-tuned ViTs, ``{'model': ...}`` from its ``models_vit.py`` with ``global_pool=True``)
+    and ``model`` is a timm model that pools by its class token (a final ``norm``, no ``fc_norm``) but can be
+    built with ``create_model(global_pool="avg")``, whose tensors are then the file's; None otherwise (the
+    model as it is). Reads the tensor names only (:func:`finetune.weights.formats.peek_names`).
+
+    >>> weights_global_pool("timm:vit_tiny_patch16_224", "timm:vit_tiny_patch16_224") is None
+    True
+    """
+    from pathlib import Path
+
+    from finetune.weights.sources import is_named
+
+    if not pretrained or is_named(pretrained) or not model.startswith(TIMM_PREFIX):
+        return None
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        return None
+    return _weights_global_pool(model, str(path.resolve()), path.stat().st_mtime_ns)
+
+
+def _pools_by_average(names: set[str]) -> bool:
+    """The names have an ``fc_norm`` and no final ``norm`` beside it (under whatever prefix)."""
+    prefixes = {n[: -len("fc_norm.weight")] for n in names if n == "fc_norm.weight" or n.endswith(".fc_norm.weight")}
+    return any(f"{p}norm.weight" not in names for p in prefixes)
+
+
+@functools.lru_cache(maxsize=4)
+def _weights_global_pool(model: str, path: str, mtime_ns: int) -> str | None:
+    from pathlib import Path
+
+    from finetune.weights.formats import peek_names
+
+    if not _pools_by_average(peek_names(Path(path))):
+        return None
+    try:  # (on the meta device: names only, no memory, no init)
+        with torch.device("meta"):
+            own = set(create_model(model, num_classes=1).state_dict())
+            avg = set(create_model(model, num_classes=1, global_pool="avg").state_dict())
+    except Exception:  # noqa: BLE001 - cannot be built that way: the load report says why norm is missing
+        return None
+    pools_by_token = "norm.weight" in own and "fc_norm.weight" not in own
+    return "avg" if pools_by_token and "fc_norm.weight" in avg and "norm.weight" not in avg else None
 
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

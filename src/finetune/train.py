@@ -727,6 +727,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
         if "crop_pct" not in resume_state.get("config", {"crop_pct": None}):
             # a run from before --crop-pct/--interpolation: it goes on with the eval transform it had
             cfg = dataclasses.replace(cfg, crop_pct=EVAL_CROP_PCT, interpolation="bilinear", crop_mode="center")
+        if "global_pool" not in resume_state.get("config", {"global_pool": None}) and cfg.global_pool is not None:
+            # a run from before --global-pool: its model was built with the architecture's own pooling
+            cfg = dataclasses.replace(cfg, global_pool=None)
 
     # ---- data
     torch.manual_seed(cfg.seed)
@@ -982,6 +985,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
             "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen,
             "best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
             "history": history, "config": cfg.to_dict(), "arch": cfg.model, "classes": classes,
+            **({"global_pool": cfg.global_pool} if cfg.global_pool is not None else {}),
             "train_images": len(train_samples), "val_images": len(val_samples),
             "img_size": cfg.img_size, "mean": list(mean), "std": list(std),
             "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation, "crop_mode": cfg.crop_mode,
@@ -1314,6 +1318,12 @@ def check_resume_fits(state: dict[str, Any], cfg: TrainConfig, train_images: int
     if arch is not None and str(arch) != cfg.model:
         raise CheckpointError(f"'{path}' is a checkpoint of a {arch}, not a {cfg.model}: resume with --model {arch} "
                               "(or start a new run from its weights with --pretrained FILE --out NEW_DIR)")
+    pool = state.get("global_pool", (state.get("config") or {}).get("global_pool"))
+    if "global_pool" in state or "global_pool" in (state.get("config") or {}):
+        if pool != cfg.global_pool:
+            said = f"--global-pool {pool}" if pool is not None else "the model's own pooling (no --global-pool)"
+            raise CheckpointError(f"'{path}' is a checkpoint of a {arch} built with {said}: resume with it (or start a "
+                                  "new run from its weights with --pretrained FILE --out NEW_DIR)")
     if not int(state.get("loader", {}).get("position", 0)):
         return  # the end of an epoch: the next one starts from its first batch, cut as this run cuts them
     saved = state.get("config") or {}
@@ -1365,7 +1375,7 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pre
     (3, True, False)
     """
     model = create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, drop_rate=cfg.dropout,
-                         drop_path=cfg.drop_path)
+                         drop_path=cfg.drop_path, global_pool=cfg.global_pool)
     loaded: list[str] = []
     if cfg.pretrained and pretrained:
         from finetune.errors import NothingMatchedError
@@ -1378,6 +1388,9 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pre
             if not (named := _named_architecture(cfg)):
                 raise
             raise NothingMatchedError(f"{e}{named}") from None
+        if cfg.global_pool == "avg" and "fc_norm.weight" in report.loaded:
+            report.notes.append(f"{cfg.model} built with global_pool='avg' (the patch tokens' mean, then fc_norm; no final "
+                                "norm), as the file pools: MAE's fine-tuned ViTs do (--global-pool token for the class token)")
         if not quiet:
             print(report)
         check_pretrained_fit(model, report, cfg, quiet=quiet)
@@ -1704,6 +1717,8 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     if "data" in cfg:
         meta["config"] = json.dumps({k: cfg[k] for k in DATA_KEYS if k in cfg})
     meta.update({k: str(int(state[k])) for k in ("train_images", "val_images") if state.get(k) is not None})
+    if state.get("global_pool") is not None:  # (how the model is built: a timm ViT's pooling)
+        meta["global_pool"] = str(state["global_pool"])
     tmp = run_dir / ".best.safetensors.tmp"
     weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema: the EMA weights are the result
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
@@ -1785,8 +1800,11 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
         raise CheckpointError(f"'{path}' is not a finetune training checkpoint (no arch/classes/model): "
                               "use `finetune inspect` to see what it holds")
     img_size = state.get("img_size")
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    global_pool = state.get("global_pool", config.get("global_pool"))
     model = create_model(str(state["arch"]), num_classes=len(state["classes"]),
-                         img_size=int(img_size) if img_size is not None else None)
+                         img_size=int(img_size) if img_size is not None else None,
+                         global_pool=str(global_pool) if global_pool is not None else None)
     weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema runs: the EMA weights
     try:
         model.load_state_dict(weights)

@@ -830,6 +830,7 @@ def load_weights(
     report.missing = [c for c in model_shapes if c not in done and c not in model_excluded]
     _old_bn_counters(report)
     _count_tied(report, _tied_names(model_sd, model_clean))
+    _pooling_note(report)
 
     shaped = any(model_shapes.values())  # a model of 0-d tensors only (a temperature) has no other evidence
     if not report.adapted and not any(model_shapes[n] for n in report.loaded) and (shaped or not report.loaded):
@@ -878,6 +879,27 @@ def _old_bn_counters(report: LoadReport) -> None:
         report.missing = [c for c in report.missing if c not in set(old)]
         report.notes.append(f"{len(old)} BatchNorm num_batches_tracked counter{'s' if len(old) != 1 else ''} not in the "
                             "file (saved before torch had them): the model keeps its own, as torch's load_state_dict does")
+
+
+def _pooling_note(report: LoadReport) -> None:
+    """A ViT's final LayerNorm missing because the file pools the other way: ``fc_norm`` after the patch tokens'
+    mean (MAE's fine-tuned ViTs, BEiT's) for a model that pools by its class token after ``norm``, or the reverse.
+
+    >>> r = LoadReport(missing=["norm.weight", "norm.bias"], unexpected=["fc_norm.weight", "fc_norm.bias"])
+    >>> _pooling_note(r); print(r.notes[0])  # doctest: +ELLIPSIS
+    the file pools by average (fc_norm: ... as MAE's fine-tuned ViTs): ...global_pool='avg', fc_norm=True...
+    """
+    unexpected = {".".join(n.split(".")[-2:]) for n in report.unexpected  # (outside blocks: 'blocks.3.norm' is not it)
+                  if not any(part.isdigit() for part in n.split(".")[:-2])}
+    if "norm.weight" in report.missing and "fc_norm.weight" in unexpected:
+        report.notes.append("the file pools by average (fc_norm: a LayerNorm after the mean of the patch tokens, no "
+                            "final norm, as MAE's fine-tuned ViTs): this model pools by its class token after norm, "
+                            "which keeps its own values; build it with timm.create_model(..., global_pool='avg', "
+                            "fc_norm=True) (finetune train --global-pool avg)")
+    elif "fc_norm.weight" in report.missing and "norm.weight" in unexpected:
+        report.notes.append("the file pools by the class token (a final norm, no fc_norm): this model pools by "
+                            "average with fc_norm, which keeps its own values; build it with global_pool='token' "
+                            "(finetune train --global-pool token)")
 
 
 def _count_tied(report: LoadReport, tied: Mapping[str, list[str]]) -> None:
