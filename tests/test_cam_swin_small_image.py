@@ -35,3 +35,15 @@ def test_class_token_vit_still_picks_the_last_norm1_not_qkv() -> None:
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3).eval()
     found = find_cam_layer(vit, torch.randn(2, 3, 32, 32))
     assert (found.name, found.layout.kind, found.layout.prefix) == ("blocks.1.norm1", "tokens", 1)
+
+
+def test_levit_head_width_is_read_through_its_norm_linear() -> None:
+    """LeViT's head is a NormLinear (BatchNorm + Linear), not a Linear: the width filter was off and the pick at
+    32 px was an attention's key/value projection inside the next stage's downsampling."""
+    from timm.models.levit import Levit
+
+    torch.manual_seed(0)
+    levit = Levit(img_size=32, num_classes=3, embed_dim=(32, 48, 64), key_dim=8, depth=(1, 1, 1), num_heads=(2, 3, 4),
+                  mlp_ratio=2.0, attn_ratio=2.0).eval()
+    found = find_cam_layer(levit, torch.randn(2, 3, 32, 32))
+    assert (found.name, found.layout.kind, found.layout.height) == ("stages.0", "tokens", 2)

@@ -154,12 +154,14 @@ def _with_first(output: object, first: torch.Tensor) -> object:
 
 
 def _feature_width(model: nn.Module) -> int | None:
-    """The head's input width (the features it classifies), if the head is a Linear."""
+    """The head's input width (the features it classifies), if the head is a Linear or holds one (its first:
+    timm's LeViT ``NormLinear``, a BatchNorm then a Linear; an MLP head)."""
     try:
         head = model.get_submodule(head_names(model)[0])
     except (ModelError, AttributeError):
         return None
-    return head.in_features if isinstance(head, nn.Linear) else None
+    linear = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
+    return linear.in_features if linear is not None else None
 
 
 @dataclass(frozen=True)
