@@ -114,7 +114,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape-mismatch", choices=["skip", "error", "adapt"], help="what to do with tensors of another shape (skip)")
     p.add_argument("--trust", action="store_true", default=None, help="allow checkpoints that run code when loaded (pickled modules)")
     p.add_argument("--epochs", type=int, help="passes over the training data (14)")
-    p.add_argument("--batch-size", type=int, help="images per batch, per process under torchrun (64)")
+    p.add_argument("--batch-size", type=int, help="images per batch, per process under torchrun (shapes: 32; otherwise 64)")
     p.add_argument("--lr", type=float, help="peak learning rate (adamw: 3e-3 from scratch, 5e-4 with --pretrained; "
                    "sgd: 0.1 / 0.01)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], help="(adamw)")
