@@ -143,3 +143,25 @@ def assert_loads_exactly(source, target, folder: Path, kind: str, size: int = 32
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert torch.equal(source(x), target(x))
+
+
+def save_torchscript_tensors(sd: dict, path: Path) -> None:
+    """``sd`` saved as a TorchScript archive of buffers under its names (as OpenAI's CLIP files hold theirs:
+    ViT-B-32.pt, RN50.pt)."""
+    import torch
+    from torch import nn
+
+    class Holder(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Holder()
+    for k, v in sd.items():
+        *path_, leaf = k.split(".")
+        module = root
+        for p in path_:
+            if not hasattr(module, p):
+                module.add_module(p, Holder())
+            module = getattr(module, p)
+        module.register_buffer(leaf, v)
+    torch.jit.save(torch.jit.script(root), str(path))

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import finetune
+from conftest import save_torchscript_tensors
 
 SMALL = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 64}  # (a small vit_base_patch32_clip_224: 2x2 patches)
 PROJ = 32  # (the width of CLIP's joint image-text space: 512 for ViT-B)
@@ -77,29 +78,11 @@ def test_an_open_clip_file_loads_into_timm_clip_vit(tmp_path: Path, source: nn.M
         assert torch.equal(timm_own(x), target(x))
 
 
-def _torchscript(sd: dict[str, torch.Tensor], path: Path) -> None:
-    """``sd`` saved as a TorchScript archive, its tensors named as in OpenAI's CLIP files (ViT-B-32.pt)."""
-    class Holder(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
-    root = Holder()
-    for k, v in sd.items():
-        *path_, leaf = k.split(".")
-        module = root
-        for p in path_:
-            if not hasattr(module, p):
-                module.add_module(p, Holder())
-            module = getattr(module, p)
-        module.register_buffer(leaf, v)
-    torch.jit.save(torch.jit.script(root), str(path))
-
-
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # (torch.jit is deprecated)
 def test_openai_clip_torchscript_file_loads_into_timm_clip_vit(tmp_path: Path, source: nn.Module) -> None:
     sd = {k: v.half() for k, v in _open_clip_names(source).items()}  # (OpenAI's files are float16)
     sd |= {"input_resolution": torch.tensor(64), "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}
-    _torchscript(sd, tmp_path / "ViT-B-32.pt")
+    save_torchscript_tensors(sd, tmp_path / "ViT-B-32.pt")
 
     for name, quick in (("vit_base_patch32_clip_224", False), ("vit_base_patch32_clip_quickgelu_224", True)):
         target = timm.create_model(name, num_classes=5, **SMALL).eval()

@@ -14,6 +14,7 @@ from timm.models.byobnet import ByobNet, checkpoint_filter_fn, model_cfgs
 from torch import nn
 
 import finetune
+from conftest import save_torchscript_tensors
 
 PROJ = 32  # (the width of CLIP's joint image-text space: 1024 for RN50)
 CONVS = {"conv1_1x1": "1", "conv2_kxk": "2", "conv3_1x1": "3"}
@@ -114,24 +115,6 @@ def test_a_clip_resnet_file_loads_at_another_image_size(tmp_path: Path, source: 
         assert torch.equal(source(x), target(x))
 
 
-def _torchscript(sd: dict[str, torch.Tensor], path: Path) -> None:
-    """``sd`` saved as a TorchScript archive, its tensors named as in OpenAI's CLIP files (RN50.pt)."""
-    class Holder(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
-    root = Holder()
-    for k, v in sd.items():
-        *path_, leaf = k.split(".")
-        module = root
-        for p in path_:
-            if not hasattr(module, p):
-                module.add_module(p, Holder())
-            module = getattr(module, p)
-        module.register_buffer(leaf, v)
-    torch.jit.save(torch.jit.script(root), str(path))
-
-
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # (torch.jit is deprecated)
 def test_openai_clip_resnet_torchscript_file_loads_into_timm_clip_resnet(tmp_path: Path, source: nn.Module) -> None:
     from finetune.models import OPENAI_CLIP_MEAN_STD, clip_file_mean_std
@@ -140,7 +123,7 @@ def test_openai_clip_resnet_torchscript_file_loads_into_timm_clip_resnet(tmp_pat
             "conv3.weight")  # (OpenAI's files: convs and linears float16, BN and the position embedding float32)
     sd = {k: v.half() if k.endswith(half) else v for k, v in _open_clip_names(source).items()}
     sd |= {"input_resolution": torch.tensor(64), "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}
-    _torchscript(sd, tmp_path / "RN50.pt")
+    save_torchscript_tensors(sd, tmp_path / "RN50.pt")
 
     target = _small(num_classes=5)
     report = finetune.load_weights(target, tmp_path / "RN50.pt")  # (read without running the archive's code)
