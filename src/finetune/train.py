@@ -985,7 +985,6 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
             "epoch_loss_sum": epoch_loss_sum, "epoch_seen": epoch_seen,
             "best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
             "history": history, "config": cfg.to_dict(), "arch": cfg.model, "classes": classes,
-            **({"global_pool": cfg.global_pool} if cfg.global_pool is not None else {}),
             "train_images": len(train_samples), "val_images": len(val_samples),
             "img_size": cfg.img_size, "mean": list(mean), "std": list(std),
             "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation, "crop_mode": cfg.crop_mode,
@@ -1318,9 +1317,9 @@ def check_resume_fits(state: dict[str, Any], cfg: TrainConfig, train_images: int
     if arch is not None and str(arch) != cfg.model:
         raise CheckpointError(f"'{path}' is a checkpoint of a {arch}, not a {cfg.model}: resume with --model {arch} "
                               "(or start a new run from its weights with --pretrained FILE --out NEW_DIR)")
-    pool = state.get("global_pool", (state.get("config") or {}).get("global_pool"))
-    if "global_pool" in state or "global_pool" in (state.get("config") or {}):
-        if pool != cfg.global_pool:
+    saved_config = state.get("config") or {}
+    if "global_pool" in saved_config:  # (a run from before --global-pool: the model's own, checked in _train)
+        if (pool := saved_config["global_pool"]) != cfg.global_pool:
             said = f"--global-pool {pool}" if pool is not None else "the model's own pooling (no --global-pool)"
             raise CheckpointError(f"'{path}' is a checkpoint of a {arch} built with {said}: resume with it (or start a "
                                   "new run from its weights with --pretrained FILE --out NEW_DIR)")
@@ -1717,8 +1716,8 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     if "data" in cfg:
         meta["config"] = json.dumps({k: cfg[k] for k in DATA_KEYS if k in cfg})
     meta.update({k: str(int(state[k])) for k in ("train_images", "val_images") if state.get(k) is not None})
-    if state.get("global_pool") is not None:  # (how the model is built: a timm ViT's pooling)
-        meta["global_pool"] = str(state["global_pool"])
+    if cfg.get("global_pool") is not None:  # (how the model is built: a timm ViT's pooling; config holds DATA_KEYS only)
+        meta["global_pool"] = str(cfg["global_pool"])
     tmp = run_dir / ".best.safetensors.tmp"
     weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema: the EMA weights are the result
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
@@ -1801,7 +1800,7 @@ def load_checkpoint_model(path: str | Path, device: torch.device) -> tuple[nn.Mo
                               "use `finetune inspect` to see what it holds")
     img_size = state.get("img_size")
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    global_pool = state.get("global_pool", config.get("global_pool"))
+    global_pool = state.get("global_pool", config.get("global_pool"))  # (best.safetensors' metadata; a .pt's config)
     model = create_model(str(state["arch"]), num_classes=len(state["classes"]),
                          img_size=int(img_size) if img_size is not None else None,
                          global_pool=str(global_pool) if global_pool is not None else None)
