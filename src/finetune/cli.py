@@ -601,6 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     debug = args.debug or os.environ.get("FINETUNE_DEBUG") == "1"
+    world = os.environ.get("WORLD_SIZE", "1")
+    if args.command not in ("train", "lr-find") and world not in ("", "1"):  # (lr-find says so itself)
+        # every process would run the whole command: its output N times, its files written N times at once
+        return _fail(f"finetune {args.command} runs in one process, not under torchrun ({world} processes): run "
+                     f"finetune {args.command} without torchrun (only finetune train uses several processes)")
     with warnings.catch_warnings():  # finetune's own warnings as one `finetune: warning:` line each
         warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
         return _run(args, debug)
@@ -648,6 +653,11 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
 
 def _error(message: str, debug: bool) -> int:
     """The one error line (exit status 2); with ``--debug`` the traceback of the exception being handled first."""
+    if threading.current_thread() is threading.main_thread():
+        # stopping already: a SIGTERM now (torchrun stopping the other processes after one failed) must not raise
+        # KeyboardInterrupt into the cleanup that follows (the data workers' shutdown as the error's frames go):
+        # a traceback after the error line, the workers left behind (_run restores the handler after it)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if debug:
         import traceback
 
