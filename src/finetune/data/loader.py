@@ -1220,6 +1220,14 @@ def _stop_workers(dataloader: DataLoader) -> None:
     it = getattr(dataloader, "_iterator", None)
     if it is not None and hasattr(it, "_shutdown_workers"):
         if getattr(it, "_finetune_pid", os.getpid()) == os.getpid():
+            if getattr(it, "_worker_pids_set", False):  # stopping them: one that dies of a signal meanwhile (torchrun's
+                from torch.utils.data._utils import (
+                    signal_handling,  # SIGTERM to the process group) is no error
+                )
+
+                with contextlib.suppress(ValueError):
+                    signal_handling._remove_worker_pids(id(it))
+                it._worker_pids_set = False
             it._shutdown_workers()
         else:  # a fork of the process that started them: theirs to stop (their stop event is shared)
             it._shutdown = True
