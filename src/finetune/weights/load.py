@@ -428,22 +428,32 @@ def adapt_input_channels(weight: Tensor, channels: int) -> Tensor:
     return weight.repeat(1, reps, *([1] * (weight.dim() - 2)))[:, :channels] * (old / channels)
 
 
-def _grid_split(tokens_a: int, tokens_b: int) -> tuple[int, int, int, int] | None:
-    """``(prefix tokens of a, of b, grid side a, grid side b)`` for two token counts that are square
+def _grid_split(tokens_a: int, tokens_b: int, grid: tuple[int, int] | None = None
+                ) -> tuple[int, int, int, tuple[int, int]] | None:
+    """``(prefix tokens of a, of b, grid side a, grid (h, w) of b)`` for two token counts that are square
     grids after the same number of class/distillation/register tokens (0-8), or else after more
     of them in ``a`` (a distilled DeiT's class + distillation tokens into a ViT with a class token
-    only: ``a``'s first ones are kept); None otherwise."""
+    only: ``a``'s first ones are kept); None otherwise. With the model's ``grid`` (a ViT built for a
+    non-square image), ``b`` is that grid after its prefix tokens, where its token count allows.
+
+    >>> _grid_split(1 + 14 * 14, 1 + 4 * 6, (4, 6))
+    (1, 1, 14, (4, 6))
+    """
     def side(tokens: int, prefix: int) -> int:
         g = math.isqrt(max(tokens - prefix, 0))
         return g if g > 0 and g * g == tokens - prefix else 0
 
+    keep = tokens_b - grid[0] * grid[1] if grid is not None else -1
+    prefix_a = next((p for p in range(keep, 9) if side(tokens_a, p)), None) if 0 <= keep <= 8 else None
+    if grid is not None and prefix_a is not None:
+        return prefix_a, keep, side(tokens_a, prefix_a), grid
     for prefix in range(0, 9):
         if side(tokens_a, prefix) and side(tokens_b, prefix):
-            return prefix, prefix, side(tokens_a, prefix), side(tokens_b, prefix)
+            return prefix, prefix, side(tokens_a, prefix), (side(tokens_b, prefix),) * 2
     for drop in range(1, 9):
         for prefix_b in range(0, 9 - drop):
             if side(tokens_a, prefix_b + drop) and side(tokens_b, prefix_b):
-                return prefix_b + drop, prefix_b, side(tokens_a, prefix_b + drop), side(tokens_b, prefix_b)
+                return prefix_b + drop, prefix_b, side(tokens_a, prefix_b + drop), (side(tokens_b, prefix_b),) * 2
     return None
 
 
@@ -491,7 +501,7 @@ def _map_layout(fs: Shape, ms: Shape) -> str | None:
     return None
 
 
-def resample_pos_embed(tensor: Tensor, tokens: int) -> tuple[Tensor, str]:
+def resample_pos_embed(tensor: Tensor, tokens: int, grid: tuple[int, int] | None = None) -> tuple[Tensor, str]:
     """A ``[1, prefix + g*g, D]`` position embedding resampled to ``tokens`` positions, for a
     ViT built at another image size: the class/distillation tokens are kept, the g x g grid
     is resized bicubically with antialiasing, as timm's ``resample_abs_pos_embed`` does when
@@ -505,21 +515,26 @@ def resample_pos_embed(tensor: Tensor, tokens: int) -> tuple[Tensor, str]:
     >>> out, how = resample_pos_embed(distilled, 1 + 14 * 14)
     >>> how, torch.equal(out, torch.cat([distilled[:, :1], distilled[:, 2:]], 1))
     ("1 prefix token kept, 1 dropped (a distillation token's)", True)
+
+    ``grid``: the model's patch grid ``(h, w)``, for a ViT built for a non-square image.
+
+    >>> resample_pos_embed(t, 1 + 4 * 6, (4, 6))[1]
+    'position grid 14x14 -> 4x6 (bicubic), 1 prefix token kept'
     """
-    split = _grid_split(tensor.shape[1], tokens)
+    split = _grid_split(tensor.shape[1], tokens, grid)
     if tensor.dim() != 3 or tensor.shape[0] != 1 or split is None:
         raise WeightsError(f"cannot resample a position embedding of shape {_fmt(tuple(tensor.shape))} "
                            f"to {tokens} tokens: not [1, prefix + grid*grid, dim]")
-    prefix, keep, old, new = split
+    prefix, keep, old, (new_h, new_w) = split
     dim = tensor.shape[2]
     grid = tensor[:, prefix:]
     how = []
-    if new != old:
+    if (new_h, new_w) != (old, old):
         grid = grid.float().reshape(1, old, old, dim).permute(0, 3, 1, 2)
-        grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False,
+        grid = torch.nn.functional.interpolate(grid, size=(new_h, new_w), mode="bicubic", align_corners=False,
                                                antialias=True)
-        grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(tensor.dtype)
-        how.append(f"position grid {old}x{old} -> {new}x{new} (bicubic)")
+        grid = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim).to(tensor.dtype)
+        how.append(f"position grid {old}x{old} -> {new_h}x{new_w} (bicubic)")
     if keep:
         how.append(f"{keep} prefix token{'s' if keep != 1 else ''} kept")
     if keep != prefix:
@@ -682,6 +697,24 @@ def _classifier_prefix(model_shapes: Mapping[str, Shape]) -> str | None:
     return last[-1].rpartition(".")[0] if last else None
 
 
+def _class_rows_prefixes(model_shapes: Mapping[str, Shape], heads: Sequence[str]) -> tuple[str, ...]:
+    """The modules whose rows are the classes, which ``class_map`` reorders: in each of the model's
+    classifier ``heads`` (a distilled model's ``head`` and ``head_dist``, GoogLeNet's auxiliary heads),
+    its last module with a weight of 2+ dims (the ``linear`` of LeViT's NormLinear head); the model's
+    last such module when no head is known.
+
+    >>> _class_rows_prefixes({"head.weight": (3, 8), "head_dist.weight": (3, 8)}, ("head", "head_dist"))
+    ('head', 'head_dist')
+    >>> _class_rows_prefixes({"head.bn.weight": (8,), "head.linear.weight": (3, 8)}, ("head",))
+    ('head.linear',)
+    """
+    out = [last[-1].rpartition(".")[0] for h in heads
+           if (last := [k for k, s in model_shapes.items()
+                        if k.startswith(h + "." if h else "") and k.endswith("weight") and len(s) >= 2])]
+    fallback = _classifier_prefix(model_shapes)
+    return tuple(dict.fromkeys(out)) if out else ((fallback,) if fallback else ())
+
+
 # --------------------------------------------------------------------------- load
 def load_weights(
     model: torch.nn.Module,
@@ -763,6 +796,7 @@ def load_weights(
         report.notes.append(f"other keys of the file fit as well: {', '.join(str(m) for m in equally_good[:3])} "
                             f"(loaded: {prefix_map}; rename={{regex: replacement}} chooses another)")
     first_conv, classifier = _first_conv(model_shapes), _classifier_prefix(model_shapes)
+    class_rows = _class_rows_prefixes(model_shapes, report._heads)
     names = {key: prefix_map(renamed[key]) for key in file_sd}
     hit = set(names.values())
     then = leftover_map({n: tuple(file_sd[k].shape) for k, n in names.items() if n not in model_shapes},
@@ -790,14 +824,15 @@ def load_weights(
             continue
         done.add(name)
         model_shape, file_shape = model_shapes[name], tuple(tensor.shape)
-        remap = bool(class_map) and classifier is not None and name.rpartition(".")[0] == classifier
+        remap = bool(class_map) and name.rpartition(".")[0] in class_rows
         if file_shape == model_shape and not (remap and file_shape):  # class_map reorders a same-size head too
             to_load[clean_to_key[name]] = tensor
             report.loaded.append(name)
             continue
         fitted = None
-        if shape_mismatch != "error" and _resamplable(name, file_shape, model_shape):
-            fitted = resample_pos_embed(tensor, model_shape[1])
+        grid = _model_grid(model, clean_to_key[name]) if is_pos_embed(name) else None
+        if shape_mismatch != "error" and _resamplable(name, file_shape, model_shape, grid):
+            fitted = resample_pos_embed(tensor, model_shape[1], grid)
         elif shape_mismatch != "error" and len(file_shape) == 2 and _resamplable(name, (1, *file_shape), (1, *model_shape)):
             out, how = resample_pos_embed(tensor[None], model_shape[0])  # (an attention pool's: timm's resnet*_clip)
             fitted = out[0], how
@@ -817,7 +852,7 @@ def load_weights(
               and math.isqrt(model_shape[1]) ** 2 == model_shape[1]):
             fitted = resample_attention_biases(tensor, model_shape[1])
         elif shape_mismatch == "adapt":
-            fitted = _adapt(name, tensor, model_sd[clean_to_key[name]], first_conv, classifier, class_map)
+            fitted = _adapt(name, tensor, model_sd[clean_to_key[name]], first_conv, class_rows, class_map)
         if fitted is not None:
             to_load[clean_to_key[name]] = fitted[0]
             report.adapted.append((name, fitted[1]))
@@ -1006,12 +1041,25 @@ def layer_scale_names(renamed: Mapping[str, str], model_shapes: Mapping[str, Sha
     return out, sum(1 for k in out if out[k] != renamed[k])
 
 
-def _resamplable(name: str, file_shape: Shape, model_shape: Shape) -> bool:
+def _resamplable(name: str, file_shape: Shape, model_shape: Shape, grid: tuple[int, int] | None = None) -> bool:
     return (is_pos_embed(name) and len(file_shape) == len(model_shape) == 3 and file_shape[0] == model_shape[0] == 1
-            and file_shape[2] == model_shape[2] and _grid_split(file_shape[1], model_shape[1]) is not None)
+            and file_shape[2] == model_shape[2] and _grid_split(file_shape[1], model_shape[1], grid) is not None)
 
 
-def _adapt(name: str, tensor: Tensor, model_tensor: Tensor, first_conv: str | None, classifier: str | None,
+def _model_grid(model: torch.nn.Module, key: str) -> tuple[int, int] | None:
+    """The patch grid ``(h, w)`` of the ViT that holds the position embedding ``key`` (a key of
+    ``model.state_dict()``): timm's ``patch_embed.grid_size`` beside it; None when there is none."""
+    try:
+        owner = model.get_submodule(key.rpartition(".")[0])
+    except AttributeError:
+        return None
+    grid = getattr(getattr(owner, "patch_embed", None), "grid_size", None)
+    if isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid):
+        return int(grid[0]), int(grid[1])
+    return None
+
+
+def _adapt(name: str, tensor: Tensor, model_tensor: Tensor, first_conv: str | None, classifiers: Sequence[str],
            class_map: Mapping[int, int] | None) -> tuple[Tensor, str] | None:
     fs, ms = tuple(tensor.shape), tuple(model_tensor.shape)
     if len(fs) != len(ms):
@@ -1020,7 +1068,7 @@ def _adapt(name: str, tensor: Tensor, model_tensor: Tensor, first_conv: str | No
     if name == first_conv and differ == [1]:
         how = "summed" if ms[1] == 1 else "repeated and rescaled"
         return adapt_input_channels(tensor, ms[1]), f"input channels {fs[1]} -> {ms[1]}, {how}"
-    if class_map and classifier is not None and name.rpartition(".")[0] == classifier and differ in ([0], []):
+    if class_map and name.rpartition(".")[0] in classifiers and differ in ([0], []):
         return select_rows(tensor, model_tensor, class_map, name), f"{len(class_map)} of {fs[0]} rows by class_map"
     return None
 
