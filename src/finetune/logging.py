@@ -15,9 +15,12 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from finetune.errors import ConfigError, named
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
@@ -76,6 +79,22 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
             f"top-1 {m['val_top1']:.2%}{ema}  top-{k} {m['val_top5']:.2%}  lr {m['lr']:.3g}  {m['images_per_s']:.0f} img/s")
 
 
+def summary_writer_class() -> type:
+    """torch's TensorBoard ``SummaryWriter``, or a ConfigError that says to install tensorboard (an optional
+    dependency: ``pip install 'finetune[tensorboard]'``) when it cannot be imported.
+
+    >>> summary_writer_class().__name__
+    'SummaryWriter'
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # not installed, or older than torch needs
+        raise ConfigError(f"{named('tensorboard', True, flag='--tensorboard')} needs the tensorboard package, which cannot be imported "
+                          f"({e}): install it (pip install tensorboard, or finetune[tensorboard]), or train "
+                          "without --tensorboard") from None
+    return SummaryWriter
+
+
 def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
     """A tqdm bar on a terminal; the plain iterable when quiet or not a TTY.
 
@@ -89,6 +108,46 @@ def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def drop_events_from(tb_dir: Path, step: int) -> int:
+    """Rewrite the TensorBoard event files in ``tb_dir`` without their summaries (scalars, images) at steps
+    ``>= step``: what an earlier invocation logged after the checkpoint a run resumes from. (``purge_step``
+    alone hides them only from TensorBoard's Python loader; its default data server, ``--load_fast``, shows
+    them until each tag is logged again at an earlier step.) Returns how many events were dropped.
+
+    >>> import pathlib, tempfile
+    >>> from torch.utils.tensorboard import SummaryWriter
+    >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    >>> tb = pathlib.Path(tempfile.mkdtemp())
+    >>> with SummaryWriter(str(tb)) as w:
+    ...     for s in (1, 2, 3): w.add_scalar("loss", 1.0 / s, s)
+    >>> drop_events_from(tb, 2)
+    2
+    >>> events = EventAccumulator(str(tb)); _ = events.Reload()
+    >>> [e.step for e in events.Scalars("loss")]
+    [1]
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    dropped = 0
+    for path in sorted(Path(tb_dir).glob("events.out.tfevents.*")) if Path(tb_dir).is_dir() else []:
+        records = list(RawEventFileLoader(str(path)).Load())
+        kept = [r for r in records if not ((e := Event.FromString(r)).HasField("summary") and e.step >= step)]
+        if len(kept) == len(records):
+            continue
+        dropped += len(records) - len(kept)
+        tmp = path.with_name(f".{path.name.replace('tfevents', 'rewrite')}.tmp")  # (TensorBoard reads any *tfevents*)
+        with tmp.open("wb") as f:
+            writer = RecordWriter(f)
+            for r in kept:
+                writer.write(r)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return dropped
 
 
 class RunLog:
@@ -118,11 +177,17 @@ class RunLog:
         self.write = write  # False: a process other than torchrun's rank 0, which writes nothing
         self._tb = None
         if tensorboard and write:
-            from torch.utils.tensorboard import SummaryWriter
-
+            writer_class = summary_writer_class()
+            if purge_step is not None:
+                try:
+                    drop_events_from(Path(run_dir) / "tb", purge_step)
+                except Exception as e:  # (a damaged event file: the run goes on, TensorBoard may show both lines)
+                    warnings.warn(f"could not remove the TensorBoard events at epochs >= {purge_step} that an earlier "
+                                  f"invocation logged in {Path(run_dir) / 'tb'} ({type(e).__name__}: {e}): TensorBoard "
+                                  "may show them beside this run's", stacklevel=2)
             # purge_step: TensorBoard hides the events of earlier invocations at steps >= it (a resume from an
             # earlier checkpoint, or a kill between an epoch's events and its checkpoint, logs those steps again)
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge_step)
+            self._tb = writer_class(log_dir=str(Path(run_dir) / "tb"), purge_step=purge_step)
 
     def rewrite(self, history: list[dict[str, Any]]) -> None:
         """Make metrics.jsonl hold exactly ``history`` (used on resume)."""

@@ -66,7 +66,7 @@ from finetune.errors import (
     named,
     one_line,
 )
-from finetune.logging import RunLog, progress
+from finetune.logging import RunLog, progress, summary_writer_class
 from finetune.mixing import mix_batch
 from finetune.models import (
     aux_head_names,
@@ -676,6 +676,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
 def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextlib.ExitStack) -> TrainResult:
     cfg.validate()
+    if cfg.tensorboard:  # (before anything is written)
+        summary_writer_class()
     ddp = Distributed.from_env()  # several processes under torchrun (one process otherwise)
     check_run_dir(cfg)  # (library callers too: a run with checkpoints is continued, never overwritten)
     cfg = cfg.resolved()
