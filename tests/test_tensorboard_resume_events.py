@@ -41,3 +41,21 @@ def test_events_that_cannot_be_rewritten_are_a_warning_not_a_stopped_resume(tmp_
     with pytest.warns(UserWarning, match=r"could not remove the TensorBoard events at epochs >= 2 .*Input/output"):
         RunLog(tmp_path, tensorboard=True, quiet=True, purge_step=2).close()
     assert list((tmp_path / "tb").glob("*tfevents*"))  # the run logs on
+
+
+def test_a_run_started_again_from_scratch_keeps_one_graph(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from finetune.models import create_model
+
+    model, image = create_model("resnet18", num_classes=2).eval(), __import__("torch").zeros(1, 3, 32, 32)
+    for _ in range(2):  # the first invocation was killed before its first checkpoint; the second starts over
+        log = RunLog(tmp_path, tensorboard=True, quiet=True, purge_step=1)
+        assert log.graph(model, image) is None
+        log.scalar("val/top1", 0.5, 1)
+        log.close()
+    events = [e for p in sorted((tmp_path / "tb").glob("*tfevents*")) for e in EventFileLoader(str(p)).Load()]
+    assert sum(e.HasField("graph_def") for e in events) == 1
+    tags = [(v.tag, e.step) for e in events for v in e.summary.value]
+    assert [t for t in tags if t[0] == "val/top1"] == [("val/top1", 1)]
+    assert len(tags) == len(set(tags))  # (the graph's run metadata once too)

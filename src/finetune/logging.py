@@ -11,6 +11,7 @@ graph, Grad-CAM overlays, feature maps), progress bars.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -110,11 +111,13 @@ def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def drop_events_from(tb_dir: Path, step: int) -> int:
+def drop_events_from(tb_dir: Path, step: int, *, graphs: bool = False, files: Iterable[Path] | None = None) -> int:
     """Rewrite the TensorBoard event files in ``tb_dir`` without their summaries (scalars, images) at steps
     ``>= step``: what an earlier invocation logged after the checkpoint a run resumes from. (``purge_step``
     alone hides them only from TensorBoard's Python loader; its default data server, ``--load_fast``, shows
-    them until each tag is logged again at an earlier step.) Returns how many events were dropped.
+    them until each tag is logged again at an earlier step.) ``graphs``: their model graphs too (a run
+    started again from scratch traces its own); ``files``: only these event files. Returns how many events
+    were dropped.
 
     >>> import pathlib, tempfile
     >>> from torch.utils.tensorboard import SummaryWriter
@@ -133,9 +136,15 @@ def drop_events_from(tb_dir: Path, step: int) -> int:
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     dropped = 0
-    for path in sorted(Path(tb_dir).glob("events.out.tfevents.*")) if Path(tb_dir).is_dir() else []:
+    def dropped_event(record: bytes) -> bool:
+        event = Event.FromString(record)
+        return ((event.HasField("summary") and event.step >= step)
+                or (graphs and any(event.HasField(f) for f in ("graph_def", "meta_graph_def", "tagged_run_metadata"))))
+
+    paths = sorted(Path(tb_dir).glob("events.out.tfevents.*")) if Path(tb_dir).is_dir() else []
+    for path in paths if files is None else [p for p in paths if p in set(files)]:
         records = list(RawEventFileLoader(str(path)).Load())
-        kept = [r for r in records if not ((e := Event.FromString(r)).HasField("summary") and e.step >= step)]
+        kept = [r for r in records if not dropped_event(r)]
         if len(kept) == len(records):
             continue
         dropped += len(records) - len(kept)
@@ -176,8 +185,10 @@ class RunLog:
         self.epochs = epochs
         self.write = write  # False: a process other than torchrun's rank 0, which writes nothing
         self._tb = None
+        self._earlier_files: list[Path] = []  # event files of earlier invocations (their graphs: see graph())
         if tensorboard and write:
             writer_class = summary_writer_class()
+            self._earlier_files = sorted((Path(run_dir) / "tb").glob("events.out.tfevents.*"))
             if purge_step is not None:
                 try:
                     drop_events_from(Path(run_dir) / "tb", purge_step)
@@ -248,6 +259,9 @@ class RunLog:
             return None
         from finetune.features import add_model_graph
 
+        if self._earlier_files:  # a run started again from scratch (no checkpoint was saved): one graph, this one
+            with contextlib.suppress(Exception):
+                drop_events_from(self._tb.log_dir, 0, graphs=True, files=self._earlier_files)
         return add_model_graph(self._tb, model, image)
 
     @property
