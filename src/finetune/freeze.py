@@ -67,6 +67,7 @@ import copy
 import difflib
 import fnmatch
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -208,15 +209,30 @@ def _unmatched(pattern: str, root: nn.Module, what: str = "parameter or module")
     )
 
 
+def _unparametrized(name: str) -> str:
+    """``name`` as the user writes it for a parametrized tensor (``weight_norm``, ``spectral_norm``,
+    ``register_parametrization``): ``conv.parametrizations.weight.original0`` -> ``conv.weight.original0``,
+    ``conv.parametrizations.weight`` -> ``conv.weight`` (what ``model.conv.weight`` computes).
+
+    >>> _unparametrized("conv.parametrizations.weight.original0"), _unparametrized("conv.parametrizations")
+    ('conv.weight.original0', 'conv.parametrizations')
+    """
+    return re.sub(r"(^|\.)parametrizations\.(?=[^.])", r"\1", name)
+
+
 def _select(root: nn.Module, patterns: Sequence[str]) -> _Selection:
     """Parameters and modules that ``patterns`` name; raise ConfigError for a pattern that matches nothing.
 
     A tied parameter or a module registered under two names answers to each of its names;
-    the selection holds its first name (the one ``named_parameters()`` gives).
+    the selection holds its first name (the one ``named_parameters()`` gives). A parametrized
+    tensor also answers to its name without ``parametrizations.`` (``conv.weight`` for
+    ``conv.parametrizations.weight.original0`` and ``original1``).
     """
     params = _named_params(root)
     every_param = list(root.named_parameters(remove_duplicate=False))
     every_module = [(n, m) for n, m in root.named_modules(remove_duplicate=False) if n]
+    every_param += [(a, p) for n, p in every_param if (a := _unparametrized(n)) != n]
+    every_module += [(a, m) for n, m in every_module if (a := _unparametrized(n)) != n]
     first_name = {id(m): n for n, m in root.named_modules()}
     matched_modules: set[str] = set()
     matched_ids: set[int] = set()
@@ -280,6 +296,21 @@ def _stochastic_layers(root: nn.Module) -> list[tuple[str, nn.Module, bool]]:
                 pending, seen = [], True
             trainable_before = trainable_before or trains
     return out + [(n, m, False) for n, m in pending]
+
+
+def _power_iterations(root: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """``spectral_norm`` parametrizations (their power iteration updates the ``_u`` / ``_v`` buffers in
+    every train-mode forward, which changes the normalised weight), each with whether the weight it
+    normalises is frozen: then, as a frozen part's BatchNorm statistics, the buffers must not move."""
+    from torch.nn.utils.parametrize import ParametrizationList
+
+    out: list[tuple[nn.Module, bool]] = []
+    for module in root.modules():
+        if isinstance(module, ParametrizationList):
+            original = list(module.parameters(recurse=False))
+            frozen = bool(original) and not any(p.requires_grad for p in original)
+            out += [(m, frozen) for m in module if type(m).__name__ == "_SpectralNorm"]
+    return out
 
 
 _DROP_RATE_ATTR = "_finetune_drop_rate"  # a timm model's own drop_rate, while its head's input is frozen
@@ -461,10 +492,13 @@ def freeze_until(model: nn.Module, module_name: str) -> list[str]:
     _refuse_ddp(model, "freeze_until")
     root = unwrap(model)
     order = [n for n, _ in root.named_modules()]
-    is_module = set(order).__contains__
+    first_name = {id(m): n for n, m in root.named_modules()}
+    alias = {n: first_name[id(m)] for n, m in root.named_modules(remove_duplicate=False)}  # a module under two names
+    is_module = alias.__contains__
     target = _in_network(_as_given_or_stripped(module_name, is_module), root, is_module)
-    if not target or target not in order:
+    if not target or target not in alias:
         raise _unmatched(target, root, what="module")
+    target = alias[target]
     before = set(order[: order.index(target)])
     params = _named_params(root)
     names = [n for n in params if _owner(n) in before]
@@ -562,6 +596,8 @@ def apply_bn_policy(model: nn.Module) -> dict[str, str]:
         modes[name] = mode
     for _name, layer, frozen_part in _stochastic_layers(root):  # dropout & co. (not in the returned modes)
         _set_layer_mode(layer, "frozen" if frozen_part and policy != "train" else "train", root.training)
+    for layer, frozen in _power_iterations(root):  # spectral_norm of a frozen weight: its _u / _v stay (not listed)
+        _set_layer_mode(layer, "frozen" if frozen and policy != "train" else "train", root.training)
     _set_head_dropout(root, policy)
     return modes
 
@@ -598,6 +634,9 @@ def bn_train_mode(model: nn.Module) -> list[str]:
             bn.training = False
             fixed.append(name)
     for _name, layer, _ in _stochastic_layers(root):  # frozen parts' dropout: off (not listed)
+        if getattr(layer, _MODE_ATTR, "train") != "train":
+            layer.training = False
+    for layer, _ in _power_iterations(root):  # frozen weights' spectral_norm: no power iteration (not listed)
         if getattr(layer, _MODE_ATTR, "train") != "train":
             layer.training = False
     return fixed
