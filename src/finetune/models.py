@@ -17,7 +17,7 @@ import difflib
 import fnmatch
 import functools
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -1069,11 +1069,14 @@ class LayerSummary:
 
     def __str__(self) -> str:
         table = [("layer", "type", "output shape", "params", "trainable")]
+        opened: set[str] = set()  # the rows above that are ancestors of the next one
         for r in self.rows:
             shape = "-" if r.output_shape is None else (
                 r.output_shape if isinstance(r.output_shape, str) else "x".join(map(str, r.output_shape)))
-            table.append(("  " * (r.depth - 1) + r.name.rsplit(".", 1)[-1] if r.depth > 1 else r.name,
-                          r.type, shape, f"{r.params:,}", f"{r.trainable:,}"))
+            parent = r.name.rpartition(".")[0]
+            shown = r.name.rpartition(".")[2] if parent in opened else r.name  # a ModuleList's / ModuleDict's children: full name
+            opened = {*(n for n in opened if parent == n or parent.startswith(n + ".")), r.name}
+            table.append(("  " * (r.depth - 1) + shown, r.type, shape, f"{r.params:,}", f"{r.trainable:,}"))
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         lines = ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
                  .rstrip() for row in table]
@@ -1090,8 +1093,11 @@ class LayerSummary:
 def _shape_of(value: object) -> tuple[int, ...] | str | None:
     if isinstance(value, torch.Tensor):
         return tuple(value.shape)
-    if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
-        return " ".join("x".join(map(str, v.shape)) for v in value)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value) and all(
+            v is None or isinstance(v, torch.Tensor) for v in value):  # MultiheadAttention(need_weights=False): (out, None)
+        return " ".join("None" if v is None else "x".join(map(str, v.shape)) for v in value)
+    if isinstance(value, Mapping) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+        return " ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in value.items())  # {"logits": ..., "aux": ...}
     logits = getattr(value, "logits", None)
     if isinstance(logits, torch.Tensor):
         return tuple(logits.shape)
@@ -1129,6 +1135,7 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     rows: dict[int, LayerRow] = {}  # by the order the calls began: a module called twice (a shared pool) has two rows
     stack: list[tuple[str, nn.Module, tuple[int, ...] | str | None, int]] = []
     started: list[str] = []
+    finished: list[str] = []  # modules whose forward returned, in that order
     hooks = []
 
     def before(module: nn.Module, args: tuple[object, ...]) -> None:
@@ -1142,6 +1149,7 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
         if name is None:
             return
         _, _, _, start = stack.pop()
+        finished.append(name)
         level = name.count(".") + 1
         if level <= depth:
             params = list(module.parameters())
@@ -1169,8 +1177,8 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
             failed_at, module, given, _ = stack[-1]
             given_text = given if isinstance(given, str) or given is None else "x".join(map(str, given))
             error = f"{_describe(module)} got input of shape {given_text}: {message}"
-        else:
-            failed_at, error = "(forward)", message
+        else:  # in the model's own forward code (x.view(-1, 32 * 3 * 3), torch.cat, ...), between its modules
+            failed_at, error = "(forward)", message + (f" (in {type(model).__name__}.forward, after {finished[-1]})" if finished else "")
     finally:
         for h in hooks:
             h.remove()
