@@ -870,13 +870,33 @@ def head_names(model: nn.Module) -> list[str]:
         names = {id(module): name for name, module in model.named_modules()}
         if heads and all(id(h) in names for h in heads):
             return [names[id(h)] for h in heads]
+    def is_classifier(module: nn.Module) -> bool:
+        return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1))
+
     last = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
+        if is_classifier(module):
             last = name
     if last is None:
         raise ModelError(f"cannot find the classifier head of {type(model).__name__}")
+    # a model of one's own that registers its head before the body (self.head = ... first in __init__): a
+    # top-level child called head / fc / classifier wins over the last Linear registered when it takes what
+    # that one gives (and does not feed it: an MLP's first layer called fc)
+    modules = dict(model.named_modules())
+    named = [f"{child}.{n}" if n else child for child, module in model.named_children() if child in HEAD_CHILD_NAMES
+             for n, m in module.named_modules() if is_classifier(m)]
+
+    def width(module: nn.Module, side: str) -> int | None:
+        return getattr(module, f"{side}_features", getattr(module, f"{side}_channels", None))
+
+    if named and named[-1] != last and not last.startswith(named[-1].split(".")[0] + "."):
+        head, body = modules[named[-1]], modules[last]
+        if width(head, "in") == width(body, "out") and width(head, "out") != width(body, "in"):
+            return [named[-1]]
     return [last]
+
+
+HEAD_CHILD_NAMES = ("head", "heads", "fc", "classifier", "last_linear")  # what torchvision/timm/Cadene call a head
 
 
 AUX_HEAD_TYPES = ("InceptionAux",)  # torchvision GoogLeNet / Inception v3, timm Inception v3
