@@ -298,6 +298,22 @@ def _stochastic_layers(root: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     return out + [(n, m, False) for n, m in pending]
 
 
+def _after_frozen_layers(root: nn.Module) -> set[int]:
+    """``id()`` of the modules without parameters of their own registered after some parameters, all
+    of them frozen (registration order stands for the forward order, as in :func:`freeze_until`):
+    a BatchNorm without affine parameters in a backbone frozen by hand."""
+    out: set[int] = set()
+    seen = trainable_before = False
+    for module in root.modules():
+        own = list(module.parameters(recurse=False))
+        if own:
+            seen = True
+            trainable_before = trainable_before or any(p.requires_grad for p in own)
+        elif seen and not trainable_before:
+            out.add(id(module))
+    return out
+
+
 def _power_iterations(root: nn.Module) -> list[tuple[nn.Module, bool]]:
     """``spectral_norm`` parametrizations (their power iteration updates the ``_u`` / ``_v`` buffers in
     every train-mode forward, which changes the normalised weight), each with whether the weight it
@@ -580,10 +596,17 @@ def apply_bn_policy(model: nn.Module) -> dict[str, str]:
     root = unwrap(model)
     policy = bn_policy(root)
     modes: dict[str, str] = {}
+    after_frozen = _after_frozen_layers(root)
     for name, bn in _bn_layers(root):
         if getattr(bn, _MODE_ATTR, "train") == "frozen" and any(p.requires_grad for p in bn.parameters(recurse=False)):
             setattr(bn, _FROZEN_PART_ATTR, False)  # made trainable since the policy froze it (by hand, or unfreeze(..., "bn.weight"))
         frozen_part = _in_frozen_part(bn)
+        if getattr(bn, _FROZEN_PART_ATTR, None) is None and not list(bn.parameters(recurse=False)):
+            # affine=False, frozen by hand: where it sits tells (not marked: unfreezing by hand undoes it)
+            mode = policy if id(bn) in after_frozen else "train"
+            _set_layer_mode(bn, mode, root.training)
+            modes[name] = mode
+            continue
         mode = policy if frozen_part else "train"
         if frozen_part:
             setattr(bn, _FROZEN_PART_ATTR, True)
