@@ -405,6 +405,11 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Mod
     (['1.weight', '1.bias'], ['0.weight', '0.bias'])
     """
     if not isinstance(saved, Mapping) or saved.get("format") != OPTIMIZER_FORMAT:
+        if isinstance(saved, Mapping) and "state" in saved and "param_groups" in saved:  # optimizer.state_dict()
+            raise CheckpointError("the checkpoint's optimizer state is torch's optimizer.state_dict() (by position), "
+                                  "not stored by parameter name: load it with optimizer.load_state_dict(), and save "
+                                  "the optimizer object itself (save({'model': model, 'optimizer': optimizer, ...})) "
+                                  "to restore it by name")
         raise CheckpointError("the checkpoint's optimizer state is not stored by parameter name "
                               "(not written by finetune.checkpoint.optimizer_state_by_name)")
     report = OptimizerRestoreReport()
@@ -550,10 +555,34 @@ def restore(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.opti
     if optimizer is not None:
         report = load_optimizer_state_by_name(optimizer, model, state["optimizer"])
     if scheduler is not None:
+        _check_scheduler_groups(scheduler, state["scheduler"])
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     return RestoreReport(missing, unexpected, report, mismatched)
+
+
+def _check_scheduler_groups(scheduler: Any, saved: Any) -> None:
+    """Refuse a scheduler state saved for another number of parameter groups than the scheduler's optimizer
+    has now: torch loads it without a word and then fails inside ``step()`` (LambdaLR) or schedules the groups
+    with the old groups' values (its per-group lists: ``_last_lr``, ``base_lrs``; timm's ``base_values``).
+
+    >>> opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))]}, {"params": [nn.Parameter(torch.zeros(1))]}])
+    >>> _check_scheduler_groups(torch.optim.lr_scheduler.StepLR(opt, 1), {"base_lrs": [0.1], "_last_lr": [0.1]})
+    Traceback (most recent call last):
+    finetune.errors.CheckpointError: the checkpoint's scheduler was saved for 1 parameter group, ...
+    """
+    optimizer = getattr(scheduler, "optimizer", None)
+    if not isinstance(saved, Mapping) or not isinstance(getattr(optimizer, "param_groups", None), list):
+        return
+    now = len(optimizer.param_groups)
+    for key in ("_last_lr", "base_lrs", "base_values"):
+        values = saved.get(key)
+        if isinstance(values, list) and len(values) != now:
+            raise CheckpointError(
+                f"the checkpoint's scheduler was saved for {len(values)} parameter group{'s' * (len(values) != 1)}, "
+                f"the optimizer now has {now}: its schedule cannot continue on these groups; restore without "
+                "scheduler= and build a scheduler for the new groups")
 
 
 # --------------------------------------------------------------------------- what may go into a file
@@ -600,6 +629,22 @@ def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], p
         return str(obj)
     raise CheckpointError(f"cannot save state{_where(path)}: a {type(obj).__qualname__} does not load with "
                           "torch.load(weights_only=True); store it as a dict, list, str, number or tensor")
+
+
+def _plain_state(state: Mapping[str, Any], on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor]) -> Any:
+    """:func:`_plain` of the whole state, with one error for a dict or list that contains itself.
+
+    >>> loop = {"epoch": 0}; loop["me"] = loop
+    >>> _plain_state(loop, lambda t, _: t)
+    Traceback (most recent call last):
+    finetune.errors.CheckpointError: cannot save the state: a dict, list or tuple in it contains itself ...
+    """
+    try:
+        return _plain(state, on_tensor)
+    except RecursionError:
+        raise CheckpointError("cannot save the state: a dict, list or tuple in it contains itself (or is nested "
+                              "thousands of levels deep), which torch.load cannot rebuild; save a copy without "
+                              "the loop") from None
 
 
 def _plain_key(key: Any, path: tuple) -> Any:
@@ -1467,7 +1512,7 @@ class Checkpointer:
             payload, ready = self._snapshot_async(prepared)
         else:
             seen: set[int] = set()
-            payload, ready = _plain(prepared, lambda t, _: _own_cpu_tensor(t, seen)), None
+            payload, ready = _plain_state(prepared, lambda t, _: _own_cpu_tensor(t, seen)), None
         payload.update(format=FORMAT, format_version=FORMAT_VERSION, versions=dict(_versions()),
                        saved_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
         plain_metrics = _plain_metrics(metrics)
@@ -1505,7 +1550,7 @@ class Checkpointer:
             srcs.append(t)
             return buf
 
-        payload = _plain(state, buffer_for)
+        payload = _plain_state(state, buffer_for)
         self._buffers = buffers
         events = []
         for device, (dsts, srcs) in copies.items():
