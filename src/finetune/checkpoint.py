@@ -627,8 +627,9 @@ def _plain(obj: Any, on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor], p
         return _plain(obj.item(), on_tensor, path)
     if isinstance(obj, PurePath):
         return str(obj)
-    raise CheckpointError(f"cannot save state{_where(path)}: a {type(obj).__qualname__} does not load with "
-                          "torch.load(weights_only=True); store it as a dict, list, str, number or tensor")
+    raise CheckpointError(f"cannot save state{_where(path)}: a {type(obj).__qualname__} is not among what "
+                          "torch.load(weights_only=True) loads on every torch finetune supports (2.4 and later); "
+                          "store it as a dict, list, str, number or tensor")
 
 
 def _plain_state(state: Mapping[str, Any], on_tensor: Callable[[torch.Tensor, tuple], torch.Tensor]) -> Any:
