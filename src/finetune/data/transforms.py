@@ -221,19 +221,38 @@ _AUGMENT_CACHE: dict[str, object] = {}
 def augment_hwc(image: torch.Tensor, name: str, seed: int) -> torch.Tensor:
     """TrivialAugmentWide / RandAugment (torchvision v2, on uint8) with a per-sample seed.
 
-    torchvision draws from torch's global generator; it is forked and seeded
-    here so the result depends on ``seed`` only and the caller's RNG is untouched.
+    torchvision's ``forward`` draws its choices from torch's global generator, which every
+    thread shares (forking and seeding it here let a prefetch thread's augmentation and the
+    training thread's dropout masks interleave: both then depended on timing). The same
+    choices, in the same order, are drawn here from a generator of this call's own, so the
+    result depends on ``seed`` only and no other random stream is touched.
 
     >>> x = torch.randint(0, 255, (16, 16, 3), dtype=torch.uint8)
     >>> torch.equal(augment_hwc(x, "trivialaugment", 3), augment_hwc(x, "trivialaugment", 3))
     True
     """
-    op = _AUGMENT_CACHE.get(name)
+    op: Any = _AUGMENT_CACHE.get(name)
     if op is None:
         op = _AUGMENT_CACHE[name] = _augment_op(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        out = op(image.permute(2, 0, 1))  # type: ignore[operator]
+    out = image.permute(2, 0, 1)
+    if not (hasattr(op, "_AUGMENTATION_SPACE") and hasattr(op, "_apply_image_or_video_transform")):
+        with torch.random.fork_rng(devices=[]):  # (a torchvision without those internals: its own forward, seeded)
+            torch.manual_seed(seed)
+            return op(out).permute(1, 2, 0).contiguous()
+    g = torch.Generator().manual_seed(seed)
+    height, width = out.shape[-2:]
+    space = op._AUGMENTATION_SPACE
+    for _ in range(getattr(op, "num_ops", 1)):  # (RandAugment: num_ops at its fixed magnitude; TrivialAugment: one)
+        key = tuple(space)[int(torch.randint(len(space), (), generator=g))]
+        magnitudes_fn, signed = space[key]
+        magnitudes = magnitudes_fn(op.num_magnitude_bins, height, width)
+        magnitude = 0.0
+        if magnitudes is not None:
+            index = op.magnitude if name == "randaugment" else int(torch.randint(op.num_magnitude_bins, (), generator=g))
+            magnitude = float(magnitudes[index])
+            if signed and torch.rand((), generator=g) <= 0.5:
+                magnitude *= -1
+        out = op._apply_image_or_video_transform(out, key, magnitude, interpolation=op.interpolation, fill=op._fill)
     return out.permute(1, 2, 0).contiguous()
 
 
