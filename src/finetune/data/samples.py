@@ -235,6 +235,30 @@ def describe_unread(unread: Counter[str]) -> str:
             "convert them to JPEG or PNG to use them")
 
 
+def _other_tool_layout(root: Path) -> str | None:
+    """What to do with a folder that holds its labels (or its images) the way another tool keeps them:
+    Hugging Face ``imagefolder``'s ``metadata.csv`` / ``metadata.jsonl``, a ``datasets`` folder of
+    ``.arrow`` / ``.parquet`` files (``save_to_disk``, a hub download); None for any other folder.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "metadata.jsonl").write_text("")
+    >>> _other_tool_layout(d).replace(str(d), "D")
+    "'D' keeps its labels in metadata.jsonl (Hugging Face imagefolder), which finetune does not read: write them as a CSV of file_name,label and give that file as --data"
+    """
+    names = set(os.listdir(root))
+    if "metadata.csv" in names:
+        return (f"'{root}' keeps its labels in metadata.csv (Hugging Face imagefolder): give "
+                f"'{root / 'metadata.csv'}' as --data (a CSV of file_name,label)")
+    meta = next((n for n in sorted(names) if n.startswith("metadata.")), None)
+    if meta is not None and meta.endswith((".jsonl", ".json", ".parquet")):
+        return (f"'{root}' keeps its labels in {meta} (Hugging Face imagefolder), which finetune does not read: "
+                "write them as a CSV of file_name,label and give that file as --data")
+    if any(n.endswith((".arrow", ".parquet")) for n in names) or names & {"dataset_dict.json", "dataset_info.json"}:
+        return (f"'{root}' holds a Hugging Face datasets dataset (.arrow / .parquet files, save_to_disk), not image "
+                "files: save its images into class folders (root/<class>/<image>) or list them in a CSV of path,label")
+    return None
+
+
 def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Samples:
     """Scan ``root/<class>/**/<image>`` (torchvision ImageFolder layout).
 
@@ -293,10 +317,11 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
     if not paths:
         loose = [n for n in os.listdir(root) if is_image_name(n)]  # (root was listed above: readable)
         where = (f"'{root}' holds {len(loose)} images but no class sub-folders: put each class's images "
-                 f"in its own folder (root/<class>/<image>)" if loose else
+                 f"in its own folder (root/<class>/<image>), or list them with their labels in a CSV of path,label"
+                 if loose else
                  f"no images found in '{root}': expected class sub-folders holding "
                  f"{', '.join(IMG_EXTENSIONS[:3])}… files (root/<class>/<image>)")
-        raise DataError(where + (f"; it holds {not_read}" if not_read else ""))
+        raise DataError((_other_tool_layout(root) or where) + (f"; it holds {not_read}" if not_read else ""))
     if empty and not fixed:
         raise DataError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(repr(e) for e in empty)} in '{root}' "
                         f"hold{'' if len(empty) > 1 else 's'} no images ({', '.join(IMG_EXTENSIONS)}): add images "
@@ -370,6 +395,25 @@ def _class_order(names: Sequence[str]) -> list[str]:
     return sorted(unique)
 
 
+def _several_labels(names: Sequence[str]) -> tuple[int, list[str]] | None:
+    """The first row (index, parts) whose label is several other rows' labels joined by a space, ``;``,
+    ``|`` or ``,`` (a multi-label CSV: fastai's ``label_delim``, Kaggle's tags); None if there is none.
+    A class name with a space of its own ('golden retriever') is not split: its parts are not labels.
+
+    >>> _several_labels(["cat", "dog", "cat dog"]), _several_labels(["golden retriever", "pug", "golden"])
+    ((2, ['cat', 'dog']), None)
+    >>> _several_labels(["a", "b", "a;b"]), _several_labels(["a", "b", "a|b"])
+    ((2, ['a', 'b']), (2, ['a', 'b']))
+    """
+    labels = dict.fromkeys(names)  # (each label once, in the order of the rows)
+    for name in labels:
+        for sep in (None, ";", "|", ","):
+            parts = [p.strip() for p in name.split(sep)]
+            if len(parts) > 1 and all(p in labels and p != name for p in parts):
+                return list(names).index(name), parts
+    return None
+
+
 def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Samples, np.ndarray | None]:
     """Read a CSV of ``path,label`` rows (an optional ``split`` column).
 
@@ -439,6 +483,11 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     if blank:  # (a class named '' would be trained silently)
         raise DataError(f"CSV file '{path}' has {len(blank)} rows without a label, e.g. "
                         f"{delimiter.join(rows[blank[0]])!r}: give every row a class")
+    if (several := _several_labels(names)) is not None:  # (trained as a class of its own, 'cat dog', silently)
+        k, parts = several
+        raise DataError(f"CSV file '{path}' gives the row {delimiter.join(rows[k])!r} several labels "
+                        f"({', '.join(repr(p) for p in parts)}, each a label of other rows): a multi-label CSV "
+                        "(fastai's label_delim); finetune trains one class per image: give each row one label")
     if classes is None:
         classes = _class_order(names)
     index = {c: i for i, c in enumerate(classes)}
@@ -598,7 +647,35 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
         raise DataError(f"'{data}' has folders {splits} named like data splits but no train/ folder: put the "
                         f"training images in '{data / 'train'}' (one folder per class), or give the folder of "
                         f"class folders itself as --data")
+    _refuse_wrapped_splits(data)
     return stratified_split(check_classes(scan_folder(data), data), val_split, seed)
+
+
+def _refuse_wrapped_splits(root: Path) -> None:
+    """A DataError if one sub-folder of ``root`` holds nothing but split folders, one of them ``train/``
+    (``images/train/<class>``, ``dataset/train``: a zip's own top folder): read as class folders, it
+    would be one class, its splits' images trained as one class. Splits inside every class folder
+    (``cat/train/``, ``dog/train/``) are read as ImageFolder reads them.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / "images" / "train").mkdir(parents=True); (d / "images" / "val").mkdir()
+    >>> try:
+    ...     _refuse_wrapped_splits(d)
+    ... except DataError as e:
+    ...     print(str(e).replace(str(d), "D"))
+    'D' holds its data splits one folder down, in 'D/images' (train/, val/): give 'D/images' as the data folder (--data)
+    >>> (d / "images" / "cat").mkdir(); _refuse_wrapped_splits(d)   # (class 'images' with a class 'train' in it)
+    >>> (d / "images" / "cat").rmdir(); (d / "dogs" / "train").mkdir(parents=True); _refuse_wrapped_splits(d)
+    """
+    wrappers = []
+    for folder in _class_dirs(root):
+        subs = [d.name for d in _class_dirs(folder)]
+        if subs and all(n.lower() in SPLIT_NAMES for n in subs) and any(n.lower() in TRAIN_SPLIT_NAMES for n in subs):
+            wrappers.append((folder, subs))
+    if len(wrappers) == 1:  # (splits inside every class folder, cat/train/, dog/train/: read as ImageFolder reads it)
+        folder, subs = wrappers[0]
+        raise DataError(f"'{root}' holds its data splits one folder down, in '{folder}' "
+                        f"({', '.join(n + '/' for n in subs)}): give '{folder}' as the data folder (--data)")
 
 
 def split_is_drawn(data: str | Path) -> bool:
@@ -710,7 +787,13 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
     if folder is None and split_dir(path, TRAIN_SPLIT_NAMES) is not None:
         raise DataError(f"'{data}' has a {split_dir(path, TRAIN_SPLIT_NAMES).name}/ folder but no val/ or test/ "
                         f"folder to evaluate: give the folder of test images (class sub-folders) as data (--data)")
+    if folder is None and path.is_dir():
+        _refuse_wrapped_splits(path)
     folder = folder or path
+    if not _class_dirs(folder) and _other_tool_layout(folder) is None and any(map(is_image_name, os.listdir(folder))):
+        raise DataError(f"'{folder}' holds images without labels (no class sub-folders, as a Kaggle test/ folder): "
+                        "eval scores labelled images (<class>/<image>, or a CSV of path,label); "
+                        "`finetune predict` predicts unlabelled ones")
     # every class folder, the checkpoint's first: an empty one is allowed here (nothing to score), and one
     # with images that the checkpoint lacks is refused by relabel
     named = {_nfc(c) for c in classes}
