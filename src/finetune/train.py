@@ -50,7 +50,7 @@ from finetune.checkpoint import (
     settings_metadata,
 )
 from finetune.config import TrainConfig, check_run_dir, parse_unfreeze, save_config
-from finetune.data.decode import DECODE_ERRORS, bad_reason, decode_eval
+from finetune.data.decode import DECODE_ERRORS, BadFile, bad_reason, decode_eval
 from finetune.data.loader import Loader, build_loader
 from finetune.data.normalize import Normalizer
 from finetune.data.samples import Samples, eval_samples, find_splits, split_is_drawn
@@ -849,6 +849,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
     epoch, step = 0, 0
     schedule_offset = 0  # step - the schedule's step: batches per epoch changed at a resume (batch size, data, processes)
     best_top1, best_top5, best_epoch = -1.0, 0.0, -1
+    unseen_told = False  # (classes without one readable training image: said once, after a whole epoch)
     history: list[dict[str, Any]] = []
     epoch_loss_sum, epoch_seen = 0.0, 0
     if resume_state is not None:
@@ -1177,6 +1178,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
                         loader.bad_files.update(theirs)
             if ddp.main:
                 report_bad_files(run_dir, train_loader, val_loader)
+                if whole_epoch and not unseen_told and train_loader.samples is not None:
+                    for message in unseen_classes(train_loader.samples, train_loader.bad_file_list()):
+                        warn(message)
+                    unseen_told = True
             epoch += 1
             epoch_loss_sum, epoch_seen = 0.0, 0
             batches.set_epoch(epoch)
@@ -1688,6 +1693,31 @@ def report_bad_files(run_dir: Path, *loaders: Loader) -> None:
         with path.open("a", errors="surrogateescape") as f:
             f.writelines(line + "\n" for line in new)
         warn(f"skipped {len(new)} unreadable image(s), listed in {path} (use --strict-data to stop instead)")
+
+
+def unseen_classes(samples: Samples, bad: Sequence[BadFile]) -> list[str]:
+    """A warning for each class none of whose training images could be read (``bad``, a whole epoch's):
+    the model has an output for it but never sees one (a class folder without images is refused
+    up front; one whose every file is damaged is only found by reading them).
+
+    >>> from finetune.data.decode import BadFile
+    >>> s = Samples.from_lists(["a.jpg", "b.jpg", "c.jpg", "d.jpg"], [0, 1, 1, 0], ("cat", "dog"))
+    >>> unseen_classes(s, [BadFile(1, "b.jpg", "not an image"), BadFile(2, "c.jpg", "truncated")])
+    ["class 'dog': none of its 2 training images can be read (e.g. 'b.jpg': not an image): the model never sees it; fix or remove them, or remove the class"]
+    >>> unseen_classes(s, [BadFile(1, "b.jpg", "not an image")])
+    []
+    """
+    import numpy as np
+
+    if not bad:
+        return []
+    labels = np.asarray(samples.labels)
+    count = np.bincount(labels, minlength=len(samples.classes))
+    bad_count = np.bincount(labels[[b.index for b in bad]], minlength=len(samples.classes))
+    first = {int(labels[b.index]): b for b in reversed(bad)}
+    return [f"class {samples.classes[c]!r}: none of its {int(count[c])} training images can be read (e.g. "
+            f"'{first[c].path}': {first[c].reason}): the model never sees it; fix or remove them, or remove the class"
+            for c in range(len(samples.classes)) if count[c] and bad_count[c] == count[c]]
 
 
 #: the settings that say which images were the validation split (in the metadata's ``config``)
