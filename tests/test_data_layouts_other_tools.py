@@ -63,3 +63,24 @@ def test_hugging_face_layouts_say_what_to_give(tmp_path: Path) -> None:
     (arrow / "state.json").write_text("{}")
     with pytest.raises(DataError, match=r"Hugging Face datasets dataset .*not image files"):
         find_splits(tmp_path / "arrow")
+
+
+def test_a_root_metadata_csv_takes_its_splits_from_the_folders(tmp_path: Path) -> None:
+    """Hugging Face imagefolder's metadata.csv at the root (file_name train/0.jpg, test/0.jpg, no split
+    column): the test rows were trained on; the folders are the splits, as Hugging Face reads them."""
+    from PIL import Image
+
+    from finetune.data.samples import eval_samples, find_splits
+
+    rows = ["file_name,label"]
+    for split, n in (("train", 6), ("test", 2)):
+        (tmp_path / split).mkdir()
+        for i in range(n):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / split / f"{i}.jpg")
+            rows.append(f"{split}/{i}.jpg,{'cat' if i % 2 else 'dog'}")
+    (tmp_path / "metadata.csv").write_text("\n".join(rows) + "\n")
+    train, val = find_splits(tmp_path / "metadata.csv", val_split=0.34)
+    used = {Path(p).parent.name for p in [*train.paths, *val.paths]}
+    assert used == {"train"} and len(train) + len(val) == 6
+    scored = eval_samples(tmp_path / "metadata.csv", ["cat", "dog"])
+    assert {Path(p).parent.name for p in scored.paths} == {"test"}

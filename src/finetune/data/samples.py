@@ -414,6 +414,21 @@ def _several_labels(names: Sequence[str]) -> tuple[int, list[str]] | None:
     return None
 
 
+def _split_from_paths(paths: Sequence[str]) -> np.ndarray | None:
+    """Each row's split from the first folder of its path as the CSV gives it, when every path starts with
+    a split folder (``train/``, ``val/``, ``test/``, any case) and some with a training one, as Hugging Face's
+    ``imagefolder`` takes a root ``metadata.csv``'s splits; None otherwise.
+
+    >>> _split_from_paths(["train/a.jpg", "Test/b.jpg", "val/c.jpg"]).tolist(), _split_from_paths(["a/b.jpg"])
+    (['train', 'test', 'val'], None)
+    """
+    first = [p.strip().replace("\\", "/").lstrip("./").split("/")[0].lower() if "/" in p.replace("\\", "/") else ""
+             for p in paths]
+    if first and all(f in SPLIT_NAMES for f in first) and any(f in TRAIN_SPLIT_NAMES for f in first):
+        return np.asarray(first)
+    return None
+
+
 def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Samples, np.ndarray | None]:
     """Read a CSV of ``path,label`` rows (an optional ``split`` column).
 
@@ -511,6 +526,8 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
         split = None
     if split is None and not positional:  # a split column by another name ('data set', 'subset', 'is_valid')
         split = _split_like(header, rows, (ip, il))
+    if split is None:  # no split column, paths under split folders (Hugging Face imagefolder's metadata.csv at
+        split = _split_from_paths([r[ip] for r in rows])  # the root: train/0.jpg, test/0.jpg): the folder says
     # a file listed twice: with two labels (a multi-label CSV) it would be trained as both; with the same
     # label, the held-out split could put one copy in training and the other in validation
     first: dict[str, int] = {}
