@@ -279,7 +279,10 @@ def timm_file(name: str) -> Path:
                        f"no network (cannot resolve {host})")
     try:
         from huggingface_hub import hf_hub_download
-
+    except ImportError:  # timm's dependency, not finetune's: a torchvision model given timm's weights without timm
+        raise _missing(folder / "model.safetensors", f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
+                       "downloading it needs huggingface_hub (installed with timm: pip install timm)") from None
+    try:
         return Path(hf_hub_download(repo, "model.safetensors"))
     except Exception as e:  # noqa: BLE001 - network, auth or missing file
         raise _missing(folder / "model.safetensors", f"https://huggingface.co/{repo}/resolve/main/model.safetensors",

@@ -181,8 +181,14 @@ def _build_model(arch: str, ck: Checkpoint) -> torch.nn.Module:
 
 def _new_model(arch: str, num_classes: int | None) -> torch.nn.Module:
     if arch.startswith("timm:"):
-        import timm
+        try:
+            import timm
+        except ImportError:
+            raise WeightsError(f"'{arch}' needs timm: pip install timm") from None
+        if not timm.is_model(arch[5:]):
+            from finetune.models import _unknown
 
+            raise WeightsError(str(_unknown(arch[5:], timm.list_models(), "timm")))
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
         return timm.create_model(arch[5:], pretrained=False, **kwargs)
     import torchvision
