@@ -17,6 +17,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 
+import finetune
 from finetune.config import int_at_least, non_empty, positive_float, worker_count, workers_value
 from finetune.errors import (
     ConfigError,
@@ -561,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     ('train', 3, ['layer1', 'layer2'], True, None)
     """
     parser = _Parser(prog="finetune", description="Fine-tune pretrained image classifiers: correct by construction, measured, tested.")
-    parser.add_argument("--version", action="version", version="finetune 0.1.0")
+    parser.add_argument("--version", action="version", version=f"finetune {finetune.__version__}")
     # -q/--debug work before the command too (`finetune --debug train …`): the command's copies only set them when given
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, less output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

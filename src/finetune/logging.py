@@ -82,7 +82,7 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 
 def summary_writer_class() -> type:
     """torch's TensorBoard ``SummaryWriter``, or a ConfigError that says to install tensorboard (an optional
-    dependency: ``pip install 'finetune[tensorboard]'``) when it cannot be imported.
+    dependency: ``pip install tensorboard``) when it cannot be imported.
 
     >>> summary_writer_class().__name__
     'SummaryWriter'
@@ -91,7 +91,7 @@ def summary_writer_class() -> type:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:  # not installed, or older than torch needs
         raise ConfigError(f"{named('tensorboard', True, flag='--tensorboard')} needs the tensorboard package, which cannot be imported "
-                          f"({e}): install it (pip install tensorboard, or finetune[tensorboard]), or train "
+                          f"({e}): install it (pip install tensorboard), or train "
                           "without --tensorboard") from None
     return SummaryWriter
 
