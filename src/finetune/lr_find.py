@@ -159,7 +159,7 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
                                 cache=None if cfg.cache == "none" else cfg.cache, log=None if quiet else print)
     if len(loader) == 0:
         raise ConfigError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
-    model = build_model(cfg, len(classes), device, quiet=True)
+    model = build_model(cfg, len(classes), device, quiet=True, classes=classes)
     # base lr 1: each group's lr is its multiplier (--lr-mult, --layer-decay), scaled by the sweep
     optimizer = make_optimizer(param_groups(model, 1.0, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)

@@ -334,6 +334,10 @@ def local_pretrained_cfg(pretrained: str | None) -> Any:
     if not pretrained or is_named(pretrained):
         return None
     path = Path(pretrained)
+    if path.is_dir() and (path / "best.safetensors").is_file():  # a run directory: its weights are its best.safetensors
+        own = _finetune_weights_cfg(str((path / "best.safetensors").resolve()), (path / "best.safetensors").stat().st_mtime_ns)
+        if own is not None:
+            return own
     if path.is_file() and path.suffix.lower() in (".pt", ".pth", ".ckpt", ".tar"):
         own = _finetune_checkpoint_cfg(str(path.resolve()), path.stat().st_mtime_ns)
         if own is not None:  # a finetune run's checkpoint: the input its weights were trained with

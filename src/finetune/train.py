@@ -782,7 +782,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
              "(one optimizer step); a lower --batch-size gives more steps per epoch")
 
     # ---- model and what trains (a resumed run's weights come from its checkpoint, below)
-    model = build_model(cfg, len(classes), device, pretrained=resume_state is None, quiet=quiet)
+    model = build_model(cfg, len(classes), device, pretrained=resume_state is None, quiet=quiet, classes=classes)
     check_input_size(model, cfg.img_size)  # (on the device: one forward of two images, before any step)
     if cfg.sync_bn and ddp.enabled:  # in place: freezing marks, parameters and state-dict keys stay as they are
         from finetune.sync_bn import convert_sync_batchnorm
@@ -1371,7 +1371,7 @@ def build_train_loader(samples: Samples, cfg: TrainConfig, **loader_kw: Any) -> 
 
 
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pretrained: bool = True,
-                quiet: bool = False) -> nn.Module:
+                quiet: bool = False, classes: Sequence[str] | None = None) -> nn.Module:
     """The run's model on ``device``: ``cfg.model`` with a ``num_classes`` head, its ``--pretrained``
     weights (when ``pretrained``; the load report printed unless ``quiet``; another architecture's
     file refused), frozen as ``cfg`` says, channels_last if asked.
@@ -1397,6 +1397,8 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pre
         if cfg.global_pool == "avg" and "fc_norm.weight" in report.loaded:
             report.notes.append(f"{cfg.model} built with global_pool='avg' (the patch tokens' mean, then fc_norm; no final "
                                 "norm), as the file pools: MAE's fine-tuned ViTs do (--global-pool token for the class token)")
+        if classes is not None and (note := match_head_classes(model, cfg.pretrained, list(classes), report.loaded)):
+            report.notes.append(note)
         if not quiet:
             print(report)
         check_pretrained_fit(model, report, cfg, quiet=quiet)
@@ -1409,6 +1411,58 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, pre
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def pretrained_classes(pretrained: str | None) -> list[str] | None:
+    """The class names, in label order, of a finetune run's weights given as ``--pretrained`` (a
+    checkpoint, a ``best.safetensors``, a run directory); None for anything else."""
+    from finetune.checkpoint import deployment_metadata
+    from finetune.weights.formats import peek_torch_zip, sniff
+
+    if not pretrained:
+        return None
+    path = Path(pretrained)
+    if path.is_dir():
+        path = path / "best.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix == ".safetensors":
+            meta = deployment_metadata(path)
+        else:
+            meta = peek_torch_zip(path) if sniff(path) == "torch zip" else None
+            meta = meta if isinstance(meta, dict) and meta.get("format") == "finetune-checkpoint" else None
+    except Exception:  # noqa: BLE001 - not readable here: loading the weights says why
+        return None
+    classes = meta.get("classes") if meta is not None else None
+    return [str(c) for c in classes] if isinstance(classes, (list, tuple)) else None
+
+
+def match_head_classes(model: nn.Module, pretrained: str | None, classes: list[str], loaded: Sequence[str]) -> str | None:
+    """Put a loaded head of a finetune run's weights in this run's class order: the same class names in
+    another order (a CSV's numeric order, folders' sorted one) have their head rows moved to their names'
+    places, so each output keeps the class it was trained for; the note for the load report (also when
+    the head, loaded because the counts agree, was trained on other classes), else None."""
+    trained = pretrained_classes(pretrained)
+    if trained is None or len(trained) != len(classes) or trained == classes:
+        return None
+    heads = [h for h in head_names(model) if any(n.startswith(h + ".") for n in loaded)]
+    if not heads:
+        return None
+    if sorted(trained) != sorted(classes):
+        return (f"head loaded from weights trained on other classes ({class_change(trained, classes)}): its outputs "
+                "keep the file's order (--exclude the head to start it afresh)")
+    order = torch.tensor([trained.index(c) for c in classes])
+    with torch.no_grad():
+        for h in heads:  # in each head, its last module with a weight of 2+ dims is the one whose rows are classes
+            rows = [m for m in model.get_submodule(h).modules()
+                    if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2
+                    and m.weight.shape[0] == len(classes)]
+            for t in (rows[-1].weight, getattr(rows[-1], "bias", None)) if rows else ():
+                if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == len(classes):
+                    t.copy_(t[order])
+    return (f"head rows reordered to the data's classes by name (the file has the same {len(classes)} classes in "
+            f"another order: {', '.join(map(repr, trained[:5]))}{', …' if len(trained) > 5 else ''})")
 
 
 def check_pretrained_fit(model: nn.Module, report: Any, cfg: TrainConfig, *, quiet: bool = True) -> None:
