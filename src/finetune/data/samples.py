@@ -416,15 +416,18 @@ def _several_labels(names: Sequence[str]) -> tuple[int, list[str]] | None:
 
 def _split_from_paths(paths: Sequence[str]) -> np.ndarray | None:
     """Each row's split from the first folder of its path as the CSV gives it, when every path starts with
-    a split folder (``train/``, ``val/``, ``test/``, any case) and some with a training one, as Hugging Face's
-    ``imagefolder`` takes a root ``metadata.csv``'s splits; None otherwise.
+    a split folder (``train/``, ``val/``, ``test/``, any case), some with a training one and some with another,
+    as Hugging Face's ``imagefolder`` takes a root ``metadata.csv``'s splits; None otherwise (every path in
+    ``train/``, as Kaggle's labels of its train/ folder: no split to take, a drawn one or a score of them all).
 
     >>> _split_from_paths(["train/a.jpg", "Test/b.jpg", "val/c.jpg"]).tolist(), _split_from_paths(["a/b.jpg"])
     (['train', 'test', 'val'], None)
+    >>> _split_from_paths(["train/a.jpg", "train/b.jpg"])
     """
     first = [p.strip().replace("\\", "/").lstrip("./").split("/")[0].lower() if "/" in p.replace("\\", "/") else ""
              for p in paths]
-    if first and all(f in SPLIT_NAMES for f in first) and any(f in TRAIN_SPLIT_NAMES for f in first):
+    if (first and all(f in SPLIT_NAMES for f in first) and any(f in TRAIN_SPLIT_NAMES for f in first)
+            and not all(f in TRAIN_SPLIT_NAMES for f in first)):
         return np.asarray(first)
     return None
 
@@ -502,7 +505,8 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
         k, parts = several
         raise DataError(f"CSV file '{path}' gives the row {delimiter.join(rows[k])!r} several labels "
                         f"({', '.join(repr(p) for p in parts)}, each a label of other rows): a multi-label CSV "
-                        "(fastai's label_delim); finetune trains one class per image: give each row one label")
+                        "(fastai's label_delim); finetune trains one class per image: give each row one label (a class of its "
+                        "own that joins others' names: call it otherwise, e.g. 'cat+dog')")
     if classes is None:
         classes = _class_order(names)
     index = {c: i for i, c in enumerate(classes)}
