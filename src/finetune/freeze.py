@@ -301,11 +301,15 @@ def _stochastic_layers(root: nn.Module) -> list[tuple[str, nn.Module, bool]]:
 def _after_frozen_layers(root: nn.Module) -> set[int]:
     """``id()`` of the modules without parameters of their own registered after some parameters, all
     of them frozen (registration order stands for the forward order, as in :func:`freeze_until`):
-    a BatchNorm without affine parameters in a backbone frozen by hand."""
+    a BatchNorm without affine parameters in a backbone frozen by hand. A module's own parameters beside
+    children that hold some (a CLIP's ``logit_scale``, a constant on the model itself) do not count: where
+    they sit among those children is not known (``modules()`` gives them before all of them)."""
     out: set[int] = set()
     seen = trainable_before = False
     for module in root.modules():
         own = list(module.parameters(recurse=False))
+        if own and any(True for child in module.children() for _ in child.parameters()):
+            own = []
         if own:
             seen = True
             trainable_before = trainable_before or any(p.requires_grad for p in own)
