@@ -18,8 +18,8 @@ def test_one_process_commands_refuse_torchrun(argv: list[str], monkeypatch: pyte
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == (f"finetune: error: finetune {argv[0]} runs in one process, not under torchrun (2 processes): run "
-                   f"finetune {argv[0]} without torchrun (only finetune train uses several processes)\n")
+    assert err == (f"finetune: error: finetune {argv[0]} runs in one process, not under torchrun (WORLD_SIZE=2 is set): "
+                   f"run finetune {argv[0]} without torchrun (only finetune train uses several processes)\n")
 
 
 def test_one_process_commands_run_without_torchrun(monkeypatch: pytest.MonkeyPatch,

@@ -181,6 +181,7 @@ def test_torchrun_one_process_killed_is_one_error_line_and_resumes_exactly(data:
     assert metrics(tmp_path / "full") == metrics(cut)
 
 
+@pytest.mark.slow  # (~16 s: a real torchrun for a message; the one-process message is in the default suite)
 def test_torchrun_too_few_images_for_a_batch_per_process_says_so(tmp_path: Path) -> None:
     """16 images, 2 processes, --batch-size 10: the error said '16 images, fewer than one batch of 10'."""
     small = make_shapes(tmp_path / "small", per_class=2, val_per_class=1, size=32)
@@ -193,6 +194,7 @@ def test_torchrun_too_few_images_for_a_batch_per_process_says_so(tmp_path: Path)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # (~34 s: two real torchruns for a message; process-count changes at epoch ends: test_distributed)
 def test_torchrun_refusing_a_one_process_checkpoint_says_how_to_resume_it(data: Path, tmp_path: Path) -> None:
     """A checkpoint saved mid-epoch by one process, resumed under torchrun: the error said 'resume it with
     1 (torchrun --nproc_per_node 1)'."""

@@ -605,8 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     world = os.environ.get("WORLD_SIZE", "1")
     if args.command not in ("train", "lr-find") and world not in ("", "1"):  # (lr-find says so itself)
         # every process would run the whole command: its output N times, its files written N times at once
-        return _fail(f"finetune {args.command} runs in one process, not under torchrun ({world} processes): run "
-                     f"finetune {args.command} without torchrun (only finetune train uses several processes)")
+        return _fail(f"finetune {args.command} runs in one process, not under torchrun (WORLD_SIZE={world} is set): "
+                     f"run finetune {args.command} without torchrun (only finetune train uses several processes)")
     with warnings.catch_warnings():  # finetune's own warnings as one `finetune: warning:` line each
         warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
         return _run(args, debug)
