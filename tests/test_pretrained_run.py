@@ -56,3 +56,13 @@ def test_head_rows_in_a_child_module_are_reordered(tmp_path):
         assert torch.equal(got.linear.weight, want.linear.weight[[2, 0, 1]])
         assert torch.equal(got.linear.bias, want.linear.bias[[2, 0, 1]])
         assert torch.equal(got.bn.weight, want.bn.weight)  # (the features' norm: not class rows)
+
+
+def test_auxiliary_heads_are_reordered_too(tmp_path):
+    torch.manual_seed(0)
+    trained = create_model("googlenet", num_classes=3)
+    run = _run_dir(tmp_path, ["x", "y", "z"], trained)
+    cfg = TrainConfig(model="googlenet", pretrained=str(run), img_size=64).resolved()
+    model = build_model(cfg, 3, torch.device("cpu"), quiet=True, classes=["z", "x", "y"])
+    for head in ("fc", "aux1.fc2", "aux2.fc2"):
+        assert torch.equal(model.get_submodule(head).weight, trained.get_submodule(head).weight[[2, 0, 1]]), head

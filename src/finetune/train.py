@@ -1446,7 +1446,7 @@ def match_head_classes(model: nn.Module, pretrained: str | None, classes: list[s
     trained = pretrained_classes(pretrained)
     if trained is None or len(trained) != len(classes) or trained == classes:
         return None
-    heads = [h for h in head_names(model) if any(n.startswith(h + ".") for n in loaded)]
+    heads = [h for h in (*head_names(model), *aux_head_names(model)) if any(n.startswith(h + ".") for n in loaded)]
     if not heads:
         return None
     if sorted(trained) != sorted(classes):
