@@ -1452,13 +1452,14 @@ def match_head_classes(model: nn.Module, pretrained: str | None, classes: list[s
     if sorted(trained) != sorted(classes):
         return (f"head loaded from weights trained on other classes ({class_change(trained, classes)}): its outputs "
                 "keep the file's order (--exclude the head to start it afresh)")
+    from finetune.weights.load import class_rows_modules
+
     order = torch.tensor([trained.index(c) for c in classes])
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     with torch.no_grad():
-        for h in heads:  # in each head, its last module with a weight of 2+ dims is the one whose rows are classes
-            rows = [m for m in model.get_submodule(h).modules()
-                    if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2
-                    and m.weight.shape[0] == len(classes)]
-            for t in (rows[-1].weight, getattr(rows[-1], "bias", None)) if rows else ():
+        for prefix in class_rows_modules(shapes, heads):  # (as class_map: each head's rows of classes)
+            module = model.get_submodule(prefix)
+            for t in (getattr(module, "weight", None), getattr(module, "bias", None)):
                 if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == len(classes):
                     t.copy_(t[order])
     return (f"head rows reordered to the data's classes by name (the file has the same {len(classes)} classes in "

@@ -1220,10 +1220,9 @@ def _stop_workers(dataloader: DataLoader) -> None:
     it = getattr(dataloader, "_iterator", None)
     if it is not None and hasattr(it, "_shutdown_workers"):
         if getattr(it, "_finetune_pid", os.getpid()) == os.getpid():
-            if getattr(it, "_worker_pids_set", False):  # stopping them: one that dies of a signal meanwhile (torchrun's
-                from torch.utils.data._utils import (
-                    signal_handling,  # SIGTERM to the process group) is no error
-                )
+            if getattr(it, "_worker_pids_set", False):
+                # stopping them: one that dies of a signal meanwhile (torchrun's SIGTERM to the process group) is no error
+                from torch.utils.data._utils import signal_handling
 
                 with contextlib.suppress(ValueError):
                     signal_handling._remove_worker_pids(id(it))

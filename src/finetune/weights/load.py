@@ -697,15 +697,15 @@ def _classifier_prefix(model_shapes: Mapping[str, Shape]) -> str | None:
     return last[-1].rpartition(".")[0] if last else None
 
 
-def _class_rows_prefixes(model_shapes: Mapping[str, Shape], heads: Sequence[str]) -> tuple[str, ...]:
+def class_rows_modules(model_shapes: Mapping[str, Shape], heads: Sequence[str]) -> tuple[str, ...]:
     """The modules whose rows are the classes, which ``class_map`` reorders: in each of the model's
     classifier ``heads`` (a distilled model's ``head`` and ``head_dist``, GoogLeNet's auxiliary heads),
     its last module with a weight of 2+ dims (the ``linear`` of LeViT's NormLinear head); the model's
     last such module when no head is known.
 
-    >>> _class_rows_prefixes({"head.weight": (3, 8), "head_dist.weight": (3, 8)}, ("head", "head_dist"))
+    >>> class_rows_modules({"head.weight": (3, 8), "head_dist.weight": (3, 8)}, ("head", "head_dist"))
     ('head', 'head_dist')
-    >>> _class_rows_prefixes({"head.bn.weight": (8,), "head.linear.weight": (3, 8)}, ("head",))
+    >>> class_rows_modules({"head.bn.weight": (8,), "head.linear.weight": (3, 8)}, ("head",))
     ('head.linear',)
     """
     out = [last[-1].rpartition(".")[0] for h in heads
@@ -796,7 +796,7 @@ def load_weights(
         report.notes.append(f"other keys of the file fit as well: {', '.join(str(m) for m in equally_good[:3])} "
                             f"(loaded: {prefix_map}; rename={{regex: replacement}} chooses another)")
     first_conv, classifier = _first_conv(model_shapes), _classifier_prefix(model_shapes)
-    class_rows = _class_rows_prefixes(model_shapes, report._heads)
+    class_rows = class_rows_modules(model_shapes, report._heads)
     names = {key: prefix_map(renamed[key]) for key in file_sd}
     hit = set(names.values())
     then = leftover_map({n: tuple(file_sd[k].shape) for k, n in names.items() if n not in model_shapes},
