@@ -34,7 +34,7 @@ def test_events_that_cannot_be_rewritten_are_a_warning_not_a_stopped_resume(tmp_
 
     import finetune.logging
 
-    def damaged(tb_dir: Path, step: int) -> int:
+    def damaged(tb_dir: Path, step: int, *, graphs: bool = False) -> int:
         raise OSError("Input/output error")
 
     monkeypatch.setattr(finetune.logging, "drop_events_from", damaged)
@@ -50,7 +50,7 @@ def test_a_run_started_again_from_scratch_keeps_one_graph(tmp_path: Path) -> Non
 
     model, image = create_model("resnet18", num_classes=2).eval(), __import__("torch").zeros(1, 3, 32, 32)
     for _ in range(2):  # the first invocation was killed before its first checkpoint; the second starts over
-        log = RunLog(tmp_path, tensorboard=True, quiet=True, purge_step=1)
+        log = RunLog(tmp_path, tensorboard=True, quiet=True, purge_step=1, new_graph=True)
         assert log.graph(model, image) is None
         log.scalar("val/top1", 0.5, 1)
         log.close()

@@ -11,7 +11,6 @@ graph, Grad-CAM overlays, feature maps), progress bars.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -111,13 +110,12 @@ def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def drop_events_from(tb_dir: Path, step: int, *, graphs: bool = False, files: Iterable[Path] | None = None) -> int:
+def drop_events_from(tb_dir: Path, step: int, *, graphs: bool = False) -> int:
     """Rewrite the TensorBoard event files in ``tb_dir`` without their summaries (scalars, images) at steps
     ``>= step``: what an earlier invocation logged after the checkpoint a run resumes from. (``purge_step``
     alone hides them only from TensorBoard's Python loader; its default data server, ``--load_fast``, shows
     them until each tag is logged again at an earlier step.) ``graphs``: their model graphs too (a run
-    started again from scratch traces its own); ``files``: only these event files. Returns how many events
-    were dropped.
+    started again from scratch traces its own). Returns how many events were dropped.
 
     >>> import pathlib, tempfile
     >>> from torch.utils.tensorboard import SummaryWriter
@@ -135,14 +133,13 @@ def drop_events_from(tb_dir: Path, step: int, *, graphs: bool = False, files: It
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    dropped = 0
     def dropped_event(record: bytes) -> bool:
         event = Event.FromString(record)
         return ((event.HasField("summary") and event.step >= step)
                 or (graphs and any(event.HasField(f) for f in ("graph_def", "meta_graph_def", "tagged_run_metadata"))))
 
-    paths = sorted(Path(tb_dir).glob("events.out.tfevents.*")) if Path(tb_dir).is_dir() else []
-    for path in paths if files is None else [p for p in paths if p in set(files)]:
+    dropped = 0
+    for path in sorted(Path(tb_dir).glob("events.out.tfevents.*")) if Path(tb_dir).is_dir() else []:
         records = list(RawEventFileLoader(str(path)).Load())
         kept = [r for r in records if not dropped_event(r)]
         if len(kept) == len(records):
@@ -179,19 +176,17 @@ class RunLog:
     """
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, quiet: bool, epochs: int = 0, write: bool = True,
-                 purge_step: int | None = None):
+                 purge_step: int | None = None, new_graph: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.quiet = quiet
         self.epochs = epochs
         self.write = write  # False: a process other than torchrun's rank 0, which writes nothing
         self._tb = None
-        self._earlier_files: list[Path] = []  # event files of earlier invocations (their graphs: see graph())
         if tensorboard and write:
             writer_class = summary_writer_class()
-            self._earlier_files = sorted((Path(run_dir) / "tb").glob("events.out.tfevents.*"))
-            if purge_step is not None:
+            if purge_step is not None:  # (new_graph: a run started again from scratch, which traces its own)
                 try:
-                    drop_events_from(Path(run_dir) / "tb", purge_step)
+                    drop_events_from(Path(run_dir) / "tb", purge_step, graphs=new_graph)
                 except Exception as e:  # (a damaged event file: the run goes on, TensorBoard may show both lines)
                     warnings.warn(f"could not remove the TensorBoard events at epochs >= {purge_step} that an earlier "
                                   f"invocation logged in {Path(run_dir) / 'tb'} ({type(e).__name__}: {e}): TensorBoard "
@@ -259,9 +254,6 @@ class RunLog:
             return None
         from finetune.features import add_model_graph
 
-        if self._earlier_files:  # a run started again from scratch (no checkpoint was saved): one graph, this one
-            with contextlib.suppress(Exception):
-                drop_events_from(self._tb.log_dir, 0, graphs=True, files=self._earlier_files)
         return add_model_graph(self._tb, model, image)
 
     @property

@@ -925,7 +925,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
         (run_dir / "classes.json").write_text(json.dumps(classes, indent=1))
     # (TensorBoard's step of an epoch is epoch + 1: what an earlier invocation logged from this epoch on is replaced)
     log = RunLog(run_dir, tensorboard=cfg.tensorboard, quiet=quiet, epochs=cfg.epochs, write=ddp.main,
-                 purge_step=epoch + 1)
+                 purge_step=epoch + 1, new_graph=resume_state is None)
     log.rewrite(history)
     total, trainable = count_parameters(model)
     log.info(f"{cfg.model}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), {len(classes)} classes, "
