@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.config import TrainConfig
-from finetune.errors import ConfigError, DataError, named
+from finetune.errors import ConfigError, DataError, ModelError, named
 
 
 @dataclass
@@ -131,12 +131,14 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     from finetune.freeze import bn_train_mode, param_groups
     from finetune.logging import progress
     from finetune.mixing import mix_batch
-    from finetune.models import logits_of, normalization
+    from finetune.models import check_input_size, logits_of, normalization
     from finetune.train import (
         build_model,
         build_train_loader,
+        check_some_lr,
         class_weights,
         make_optimizer,
+        readable_labels,
         resolve_amp,
         resolve_data,
         resolve_device,
@@ -160,13 +162,16 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
     if len(loader) == 0:
         raise ConfigError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
     model = build_model(cfg, len(classes), device, quiet=True, classes=classes)
+    check_input_size(model, cfg.img_size)  # (as train: a model that cannot take the size is a ModelError, not a bug)
     # base lr 1: each group's lr is its multiplier (--lr-mult, --layer-decay), scaled by the sweep
     optimizer = make_optimizer(param_groups(model, 1.0, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)
+    check_some_lr(optimizer, cfg)  # (as train: every trainable parameter at lr 0 would sweep nothing)
     # --unfreeze PATTERN@1 trains PATTERN from the run's first step: here too (later epochs are not reached)
     unfreeze_at(model, optimizer, dataclasses.replace(cfg, lr=1.0), epoch=0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    loss_weight = class_weights(train_samples.labels, classes, cfg.class_weights)
+    loss_weight = class_weights(readable_labels(train_samples, cfg.class_weights) if cfg.class_weights != "none"
+                                else train_samples.labels, classes, cfg.class_weights)
     loss_weight = loss_weight.to(device) if loss_weight is not None else None
     ratio = end_lr / start_lr
     lrs: list[float] = []
@@ -235,5 +240,9 @@ def lr_find(cfg: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, n
         raise
     finally:
         loader.close()
+    if not lrs:  # the very first loss, before any update, was not finite: no learning rate is to blame
+        raise ModelError(f"the loss was {value} at the first step, before any update: "
+                         f"{cfg.model}'s output is not finite with its initial weights (check the --pretrained "
+                         "weights with `finetune inspect FILE`, or try --amp off)")
     lr_min, lr_steep = readings(lrs, smoothed)
     return LRFindResult(lrs, smoothed, lr_min, lr_steep, stopped, raw)

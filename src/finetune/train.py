@@ -392,6 +392,24 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.opti
         return make()
 
 
+def check_some_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Refuse a set of ``--lr-mult`` that leaves every trainable parameter at learning rate 0 (``--lr 0``
+    is refused already), unless ``--unfreeze`` adds parameters later.
+
+    >>> import torch
+    >>> from finetune import TrainConfig
+    >>> check_some_lr(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0), TrainConfig())
+    Traceback (most recent call last):
+    ...
+    finetune.errors.ConfigError: lr_mult (--lr-mult) sets the learning rate of every trainable parameter to 0: ...
+    """
+    later = [pattern for pattern, _ in parse_unfreeze(cfg.unfreeze, cfg.epochs)]
+    if not later and all(g["lr"] == 0 for g in optimizer.param_groups if g["params"]):
+        raise ConfigError(f"{named('lr_mult')} sets the learning rate of every trainable parameter to 0: nothing "
+                          f"would train (freeze with {named('freeze')} instead, or give some of them a multiplier "
+                          "above 0)")
+
+
 def apply_freezing(model: nn.Module, cfg: TrainConfig) -> list[str]:
     """--linear-probe / --train-only / --freeze, and the frozen parts of --unfreeze, then the BN policy;
     auxiliary heads (which the loss does not use) are frozen unless --train-only names them.
@@ -806,12 +824,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
 
     optimizer = make_optimizer(param_groups(model, cfg.lr, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)
+    check_some_lr(optimizer, cfg)
     later = [pattern for pattern, _ in parse_unfreeze(cfg.unfreeze, cfg.epochs)]
-    if not later and all(g["lr"] == 0 for g in optimizer.param_groups if g["params"]):
-        # (--lr 0 is refused; so is a set of --lr-mult that leaves every trainable parameter at 0)
-        raise ConfigError(f"{named('lr_mult')} sets the learning rate of every trainable parameter to 0: nothing "
-                          f"would train (freeze with {named('freeze')} instead, or give some of them a multiplier "
-                          "above 0)")
     for pattern in frozen_only_patterns(model, cfg.lr_mult, unfrozen_later=later):
         warn(f"--lr-mult {pattern}={cfg.lr_mult[pattern]:g} changes nothing: every parameter it names is frozen "
              f"(unfreeze them, e.g. --unfreeze {pattern}@EPOCH, or drop it)")
