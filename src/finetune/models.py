@@ -1137,7 +1137,9 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
                   batch_size: int = 1) -> LayerSummary:
     """Run one forward of a ``batch_size x channels x img_size x img_size`` batch (eval mode, no
     gradients) and record every module's output shape and parameters, down to ``depth``
-    levels of nesting (``finetune summary``).
+    levels of nesting (``finetune summary``). A model with auxiliary heads (GoogLeNet, Inception v3)
+    also runs one train-mode forward of two images, as training runs those heads (its BatchNorm
+    statistics and the RNG state are left as they were): a size they cannot take fails here too.
 
     A forward that fails does not raise: the summary keeps the layers that ran and names
     the innermost module that failed, with the shape it was given and what it expects —
@@ -1175,7 +1177,7 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
         _, _, _, start = stack.pop()
         finished.append(name)
         level = name.count(".") + 1
-        if level <= depth:
+        if level <= depth and not aux_pass:
             params = list(module.parameters())
             rows[start] = LayerRow(name, type(module).__name__, _describe(module), level, _shape_of(output),
                                    sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
@@ -1191,12 +1193,23 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     arch = getattr(model, "finetune_arch", type(model).__name__)
     error = failed_at = None
     output: tuple[int, ...] | str | None = None
+    aux_pass = False
+    saved = [(b, b.detach().clone()) for b in model.buffers()]  # (the train-mode pass moves BatchNorm statistics)
     try:
         with torch.no_grad(), modes_kept(model):
             model.eval()
             output = _shape_of(model(torch.zeros(shape, device=device, dtype=dtype)))
+            if aux_head_names(model):  # GoogLeNet / Inception v3: the aux heads run in training only, and must fit too
+                aux_pass = True
+                model.train()
+                cuda = [device.index if device.index is not None else torch.cuda.current_device()
+                        ] if device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):  # (dropout draws leave no trace)
+                    model(torch.zeros((max(batch_size, 2), *shape[1:]), device=device, dtype=dtype))
     except Exception as e:  # noqa: BLE001 - any failure of the forward is what the summary reports
         message = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        if aux_pass:
+            message += " (in train mode, where the auxiliary heads run)"
         if stack:
             failed_at, module, given, _ = stack[-1]
             given_text = given if isinstance(given, str) or given is None else "x".join(map(str, given))
@@ -1206,5 +1219,8 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     finally:
         for h in hooks:
             h.remove()
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
     return LayerSummary(arch, shape, [rows[k] for k in sorted(rows)], output,
                         sum(p.numel() for p in model.parameters()), error, failed_at)
