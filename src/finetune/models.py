@@ -17,8 +17,10 @@ import difflib
 import fnmatch
 import functools
 import types
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -976,6 +978,29 @@ class ModelInfo:
     cached: bool
 
 
+def whole_file(path: Path) -> bool:
+    """Whether ``path`` is a file that can hold whole weights: not empty, and, when it is a zip
+    archive (``torch.save``'s format), one with its end record (a copy or download cut short has
+    none). Reads the file's first bytes and its end only.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> torch.save({"w": torch.zeros(2)}, folder / "ok.pth")
+    >>> _ = (folder / "empty.pth").write_bytes(b"")
+    >>> _ = (folder / "cut.pth").write_bytes((folder / "ok.pth").read_bytes()[:100])
+    >>> [whole_file(folder / n) for n in ("ok.pth", "empty.pth", "cut.pth", "missing.pth")]
+    [True, False, False, False]
+    """
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        return not zipped or zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
 def model_table(pattern: str = "*", *, include_timm: bool = False) -> list[ModelInfo]:
     """Architectures matching the glob ``pattern``, with the ImageNet parameters, top-1/top-5
     accuracy and cache status of their default pretrained weights (``finetune models``).
@@ -1015,7 +1040,7 @@ def model_table(pattern: str = "*", *, include_timm: bool = False) -> list[Model
                 acc = weights.meta.get("_metrics", {}).get("ImageNet-1K", {})
                 file = weights.url.rsplit("/", 1)[-1]
                 rows.append(ModelInfo(row_name, weights.meta.get("num_params"), acc.get("acc@1"), acc.get("acc@5"),
-                                      file, (hub / file).is_file()))
+                                      file, whole_file(hub / file)))  # (an empty or cut-short file: not cached)
     if include_timm or pattern.startswith(TIMM_PREFIX):
         try:
             import timm
