@@ -1988,8 +1988,9 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
                             f"({Path.cwd()}): give data=PATH (--data), a folder or CSV to evaluate")
         data = trained_on
     elif moved := moved_training_data(data, state, trained_on, **split):
+        where = "a copy of it" if Path(trained_on).exists() else "not found from here"
         warn(f"'{data}' holds the {state['train_images']} + {state['val_images']} images of the data this checkpoint "
-             f"was trained on ('{trained_on}', not found from here): scoring its validation split, as training held "
+             f"was trained on ('{trained_on}', {where}): scoring its validation split, as training held "
              "it out (not its training images)")
         trained_on = data
     # labelled by class name with the checkpoint's classes: a dataset that changed since training (a class
@@ -1997,6 +1998,9 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
     samples = eval_samples(data, classes, trained_on=trained_on, **split)
     if not moved and (changed := changed_training_data(data, state, trained_on, **split)) is not None:
         warn(changed)  # (after eval_samples' errors; a moved copy was just found to split as training did)
+    elif not moved and (trained := training_images_scored(samples, data, trained_on, **split)):
+        warn(f"{trained} of the {len(samples)} images of '{data}' are training images of this checkpoint (of "
+             f"'{trained_on}'): the score is not a held-out one; give its validation folder or a separate test folder")
     size, crop_pct, interpolation, crop_mode = eval_transform_of_checkpoint(state)
     loader = build_loader(samples, train=False, img_size=size, crop_pct=crop_pct, interpolation=interpolation,
                           crop_mode=crop_mode,
@@ -2022,9 +2026,9 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
 
 
 def moved_training_data(data: str, state: dict[str, Any], trained_on: str, *, val_split: float, seed: int) -> bool:
-    """Whether ``data`` is the checkpoint's training data moved (or renamed): ``trained_on`` is gone and
-    ``data`` splits, as training split it, into as many training and validation images of the same
-    classes. Its validation split is then what ``eval`` scores: a flat folder (or a CSV without
+    """Whether ``data`` is the checkpoint's training data moved, renamed or copied: not ``trained_on`` itself
+    (gone, or another path) and ``data`` splits, as training split it, into as many training and validation
+    images of the same classes. Its validation split is then what ``eval`` scores: a flat folder (or a CSV without
     ``val`` rows) is otherwise scored whole, its training images with it.
 
     >>> import pathlib, tempfile
@@ -2040,10 +2044,42 @@ def moved_training_data(data: str, state: dict[str, Any], trained_on: str, *, va
     >>> moved_training_data(str(root), {**state, "train_images": 18}, "/gone/photos", val_split=0.2, seed=0)
     False
     """
-    if trained_on == "shapes" or Path(trained_on).exists() or "train_images" not in state or "val_images" not in state:
+    if (trained_on == "shapes" or "train_images" not in state or "val_images" not in state
+            or (Path(trained_on).exists() and os.path.realpath(data) == os.path.realpath(trained_on))):
         return False
     now = _split_counts(data, val_split, seed)
     return now is not None and now == (int(state["train_images"]), int(state["val_images"]), list(state["classes"]))
+
+
+def training_images_scored(samples: Samples, data: str, trained_on: str, *, val_split: float, seed: int) -> int:
+    """How many of ``samples`` (what ``eval`` scores of ``data``) are images the checkpoint was trained on: ``data``
+    given as its training data's ``train/`` folder, or a CSV listing its training images. 0 when ``data`` is
+    ``trained_on`` itself (its validation split is scored) or the training data is not found here.
+
+    >>> import pathlib, tempfile
+    >>> from PIL import Image
+    >>> from finetune.data.samples import eval_samples
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for split, c in [(s, c) for s in ("train", "val") for c in ("cat", "dog")]:
+    ...     (root / split / c).mkdir(parents=True)
+    ...     Image.new("RGB", (8, 8)).save(root / split / c / "0.jpg")
+    >>> [training_images_scored(eval_samples(root / s, ["cat", "dog"]), str(root / s), str(root), val_split=0.1,
+    ...                         seed=0) for s in ("train", "val")]
+    [2, 0]
+    """
+    import warnings
+
+    if trained_on == "shapes" or not Path(trained_on).exists() or os.path.realpath(data) == os.path.realpath(trained_on):
+        return 0
+    try:
+        with warnings.catch_warnings():  # (the training data's own warnings were given when it trained)
+            warnings.simplefilter("ignore")
+            train_samples = resolve_data(trained_on, val_split, seed)[0]
+    except DataError:
+        return 0
+    real = functools.lru_cache(maxsize=None)(os.path.realpath)  # (per folder: a linked folder is the same images)
+    trained = {os.path.join(real(os.path.dirname(p)), os.path.basename(p)) for p in train_samples.paths.tolist()}
+    return sum(os.path.join(real(os.path.dirname(p)), os.path.basename(p)) in trained for p in samples.paths.tolist())
 
 
 def _split_counts(data: str, val_split: float, seed: int) -> tuple[int, int, list[str]] | None:
