@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import fnmatch
 import functools
+import inspect
 import types
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -123,7 +124,7 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
         if drop_path is not None:
             kwargs["stochastic_depth_prob"] = drop_path
         try:
-            model = torchvision.models.get_model(name, weights=None, **kwargs)
+            model = _get_torchvision(name, kwargs)
         except (AssertionError, ValueError) as e:  # vit_*: not a multiple of the patch; maxvit_t: of 224
             if img_size is None or not ("image_size" in kwargs or "input_size" in kwargs):
                 raise
@@ -134,6 +135,16 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
             what = "dropout" if "'dropout'" in str(e) else "drop-path (stochastic depth)"
             arg = "drop_rate (--dropout)" if what == "dropout" else "drop_path (--drop-path)"
             raise ModelError(f"{name} has no {what} setting: leave out {arg}") from None
+        for arg, given, what, flag in (("dropout", drop_rate, "dropout", "drop_rate (--dropout)"),
+                                       ("stochastic_depth_prob", drop_path, "drop-path (stochastic depth)",
+                                        "drop_path (--drop-path)")):
+            if given is not None and not _takes(model, arg):  # taken by **kwargs and ignored
+                raise ModelError(f"{name} has no {what} setting: leave out {flag}")
+        if drop_rate is not None and isinstance(model, (torchvision.models.VisionTransformer,
+                                                        torchvision.models.SwinTransformer)):
+            raise ModelError(f"{name} has no dropout before the classifier (torchvision's `dropout` of this family is "
+                             "inside every encoder block): leave out drop_rate (--dropout), or use a timm model "
+                             "(timm:NAME), whose drop_rate is the head's")
         if isinstance(model, torchvision.models.MNASNet):
             model._load_from_state_dict = types.MethodType(_mnasnet_load_from_state_dict, model)
     model.finetune_arch = name
@@ -159,6 +170,40 @@ def _mnasnet_load_from_state_dict(self: nn.Module, state_dict: dict[str, object]
 
 #: the poolings ``create_model(global_pool=...)`` builds a timm ViT with, as timm's keywords
 GLOBAL_POOLS = {"token": {"global_pool": "token"}, "avg": {"global_pool": "avg", "fc_norm": True}}
+
+
+def _get_torchvision(name: str, kwargs: dict[str, object]) -> nn.Module:
+    """``torchvision.models.get_model(name, **kwargs)`` without weights; Swin / MaxViT, whose builders pass
+    their own ``stochastic_depth_prob`` (swin_t 0.2, …), are built with it and then given the one asked for."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    except TypeError as e:
+        if "multiple values for keyword argument 'stochastic_depth_prob'" not in str(e):
+            raise
+    rate = float(kwargs.pop("stochastic_depth_prob"))  # type: ignore[arg-type]
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    _set_stochastic_depth(model, rate)
+    return model
+
+
+def _takes(model: nn.Module, arg: str) -> bool:
+    """Whether a torchvision model's class has the keyword ``arg`` of its own: ConvNeXt (no dropout) and
+    MobileNetV3 (no stochastic depth) take any keyword into ``**kwargs`` and ignore it."""
+    return arg in inspect.signature(type(model).__init__).parameters
+
+
+def _set_stochastic_depth(model: nn.Module, rate: float) -> None:
+    """Give a torchvision model built with its builder's own ``stochastic_depth_prob`` the rate ``rate``:
+    each block's probability is the rate times its depth's share (Swin: ``i / (blocks - 1)``, MaxViT:
+    ``linspace(0, rate)``), the largest is the rate itself, so all scale by ``rate / largest``."""
+    from torchvision.ops import StochasticDepth
+
+    layers = [m for m in model.modules() if isinstance(m, StochasticDepth)]
+    largest = max((m.p for m in layers), default=0.0)
+    for m in layers:
+        m.p = m.p * rate / largest if largest > 0 else rate
 
 
 def _create_timm(name: str, num_classes: int, drop_rate: float | None, img_size: int | None,
