@@ -1161,7 +1161,10 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
                                 + ": nothing to score the run on (use --strict-data to list them all)")
             record = {"epoch": epoch, "step": step, "train_loss": loss_sum_all / max(seen_all, 1),
                       "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
-                      "topk": metrics["topk"], "lr": optimizer.param_groups[0]["lr"],
+                      "topk": metrics["topk"],
+                      # the schedule's --lr at the epoch's last step, not the first group's (under --layer-decay
+                      # the stem's, with --lr-mult a multiple of it)
+                      "lr": cfg.lr * lr_factor(max(step - 1 - schedule_offset, 0), total_steps, warmup_steps),
                       "images_per_s": images_done / max(seconds, 1e-9)}
             if ema is not None:
                 record.update(raw_val_loss=raw["loss"], raw_val_top1=raw["top1"], raw_val_top5=raw["top5"])
