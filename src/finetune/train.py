@@ -1657,18 +1657,27 @@ def cam_overlays(model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor] | N
 def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
     """An exponential moving average of ``model``'s parameters and buffers (BatchNorm
     statistics), updated after every optimizer step: ``ema = decay * ema + (1 - decay) * w``,
-    starting from the weights at the first update (torchvision's and timm's model EMA).
+    starting from the weights at the first update (torchvision's references; timm's ModelEmaV3
+    starts from the weights at its creation). Integer buffers (BatchNorm's ``num_batches_tracked``)
+    are copied, as timm does: an average of counts truncated to an integer would stay where it began.
 
-    >>> net = nn.Linear(1, 1, bias=False); _ = net.weight.data.fill_(1.0)
+    >>> net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1)); _ = net[0].weight.data.fill_(1.0)
     >>> ema = make_ema(net, decay=0.5)
     >>> for value in (1.0, 3.0):
-    ...     _ = net.weight.data.fill_(value); ema.update_parameters(net)
-    >>> ema.module.weight.item(), int(ema.n_averaged)
-    (2.0, 2)
+    ...     _ = net[0].weight.data.fill_(value); net[1].num_batches_tracked += 5; ema.update_parameters(net)
+    >>> ema.module[0].weight.item(), int(ema.n_averaged), int(ema.module[1].num_batches_tracked)
+    (2.0, 2, 10)
     """
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    @torch.no_grad()
+    def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], _n: torch.Tensor) -> None:
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):  # (lists come one dtype each)
+            torch._foreach_lerp_(averaged, current, 1 - decay)
+        else:
+            torch._foreach_copy_(averaged, current)
+
+    ema = AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
     ema.module.requires_grad_(False)
     return ema.eval()
 
