@@ -712,6 +712,17 @@ class _Raised(NamedTuple):
 _END = object()
 
 
+class _Pass:
+    """One pass over a :class:`Loader` (the state of one ``iter(loader)``): a newer pass or ``close()``
+    ends it, and ``ended`` then says why (the error its next batch raises)."""
+
+    __slots__ = ("batches", "ended", "__weakref__")
+
+    def __init__(self) -> None:
+        self.batches: Any = None
+        self.ended: str | None = None
+
+
 def background(iterable: Iterable[Any], depth: int = 1) -> Iterator[Any]:
     """Run ``iterable`` in a thread, ``depth`` items ahead (prefetch_generator's
     ``BackgroundGenerator`` with ``max_prefetch=depth``), stopping it when the consumer stops.
@@ -808,6 +819,7 @@ class Loader:
         self.start_position = 0
         self.position = 0
         self._resume = False  # load_state_dict was called: the next pass continues at its position
+        self._pass: weakref.ref[_Pass] | None = None  # the pass in progress (a weak reference: no cycle)
         self.bad_files: dict[int, str] = {}
         self.probe: Any = None  # the ProbeResult when workers="auto" measured
         self._log = log or (lambda msg: None)  # nothing is printed unless asked for
@@ -917,7 +929,12 @@ class Loader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its first batch (the order depends on seed and epoch)."""
+        """Start ``epoch`` from its first batch (the order depends on seed and epoch); except right
+        after :meth:`load_state_dict`, whose epoch keeps its position (a loop that calls set_epoch
+        at the start of every epoch resumes in the middle of the saved one, as with a resumable
+        DataLoader and DistributedSampler.set_epoch)."""
+        if self._resume and epoch == self.epoch:
+            return
         self.epoch = epoch
         self.start_position = 0
         self.position = 0
@@ -945,6 +962,8 @@ class Loader:
     def close(self) -> None:
         """Stop the worker processes now (they also stop when the loader is garbage collected,
         or at the end of a ``with build_loader(...) as loader:`` block)."""
+        self._end_pass("this pass over the loader was ended by loader.close() (or the end of its with block) "
+                       "before its last batch: finish the pass first, or close the loader after it")
         self._leave_parents_workers()
         _stop_workers(self._dataloader)
 
@@ -1168,11 +1187,18 @@ class Loader:
         if not self._resume:
             self.position = 0
         self._resume = False
+        self._end_pass("this pass over the loader was overtaken by a newer one (iter(loader) again while it was "
+                       "unfinished, e.g. zip(loader, loader)): a loader makes one pass at a time, its workers and "
+                       "position are shared; finish or drop a pass before starting the next, or build a second loader")
+        this = _Pass()
+        self._pass = weakref.ref(this)
         self.start_position = self.position
         self._pool.reset()
-        batches = self._batches()
+        batches = this.batches = self._batches()
         try:
             while True:
+                if this.ended is not None:  # (with workers it would silently end, or share batches with another pass)
+                    raise DataError(this.ended)
                 try:
                     images, labels = next(batches)
                 except StopIteration:
@@ -1191,7 +1217,23 @@ class Loader:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
+            if self._pass is not None and self._pass() is this:
+                self._pass = None
         self.start_position = self.position
+
+    def _end_pass(self, why: str) -> None:
+        """A new pass begins, or the loader closes: the unfinished pass (an iterator still held) ends
+        here, its prefetching stopped (it would read the shared workers' batches), and raises ``why``
+        if used again."""
+        previous = self._pass() if self._pass is not None else None
+        if previous is None:
+            return
+        previous.ended = why
+        self._pass = None
+        close = getattr(previous.batches, "close", None)
+        if close is not None:
+            with contextlib.suppress(ValueError):  # (being iterated in another thread this moment)
+                close()
 
 
 def _outlive_one_signal(_worker_id: int) -> None:
@@ -1360,10 +1402,10 @@ def _resolve_source(source: Any, train: bool, seed: int) -> tuple[Samples | None
 
 def image_folder_samples(source: Any) -> Samples | None:
     """The files of a torchvision ``ImageFolder`` that the loader may read itself (its own decoder
-    and transforms instead of the dataset's ``transform``), or None: only where the dataset's
-    items are those files' images with their folder's label: torchvision's default loader, no
-    ``target_transform``, DatasetFolder's own ``__getitem__``. Any other dataset (a custom
-    ``loader`` such as ``np.load``, remapped labels) is read item by item, as it defines them.
+    and transforms), or None: only where the dataset's items are those files' images with their
+    folder's label: torchvision's default loader, no ``transform`` nor ``target_transform``,
+    DatasetFolder's own ``__getitem__``. Any other dataset (a custom ``loader`` such as
+    ``np.load``, remapped labels, a ``transform`` of its own) is read item by item, as it defines them.
 
     >>> import tempfile, numpy as np, torchvision
     >>> from PIL import Image
@@ -1372,13 +1414,16 @@ def image_folder_samples(source: Any) -> Samples | None:
     1
     >>> image_folder_samples(torchvision.datasets.ImageFolder(d, target_transform=lambda y: y + 1)) is None
     True
+    >>> image_folder_samples(torchvision.datasets.ImageFolder(d, transform=lambda im: im.convert("L"))) is None
+    True
     """
     from torchvision.datasets import DatasetFolder
     from torchvision.datasets.folder import default_loader, pil_loader
 
     if not isinstance(source, DatasetFolder) or type(source).__getitem__ is not DatasetFolder.__getitem__:
         return None
-    if source.loader not in (default_loader, pil_loader) or source.target_transform is not None:
+    if (source.loader not in (default_loader, pil_loader) or source.transform is not None
+            or source.target_transform is not None):
         return None
     items = source.samples
     if not items or not all(isinstance(p, (str, os.PathLike)) for p, _ in items):
