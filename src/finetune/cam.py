@@ -1136,4 +1136,12 @@ def _remove_previous_overlays(out_dir: Path, keep: set[str]) -> None:
 
 
 def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
+    """``text`` for a part of a file name: letters, digits, ``-_.``, at most 60 bytes of UTF-8 (not 60
+    characters: 60 CJK characters are 180 bytes, and a file's and a class's name would pass the 255 bytes
+    a file name can have).
+
+    >>> _safe("a cat/dog"), len(_safe("猫" * 70).encode()), _safe("x" * 70) == "x" * 60
+    ('a_cat_dog', 60, True)
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    return safe.encode("utf-8")[:60].decode("utf-8", "ignore")  # (a character cut in two is left out)

@@ -86,10 +86,41 @@ def _shown(text: object) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def _print_json(obj: object) -> None:
+def _json_text(obj: object) -> str:
+    """``obj`` as JSON indented by 2, but each list of numbers on one line: a confusion matrix of 1,000
+    classes is 1,000 lines, not 1,000,000 (and a tensor shape stays ``[64, 3, 7, 7]``).
+
+    >>> print(_json_text({"confusion": [[1, 0], [2, 3]], "top": [{"class": "a", "prob": 0.5}], "x": []}))
+    {
+      "confusion": [
+        [1, 0],
+        [2, 3]
+      ],
+      "top": [
+        {
+          "class": "a",
+          "prob": 0.5
+        }
+      ],
+      "x": []
+    }
+    """
+    def text(o: object, level: int) -> str:
+        pad, inner = "  " * level, "  " * (level + 1)
+        if isinstance(o, dict) and o:
+            return "{\n" + ",\n".join(f"{inner}{json.dumps(str(k))}: {text(v, level + 1)}" for k, v in o.items()) \
+                + f"\n{pad}}}"
+        if isinstance(o, list) and o and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in o):
+            return "[\n" + ",\n".join(inner + text(v, level + 1) for v in o) + f"\n{pad}]"
+        return json.dumps(o, default=str, allow_nan=False)  # (a number, string, {}, [] or a list of numbers)
+
     from finetune.logging import json_safe
 
-    print(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False))
+    return text(json_safe(obj), 0)
+
+
+def _print_json(obj: object) -> None:
+    print(_json_text(obj))
 
 
 # --------------------------------------------------------------------------- train
@@ -256,7 +287,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"top-1 {res['top1']:.2%}  top-{res['topk']} {res['top5']:.2%}  loss {res['loss']:.4f}  ({res['images']} images"
           + (", each averaged with its mirror image)" if res.get("tta") else ")"))
-    width = max(len(_shown(c)) for c in res["per_class"])
+    width = min(max(len(_shown(c)) for c in res["per_class"]), 40)  # (one 200-character class: not every line 200 wide)
     for name, acc in res["per_class"].items():
         count = res["per_class_images"][name]
         print(f"  {_shown(name):<{width}}  {acc:8.2%}  ({round(acc * count)}/{count})" if acc is not None

@@ -584,7 +584,7 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
     correct1 = correctk = 0
     per_class_correct = torch.zeros(len(classes), dtype=torch.int64)
     per_class_total = torch.zeros(len(classes), dtype=torch.int64)
-    matrix = torch.zeros(len(classes) ** 2 if confusion else 0, dtype=torch.int64)  # true * C + predicted
+    pairs: list[torch.Tensor] = []  # true * C + predicted, per image (a C x C count per batch: 800 MB at 10k classes)
     device = loader.device
     for images, labels in progress(loader, total=len(loader), desc="eval", quiet=quiet):
         if len(labels) == 0:  # (a shard's batch of unreadable files only: nothing to score)
@@ -606,7 +606,7 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
         per_class_total += torch.bincount(labels.cpu(), minlength=len(classes))
         per_class_correct += torch.bincount(labels[hit1].cpu(), minlength=len(classes))
         if confusion:
-            matrix += torch.bincount((labels * len(classes) + topk[:, 0]).cpu(), minlength=len(classes) ** 2)
+            pairs.append((labels * len(classes) + topk[:, 0]).cpu())
         n += len(labels)
     if ddp is not None and ddp.enabled:
         sums = ddp.sum([loss_sum, n, correct1, correctk, *per_class_correct.tolist(), *per_class_total.tolist()])
@@ -614,19 +614,21 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
         c = len(classes)
         per_class_correct = torch.tensor([round(v) for v in sums[4:4 + c]], dtype=torch.int64)
         per_class_total = torch.tensor([round(v) for v in sums[4 + c:4 + 2 * c]], dtype=torch.int64)
-        if confusion:
-            matrix = torch.tensor(ddp.sum(matrix.tolist()), dtype=torch.float64).round().to(torch.int64)
     per_class = {c: (int(per_class_correct[i]) / int(per_class_total[i]) if per_class_total[i] else None)
                  for i, c in enumerate(classes)}
     result = {"loss": loss_sum / max(n, 1), "top1": correct1 / max(n, 1), "top5": correctk / max(n, 1),
               "topk": k, "per_class": per_class, "images": n,
               "per_class_images": {c: int(per_class_total[i]) for i, c in enumerate(classes)}}
     if confusion:
-        rows = matrix.view(len(classes), len(classes)).tolist()
-        result["confusion"] = rows
-        pairs = [(count, t, p) for t, row in enumerate(rows) for p, count in enumerate(row) if t != p and count]
+        matrix = torch.bincount(torch.cat(pairs) if pairs else torch.zeros(0, dtype=torch.int64),
+                                minlength=len(classes) ** 2)
+        if ddp is not None and ddp.enabled:
+            matrix = torch.tensor(ddp.sum(matrix.tolist()), dtype=torch.float64).round().to(torch.int64)
+        result["confusion"] = matrix.view(len(classes), len(classes)).tolist()
+        codes = matrix.nonzero().flatten()  # (the pairs that occur: not a Python loop over C x C cells)
+        off = [(count, *divmod(code, len(classes))) for code, count in zip(codes.tolist(), matrix[codes].tolist(), strict=True)]
         result["most_confused"] = [{"true": classes[t], "predicted": classes[p], "images": count}
-                                   for count, t, p in sorted(pairs, key=lambda x: (-x[0], x[1], x[2]))]
+                                   for count, t, p in sorted(off, key=lambda x: (-x[0], x[1], x[2])) if t != p]
     return result
 
 

@@ -101,7 +101,7 @@ def is_image_name(name: str) -> bool:
     >>> [is_image_name(n) for n in ("a.JPG", "b.Png", "c.gif", "._c.jpg", ".DS_Store", "Thumbs.db")]
     [True, True, True, False, False, False]
     """
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
 def is_image_file(path: Path) -> bool:
@@ -137,13 +137,14 @@ def split_dir(root: str | Path, names: Sequence[str]) -> Path | None:
     """
     root = Path(root)
     try:
-        children = [p for p in sorted(root.iterdir()) if p.is_dir()]
+        with os.scandir(root) as entries:  # (no stat per entry: a flat folder of 10,000 classes is listed at once)
+            children = sorted(e.name for e in entries if e.is_dir())
     except OSError:
         return None
     for name in names:
-        match = [p for p in children if p.name.lower() == name]
+        match = [n for n in children if n.lower() == name]
         if match:
-            return next((p for p in match if p.name == name), match[0])
+            return root / next((n for n in match if n == name), match[0])
     return None
 
 
@@ -158,8 +159,18 @@ def _nfc(name: str) -> str:
 
 
 def _class_dirs(root: Path) -> list[Path]:
+    """The sub-folders of ``root`` that are not skipped, sorted (listed with ``os.scandir``: a folder of
+    100,000 images costs no ``stat`` per file, as ``Path.is_dir`` would; links to folders count).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / "b").mkdir(); (d / "a").mkdir(); (d / ".git").mkdir()
+    >>> _ = (d / "x.jpg").write_bytes(b""); [p.name for p in _class_dirs(d)]
+    ['a', 'b']
+    """
     try:
-        return sorted(p for p in root.iterdir() if p.is_dir() and not _is_skipped_dir(p.name))
+        with os.scandir(root) as entries:
+            names = [e.name for e in entries if not _is_skipped_dir(e.name) and e.is_dir()]
+        return [root / name for name in sorted(names)]  # (names sorted: Path comparisons are slow at 10,000)
     except OSError as e:
         raise _unreadable(root, e) from None
 
@@ -292,7 +303,8 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
         classes = found
     by_nfc = {_nfc(n): n for n in found}  # a class matches its folder also when one is NFD (macOS) and one NFC
     named = {_nfc(c) for c in classes}
-    missing = sorted(n for n in found if n not in classes and _nfc(n) not in named)
+    known, on_disk = set(classes), set(found)  # (sets: at 10,000 classes a list's `in` is 10^8 comparisons)
+    missing = sorted(n for n in found if n not in known and _nfc(n) not in named)
     if missing:
         shown = ", ".join(repr(c) for c in list(classes)[:20]) + (", …" if len(classes) > 20 else "")
         raise DataError(f"'{root}' has class folders {missing} that are not among the {len(classes)} classes "
@@ -304,7 +316,7 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
     unread: Counter[str] = Counter()
     for label, name in enumerate(classes):
         folder = root / name
-        if name not in found:
+        if name not in on_disk:
             folder = root / by_nfc.get(_nfc(name), name)
         if not folder.is_dir():
             continue
@@ -514,15 +526,20 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     if unknown:
         raise DataError(f"CSV file '{path}' has labels {unknown[:5]} that are not among the classes {list(classes)[:10]}")
     paths = []
+    folder = os.path.abspath(base)  # (once: os.path.abspath per row asks for the working directory each time)
     for r in rows:
-        p = os.path.join(base, r[ip].strip())
-        if not os.path.exists(p) and "\\" in p and os.path.exists(p.replace("\\", "/")):  # written on Windows
+        p = os.path.join(folder, r[ip].strip())
+        if "\\" in p and not os.path.exists(p) and os.path.exists(p.replace("\\", "/")):  # written on Windows
             p = p.replace("\\", "/")
-        paths.append(os.path.abspath(p))
-    missing = [p for p in paths if not Path(p).is_file()]
+        paths.append(os.path.normpath(p))
+    missing = [p for p in paths if not os.path.isfile(p)]  # (one stat a row)
     if missing:
         hint = (f": its first line {delimiter.join(rows[0])!r} was read as data; if it names the columns, "
                 f"call them path,label[,split]" if positional and missing[0] == paths[0] else "")
+        given = rows[paths.index(missing[0])][ip].strip()
+        if not hint and not os.path.isabs(given) and os.path.isfile(given):  # (written from another folder)
+            hint = (f": relative paths are read from the CSV's folder '{folder}', not the current directory, "
+                    f"where '{given}' is: write them relative to the CSV's folder (or absolute)")
         raise DataError(f"CSV file '{path}' lists {len(missing)} files that do not exist, e.g. '{missing[0]}'"
                         + hint)
     split = np.asarray([r[isplit].strip().lower() for r in rows]) if isplit is not None else None
@@ -571,8 +588,10 @@ def stratified_split(samples: Samples, val_fraction: float, seed: int) -> tuple[
     rng = np.random.default_rng(seed)
     train_idx: list[np.ndarray] = []
     val_idx: list[np.ndarray] = []
+    order = np.argsort(samples.labels, kind="stable")  # each class's indices, ascending (not a pass per class)
+    ends = np.cumsum(np.bincount(samples.labels, minlength=len(samples.classes)))
     for label in range(len(samples.classes)):
-        idx = np.flatnonzero(samples.labels == label)
+        idx = order[ends[label - 1] if label else 0:ends[label]]
         idx = idx[rng.permutation(len(idx))]
         n_val = int(round(len(idx) * val_fraction))
         n_val = min(max(n_val, 1), len(idx) - 1) if len(idx) >= 2 else 0
@@ -583,6 +602,15 @@ def stratified_split(samples: Samples, val_fraction: float, seed: int) -> tuple[
     if len(va) == 0:
         raise DataError("no class has two images, so none can be held out for validation: "
                         "add images, or give a folder with train/ and val/ sub-folders")
+    asked = val_fraction * len(samples)
+    if len(va) >= 2 * asked and len(va) >= asked + 5:  # (many small classes: one each is far more than asked)
+        counts = np.bincount(samples.labels, minlength=len(samples.classes))
+        single = int((counts == 1).sum())
+        warnings.warn(DataWarning(
+            f"{named('val_fraction', flag='--val-split')} {val_fraction:g} held out {len(va)} of {len(samples)} images "
+            f"({len(va) / len(samples):.0%}): every class with two or more images keeps one for validation"
+            + (f", and the {single} classes with one image are trained on but never validated" if single else "")
+            + ": give more images per class, or a folder with train/ and val/ sub-folders"), stacklevel=2)
     return samples.subset(tr), samples.subset(va)
 
 
@@ -727,6 +755,8 @@ def relabel(samples: Samples, classes: Sequence[str], where: str | Path) -> Samp
     >>> s = Samples.from_lists(["a.jpg", "b.jpg"], [0, 1], ("cat", "dog"))
     >>> relabel(s, ["dog", "bird", "cat"], "data/").labels.tolist()
     [2, 0]
+    >>> relabel(Samples.from_lists(["a.jpg"], [0], ("cafe\u0301",)), ["caf\u00e9"], "data/").labels.tolist()  # NFD, NFC
+    [0]
     >>> relabel(s, ["dog"], "data/")
     Traceback (most recent call last):
     finetune.errors.DataError: 'data/' has classes ['cat'] that are not among the checkpoint's 1 classes ('dog'); class names match exactly, case included
@@ -734,7 +764,10 @@ def relabel(samples: Samples, classes: Sequence[str], where: str | Path) -> Samp
     classes = tuple(classes)
     if samples.classes == classes:
         return samples
-    index = {c: i for i, c in enumerate(classes)}
+    exact = {c: i for i, c in enumerate(classes)}
+    composed = {_nfc(c): i for i, c in enumerate(classes)}  # ('café' typed matches the 'café' a Mac's folder gave)
+    index = {c: exact[c] if c in exact else composed[_nfc(c)]
+             for c in samples.classes if c in exact or _nfc(c) in composed}
     present = sorted({samples.classes[i] for i in np.unique(samples.labels)})
     unknown = [c for c in present if c not in index]
     if unknown:
@@ -817,6 +850,6 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
                         "`finetune predict` predicts unlabelled ones")
     # every class folder, the checkpoint's first: an empty one is allowed here (nothing to score), and one
     # with images that the checkpoint lacks is refused by relabel
-    named = {_nfc(c) for c in classes}
-    extra = sorted(d.name for d in _class_dirs(folder) if d.name not in classes and _nfc(d.name) not in named)
+    named, known = {_nfc(c) for c in classes}, set(classes)
+    extra = sorted(d.name for d in _class_dirs(folder) if d.name not in known and _nfc(d.name) not in named)
     return relabel(scan_folder(folder, classes=[*classes, *extra]), classes, folder)
