@@ -182,7 +182,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=workers_value,
                    help="decoding worker processes, or 'auto' (a short probe picks the fastest)")
     p.add_argument("--decode", choices=["auto", "cpu", "gpu"], help="where JPEGs are decoded (gpu: nvjpeg)")
-    p.add_argument("--cache", choices=["none", "ram", "gpu"], help="keep decoded images for later epochs")
+    p.add_argument("--cache", choices=["none", "ram", "gpu"], help="keep decoded images for later epochs (training images at the eval resize, shorter side "
+                   "img-size/crop-pct, e.g. 256 for 224: crops are drawn from that copy, as fastai's presizing)")
     p.add_argument("--prefetch", choices=["auto", "none", "thread", "cuda"], help="overlap loading with compute")
     p.add_argument("--auto-augment", choices=["none", "trivialaugment", "randaugment"], help="extra training augmentation")
     p.add_argument("--strict-data", action="store_true", default=None, help="stop on unreadable images instead of skipping them")

@@ -1431,6 +1431,28 @@ def image_folder_samples(source: Any) -> Samples | None:
     return Samples.from_lists([os.fspath(p) for p, _ in items], [int(y) for _, y in items], source.classes)
 
 
+def _crop_scale(value: Any) -> tuple[float, float]:
+    """``crop_scale`` of :func:`build_loader` as (min, max) with 0 < min <= max <= 1, the share of the
+    image's area a RandomResizedCrop keeps (as ``--crop-scale`` is checked), or a :class:`ConfigError`:
+    outside that range every draw fails and the crop is silently the whole image (min > 1, 0), or
+    each image fails as an unreadable file (min < 0: "math domain error").
+
+    >>> _crop_scale([0.08, 1])
+    (0.08, 1.0)
+    >>> _crop_scale((-0.5, 1.0))
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: crop_scale must be (min, max) with 0 < min <= max <= 1 (the share of the image's area a random crop keeps; torchvision's default: (0.08, 1.0)), got (-0.5, 1.0)
+    """
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not 0 < lo <= hi <= 1:  # (False for NaN too)
+        raise ConfigError(f"crop_scale must be (min, max) with 0 < min <= max <= 1 (the share of the image's area "
+                          f"a random crop keeps; torchvision's default: (0.08, 1.0)), got {value!r}")
+    return lo, hi
+
+
 def channel_values(name: str, values: Any) -> tuple[float, float, float]:
     """``mean`` or ``std`` of :func:`build_loader` as three numbers on the 0-1 scale of
     ``ToTensor()``'s images (one number: the same for every channel, as torchvision's ``Normalize``).
@@ -1546,6 +1568,7 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
         raise DataError(f"prefetch must be one of {PREFETCHES}, got {prefetch!r}")
     if not (isinstance(crop_pct, (int, float)) and 0 < crop_pct <= 1):
         raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+    crop_scale = _crop_scale(crop_scale)
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     if crop_mode not in CROP_MODES:
