@@ -312,7 +312,9 @@ def test_a_worker_killed_by_sigkill_is_not_blamed_on_the_file() -> None:
 
 def test_samples_are_numpy_arrays_not_python_lists(samples: Samples) -> None:
     loader = build_loader(samples, train=True, img_size=SIZE, batch_size=8, workers=0, **quiet)
-    assert isinstance(loader.dataset.samples.paths, np.ndarray) and loader.dataset.samples.paths.dtype.kind == "U"
+    paths = loader.dataset.samples.paths  # (two numpy arrays: the paths' bytes and where each ends)
+    assert isinstance(paths.data, np.ndarray) and isinstance(paths.ends, np.ndarray) and paths.data.dtype == np.uint8
+    assert paths.tolist() == [samples.path(i) for i in range(len(samples))]
 
 
 # --------------------------------------------------------------------------- caches

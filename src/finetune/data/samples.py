@@ -1,7 +1,7 @@
 """Find labelled images on disk: ImageFolder trees, flat class folders, CSV files.
 
-A :class:`Samples` holds paths and labels in numpy arrays (fixed-width strings,
-no per-item Python objects), so DataLoader workers that read it do not slowly
+A :class:`Samples` holds paths and labels in numpy arrays (the paths' UTF-8 bytes in one
+buffer, no per-item Python objects), so DataLoader workers that read it do not slowly
 copy it page by page the way they copy a Python list of tuples.
 
 >>> import tempfile, pathlib
@@ -25,9 +25,10 @@ import os
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,63 @@ SPLIT_NAMES = (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES, *TEST_SPLIT_NAMES)
 SKIP_DIRS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"})
 
 
+class PathArray:
+    """Strings packed as UTF-8 in one numpy byte buffer with their end offsets: two arrays, no
+    per-item Python objects (a worker reading one does not copy it page by page), one byte per
+    ASCII character. A fixed-width ``'<U'`` array spends 4 bytes per character of the LONGEST
+    path on every path: one 400-character path among 1,000,000 made it 1.6 GB.
+
+    >>> a = PathArray.from_strings(["/d/cat/1.jpg", "/d/chat/ü.png", "/d/dog/3.jpg"])
+    >>> len(a), a[1], a[-1], a[np.array([2, 0])].tolist(), a[np.array([True, False, True])].tolist()
+    (3, '/d/chat/ü.png', '/d/dog/3.jpg', ['/d/dog/3.jpg', '/d/cat/1.jpg'], ['/d/cat/1.jpg', '/d/dog/3.jpg'])
+    >>> a.data.nbytes + a.ends.nbytes  # (38 bytes of text, 3 offsets)
+    62
+    """
+
+    __slots__ = ("data", "ends")
+
+    def __init__(self, data: np.ndarray, ends: np.ndarray) -> None:
+        self.data = data  # uint8: every string's bytes, one after the other
+        self.ends = ends  # int64: where each string's bytes end in data
+
+    @classmethod
+    def from_strings(cls, strings: Sequence[str]) -> PathArray:
+        # (surrogateescape: a file name that is not UTF-8, as os.scandir gives it, comes back the same)
+        encoded = [str(text).encode("utf-8", "surrogateescape") for text in strings]
+        ends = np.cumsum(np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded)))
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), ends.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, index: int | np.integer | np.ndarray | slice | Sequence[int]) -> Any:
+        if isinstance(index, (int, np.integer)):
+            i = int(index) + (len(self) if index < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {int(index)} is out of range for {len(self)} paths")
+            return self.data[self.ends[i - 1] if i else 0:self.ends[i]].tobytes().decode("utf-8", "surrogateescape")
+        picks = np.arange(len(self))[index]  # (a slice, integer indices or a boolean mask)
+        starts = np.concatenate(([0], self.ends[:-1]))[picks]
+        lengths = self.ends[picks] - starts
+        ends = np.cumsum(lengths)
+        data = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.uint8)
+        for k in range(0, len(picks), 1 << 16):  # gathered byte by byte, 65,536 paths at a time (bounded memory)
+            length, end = lengths[k:k + (1 << 16)], ends[k:k + (1 << 16)]
+            first = int(end[0] - length[0])
+            shift = np.repeat(starts[k:k + (1 << 16)] - (end - length), length)
+            data[first:int(end[-1])] = self.data[shift + np.arange(first, int(end[-1]))]
+        return PathArray(data, ends)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+    def tolist(self) -> list[str]:
+        return list(self)
+
+    def __repr__(self) -> str:
+        return f"PathArray({len(self)} paths, {self.data.nbytes:,} bytes)"
+
+
 @dataclass(frozen=True)
 class Samples:
     """Image paths with integer labels and the class names they index.
@@ -60,19 +118,19 @@ class Samples:
     ('b.jpg', 1)
     """
 
-    paths: np.ndarray  # dtype '<U…', one absolute path per image
+    paths: PathArray  # one absolute path per image
     labels: np.ndarray  # int64, index into classes
     classes: tuple[str, ...]
 
     @classmethod
     def from_lists(cls, paths: Sequence[str], labels: Sequence[int], classes: Sequence[str]) -> Samples:
-        return cls(np.asarray([str(p) for p in paths], dtype=str), np.asarray(labels, dtype=np.int64), tuple(classes))
+        return cls(PathArray.from_strings(paths), np.asarray(labels, dtype=np.int64), tuple(classes))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def path(self, index: int) -> str:
-        return str(self.paths[index])
+        return self.paths[index]
 
     def subset(self, indices: np.ndarray) -> Samples:
         """The samples at ``indices``, with the same classes.
