@@ -868,6 +868,41 @@ def _link_atomic(src: Path, final: Path) -> str:
     return "hardlink"
 
 
+def write_safetensors(tensors: Mapping[str, torch.Tensor], final: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` into ``final`` all or nothing and durably (a temporary file beside it,
+    fsync, ``os.replace``). A failed write (disk full, file too large) raises the OSError of its cause, not
+    safetensors' own error, and leaves no temporary file.
+
+    >>> import pathlib, tempfile, torch
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> write_safetensors({"w": torch.zeros(4)}, folder / "w.safetensors", {"format": "pt"})
+    >>> sorted(p.name for p in folder.iterdir())
+    ['w.safetensors']
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    tmp = _temp_name(final)
+    try:
+        try:
+            save_file(dict(tensors), str(tmp), metadata=metadata)
+        except SafetensorError as e:  # an I/O error as safetensors reports it: "... I/O error: ... (os error 28)"
+            found = re.search(r"\(os error (\d+)\)", str(e))
+            if found is None:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(final)) from e
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    finally:
+        _WRITING.discard(str(tmp))
+    _fsync_dir(final.parent)
+
+
 _WRITE_HINTS = {
     errno.ENOSPC: "the disk is full: free space",
     errno.EDQUOT: "the disk quota is exceeded: free space",

@@ -11,6 +11,7 @@ True
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -589,7 +590,8 @@ def _unique_key_loader() -> type:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write ``cfg`` as YAML (keys with dashes, as on the command line).
+    """Write ``cfg`` as YAML (keys with dashes, as on the command line), all or nothing: a full disk leaves
+    the earlier file (a resumed run's settings) as it was, and no empty or cut-off one.
 
     >>> import pathlib, tempfile
     >>> from finetune.config import TrainConfig, load_config, save_config
@@ -601,7 +603,15 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     import yaml
 
     values = {k.replace("_", "-"): v for k, v in cfg.to_dict().items()}
-    Path(path).write_text(yaml.safe_dump(values, sort_keys=False))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(values, sort_keys=False))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1821,7 +1821,8 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     ...     list(f.keys()), f.metadata()["classes"], f.metadata()["arch"]
     (['fc.bias'], '["cat", "dog"]', 'resnet18')
     """
-    from safetensors.torch import save_file
+    from finetune.checkpoint import write_safetensors
+    from finetune.errors import describe_os_error
 
     meta = {"arch": str(state["arch"]), "classes": json.dumps(list(state["classes"])), "format": DEPLOYMENT_FORMAT,
             **settings_metadata(state.get("img_size"), state)}
@@ -1833,15 +1834,14 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
     meta.update({k: str(int(state[k])) for k in ("train_images", "val_images") if state.get(k) is not None})
     if cfg.get("global_pool") is not None:  # (how the model is built: a timm ViT's pooling; config holds DATA_KEYS only)
         meta["global_pool"] = str(cfg["global_pool"])
-    tmp = run_dir / ".best.safetensors.tmp"
     weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema: the EMA weights are the result
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:  # durable before it replaces the previous file, as the checkpoints are
-        os.fsync(f.fileno())
-    tmp.replace(run_dir / "best.safetensors")
-    from finetune.checkpoint import _fsync_dir
-
-    _fsync_dir(run_dir)
+    final = run_dir / "best.safetensors"
+    try:  # durable before it replaces the previous file, as the checkpoints are
+        write_safetensors({k: v.contiguous() for k, v in weights.items()}, final, meta)
+    except OSError as e:
+        raise CheckpointError(f"cannot write '{final}': {describe_os_error(OSError(e.errno, e.strerror))}; the run's "
+                              "checkpoints are intact: fix the cause, then write it with "
+                              f"finetune train --out {shlex.quote(str(run_dir))} --resume auto") from e
 
 
 # --------------------------------------------------------------------------- eval / predict from a checkpoint

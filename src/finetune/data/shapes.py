@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -81,11 +82,23 @@ def shapes_root(spec: ShapesSpec | None = None) -> Path:
     >>> (root / "boxes.csv").exists()
     True
     """
+    from finetune.errors import DataError
+
     spec = spec or ShapesSpec()
     root = cache_dir() / spec.key()
     if (root / ".complete").exists():
         return root
-    return make_shapes(root, per_class=spec.per_class, val_per_class=spec.val_per_class, size=spec.size, seed=spec.seed)
+    try:
+        return make_shapes(root, per_class=spec.per_class, val_per_class=spec.val_per_class, size=spec.size,
+                           seed=spec.seed)
+    except (OSError, DataError) as e:  # a cache that cannot be written (read-only home, full disk): not --out's fault
+        cause = e if isinstance(e, OSError) else e.__cause__
+        if not isinstance(cause, OSError):
+            raise
+        why = cause.strerror or str(cause)
+        raise DataError(f"cannot write the built-in shapes dataset into the cache '{root.parent}' "
+                        f"($FINETUNE_CACHE, else ~/.cache/finetune): {why}: set FINETUNE_CACHE to a writable "
+                        "folder with room, or train on your own images (--data)") from e
 
 
 # --------------------------------------------------------------------------- drawing
@@ -291,6 +304,40 @@ def _existing(root: Path, spec: dict) -> bool:
     return False
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _writer_tag() -> str:
+    """This process's part of a temporary folder's name: host and pid (a cache in a home folder shared by
+    several machines: a pid says whether its writer lives only on its own host)."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) + f"-{os.getpid()}"
+
+
+def _remove_stale_temp_folders(root: Path) -> None:
+    """The temporary folders of earlier writers of ``root`` on this host that died (kill -9) before renaming
+    theirs into place are litter: remove them. Those of live processes (another process drawing the same
+    dataset) and of other hosts stay."""
+    host = _writer_tag().rsplit("-", 1)[0]
+    own = re.compile(re.escape(f".{root.name}.{host}-") + r"(\d+)\.[a-z0-9_]+")
+    try:
+        names = os.listdir(root.parent)
+    except OSError:
+        return
+    for name in names:
+        m = own.fullmatch(name)
+        if m is not None and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(root.parent / name, ignore_errors=True)
+
+
 def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | None = None,
                 size: int = 64, seed: int = 0, quality: int = 90) -> Path:
     """Write the shapes dataset into ``root`` and return ``root``.
@@ -334,11 +381,12 @@ def make_shapes(root: str | Path, *, per_class: int = 300, val_per_class: int | 
         return root
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        _remove_stale_temp_folders(root)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.{_writer_tag()}.", dir=root.parent))
     except OSError as e:
         from finetune.errors import DataError, describe_os_error
 
-        raise DataError(f"cannot write the shapes dataset '{root}': {describe_os_error(e)}") from None
+        raise DataError(f"cannot write the shapes dataset '{root}': {describe_os_error(e)}") from e
     jobs = [(tmp, split, n, [seed, split_seed, label], kind, size, quality)
             for split, n, split_seed in (("train", per_class, 0), ("val", val_per_class, 1))
             for label, kind in enumerate(CLASSES)]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from finetune.errors import WeightsError
+from finetune.errors import WeightsError, describe_os_error
 from finetune.weights import sources
 from finetune.weights.formats import Checkpoint, jsonable, read_checkpoint
 from finetune.weights.open_clip_names import from_open_clip
@@ -309,15 +309,15 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
         warnings.warn(f"{ck.source}: its input settings ({shown}) are not written to {dst}, which holds the weights "
                       "only: convert to .safetensors to keep them", stacklevel=2)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    if dst.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    from finetune.checkpoint import _write_atomic, write_safetensors
 
-        sd = _unshare(sd)
-        save_file(sd, str(tmp), metadata={"format": "pt", "source_format": ck.format, **settings})
-    else:
-        torch.save(_compact(sd), tmp)
-    os.replace(tmp, dst)
+    try:  # all or nothing: a full disk leaves neither a partial dst nor a temporary file
+        if dst.suffix == ".safetensors":
+            write_safetensors(_unshare(sd), dst, {"format": "pt", "source_format": ck.format, **settings})
+        else:
+            _write_atomic(dst, lambda w: torch.save(_compact(sd), w))
+    except OSError as e:
+        raise WeightsError(f"cannot write '{dst}': {describe_os_error(OSError(e.errno, e.strerror))}") from e
     return dst
 
 
