@@ -48,4 +48,25 @@ def test_eval_of_a_copy_of_the_flat_training_folder_scores_its_held_out_split(
     path = _checkpoint(tmp_path, data, 16, 4)
     copy = shutil.copytree(data, tmp_path / "copy")  # the original is still there
     assert evaluate_checkpoint(path, data=str(copy), device="cpu")["images"] == 4  # was 20: its training images too
-    assert "a copy of it" in capsys.readouterr().err
+    assert "of which it is a copy" in capsys.readouterr().err
+
+
+def test_a_test_folder_beside_train_is_checked_without_scanning_the_training_data(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from finetune.train import evaluate_checkpoint
+
+    train_module = importlib.import_module("finetune.train")  # (finetune.train is also the function)
+
+    data = tmp_path / "photos"
+    _folder(data / "train", 4)
+    _folder(data / "val", 1)
+    _folder(data / "test", 2)
+    path = _checkpoint(tmp_path, data, 8, 2)
+    scanned: list[str] = []
+    real = train_module.resolve_data
+    monkeypatch.setattr(train_module, "resolve_data", lambda d, *a, **k: scanned.append(str(d)) or real(d, *a, **k))
+    assert evaluate_checkpoint(path, data=str(data / "test"), device="cpu")["images"] == 4
+    assert "training images" not in capsys.readouterr().err
+    assert str(data) not in scanned  # (a test/ beside train/: nothing of it is under train/)

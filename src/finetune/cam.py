@@ -1023,8 +1023,10 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
             raise DataError(f"'{ckpt_path}' does not say which data it was trained on (no config with a 'data' in "
                             "it): give the images to explain (files or folders)")
         data = cfg["data"]
-        _, val = resolve_data(data, cfg.get("val_split", 0.1), cfg.get("seed", 0))
-        from finetune.data.samples import relabel
+        from finetune.data.samples import relabel, split_drawn_again
+
+        with split_drawn_again():  # (training gave that warning)
+            _, val = resolve_data(data, cfg.get("val_split", 0.1), cfg.get("seed", 0))
 
         val = relabel(val, classes, data)  # the true labels by class name: the data may have changed since training
         picks = spread_indices(len(val), limit)

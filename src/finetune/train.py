@@ -53,7 +53,15 @@ from finetune.config import TrainConfig, check_run_dir, parse_unfreeze, save_con
 from finetune.data.decode import DECODE_ERRORS, BadFile, bad_reason, decode_eval
 from finetune.data.loader import Loader, build_loader
 from finetune.data.normalize import Normalizer
-from finetune.data.samples import Samples, eval_samples, find_splits, split_is_drawn
+from finetune.data.samples import (
+    TRAIN_SPLIT_NAMES,
+    Samples,
+    eval_samples,
+    find_splits,
+    split_dir,
+    split_drawn_again,
+    split_is_drawn,
+)
 from finetune.data.transforms import EVAL_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_resize_side
 from finetune.distributed import Distributed
 from finetune.errors import (
@@ -2002,7 +2010,7 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, batch_size
                             f"({Path.cwd()}): give data=PATH (--data), a folder or CSV to evaluate")
         data = trained_on
     elif moved := moved_training_data(data, state, trained_on, **split):
-        where = "a copy of it" if Path(trained_on).exists() else "not found from here"
+        where = "of which it is a copy" if Path(trained_on).exists() else "not found from here"
         warn(f"'{data}' holds the {state['train_images']} + {state['val_images']} images of the data this checkpoint "
              f"was trained on ('{trained_on}', {where}): scoring its validation split, as training held "
              "it out (not its training images)")
@@ -2085,13 +2093,19 @@ def training_images_scored(samples: Samples, data: str, trained_on: str, *, val_
 
     if trained_on == "shapes" or not Path(trained_on).exists() or os.path.realpath(data) == os.path.realpath(trained_on):
         return 0
+    real = functools.lru_cache(maxsize=None)(os.path.realpath)  # (per folder: a linked folder is the same images)
+    if Path(trained_on).is_dir():
+        # a folder's training images lie under it (under its train/ when it has one): when none of these do (a
+        # test/ beside train/), none was trained on, and the training data need not be scanned
+        inside = os.path.join(real(str(split_dir(trained_on, TRAIN_SPLIT_NAMES) or trained_on)), "")
+        if not any(os.path.join(real(d), "").startswith(inside) for d in {os.path.dirname(p) for p in samples.paths}):
+            return 0
     try:
         with warnings.catch_warnings():  # (the training data's own warnings were given when it trained)
             warnings.simplefilter("ignore")
             train_samples = resolve_data(trained_on, val_split, seed)[0]
     except DataError:
         return 0
-    real = functools.lru_cache(maxsize=None)(os.path.realpath)  # (per folder: a linked folder is the same images)
     trained = {os.path.join(real(os.path.dirname(p)), os.path.basename(p)) for p in train_samples.paths.tolist()}
     return sum(os.path.join(real(os.path.dirname(p)), os.path.basename(p)) in trained for p in samples.paths.tolist())
 
@@ -2100,7 +2114,8 @@ def _split_counts(data: str, val_split: float, seed: int) -> tuple[int, int, lis
     """(training images, validation images, classes) of ``data`` split as training splits it; None when it
     does not read as training data (eval_samples then says what is wrong with it)."""
     try:
-        train_samples, val_samples = resolve_data(data, val_split, seed)
+        with split_drawn_again():  # (eval's data, perhaps not split at all: no warning about the split's size)
+            train_samples, val_samples = resolve_data(data, val_split, seed)
     except DataError:
         return None
     return len(train_samples), len(val_samples), list(train_samples.classes)

@@ -18,6 +18,7 @@ copy it page by page the way they copy a Python list of tuples.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import math
@@ -664,12 +665,34 @@ def stratified_split(samples: Samples, val_fraction: float, seed: int) -> tuple[
     if len(va) >= 2 * asked and len(va) >= asked + 5:  # (many small classes: one each is far more than asked)
         counts = np.bincount(samples.labels, minlength=len(samples.classes))
         single = int((counts == 1).sum())
-        warnings.warn(DataWarning(
+        warnings.warn(HeldOutWarning(
             f"{named('val_fraction', flag='--val-split')} {val_fraction:g} held out {len(va)} of {len(samples)} images "
             f"({len(va) / len(samples):.0%}): every class with two or more images keeps one for validation"
             + (f", and the {single} classes with one image are trained on but never validated" if single else "")
             + ": give more images per class, or a folder with train/ and val/ sub-folders"), stacklevel=2)
     return samples.subset(tr), samples.subset(va)
+
+
+class HeldOutWarning(DataWarning):
+    """:func:`stratified_split` held out far more than ``--val-split`` asked (many classes of one or two images)."""
+
+
+@contextlib.contextmanager
+def split_drawn_again() -> Iterator[None]:
+    """Around drawing again the split that training drew (eval, cam and their checks find the validation
+    images that way): no warning that it holds out more than ``--val-split`` asked, which training gave
+    and which eval cannot change (it has no ``--val-split``; the folder it scores may not be split at all).
+
+    >>> s = Samples.from_lists([f"{i}.jpg" for i in range(20)], [i // 2 for i in range(20)], [str(c) for c in range(10)])
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error")
+    ...     with split_drawn_again():
+    ...         len(stratified_split(s, 0.1, seed=0)[1])
+    10
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HeldOutWarning)
+        yield
 
 
 def check_classes(train: Samples, where: str | Path) -> Samples:
@@ -880,7 +903,9 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
     if not path.exists():
         raise DataError(f"data path '{data}' does not exist: give an image folder or a CSV file")
     if trained_on is not None and Path(trained_on).exists() and _same_path(path, trained_on):
-        return relabel(find_splits(path, val_split=val_split, seed=seed)[1], classes, data)
+        with split_drawn_again():
+            val = find_splits(path, val_split=val_split, seed=seed)[1]
+        return relabel(val, classes, data)
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"'{data}' is a file but not a .csv: give an image folder or a CSV of path,label")
