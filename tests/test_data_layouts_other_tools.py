@@ -55,8 +55,9 @@ def test_hugging_face_layouts_say_what_to_give(tmp_path: Path) -> None:
     (tmp_path / "hf" / "test" / "metadata.jsonl").write_text('{"file_name": "0.jpg", "label": "cat"}\n')
     with pytest.raises(DataError, match=r"labels in metadata.csv \(Hugging Face imagefolder\): give '.*/train/metadata.csv'"):
         find_splits(tmp_path / "hf")
-    with pytest.raises(DataError, match=r"labels in metadata.jsonl .*write them as a CSV of file_name,label"):
+    with pytest.raises(DataError, match=r"labels in metadata.jsonl \(Hugging Face imagefolder\): give '.*/test/metadata.jsonl'"):
         eval_samples(tmp_path / "hf", ["cat", "dog"])
+    assert eval_samples(tmp_path / "hf" / "test" / "metadata.jsonl", ["cat", "dog"]).labels.tolist() == [0]
     arrow = tmp_path / "arrow" / "train"
     arrow.mkdir(parents=True)
     (arrow / "data-00000-of-00001.arrow").write_bytes(b"\xff" * 8)

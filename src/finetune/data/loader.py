@@ -1358,6 +1358,7 @@ def path_samples(source: str | Path, train: bool, seed: int = 0) -> Samples:
     (3, 3)
     """
     from finetune.data.samples import (
+        LIST_SUFFIXES,
         TRAIN_SPLIT_NAMES,
         VAL_DIR_NAMES,
         read_csv,
@@ -1369,7 +1370,7 @@ def path_samples(source: str | Path, train: bool, seed: int = 0) -> Samples:
     split_source = False
     if path.is_dir():
         split_source = split_dir(path, (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES)) is not None
-    elif path.is_file() and path.suffix.lower() == ".csv":
+    elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         samples, split = read_csv(path)
         if split is None or not np.isin(split, (*TRAIN_SPLIT_NAMES, *VAL_DIR_NAMES)).any():
             return samples

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import json
 import math
 import os
 import unicodedata
@@ -311,16 +312,17 @@ def _other_tool_layout(root: Path) -> str | None:
     ``.arrow`` / ``.parquet`` files (``save_to_disk``, a hub download); None for any other folder.
 
     >>> import tempfile
-    >>> d = Path(tempfile.mkdtemp()); _ = (d / "metadata.jsonl").write_text("")
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "metadata.parquet").write_text("")
     >>> _other_tool_layout(d).replace(str(d), "D")
-    "'D' keeps its labels in metadata.jsonl (Hugging Face imagefolder), which finetune does not read: write them as a CSV of file_name,label and give that file as --data"
+    "'D' keeps its labels in metadata.parquet (Hugging Face imagefolder), which finetune does not read: write them as a CSV of file_name,label and give that file as --data"
     """
     names = set(os.listdir(root))
-    if "metadata.csv" in names:
-        return (f"'{root}' keeps its labels in metadata.csv (Hugging Face imagefolder): give "
-                f"'{root / 'metadata.csv'}' as --data (a CSV of file_name,label)")
+    for listed in ("metadata.csv", "metadata.jsonl"):
+        if listed in names:
+            return (f"'{root}' keeps its labels in {listed} (Hugging Face imagefolder): give "
+                    f"'{root / listed}' as --data (its file_name and label columns are read)")
     meta = next((n for n in sorted(names) if n.startswith("metadata.")), None)
-    if meta is not None and meta.endswith((".jsonl", ".json", ".parquet")):
+    if meta is not None and meta.endswith((".json", ".parquet")):
         return (f"'{root}' keeps its labels in {meta} (Hugging Face imagefolder), which finetune does not read: "
                 "write them as a CSV of file_name,label and give that file as --data")
     if any(n.endswith((".arrow", ".parquet")) for n in names) or names & {"dataset_dict.json", "dataset_info.json"}:
@@ -411,6 +413,41 @@ LABEL_COLUMNS = ("label", "class", "class_name", "classname", "category", "targe
 # a boolean column that marks validation rows (fastai's ColSplitter reads 'is_valid')
 VALID_FLAG_COLUMNS = ("is_valid", "is_val", "is_validation", "valid")
 _TRUE, _FALSE = ("true", "1", "yes", "y", "t"), ("false", "0", "no", "n", "f")
+
+
+#: files of labelled image paths: CSV, and JSON Lines (Hugging Face imagefolder's metadata.jsonl)
+LIST_SUFFIXES = (".csv", ".jsonl")
+
+
+def _jsonl_rows(path: Path, text: str) -> list[list[str]]:
+    """A JSON Lines file's objects as a CSV's rows (Hugging Face imagefolder's ``metadata.jsonl``: one object a
+    line, ``{"file_name": "a.png", "label": "cat"}``): the keys as a header line, then each object's values
+    (numbers and flags as text, a list of labels as one space-separated label, as a multi-label CSV row).
+
+    >>> _jsonl_rows(Path("m.jsonl"), '{"file_name": "a.png", "label": 3}\\n\\n{"file_name": "b.png", "label": ["dog"]}')
+    [['file_name', 'label'], ['a.png', '3'], ['b.png', 'dog']]
+    """
+    objects = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"JSON Lines file '{path}': line {number} is not JSON ({e.msg}): each line must be one "
+                            'object, e.g. {"file_name": "a.png", "label": "cat"}') from None
+        if not isinstance(obj, dict):
+            raise DataError(f"JSON Lines file '{path}': line {number} is not an object but {line.strip()[:60]!r}: each "
+                            'line must be one object, e.g. {"file_name": "a.png", "label": "cat"}')
+        objects.append(obj)
+
+    def cell(value: object) -> str:
+        if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+            return " ".join(str(v) for v in value)
+        return "" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+    keys = list(dict.fromkeys(k for obj in objects for k in obj))
+    return [keys, *([cell(obj.get(k)) for k in keys] for obj in objects)]
 
 
 def _header(row: list[str]) -> list[str] | None:
@@ -526,25 +563,35 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"CSV file '{path}' does not exist")
+        raise DataError(f"{'JSON Lines' if path.suffix.lower() == '.jsonl' else 'CSV'} file '{path}' does not exist")
     try:
         try:
             text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError:
             text = path.read_text(encoding="latin-1")
     except OSError as e:
-        raise DataError(f"cannot read CSV file '{path}' ({(e.strerror or str(e)).lower()}): check its permissions") from None
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip() and not ln.startswith("#")), "")
-    delimiter = "," if "," in first or not ("\t" in first or ";" in first) else ("\t" if "\t" in first else ";")
+        raise DataError(f"cannot read the file '{path}' ({(e.strerror or str(e)).lower()}): check its permissions") from None
     base = path.parent
-    # '#' starts a comment line, unless it starts the name of a file there ('#1.jpg', as scrapers name them)
-    rows = [r for r in csv.reader(lines, delimiter=delimiter) if r and any(c.strip() for c in r)
-            and not (r[0].startswith("#") and not (base / r[0].strip()).is_file())]
-    header = _header(rows[0]) if rows else None
+    jsonl = path.suffix.lower() == ".jsonl"
+    what = "JSON Lines file" if jsonl else "CSV file"
+    if jsonl:
+        rows, delimiter = _jsonl_rows(path, text), ","
+        if rows[0] and _header(rows[0]) is None:
+            raise DataError(f"{what} '{path}' needs a path key (file_name, path, image, …) and a label key (label, "
+                            f"class, category, …) in its objects, found {rows[0]}")
+    else:
+        lines = text.splitlines()
+        first = next((ln for ln in lines if ln.strip() and not ln.startswith("#")), "")
+        delimiter = "," if "," in first or not ("\t" in first or ";" in first) else ("\t" if "\t" in first else ";")
+        # '#' starts a comment line, unless it starts the name of a file there ('#1.jpg', as scrapers name them)
+        rows = [r for r in csv.reader(lines, delimiter=delimiter) if r and any(c.strip() for c in r)
+                and not (r[0].startswith("#") and not (base / r[0].strip()).is_file())]
+    header = _header(rows[0]) if rows and rows[0] else None
     positional = False
     if header is not None:
         rows = rows[1:]
+    elif jsonl:
+        rows = []
     else:
         header = ["path", "label", "split"][: len(rows[0]) if rows else 2]
         positional = True  # no header line: a third column is a split column only if it holds split names
@@ -556,25 +603,25 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
             positional = False
             rows = rows[1:]
     if not rows:
-        raise DataError(f"CSV file '{path}' has no rows: expected 'path,label' lines")
+        raise DataError(f"{what} '{path}' has no rows: expected 'path,label' lines")
     try:
         ip, il = header.index("path"), header.index("label")
     except ValueError:
-        raise DataError(f"CSV file '{path}' needs 'path' and 'label' columns, found {header}") from None
+        raise DataError(f"{what} '{path}' needs 'path' and 'label' columns, found {header}") from None
     isplit = header.index("split") if "split" in header else None
     need = max(ip, il, isplit if isplit is not None else 0) + 1
     short = [k for k, r in enumerate(rows) if len(r) < need]
     if short:
-        raise DataError(f"CSV file '{path}' has {len(short)} rows with fewer than {need} columns, "
+        raise DataError(f"{what} '{path}' has {len(short)} rows with fewer than {need} columns, "
                         f"e.g. {delimiter.join(rows[short[0]])!r}")
     names = [r[il].strip() for r in rows]
     blank = [k for k, n in enumerate(names) if not n]
     if blank:  # (a class named '' would be trained silently)
-        raise DataError(f"CSV file '{path}' has {len(blank)} rows without a label, e.g. "
+        raise DataError(f"{what} '{path}' has {len(blank)} rows without a label, e.g. "
                         f"{delimiter.join(rows[blank[0]])!r}: give every row a class")
     if (several := _several_labels(names)) is not None:  # (trained as a class of its own, 'cat dog', silently)
         k, parts = several
-        raise DataError(f"CSV file '{path}' gives the row {delimiter.join(rows[k])!r} several labels "
+        raise DataError(f"{what} '{path}' gives the row {delimiter.join(rows[k])!r} several labels "
                         f"({', '.join(repr(p) for p in parts)}, each a label of other rows): a multi-label CSV "
                         "(fastai's label_delim); finetune trains one class per image: give each row one label (a class of its "
                         "own that joins others' names: call it otherwise, e.g. 'cat+dog')")
@@ -583,7 +630,7 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(names) - set(index))
     if unknown:
-        raise DataError(f"CSV file '{path}' has labels {unknown[:5]} that are not among the classes {list(classes)[:10]}")
+        raise DataError(f"{what} '{path}' has labels {unknown[:5]} that are not among the classes {list(classes)[:10]}")
     paths = []
     folder = os.path.abspath(base)  # (once: os.path.abspath per row asks for the working directory each time)
     for r in rows:
@@ -599,7 +646,7 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
         if not hint and not os.path.isabs(given) and os.path.isfile(given):  # (written from another folder)
             hint = (f": relative paths are read from the CSV's folder '{folder}', not the current directory, "
                     f"where '{given}' is: write them relative to the CSV's folder (or absolute)")
-        raise DataError(f"CSV file '{path}' lists {len(missing)} files that do not exist, e.g. '{missing[0]}'"
+        raise DataError(f"{what} '{path}' lists {len(missing)} files that do not exist, e.g. '{missing[0]}'"
                         + hint)
     split = np.asarray([r[isplit].strip().lower() for r in rows]) if isplit is not None else None
     if split is not None and positional and not np.isin(split, SPLIT_NAMES).all():
@@ -619,7 +666,7 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
         elif names[j] != names[k] or (split is not None and split[j] != split[k]):
             what = (f"labels {names[j]!r} and {names[k]!r}" if names[j] != names[k] else
                     f"splits {split[j]!r} and {split[k]!r}")  # type: ignore[index]
-            raise DataError(f"CSV file '{path}' lists '{rows[k][ip].strip()}' twice, with {what}: give each "
+            raise DataError(f"{what} '{path}' lists '{rows[k][ip].strip()}' twice, with {what}: give each "
                             "image one row (finetune trains one class per image)")
     if len(keep) < len(paths):
         twice = len(paths) - len(keep)
@@ -737,8 +784,8 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
     if not data.exists():
         raise DataError(f"data path '{data}' does not exist: give an image folder, a CSV file, or 'shapes'")
     if data.is_file():
-        if data.suffix.lower() != ".csv":
-            raise DataError(f"'{data}' is a file but not a .csv: give an image folder or a CSV of path,label")
+        if data.suffix.lower() not in LIST_SUFFIXES:
+            raise DataError(f"'{data}' is a file but not a .csv (or .jsonl): give an image folder or a CSV of path,label")
         samples, split = read_csv(data)
         if split is not None:
             train_mask = np.isin(split, TRAIN_SPLIT_NAMES)
@@ -907,8 +954,8 @@ def eval_samples(data: str | Path, classes: Sequence[str], *, trained_on: str | 
             val = find_splits(path, val_split=val_split, seed=seed)[1]
         return relabel(val, classes, data)
     if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DataError(f"'{data}' is a file but not a .csv: give an image folder or a CSV of path,label")
+        if path.suffix.lower() not in LIST_SUFFIXES:
+            raise DataError(f"'{data}' is a file but not a .csv (or .jsonl): give an image folder or a CSV of path,label")
         samples, split = read_csv(path)
         if split is not None and np.isin(split, TRAIN_SPLIT_NAMES).all():
             raise DataError(f"every row of '{data}' has split 'train': those are training images, not a score; "
