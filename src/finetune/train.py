@@ -938,6 +938,11 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
         net = ddp.wrap(head if cfg.cache_features else model, device)
         return torch.compile(net) if cfg.compile else net
 
+    if cfg.compile and device.type == "cpu":  # (inductor on CPU logs that it found no CUDA runtime: not an error)
+        import logging
+
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
     forward_model = wrapped()
 
     # ---- the run directory (written by process 0 alone)
