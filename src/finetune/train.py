@@ -939,9 +939,13 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
         return torch.compile(net) if cfg.compile else net
 
     if cfg.compile and device.type == "cpu":  # (inductor on CPU logs that it found no CUDA runtime: not an error)
+        import importlib
+        import io
         import logging
 
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        with contextlib.redirect_stderr(io.StringIO()):  # (torch < 2.5 prints it when the module is first imported)
+            importlib.import_module("torch.utils.cpp_extension")
 
     forward_model = wrapped()
 
