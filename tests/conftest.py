@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,24 @@ def write_colour_folder(root: Path, *, per_class: int = 12, size: int = 40, seed
 @pytest.fixture(scope="session")
 def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_colour_folder(tmp_path_factory.mktemp("colours"), per_class=32)
+
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes beyond ``limit`` bytes fail with EFBIG (as ``ulimit -f``: a full disk's kind of failure), in this
+    process only, for the block."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
 
 
 def run_here(*args: str) -> subprocess.CompletedProcess:

@@ -2,27 +2,12 @@
 cut-off config.yaml (which `--resume auto` would then send to `--config RUN/config.yaml`, which refuses it),
 and a resume that cannot rewrite it keeps the run's settings."""
 
-import contextlib
-
 import pytest
 
-resource = pytest.importorskip("resource")
-signal = pytest.importorskip("signal")
+pytest.importorskip("resource")
 
+from conftest import file_size_limit  # noqa: E402
 from finetune.config import TrainConfig, load_config, save_config  # noqa: E402
-
-
-@contextlib.contextmanager
-def file_size_limit(limit: int):
-    """Writes beyond ``limit`` bytes fail with EFBIG (as ``ulimit -f``), in this process only, for the block."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
 
 
 @pytest.mark.parametrize("earlier", [False, True])

@@ -1,30 +1,15 @@
 """best.safetensors and `finetune convert` on a disk that refuses the write (full, or a file-size limit):
 one clear error, no partial or temporary file, the earlier file kept."""
 
-import contextlib
-
 import pytest
 
-resource = pytest.importorskip("resource")
-signal = pytest.importorskip("signal")
+pytest.importorskip("resource")
 
+from conftest import file_size_limit  # noqa: E402
 from finetune import Checkpointer, create_model  # noqa: E402
 from finetune.errors import CheckpointError, WeightsError  # noqa: E402
 from finetune.train import write_deployment_files  # noqa: E402
 from finetune.weights.tools import convert  # noqa: E402
-
-
-@contextlib.contextmanager
-def file_size_limit(limit: int):
-    """Writes beyond ``limit`` bytes fail with EFBIG (as ``ulimit -f``), in this process only, for the block."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
 
 
 def state() -> dict:

@@ -813,23 +813,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(final: Path, produce: Callable[[_Writer], None]) -> int:
-    """Write ``final`` all or nothing and durably; returns its size. Leaves no temp file on failure."""
+@contextlib.contextmanager
+def _replacing(final: Path) -> Iterator[Path]:
+    """A new temporary path beside ``final`` to write (and fsync) in the block: at its end it replaces
+    ``final`` and the folder is fsynced; on any failure it is removed, ``final`` left as it was."""
     tmp = _temp_name(final)
-    writer = None
     try:
-        with open(tmp, "xb") as f:
-            writer = _Writer(f)
-            try:
-                produce(writer)
-            except OSError:
-                raise
-            except Exception as e:  # torch.save turns the writer's OSError into a RuntimeError
-                if writer.error is not None:
-                    raise writer.error from e
-                raise
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, final)
     except BaseException:
         _remove_quietly(tmp)
@@ -837,6 +827,22 @@ def _write_atomic(final: Path, produce: Callable[[_Writer], None]) -> int:
     finally:
         _WRITING.discard(str(tmp))
     _fsync_dir(final.parent)
+
+
+def _write_atomic(final: Path, produce: Callable[[_Writer], None]) -> int:
+    """Write ``final`` all or nothing and durably; returns its size. Leaves no temp file on failure."""
+    with _replacing(final) as tmp, open(tmp, "xb") as f:
+        writer = _Writer(f)
+        try:
+            produce(writer)
+        except OSError:
+            raise
+        except Exception as e:  # torch.save turns the writer's OSError into a RuntimeError
+            if writer.error is not None:
+                raise writer.error from e
+            raise
+        f.flush()
+        os.fsync(f.fileno())
     return writer.size
 
 
@@ -882,8 +888,7 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], final: Path, metadata
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    tmp = _temp_name(final)
-    try:
+    with _replacing(final) as tmp:
         try:
             save_file(dict(tensors), str(tmp), metadata=metadata)
         except SafetensorError as e:  # an I/O error as safetensors reports it: "... I/O error: ... (os error 28)"
@@ -894,13 +899,6 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], final: Path, metadata
             raise OSError(code, os.strerror(code), str(final)) from e
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    finally:
-        _WRITING.discard(str(tmp))
-    _fsync_dir(final.parent)
 
 
 _WRITE_HINTS = {
