@@ -105,10 +105,13 @@ def _json_text(obj: object) -> str:
       "x": []
     }
     """
+    def key(k: object) -> str:  # as json.dumps writes a key: True as "true", None as "null"
+        return json.dumps({k: 0})[1:-4] if k is None or isinstance(k, (str, int, float)) else json.dumps(str(k))
+
     def text(o: object, level: int) -> str:
         pad, inner = "  " * level, "  " * (level + 1)
         if isinstance(o, dict) and o:
-            return "{\n" + ",\n".join(f"{inner}{json.dumps(str(k))}: {text(v, level + 1)}" for k, v in o.items()) \
+            return "{\n" + ",\n".join(f"{inner}{key(k)}: {text(v, level + 1)}" for k, v in o.items()) \
                 + f"\n{pad}}}"
         if isinstance(o, list) and o and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in o):
             return "[\n" + ",\n".join(inner + text(v, level + 1) for v in o) + f"\n{pad}]"
