@@ -646,6 +646,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         run = settings(_read_yaml(base), str(base))
         run.pop("resume", None)
         run.pop("max_steps", None)
+    elif resume not in (None, "auto"):
+        # another run's checkpoint continued in a new run directory: the settings it was trained with, not the
+        # defaults (those would go on with another --lr, --epochs, data, ...)
+        run = checkpoint_settings(resume)
+        base = Path(resume) if run else None
     elif config is None and resume == "auto" and out is not None and any((Path(out) / "checkpoints").glob("*.pt")):
         # the defaults are not the run's settings (they would go on with the built-in dataset, say)
         raise ConfigError(f"--resume auto: '{Path(out) / 'config.yaml'}' is missing, so the run's settings are "
@@ -671,6 +676,31 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         check_config_outside_run(Path(config), Path(cfg.out))
     check_run_dir(cfg)
     return cfg
+
+
+def checkpoint_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The settings a ``finetune train`` checkpoint was trained with, as TrainConfig field names, less where
+    that run wrote (``out``), how it was started (``resume``) and where that invocation stopped
+    (``max_steps``); ``{}`` for a file that holds none (the resume itself then says what the file is).
+
+    >>> import tempfile, torch
+    >>> from finetune.config import checkpoint_settings
+    >>> path = tempfile.mkdtemp() + "/ckpt.pt"
+    >>> torch.save({"model": {}, "config": {"lr": 0.05, "epochs": 3, "out": "runs/a", "max_steps": 2}}, path)
+    >>> checkpoint_settings(path)
+    {'lr': 0.05, 'epochs': 3}
+    """
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # (not a zip-format torch file, unreadable, ...: reported when it is loaded to resume)
+        return {}
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        return {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "resume", "max_steps"}
+    return settings({k: v for k, v in saved.items() if k in known}, str(path))
 
 
 def check_config_paths(values: dict[str, Any], source: str) -> None:
