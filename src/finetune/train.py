@@ -2079,7 +2079,22 @@ def moved_training_data(data: str, state: dict[str, Any], trained_on: str, *, va
             or (Path(trained_on).exists() and os.path.realpath(data) == os.path.realpath(trained_on))):
         return False
     now = _split_counts(data, val_split, seed)
-    return now is not None and now == (int(state["train_images"]), int(state["val_images"]), list(state["classes"]))
+    if now is None or now != (int(state["train_images"]), int(state["val_images"]), list(state["classes"])):
+        return False
+    # the training data still here: a copy has its files' names too (another folder of as many images, e.g. the
+    # next fold of a cross-validation or a test set, is not one: it is scored whole)
+    return not Path(trained_on).exists() or _file_names(data, val_split, seed) == _file_names(trained_on, val_split, seed)
+
+
+def _file_names(data: str, val_split: float, seed: int) -> list[tuple[str, str]] | None:
+    """(class, file name) of each image of ``data``, sorted; None when it does not read as training data."""
+    try:
+        with split_drawn_again():
+            train_samples, val_samples = resolve_data(data, val_split, seed)
+    except DataError:
+        return None
+    return sorted((s.classes[int(label)], os.path.basename(p)) for s in (train_samples, val_samples)
+                  for p, label in zip(s.paths, s.labels, strict=True))
 
 
 def training_images_scored(samples: Samples, data: str, trained_on: str, *, val_split: float, seed: int) -> int:
