@@ -455,10 +455,13 @@ def _header(row: list[str]) -> list[str] | None:
     cells = [c.strip().lower() for c in row]
     if not any(c in PATH_COLUMNS for c in cells) or not any(c in LABEL_COLUMNS for c in cells):
         return None
+    # the first path-like column, but not an id beside a file's name ({"image_id": 7, "file_name": "7.png"})
+    like = [k for k, c in enumerate(cells) if c in PATH_COLUMNS]
+    first = next((k for k in like if cells[k] != "image_id"), like[0])
     out, seen = [], set()
-    for c in cells:
-        name = "path" if c in PATH_COLUMNS else "label" if c in LABEL_COLUMNS else c
-        if name in seen:  # a second path-like column (e.g. 'image' next to 'path'): keep the first
+    for k, c in enumerate(cells):
+        name = ("path" if k == first else c + "_") if c in PATH_COLUMNS else "label" if c in LABEL_COLUMNS else c
+        if name in seen:  # a second label-like column: keep the first
             name = c + "_"
         seen.add(name)
         out.append(name)
@@ -664,9 +667,9 @@ def read_csv(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Sa
         if j == k:
             keep.append(k)
         elif names[j] != names[k] or (split is not None and split[j] != split[k]):
-            what = (f"labels {names[j]!r} and {names[k]!r}" if names[j] != names[k] else
-                    f"splits {split[j]!r} and {split[k]!r}")  # type: ignore[index]
-            raise DataError(f"{what} '{path}' lists '{rows[k][ip].strip()}' twice, with {what}: give each "
+            differ = (f"labels {names[j]!r} and {names[k]!r}" if names[j] != names[k] else
+                      f"splits {split[j]!r} and {split[k]!r}")  # type: ignore[index]
+            raise DataError(f"{what} '{path}' lists '{rows[k][ip].strip()}' twice, with {differ}: give each "
                             "image one row (finetune trains one class per image)")
     if len(keep) < len(paths):
         twice = len(paths) - len(keep)
