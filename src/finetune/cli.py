@@ -191,7 +191,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-augment", choices=["none", "trivialaugment", "randaugment"], help="extra training augmentation")
     p.add_argument("--strict-data", action="store_true", default=None, help="stop on unreadable images instead of skipping them")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(auto: cuda when there is one)")
-    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision (auto: bf16 on CUDA, off on CPU)")
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision (auto: bf16 on CUDA, fp16 before Ampere, off on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (off)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")

@@ -147,8 +147,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` computes in bf16 natively: compute capability 8.0 on (Ampere), or ROCm.
+    Older GPUs (T4, V100, P100) only emulate it, slower than fp32 (as most CPUs do). True where no CUDA
+    device can be asked.
+
+    >>> import torch
+    >>> from finetune.train import native_bf16
+    >>> native_bf16(torch.device("cuda")) if not torch.cuda.is_available() else True
+    True
+    """
+    if torch.version.hip or not torch.cuda.is_available():
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 on CUDA by default, none on CPU (where it is slower for training).
+    """Autocast dtype: bf16 on CUDA by default (fp16, with its GradScaler, on GPUs without native bf16:
+    T4, V100), none on CPU (where it is slower for training).
 
     >>> import torch
     >>> from finetune.train import resolve_amp
@@ -166,6 +182,8 @@ def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
         if device.type != "cuda":
             raise ConfigError(f"{named('amp', 'fp16')} needs a CUDA device (on CPU its gradients overflow): use "
                               f"{named('amp', 'bf16')} or {named('amp', 'off')}")
+        return torch.float16
+    if name == "auto" and not native_bf16(device):  # emulated bf16: fp16's tensor cores instead, as timm's --amp
         return torch.float16
     return torch.bfloat16
 
@@ -966,7 +984,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
              + (f" x {ddp.world} processes (batch {cfg.batch_size} each)" if ddp.enabled else "")
              + (f", {cfg.grad_accum} batches per optimizer step (effective batch "
                 f"{cfg.grad_accum * cfg.batch_size * ddp.world})" if cfg.grad_accum > 1 else "")
-             + (f", {amp}".replace("torch.", " autocast ") if amp else "")
+             + (f", {amp}".replace("torch.", "autocast ") if amp else "")
              + ("" if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD)
                 else f", inputs normalised with the weights' mean {tuple(mean)} / std {tuple(std)}")
              + ("" if (cfg.crop_pct, cfg.interpolation, cfg.crop_mode) == (EVAL_CROP_PCT, "bilinear", "center")
@@ -1845,11 +1863,12 @@ def write_deployment_files(state: dict[str, Any], run_dir: Path) -> None:
             **settings_metadata(state.get("img_size"), state)}
     # the data it was trained on and how it was split: `eval --data` on that data scores its validation split
     # (as with best.pt), not the training images with it
+    # and its --amp: `eval` of this file runs in the precision the run validated in, as of best.pt
     cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
     if "data" in cfg:
-        meta["config"] = json.dumps({k: cfg[k] for k in DATA_KEYS if k in cfg})
+        meta["config"] = json.dumps({k: cfg[k] for k in (*DATA_KEYS, "amp") if k in cfg})
     meta.update({k: str(int(state[k])) for k in ("train_images", "val_images") if state.get(k) is not None})
-    if cfg.get("global_pool") is not None:  # (how the model is built: a timm ViT's pooling; config holds DATA_KEYS only)
+    if cfg.get("global_pool") is not None:  # (how the model is built: a timm ViT's pooling; config holds DATA_KEYS, amp)
         meta["global_pool"] = str(cfg["global_pool"])
     weights = state["model_ema"] if state.get("model_ema") else state["model"]  # --ema: the EMA weights are the result
     final = run_dir / "best.safetensors"
