@@ -14,6 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 COMPILE = "_orig_mod"  # torch.compile's OptimizedModule attribute
 PARALLEL = "module"  # DataParallel / DistributedDataParallel / AveragedModel attribute
+# where a `module` component can be a wrapper's: at the top (DDP) or in a top-level child wrapped by DataParallel
+# (pytorch/examples' `model.features = DataParallel(model.features)`), under a Lightning / EMA attribute; deeper down
+# it is a layer's own name (timm's iFormer: `stages.0.blocks.0.mixer.module.0.c.weight`), kept as it is
+MAX_WRAPPER_DEPTH = 2
 
 
 def unwrap_names(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
@@ -21,7 +25,8 @@ def unwrap_names(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
 
     ``_orig_mod`` components are always removed. A ``module`` component is removed
     where it is the only child of its parent (that is what DataParallel/DDP produce,
-    at the top like ``module.fc.weight`` or mid-key like ``features.module.0.weight``).
+    at the top like ``module.fc.weight`` or mid-key like ``features.module.0.weight``),
+    no deeper than :data:`MAX_WRAPPER_DEPTH` components from the top.
 
     >>> unwrap_names(["features.module.0.weight", "classifier.1.weight"])
     ({'features.module.0.weight': 'features.0.weight', 'classifier.1.weight': 'classifier.1.weight'}, ['features.module.'])
@@ -34,30 +39,44 @@ def unwrap_names(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     if any(COMPILE in p[:-1] for p in parts.values()):
         parts = {n: [c for i, c in enumerate(p) if c != COMPILE or i == len(p) - 1] for n, p in parts.items()}
         removed.append(f"{COMPILE}.")
-    for _ in range(8):  # nested wrappers: strip one layer per pass
-        prefix = _only_child_parallel(list(parts.values()))
-        if prefix is None:
+    for _ in range(8):  # nested wrappers: strip one layer per pass (every parent with such a child at once, so
+        prefixes = _only_child_parallel(list(parts.values()))  # the result does not depend on the keys' order)
+        if not prefixes:
             break
-        depth = len(prefix)
-        new = {n: (p[:depth] + p[depth + 1:] if p[:depth] == prefix and len(p) > depth + 1 else p)
-               for n, p in parts.items()}
+        new = {n: _strip_parallel(p, prefixes) for n, p in parts.items()}
         if len({".".join(p) for p in new.values()}) != len(new):
             break
         parts = new
-        removed.append(".".join([*prefix, PARALLEL]) + ".")
+        removed += [".".join([*prefix, PARALLEL]) + "." for prefix in prefixes]
     return {n: ".".join(p) for n, p in parts.items()}, removed
 
 
-def _only_child_parallel(parts: Sequence[list[str]]) -> list[str] | None:
-    """The shortest parent path whose only child is ``module`` (None when there is none)."""
+def _only_child_parallel(parts: Sequence[list[str]]) -> list[list[str]]:
+    """The parent paths whose only child is ``module``, outermost first, leaving out those inside
+    another's ``module`` (the next pass finds them); sorted, so that the same keys in any order
+    give the same paths (timm's iFormer has a ``Residual.module`` in every block: more than one).
+
+    >>> _only_child_parallel([["a", "module", "b", "module", "w"], ["c", "module", "w"], ["d", "w"]])
+    [['a'], ['c']]
+    >>> _only_child_parallel([["stages", "0", "blocks", "0", "mixer", "module", "w"], ["head", "w"]])
+    []
+    """
     children: dict[tuple[str, ...], set[tuple[str, bool]]] = {}
     for p in parts:
         for i in range(len(p)):
             children.setdefault(tuple(p[:i]), set()).add((p[i], i == len(p) - 1))
-    candidates = [k for k, v in children.items() if v == {(PARALLEL, False)}]
-    if not candidates:
-        return None
-    return list(min(candidates, key=len))
+    candidates = sorted(k for k, v in children.items() if v == {(PARALLEL, False)} and len(k) <= MAX_WRAPPER_DEPTH)
+    return [list(k) for k in candidates
+            if not any(k[:len(o) + 1] == (*o, PARALLEL) for o in candidates if len(o) < len(k))]
+
+
+def _strip_parallel(p: list[str], prefixes: Sequence[list[str]]) -> list[str]:
+    """``p`` without the ``module`` component after the first of ``prefixes`` it lies under."""
+    for prefix in prefixes:
+        depth = len(prefix)
+        if p[:depth] == prefix and len(p) > depth + 1 and p[depth] == PARALLEL:
+            return p[:depth] + p[depth + 1:]
+    return p
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:

@@ -1075,11 +1075,15 @@ def _adapt(name: str, tensor: Tensor, model_tensor: Tensor, first_conv: str | No
 
 def _describe_mapping(file_wrappers: list[str], model_wrappers: list[str], prefix_map: PrefixMap | ChildIndexMap,
                       rename: Mapping[str, str] | None, then: PrefixMap | None = None) -> str:
+    def listed(wrappers: list[str], limit: int = 3) -> str:  # (timm's iFormer: a `module` in every block)
+        shown = ", ".join(f"'{w}'" for w in wrappers[:limit])
+        return shown if len(wrappers) <= limit else f"{shown}, … ({len(wrappers)} in all)"
+
     parts = []
     if file_wrappers:
-        parts.append("file wrappers removed: " + ", ".join(f"'{w}'" for w in file_wrappers))
+        parts.append("file wrappers removed: " + listed(file_wrappers))
     if model_wrappers:
-        parts.append("model wrappers: " + ", ".join(f"'{w}'" for w in model_wrappers))
+        parts.append("model wrappers: " + listed(model_wrappers))
     if rename:
         parts.append("renamed: " + ", ".join(f"{k!r} -> {v!r}" for k, v in rename.items()))
     parts.append(f"prefix: {prefix_map}" + (f", then {then} for the keys it leaves out" if then is not None else ""))

@@ -1,0 +1,52 @@
+"""A module attribute called ``module`` inside the model (timm's iFormer ``Residual.module``, in
+every block) is not a DataParallel wrapper to strip by the keys' order: a file whose keys are
+sorted (safetensors) loads completely into the model it was saved from."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from finetune.weights import load_weights
+from finetune.weights.keys import unwrap_names
+
+
+class Residual(nn.Module):  # as timm.models.iformer.Residual: the wrapped layer is `self.module`
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.module(x)
+
+
+def test_unwrapping_does_not_depend_on_the_keys_order() -> None:
+    keys = [f"blocks.{i}.mixer.module.{p}" for i in range(12) for p in ("weight", "bias")] + ["head.weight"]
+    shuffled = keys[:]
+    random.Random(0).shuffle(shuffled)
+    assert unwrap_names(keys)[0] == unwrap_names(shuffled)[0] == unwrap_names(sorted(keys))[0]
+
+
+def test_sorted_file_of_many_inner_module_blocks_loads_completely(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = nn.Sequential(*[Residual(nn.Linear(4, 4)) for _ in range(12)], nn.Linear(4, 5))
+    target = nn.Sequential(*[Residual(nn.Linear(4, 4)) for _ in range(12)], nn.Linear(4, 3))
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))  # keys sorted: 0, 1, 10, 11, 2…
+    report = load_weights(target, path)
+    assert report.ok, str(report)
+    assert not report.missing and not report.unexpected
+    for i in range(12):
+        assert torch.equal(target[i].module.weight, source[i].module.weight)
+    assert "(12 in all)" in report.mapping and len(report.mapping) < 300  # one readable line, not 24 names
+
+
+def test_a_deep_module_attribute_is_a_layers_name_not_a_wrapper() -> None:
+    keys = [f"stages.{s}.blocks.{b}.mixer.module.0.c.weight" for s in range(3) for b in range(12)] + ["head.weight"]
+    mapping, removed = unwrap_names(keys)
+    assert removed == [] and all(mapping[k] == k for k in keys)  # `finetune convert` keeps timm's iFormer names
+    assert unwrap_names(["module.features.module.0.weight", "module.fc.weight"])[1] == ["module.", "features.module."]
