@@ -248,13 +248,13 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
         for h in hooks:
             h.remove()
     corner: CamLayer | None = None  # the last one reached only in its top-left quarter, if none is reached beyond
-    for (name, _t, layout, _), g in reversed(list(zip(found, grads, strict=True))):
+    for (name, t, layout, _), g in reversed(list(zip(found, grads, strict=True))):
         if g is None:
             continue
         g = layout.to_nchw(g)
         if float(g.abs().amax()) > 0:
             gap = _is_gap_linear(model, heads, g, direction)
-            if not _padded(g):
+            if not _padded(g) and not _padding_filled(layout.to_nchw(t.detach())):
                 return CamLayer(name, layout, gap)
             corner = corner or CamLayer(name, layout, gap)
     if corner is not None:  # (an untrained RegNet at 32 px: its residual branches start at zero, its shortcuts are
@@ -276,6 +276,27 @@ def _padded(grads: torch.Tensor) -> bool:
     reached = grads.abs().amax(dim=(0, 1)) > 0
     h, w = reached.shape
     return not bool(reached[(h + 1) // 2:].any()) and not bool(reached[:, (w + 1) // 2:].any())
+
+
+def _padding_filled(a: torch.Tensor) -> bool:
+    """True if the map (N x C x h x w) holds one and the same vector at every position outside its top-left
+    quarter, unlike its top-left corner: a smaller map padded on the right and bottom to a window's size whose
+    padding the attention does not mask (TinyViT at 32 px: its 1x1 map padded to 7x7), so the gradient reaches
+    the padding too and :func:`_padded` cannot tell.
+
+    >>> a = torch.zeros(1, 4, 7, 7); a[..., 0, 0] = 1.0
+    >>> _padding_filled(a), _padding_filled(torch.randn(1, 4, 7, 7))
+    (True, False)
+    """
+    h, w = a.shape[-2:]
+    if h < 2 or w < 2:
+        return False
+    a = a.float().flatten(2)  # N x C x h*w
+    rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+    outside = (rows >= (h + 1) // 2) | (cols >= (w + 1) // 2)
+    rest = a[..., outside]
+    same = torch.allclose(rest, rest[..., :1].expand_as(rest), atol=1e-6, rtol=1e-5)
+    return same and not torch.allclose(a[..., :1], rest[..., :1], atol=1e-6, rtol=1e-5)
 
 
 def _map_width(t: torch.Tensor, layout: Layout) -> int:
