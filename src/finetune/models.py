@@ -805,9 +805,11 @@ def check_input_size(model: nn.Module, img_size: int) -> None:
     if reason is None:
         return
     name = getattr(model, "finetune_arch", type(model).__name__)
-    larger = next((s for s in _LARGER_SIZES if s > img_size and _input_size_problem(model, s) is None), None)
+    default = _default_size(name)  # (timm's halonet_h1 takes multiples of 256 only: 256 before 299, 384, 512)
+    sizes = sorted({*_LARGER_SIZES, *([default] if default is not None else [])})
+    larger = next((s for s in sizes if s > img_size and _input_size_problem(model, s) is None), None)
     hint = f"use img_size={larger} or more (--img-size)" if larger is not None else "use a larger img_size (--img-size)"
-    native = _built_for_size(name)
+    native = _built_for_size(name) or (default if larger == default else None)
     if native is not None and native != img_size and larger in (None, native):  # fixed size: 'or more' fails too
         hint = f"use img_size={native} (--img-size), the size it was designed for"
     raise ModelError(f"{name} cannot take {img_size}x{img_size} images ({reason}): {hint}")
@@ -835,6 +837,23 @@ def _built_for_size(name: str) -> int | None:
         fixed = getattr(cfg, "fixed_input_size", False)
         return int(size[-1]) if fixed and size and len(size) == 3 and size[-1] == size[-2] else None
     return 224 if name.startswith(("vit_", "maxvit")) else None
+
+
+def _default_size(name: str) -> int | None:
+    """The square input size of a timm model's default pretrained config (fixed or not), else None.
+
+    >>> _default_size("timm:halonet_h1"), _default_size("timm:resnet18"), _default_size("resnet18")
+    (256, 224, None)
+    """
+    if not name.startswith(TIMM_PREFIX):
+        return None
+    try:
+        from timm.models import get_pretrained_cfg
+
+        size = getattr(get_pretrained_cfg(name[len(TIMM_PREFIX):]), "input_size", None)
+    except Exception:  # noqa: BLE001 - no timm, or an unknown name
+        return None
+    return int(size[-1]) if size and len(size) == 3 and size[-1] == size[-2] else None
 
 
 @contextlib.contextmanager
