@@ -352,6 +352,9 @@ def _is_flat(obj: Mapping[str, Any]) -> bool:
     return flat_tensors(obj) is not None
 
 
+#: the entry ``nn.Module.get_extra_state()`` returns under, in a state dict (any object)
+EXTRA_STATE = "_extra_state"
+
 #: the entry a quantized ``Linear`` (``torch.ao.nn.quantized``) keeps its weight and bias in
 PACKED = "_packed_params._packed_params"
 
@@ -383,6 +386,8 @@ def flat_tensors(obj: Mapping[str, Any]) -> StateDict | None:
         if isinstance(v, Tensor):
             out[k] = v
         elif k.endswith("_packed_params.dtype") and isinstance(v, torch.dtype):
+            continue
+        elif k == EXTRA_STATE or k.endswith("." + EXTRA_STATE):  # a module's get_extra_state(): not a weight
             continue
         elif (k.endswith(PACKED) and isinstance(v, tuple | list) and len(v) == 2 and isinstance(v[0], Tensor)
               and (v[1] is None or isinstance(v[1], Tensor))):
@@ -460,7 +465,7 @@ def split_ema_attribute(sd: StateDict) -> tuple[StateDict, StateDict | None]:
 
 
 def _module_state(module: torch.nn.Module) -> StateDict:
-    return {k: v.detach() for k, v in module.state_dict().items()}
+    return {k: v.detach() for k, v in module.state_dict().items() if isinstance(v, Tensor)}  # (not _extra_state)
 
 
 def _unwrap(ck: Checkpoint) -> Checkpoint:

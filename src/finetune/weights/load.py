@@ -326,6 +326,8 @@ def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int
         same = [n for n in hit if tuple(target[n]) == tuple(names[n])]
         # 0-d tensors (BatchNorm's num_batches_tracked) fit any BatchNorm: no evidence for a mapping
         shaped = sum(1 for n in same if len(names[n]) > 0)
+        if isinstance(m, PrefixMap) and m.strip and m.add and not _renames_a_module(m, source, target):
+            shaped = 0  # one module's name for another's, matched by 'weight' / 'bias' alone: a coincidence
         # of equally fitting copies, the network the method evaluates and releases (not the file's key order)
         preferred = copy_preference(m.strip)
         # a renaming that matches names but no shape is a coincidence (e.g. 'fc.' -> 'stem.')
@@ -347,6 +349,20 @@ def aligned(source: Mapping[str, Shape], target: Mapping[str, Shape], depth: int
         if len(m_used & best_used) < len(best_used) / 2:
             ties.setdefault(frozenset(m_used), m)
     return [best, *ties.values()]
+
+
+def _renames_a_module(m: PrefixMap, source: Mapping[str, Shape], target: Mapping[str, Shape]) -> bool:
+    """Whether a renaming (``strip`` and ``add``) matches a shaped tensor below a module name of its own
+    (``layer1.0.conv1.weight`` under ``encoder.`` -> ``backbone.``), not only a leaf name ('weight').
+
+    >>> _renames_a_module(PrefixMap("patch_embed.proj.", "features.3.expand3x3."),
+    ...                   {"patch_embed.proj.bias": (64,)}, {"features.3.expand3x3.bias": (64,)})
+    False
+    >>> _renames_a_module(PrefixMap("encoder.", "backbone."), {"encoder.fc.bias": (2,)}, {"backbone.fc.bias": (2,)})
+    True
+    """
+    return any("." in s[len(m.strip):] and len(shape) > 0 and tuple(target.get(m(s), ())) == tuple(shape)
+               for s, shape in source.items() if s.startswith(m.strip))
 
 
 def leftover_map(source: Mapping[str, Shape], target: Mapping[str, Shape], classifier: str | None,
@@ -766,7 +782,8 @@ def load_weights(
     if ema and ck.ema is None:
         report.notes.append("ema=True but the file has no EMA weights: loaded the raw weights")
 
-    model_sd = model.state_dict()
+    # (a module's get_extra_state() entry, '..._extra_state', is no tensor: load_state_dict leaves it alone)
+    model_sd = {k: v for k, v in model.state_dict().items() if isinstance(v, Tensor)}
     model_clean, model_wrappers = unwrap_names(model_sd)
     clean_to_key = {c: k for k, c in model_clean.items()}
     model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
