@@ -257,6 +257,9 @@ class TrainConfig:
             (self.drop_path is None or 0 <= self.drop_path < 1, f"{named('drop_path')} must be in [0, 1), got {self.drop_path}"),
             (self.mixup >= 0 and self.cutmix >= 0,
              f"{_MIXUP_CUTMIX} must be >= 0, got {self.mixup}/{self.cutmix}"),
+            (not (self.cache_features and self.auto_augment != "none"),
+             f"{named('cache_features')} computes the backbone features once, with the eval transform, so "
+             f"{named('auto_augment', self.auto_augment)} could not change them: drop one of them"),
             (not (self.cache_features and (self.mixup or self.cutmix)),
              f"{named('cache_features')} trains the head on fixed features: {_MIXUP_CUTMIX} cannot mix them; "
              "drop one of them"),
@@ -672,6 +675,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if not run and momentum is not None and momentum != TrainConfig.momentum and cfg.optimizer != "sgd":
         warnings.warn(f"{config}: momentum {momentum} applies to optimizer sgd only and is not used: "
                       f"{cfg.optimizer}'s moments are its betas (0.9, 0.999)", stacklevel=2)
+    if cfg.cache_features and flags.get("augment") is True:  # (without the flag it is off, see train())
+        raise ConfigError("--cache-features computes the backbone features once, with the eval transform, so "
+                          "--augment could not change them: drop one of them (--linear-probe alone augments)")
     if config is not None and cfg.resume is None and cfg.out is not None:
         check_config_outside_run(Path(config), Path(cfg.out))
     check_run_dir(cfg)

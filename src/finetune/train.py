@@ -722,6 +722,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
 def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextlib.ExitStack) -> TrainResult:
     cfg.validate()
+    if cfg.cache_features and cfg.augment:  # the features are computed once, with the eval transform: said so in
+        cfg = dataclasses.replace(cfg, augment=False)  # config.yaml, not a silent augment: true
     if cfg.tensorboard:  # (before anything is written)
         summary_writer_class()
     ddp = Distributed.from_env()  # several processes under torchrun (one process otherwise)
