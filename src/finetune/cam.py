@@ -85,12 +85,14 @@ class Layout:
         return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], self.height, self.width)
 
 
-def spatial_layout(t: object, input_hw: tuple[int, int], channels: int | None = None) -> Layout | None:
+def spatial_layout(t: object, input_hw: tuple[int, int], channels: int | None = None, *,
+                   min_side: int = 2) -> Layout | None:
     """The :class:`Layout` of ``t`` if it is a feature map of an ``input_hw`` image, else None.
 
     A map is smaller than the image by one stride (2 to 64 pixels) along both sides; NHWC
     and tokens need their last dimension to be ``channels`` (the model's feature width)
-    when it is known, which keeps attention matrices and per-head tensors out.
+    when it is known, which keeps attention matrices and per-head tensors out. ``min_side``: the
+    fewest positions along each side (2: a map of one position is no map; 1 finds those too).
 
     >>> spatial_layout(torch.zeros(1, 512, 7, 7), (224, 224))
     Layout(kind='nchw', height=7, width=7, prefix=0)
@@ -104,7 +106,7 @@ def spatial_layout(t: object, input_hw: tuple[int, int], channels: int | None = 
     in_h, in_w = input_hw
 
     def is_map(h: int, w: int) -> bool:
-        if h < 2 or w < 2:
+        if h < min_side or w < min_side:
             return False
         stride = in_w / w
         return 2 <= stride <= 64 and abs(h - in_h / stride) < 1
@@ -119,7 +121,7 @@ def spatial_layout(t: object, input_hw: tuple[int, int], channels: int | None = 
         return None
     if t.ndim == 3 and (channels is None or t.shape[2] == channels):
         tokens = t.shape[1]
-        for prefix in range(min(MAX_PREFIX_TOKENS, tokens - 4) + 1):
+        for prefix in range(min(MAX_PREFIX_TOKENS, tokens - min_side * min_side) + 1):
             n = tokens - prefix
             w = round(math.sqrt(n * in_w / in_h))
             if w > 0 and n % w == 0 and is_map(n // w, w):
@@ -204,6 +206,7 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
     # the widths of the maps that a layer turns into a map of another size (or no map: 1x1): a stage's output
     # (Swin's `layers.2` at 32 px, whose last stage is 1x1), not an attention's qkv nor an MLP's hidden features
     stage_widths: set[tuple[int, int, int]] = set()
+    single: list[str] = []  # layers whose map has one position at this size (vit_b_32 at 32 px): nothing to show
 
     def keep(name: str):  # noqa: ANN202 - a forward hook
         def hook(_module: nn.Module, args: tuple[object, ...], output: object) -> object:
@@ -215,6 +218,8 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
                 before = spatial_layout(x, hw)
                 if before is not None and (loose is None or (loose.height, loose.width) != (before.height, before.width)):
                     stage_widths.add((before.height, before.width, _map_width(x, before)))
+            if loose is None and spatial_layout(t, hw, width, min_side=1) is not None:
+                single.append(name)
             if loose is None or not isinstance(t, torch.Tensor) or not t.requires_grad or t.shape[0] != n:
                 return None
             if layout is not None or loose.kind != "nchw":  # NHWC or tokens of another width: kept if a stage's
@@ -259,6 +264,10 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
             corner = corner or CamLayer(name, layout, gap)
     if corner is not None:  # (an untrained RegNet at 32 px: its residual branches start at zero, its shortcuts are
         return corner       # 1x1 convs of stride 2: nothing but the top-left position reaches the output)
+    if not found and single:
+        raise ModelError(f"{type(model).__name__}'s feature maps are 1x1 for {hw[0]}x{hw[1]} inputs (e.g. '{single[-1]}'): "
+                         "a map of one position shows nothing; explain larger images (a model trained with a larger "
+                         "img_size, --img-size)")
     names = ", ".join(f[0] for f in found[-5:]) or "none"
     raise ModelError(f"cannot find a spatial feature layer in {type(model).__name__} for {hw[0]}x{hw[1]} inputs "
                      f"whose gradient reaches the output (candidates: {names}); pass layer=NAME (--layer)")
@@ -533,6 +542,10 @@ def _named_layer(model: nn.Module, images: torch.Tensor, layer: str) -> CamLayer
     finally:
         handle.remove()
     layout = spatial_layout(seen[-1], (images.shape[-2], images.shape[-1])) if seen else None
+    if layout is None and seen and spatial_layout(seen[-1], (images.shape[-2], images.shape[-1]), min_side=1):
+        raise ConfigError(f"layer '{layer}' outputs a 1x1 map for {images.shape[-2]}x{images.shape[-1]} images "
+                          f"(its output: {tuple(seen[-1].shape)}): a map of one position shows nothing; choose an earlier "
+                          "layer with a larger map, or explain larger images (a model trained with a larger --img-size)")
     if layout is None:
         shape = tuple(seen[-1].shape) if seen and isinstance(seen[-1], torch.Tensor) else None
         raise ConfigError(f"layer '{layer}' does not output a feature map smaller than the image by a stride of "
