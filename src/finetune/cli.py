@@ -647,6 +647,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, debug)
 
 
+def entry() -> None:
+    """The ``finetune`` command: :func:`main`, then exit with its status. A Ctrl-C or SIGTERM that arrives once
+    the command is done (while the interpreter shuts down: atexit joins of worker processes, threads) exits at
+    once with that status: a run that finished and saved must not read as killed by a signal to a scheduler
+    or script."""
+    status = main()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, functools.partial(_exit_now, status))
+    sys.exit(status)
+
+
+def _exit_now(status: int, signum: int, frame: object) -> None:
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
+
+
 def _show_warning(default: Callable[..., None], message: Warning | str, category: type[Warning], filename: str,
                   lineno: int, file: object = None, line: str | None = None) -> None:
     """Print a warning raised in finetune's own code as one ``finetune: warning:`` line (process 0
@@ -718,4 +737,4 @@ def _raise_interrupt(pid: int, signum: int, frame: object) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
