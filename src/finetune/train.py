@@ -302,6 +302,30 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{model_name}-{data_name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def claim_default_run_dir(hold: contextlib.ExitStack, base: Path) -> Path:
+    """Hold the default run directory ``base``, or ``base-2``, ``base-3``, … when it is in use or holds a
+    run: two runs without ``--out`` started in the same second (a loop of seeds run with ``&``) each get
+    their own directory instead of the second being refused.
+
+    >>> import contextlib, pathlib, tempfile
+    >>> from finetune.train import claim_default_run_dir
+    >>> base = pathlib.Path(tempfile.mkdtemp()) / "runs" / "resnet18-photos-20261128-152846"
+    >>> with contextlib.ExitStack() as a, contextlib.ExitStack() as b:
+    ...     claim_default_run_dir(a, base).name, claim_default_run_dir(b, base).name
+    ('resnet18-photos-20261128-152846', 'resnet18-photos-20261128-152846-2')
+    """
+    for n in range(1, 1000):
+        run_dir = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        if run_dir.is_dir() and any(run_dir.iterdir()):  # an earlier run's
+            continue
+        try:
+            hold.enter_context(hold_run_dir(run_dir))
+        except ConfigError:  # in use by a run started in the same second
+            continue
+        return run_dir
+    raise ConfigError(f"no free run directory next to '{base}': give one with {named('out')}")
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     """Linear warmup then cosine decay to zero: the learning-rate factor of optimizer step ``step``.
 
@@ -739,11 +763,15 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
     refused = ""  # one run at a time in a run directory; checked again now that no other process can write it
     if ddp.main:
         try:
-            hold.enter_context(hold_run_dir(run_dir))
+            if cfg.out:
+                hold.enter_context(hold_run_dir(run_dir))
+            else:  # the default name, stamped to the second: another run may have just taken it
+                run_dir = claim_default_run_dir(hold, run_dir)
             check_run_dir(dataclasses.replace(cfg, out=str(run_dir)))
         except ConfigError as e:
             refused = str(e)
     refused = ddp.gather(refused)[0]  # (every process stops with process 0's reason, not "another process stopped")
+    run_dir = Path(ddp.gather(str(run_dir))[0])  # (process 0's, if it had to take another default name)
     if refused:
         raise ConfigError(refused)
     ckpt = Checkpointer(run_dir, keep_last=cfg.keep_last, best_metric="val_top1", mode="max",
