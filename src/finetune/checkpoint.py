@@ -83,6 +83,7 @@ import torch
 from torch import nn
 
 from finetune.errors import CheckpointError, ConfigError
+from finetune.processes import pid_alive
 
 FORMAT = "finetune-checkpoint"
 FORMAT_VERSION = 1
@@ -1143,16 +1144,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return m
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in (metrics or {}).items():
@@ -1715,7 +1706,7 @@ class Checkpointer:
                 continue
             path = self.directory / name
             if int(m.group(1)) != os.getpid():
-                if not _pid_alive(int(m.group(1))):
+                if not pid_alive(int(m.group(1))):
                     _remove_quietly(path)
                 continue
             try:

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from finetune.processes import pid_alive
+
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart")
 _SUPERSAMPLE = 4
 
@@ -304,16 +306,6 @@ def _existing(root: Path, spec: dict) -> bool:
     return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _writer_tag() -> str:
     """This process's part of a temporary folder's name: host and pid (a cache in a home folder shared by
     several machines: a pid says whether its writer lives only on its own host)."""
@@ -334,7 +326,7 @@ def _remove_stale_temp_folders(root: Path) -> None:
         return
     for name in names:
         m = own.fullmatch(name)
-        if m is not None and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m is not None and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             shutil.rmtree(root.parent / name, ignore_errors=True)
 
 
