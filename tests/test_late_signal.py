@@ -19,8 +19,8 @@ from pathlib import Path
 flag, out = sys.argv[1], sys.argv[2]
 atexit.register(lambda: (Path(flag).touch(), time.sleep(60)))  # a slow shutdown (worker joins) made visible
 sys.argv = ["finetune", "make-shapes", out, "--per-class", "1", "--size", "16"]
-from finetune.cli import entry
-entry()
+import runpy
+runpy.run_module("finetune", run_name="__main__")  # as `python -m finetune` (torchrun's way) runs it
 """
 
 
