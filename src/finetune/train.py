@@ -154,7 +154,8 @@ def native_bf16(device: torch.device) -> bool:
 
     >>> import torch
     >>> from finetune.train import native_bf16
-    >>> native_bf16(torch.device("cuda")) if not torch.cuda.is_available() else True
+    >>> native_bf16(torch.device("cuda")) == (not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] >= 8
+    ...                                      or bool(torch.version.hip))
     True
     """
     if torch.version.hip or not torch.cuda.is_available():
