@@ -28,3 +28,19 @@ def test_a_key_that_would_not_load_is_refused_before_anything_is_written(tmp_pat
     with pytest.raises(CheckpointError, match=r"state\['per_class'\]: its key .*Colour"):
         ckpt.save({"per_class": {Colour.RED: 0.5}, "epoch": 0, "step": 1})
     assert ckpt.latest() is None
+
+
+def test_an_averaged_model_is_saved_with_clean_keys_and_loads_back(tmp_path: Path) -> None:
+    from torch.optim.swa_utils import AveragedModel
+
+    from finetune.checkpoint import load_model_state
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = AveragedModel(torch.nn.DataParallel(net, device_ids=[]))
+    ema.update_parameters(torch.nn.DataParallel(net, device_ids=[]))
+    path = Checkpointer(tmp_path).save(model=net, ema=ema, epoch=0, step=1)
+    saved = torch.load(path, weights_only=True)["ema"]
+    assert sorted(saved) == sorted([*net.state_dict(), "n_averaged"])  # no 'module.' anywhere
+    fresh = AveragedModel(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
+    assert load_model_state(fresh, saved) == ([], [])
+    assert int(fresh.n_averaged) == 1 and torch.equal(fresh.module[0].weight, net[0].weight)

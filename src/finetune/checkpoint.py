@@ -153,12 +153,27 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def _key_wrapper_attr(module: nn.Module) -> str | None:
+    """:func:`_wrapped_attr`, and also ``module`` of an averaging wrapper that keeps counters beside the
+    model it holds (``AveragedModel``'s ``n_averaged``, EMA classes): its weights are the model's."""
+    attr = _wrapped_attr(module)
+    if attr is None and list(module._modules) == ["module"] and module._modules["module"] is not None \
+            and not module._parameters:
+        return "module"
+    return attr
+
+
 def _clean_key(root: nn.Module, key: str) -> str:
-    """``key`` of ``root.state_dict()`` without the segments that name a wrapper's inner module."""
+    """``key`` of ``root.state_dict()`` without the segments that name a wrapper's inner module.
+
+    >>> from torch.optim.swa_utils import AveragedModel
+    >>> sorted(_clean_key(m, k) for m in [AveragedModel(nn.Linear(1, 1))] for k in m.state_dict())
+    ['bias', 'n_averaged', 'weight']
+    """
     kept: list[str] = []
     module: nn.Module | None = root
     for part in key.split("."):
-        if module is not None and _wrapped_attr(module) == part:
+        if module is not None and _key_wrapper_attr(module) == part:
             module = module._modules[part]
             continue
         kept.append(part)
