@@ -50,3 +50,22 @@ def test_a_deep_module_attribute_is_a_layers_name_not_a_wrapper() -> None:
     mapping, removed = unwrap_names(keys)
     assert removed == [] and all(mapping[k] == k for k in keys)  # `finetune convert` keeps timm's iFormer names
     assert unwrap_names(["module.features.module.0.weight", "module.fc.weight"])[1] == ["module.", "features.module."]
+
+
+def test_a_layers_own_module_loads_under_a_two_level_file_prefix() -> None:
+    # the model's `0.module` (depth 1) is unwrapped as a wrapper would be; a Lightning module holding the network
+    # as `self.net` saves it as 'model.net.0.module.weight' (depth 3): it must be unwrapped alike, not left unloaded
+    torch.manual_seed(0)
+    source = nn.Sequential(Residual(nn.Linear(4, 4)), Residual(nn.Linear(4, 4)), nn.Linear(4, 3))
+    target = nn.Sequential(Residual(nn.Linear(4, 4)), Residual(nn.Linear(4, 4)), nn.Linear(4, 3))
+    report = load_weights(target, {"model.net." + k: v for k, v in source.state_dict().items()})
+    assert len(report.loaded) == 6 and not report.missing, str(report)
+    assert torch.equal(target[0].module.weight, source[0].module.weight)
+
+
+def test_a_wrapper_three_levels_down_in_the_file_is_unwrapped() -> None:
+    torch.manual_seed(0)
+    source, target = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3)), nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3))
+    report = load_weights(target, {"a.b.c.module." + k: v for k, v in source.state_dict().items()})  # DDP, held deep
+    assert len(report.loaded) == 4, str(report)
+    assert torch.equal(target[0].weight, source[0].weight)

@@ -20,13 +20,14 @@ PARALLEL = "module"  # DataParallel / DistributedDataParallel / AveragedModel at
 MAX_WRAPPER_DEPTH = 2
 
 
-def unwrap_names(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+def unwrap_names(names: Iterable[str], max_depth: int | None = MAX_WRAPPER_DEPTH) -> tuple[dict[str, str], list[str]]:
     """Map each key to its name without wrapper components; also say which were removed.
 
     ``_orig_mod`` components are always removed. A ``module`` component is removed
     where it is the only child of its parent (that is what DataParallel/DDP produce,
     at the top like ``module.fc.weight`` or mid-key like ``features.module.0.weight``),
-    no deeper than :data:`MAX_WRAPPER_DEPTH` components from the top.
+    no deeper than ``max_depth`` components from the top (None: at any depth, as matching
+    a file to a model needs: a prefix such as Lightning's ``model.net.`` shifts the depth in the file only).
 
     >>> unwrap_names(["features.module.0.weight", "classifier.1.weight"])
     ({'features.module.0.weight': 'features.0.weight', 'classifier.1.weight': 'classifier.1.weight'}, ['features.module.'])
@@ -40,7 +41,7 @@ def unwrap_names(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
         parts = {n: [c for i, c in enumerate(p) if c != COMPILE or i == len(p) - 1] for n, p in parts.items()}
         removed.append(f"{COMPILE}.")
     for _ in range(8):  # nested wrappers: strip one layer per pass (every parent with such a child at once, so
-        prefixes = _only_child_parallel(list(parts.values()))  # the result does not depend on the keys' order)
+        prefixes = _only_child_parallel(list(parts.values()), max_depth)  # the result does not depend on the keys' order)
         if not prefixes:
             break
         new = {n: _strip_parallel(p, prefixes) for n, p in parts.items()}
@@ -51,7 +52,7 @@ def unwrap_names(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     return {n: ".".join(p) for n, p in parts.items()}, removed
 
 
-def _only_child_parallel(parts: Sequence[list[str]]) -> list[list[str]]:
+def _only_child_parallel(parts: Sequence[list[str]], max_depth: int | None = MAX_WRAPPER_DEPTH) -> list[list[str]]:
     """The parent paths whose only child is ``module``, outermost first, leaving out those inside
     another's ``module`` (the next pass finds them); sorted, so that the same keys in any order
     give the same paths (timm's iFormer has a ``Residual.module`` in every block: more than one).
@@ -65,7 +66,8 @@ def _only_child_parallel(parts: Sequence[list[str]]) -> list[list[str]]:
     for p in parts:
         for i in range(len(p)):
             children.setdefault(tuple(p[:i]), set()).add((p[i], i == len(p) - 1))
-    candidates = sorted(k for k, v in children.items() if v == {(PARALLEL, False)} and len(k) <= MAX_WRAPPER_DEPTH)
+    candidates = sorted(k for k, v in children.items() if v == {(PARALLEL, False)}
+                        and (max_depth is None or len(k) <= max_depth))
     return [list(k) for k in candidates
             if not any(k[:len(o) + 1] == (*o, PARALLEL) for o in candidates if len(o) < len(k))]
 

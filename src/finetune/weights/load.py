@@ -784,7 +784,10 @@ def load_weights(
 
     # (a module's get_extra_state() entry, '..._extra_state', is no tensor: load_state_dict leaves it alone)
     model_sd = {k: v for k, v in model.state_dict().items() if isinstance(v, Tensor)}
-    model_clean, model_wrappers = unwrap_names(model_sd)
+    # a `module` is unwrapped at any depth here, in the model and (below) the file's names alike: a file's prefix
+    # (Lightning's 'model.net.') puts a layer's own `module` deeper there than in the model
+    model_clean, _ = unwrap_names(model_sd, max_depth=None)
+    model_wrappers = unwrap_names(model_sd)[1]  # (those the report names: iFormer's deep `module`s are no wrappers)
     clean_to_key = {c: k for k, c in model_clean.items()}
     model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
 
@@ -807,6 +810,8 @@ def load_weights(
     if scales:
         report.notes.append(f"{scales} layer scales under DeiT III's names ('gamma_1' / 'gamma_2' for timm's "
                             "'ls1.gamma' / 'ls2.gamma', as timm renames them)")
+    deep, _ = unwrap_names(renamed.values(), max_depth=None)  # (read_checkpoint's stop at MAX_WRAPPER_DEPTH)
+    renamed = {k: deep[n] for k, n in renamed.items()}
     prefix_map, *equally_good = aligned({renamed[k]: tuple(v.shape) for k, v in file_sd.items()}, model_shapes,
                                         children=child_names(model))
     if equally_good and not rename:
