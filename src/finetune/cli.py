@@ -239,6 +239,13 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     if ignored:
         print(f"finetune: warning: lr-find writes no run directory and takes --num-steps steps: {', '.join(ignored)} "
               "ignored", file=sys.stderr, flush=True)
+    # nor do the learning rate's and the weights' own schedule: the test sets the lr of every step itself and
+    # reads the loss of the weights it trains
+    swept = [f"--{name.replace('_', '-')}" for name in ("lr", "warmup_epochs", "ema")
+             if getattr(args, name, None) is not None]
+    if swept:
+        print(f"finetune: warning: lr-find sets each step's learning rate itself (--start-lr to --end-lr) and reads "
+              f"the loss of the weights it trains: {', '.join(swept)} ignored", file=sys.stderr, flush=True)
     cfg = config_from_args(args)
     from finetune.lr_find import lr_find
 

@@ -678,6 +678,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if cfg.cache_features and flags.get("augment") is True:  # (without the flag it is off, see train())
         raise ConfigError("--cache-features computes the backbone features once, with the eval transform, so "
                           "--augment could not change them: drop one of them (--linear-probe alone augments)")
+    # --crop-scale is the training crop's (RandomResizedCrop) area range: without training augmentation it does
+    # nothing (a config.yaml records the resolved default whatever augment is, so only the flag given is meant)
+    if flags.get("crop_scale") is not None and cfg.cache_features:
+        raise ConfigError("--cache-features computes the backbone features once, with the eval transform, so "
+                          "--crop-scale (the training crop's area range) could not change them: drop one of them")
+    if flags.get("crop_scale") is not None and not cfg.augment:
+        raise ConfigError("--no-augment trains on the eval transform, so --crop-scale (the training crop's area "
+                          "range) would do nothing: drop one of them")
     if config is not None and cfg.resume is None and cfg.out is not None:
         check_config_outside_run(Path(config), Path(cfg.out))
     check_run_dir(cfg)

@@ -232,6 +232,33 @@ def resolve_data(data: str, val_split: float, seed: int) -> tuple[Samples, Sampl
     return find_splits(data, val_split=val_split, seed=seed)
 
 
+def warn_unused_val_split(data: str, val_split: float) -> None:
+    """Warn when ``--val-split`` is not the default but ``data`` has its own validation split (``train/`` and
+    ``val/`` folders, a CSV's ``val`` rows), which is used instead: the fraction is not taken in silence.
+
+    >>> import contextlib, io, tempfile
+    >>> from finetune import make_shapes
+    >>> root = str(make_shapes(tempfile.mkdtemp(), per_class=1, val_per_class=1, size=16))
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     warn_unused_val_split(root, 0.3); warn_unused_val_split(root, 0.1)
+    >>> err.getvalue().count("warning"), "--val-split 0.3 is not used" in err.getvalue()
+    (1, True)
+    """
+    from finetune.data.samples import split_is_drawn
+
+    if val_split == TrainConfig.val_split:
+        return
+    path = Path(data)
+    if data == "shapes":
+        from finetune.data.shapes import shapes_root
+
+        path = shapes_root()
+    if not split_is_drawn(path):
+        where = "its own val/ folder" if path.is_dir() else "the rows its split column marks 'val'"
+        warn(f"--val-split {val_split:g} is not used: '{data}' has a validation split of its own ({where}), "
+             "which is what validates; leave --val-split out, or give data without one")
+
+
 @contextlib.contextmanager
 def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
     """Hold an exclusive ``flock`` on the run directory while a run writes it: a second ``finetune train``
@@ -816,6 +843,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
     if first_alone and not ddp.main:  # alone, or the others would read images it is still writing (and write them too)
         ddp.barrier()
     train_samples, val_samples = resolve_data(cfg.data, cfg.val_split, cfg.seed)
+    warn_unused_val_split(cfg.data, cfg.val_split)
     if first_alone and ddp.main:
         ddp.barrier()
     if ddp.enabled:  # processes that see other data would take other numbers of steps and wait for each other forever
