@@ -1,0 +1,26 @@
+"""--layer-decay when only the head trains and --bn when nothing is frozen change nothing: the run says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import run_here
+
+TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--epochs", "1",
+        "--max-steps", "1", "--device", "cpu", "-q"]
+
+
+def test_layer_decay_with_a_linear_probe_is_named_as_doing_nothing(tmp_path: Path) -> None:
+    res = run_here("train", "--linear-probe", "--layer-decay", "0.7", "--out", str(tmp_path / "r"), *TINY)
+    assert res.returncode == 0, res.stderr
+    assert "--layer-decay 0.7 changes nothing" in res.stderr
+
+
+def test_bn_policy_with_nothing_frozen_is_named_as_doing_nothing_and_is_quiet_when_it_applies(tmp_path: Path) -> None:
+    res = run_here("train", "--bn", "eval", "--out", str(tmp_path / "a"), *TINY)
+    assert res.returncode == 0, res.stderr
+    assert "--bn eval changes nothing" in res.stderr
+    res = run_here("train", "--bn", "eval", "--freeze", "layer1", "--layer-decay", "0.7", "--out", str(tmp_path / "b"),
+                   *TINY)
+    assert res.returncode == 0, res.stderr
+    assert "changes nothing" not in res.stderr
