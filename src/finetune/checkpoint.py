@@ -66,6 +66,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
@@ -905,6 +906,9 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], final: Path, metadata
     from safetensors.torch import save_file
 
     with _replacing(final) as tmp:
+        # the mode a new file gets under the umask, as torch.save's: safetensors' own write leaves it 0600
+        open(tmp, "xb").close()
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
         try:
             save_file(dict(tensors), str(tmp), metadata=metadata)
         except SafetensorError as e:  # an I/O error as safetensors reports it: "... I/O error: ... (os error 28)"
@@ -913,6 +917,7 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], final: Path, metadata
                 raise
             code = int(found.group(1))
             raise OSError(code, os.strerror(code), str(final)) from e
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
 
@@ -982,9 +987,38 @@ def _check_zip(path: Path) -> str | None:
             return f"checksum mismatch ({e}): the file is corrupt"
         if _looks_like_safetensors(path):
             return f"a safetensors file of weights, not a finetune checkpoint{_OTHER_FILE_HINT}"
-        return "truncated or not a checkpoint (no complete zip directory)"
+        return _other_kind(path) or "truncated or not a checkpoint (no complete zip directory)"
     except (OSError, EOFError, ValueError) as e:
         return f"unreadable: {_first_line(e)}"
+    return _other_kind(path)
+
+
+#: files ``torch.load(weights_only=True)`` cannot read as a finetune checkpoint, by what finetune.weights reads them as
+_OTHER_KINDS = {"torchscript": "a TorchScript archive (a whole compiled model)", "pt2": "a torch.export archive (.pt2)",
+                "pickle": "a legacy (not zip) torch.save file", "raw pickle": "a plain pickle file",
+                "npz": "a NumPy .npz archive of weights", "index": "the index of a sharded checkpoint"}
+
+
+def _other_kind(path: Path) -> str | None:
+    """What a file of weights that is no finetune checkpoint is, one line with what to do (a TorchScript
+    archive, a legacy torch.save file, ...); None for a torch zip file, which may be one, and for anything else.
+
+    >>> import pathlib, tempfile, torch
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> torch.save({"w": torch.ones(1)}, d / "old.pt", _use_new_zipfile_serialization=False)
+    >>> _other_kind(d / "old.pt").split(";")[0]
+    'a legacy (not zip) torch.save file, not a finetune checkpoint'
+    >>> torch.save({"w": torch.ones(1)}, d / "new.pt"); _other_kind(d / "new.pt") is None
+    True
+    """
+    from finetune.weights.formats import sniff
+
+    try:
+        kind = sniff(path)
+    except (OSError, ValueError):
+        return None
+    if kind in _OTHER_KINDS:
+        return f"{_OTHER_KINDS[kind]}, not a finetune checkpoint{_OTHER_FILE_HINT}"
     return None
 
 

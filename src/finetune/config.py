@@ -704,10 +704,14 @@ def checkpoint_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
     >>> checkpoint_settings(path)
     {'lr': 0.05, 'epochs': 3}
     """
+    import warnings
+
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # (torch's warning about a TorchScript archive: the resume says what it is)
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # (not a zip-format torch file, unreadable, ...: reported when it is loaded to resume)
         return {}
     saved = state.get("config") if isinstance(state, dict) else None
