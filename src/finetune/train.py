@@ -881,10 +881,6 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
                             f"{ddp.world} processes: fewer than one batch of {cfg.batch_size} each (--batch-size is "
                             "per process): lower --batch-size or start fewer processes")
         raise DataError(f"the training split has {len(train_samples)} images, fewer than one batch of {cfg.batch_size}")
-    if len(train_samples) < cfg.batch_size * ddp.world and resume_state is None:
-        warn(f"the training split has {len(train_samples)} images, fewer than --batch-size {cfg.batch_size}"
-             f"{' x ' + str(ddp.world) + ' processes' if ddp.enabled else ''}: every epoch is one small batch "
-             "(one optimizer step); a lower --batch-size gives more steps per epoch")
 
     # ---- model and what trains (a resumed run's weights come from its checkpoint, below)
     model = build_model(cfg, len(classes), device, pretrained=resume_state is None, quiet=quiet, classes=classes)
@@ -912,6 +908,11 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
     optimizer = make_optimizer(param_groups(model, cfg.lr, lr_mult=cfg.lr_mult or None, layer_decay=cfg.layer_decay,
                                             weight_decay=cfg.weight_decay), cfg)
     check_some_lr(optimizer, cfg)
+    # (a warning, so after the errors of the model, its weights and the patterns: bad input stays one line)
+    if len(train_samples) < cfg.batch_size * ddp.world and resume_state is None:
+        warn(f"the training split has {len(train_samples)} images, fewer than --batch-size {cfg.batch_size}"
+             f"{' x ' + str(ddp.world) + ' processes' if ddp.enabled else ''}: every epoch is one small batch "
+             "(one optimizer step); a lower --batch-size gives more steps per epoch")
     later = [pattern for pattern, _ in parse_unfreeze(cfg.unfreeze, cfg.epochs)]
     for pattern in frozen_only_patterns(model, cfg.lr_mult, unfrozen_later=later):
         warn(f"--lr-mult {pattern}={cfg.lr_mult[pattern]:g} changes nothing: every parameter it names is frozen "
