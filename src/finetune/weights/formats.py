@@ -112,7 +112,9 @@ def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Any], *, trust
     path = Path(source).expanduser()  # ('~/x.pth' from Python: the shell expands it only on a command line)
     name = str(path)
     if not path.exists():
-        raise CheckpointError(f"{name}: no such file or folder")
+        named = ("" if len(path.parts) > 1 or path.suffix else
+                 " (weights by name are 'torchvision', 'torchvision:TAG' or 'timm:NAME')")  # a bare word
+        raise CheckpointError(f"{name}: no such file or folder{named}")
     if path.is_dir():
         return _read_folder(path, trust=trust)
     kind = sniff(path)
