@@ -276,3 +276,10 @@ def test_maps_on_cuda_equal_the_cpu_maps(method: str) -> None:
         on_gpu = class_activation_maps(model.cuda(), x.cuda(), method=method, classes=[0, 1, 2])
     assert on_gpu.maps.is_cuda and on_gpu.layer == on_cpu.layer
     assert (on_gpu.maps.cpu() - on_cpu.maps).abs().max() < 1e-3  # (cuDNN's and the CPU's kernels differ a little)
+
+
+@pytest.mark.parametrize("alpha", ["2", "-1", "nan"])
+def test_cam_alpha_outside_0_1_is_one_message_at_parse_time(tmp_path: Path, alpha: str) -> None:
+    res = run_here("cam", "--checkpoint", str(tmp_path / "none.pt"), "--alpha", alpha, str(tmp_path / "x.jpg"))
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"finetune: error: argument --alpha: must be a number from 0 to 1, got '{alpha}'")

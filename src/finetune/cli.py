@@ -18,7 +18,14 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import finetune
-from finetune.config import int_at_least, non_empty, positive_float, worker_count, workers_value
+from finetune.config import (
+    fraction,
+    int_at_least,
+    non_empty,
+    positive_float,
+    worker_count,
+    workers_value,
+)
 from finetune.errors import (
     ConfigError,
     FinetuneError,
@@ -540,7 +547,7 @@ def _add_cam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", type=non_empty, metavar="CLASS", help="explain this class instead of each prediction")
     p.add_argument("--out", type=non_empty, metavar="DIR", help="output folder (default: RUN/cam/METHOD)")
     p.add_argument("--limit", type=int_at_least(1), default=32, help="at most this many images (32)")
-    p.add_argument("--alpha", type=positive_float, default=0.5, help="weight of the heat map in the overlay (0.5)")
+    p.add_argument("--alpha", type=fraction, default=0.5, help="weight of the heat map in the overlay (0.5)")
     p.add_argument("--batch-size", type=int_at_least(1), default=16, help="(16)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(auto: cuda when there is one)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")

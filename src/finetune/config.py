@@ -859,6 +859,24 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """An argparse ``type=``: a number from 0 to 1.
+
+    >>> fraction("0.5")
+    0.5
+    >>> fraction("2")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a number from 0 to 1, got '2'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # (nan too)
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
+
+
 MAX_SEED = 2**32 - 1  # numpy's and most libraries' seed range; torch overflows on larger ones
 
 
