@@ -204,7 +204,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     p.add_argument("--seed", type=int, help="random seed of the split, initialisation and data order (0)")
     p.add_argument("--out", type=non_empty, metavar="RUN_DIR", help="run directory (default: runs/<model>-<data>-<time>)")
-    p.add_argument("--resume", type=non_empty, metavar="auto|PATH", help="continue from the newest checkpoint in --out, or from a file")
+    p.add_argument("--resume", type=non_empty, metavar="auto|PATH", help="continue from the newest checkpoint in --out, from a file, or from a run directory (its newest checkpoint; --out: that directory)")
     p.add_argument("--keep-last", type=int, help="how many recent checkpoints to keep (3)")
     p.add_argument("--save-every-steps", type=int, metavar="N", help="also checkpoint every N optimizer steps")
     p.add_argument("--save-every-minutes", type=float, metavar="M", help="also checkpoint every M minutes")

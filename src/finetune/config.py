@@ -636,6 +636,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              if getattr(args, f.name, None) is not None}
     given = settings(_read_yaml(config), str(config)) if config is not None else {}  # the --config file's
     ignored = given.pop("resume", None)
+    if flags.get("resume") not in (None, "auto") and Path(flags["resume"]).is_dir():
+        # a run directory (or its checkpoints/), as eval/predict/cam take one: its newest complete checkpoint,
+        # continued in that directory unless --out says otherwise
+        run_dir, newest = resume_dir_checkpoint(Path(flags["resume"]))
+        flags["resume"] = str(newest)
+        if "out" not in flags and "out" not in given:
+            flags["out"] = str(run_dir)
     resume, out = flags.get("resume"), flags.get("out", given.get("out"))
     if ignored is not None and resume is None:  # (a run's config.yaml records how it was last started: not a wish)
         warnings.warn(f"{config}: resume: {ignored} is not taken from a config file (a run's config.yaml records "
@@ -690,6 +697,29 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         check_config_outside_run(Path(config), Path(cfg.out))
     check_run_dir(cfg)
     return cfg
+
+
+def resume_dir_checkpoint(directory: Path) -> tuple[Path, Path]:
+    """``--resume DIR``: the run directory DIR (or DIR/.. for a ``checkpoints`` folder) and its newest
+    complete checkpoint, as ``--resume auto`` would pick it; a directory without one is a ConfigError.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> resume_dir_checkpoint(Path(tempfile.mkdtemp()))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: --resume '...': no complete checkpoint in '...checkpoints': give a checkpoint file, or the run directory with --out RUN_DIR --resume auto
+    """
+    from finetune.checkpoint import CHECKPOINT_DIR, Checkpointer
+
+    run_dir = directory.parent if directory.name == CHECKPOINT_DIR and not (directory / CHECKPOINT_DIR).is_dir() \
+        else directory
+    with warnings.catch_warnings():  # (a damaged newest file is skipped as --resume auto skips it)
+        warnings.simplefilter("ignore")
+        newest = Checkpointer(run_dir).latest()
+    if newest is None:
+        raise ConfigError(f"--resume '{directory}': no complete checkpoint in '{run_dir / CHECKPOINT_DIR}': give a "
+                          "checkpoint file, or the run directory with --out RUN_DIR --resume auto")
+    return run_dir, newest
 
 
 def checkpoint_settings(path: str | os.PathLike[str]) -> dict[str, Any]:

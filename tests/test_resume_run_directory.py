@@ -1,0 +1,51 @@
+"""`--resume RUN_DIR`: eval, predict and cam take a run directory for a checkpoint; `train --resume` said
+"checkpoint 'RUN_DIR': unreadable: [Errno 21] Is a directory". It now continues that run from its newest
+complete checkpoint (what `--out RUN_DIR --resume auto` picks), bitwise as the uninterrupted run."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import error_line, run_cli
+from finetune.data.shapes import make_shapes
+
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shapes(tmp_path_factory.mktemp("shapes"), per_class=2, val_per_class=1, size=32)
+
+
+def args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "-q", "--data", str(data), "--model", "resnet18", "--img-size", "32", "--batch-size", "4",
+            "--epochs", "1", "--workers", "0", "--device", "cpu", "--optimizer", "sgd", "--out", str(out), *extra]
+
+
+def result(run: Path) -> tuple[dict, list]:
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    metrics = [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+               for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return state["model"], metrics
+
+
+@pytest.mark.parametrize("where", ["run", "checkpoints"])
+def test_resume_a_run_directory_continues_it_exactly(data: Path, tmp_path: Path, where: str) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli(*args(data, full), env=ENV).returncode == 0
+    assert run_cli(*args(data, cut, "--max-steps", "2"), env=ENV).returncode == 0
+    target = cut if where == "run" else cut / "checkpoints"
+    res = run_cli("train", "-q", "--resume", str(target), env=ENV)  # no --out: the run's own directory
+    assert res.returncode == 0, res.stderr
+    (a, ma), (b, mb) = result(full), result(cut)
+    assert ma == mb and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_a_directory_without_checkpoints_is_one_error_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_cli("train", "--resume", str(empty), env=ENV)
+    assert res.returncode == 2
+    assert "no complete checkpoint in" in error_line(res) and "Is a directory" not in res.stderr
