@@ -24,3 +24,12 @@ def test_bn_policy_with_nothing_frozen_is_named_as_doing_nothing_and_is_quiet_wh
                    *TINY)
     assert res.returncode == 0, res.stderr
     assert "changes nothing" not in res.stderr
+
+
+def test_dropout_with_a_linear_probe_is_named_as_doing_nothing(tmp_path: Path) -> None:
+    import timm  # noqa: F401  (the test's model)
+
+    args = [a if a != "resnet18" else "timm:resnet10t" for a in TINY]
+    res = run_here("train", "--linear-probe", "--dropout", "0.3", "--out", str(tmp_path / "r"), *args)
+    assert res.returncode == 0, res.stderr
+    assert "--dropout 0.3 changes nothing with --linear-probe" in res.stderr

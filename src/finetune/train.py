@@ -1804,7 +1804,8 @@ def unused_freeze_flags(model: nn.Module, optimizer: torch.optim.Optimizer, cfg:
                         unfrozen_later: bool) -> list[str]:
     """What ``--layer-decay`` and ``--bn`` would silently not do: the decay when every trained parameter gets the
     same learning rate from it (only the head trains, ``--linear-probe``), a BatchNorm policy other than the
-    default when nothing is frozen (it applies to frozen parts only). Nothing when ``--unfreeze`` trains more later.
+    default when nothing is frozen (it applies to frozen parts only), dropout / drop-path with ``--linear-probe``
+    (off in the frozen backbone and before its head). Nothing when ``--unfreeze`` trains more later.
 
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
     >>> cfg = TrainConfig(bn="train")
@@ -1817,6 +1818,11 @@ def unused_freeze_flags(model: nn.Module, optimizer: torch.optim.Optimizer, cfg:
     if cfg.layer_decay is not None and cfg.layer_decay < 1 and len({g["lr"] for g in optimizer.param_groups}) == 1:
         notes.append(f"--layer-decay {cfg.layer_decay:g} changes nothing: every parameter that trains gets the same "
                      "learning rate from it (only the top layers train); drop it, or train more layers")
+    if cfg.linear_probe:  # (the head's input is the frozen backbone's, as --cache-features computes it)
+        notes += [f"--{flag.replace('_', '-')} {value:g} changes nothing with --linear-probe: dropout and drop-path "
+                  "are off in a frozen backbone and before its head, so that the probe sees the features "
+                  "--cache-features would; drop it, or unfreeze layers" for flag in ("dropout", "drop_path")
+                  if (value := getattr(cfg, flag)) is not None and value > 0]
     if cfg.bn != TrainConfig.bn and all(p.requires_grad for p in model.parameters()):
         notes.append(f"--bn {cfg.bn} changes nothing: no parameter is frozen, and the policy applies to frozen "
                      "parts (BatchNorm layers that train are in training mode); drop it, or freeze something")
