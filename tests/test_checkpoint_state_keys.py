@@ -44,3 +44,17 @@ def test_an_averaged_model_is_saved_with_clean_keys_and_loads_back(tmp_path: Pat
     fresh = AveragedModel(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
     assert load_model_state(fresh, saved) == ([], [])
     assert int(fresh.n_averaged) == 1 and torch.equal(fresh.module[0].weight, net[0].weight)
+
+
+def test_an_averaged_model_saved_with_clean_keys_reads_as_weights_without_its_counter(tmp_path: Path) -> None:
+    # n_averaged is AveragedModel's update count, no weight: convert --ema must not write it into weights files,
+    # and load_weights must not report it as unexpected (as with the 'module.*' keys saved before)
+    from torch.optim.swa_utils import AveragedModel
+
+    from finetune.weights import read_checkpoint
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = AveragedModel(net)
+    ema.update_parameters(net)
+    path = Checkpointer(tmp_path).save(model=net, ema=ema, epoch=0, step=1)
+    assert sorted(read_checkpoint(path).ema) == sorted(net.state_dict())

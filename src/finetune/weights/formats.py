@@ -483,8 +483,12 @@ def _unwrap(ck: Checkpoint) -> Checkpoint:
 
 
 def _unwrap_sd(sd: StateDict) -> tuple[StateDict, list[str]]:
-    if "n_averaged" in sd and all(k.startswith("module.") for k in sd if k != "n_averaged"):
-        sd = {k: v for k, v in sd.items() if k != "n_averaged"}  # torch.optim.swa_utils.AveragedModel
+    count = sd.get("n_averaged")
+    if count is not None and (all(k.startswith("module.") for k in sd if k != "n_averaged")
+                              or (isinstance(count, Tensor) and count.ndim == 0 and not count.is_floating_point())):
+        # torch.optim.swa_utils.AveragedModel's counter: beside 'module.*' keys, or beside the model's own
+        # names (finetune's Checkpointer saves an AveragedModel with clean keys)
+        sd = {k: v for k, v in sd.items() if k != "n_averaged"}
     mapping, removed = unwrap_names(sd)
     return {mapping[k]: v for k, v in sd.items()}, removed
 
