@@ -49,3 +49,19 @@ def test_resume_a_directory_without_checkpoints_is_one_error_line(tmp_path: Path
     res = run_cli("train", "--resume", str(empty), env=ENV)
     assert res.returncode == 2
     assert "no complete checkpoint in" in error_line(res) and "Is a directory" not in res.stderr
+
+
+def test_resume_a_run_directory_names_the_damaged_checkpoints_it_skips(tmp_path: Path) -> None:
+    # as --resume auto does: a newer checkpoint passed over in silence would read as a run that lost its last epochs
+    import argparse
+
+    from finetune.checkpoint import Checkpointer, CheckpointWarning
+    from finetune.config import config_from_args
+
+    ckpt = Checkpointer(tmp_path)
+    good = ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 1})
+    bad = ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": 2})
+    bad.write_bytes(bad.read_bytes()[:-10])
+    with pytest.warns(CheckpointWarning, match=f"skipping checkpoint '{bad}': truncated"):
+        cfg = config_from_args(argparse.Namespace(resume=str(tmp_path)))
+    assert cfg.resume == str(good) and cfg.out == str(tmp_path)

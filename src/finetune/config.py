@@ -713,9 +713,7 @@ def resume_dir_checkpoint(directory: Path) -> tuple[Path, Path]:
 
     run_dir = directory.parent if directory.name == CHECKPOINT_DIR and not (directory / CHECKPOINT_DIR).is_dir() \
         else directory
-    with warnings.catch_warnings():  # (a damaged newest file is skipped as --resume auto skips it)
-        warnings.simplefilter("ignore")
-        newest = Checkpointer(run_dir).latest()
+    newest = Checkpointer(run_dir).latest()  # (a damaged newer file is skipped and named, as --resume auto does)
     if newest is None:
         raise ConfigError(f"--resume '{directory}': no complete checkpoint in '{run_dir / CHECKPOINT_DIR}': give a "
                           "checkpoint file, or the run directory with --out RUN_DIR --resume auto")
