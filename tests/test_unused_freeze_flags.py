@@ -33,3 +33,33 @@ def test_dropout_with_a_linear_probe_is_named_as_doing_nothing(tmp_path: Path) -
     res = run_here("train", "--linear-probe", "--dropout", "0.3", "--out", str(tmp_path / "r"), *args)
     assert res.returncode == 0, res.stderr
     assert "--dropout 0.3 changes nothing with --linear-probe" in res.stderr
+
+
+def test_bn_policy_of_frozen_batchnorm_layers_whose_affine_parameters_train_is_not_named_as_doing_nothing() -> None:
+    # --freeze '*bn*' --bn eval: the BatchNorm statistics stay fixed while their affine parameters train, so every
+    # parameter trains but the policy applies (the default would freeze those parameters too)
+    import torchvision
+
+    from finetune import TrainConfig
+    from finetune.train import apply_freezing, unused_freeze_flags
+
+    model = torchvision.models.resnet18(num_classes=2)
+    cfg = TrainConfig(freeze=["*bn*"], bn="eval")
+    apply_freezing(model, cfg)
+    assert all(p.requires_grad for p in model.parameters())
+    assert unused_freeze_flags(model, cfg, unfrozen_later=False) == []
+
+
+def test_layer_decay_evened_out_by_an_lr_mult_is_not_named_as_doing_nothing() -> None:
+    # layer4 at 0.5 from the decay, x2 from --lr-mult: the lr of fc; without the decay it would train at 2x
+    import torchvision
+
+    from finetune import TrainConfig
+    from finetune.freeze import param_groups
+    from finetune.train import apply_freezing, unused_freeze_flags
+
+    model = torchvision.models.resnet18(num_classes=2)
+    cfg = TrainConfig(train_only=["layer4", "fc"], layer_decay=0.5, lr_mult={"layer4": 2.0})
+    apply_freezing(model, cfg)
+    assert len({g["lr"] for g in param_groups(model, 0.1, lr_mult=cfg.lr_mult, layer_decay=0.5)}) == 1
+    assert unused_freeze_flags(model, cfg, unfrozen_later=False) == []

@@ -917,7 +917,7 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
     for pattern in frozen_only_patterns(model, cfg.lr_mult, unfrozen_later=later):
         warn(f"--lr-mult {pattern}={cfg.lr_mult[pattern]:g} changes nothing: every parameter it names is frozen "
              f"(unfreeze them, e.g. --unfreeze {pattern}@EPOCH, or drop it)")
-    for note in unused_freeze_flags(model, optimizer, cfg, unfrozen_later=bool(later)):
+    for note in unused_freeze_flags(model, cfg, unfrozen_later=bool(later)):
         warn(note)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     loss_weight = class_weights(readable_labels(train_samples, cfg.class_weights) if cfg.class_weights != "none"
@@ -1800,8 +1800,7 @@ def log_feature_maps(log: RunLog, model: nn.Module, batch: torch.Tensor, step: i
         log.images(f"features/{name}", feature_grid(fmap)[None], step)
 
 
-def unused_freeze_flags(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, *,
-                        unfrozen_later: bool) -> list[str]:
+def unused_freeze_flags(model: nn.Module, cfg: TrainConfig, *, unfrozen_later: bool) -> list[str]:
     """What ``--layer-decay`` and ``--bn`` would silently not do: the decay when every trained parameter gets the
     same learning rate from it (only the head trains, ``--linear-probe``), a BatchNorm policy other than the
     default when nothing is frozen (it applies to frozen parts only), dropout / drop-path with ``--linear-probe``
@@ -1809,13 +1808,17 @@ def unused_freeze_flags(model: nn.Module, optimizer: torch.optim.Optimizer, cfg:
 
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
     >>> cfg = TrainConfig(bn="train")
-    >>> unused_freeze_flags(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg, unfrozen_later=False)[0][:47]
+    >>> unused_freeze_flags(net, cfg, unfrozen_later=False)[0][:47]
     '--bn train changes nothing: no parameter is fro'
     """
+    from finetune.freeze import _bn_layers, _in_frozen_part, param_groups, unwrap
+
     if unfrozen_later:
         return []
     notes = []
-    if cfg.layer_decay is not None and cfg.layer_decay < 1 and len({g["lr"] for g in optimizer.param_groups}) == 1:
+    # (the decay's own multipliers: an --lr-mult that evens out what it gives two depths does not undo it)
+    if cfg.layer_decay is not None and cfg.layer_decay < 1 and len(
+            {g["lr_mult"] for g in param_groups(model, 1.0, layer_decay=cfg.layer_decay)}) == 1:
         notes.append(f"--layer-decay {cfg.layer_decay:g} changes nothing: every parameter that trains gets the same "
                      "learning rate from it (only the top layers train); drop it, or train more layers")
     if cfg.linear_probe:  # (the head's input is the frozen backbone's, as --cache-features computes it)
@@ -1823,7 +1826,9 @@ def unused_freeze_flags(model: nn.Module, optimizer: torch.optim.Optimizer, cfg:
                   "are off in a frozen backbone and before its head, so that the probe sees the features "
                   "--cache-features would; drop it, or unfreeze layers" for flag in ("dropout", "drop_path")
                   if (value := getattr(cfg, flag)) is not None and value > 0]
-    if cfg.bn != TrainConfig.bn and all(p.requires_grad for p in model.parameters()):
+    # (a frozen part may have no frozen parameter left: --freeze '*.bn*' --bn eval trains their affine parameters)
+    if cfg.bn != TrainConfig.bn and all(p.requires_grad for p in model.parameters()) \
+            and not any(_in_frozen_part(bn) for _, bn in _bn_layers(unwrap(model))):
         notes.append(f"--bn {cfg.bn} changes nothing: no parameter is frozen, and the policy applies to frozen "
                      "parts (BatchNorm layers that train are in training mode); drop it, or freeze something")
     return notes
