@@ -69,3 +69,28 @@ def test_a_wrapper_three_levels_down_in_the_file_is_unwrapped() -> None:
     report = load_weights(target, {"a.b.c.module." + k: v for k, v in source.state_dict().items()})  # DDP, held deep
     assert len(report.loaded) == 4, str(report)
     assert torch.equal(target[0].weight, source[0].weight)
+
+
+class ScaledResidual(nn.Module):  # a layer's `module` beside a parameter of its own (a layer scale)
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = nn.Linear(4, 4)
+        self.gamma = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gamma * self.module(x)
+
+
+def test_a_layers_module_beside_a_parameter_the_file_lacks_still_loads() -> None:
+    # in the file (no layer scales) `module` is an only child, in the model it is not: unwrapping it at any depth
+    # on the file's side alone would leave every layer unloaded
+    torch.manual_seed(0)
+    # (three levels down, as in timm's models: blocks.0.0.module; within two levels read_checkpoint takes it for
+    # a DataParallel wrapper before the model is seen)
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Sequential(nn.Sequential(ScaledResidual(), ScaledResidual())), nn.Linear(4, 2))
+
+    source, target = net(), net()
+    report = load_weights(target, {k: v for k, v in source.state_dict().items() if "gamma" not in k})
+    assert len(report.loaded) == 6 and sorted(report.missing) == ["0.0.0.gamma", "0.0.1.gamma"], str(report)
+    assert torch.equal(target[0][0][1].module.weight, source[0][0][1].module.weight)

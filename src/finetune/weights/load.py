@@ -25,7 +25,7 @@ from finetune.errors import NothingMatchedError, WeightsError
 from finetune.weights import sources
 from finetune.weights.dinov2_names import from_dinov2
 from finetune.weights.formats import Checkpoint, read_checkpoint
-from finetune.weights.keys import apply_renames, matches, unwrap_names
+from finetune.weights.keys import MAX_WRAPPER_DEPTH, apply_renames, matches, unwrap_names
 from finetune.weights.open_clip_names import from_open_clip
 from finetune.weights.transformers_names import from_transformers
 
@@ -784,8 +784,7 @@ def load_weights(
 
     # (a module's get_extra_state() entry, '..._extra_state', is no tensor: load_state_dict leaves it alone)
     model_sd = {k: v for k, v in model.state_dict().items() if isinstance(v, Tensor)}
-    # a `module` is unwrapped at any depth here, in the model and (below) the file's names alike: a file's prefix
-    # (Lightning's 'model.net.') puts a layer's own `module` deeper there than in the model
+    # (the conversions below see the model's names unwrapped at any depth; the depth that matches is chosen after)
     model_clean, _ = unwrap_names(model_sd, max_depth=None)
     model_wrappers = unwrap_names(model_sd)[1]  # (those the report names: iFormer's deep `module`s are no wrappers)
     clean_to_key = {c: k for k, c in model_clean.items()}
@@ -810,10 +809,23 @@ def load_weights(
     if scales:
         report.notes.append(f"{scales} layer scales under DeiT III's names ('gamma_1' / 'gamma_2' for timm's "
                             "'ls1.gamma' / 'ls2.gamma', as timm renames them)")
-    deep, _ = unwrap_names(renamed.values(), max_depth=None)  # (read_checkpoint's stop at MAX_WRAPPER_DEPTH)
-    renamed = {k: deep[n] for k, n in renamed.items()}
-    prefix_map, *equally_good = aligned({renamed[k]: tuple(v.shape) for k, v in file_sd.items()}, model_shapes,
-                                        children=child_names(model))
+    # a `module` that is its parent's only child is unwrapped at any depth on both sides (a file's prefix, such as
+    # Lightning's 'model.net.', puts a layer's own `module` deeper there than in the model), or, when that fits
+    # fewer tensors (a `module` beside a parameter the file lacks), only near the top, as read_checkpoint does
+    best: tuple[int, dict[str, str], dict[str, str], list[PrefixMap | ChildIndexMap]] | None = None
+    for depth in (None, MAX_WRAPPER_DEPTH):
+        model_names = unwrap_names(model_sd, max_depth=depth)[0]
+        shapes = {c: tuple(model_sd[k].shape) for k, c in model_names.items()}
+        file_names = unwrap_names(renamed.values(), max_depth=depth)[0]
+        names_now = {k: file_names[n] for k, n in renamed.items()}
+        maps = aligned({names_now[k]: tuple(v.shape) for k, v in file_sd.items()}, shapes, children=child_names(model))
+        fits = sum(shapes.get(maps[0](names_now[k])) == tuple(v.shape) for k, v in file_sd.items())
+        if best is None or fits > best[0]:
+            best = (fits, model_names, names_now, maps)
+    assert best is not None
+    _, model_clean, renamed, (prefix_map, *equally_good) = best
+    clean_to_key = {c: k for k, c in model_clean.items()}
+    model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
     if equally_good and not rename:
         report.notes.append(f"other keys of the file fit as well: {', '.join(str(m) for m in equally_good[:3])} "
                             f"(loaded: {prefix_map}; rename={{regex: replacement}} chooses another)")
