@@ -15,3 +15,11 @@ def test_a_bare_word_that_is_no_file_is_told_the_named_sources(tmp_path, monkeyp
         read_checkpoint("timmm")
     with pytest.raises(CheckpointError, match=r"^runs/a/best.pt: no such file or folder$"):
         read_checkpoint("runs/a/best.pt")
+
+
+def test_a_timm_tag_that_is_no_file_is_told_the_named_sources(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"'timm:NAME'\)$"):
+        read_checkpoint("resnet50.a1_in1k")
+    with pytest.raises(CheckpointError, match=r"^weights.pth: no such file or folder$"):
+        read_checkpoint("weights.pth")

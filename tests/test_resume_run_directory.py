@@ -65,3 +65,13 @@ def test_resume_a_run_directory_names_the_damaged_checkpoints_it_skips(tmp_path:
     with pytest.warns(CheckpointWarning, match=f"skipping checkpoint '{bad}': truncated"):
         cfg = config_from_args(argparse.Namespace(resume=str(tmp_path)))
     assert cfg.resume == str(good) and cfg.out == str(tmp_path)
+
+
+def test_resume_dot_inside_the_checkpoints_folder_takes_its_run(tmp_path: Path, monkeypatch) -> None:
+    from finetune.checkpoint import Checkpointer
+    from finetune.config import resume_dir_checkpoint
+
+    newest = Checkpointer(tmp_path / "run").save({"w": torch.zeros(1), "epoch": 0, "step": 1})
+    monkeypatch.chdir(tmp_path / "run" / "checkpoints")
+    run_dir, found = resume_dir_checkpoint(Path("."))
+    assert run_dir.resolve() == (tmp_path / "run").resolve() and found.resolve() == newest.resolve()

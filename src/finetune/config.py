@@ -711,8 +711,9 @@ def resume_dir_checkpoint(directory: Path) -> tuple[Path, Path]:
     """
     from finetune.checkpoint import CHECKPOINT_DIR, Checkpointer
 
-    run_dir = directory.parent if directory.name == CHECKPOINT_DIR and not (directory / CHECKPOINT_DIR).is_dir() \
-        else directory
+    run_dir = directory
+    if directory.absolute().name == CHECKPOINT_DIR and not (directory / CHECKPOINT_DIR).is_dir():  # ('.' in it too)
+        run_dir = directory.parent if directory.name == CHECKPOINT_DIR else directory.absolute().parent
     newest = Checkpointer(run_dir).latest()  # (a damaged newer file is skipped and named, as --resume auto does)
     if newest is None:
         raise ConfigError(f"--resume '{directory}': no complete checkpoint in '{run_dir / CHECKPOINT_DIR}': give a "

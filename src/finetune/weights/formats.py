@@ -112,8 +112,8 @@ def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Any], *, trust
     path = Path(source).expanduser()  # ('~/x.pth' from Python: the shell expands it only on a command line)
     name = str(path)
     if not path.exists():
-        named = ("" if len(path.parts) > 1 or path.suffix else
-                 " (weights by name are 'torchvision', 'torchvision:TAG' or 'timm:NAME')")  # a bare word
+        named = ("" if len(path.parts) > 1 or path.suffix.lower() in _FILE_SUFFIXES else  # a bare word, a timm tag
+                 " (weights by name are 'torchvision', 'torchvision:TAG' or 'timm:NAME')")
         raise CheckpointError(f"{name}: no such file or folder{named}")
     if path.is_dir():
         return _read_folder(path, trust=trust)
@@ -183,6 +183,10 @@ def sniff(path: Path) -> str:
 
 
 #: how to get weights finetune reads out of another framework's model file
+#: the endings of weights files (a name without one, such as 'resnet50.a1_in1k', may be meant as a source's name)
+_FILE_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".tar", ".npz", ".pkl", ".pickle", ".pt2", ".h5",
+                  ".onnx", ".keras", ".json", ".gz", ".zip", ".msgpack", ".model"}
+
 _NOT_TORCH = ("finetune reads PyTorch weights (torch.save, safetensors, TorchScript): load the network's PyTorch "
               "weights instead, or convert it to PyTorch and save its state_dict()")
 
