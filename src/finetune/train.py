@@ -1801,10 +1801,11 @@ def log_feature_maps(log: RunLog, model: nn.Module, batch: torch.Tensor, step: i
 
 
 def unused_freeze_flags(model: nn.Module, cfg: TrainConfig, *, unfrozen_later: bool) -> list[str]:
-    """What ``--layer-decay`` and ``--bn`` would silently not do: the decay when every trained parameter gets the
-    same learning rate from it (only the head trains, ``--linear-probe``), a BatchNorm policy other than the
-    default when nothing is frozen (it applies to frozen parts only), dropout / drop-path with ``--linear-probe``
-    (off in the frozen backbone and before its head). Nothing when ``--unfreeze`` trains more later.
+    """What ``--layer-decay``, ``--bn``, ``--dropout`` and ``--drop-path`` would silently not do: the decay when
+    every trained parameter gets the same learning rate from it (only the head trains, ``--linear-probe``), a
+    BatchNorm policy other than the default when nothing is frozen (it applies to frozen parts only), dropout /
+    drop-path with ``--linear-probe`` (off in the frozen backbone and before its head). Nothing when
+    ``--unfreeze`` trains more later.
 
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
     >>> cfg = TrainConfig(bn="train")
