@@ -42,6 +42,7 @@ import random
 import re
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -1236,16 +1237,29 @@ class Loader:
                 close()
 
 
+# a signal this soon after the first is the same stop delivered again, not a second request: a scheduler
+# that signals every process of the job (systemd, Slurm) and torchrun, which passes its SIGTERM on to each
+# process's group, reach a data worker of a torchrun process twice
+SAME_STOP_S = 5.0
+
+
 def _outlive_one_signal(_worker_id: int) -> None:
     """In a data worker: ignore the first SIGTERM / SIGINT. A scheduler's preemption (SIGTERM to
     the whole process group) or Ctrl-C reaches the workers too; torch's own worker handler
     dies of an outside SIGTERM, and the main process then fails in the middle of its step
     ("DataLoader worker is killed by signal") instead of finishing it and saving. The main
-    process stops the workers itself; a second signal acts as usual."""
+    process stops the workers itself; a second signal acts as usual, once :data:`SAME_STOP_S`
+    have passed since the first (before that it is the same stop, delivered twice)."""
+    first: list[float] = []
 
     def once(signum: int, frame: Any) -> None:
+        if not first:
+            first.append(time.monotonic())
+        if time.monotonic() - first[0] < SAME_STOP_S:
+            return
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.kill(os.getpid(), signum)  # (this one acts as usual: SIGTERM ends the worker, SIGINT raises)
 
     signal.signal(signal.SIGTERM, once)
     signal.signal(signal.SIGINT, once)
