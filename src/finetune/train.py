@@ -1313,7 +1313,9 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
         message = stop_message(run_dir, epoch + 1, step)
         if ddp.enabled:  # the same number of processes continues it exactly
             message = message.replace("finetune train", f"torchrun --nproc_per_node {ddp.world} -m finetune train")
-        if stop.stop_requested and ddp.main:  # SIGTERM/SIGINT: say how to go on, even with -q
+        # SIGTERM/SIGINT, to this process or another (stopped before the run's end, not by --max-steps): say how
+        # to go on, even with -q
+        if ddp.main and (stop.stop_requested or not out_of_steps()):
             print(f"finetune: {message}", file=sys.stderr, flush=True)
         else:
             log.info(message)
