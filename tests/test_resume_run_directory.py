@@ -31,13 +31,11 @@ def result(run: Path) -> tuple[dict, list]:
     return state["model"], metrics
 
 
-@pytest.mark.parametrize("where", ["run", "checkpoints"])
-def test_resume_a_run_directory_continues_it_exactly(data: Path, tmp_path: Path, where: str) -> None:
+def test_resume_a_run_directory_continues_it_exactly(data: Path, tmp_path: Path) -> None:
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_cli(*args(data, full), env=ENV).returncode == 0
     assert run_cli(*args(data, cut, "--max-steps", "2"), env=ENV).returncode == 0
-    target = cut if where == "run" else cut / "checkpoints"
-    res = run_cli("train", "-q", "--resume", str(target), env=ENV)  # no --out: the run's own directory
+    res = run_cli("train", "-q", "--resume", str(cut), env=ENV)  # no --out: the run's own directory
     assert res.returncode == 0, res.stderr
     (a, ma), (b, mb) = result(full), result(cut)
     assert ma == mb and all(torch.equal(a[k], b[k]) for k in a)
@@ -67,11 +65,12 @@ def test_resume_a_run_directory_names_the_damaged_checkpoints_it_skips(tmp_path:
     assert cfg.resume == str(good) and cfg.out == str(tmp_path)
 
 
-def test_resume_dot_inside_the_checkpoints_folder_takes_its_run(tmp_path: Path, monkeypatch) -> None:
+def test_resume_the_checkpoints_folder_or_dot_inside_it_takes_its_run(tmp_path: Path, monkeypatch) -> None:
     from finetune.checkpoint import Checkpointer
     from finetune.config import resume_dir_checkpoint
 
     newest = Checkpointer(tmp_path / "run").save({"w": torch.zeros(1), "epoch": 0, "step": 1})
+    assert resume_dir_checkpoint(tmp_path / "run" / "checkpoints") == (tmp_path / "run", newest)
     monkeypatch.chdir(tmp_path / "run" / "checkpoints")
     run_dir, found = resume_dir_checkpoint(Path("."))
     assert run_dir.resolve() == (tmp_path / "run").resolve() and found.resolve() == newest.resolve()
