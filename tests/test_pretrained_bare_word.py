@@ -1,25 +1,23 @@
-"""A --pretrained / read_checkpoint source that is a bare word and no file (a misspelt source name) is told the
-names weights are given by; a path that does not exist is only said not to exist."""
+"""A --pretrained / read_checkpoint source that is a bare word or a timm tag and no file (a misspelt source name)
+is told the names weights are given by; a path or a weights file name that does not exist is only said not to."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from finetune.errors import CheckpointError
 from finetune.weights import read_checkpoint
 
+HINT = " (weights by name are 'torchvision', 'torchvision:TAG' or 'timm:NAME')"
 
-def test_a_bare_word_that_is_no_file_is_told_the_named_sources(tmp_path, monkeypatch) -> None:
+
+@pytest.mark.parametrize(("source", "hint"), [("timmm", True), ("resnet50.a1_in1k", True), ("runs/a/best.pt", False),
+                                              ("weights.pth", False)])
+def test_a_missing_source_is_told_the_named_sources_only_when_it_reads_as_a_name(tmp_path, monkeypatch, source: str,
+                                                                                 hint: bool) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CheckpointError, match=r"^timmm: no such file or folder \(weights by name are 'torchvision'"):
-        read_checkpoint("timmm")
-    with pytest.raises(CheckpointError, match=r"^runs/a/best.pt: no such file or folder$"):
-        read_checkpoint("runs/a/best.pt")
-
-
-def test_a_timm_tag_that_is_no_file_is_told_the_named_sources(tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(CheckpointError, match=r"'timm:NAME'\)$"):
-        read_checkpoint("resnet50.a1_in1k")
-    with pytest.raises(CheckpointError, match=r"^weights.pth: no such file or folder$"):
-        read_checkpoint("weights.pth")
+    expected = f"{source}: no such file or folder" + (HINT if hint else "")
+    with pytest.raises(CheckpointError, match=f"^{re.escape(expected)}$"):
+        read_checkpoint(source)

@@ -182,11 +182,11 @@ def sniff(path: Path) -> str:
     return "unrecognised format: not a PyTorch, safetensors or TorchScript file (corrupt or truncated?)"
 
 
-#: how to get weights finetune reads out of another framework's model file
 #: the endings of weights files (a name without one, such as 'resnet50.a1_in1k', may be meant as a source's name)
 _FILE_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".tar", ".npz", ".pkl", ".pickle", ".pt2", ".h5",
                   ".onnx", ".keras", ".json", ".gz", ".zip", ".msgpack", ".model"}
 
+#: how to get weights finetune reads out of another framework's model file
 _NOT_TORCH = ("finetune reads PyTorch weights (torch.save, safetensors, TorchScript): load the network's PyTorch "
               "weights instead, or convert it to PyTorch and save its state_dict()")
 

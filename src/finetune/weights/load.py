@@ -732,6 +732,11 @@ def class_rows_modules(model_shapes: Mapping[str, Shape], heads: Sequence[str]) 
 
 
 # --------------------------------------------------------------------------- load
+def _shapes_by_name(state: Mapping[str, Tensor], names: Mapping[str, str]) -> dict[str, Shape]:
+    """Each tensor's shape under its name in ``names`` (state dict key -> name)."""
+    return {name: tuple(state[key].shape) for key, name in names.items()}
+
+
 def load_weights(
     model: torch.nn.Module,
     source: str | os.PathLike[str] | Mapping[str, Any],
@@ -784,11 +789,9 @@ def load_weights(
 
     # (a module's get_extra_state() entry, '..._extra_state', is no tensor: load_state_dict leaves it alone)
     model_sd = {k: v for k, v in model.state_dict().items() if isinstance(v, Tensor)}
-    # (the conversions below see the model's names unwrapped at any depth; the depth that matches is chosen after)
-    model_clean, _ = unwrap_names(model_sd, max_depth=None)
     model_wrappers = unwrap_names(model_sd)[1]  # (those the report names: iFormer's deep `module`s are no wrappers)
-    clean_to_key = {c: k for k, c in model_clean.items()}
-    model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
+    # (the conversions below see the model's names unwrapped at any depth; the depth that matches is chosen after)
+    model_shapes = _shapes_by_name(model_sd, unwrap_names(model_sd, max_depth=None)[0])
 
     file_sd, transformers_note = from_transformers(file_sd, model_shapes)
     if transformers_note:
@@ -812,20 +815,21 @@ def load_weights(
     # a `module` that is its parent's only child is unwrapped at any depth on both sides (a file's prefix, such as
     # Lightning's 'model.net.', puts a layer's own `module` deeper there than in the model), or, when that fits
     # fewer tensors (a `module` beside a parameter the file lacks), only near the top, as read_checkpoint does
-    best: tuple[int, dict[str, str], dict[str, str], list[PrefixMap | ChildIndexMap]] | None = None
-    for depth in (None, MAX_WRAPPER_DEPTH):
+    def unwrapped_to(depth: int | None) -> tuple[int, dict[str, str], dict[str, str], list[PrefixMap | ChildIndexMap]]:
+        """(tensors that fit, model names, file names, alignments) with `module`s unwrapped to ``depth``."""
         model_names = unwrap_names(model_sd, max_depth=depth)[0]
-        shapes = {c: tuple(model_sd[k].shape) for k, c in model_names.items()}
+        shapes = _shapes_by_name(model_sd, model_names)
         file_names = unwrap_names(renamed.values(), max_depth=depth)[0]
         names_now = {k: file_names[n] for k, n in renamed.items()}
         maps = aligned({names_now[k]: tuple(v.shape) for k, v in file_sd.items()}, shapes, children=child_names(model))
         fits = sum(shapes.get(maps[0](names_now[k])) == tuple(v.shape) for k, v in file_sd.items())
-        if best is None or fits > best[0]:
-            best = (fits, model_names, names_now, maps)
-    assert best is not None
-    _, model_clean, renamed, (prefix_map, *equally_good) = best
+        return fits, model_names, names_now, maps
+
+    # (max keeps the first of equals: any depth)
+    _, model_clean, renamed, (prefix_map, *equally_good) = max(map(unwrapped_to, (None, MAX_WRAPPER_DEPTH)),
+                                                               key=lambda candidate: candidate[0])
     clean_to_key = {c: k for k, c in model_clean.items()}
-    model_shapes = {c: tuple(model_sd[k].shape) for k, c in model_clean.items()}
+    model_shapes = _shapes_by_name(model_sd, model_clean)
     if equally_good and not rename:
         report.notes.append(f"other keys of the file fit as well: {', '.join(str(m) for m in equally_good[:3])} "
                             f"(loaded: {prefix_map}; rename={{regex: replacement}} chooses another)")
