@@ -1825,13 +1825,22 @@ def stop_message(run_dir: str | os.PathLike[str], epoch: int, step: int) -> str:
     return f"stopped at epoch {epoch} step {step}; resume with: finetune train --out {shlex.quote(str(run_dir))} --resume auto"
 
 
+# a signal this soon after the first is the same stop delivered again, not a second request: a scheduler
+# that signals every process of the job (systemd, Slurm) and torchrun, which passes its SIGTERM on to each
+# process's group, reach a training process (and its data workers) twice
+SAME_STOP_S = 5.0
+
+
 class GracefulExit:
     """While active, SIGTERM / SIGINT only set ``stop_requested``; a second one acts as usual.
 
     The loop checks ``stop_requested`` after each step, saves, prints
     :func:`stop_message` and returns (exit status 0). The first signal restores the
     previous handlers, so a second Ctrl-C raises KeyboardInterrupt and a second SIGTERM
-    terminates. Outside the main thread nothing is installed (``installed`` is False).
+    terminates, but a SIGTERM within ``same_stop_s`` (:data:`SAME_STOP_S`) of the first is
+    that stop delivered again and changes nothing: a scheduler that signals every process of
+    the job and torchrun, which passes its own SIGTERM on, reach a training process twice.
+    Outside the main thread nothing is installed (``installed`` is False).
 
     >>> with GracefulExit() as stop:
     ...     os.kill(os.getpid(), signal.SIGTERM)
@@ -1840,9 +1849,11 @@ class GracefulExit:
     """
 
     def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT), *,
-                 announce: bool = True) -> None:
+                 announce: bool = True, same_stop_s: float = SAME_STOP_S) -> None:
         self.signals = signals
         self.announce = announce
+        self.same_stop_s = same_stop_s
+        self._first_at = 0.0
         self.stop_requested = False
         self.signal_name: str | None = None
         self.installed = False
@@ -1859,7 +1870,15 @@ class GracefulExit:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._previous and self._within_same_stop():
+            # stopped by a SIGTERM a moment ago: its repeat may still be on its way (torchrun's follows the
+            # scheduler's), and would end this process while it tears down; the handler stays until the
+            # next SIGTERM, which it ignores within the window and passes on as usual after it
+            return
         self._restore()
+
+    def _within_same_stop(self) -> bool:
+        return self.signal_name == "SIGTERM" and time.monotonic() - self._first_at < self.same_stop_s
 
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._pid:
@@ -1868,13 +1887,25 @@ class GracefulExit:
             # process can finish its step and save; the main process then stops it
             self._restore()
             return
+        if self.stop_requested:  # the SIGTERM handler kept after a SIGTERM (below)
+            if self._within_same_stop():
+                return  # the same stop, delivered again
+            self._restore()
+            signal.raise_signal(signum)  # a second request: acts as usual
+            return
         self.stop_requested = True
         self.signal_name = signal.Signals(signum).name
+        self._first_at = time.monotonic()
+        # a second Ctrl-C acts at once; after a SIGTERM, a second SIGTERM only once same_stop_s have passed
+        kept = {s: h for s, h in self._previous.items() if s == signum == signal.SIGTERM}
+        self._previous = {s: h for s, h in self._previous.items() if s not in kept}
         self._restore()
+        self._previous = kept
         # os.write: safe even if the signal arrived in the middle of a print; under torchrun process 0 speaks
         if self.announce and os.environ.get("RANK", "0") in ("", "0"):
+            again = "send it again" if not kept else f"send it again after {self.same_stop_s:g} s"
             os.write(2, f"\nfinetune: {self.signal_name}: finishing the current step, then saving a checkpoint "
-                        "(send it again to stop at once)\n".encode())
+                        f"({again} to stop at once)\n".encode())
 
     def _restore(self) -> None:
         for s, handler in self._previous.items():

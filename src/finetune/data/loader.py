@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from finetune.checkpoint import SAME_STOP_S
 from finetune.data import cache as cache_mod
 from finetune.data.decode import (
     DECODE_ERRORS,
@@ -1235,12 +1236,6 @@ class Loader:
         if close is not None:
             with contextlib.suppress(ValueError):  # (being iterated in another thread this moment)
                 close()
-
-
-# a signal this soon after the first is the same stop delivered again, not a second request: a scheduler
-# that signals every process of the job (systemd, Slurm) and torchrun, which passes its SIGTERM on to each
-# process's group, reach a data worker of a torchrun process twice
-SAME_STOP_S = 5.0
 
 
 def _outlive_one_signal(_worker_id: int) -> None:
