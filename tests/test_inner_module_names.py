@@ -5,8 +5,10 @@ sorted (safetensors) loads completely into the model it was saved from."""
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -85,8 +87,7 @@ def test_a_layers_module_beside_a_parameter_the_file_lacks_still_loads() -> None
     # in the file (no layer scales) `module` is an only child, in the model it is not: unwrapping it at any depth
     # on the file's side alone would leave every layer unloaded
     torch.manual_seed(0)
-    # (three levels down, as in timm's models: blocks.0.0.module; within two levels read_checkpoint takes it for
-    # a DataParallel wrapper before the model is seen)
+    # (three levels down, as in timm's models: blocks.0.0.module; within two levels: the next test)
     def net() -> nn.Module:
         return nn.Sequential(nn.Sequential(nn.Sequential(ScaledResidual(), ScaledResidual())), nn.Linear(4, 2))
 
@@ -94,3 +95,18 @@ def test_a_layers_module_beside_a_parameter_the_file_lacks_still_loads() -> None
     report = load_weights(target, {k: v for k, v in source.state_dict().items() if "gamma" not in k})
     assert len(report.loaded) == 6 and sorted(report.missing) == ["0.0.0.gamma", "0.0.1.gamma"], str(report)
     assert torch.equal(target[0][0][1].module.weight, source[0][0][1].module.weight)
+
+
+@pytest.mark.parametrize("prefix", ["", "model.", "module."])
+def test_a_layers_module_within_two_levels_beside_a_parameter_the_file_lacks_loads(prefix: str) -> None:
+    # within two levels read_checkpoint takes the file's `block.module` (an only child there) for a DataParallel
+    # wrapper before the model is seen: the model's `block.module` is matched as the file's reader unwrapped it
+    torch.manual_seed(0)
+
+    def net() -> nn.Module:
+        return nn.Sequential(OrderedDict(stem=nn.Linear(4, 4), block=ScaledResidual(), head=nn.Linear(4, 2)))
+
+    source, target = net(), net()
+    report = load_weights(target, {prefix + k: v for k, v in source.state_dict().items() if "gamma" not in k})
+    assert len(report.loaded) == 6 and report.missing == ["block.gamma"], str(report)
+    assert torch.equal(target.block.module.weight, source.block.module.weight)

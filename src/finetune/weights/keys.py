@@ -52,6 +52,26 @@ def unwrap_names(names: Iterable[str], max_depth: int | None = MAX_WRAPPER_DEPTH
     return {n: ".".join(p) for n, p in parts.items()}, removed
 
 
+def unwrap_as_in_file(names: Mapping[str, str], removed: Sequence[str]) -> dict[str, str]:
+    """``names`` (key -> name) without the ``module`` components a file's reader removed (``removed``,
+    as :func:`unwrap_names` says them), also where the model's ``module`` has siblings: a layer's own
+    ``module`` beside a parameter the file lacks was its parent's only child in the file. A removed
+    prefix under a file's own prefix (``model.block.module.``) matches the model's ``block.module``;
+    the top-level ``module.`` (DDP) removes nothing here.
+
+    >>> unwrap_as_in_file({"block.module.weight": "block.module.weight", "block.gamma": "block.gamma"},
+    ...                   ["model.block.module."])
+    {'block.module.weight': 'block.weight', 'block.gamma': 'block.gamma'}
+    """
+    parents = [tuple(r.split(".")[:-2]) for r in removed if r.endswith(f".{PARALLEL}.")]
+    out = {}
+    for key, name in names.items():
+        p = name.split(".")
+        out[key] = ".".join(c for i, c in enumerate(p) if not (
+            c == PARALLEL and 0 < i < len(p) - 1 and any(q[len(q) - i:] == tuple(p[:i]) for q in parents if len(q) >= i)))
+    return out
+
+
 def _only_child_parallel(parts: Sequence[list[str]], max_depth: int | None = MAX_WRAPPER_DEPTH) -> list[list[str]]:
     """The parent paths whose only child is ``module``, outermost first, leaving out those inside
     another's ``module`` (the next pass finds them); sorted, so that the same keys in any order

@@ -25,7 +25,13 @@ from finetune.errors import NothingMatchedError, WeightsError
 from finetune.weights import sources
 from finetune.weights.dinov2_names import from_dinov2
 from finetune.weights.formats import Checkpoint, read_checkpoint
-from finetune.weights.keys import MAX_WRAPPER_DEPTH, apply_renames, matches, unwrap_names
+from finetune.weights.keys import (
+    MAX_WRAPPER_DEPTH,
+    apply_renames,
+    matches,
+    unwrap_as_in_file,
+    unwrap_names,
+)
 from finetune.weights.open_clip_names import from_open_clip
 from finetune.weights.transformers_names import from_transformers
 
@@ -814,10 +820,17 @@ def load_weights(
                             "'ls1.gamma' / 'ls2.gamma', as timm renames them)")
     # a `module` that is its parent's only child is unwrapped at any depth on both sides (a file's prefix, such as
     # Lightning's 'model.net.', puts a layer's own `module` deeper there than in the model), or, when that fits
-    # fewer tensors (a `module` beside a parameter the file lacks), only near the top, as read_checkpoint does
-    def unwrapped_to(depth: int | None) -> tuple[int, dict[str, str], dict[str, str], list[PrefixMap | ChildIndexMap]]:
+    # fewer tensors (a `module` beside a parameter the file lacks), only near the top, as read_checkpoint does,
+    # or also where read_checkpoint took a layer's own `module` near the top for a wrapper (the parameter beside
+    # it missing from the file, it was its parent's only child there)
+    def unwrapped_to(depth: int | None, as_in_file: bool = False
+                     ) -> tuple[int, dict[str, str], dict[str, str], list[PrefixMap | ChildIndexMap]]:
         """(tensors that fit, model names, file names, alignments) with `module`s unwrapped to ``depth``."""
         model_names = unwrap_names(model_sd, max_depth=depth)[0]
+        if as_in_file:
+            model_names = unwrap_as_in_file(model_names, ck.unwrapped)
+            if len(set(model_names.values())) != len(model_names):
+                return -1, model_names, {}, []
         shapes = _shapes_by_name(model_sd, model_names)
         file_names = unwrap_names(renamed.values(), max_depth=depth)[0]
         names_now = {k: file_names[n] for k, n in renamed.items()}
@@ -826,8 +839,10 @@ def load_weights(
         return fits, model_names, names_now, maps
 
     # (max keeps the first of equals: any depth)
-    _, model_clean, renamed, (prefix_map, *equally_good) = max(map(unwrapped_to, (None, MAX_WRAPPER_DEPTH)),
-                                                               key=lambda candidate: candidate[0])
+    candidates = [unwrapped_to(None), unwrapped_to(MAX_WRAPPER_DEPTH)]
+    if ck.unwrapped:
+        candidates.append(unwrapped_to(MAX_WRAPPER_DEPTH, as_in_file=True))
+    _, model_clean, renamed, (prefix_map, *equally_good) = max(candidates, key=lambda candidate: candidate[0])
     clean_to_key = {c: k for k, c in model_clean.items()}
     model_shapes = _shapes_by_name(model_sd, model_clean)
     if equally_good and not rename:
