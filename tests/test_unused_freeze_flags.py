@@ -63,3 +63,19 @@ def test_layer_decay_evened_out_by_an_lr_mult_is_not_named_as_doing_nothing() ->
     apply_freezing(model, cfg)
     assert len({g["lr"] for g in param_groups(model, 0.1, lr_mult=cfg.lr_mult, layer_decay=0.5)}) == 1
     assert unused_freeze_flags(model, cfg, unfrozen_later=False) == []
+
+
+def test_freeze_of_what_a_linear_probe_or_train_only_freezes_already_is_named_as_doing_nothing() -> None:
+    import torchvision
+
+    from finetune import TrainConfig
+    from finetune.train import apply_freezing, unused_freeze_flags
+
+    for cfg, said in [(TrainConfig(linear_probe=True, freeze=["layer1"], unfreeze=["layer4@2"], epochs=2),
+                       "--freeze layer1 changes nothing: --linear-probe freezes it already (everything but fc)"),
+                      (TrainConfig(train_only=["layer4", "fc"], freeze=["layer1", "layer4.1"]),
+                       "--freeze layer1 changes nothing: --train-only layer4 fc freezes it already")]:
+        model = torchvision.models.resnet18(num_classes=2)
+        apply_freezing(model, cfg)
+        notes = unused_freeze_flags(model, cfg, unfrozen_later=bool(cfg.unfreeze))
+        assert len(notes) == 1 and notes[0].startswith(said), notes  # (layer4.1 within what trains: it applies)

@@ -1803,10 +1803,11 @@ def log_feature_maps(log: RunLog, model: nn.Module, batch: torch.Tensor, step: i
 
 
 def unused_freeze_flags(model: nn.Module, cfg: TrainConfig, *, unfrozen_later: bool) -> list[str]:
-    """What ``--layer-decay``, ``--bn``, ``--dropout`` and ``--drop-path`` would silently not do: the decay when
+    """What ``--freeze``, ``--layer-decay``, ``--bn``, ``--dropout`` and ``--drop-path`` would silently not do: a
+    ``--freeze`` pattern with ``--linear-probe`` / ``--train-only`` that names nothing they train, the decay when
     every trained parameter gets the same learning rate from it (only the head trains, ``--linear-probe``), a
     BatchNorm policy other than the default when nothing is frozen (it applies to frozen parts only), dropout /
-    drop-path with ``--linear-probe`` (off in the frozen backbone and before its head). Nothing when
+    drop-path with ``--linear-probe`` (off in the frozen backbone and before its head). Only the first when
     ``--unfreeze`` trains more later.
 
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
@@ -1814,11 +1815,18 @@ def unused_freeze_flags(model: nn.Module, cfg: TrainConfig, *, unfrozen_later: b
     >>> unused_freeze_flags(net, cfg, unfrozen_later=False)[0][:47]
     '--bn train changes nothing: no parameter is fro'
     """
-    from finetune.freeze import _bn_layers, _in_frozen_part, param_groups, unwrap
+    from finetune.freeze import _bn_layers, _in_frozen_part, _select, param_groups, unwrap
 
-    if unfrozen_later:
-        return []
     notes = []
+    if cfg.freeze and (cfg.linear_probe or cfg.train_only):  # (what else they freeze: freeze_all_but's rest)
+        kept = head_names(model) if cfg.linear_probe else cfg.train_only
+        kept_params = set(_select(unwrap(model), kept).params)
+        by = "--linear-probe" if cfg.linear_probe else f"--train-only {' '.join(cfg.train_only)}"
+        notes += [f"--freeze {pattern} changes nothing: {by} freezes it already (everything but "
+                  f"{', '.join(kept)}); drop it" for pattern in cfg.freeze
+                  if not set(_select(unwrap(model), [pattern]).params) & kept_params]
+    if unfrozen_later:
+        return notes
     # (the decay's own multipliers: an --lr-mult that evens out what it gives two depths does not undo it)
     if cfg.layer_decay is not None and cfg.layer_decay < 1 and len(
             {g["lr_mult"] for g in param_groups(model, 1.0, layer_decay=cfg.layer_decay)}) == 1:
