@@ -795,7 +795,9 @@ def load_weights(
 
     # (a module's get_extra_state() entry, '..._extra_state', is no tensor: load_state_dict leaves it alone)
     model_sd = {k: v for k, v in model.state_dict().items() if isinstance(v, Tensor)}
-    model_wrappers = unwrap_names(model_sd)[1]  # (those the report names: iFormer's deep `module`s are no wrappers)
+    # the names the report gives: the model's, less wrappers near the top (iFormer's deep `module`s are no wrappers),
+    # as callers compare them with model.state_dict(), whichever unwrapping matched the file below
+    report_names, model_wrappers = unwrap_names(model_sd)
     # (the conversions below see the model's names unwrapped at any depth; the depth that matches is chosen after)
     model_shapes = _shapes_by_name(model_sd, unwrap_names(model_sd, max_depth=None)[0])
 
@@ -924,6 +926,8 @@ def load_weights(
     if not report.adapted and not any(model_shapes[n] for n in report.loaded) and (shaped or not report.loaded):
         # at most num_batches_tracked
         raise NothingMatchedError(_nothing_matched(ck, file_sd, model_shapes, report))
+    if model_clean != report_names:
+        _rename_model_names(report, {c: report_names[k] for k, c in model_clean.items()})
     seen_names = {*file_sd, *renamed.values(), *(prefix_map(v) for v in renamed.values()), *names.values(), *model_shapes}
     idle = [p for p in (*exclude, *(include or ())) if not any(matches(n, [p]) for n in seen_names)]
     if idle:  # a typo (or a wrapper's 'module.') would otherwise load what was meant to be left out
@@ -943,6 +947,15 @@ def load_weights(
     if result.unexpected_keys:  # pragma: no cover - the mapping only produces model keys
         raise WeightsError(f"internal error: unexpected keys {result.unexpected_keys[:3]}")
     return report
+
+
+def _rename_model_names(report: LoadReport, to: Mapping[str, str]) -> None:
+    """The report's model tensor names (loaded, missing, mismatched, adapted, excluded) renamed by ``to``."""
+    report.loaded = [to.get(n, n) for n in report.loaded]
+    report.missing = [to.get(n, n) for n in report.missing]
+    report.excluded = [to.get(n, n) for n in report.excluded]
+    report.mismatched = [(to.get(n, n), a, b) for n, a, b in report.mismatched]
+    report.adapted = [(to.get(n, n), how) for n, how in report.adapted]
 
 
 def _tied_names(model_sd: Mapping[str, Tensor], model_clean: Mapping[str, str]) -> dict[str, list[str]]:
