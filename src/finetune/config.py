@@ -682,6 +682,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if not run and momentum is not None and momentum != TrainConfig.momentum and cfg.optimizer != "sgd":
         warnings.warn(f"{config}: momentum {momentum} applies to optimizer sgd only and is not used: "
                       f"{cfg.optimizer}'s moments are its betas (0.9, 0.999)", stacklevel=2)
+    if (run.get("cache_features") and run.get("augment") is False and not cfg.cache_features
+            and "augment" not in flags and "augment" not in given):
+        # train() turned augmentation off for the cached features (config.yaml says augment: false): images again
+        # are augmented as any run's, unless told otherwise
+        cfg = dataclasses.replace(cfg, augment=TrainConfig.augment)
+        warnings.warn(f"{base}: augment: false came with cache_features, which this resume turns off: the "
+                      "training images are augmented again (--no-augment keeps them as they were)", stacklevel=2)
     if cfg.cache_features and flags.get("augment") is True:  # (without the flag it is off, see train())
         raise ConfigError("--cache-features computes the backbone features once, with the eval transform, so "
                           "--augment could not change them: drop one of them (--linear-probe alone augments)")
