@@ -314,12 +314,16 @@ def settings(values: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     clean: dict[str, Any] = {}
+    keys: dict[str, Any] = {}  # the key each setting was given under
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"{source}: unknown setting '{key}'{hint}")
+        if name in keys:  # (batch-size and batch_size: one of them would be dropped without a word)
+            raise ConfigError(f"{source}: gives '{keys[name]}' and '{key}', the same setting: keep one")
+        keys[name] = key
         clean[name] = _coerce(name, value, source)
     return clean
 
@@ -540,8 +544,10 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         if path.is_dir():
             raise ConfigError(f"config file '{path}' is a folder: give a YAML file of setting: value lines")
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file '{path}' does not exist")
+        if not (path.is_file() or path.is_fifo()):  # (a pipe: --config <(...), or /dev/stdin)
+            raise ConfigError(f"config file '{path}' is not a file: give a YAML file of setting: value lines")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not a UTF-8 text file: give a YAML file of setting: value lines") from None
@@ -579,6 +585,8 @@ def _unique_key_loader() -> type:
         def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: SafeLoader merges it (a key after it wins)
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 line = key_node.start_mark.line + 1
                 try:
@@ -589,7 +597,24 @@ def _unique_key_loader() -> type:
                     break
             return super().construct_mapping(node, deep=deep)
 
+        def construct_document(self, node):  # type: ignore[no-untyped-def]
+            # a text setting written unquoted keeps its text: YAML 1.1 reads `out: 2024-01-15` as a date,
+            # `010` as 8, `12:30` as 750 and `1.50` as 1.5 (str() of those is another folder, model or pattern)
+            for key_node, value_node in node.value if isinstance(node, yaml.MappingNode) else []:
+                name = str(key_node.value).replace("-", "_") if isinstance(key_node, yaml.ScalarNode) else ""
+                if name not in _HINTS or _field_kind(name)[0] not in (str, list):
+                    continue
+                items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for item in items:
+                    if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag in _TEXT_TAGS:
+                        item.tag = "tag:yaml.org,2002:str"
+            return super().construct_document(node)
+
     return Loader
+
+
+# the implicit types of plain YAML 1.1 scalars that a text setting takes as written
+_TEXT_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

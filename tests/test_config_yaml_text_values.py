@@ -1,0 +1,22 @@
+"""A text setting (a path, a name) written unquoted in a YAML config keeps its text: YAML 1.1 reads `2024-01-15`
+as a date, `010` as 8, `12:30` as 750 and `1.50` as 1.5, and a run directory or data folder of that name must
+not become another one in silence (or an error about a datetime)."""
+
+import pytest
+
+from finetune.config import load_config
+
+
+@pytest.mark.parametrize("text", ["2024-01-15", "010", "12:30", "1.50", "2024_01", "0x1F", "2024-01-15T10:00:00"])
+def test_unquoted_text_setting_keeps_its_text(tmp_path, text) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"out: {text}\nmodel: {text}\nfreeze: [{text}, layer1]\ntrain-only: {text}\n")
+    cfg = load_config(path)
+    assert (cfg.out, cfg.model, cfg.freeze, cfg.train_only) == (text, text, [text, "layer1"], [text])
+
+
+def test_numbers_stay_numbers(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nlr: 1.0e-3\nworkers: 2\nout: 2024\namp: off\n")
+    cfg = load_config(path)
+    assert (cfg.epochs, cfg.lr, cfg.workers, cfg.out, cfg.amp) == (3, 1e-3, "2", "2024", "off")
