@@ -987,6 +987,20 @@ def _run_dir_checkpoint(checkpoint: str | Path) -> tuple[Path, Path]:
     return path, run_dir
 
 
+def _write_file(path: Path, write: Any) -> None:
+    """``write(tmp)`` to a temporary file beside ``path`` that then replaces it: a failure (a full disk) leaves
+    no half-written file named like an output, and an earlier run's file as it was; its OSError names ``path``."""
+    from finetune.checkpoint import _replacing
+
+    try:
+        with _replacing(path) as tmp:
+            write(tmp)
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
 def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, method: str = "gradcam",
             layer: str | None = None, target: str | None = None, out: str | Path | None = None,
             limit: int = 32, alpha: float = 0.5, batch_size: int = 16, device: str = "auto") -> CamReport:
@@ -1109,7 +1123,8 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                 n = len(records)
                 cls = int(result.classes[k])
                 name = f"{n:04d}_{_safe(f.stem)}_{_safe(classes[cls])}.png"
-                Image.fromarray(overlay(crops[k], maps[k], alpha)).save(out_dir / name)
+                picture = Image.fromarray(overlay(crops[k], maps[k], alpha))
+                _write_file(out_dir / name, lambda tmp, picture=picture: picture.save(tmp, "PNG"))
                 record: dict[str, Any] = {"file": str(f), "overlay": name, "class": classes[cls],
                                           "prob": round(float(result.probs[k]), 6), "layer": result.layer}
                 if str(f) in truth:
@@ -1137,11 +1152,10 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     loc = (Localisation(len(scored), *(float(np.mean([getattr(x, k) for x in scored])) for k in ("pointing", "energy", "iou")))
            if scored else None)
     _remove_previous_overlays(out_dir, {r["overlay"] for r in records})
-    with (out_dir / "cam.jsonl").open("w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in records)
+    _write_file(out_dir / "cam.jsonl", lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
     summary = {"checkpoint": str(ckpt_path), "method": method, "layer": records[0]["layer"] if records else layer,
                "images": len(records), "localisation": asdict(loc) if loc is not None else None}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_file(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
     report = CamReport(out_dir, records, loc)
     if unreadable:
         raise UnreadableImagesError(unreadable, records, named=len(named), done="explained", result=report)
