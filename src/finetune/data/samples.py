@@ -186,6 +186,15 @@ def _unreadable(folder: str | Path, e: OSError) -> DataError:
                      f"or move it out of the dataset")
 
 
+def _entry_is_dir(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_dir()``, False for a link that cannot be followed (a loop of links, ELOOP): like a link whose
+    target is missing, it is no folder (and a bad file if it is named as an image), not an unreadable folder."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def split_dir(root: str | Path, names: Sequence[str]) -> Path | None:
     """The sub-folder of ``root`` named one of ``names`` in any case (``Train/``, ``VAL/``,
     ``Validation/``), the earlier name first and the exact spelling before other cases; None if none.
@@ -198,7 +207,7 @@ def split_dir(root: str | Path, names: Sequence[str]) -> Path | None:
     root = Path(root)
     try:
         with os.scandir(root) as entries:  # (no stat per entry: a flat folder of 10,000 classes is listed at once)
-            children = sorted(e.name for e in entries if e.is_dir())
+            children = sorted(e.name for e in entries if _entry_is_dir(e))
     except OSError:
         return None
     for name in names:
@@ -229,7 +238,7 @@ def _class_dirs(root: Path) -> list[Path]:
     """
     try:
         with os.scandir(root) as entries:
-            names = [e.name for e in entries if not _is_skipped_dir(e.name) and e.is_dir()]
+            names = [e.name for e in entries if not _is_skipped_dir(e.name) and _entry_is_dir(e)]
         return [root / name for name in sorted(names)]  # (names sorted: Path comparisons are slow at 10,000)
     except OSError as e:
         raise _unreadable(root, e) from None
@@ -273,10 +282,10 @@ def image_files(folder: str | Path, unread: Counter[str] | None = None) -> list[
         try:
             with os.scandir(directory) as entries:
                 for entry in entries:
-                    if entry.is_dir():
+                    if _entry_is_dir(entry):
                         if not _is_skipped_dir(entry.name):
                             subdirs.append(entry.path)
-                    elif is_image_name(entry.name) and (entry.is_file() or entry.is_symlink()):
+                    elif is_image_name(entry.name) and (entry.is_symlink() or entry.is_file()):
                         names.append(entry.name)
                     elif unread is not None and not entry.name.startswith("."):
                         ext = os.path.splitext(entry.name)[1].lower()
