@@ -660,6 +660,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
     given = settings(_read_yaml(config), str(config)) if config is not None else {}  # the --config file's
+    if isinstance(given.get("out"), str):  # (a YAML file's '~/runs/x' is not expanded by any shell, as data's)
+        given["out"] = os.path.expanduser(given["out"])
     ignored = given.pop("resume", None)
     if flags.get("resume") not in (None, "auto") and Path(flags["resume"]).is_dir():
         # a run directory (or its checkpoints/), as eval/predict/cam take one: its newest complete checkpoint,

@@ -779,6 +779,8 @@ def _train(cfg: TrainConfig, *, quiet: bool, stop: GracefulExit, hold: contextli
     if cfg.tensorboard:  # (before anything is written)
         summary_writer_class()
     ddp = Distributed.from_env()  # several processes under torchrun (one process otherwise)
+    if cfg.out:  # ('~/runs/x' from Python or a YAML file: the shell expands it only on a command line)
+        cfg = dataclasses.replace(cfg, out=os.path.expanduser(cfg.out))
     check_run_dir(cfg)  # (library callers too: a run with checkpoints is continued, never overwritten)
     cfg = cfg.resolved()
     device = ddp.device(cfg.device)

@@ -280,10 +280,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ema: bo
     >>> from safetensors.torch import load_file; load_file(out)["w"].dtype
     torch.float16
     """
-    dst = Path(dst)
+    dst = Path(dst).expanduser()  # ('~/x.safetensors' from Python: the shell expands it only on a command line)
     if dst.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
         raise WeightsError(f"{dst}: the output name must end in .safetensors, .pt, .pth or .bin")
-    if dst.exists() and Path(src).exists() and os.path.samefile(src, dst):
+    if dst.exists() and Path(src).expanduser().exists() and os.path.samefile(Path(src).expanduser(), dst):
         raise WeightsError(f"{dst} is the file being converted: give another output name (the original is kept)")
     if not overwrite and os.path.lexists(dst):
         raise WeightsError(f"'{dst}' already exists: give another dst, or overwrite=True (--force) to replace it")
