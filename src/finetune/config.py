@@ -663,6 +663,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if isinstance(given.get("out"), str):  # (a YAML file's '~/runs/x' is not expanded by any shell, as data's)
         given["out"] = os.path.expanduser(given["out"])
     ignored = given.pop("resume", None)
+    if given.pop("trust", False):  # (a file from elsewhere must not let a checkpoint run code: only the user's flag)
+        warnings.warn(f"{config}: trust: true is not taken from a config file (it would let a checkpoint run code "
+                      "when loaded): give --trust on the command line if you trust the files", stacklevel=2)
     if flags.get("resume") not in (None, "auto") and Path(flags["resume"]).is_dir():
         # a run directory (or its checkpoints/), as eval/predict/cam take one: its newest complete checkpoint,
         # continued in that directory unless --out says otherwise
@@ -692,6 +695,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         # the defaults are not the run's settings (they would go on with the built-in dataset, say)
         raise ConfigError(f"--resume auto: '{Path(out) / 'config.yaml'}' is missing, so the run's settings are "
                           "unknown: restore it, or give them with --config FILE")
+    run.pop("trust", None)  # (a run's own record of how it was started: --trust is given each time)
     check_config_paths({k: v for k, v in given.items() if k not in flags}, str(config))
     cfg = TrainConfig.from_dict({**run, **given, **flags},
                                 source=str(config) if config is not None else str(base) if run else "command line")

@@ -1,0 +1,20 @@
+"""Loading never runs code from a file unless the user says --trust: a config file (another run's config.yaml,
+one from elsewhere) saying trust: true does not grant it; the flag on the command line does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from conftest import error_line, run_here
+
+TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--max-steps", "1",
+        "--device", "cpu", "-q"]
+
+
+def test_trust_in_a_config_file_is_not_taken(tmp_path: Path) -> None:
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole.pt")  # a pickled module
+    (tmp_path / "c.yaml").write_text(f"trust: true\npretrained: {tmp_path / 'whole.pt'}\n")
+    res = run_here("train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), *TINY)
+    assert "trust: true is not taken from a config file" in res.stderr
+    assert "refusing to unpickle" in error_line(res)
