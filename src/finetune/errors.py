@@ -164,9 +164,9 @@ def named(name: str, value: Any = _GIVEN_AS_NAME, *, flag: str | None = None) ->
 _OS_HINTS = {
     errno.EACCES: "check its permissions, or use another path",
     errno.EPERM: "check its permissions, or use another path",
-    errno.ENOSPC: "the disk is full: free some space, or write elsewhere (--out)",
-    errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere (--out)",
-    errno.EROFS: "the file system is read-only: write elsewhere (--out)",
+    errno.ENOSPC: "the disk is full: free some space, or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
     errno.ENOENT: "it does not exist",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "it is a folder where a file is expected",
@@ -183,7 +183,7 @@ def describe_os_error(e: OSError) -> str:
     >>> describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/data/run"))
     "'/data/run': Permission denied: check its permissions, or use another path"
     >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device"))
-    'No space left on device: the disk is full: free some space, or write elsewhere (--out)'
+    'No space left on device: the disk is full: free some space, or write elsewhere'
     """
     what = e.strerror or (os.strerror(e.errno) if e.errno else str(e) or type(e).__name__)
     paths = [os.fsdecode(p) for p in (e.filename, e.filename2) if p is not None]
