@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from conftest import error_line, run_here
 
 TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--max-steps", "1",
