@@ -24,3 +24,14 @@ def test_resuming_a_cache_features_run_without_them_augments_again(tmp_path: Pat
     assert "augmented again" in res.stderr
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["augment"] is True and saved["cache-features"] is False
+
+
+def test_a_config_files_true_switches_are_turned_off_by_their_no_flags(tmp_path: Path) -> None:
+    from finetune.cli import build_parser
+    from finetune.config import config_from_args
+
+    (tmp_path / "c.yaml").write_text("linear-probe: true\ncache-features: true\nstrict-data: true\n")
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"),
+                                      "--no-linear-probe", "--no-cache-features", "--no-strict-data"])
+    cfg = config_from_args(args)
+    assert (cfg.linear_probe, cfg.cache_features, cfg.strict_data) == (False, False, False)

@@ -196,7 +196,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    "img-size/crop-pct, e.g. 256 for 224: crops are drawn from that copy, as fastai's presizing)")
     p.add_argument("--prefetch", choices=["auto", "none", "thread", "cuda"], help="overlap loading with compute")
     p.add_argument("--auto-augment", choices=["none", "trivialaugment", "randaugment"], help="extra training augmentation")
-    p.add_argument("--strict-data", action="store_true", default=None, help="stop on unreadable images instead of skipping them")
+    p.add_argument("--strict-data", action=argparse.BooleanOptionalAction, default=None, help="stop on unreadable images instead of skipping them")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(auto: cuda when there is one)")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision (auto: bf16 on CUDA, fp16 before Ampere, off on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -213,8 +213,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None, help="write TensorBoard events to RUN_DIR/tb")
     p.add_argument("--freeze", type=non_empty, nargs="+", metavar="PATTERN", help="freeze parameters/modules matching these globs (layer1, '*.bn*')")
     p.add_argument("--train-only", type=non_empty, nargs="+", metavar="PATTERN", help="freeze everything except these")
-    p.add_argument("--linear-probe", action="store_true", default=None, help="train only the classifier head")
-    p.add_argument("--cache-features", action="store_true", default=None, help="with --linear-probe: compute backbone features once")
+    p.add_argument("--linear-probe", action=argparse.BooleanOptionalAction, default=None, help="train only the classifier head")
+    p.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=None, help="with --linear-probe: compute backbone features once")
     p.add_argument("--bn", choices=["frozen", "eval", "train"], help="BatchNorm in frozen parts: frozen (default), eval, train")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun: BatchNorm statistics over all processes' batches (SyncBatchNorm)")
