@@ -34,12 +34,16 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     '{"epoch": 0}\\n{"epoch": 1}\\n'
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(json_line(r))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as f:
+            for r in records:
+                f.write(json_line(r))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # (a full disk: the earlier file stays, no temporary one beside it)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def json_line(record: dict[str, Any]) -> str:
