@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -268,20 +269,20 @@ def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
 
     >>> import pathlib, tempfile
     >>> from finetune.train import hold_run_dir
-    >>> run = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> run = pathlib.Path(tempfile.mkdtemp()) / "runs" / "run"
     >>> with hold_run_dir(run):
     ...     with hold_run_dir(run): pass  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     finetune.errors.ConfigError: out (--out) '...run' is in use by another finetune process: wait for it to end, or give another out (--out)
-    >>> run.exists()      # made for the run and left empty: removed again
-    False
+    >>> run.exists(), run.parent.exists()  # made for the run (its parent too) and left empty: removed again
+    (False, False)
     """
     try:
         import fcntl
     except ImportError:  # (not POSIX: no lock)
         yield
         return
-    created = not run_dir.exists()
+    created = list(itertools.takewhile(lambda p: not p.exists(), [run_dir, *run_dir.parents]))
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir, os.O_RDONLY)
     _LOCK_FDS.add(fd)
@@ -294,8 +295,11 @@ def hold_run_dir(run_dir: Path):  # type: ignore[no-untyped-def]
         try:
             yield
         finally:
-            if created and not any(run_dir.iterdir()):  # nothing written (setup failed): leave no empty run
-                run_dir.rmdir()
+            for made in created:  # nothing written (setup failed): leave no empty run, nor the folders made for it
+                try:
+                    made.rmdir()
+                except OSError:  # (not empty)
+                    break
     finally:
         _LOCK_FDS.discard(fd)
         os.close(fd)
