@@ -20,3 +20,18 @@ def test_numbers_stay_numbers(tmp_path) -> None:
     path.write_text("epochs: 3\nlr: 1.0e-3\nworkers: 2\nout: 2024\namp: off\n")
     cfg = load_config(path)
     assert (cfg.epochs, cfg.lr, cfg.workers, cfg.out, cfg.amp) == (3, 1e-3, "2", "2024", "off")
+
+
+@pytest.mark.parametrize(("line", "want"), [("seed: 010", 10), ("keep-last: 0x10", None),
+                                            ("save-every-minutes: 1:30", None)])
+def test_a_number_setting_is_read_as_decimal(tmp_path, line, want) -> None:
+    # YAML 1.1 reads 010 as octal 8, 0x10 as 16 and 1:30 as 90 (base 60): not what the line says
+    from finetune.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(line + "\n")
+    if want is None:
+        with pytest.raises(ConfigError, match="must be a"):
+            load_config(path)
+    else:
+        assert load_config(path).seed == want

@@ -600,17 +600,33 @@ def _unique_key_loader() -> type:
         def construct_document(self, node):  # type: ignore[no-untyped-def]
             # a text setting written unquoted keeps its text: YAML 1.1 reads `out: 2024-01-15` as a date,
             # `010` as 8, `12:30` as 750 and `1.50` as 1.5 (str() of those is another folder, model or pattern)
+            # ... and a number setting is read as decimal: `seed: 010` is 10 (not octal 8), while `1:30` (90 in
+            # base 60) and `0x10` are refused as no number, not taken as one the user did not write
             for key_node, value_node in node.value if isinstance(node, yaml.MappingNode) else []:
                 name = str(key_node.value).replace("-", "_") if isinstance(key_node, yaml.ScalarNode) else ""
-                if name not in _HINTS or _field_kind(name)[0] not in (str, list):
+                if name not in _HINTS:
                     continue
+                kind = _field_kind(name)[0]
                 items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 for item in items:
-                    if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag in _TEXT_TAGS:
+                    if not (isinstance(item, yaml.ScalarNode) and item.style is None and item.tag in _TEXT_TAGS):
+                        continue
+                    if kind in (str, list) or (kind in (int, float) and _not_decimal(item.value)):
                         item.tag = "tag:yaml.org,2002:str"
             return super().construct_document(node)
 
     return Loader
+
+
+def _not_decimal(text: str) -> bool:
+    """Whether YAML 1.1 reads a plain number otherwise than decimal: base 60 (``1:30``), 16, 8 or 2.
+
+    >>> [_not_decimal(t) for t in ("1:30", "0x10", "010", "0b1", "10", "0.5", "1e-3", "-0")]
+    [True, True, True, True, False, False, False, False]
+    """
+    digits = text.strip().lstrip("+-").replace("_", "")
+    return ":" in digits or digits[:2].lower() in ("0x", "0o", "0b") or (
+        len(digits) > 1 and digits[0] == "0" and digits.isdigit())
 
 
 # the implicit types of plain YAML 1.1 scalars that a text setting takes as written
