@@ -631,6 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the commands whose results are what they print (the others write files: a run directory, overlays, a checkpoint)
+_PRINTS_RESULTS = frozenset({"lr-find", "eval", "predict", "inspect", "bench-data", "models", "summary"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``finetune`` command line on ``argv``; return the exit status.
 
@@ -645,11 +649,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["eval", "--checkpoint", "/nonexistent.pt"])   # "finetune: error: ..." on stderr
     2
     """
+    if sys.stderr is None:  # `2>&-`: Python's stderr is None, and print(file=None) writes to stdout, into the results
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    if sys.stdout is None and args.command in _PRINTS_RESULTS:  # `>&-`: the results would be dropped in silence
+        return _fail(f"standard output is closed: finetune {args.command} prints its results there "
+                     "(redirect it to a file instead)")
     debug = args.debug or os.environ.get("FINETUNE_DEBUG") == "1"
     world = os.environ.get("WORLD_SIZE", "1")
     if args.command not in ("train", "lr-find") and world not in ("", "1"):  # (lr-find says so itself)

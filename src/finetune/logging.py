@@ -100,14 +100,14 @@ def summary_writer_class() -> type:
 
 
 def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
-    """A tqdm bar on a terminal; the plain iterable when quiet or not a TTY.
+    """A tqdm bar on a terminal; the plain iterable when quiet, not a TTY or closed.
 
     >>> from finetune.logging import progress
     >>> batches = [1, 2, 3]
     >>> progress(batches, total=3, desc="epoch 1", quiet=True) is batches
     True
     """
-    if quiet or not sys.stderr.isatty():
+    if quiet or sys.stderr is None or not sys.stderr.isatty():  # (None: stderr closed, `2>&-`)
         return iterable
     from tqdm import tqdm
 
