@@ -67,3 +67,14 @@ def test_closed_stdout_is_an_error_for_a_command_that_prints_its_results(run: Pa
     assert code == 2
     lines = err.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].startswith("finetune: error: standard output is closed"), lines
+
+
+def test_a_name_the_outputs_encoding_lacks_is_written_escaped(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    res = subprocess.run([sys.executable, "-m", "finetune", "make-shapes", str(tmp_path / "ünï"), "--per-class", "1",
+                          "--size", "16"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "\\xfcn\\xef" in res.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
 import json
 import os
 import signal
@@ -651,6 +652,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     if sys.stderr is None:  # `2>&-`: Python's stderr is None, and print(file=None) writes to stdout, into the results
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
+    encoding = (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")
+    if encoding != "utf8" and isinstance(sys.stdout, io.TextIOWrapper):
+        # a path or class name the output's encoding lacks (PYTHONIOENCODING=ascii, a Latin-1 terminal) is written
+        # escaped, as stderr does, not a UnicodeEncodeError after the work is done
+        sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
