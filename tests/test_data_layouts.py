@@ -27,6 +27,12 @@ def test_split_folders_are_found_in_any_case(tmp_path: Path) -> None:
     assert (len(train), len(val)) == (6, 2)
 
 
+def test_a_class_named_train_beside_other_classes_is_said_to_be_read_as_the_split(tmp_path: Path) -> None:
+    images(tmp_path, [f"{c}/{i}.jpg" for c in ("cat", "dog", "train") for i in range(2)])
+    with pytest.raises(DataError, match=r"'train' is read as the training split .* must be renamed"):
+        find_splits(tmp_path)
+
+
 def test_split_named_folders_without_train_are_not_read_as_classes(tmp_path: Path) -> None:
     images(tmp_path, [f"{c}/{i}.jpg" for c in ("cats", "dogs", "test") for i in range(2)])
     with pytest.raises(DataError, match=r"named like data splits but no train/ folder"):

@@ -827,10 +827,10 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
     train_dir = split_dir(data, TRAIN_SPLIT_NAMES)  # train/, Train/, training/
     val_dir = split_dir(data, VAL_DIR_NAMES)
     if train_dir is not None and val_dir is not None:
-        train = check_classes(scan_folder(train_dir), train_dir)
+        train = check_classes(_scan_train_split(train_dir), train_dir)
         return train, scan_folder(val_dir, classes=train.classes)
     if train_dir is not None:
-        return stratified_split(check_classes(scan_folder(train_dir), train_dir), val_split, seed)
+        return stratified_split(check_classes(_scan_train_split(train_dir), train_dir), val_split, seed)
     splits = [d.name for d in _class_dirs(data) if d.name.lower() in SPLIT_NAMES] if data.is_dir() else []
     if splits:  # (read as class folders, 'val' and 'test' would be trained as classes)
         raise DataError(f"'{data}' has folders {splits} named like data splits but no train/ folder: put the "
@@ -838,6 +838,22 @@ def find_splits(data: str | Path, *, val_split: float = 0.1, seed: int = 0) -> t
                         f"class folders itself as --data")
     _refuse_wrapped_splits(data)
     return stratified_split(check_classes(scan_folder(data), data), val_split, seed)
+
+
+def _scan_train_split(train_dir: Path) -> Samples:
+    """:func:`scan_folder` of the training split; a DataError that says why when ``train/`` holds images of its
+    own beside class folders: a class named like the split (``cat/ dog/ train/``) is read as the split."""
+    try:
+        return scan_folder(train_dir)
+    except DataError:
+        others = [d.name for d in _class_dirs(train_dir.parent) if d != train_dir and d.name.lower() not in SPLIT_NAMES]
+        if others and any(is_image_name(n) for n in os.listdir(train_dir)):
+            raise DataError(f"'{train_dir}' holds images, not class folders, beside the folders "
+                            f"{', '.join(others[:5])}{', …' if len(others) > 5 else ''}: a folder named "
+                            f"'{train_dir.name}' is read as the training split (train/<class>/<image>), so a class "
+                            "of that name must be renamed (e.g. to "
+                            f"'{train_dir.name}_')") from None
+        raise
 
 
 def _refuse_wrapped_splits(root: Path) -> None:
