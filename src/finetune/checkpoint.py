@@ -857,6 +857,8 @@ def _write_atomic(final: Path, produce: Callable[[_Writer], None]) -> int:
         except Exception as e:  # torch.save turns the writer's OSError into a RuntimeError
             if writer.error is not None:
                 raise writer.error from e
+            if isinstance(e.__context__, KeyboardInterrupt):  # and a Ctrl-C (a second one) during a write too:
+                raise e.__context__ from None  # an interruption, not a failed write ("unexpected pos ...")
             raise
         f.flush()
         os.fsync(f.fileno())
@@ -1886,6 +1888,8 @@ class GracefulExit:
             # group (Ctrl-C, a scheduler's SIGTERM): it keeps working, silently, so that the main
             # process can finish its step and save; the main process then stops it
             self._restore()
+            if self.stop_requested:  # forked from a process that kept this handler after its stop (a
+                signal.raise_signal(signum)  # library's later multiprocessing): as usual, terminate() ends it
             return
         if self.stop_requested:  # the SIGTERM handler kept after a SIGTERM (below)
             if self._within_same_stop():

@@ -7,6 +7,7 @@ imports what it needs when it runs, so ``finetune --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import functools
 import io
@@ -685,6 +686,16 @@ def entry() -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, functools.partial(_exit_now, status))
+        # the shutdown's waits (threads, exit functions) run here, under these handlers: after them Python
+        # removes its handlers and tears down (garbage collection, the modules: a second or more with torch)
+        # with the default actions, and a SIGTERM then (a stop's repeat, torchrun passing on the scheduler's)
+        # would end the command that is done as killed by it (-15): it is ignored from there on
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
     sys.exit(status)
 
 
