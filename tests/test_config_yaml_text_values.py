@@ -35,3 +35,12 @@ def test_a_number_setting_is_read_as_decimal(tmp_path, line, want) -> None:
             load_config(path)
     else:
         assert load_config(path).seed == want
+
+
+def test_merged_settings_and_lr_mult_are_read_as_written(tmp_path) -> None:
+    # a merge key's settings are settings too, and lr-mult's patterns are text (`1.10` is layer 10 of block 1, not
+    # '1.1') and its multipliers numbers read as decimal (010 is 10, not octal 8), as --lr-mult 1.10=010 reads them
+    path = tmp_path / "c.yaml"
+    path.write_text("<<: {out: 12:30, seed: 010}\nlr-mult: {1.10: 010, <<: {layer4: 0.5}}\n")
+    cfg = load_config(path)
+    assert (cfg.out, cfg.seed, cfg.lr_mult) == ("12:30", 10, {"1.10": 10.0, "layer4": 0.5})

@@ -101,3 +101,25 @@ def test_labels_that_str_isdigit_calls_digits(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         train, val = find_splits(tmp_path / "l.csv", val_split=0.5)
     assert list(train.classes) == ["²", "³"]
+
+
+def test_an_unreadable_train_folder_beside_class_folders_is_said_to_be_unreadable(tmp_path: Path, monkeypatch) -> None:
+    # the check for a class named 'train' reads the folder again: unreadable, it is the scan's DataError, not a
+    # PermissionError out of find_splits
+    import os
+
+    images(tmp_path, [f"{c}/0.jpg" for c in ("cat", "dog")])
+    (tmp_path / "train").mkdir()
+    scandir, listdir = os.scandir, os.listdir
+
+    def refused(real):  # (root reads a chmod 000 folder: refuse it here as it is refused to other users)
+        def read(path="."):
+            if Path(path) == tmp_path / "train":
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path)
+        return read
+
+    monkeypatch.setattr(os, "scandir", refused(scandir))
+    monkeypatch.setattr(os, "listdir", refused(listdir))
+    with pytest.raises(DataError, match="cannot read the folder .*train"):
+        find_splits(tmp_path)

@@ -19,3 +19,19 @@ def test_trust_in_a_config_file_is_not_taken(tmp_path: Path) -> None:
     res = run_here("train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), *TINY)
     assert "trust: true is not taken from a config file" in res.stderr
     assert "refusing to unpickle" in error_line(res)
+
+
+def test_trust_in_a_config_file_with_the_flag_given_warns_nothing(tmp_path: Path) -> None:
+    # another --trust run's config.yaml (it records trust: true) with --trust: the flag is given, as the warning
+    # would ask
+    import warnings
+
+    from finetune.cli import build_parser
+    from finetune.config import config_from_args
+
+    (tmp_path / "c.yaml").write_text("trust: true\nepochs: 3\n")
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--trust"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = config_from_args(args)
+    assert cfg.trust and cfg.epochs == 3

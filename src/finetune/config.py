@@ -20,7 +20,7 @@ import os
 import types
 import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -602,20 +602,44 @@ def _unique_key_loader() -> type:
             # `010` as 8, `12:30` as 750 and `1.50` as 1.5 (str() of those is another folder, model or pattern)
             # ... and a number setting is read as decimal: `seed: 010` is 10 (not octal 8), while `1:30` (90 in
             # base 60) and `0x10` are refused as no number, not taken as one the user did not write
-            for key_node, value_node in node.value if isinstance(node, yaml.MappingNode) else []:
+            # (a merge key's settings too, and lr-mult's: its patterns are text, its multipliers numbers)
+            for key_node, value_node in _yaml_pairs(node):
                 name = str(key_node.value).replace("-", "_") if isinstance(key_node, yaml.ScalarNode) else ""
                 if name not in _HINTS:
                     continue
                 kind = _field_kind(name)[0]
-                items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                for item in items:
-                    if not (isinstance(item, yaml.ScalarNode) and item.style is None and item.tag in _TEXT_TAGS):
-                        continue
-                    if kind in (str, list) or (kind in (int, float) and _not_decimal(item.value)):
-                        item.tag = "tag:yaml.org,2002:str"
+                if kind is dict:
+                    for pattern, multiplier in _yaml_pairs(value_node):
+                        _keep_as_written(pattern, str)
+                        _keep_as_written(multiplier, float)
+                    continue
+                for item in value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]:
+                    _keep_as_written(item, kind)
             return super().construct_document(node)
 
     return Loader
+
+
+def _yaml_pairs(node: Any) -> Iterator[tuple[Any, Any]]:
+    """The (key, value) nodes of a YAML mapping node, those of its merge keys' mappings (``<<: *anchor``) included."""
+    import yaml
+
+    for key_node, value_node in node.value if isinstance(node, yaml.MappingNode) else []:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            for merged in value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]:
+                yield from _yaml_pairs(merged)
+        else:
+            yield key_node, value_node
+
+
+def _keep_as_written(node: Any, kind: Any) -> None:
+    """Tag a plain YAML scalar as text where YAML 1.1 would read it otherwise than a setting of ``kind`` (the
+    field's base type, ``list`` for a list of patterns) takes it: a text always, a number unless decimal."""
+    import yaml
+
+    if (isinstance(node, yaml.ScalarNode) and node.style is None and node.tag in _TEXT_TAGS
+            and (kind in (str, list) or (kind in (int, float) and _not_decimal(node.value)))):
+        node.tag = "tag:yaml.org,2002:str"
 
 
 def _not_decimal(text: str) -> bool:
@@ -679,7 +703,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if isinstance(given.get("out"), str):  # (a YAML file's '~/runs/x' is not expanded by any shell, as data's)
         given["out"] = os.path.expanduser(given["out"])
     ignored = given.pop("resume", None)
-    if given.pop("trust", False):  # (a file from elsewhere must not let a checkpoint run code: only the user's flag)
+    if given.pop("trust", False) and not flags.get("trust"):  # (a file from elsewhere must not let a checkpoint
+        # run code: only the user's flag, with which there is nothing to warn about: another run's config.yaml says trust)
         warnings.warn(f"{config}: trust: true is not taken from a config file (it would let a checkpoint run code "
                       "when loaded): give --trust on the command line if you trust the files", stacklevel=2)
     if flags.get("resume") not in (None, "auto") and Path(flags["resume"]).is_dir():

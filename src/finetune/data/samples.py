@@ -847,7 +847,11 @@ def _scan_train_split(train_dir: Path) -> Samples:
         return scan_folder(train_dir)
     except DataError:
         others = [d.name for d in _class_dirs(train_dir.parent) if d != train_dir and d.name.lower() not in SPLIT_NAMES]
-        if others and any(is_image_name(n) for n in os.listdir(train_dir)):
+        try:
+            own_images = any(is_image_name(n) for n in os.listdir(train_dir))
+        except OSError:  # (an unreadable folder: the scan's error says so)
+            own_images = False
+        if others and own_images:
             raise DataError(f"'{train_dir}' holds images, not class folders, beside the folders "
                             f"{', '.join(others[:5])}{', …' if len(others) > 5 else ''}: a folder named "
                             f"'{train_dir.name}' is read as the training split (train/<class>/<image>), so a class "
