@@ -85,6 +85,7 @@ from finetune.models import (
     create_model,
     head_names,
     logits_of,
+    modes_kept,
     normalization,
     pretrained_input_size,
     weights_architecture,
@@ -643,7 +644,8 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
     processes, each with its shard of the data) the counts are summed over the processes
     first: every process returns the whole split's numbers. With ``tta`` the predictions are the
     mean probabilities of each image and its mirror image (:func:`class_probabilities`), the loss
-    their negative log-likelihood.
+    their negative log-likelihood. The model is run in eval mode and every submodule is left in
+    the mode it was in (a model in ``train()`` stays so: a training loop goes on training).
 
     >>> import tempfile, torch
     >>> from finetune import build_loader, evaluate, make_shapes
@@ -658,8 +660,20 @@ def evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None = None
     ...     m = evaluate(model, loader, confusion=True)
     >>> sum(map(sum, m["confusion"])), sum(row[i] for i, row in enumerate(m["confusion"])) == round(8 * m["top1"])
     (8, True)
+    >>> _ = model.train()
+    >>> with build_loader(val, train=False, img_size=32, batch_size=4, workers="0") as loader:
+    ...     _ = evaluate(model, loader)
+    >>> model.training   # run in eval mode; each module is left in the mode it was in
+    True
     """
-    model.eval()
+    with modes_kept(model):
+        model.eval()
+        return _evaluate(model, loader, amp=amp, quiet=quiet, ddp=ddp, confusion=confusion, tta=tta)
+
+
+def _evaluate(model: nn.Module, loader: Loader, *, amp: torch.dtype | None, quiet: bool, ddp: Distributed | None,
+              confusion: bool, tta: bool) -> dict[str, Any]:
+    """:func:`evaluate` of a model already in eval mode."""
     classes = loader.classes
     k = min(5, len(classes))
     loss_sum, n = 0.0, 0
