@@ -184,16 +184,44 @@ class CamLayer:
 _FIXED_SIZE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
+def _check_images(images: object) -> None:
+    """Raise :class:`ConfigError` unless ``images`` is a floating-point ``N x C x H x W`` tensor.
+
+    >>> _check_images(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: images must be a floating-point tensor (normalised, as the model takes them), got dtype torch.uint8
+    """
+    if not isinstance(images, torch.Tensor):
+        raise ConfigError(f"images must be a torch.Tensor batch N x C x H x W (normalised, as the model takes them), "
+                          f"got {type(images).__module__}.{type(images).__qualname__} (a numpy array: torch.from_numpy; "
+                          "image files: finetune.explain(checkpoint, paths) reads and normalises them)")
+    if not images.is_floating_point():
+        raise ConfigError(f"images must be a floating-point tensor (normalised, as the model takes them), "
+                          f"got dtype {images.dtype}")
+    if images.ndim != 4:
+        raise ConfigError(f"images must be a batch N x C x H x W, got shape {tuple(images.shape)}")
+
+
 def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = None) -> CamLayer:
     """Probe ``model`` on ``images`` (one forward and backward with every layer's output
     kept) and return the last layer whose spatial output reaches the top class score, adaptive
     pools to a fixed size left out (``only``: probe that one layer, to know whether it feeds a
     global-average-pool + Linear head).
 
+    The probe runs in eval mode (BatchNorm statistics do not move, dropout is off) and every
+    submodule is left in the mode it was in.
+
     >>> from finetune import create_model
     >>> find_cam_layer(create_model("resnet18", num_classes=2).eval(), torch.randn(1, 3, 64, 64)).name
     'layer4'
     """
+    _check_images(images)
+    with modes_kept(model):
+        model.eval()
+        return _find_cam_layer(model, images, only)
+
+
+def _find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None) -> CamLayer:
     try:
         heads = head_names(model)
     except ModelError:  # no Linear head to find: the probe scores the top logit instead
@@ -439,8 +467,7 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str
     """
     if method not in METHODS:
         raise ConfigError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
-    if images.ndim != 4:
-        raise ConfigError(f"images must be a batch N x C x H x W, got shape {tuple(images.shape)}")
+    _check_images(images)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     with modes_kept(model):
