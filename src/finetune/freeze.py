@@ -509,6 +509,8 @@ def freeze_until(model: nn.Module, module_name: str) -> list[str]:
     >>> freeze_until(m, "2")
     ['0.weight', '0.bias', '1.weight', '1.bias']
     """
+    if not isinstance(module_name, str) or not module_name:
+        raise ConfigError(f"freeze_until takes a module name (a non-empty string, e.g. 'layer4'), got {module_name!r}")
     _refuse_ddp(model, "freeze_until")
     root = unwrap(model)
     order = [n for n, _ in root.named_modules()]
@@ -837,14 +839,22 @@ def _model_no_weight_decay(root: nn.Module) -> set[str]:
         return set()
 
 
-def _check_group_args(lr: float, lr_mult: Mapping[str, float] | None, layer_decay: float | None, weight_decay: float) -> None:
+def _check_group_args(lr: float, lr_mult: Mapping[str, float] | None, layer_decay: float | None, weight_decay: float,
+                      no_decay: Sequence[str] = ()) -> None:
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
-    if layer_decay is not None and not (0 < layer_decay <= 1):
+    if layer_decay is not None and not (isinstance(layer_decay, int | float) and 0 < layer_decay <= 1):
         raise ConfigError(f"layer decay must be in (0, 1], got {layer_decay!r} (e.g. 0.7)")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+    if not (isinstance(weight_decay, int | float) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ConfigError(f"weight decay must be >= 0, got {weight_decay!r}")
+    if not isinstance(no_decay, list | tuple | set | frozenset) or not all(isinstance(w, str) and w for w in no_decay):
+        # (a bare string would be read letter by letter: every name with a 'b', 'i', 'a' or 's' undecayed)
+        raise ConfigError(f"no_decay must be a list of name parts (e.g. ('bias', 'norm')), got {no_decay!r}")
+    if lr_mult is not None and not isinstance(lr_mult, Mapping):
+        raise ConfigError(f"lr_mult must map patterns to multipliers (e.g. {{'layer4': 0.1}}), got {lr_mult!r}")
     for pattern, mult in (lr_mult or {}).items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"an lr_mult pattern must be a non-empty string, got {pattern!r}")
         if not (isinstance(mult, int | float) and math.isfinite(mult) and mult >= 0):
             raise ConfigError(f"learning-rate multiplier for {pattern!r} must be a number >= 0, got {mult!r}")
 
@@ -998,7 +1008,7 @@ def _build_groups(
     no_decay: Sequence[str],
     prefix: str = "",
 ) -> list[dict[str, Any]]:
-    _check_group_args(lr, lr_mult, layer_decay, weight_decay)
+    _check_group_args(lr, lr_mult, layer_decay, weight_decay, no_decay)
     params = _named_params(root)
     modules = dict(root.named_modules())
     skip = _model_no_weight_decay(root)
