@@ -44,6 +44,8 @@ class TrainConfig:
     ('resnet18', 2, None, 0.003)
     >>> cfg.to_dict()["crop_scale"], cfg.to_dict()["freeze"]
     ([0.5, 1.0], ['layer1'])
+    >>> import pathlib; TrainConfig(data=pathlib.Path("photos"), out=pathlib.Path("runs/a")).out  # paths: their text
+    'runs/a'
     """
 
     # data
@@ -115,6 +117,12 @@ class TrainConfig:
     save_every_minutes: float | None = None
     async_save: bool | None = None
     tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        # a Python caller's pathlib.Path (or any os.PathLike) for a path setting: its text, as YAML and flags give it
+        for name in ("data", "pretrained", "out", "resume"):
+            if isinstance(value := getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(value))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
