@@ -54,7 +54,7 @@ from torch import nn
 
 from finetune.data.transforms import EVAL_CROP_PCT, eval_resize_box
 from finetune.errors import ConfigError, DataError, ModelError, UnreadableImagesError
-from finetune.models import head_names, logits_of, modes_kept
+from finetune.models import check_model, head_names, logits_of, modes_kept
 
 METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam",
            "scorecam", "ablationcam")
@@ -215,6 +215,7 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
     >>> find_cam_layer(create_model("resnet18", num_classes=2).eval(), torch.randn(1, 3, 64, 64)).name
     'layer4'
     """
+    check_model(model)
     _check_images(images)
     with modes_kept(model):
         model.eval()
@@ -467,6 +468,7 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str
     """
     if method not in METHODS:
         raise ConfigError(f"unknown CAM method '{method}': choose one of {', '.join(METHODS)}")
+    check_model(model)
     _check_images(images)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")

@@ -77,6 +77,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from finetune.errors import ConfigError
+from finetune.models import check_model
 
 BN_POLICIES = ("frozen", "eval", "train")
 _WRAPPER_NAMES = ("module", "_orig_mod")
@@ -104,7 +105,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     >>> inner = torch.nn.Linear(2, 2)
     >>> unwrap(torch.nn.DataParallel(inner)) is inner
     True
+    >>> unwrap("resnet18")
+    Traceback (most recent call last):
+    finetune.errors.ConfigError: expected a model (a torch.nn.Module), got str 'resnet18': build it first, e.g. finetune.create_model('resnet18', num_classes=10)
     """
+    check_model(model)  # (every function of a model here starts with this: a name or a path is no model)
     while True:
         children = list(model.named_children())
         own = next(model.parameters(recurse=False), None)
@@ -1220,6 +1225,9 @@ def audit(model: nn.Module, optimizer: torch.optim.Optimizer, *, after_backward:
     >>> [(f.kind, f.names) for f in audit(m, opt)]
     [('trainable_not_in_optimizer', ['0.weight', '0.bias'])]
     """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"audit needs the optimizer that trains the model (a torch.optim.Optimizer), got "
+                          f"{type(optimizer).__name__}")
     root = unwrap(model)
     params = _named_params(root)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from finetune.errors import ModelError
+from finetune.errors import ConfigError, ModelError
 
 TIMM_PREFIX = "timm:"
 
@@ -66,6 +66,16 @@ def _unknown(name: str, candidates: list[str], what: str) -> ModelError:
     return ModelError(f"unknown {what} model '{name}'{hint}")
 
 
+def check_model(model: object) -> None:
+    """Raise :class:`ConfigError` unless ``model`` is a ``torch.nn.Module`` (a model's name or file is none).
+
+    >>> check_model(nn.Linear(2, 2))
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"expected a model (a torch.nn.Module), got {type(model).__name__} {model!r:.60}: build it "
+                          "first, e.g. finetune.create_model('resnet18', num_classes=10)")
+
+
 def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
                  img_size: int | None = None, drop_path: float | None = None,
                  global_pool: str | None = None) -> nn.Module:
@@ -99,8 +109,8 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
     Traceback (most recent call last):
     finetune.errors.ModelError: vit_b_16 cannot be built for 100x100 images (Input shape indivisible by patch size!): use img_size=224 (--img-size), the size it was designed for
     """
-    if num_classes < 1:
-        raise ModelError(f"num_classes must be at least 1, got {num_classes}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ModelError(f"num_classes must be a whole number, at least 1, got {num_classes!r}")
     if global_pool is not None and global_pool not in GLOBAL_POOLS:
         raise ModelError(f"global_pool must be {' or '.join(GLOBAL_POOLS)}, got {global_pool!r}")
     if name.startswith(TIMM_PREFIX):
@@ -1244,6 +1254,7 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     >>> bad.error
     'Linear(in_features=288, out_features=10, bias=True) got input of shape 1x72: mat1 and mat2 shapes cannot be multiplied (1x72 and 288x10)'
     """
+    check_model(model)
     if img_size < 1 or depth < 1 or batch_size < 1 or channels < 1:
         raise ModelError("layer_summary needs img_size, depth, channels and batch_size of at least 1")
     name_of = {id(m): n for n, m in model.named_modules() if n}
