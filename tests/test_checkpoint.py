@@ -150,6 +150,12 @@ def test_bad_arguments(tmp_path, kwargs):
         Checkpointer(tmp_path, **kwargs)
 
 
+def test_a_checkpoint_file_is_no_run_directory(tmp_path):
+    first = Checkpointer(tmp_path).save({"epoch": 0, "step": 1})
+    with pytest.raises(ConfigError, match="takes a run directory, and '.*' is a file"):
+        Checkpointer(first)
+
+
 # --------------------------------------------------------------------------- keep-k / best / links
 @pytest.mark.parametrize(("mode", "values", "best_step"), [
     ("max", [0.5, 0.9, 0.3, 0.4, 0.2], 2),

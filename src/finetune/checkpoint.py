@@ -1247,6 +1247,10 @@ class Checkpointer:
         if mode not in ("max", "min"):
             raise CheckpointerArgumentError(f"mode must be 'max' or 'min', got {mode!r}")
         self.run_dir = Path(run_dir)
+        if self.run_dir.is_file():  # (a checkpoint's own path: it would fail at the first save or latest())
+            raise CheckpointerArgumentError(f"Checkpointer takes a run directory, and '{run_dir}' is a file: give the "
+                                            "folder its checkpoints/ is in (to read one checkpoint file: "
+                                            "Checkpointer(RUN_DIR).load(path) or finetune.read_state_dict(path))")
         self.directory = self.run_dir / CHECKPOINT_DIR
         self.keep_last, self.best_metric, self.mode, self.async_save = keep_last, best_metric, mode, bool(async_save)
         self.skipped: list[tuple[Path, str]] = []
