@@ -54,6 +54,7 @@ from torch import nn
 
 from finetune.data.transforms import EVAL_CROP_PCT, eval_resize_box
 from finetune.errors import ConfigError, DataError, ModelError, UnreadableImagesError
+from finetune.logging import progress_bar
 from finetune.models import check_model, head_names, logits_of, modes_kept
 
 METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam",
@@ -1032,7 +1033,8 @@ def _write_file(path: Path, write: Any) -> None:
 
 def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, method: str = "gradcam",
             layer: str | None = None, target: str | None = None, out: str | Path | None = None,
-            limit: int = 32, alpha: float = 0.5, batch_size: int = 16, device: str = "auto") -> CamReport:
+            limit: int = 32, alpha: float = 0.5, batch_size: int = 16, device: str = "auto",
+            quiet: bool = False) -> CamReport:
     """Write CAM overlays (PNG) of a finetune checkpoint's predictions (``finetune cam``).
 
     ``checkpoint``: a checkpoint file or a run directory (its ``best.pt``). ``inputs``: image
@@ -1126,6 +1128,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
         scored: list[Localisation] = []  # one per image with a box
         pending, tried = iter(files), 0  # `limit` readable images: an unreadable one found in a folder is replaced
         unreadable: list[str] = []  # the files named that cannot be read
+        bar = progress_bar(min(limit, len(files)), desc=f"cam {method}", quiet=quiet)
         while len(records) < limit:
             chunk, crops = [], []
             for f in pending:
@@ -1170,6 +1173,8 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
                                       iou=round(scores.iou, 6))
                         scored.append(scores)
                 records.append(record)
+            bar.update(len(chunk))
+        bar.close()
         if files and not records:
             if unreadable:
                 raise UnreadableImagesError(unreadable, named=len(named))

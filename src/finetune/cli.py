@@ -341,7 +341,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         preds, unreadable = predict_files(args.checkpoint, args.inputs, topk=args.topk, batch_size=args.batch_size,
                                           device=args.device, tta=args.tta,
-                                          unreadable_records=args.list_unreadable), None
+                                          unreadable_records=args.list_unreadable, quiet=args.quiet), None
     except UnreadableImagesError as e:  # the readable images' predictions still print; the error line counts the rest
         preds, unreadable = e.predictions, e
     if args.json:
@@ -568,7 +568,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     try:
         report, unreadable = explain(checkpoint, inputs or None, method=args.method, layer=args.layer,
                                      target=args.target, out=args.out, limit=args.limit, alpha=args.alpha,
-                                     batch_size=args.batch_size, device=args.device), None
+                                     batch_size=args.batch_size, device=args.device, quiet=args.quiet), None
     except UnreadableImagesError as e:  # the other images' overlays are written and reported; then the error
         if e.result is None:
             raise

@@ -114,6 +114,28 @@ def progress(iterable: Iterable, *, total: int, desc: str, quiet: bool):  # type
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, *, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
+    """A tqdm bar to ``update(n)`` by hand on a terminal (a loop that is no plain iteration); one that
+    does nothing when quiet, not a TTY or closed. ``close()`` it at the end.
+
+    >>> from finetune.logging import progress_bar
+    >>> bar = progress_bar(10, desc="cam", quiet=True); bar.update(4); bar.close()
+    """
+    if quiet or sys.stderr is None or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
 def drop_events_from(tb_dir: Path, step: int, *, graphs: bool = False) -> int:
     """Rewrite the TensorBoard event files in ``tb_dir`` without their summaries (scalars, images) at steps
     ``>= step``: what an earlier invocation logged after the checkpoint a run resumes from. (``purge_step``

@@ -2394,9 +2394,11 @@ def _found_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
 
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, batch_size: int = 64,
-                  device: str = "auto", tta: bool = False, unreadable_records: bool = False) -> list[dict[str, Any]]:
+                  device: str = "auto", tta: bool = False, unreadable_records: bool = False,
+                  quiet: bool = False) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file (directories are searched recursively);
     with ``tta``, the mean of the image's and its mirror image's (:func:`class_probabilities`).
+    A progress bar on a terminal unless ``quiet``.
     An unreadable file found in a folder is skipped with a warning; files named in ``inputs`` that
     cannot be read raise :class:`~finetune.errors.UnreadableImagesError` (a ``DataError``) once the
     others are predicted, its ``predictions`` what would have been returned. With ``unreadable_records``,
@@ -2436,7 +2438,8 @@ def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, b
     found = _found_inputs(inputs)
     unreadable: list[str] = []  # the files named that cannot be read: an error once the others are predicted
     nonfinite_warned = False
-    for start in range(0, len(found), batch_size):
+    for start in progress(range(0, len(found), batch_size), total=math.ceil(len(found) / batch_size),
+                          desc="predict", quiet=quiet):
         chunk, crops = [], []
         slots: list[dict[str, str] | None] = []  # in order: None for a file of chunk, the record of one not read
         for f, in_folder in found[start:start + batch_size]:
