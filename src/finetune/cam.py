@@ -212,6 +212,8 @@ def find_cam_layer(model: nn.Module, images: torch.Tensor, only: str | None = No
     The probe runs in eval mode (BatchNorm statistics do not move, dropout is off) and every
     submodule is left in the mode it was in.
 
+    >>> import torch
+    >>> from finetune import find_cam_layer
     >>> from finetune import create_model
     >>> find_cam_layer(create_model("resnet18", num_classes=2).eval(), torch.randn(1, 3, 64, 64)).name
     'layer4'
@@ -455,6 +457,7 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, *, method: str
       and pytorch-grad-cam divide by ``y``, which flips the map of a class whose logit is
       negative. Channels that are zero everywhere are not run (their weight is 0).
 
+    >>> from finetune import class_activation_maps
     >>> import torch
     >>> from finetune import create_model
     >>> m = create_model("resnet18", num_classes=3).eval()
@@ -856,6 +859,8 @@ def overlay(image: np.ndarray | torch.Tensor, heat: np.ndarray | torch.Tensor, a
     """``image`` (H x W x 3 uint8) blended with the jet colours of ``heat`` (H x W in [0, 1]):
     ``alpha`` of the colours, ``1 - alpha`` of the image.
 
+    >>> import numpy as np
+    >>> from finetune import overlay
     >>> overlay(np.zeros((2, 2, 3), np.uint8), np.ones((2, 2)), alpha=1.0)[0, 0].tolist()
     [128, 0, 0]
     """
@@ -892,6 +897,8 @@ def localisation(maps: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.2
     """Score ``maps`` (N x H x W) against ``boxes`` (N x 4: x0, y0, x1, y1 in map pixels, x1/y1
     exclusive).
 
+    >>> import torch
+    >>> from finetune import localisation
     >>> m = torch.zeros(1, 8, 8); m[0, 2:4, 2:4] = 1.0
     >>> localisation(m, torch.tensor([[2, 2, 4, 4]]))
     Localisation(images=1, pointing=1.0, energy=1.0, iou=1.0)
@@ -1044,6 +1051,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     class explained, its probability, true class if known, and box scores where the data
     has a ``boxes.csv``), and ``summary.json``.
 
+    >>> from finetune import explain
     >>> import tempfile
     >>> from finetune import Checkpointer, create_model, make_shapes
     >>> from finetune.data.shapes import CLASSES

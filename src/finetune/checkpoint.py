@@ -145,6 +145,8 @@ def _wrapped_attr(module: nn.Module) -> str | None:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The bare model inside DataParallel / DDP / ``torch.compile`` wrappers, any nesting.
 
+    >>> from torch import nn
+    >>> from finetune.checkpoint import unwrap_model
     >>> net = nn.Linear(2, 2)
     >>> unwrap_model(nn.DataParallel(nn.DataParallel(net), device_ids=[])) is net
     True
@@ -209,6 +211,9 @@ def clean_state_dict(model_or_sd: nn.Module | Mapping[str, Any]) -> dict[str, An
     key segment is dropped. CPU tensors may share memory with the model's parameters
     (copy them if you keep the dict while training goes on; ``Checkpointer`` does).
 
+    >>> import torch
+    >>> from torch import nn
+    >>> from finetune.checkpoint import clean_state_dict
     >>> sd = clean_state_dict(torch.compile(nn.DataParallel(nn.Linear(2, 3), device_ids=[])))
     >>> sorted(sd), sd["weight"].device.type
     (['bias', 'weight'], 'cpu')
@@ -244,6 +249,9 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], *, strict:
     :class:`CheckpointError` naming the first keys. Without ``strict``, tensors whose shape
     differs (a new head) are not loaded and listed in ``missing``.
 
+    >>> import torch
+    >>> from torch import nn
+    >>> from finetune.checkpoint import clean_state_dict, load_model_state, unwrap_model
     >>> src = nn.DataParallel(nn.Linear(2, 2), device_ids=[])
     >>> dst = torch.compile(nn.Linear(2, 2))
     >>> load_model_state(dst, clean_state_dict(src))
@@ -365,6 +373,9 @@ def optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Module) 
     "shapes": {name: [sizes]}, "groups": [{"name", "params": [names], "hparams": {...}}]}``;
     it loads with ``torch.load(weights_only=True)``.
 
+    >>> import torch
+    >>> from torch import nn
+    >>> from finetune.checkpoint import optimizer_state_by_name
     >>> net = nn.Sequential(nn.Linear(2, 2))
     >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     >>> net(torch.ones(1, 2)).sum().backward(); opt.step()
@@ -411,6 +422,9 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Mod
     Everything else starts fresh and is listed in the report. Never raises PyTorch's
     "parameter group doesn't match".
 
+    >>> import torch
+    >>> from torch import nn
+    >>> from finetune.checkpoint import load_optimizer_state_by_name, optimizer_state_by_name
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     >>> opt = torch.optim.SGD(net[1].parameters(), lr=0.1, momentum=0.9)   # head only
     >>> net(torch.ones(1, 2)).sum().backward(); opt.step()
@@ -480,6 +494,10 @@ def capture_rng_state() -> dict[str, Any]:
     Python ``random``, numpy's global generator, torch CPU and every CUDA device.
     Safe for ``torch.load(weights_only=True)`` (numpy's state is converted to a tensor).
 
+    >>> import random
+    >>> import numpy as np
+    >>> import torch
+    >>> from finetune.checkpoint import capture_rng_state, restore_rng_state
     >>> s = capture_rng_state(); a = random.random(), np.random.rand(), torch.rand(1).item()
     >>> restore_rng_state(s); a == (random.random(), np.random.rand(), torch.rand(1).item())
     True
@@ -898,6 +916,7 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], final: Path, metadata
     fsync, ``os.replace``). A failed write (disk full, file too large) raises the OSError of its cause, not
     safetensors' own error, and leaves no temporary file.
 
+    >>> from finetune.checkpoint import write_safetensors
     >>> import pathlib, tempfile, torch
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> write_safetensors({"w": torch.zeros(4)}, folder / "w.safetensors", {"format": "pt"})
@@ -1093,6 +1112,7 @@ def deployment_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     and ``val_images`` where present); None for any other file. Only the header is read, not the
     tensors. A finetune file whose header cannot be decoded is a :class:`CheckpointError`.
 
+    >>> from finetune.checkpoint import deployment_metadata
     >>> import pathlib, tempfile, torch
     >>> from safetensors.torch import save_file
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "best.safetensors"
@@ -1128,6 +1148,7 @@ def input_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     the weights it converted (a timm or transformers folder's); None when it records none, or for any
     other file. Only the header is read.
 
+    >>> from finetune.checkpoint import input_settings
     >>> import pathlib, tempfile, torch
     >>> from safetensors.torch import save_file
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "w.safetensors"
@@ -1162,6 +1183,7 @@ def settings_metadata(img_size: int | None, settings: Any) -> dict[str, str]:
     """Input settings as a safetensors header's metadata holds them (what :func:`input_settings` reads back):
     ``img_size`` as text, the :data:`DEPLOYMENT_KEYS` of the ``settings`` mapping as JSON; None left out.
 
+    >>> from finetune.checkpoint import settings_metadata
     >>> settings_metadata(64, {"mean": [0.5, 0.5, 0.5], "crop_pct": None})
     {'img_size': '64', 'mean': '[0.5, 0.5, 0.5]'}
     """
@@ -1412,6 +1434,7 @@ class Checkpointer:
         belong to the abandoned one, and ``latest()`` (``--resume auto``) or pruning must not
         mix the two. Nothing is deleted. Returns the folder, or None when nothing was newer.
 
+        >>> from finetune import Checkpointer
         >>> import tempfile, torch
         >>> ckpt = Checkpointer(tempfile.mkdtemp())
         >>> for step in (1, 2, 3):
@@ -1560,6 +1583,7 @@ class Checkpointer:
         updated when ``metrics[best_metric]`` improves. The entries may also be given as
         keywords: ``save(model=net, optimizer=opt, epoch=1, step=100, metrics={...})``.
 
+        >>> from finetune import Checkpointer
         >>> import tempfile, torch
         >>> ckpt = Checkpointer(tempfile.mkdtemp())
         >>> ckpt.save(model=torch.nn.Linear(2, 2), epoch=0, step=10, metrics={"val_top1": 0.5}).name
@@ -1825,6 +1849,7 @@ def _report_at_exit(ref: weakref.ref[Checkpointer]) -> None:
 def stop_message(run_dir: str | os.PathLike[str], epoch: int, step: int) -> str:
     """What to print after a graceful stop.
 
+    >>> from finetune.checkpoint import stop_message
     >>> stop_message("runs/a b", 3, 120)
     "stopped at epoch 3 step 120; resume with: finetune train --out 'runs/a b' --resume auto"
     """
@@ -1848,6 +1873,9 @@ class GracefulExit:
     the job and torchrun, which passes its own SIGTERM on, reach a training process twice.
     Outside the main thread nothing is installed (``installed`` is False).
 
+    >>> import os
+    >>> import signal
+    >>> from finetune.checkpoint import GracefulExit
     >>> with GracefulExit() as stop:
     ...     os.kill(os.getpid(), signal.SIGTERM)
     ...     stop.stop_requested, stop.signal_name

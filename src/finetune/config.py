@@ -132,6 +132,7 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` default filled in for this data and optimizer.
 
+        >>> from finetune import TrainConfig
         >>> cfg = TrainConfig().resolved()
         >>> cfg.img_size, cfg.batch_size, cfg.crop_scale, cfg.lr, cfg.weight_decay, cfg.cache
         (32, 32, (0.7, 1.0), 0.003, 0.05, 'ram')
@@ -527,6 +528,7 @@ def parse_unfreeze(items: list[str], epochs: int) -> list[tuple[str, int]]:
 def load_config(path: str | Path) -> TrainConfig:
     """Read a YAML file of settings.
 
+    >>> from finetune import load_config
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
     >>> _ = p.write_text("epochs: 3\\nbatch-size: 16\\n")

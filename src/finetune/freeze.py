@@ -405,6 +405,7 @@ def freeze(model: nn.Module, *patterns: str) -> list[str]:
     parameter or module name raises :class:`~finetune.errors.ConfigError`
     listing close names.
 
+    >>> from finetune import freeze
     >>> import torchvision
     >>> m = torchvision.models.resnet18(num_classes=3)
     >>> names = freeze(m, "conv1", "bn1", "layer1", "layer2.*")
@@ -425,6 +426,8 @@ def unfreeze(model: nn.Module, *patterns: str) -> list[str]:
     ``model.train()`` / ``model.eval()`` again. Add the returned names to the
     optimizer with :func:`add_param_group_for`.
 
+    >>> import torch
+    >>> from finetune import freeze, unfreeze
     >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 1))
     >>> _ = freeze(m)
     >>> unfreeze(m, "1", "2")
@@ -475,6 +478,8 @@ def freeze_all_but(model: nn.Module, *patterns: str) -> list[str]:
 
     ``freeze_all_but(model, "fc")`` is a linear probe of a ResNet.
 
+    >>> import torch
+    >>> from finetune import freeze_all_but
     >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
     >>> freeze_all_but(m, "2")
     ['0.weight', '0.bias']
@@ -510,6 +515,8 @@ def freeze_until(model: nn.Module, module_name: str) -> list[str]:
     freezes ``conv1``, ``bn1`` and ``layer1``–``layer3``. The named module and
     everything after it are left as they are (not unfrozen).
 
+    >>> import torch
+    >>> from finetune import freeze_until
     >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     >>> freeze_until(m, "2")
     ['0.weight', '0.bias', '1.weight', '1.bias']
@@ -771,6 +778,7 @@ def trainable_table(model: nn.Module) -> TrainableTable:
     is looked through: the rows are the network's blocks (``model.layer4``). ``print(table)`` gives a compact aligned printout;
     ``table.to_dict()`` is JSON-ready.
 
+    >>> from finetune import freeze_all_but, trainable_table
     >>> import torchvision
     >>> m = torchvision.models.resnet18(num_classes=2)
     >>> _ = freeze_all_but(m, "fc")
@@ -1076,6 +1084,8 @@ def param_groups(
     ``lr_mult`` and ``weight_decay``; pass the list to any torch optimizer.
     A learning-rate schedule should set ``g["lr"] = base_lr(t) * g["lr_mult"]``.
 
+    >>> import torch
+    >>> from finetune import freeze_until, param_groups
     >>> import torchvision
     >>> m = torchvision.models.resnet18(num_classes=2)
     >>> _ = freeze_until(m, "layer4")
@@ -1219,6 +1229,8 @@ def audit(model: nn.Module, optimizer: torch.optim.Optimizer, *, after_backward:
     or add their loss. The same goes for a timm distilled model in
     ``distilled_training`` mode whose ``head_dist`` output the loss ignores.
 
+    >>> import torch
+    >>> from finetune import audit
     >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     >>> opt = torch.optim.SGD(m[1].parameters(), lr=0.1)
     >>> m(torch.ones(1, 2)).sum().backward()

@@ -47,6 +47,7 @@ def torchvision_models() -> tuple[str, ...]:
 def list_models(include_timm: bool = False) -> list[str]:
     """All model names ``create_model`` accepts (timm's prefixed with ``timm:``).
 
+    >>> from finetune import list_models
     >>> "convnext_tiny" in list_models()
     True
     """
@@ -94,6 +95,7 @@ def create_model(name: str, num_classes: int, *, drop_rate: float | None = None,
     ``"avg"`` (the mean of the patch tokens, then ``fc_norm``; no final ``norm``: MAE's fine-tuned ViTs);
     None: the model's own.
 
+    >>> from finetune import create_model
     >>> create_model("mobilenet_v3_small", num_classes=5).classifier[-1].out_features
     5
     >>> create_model("convnext_tiny", num_classes=2, drop_path=0.2).features[7][2].stochastic_depth.p
@@ -1084,6 +1086,7 @@ def model_table(pattern: str = "*", *, include_timm: bool = False) -> list[Model
     timm's pretrained tags (``timm:NAME.TAG``) are listed, with their cache status only (timm
     ships no accuracies).
 
+    >>> from finetune import model_table
     >>> row = model_table("resnet50")[0]
     >>> row.name, row.params, row.top1, row.top5, row.weights
     ('resnet50', 25557032, 80.858, 95.434, 'resnet50-11ad3fa6.pth')
@@ -1244,6 +1247,8 @@ def layer_summary(model: nn.Module, img_size: int = 224, *, depth: int = 2, chan
     the innermost module that failed, with the shape it was given and what it expects —
     the classic ``nn.Linear(32 * 3 * 3, ...)`` after a pooled input is found at once.
 
+    >>> from torch import nn
+    >>> from finetune import create_model, layer_summary
     >>> s = layer_summary(create_model("resnet18", num_classes=4), 64, depth=1)
     >>> s.ok, s.output_shape, [(r.name, r.output_shape) for r in s.rows][-3:]
     (True, (1, 4), [('layer4', (1, 512, 2, 2)), ('avgpool', (1, 512, 1, 1)), ('fc', (1, 4))])

@@ -183,6 +183,8 @@ def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> list[
     :class:`SyncBatchNorm` / :class:`SyncBatchNormAct`. Another layer that computes its own
     BatchNorm forward is an error naming it, rather than a layer that silently stays per process.
 
+    >>> import torch
+    >>> from finetune import convert_sync_batchnorm
     >>> import torchvision
     >>> net = torchvision.models.resnet18(num_classes=2)
     >>> len(convert_sync_batchnorm(net)), type(net.bn1).__name__

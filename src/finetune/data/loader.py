@@ -1553,6 +1553,7 @@ def build_loader(source: Samples | str | Path | Any, *, train: bool, img_size: i
       :func:`finetune.data.pools.worker_start_method` ("spawn" for a shard of several processes:
       forking a process whose collective threads call into Python can hang the worker).
 
+    >>> from finetune import build_loader
     >>> from finetune.data.samples import Samples
     >>> build_loader(Samples.from_lists(["x.jpg"], [0], ["a"]), train=False, workers=0).batch_size
     64

@@ -87,6 +87,7 @@ class LoadReport:
         classifier head and kept: the file's head is for other classes (another shape) or the file
         has none (a self-supervised or ``num_classes=0`` backbone). The head is new either way.
 
+        >>> from finetune import LoadReport
         >>> LoadReport(mismatched=[("fc.weight", (1000, 8), (3, 8))], _heads=("fc",)).ok
         True
         >>> LoadReport(missing=["fc.weight", "fc.bias"], _heads=("fc",)).ok
@@ -771,6 +772,7 @@ def load_weights(
     (:func:`resample_rel_pos_table`) and a LeViT attention bias table for another grid
     (:func:`resample_attention_biases`), unless ``shape_mismatch="error"``; the report lists them under ``adapted``.
 
+    >>> from finetune import load_weights
     >>> import torch
     >>> src = torch.nn.Linear(4, 10); dst = torch.nn.Linear(4, 3)
     >>> r = load_weights(dst, src.state_dict(), shape_mismatch="adapt", class_map={0: 7, 1: 1, 2: 4})

@@ -32,6 +32,7 @@ def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any], *, ema: 
     ``ema=True`` picks the EMA weights where the file has them (a warning and the raw
     weights otherwise). A pickled ``nn.Module`` needs ``trust=True``.
 
+    >>> from finetune import read_state_dict
     >>> import torch
     >>> ck = {"state_dict": {"module.w": torch.ones(1)}, "state_dict_ema": {"module.w": torch.zeros(1)}, "version": 2}
     >>> read_state_dict(ck)["w"].item(), read_state_dict(ck, ema=True)["w"].item()
