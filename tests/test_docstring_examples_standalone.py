@@ -98,6 +98,33 @@ def docstring_tests() -> list[doctest.DocTest]:
     return tests
 
 
+# Public names that need no example of their own in their docstring, each with the reason. A class's
+# dunder methods (``__init__`` included: a class's examples construct it) are covered by the class's.
+NO_EXAMPLE_NEEDED: dict[str, str] = {}
+
+
+def missing_examples() -> list[str]:
+    """The public names (:func:`public_objects`) whose own docstring has no ``>>>`` example, first name each."""
+    finder = doctest.DocTestFinder(recurse=False)
+    missing: list[str] = []
+    seen: set[int] = set()
+    for qualname, obj in public_objects():
+        if id(obj) in seen or qualname in NO_EXAMPLE_NEEDED or qualname.rpartition(".")[2].startswith("__"):
+            continue
+        seen.add(id(obj))
+        if not any(t.examples for t in finder.find(obj, qualname, globs={})):
+            missing.append(qualname)
+    return missing
+
+
+def test_every_public_name_has_an_example_of_its_own():
+    assert len(public_objects()) >= 80  # the check sees them: functions, classes, methods and properties
+    missing = missing_examples()
+    assert missing == [], "public names with no >>> example in their own docstring: " + ", ".join(missing)
+    stale = [name for name in NO_EXAMPLE_NEEDED if name not in {q for q, _ in public_objects()}]
+    assert stale == [], "NO_EXAMPLE_NEEDED names what is no longer public"
+
+
 def test_public_examples_bind_every_name_they_use():
     tests = docstring_tests()
     assert len(tests) >= 50 and sum(len(t.examples) for t in tests) >= 250  # the check sees them

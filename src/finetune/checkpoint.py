@@ -102,12 +102,31 @@ _TAIL = 1 << 20
 
 
 class CheckpointerArgumentError(ConfigError, ValueError):
-    """An invalid argument of :class:`Checkpointer` (a :class:`ConfigError` and a ``ValueError``)."""
+    """An invalid argument of :class:`Checkpointer` (a :class:`ConfigError` and a ``ValueError``).
+
+    >>> import tempfile
+    >>> from finetune.checkpoint import Checkpointer
+    >>> Checkpointer(tempfile.mkdtemp(), keep_last=0)
+    Traceback (most recent call last):
+    finetune.checkpoint.CheckpointerArgumentError: keep_last must be an integer >= 1 (or None: keep every checkpoint), got 0
+    >>> try:
+    ...     Checkpointer(tempfile.mkdtemp(), mode="best")
+    ... except ValueError as e:
+    ...     print(e)
+    mode must be 'max' or 'min', got 'best'
+    """
 
 
 class CheckpointWriteError(CheckpointError, RuntimeError):
     """torch.save failed while writing a checkpoint (a :class:`CheckpointError`, and the
-    ``RuntimeError`` that torch raises for it)."""
+    ``RuntimeError`` that torch raises for it). A failed write of the file system (a full disk, no
+    permission) is a plain :class:`CheckpointError`. Either way the earlier checkpoints are intact.
+
+    >>> from finetune import CheckpointError
+    >>> from finetune.checkpoint import CheckpointWriteError
+    >>> issubclass(CheckpointWriteError, CheckpointError), issubclass(CheckpointWriteError, RuntimeError)
+    (True, True)
+    """
 
 
 class CheckpointWarning(UserWarning):
@@ -331,7 +350,14 @@ class OptimizerRestoreReport:
 
     @property
     def exact(self) -> bool:
-        """Everything matched: the optimizer is exactly as it was saved."""
+        """Everything matched: the optimizer is exactly as it was saved.
+
+        >>> from finetune.checkpoint import OptimizerRestoreReport
+        >>> OptimizerRestoreReport(restored=["weight", "bias"]).exact
+        True
+        >>> OptimizerRestoreReport(restored=["weight"], shape_mismatch=["bias"]).exact   # a new head: fresh state
+        False
+        """
         return not (self.missing or self.unexpected or self.shape_mismatch or self.groups_fresh
                     or self.optimizer_changed)
 
@@ -1405,11 +1431,36 @@ class Checkpointer:
         return None if "sha256" in m else _check_zip(path)
 
     def checkpoints(self) -> list[Path]:
-        """Numbered checkpoints that have a manifest, oldest first (not hashed; see :meth:`verify`)."""
+        """Numbered checkpoints that have a manifest, oldest first (not hashed; see :meth:`verify`).
+
+        >>> import tempfile, torch
+        >>> from finetune.checkpoint import Checkpointer
+        >>> ckpt = Checkpointer(tempfile.mkdtemp(), keep_last=2)
+        >>> for step in (1, 2, 3):
+        ...     _ = ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": step})
+        >>> [p.name for p in ckpt.checkpoints()]                          # the oldest one was pruned
+        ['ckpt-e0000-s00000002.pt', 'ckpt-e0000-s00000003.pt']
+        """
         return [self.directory / n for n in self._names() if (self.directory / n).with_suffix(".json").exists()]
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint; newer truncated/corrupt ones are skipped and listed in ``skipped``."""
+        """The newest complete checkpoint; newer truncated/corrupt ones are skipped and listed in ``skipped``.
+
+        >>> import tempfile, warnings, torch
+        >>> from finetune.checkpoint import Checkpointer
+        >>> ckpt = Checkpointer(tempfile.mkdtemp())
+        >>> ckpt.latest() is None                                          # nothing saved yet
+        True
+        >>> for step in (1, 2):
+        ...     path = ckpt.save({"w": torch.zeros(1), "epoch": 0, "step": step})
+        >>> _ = path.write_bytes(path.read_bytes()[:100])                 # the newest one truncated
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")                            # (a CheckpointWarning names it)
+        ...     ckpt.latest().name
+        'ckpt-e0000-s00000001.pt'
+        >>> [(p.name, reason.split(":")[0]) for p, reason in ckpt.skipped]
+        [('ckpt-e0000-s00000002.pt', 'truncated')]
+        """
         self._join()
         self.skipped = []
         for name in reversed(self._names()):
@@ -1485,7 +1536,16 @@ class Checkpointer:
         return folder
 
     def best(self) -> Path | None:
-        """``best.pt`` if it holds the best checkpoint, else the numbered best one, else None."""
+        """``best.pt`` if it holds the best checkpoint, else the numbered best one, else None.
+
+        >>> import tempfile, torch
+        >>> from finetune.checkpoint import Checkpointer
+        >>> ckpt = Checkpointer(tempfile.mkdtemp(), best_metric="val_loss", mode="min")
+        >>> for step, loss in [(1, 0.9), (2, 0.4), (3, 0.6)]:
+        ...     _ = ckpt.save({"w": torch.zeros(1), "epoch": step - 1, "step": step}, metrics={"val_loss": loss})
+        >>> ckpt.best().name, ckpt.load(ckpt.best())["step"]
+        ('best.pt', 2)
+        """
         self._join()
         value, name = self._best_state()
         best = self.directory / BEST
@@ -1500,7 +1560,18 @@ class Checkpointer:
 
     @property
     def best_value(self) -> float | None:
-        """The best ``metrics[best_metric]`` saved so far in this run (also across restarts)."""
+        """The best ``metrics[best_metric]`` saved so far in this run (also across restarts).
+
+        >>> import tempfile, torch
+        >>> from finetune.checkpoint import Checkpointer
+        >>> ckpt = Checkpointer(tempfile.mkdtemp(), best_metric="val_loss", mode="min")
+        >>> ckpt.best_value is None
+        True
+        >>> for step, loss in [(1, 0.9), (2, 0.4), (3, 0.6)]:
+        ...     _ = ckpt.save({"w": torch.zeros(1), "epoch": step - 1, "step": step}, metrics={"val_loss": loss})
+        >>> ckpt.best_value, Checkpointer(ckpt.run_dir, best_metric="val_loss", mode="min").best_value  # a restart
+        (0.4, 0.4)
+        """
         self._join()
         return self._best_state()[0]
 
@@ -1544,6 +1615,17 @@ class Checkpointer:
         """Verify and load a checkpoint (default: :meth:`latest`) with ``torch.load(weights_only=True)``.
 
         Raises :class:`CheckpointError` with one line naming the file and what is wrong.
+
+        >>> import tempfile, torch
+        >>> from finetune.checkpoint import Checkpointer
+        >>> ckpt = Checkpointer(tempfile.mkdtemp())
+        >>> _ = ckpt.save({"model": torch.nn.Linear(2, 2), "epoch": 3, "step": 30})
+        >>> state = ckpt.load()                                            # the latest
+        >>> state["epoch"], state["step"], sorted(state["model"]), state["format"]
+        (3, 30, ['bias', 'weight'], 'finetune-checkpoint')
+        >>> ckpt.load(ckpt.directory / "best.pt")                          # no metrics were saved  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        finetune.errors.CheckpointError: checkpoint '...best.pt': no such file
         """
         self._join()
         if path is None:
@@ -1827,7 +1909,16 @@ class Checkpointer:
         self._raise_pending()
 
     def close(self) -> None:
-        """Wait for the write in flight (raising its error) and free the host buffers. Reads still work."""
+        """Wait for the write in flight (raising its error) and free the host buffers. Reads still work.
+
+        >>> import tempfile, torch
+        >>> from finetune.checkpoint import Checkpointer
+        >>> ckpt = Checkpointer(tempfile.mkdtemp(), async_save=True)
+        >>> path = ckpt.save({"w": torch.ones(1), "epoch": 0, "step": 1})   # written in the background
+        >>> ckpt.close()                                                   # durable from here on
+        >>> ckpt.verify(path) is None, ckpt.load()["step"]
+        (True, 1)
+        """
         try:
             self._raise_pending()
         finally:

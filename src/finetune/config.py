@@ -125,6 +125,16 @@ class TrainConfig:
                 setattr(self, name, os.fspath(value))
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting by its field name, as plain values (``crop_scale`` a list): a checkpoint's
+        ``config`` (the run's ``config.yaml`` holds it with dashed keys); :meth:`from_dict` reads it back.
+
+        >>> from finetune import TrainConfig
+        >>> d = TrainConfig(epochs=2, crop_scale=(0.5, 1.0)).to_dict()
+        >>> d["epochs"], d["crop_scale"], d["model"], d["lr"]
+        (2, [0.5, 1.0], 'resnet18', None)
+        >>> TrainConfig.from_dict(d) == TrainConfig(epochs=2, crop_scale=(0.5, 1.0))
+        True
+        """
         d = dataclasses.asdict(self)
         d["crop_scale"] = list(self.crop_scale) if self.crop_scale is not None else None
         return d

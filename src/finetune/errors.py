@@ -79,7 +79,26 @@ class UnreadableImagesError(DataError):
 
 class DataWarning(UserWarning):
     """Data that is used, with a part left out the user should know about (images of kinds
-    that are not read). The command prints it as one ``finetune: warning:`` line."""
+    that are not read). The command prints it as one ``finetune: warning:`` line.
+
+    >>> import pathlib, tempfile, warnings
+    >>> from PIL import Image
+    >>> from finetune import DataWarning
+    >>> from finetune.data.samples import find_splits
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for c in ("cat", "dog"):
+    ...     (root / c).mkdir()
+    ...     for i in range(10):
+    ...         Image.new("RGB", (8, 8)).save(root / c / f"{i}.jpg")
+    >>> _ = (root / "cat" / "photo.heic").write_bytes(b"")             # a kind finetune does not read
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     train, val = find_splits(root)
+    >>> caught[0].category is DataWarning, len(train) + len(val)
+    (True, 20)
+    >>> print(str(caught[0].message).replace(str(root), "DATA"))
+    'DATA': skipped 1 image of kinds finetune does not read (.heic: 1): convert them to JPEG or PNG to use them
+    """
 
 
 class ModelError(FinetuneError):

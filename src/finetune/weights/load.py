@@ -105,17 +105,47 @@ class LoadReport:
     @property
     def mismatched_outside_head(self) -> list[str]:
         """The names in ``mismatched`` outside the model's classifier head: tensors that keep the
-        model's own (random) values although the file has them."""
+        model's own (random) values although the file has them.
+
+        >>> import torch
+        >>> from finetune import load_weights
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))    # head: the last Linear
+        >>> report = load_weights(model, {"0.weight": torch.ones(4, 2), "0.bias": torch.zeros(4),
+        ...                               "1.weight": torch.ones(10, 4), "1.bias": torch.zeros(10)})
+        >>> [name for name, _, _ in report.mismatched], report.mismatched_outside_head, report.ok
+        (['0.weight', '1.weight', '1.bias'], ['0.weight'], False)
+        """
         return self._outside_head([n for n, _, _ in self.mismatched])
 
     @property
     def missing_outside_head(self) -> list[str]:
         """The names in ``missing`` outside the model's classifier head: tensors the file lacks
-        that keep the model's own (random) values."""
+        that keep the model's own (random) values.
+
+        >>> import torch
+        >>> from finetune import load_weights
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))    # head: the last Linear
+        >>> report = load_weights(model, {"0.weight": torch.ones(4, 3)})
+        >>> report.missing, report.missing_outside_head, report.ok
+        (['0.bias', '1.weight', '1.bias'], ['0.bias'], False)
+        """
         return self._outside_head(self.missing)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (shapes as lists)."""
+        """JSON-ready form (shapes as lists), with ``ok``: the ``load_report`` of ``finetune inspect FILE --model
+        ARCH --json``.
+
+        >>> import json, torch
+        >>> from finetune import load_weights
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))
+        >>> report = load_weights(model, {"0.weight": torch.ones(4, 3), "0.bias": torch.zeros(4),
+        ...                               "1.weight": torch.ones(10, 4), "1.bias": torch.zeros(10)})
+        >>> d = report.to_dict()
+        >>> d["ok"], d["loaded"], d["mismatched"][0]
+        (True, ['0.weight', '0.bias'], {'name': '1.weight', 'file_shape': [10, 4], 'model_shape': [5, 4]})
+        >>> json.loads(json.dumps(d)) == d
+        True
+        """
         return {
             "source": self.source, "format": self.format, "mapping": self.mapping, "ok": self.ok,
             "loaded": self.loaded, "missing": self.missing, "unexpected": self.unexpected,
