@@ -17,7 +17,7 @@ from finetune.data.shapes import CLASSES
 def test_a_write_that_fails_leaves_no_half_overlay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_shapes(tmp_path / "data", per_class=1, val_per_class=1, size=32)
     run = tmp_path / "run"
-    Checkpointer(run).save({"model": create_model("resnet18", num_classes=8), "arch": "resnet18",
+    Checkpointer(run).save({"model": create_model("squeezenet1_1", num_classes=8), "arch": "squeezenet1_1",
                             "classes": list(CLASSES), "img_size": 32, "epoch": 0, "step": 0,
                             "config": {"data": str(data)}})
     out = tmp_path / "cam"

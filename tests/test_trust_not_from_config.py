@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import error_line, run_here
+from conftest import error_line, run_here, write_colour_folder
 
 TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--max-steps", "1",
         "--device", "cpu", "-q"]
@@ -16,7 +16,9 @@ TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--worke
 def test_trust_in_a_config_file_is_not_taken(tmp_path: Path) -> None:
     torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole.pt")  # a pickled module
     (tmp_path / "c.yaml").write_text(f"trust: true\npretrained: {tmp_path / 'whole.pt'}\n")
-    res = run_here("train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), *TINY)
+    data = write_colour_folder(tmp_path / "data", per_class=2)  # (not the built-in dataset: nothing to draw)
+    res = run_here("train", "--config", str(tmp_path / "c.yaml"), "--data", str(data), "--out", str(tmp_path / "r"),
+                   *TINY)
     assert "trust: true is not taken from a config file" in res.stderr
     assert "refusing to unpickle" in error_line(res)
 
