@@ -1018,8 +1018,9 @@ def _run_dir_checkpoint(checkpoint: str | Path) -> tuple[Path, Path]:
     from finetune.train import run_checkpoint
 
     path = Path(checkpoint)
-    if path.is_dir():
-        return run_checkpoint(path), path
+    if path.is_dir():  # a run directory, or its checkpoints/ folder: the run's directory either way
+        found = run_checkpoint(path)
+        return found, found.parent.parent if found.parent.name == "checkpoints" else path
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return path, run_dir
 
@@ -1084,6 +1085,10 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] | None = None, *, meth
     if limit < 1 or batch_size < 1:
         raise ConfigError(f"limit (--limit) and batch_size (--batch-size) must be at least 1, "
                           f"got {limit} and {batch_size}")
+    if target is not None and method == "eigencam":  # its map is the features' principal component, of no class
+        raise ConfigError(f"eigencam's map does not depend on the class (the first principal component of the "
+                          f"features): target='{target}' (--target) would change only the names, not the maps; "
+                          "drop it, or use a method that explains a class (eigengradcam, gradcam, …)")
     ckpt_path, run_dir = _run_dir_checkpoint(checkpoint)
     dev = resolve_device(device)
     model, state = load_checkpoint_model(ckpt_path, dev)
