@@ -243,7 +243,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     # (--out RUN --resume auto|PATH with a config.yaml there does mean something: the run's settings)
     reads_run = bool(args.resume and args.out and os.path.isfile(os.path.join(args.out, "config.yaml")))
     ignored = [f"--{name.replace('_', '-')}" for name in ("out", "resume", "tensorboard", "keep_last", "save_every_steps",
-                                                        "save_every_minutes", "async_save", "max_steps", "early_stop")
+                                                        "save_every_minutes", "async_save", "max_steps", "early_stop", "epochs")
                if getattr(args, name, None) not in (None, False) and not (reads_run and name in ("out", "resume"))]
     if ignored:
         print(f"finetune: warning: lr-find writes no run directory and takes --num-steps steps: {', '.join(ignored)} "
