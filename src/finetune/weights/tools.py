@@ -380,6 +380,11 @@ def _strip(sd: StateDict, prefix: str, ck: Checkpoint) -> StateDict:
         return sd  # a wrapper prefix (module., _orig_mod.): the reader removed it already
     if not any(k.startswith(p) for k in sd):
         raise WeightsError(f"{ck.source}: no key starts with '{p}' (keys look like '{next(iter(sd), '')}')")
+    both = [k for k in sd if k.startswith(p) and k[len(p):] in sd]  # two tensors for one name: one would be lost
+    if both:
+        raise WeightsError(f"{ck.source}: removing '{p}' from '{both[0]}' gives '{both[0][len(p):]}', a key the file "
+                           f"also has ({len(both)} such name{'s' if len(both) > 1 else ''}): one of the two tensors "
+                           "would be lost; give the prefix of the weights you want with nothing else under that name")
     return {(k[len(p):] if k.startswith(p) else k): v for k, v in sd.items()}
 
 
