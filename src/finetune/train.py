@@ -2043,6 +2043,8 @@ def run_checkpoint(path: str | Path) -> Path:
     >>> _ = (run / "checkpoints" / "last.pt").write_bytes(b"")
     >>> run_checkpoint(run).name, run_checkpoint(run / "checkpoints" / "last.pt").name
     ('last.pt', 'last.pt')
+    >>> run_checkpoint(run / "checkpoints").name  # its checkpoints/ folder too, before a first validation
+    'last.pt'
     """
     path = Path(path)
     if path.suffix == ".json" and path.with_suffix(".pt").is_file():  # a checkpoint's manifest, beside it
@@ -2050,7 +2052,8 @@ def run_checkpoint(path: str | Path) -> Path:
                               "and checksum), not a checkpoint: give the .pt file")
     if not path.is_dir():
         return path
-    for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt", path / "best.pt"):
+    for candidate in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt", path / "best.pt",
+                      path / "last.pt"):
         if candidate.is_file():
             return candidate
     raise CheckpointError(f"'{path}' is a folder without checkpoints/best.pt or last.pt: "
