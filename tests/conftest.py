@@ -76,6 +76,16 @@ def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_colour_folder(tmp_path_factory.mktemp("colours"), per_class=32)
 
 
+@pytest.fixture(scope="session")
+def colour_run(colour_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small trained run on ``colour_data`` (resnet18, 32 px, one epoch), for tests that only read a run."""
+    out = tmp_path_factory.mktemp("colour_run") / "run"
+    res = run_here("train", "--data", str(colour_data), "--out", str(out), "--model", "resnet18", "--img-size", "32",
+                   "--batch-size", "8", "--workers", "0", "--epochs", "1", "--device", "cpu", "-q")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
 
 @contextlib.contextmanager
 def file_size_limit(limit: int) -> Iterator[None]:

@@ -14,18 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_here
 
-TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "1",
-        "--max-steps", "1", "--device", "cpu", "-q"]
-
-
-@pytest.fixture(scope="module")
-def run(colour_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("closed") / "run"
-    res = run_here("train", "--data", str(colour_data), "--out", str(out), *TINY)
-    assert res.returncode == 0, res.stderr
-    return out
+@pytest.fixture
+def run(colour_run: Path) -> Path:
+    return colour_run
 
 
 def _main(*args: str) -> tuple[int, str]:

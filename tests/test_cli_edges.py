@@ -8,18 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import error_line, run_cli, run_here, write_colour_folder
+from conftest import error_line, run_here, write_colour_folder
 
 TINY = ["--model", "resnet18", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "1",
         "--device", "cpu", "-q"]
 
 
-@pytest.fixture(scope="module")
-def run(colour_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("edges") / "run"
-    res = run_cli("train", "--data", str(colour_data), "--out", str(out), *TINY)
-    assert res.returncode == 0, res.stderr
-    return out
+@pytest.fixture
+def run(colour_run: Path) -> Path:
+    return colour_run
 
 
 def test_bench_data_names_a_bad_file_instead_of_crashing(colour_data: Path, tmp_path: Path) -> None:
